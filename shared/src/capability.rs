@@ -1,0 +1,250 @@
+//! The capability protocol between license servers and the back office.
+//!
+//! A license server sends a [`CapabilityRequest`] at startup and then on every poll; the
+//! back office answers with a [`CapabilityResponse`] whose `token` is a JWT (EdDSA) over
+//! [`CapabilityClaims`]: the complete current rights of the server's pair, bound to the
+//! requesting hostid and to the request's ID.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::HostId;
+
+/// The role a license server has (or claims) in the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Main,
+    Backup,
+    Standalone,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Main => "main",
+            Role::Backup => "backup",
+            Role::Standalone => "standalone",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "main" => Some(Role::Main),
+            "backup" => Some(Role::Backup),
+            "standalone" => Some(Role::Standalone),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A server's own status (contract).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerStatus {
+    /// Serving licenses.
+    Active,
+    /// Up, standing by.
+    Ready,
+    /// Not reachable.
+    Inaccessible,
+}
+
+impl ServerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerStatus::Active => "active",
+            ServerStatus::Ready => "ready",
+            ServerStatus::Inaccessible => "inaccessible",
+        }
+    }
+}
+
+/// A failover pair's status (contract).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairStatus {
+    PairedAvailable,
+    MainNotAvailable,
+    BackupNotAvailable,
+    NotSynced,
+    Recovering,
+}
+
+impl PairStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PairStatus::PairedAvailable => "paired_available",
+            PairStatus::MainNotAvailable => "main_not_available",
+            PairStatus::BackupNotAvailable => "backup_not_available",
+            PairStatus::NotSynced => "not_synced",
+            PairStatus::Recovering => "recovering",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PairStatus> {
+        [
+            PairStatus::PairedAvailable,
+            PairStatus::MainNotAvailable,
+            PairStatus::BackupNotAvailable,
+            PairStatus::NotSynced,
+            PairStatus::Recovering,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+/// Rights asked for at startup: `RIGHTS_IDS=ACTIVATION_ID:COUNT,…`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RightsRequest {
+    pub activation_id: String,
+    pub count: u32,
+}
+
+/// Parses `ACT-1:5,ACT-2:10` (whitespace allowed around items).
+pub fn parse_rights_ids(input: &str) -> Result<Vec<RightsRequest>, String> {
+    let mut out = Vec::new();
+    for item in input.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, count) = item
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{item}` is not ACTIVATION_ID:COUNT"))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{item}`: the count must be a positive whole number"))?;
+        if count == 0 || id.trim().is_empty() {
+            return Err(format!("`{item}`: need an activation ID and a count above 0"));
+        }
+        out.push(RightsRequest {
+            activation_id: id.trim().to_owned(),
+            count,
+        });
+    }
+    Ok(out)
+}
+
+/// Usage of one feature, as a license server reports it with its polls.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureUsage {
+    pub feature: String,
+    #[serde(default)]
+    pub version: String,
+    pub count: u32,
+    pub in_use: u32,
+}
+
+/// What a server tells the back office about itself with each request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerReport {
+    pub server_status: ServerStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair_status: Option<PairStatus>,
+    #[serde(default)]
+    pub usage: Vec<FeatureUsage>,
+    /// The main has dropped its backup (absence limit or operator): the back office
+    /// removes it from the pair.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup_dropped: bool,
+}
+
+/// `POST /api/v1/capability` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilityRequest {
+    /// Unique per request; the answer is bound to it and a repeated ID is refused.
+    pub request_id: Uuid,
+    pub hostid: HostId,
+    pub role: Role,
+    /// Main only: `BACKUP_SERVER_HOSTID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_hostid: Option<HostId>,
+    /// The sender's clock (Unix seconds), checked against the back office's.
+    pub sent_at: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rights: Vec<RightsRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ServerReport>,
+}
+
+/// `POST /api/v1/capability` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapabilityResponse {
+    /// A JWT (EdDSA) over [`CapabilityClaims`].
+    pub token: String,
+}
+
+/// One right: a count of a feature from one line item.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Right {
+    pub activation_id: String,
+    pub feature: String,
+    #[serde(default)]
+    pub version: String,
+    pub count: u32,
+    pub starts_at: i64,
+    /// `None` for a permanent right.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// Who is who in a pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairInfo {
+    pub id: String,
+    pub main: HostId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<HostId>,
+}
+
+/// The signed content of a capability response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapabilityClaims {
+    pub iss: String,
+    /// The hostid the answer is addressed to.
+    pub sub: String,
+    /// The request this answers.
+    pub request_id: Uuid,
+    pub iat: i64,
+    pub exp: i64,
+    pub server_id: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<PairInfo>,
+    pub poll_interval_secs: u64,
+    pub rights: Vec<Right>,
+}
+
+pub const ISSUER: &str = "licensing-backoffice";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rights_ids_parse() {
+        let r = parse_rights_ids(" ACT-1:5, ACT-2:10 ,").unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].activation_id, "ACT-2");
+        assert_eq!(r[1].count, 10);
+        assert!(parse_rights_ids("ACT-1").is_err());
+        assert!(parse_rights_ids("ACT-1:0").is_err());
+        assert!(parse_rights_ids("ACT-1:-3").is_err());
+        assert!(parse_rights_ids("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let json = r#"{"request_id":"67e55044-10b1-426f-9247-bb680e5fe0c8","hostid":"string:a","role":"main","sent_at":1,"extra":1}"#;
+        assert!(serde_json::from_str::<CapabilityRequest>(json).is_err());
+    }
+}
