@@ -1,0 +1,141 @@
+//! Storage connections: SQLite (embedded default) or PostgreSQL, chosen by URL scheme.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{self, ManageConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
+
+/// One connection type over both backends: queries are written once.
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    Sqlite(SqliteConnection),
+    Pg(PgConnection),
+}
+
+/// Which backend a database URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbSetupError {
+    #[error("DATABASE_URL must start with sqlite:// or postgres:// (got scheme `{0}`)")]
+    UnknownScheme(String),
+    #[error("cannot open the database: {0}")]
+    Connect(String),
+    #[error("cannot run migrations: {0}")]
+    Migrate(String),
+}
+
+impl Backend {
+    /// The backend from the URL scheme, and the string the driver takes.
+    pub fn from_url(url: &str) -> Result<(Backend, String), DbSetupError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            Ok((Backend::Sqlite, path.to_owned()))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok((Backend::Postgres, url.to_owned()))
+        } else {
+            let scheme = url.split(':').next().unwrap_or_default();
+            Err(DbSetupError::UnknownScheme(scheme.chars().take(20).collect()))
+        }
+    }
+}
+
+/// An r2d2 manager that opens the backend named by the URL, never by trial.
+#[derive(Debug)]
+pub struct Manager {
+    backend: Backend,
+    target: String,
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConn;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<DbConn, r2d2::Error> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = SqliteConnection::establish(&self.target)
+                    .map_err(r2d2::Error::ConnectionError)?;
+                // WAL for concurrent readers; a writer waits for the lock instead of failing.
+                c.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                )
+                .map_err(r2d2::Error::QueryError)?;
+                Ok(DbConn::Sqlite(c))
+            }
+            Backend::Postgres => PgConnection::establish(&self.target)
+                .map(DbConn::Pg)
+                .map_err(r2d2::Error::ConnectionError),
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), r2d2::Error> {
+        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, _conn: &mut DbConn) -> bool {
+        false
+    }
+}
+
+pub type Pool = r2d2::Pool<Manager>;
+
+/// Opens the pool and applies pending migrations.
+pub fn connect(url: &str, size: u32) -> Result<(Pool, Backend), DbSetupError> {
+    let (backend, target) = Backend::from_url(url)?;
+    if backend == Backend::Sqlite
+        && let Some(parent) = std::path::Path::new(&target).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| DbSetupError::Connect(e.to_string()))?;
+    }
+    let pool = r2d2::Pool::builder()
+        .max_size(size)
+        .connection_timeout(Duration::from_secs(10))
+        .build(Manager { backend, target })
+        .map_err(|e| DbSetupError::Connect(e.to_string()))?;
+    let mut conn = pool
+        .get()
+        .map_err(|e| DbSetupError::Connect(e.to_string()))?;
+    migrate(&mut conn)?;
+    Ok((pool, backend))
+}
+
+/// Applies pending migrations of the connection's backend; returns how many ran.
+pub fn migrate(conn: &mut DbConn) -> Result<usize, DbSetupError> {
+    let ran = match conn {
+        DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+        DbConn::Pg(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.len()),
+    };
+    ran.map_err(|e| DbSetupError::Migrate(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_is_chosen_by_scheme() {
+        assert_eq!(
+            Backend::from_url("sqlite:///tmp/x.db").unwrap(),
+            (Backend::Sqlite, "/tmp/x.db".into())
+        );
+        assert_eq!(
+            Backend::from_url("postgres://u@h/db").unwrap().0,
+            Backend::Postgres
+        );
+        assert!(matches!(
+            Backend::from_url("mysql://x"),
+            Err(DbSetupError::UnknownScheme(s)) if s == "mysql"
+        ));
+    }
+}

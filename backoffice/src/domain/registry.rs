@@ -1,0 +1,423 @@
+//! Pairing and ordering rules of the license-server registry.
+//!
+//! Given what the registry holds about the hostids a capability request names, decide what
+//! to do. The storage layer loads the facts, calls [`plan`], and carries out the plan in
+//! one transaction.
+
+use shared::capability::Role;
+use shared::{ErrorCode, HostId};
+
+use crate::error::AppError;
+
+/// How a server came to be in the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    /// Has spoken to the back office in its role.
+    Registered,
+    /// Named by a pair (by hand, or as a main's backup) but not yet heard from.
+    Expected,
+    /// A backup that asked before its main had registered the pair.
+    Waiting,
+}
+
+impl ServerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Registered => "registered",
+            ServerState::Expected => "expected",
+            ServerState::Waiting => "waiting",
+        }
+    }
+
+    pub fn parse(s: &str) -> ServerState {
+        match s {
+            "registered" => ServerState::Registered,
+            "waiting" => ServerState::Waiting,
+            _ => ServerState::Expected,
+        }
+    }
+}
+
+/// What the registry knows of one hostid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Known {
+    pub server_id: String,
+    pub same_account: bool,
+    pub role: Role,
+    pub state: ServerState,
+    /// The pair it belongs to, with the other member's hostid.
+    pub pair: Option<KnownPair>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownPair {
+    pub pair_id: String,
+    pub main_hostid: HostId,
+    pub backup_hostid: Option<HostId>,
+}
+
+/// What to do for a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing to change but the contact time.
+    Known,
+    /// A new standalone server.
+    CreateStandalone,
+    /// A server known only as a waiting backup starts standalone.
+    WaitingBecomesStandalone,
+    /// Register the pair: create or update the main and backup rows as needed.
+    RegisterPair {
+        /// The main's row, if it exists (standalone, waiting or expected).
+        main: Option<String>,
+        /// The backup's row, if it exists (waiting or expected).
+        backup: Option<String>,
+        /// The pair, if one exists (registered by hand, or the main's after a backup was removed).
+        pair: Option<String>,
+    },
+    /// The backup is refused with `MAIN_NOT_REGISTERED` and recorded as waiting.
+    RecordWaitingBackup { existing: Option<String> },
+}
+
+fn in_use(h: &HostId) -> AppError {
+    AppError::new(
+        ErrorCode::HostidInUse,
+        format!("hostid {h} is registered to another account"),
+    )
+}
+
+fn main_not_registered(b: &HostId) -> AppError {
+    AppError::new(
+        ErrorCode::MainNotRegistered,
+        format!(
+            "no failover pair names {b} as its backup yet: start the main license server \
+             (with BACKUP_SERVER_HOSTID={b}) first, or register the pair in the portal; \
+             this server will be accepted once the main has registered"
+        ),
+    )
+}
+
+/// Decides what a capability request from `hostid` in `role` does.
+///
+/// `main` is what the registry knows of the requesting hostid; `backup` what it knows of
+/// the backup hostid a main names.
+pub fn plan(
+    hostid: &HostId,
+    role: Role,
+    backup_hostid: Option<&HostId>,
+    known: Option<&Known>,
+    known_backup: Option<&Known>,
+) -> Result<Plan, AppError> {
+    if let Some(k) = known
+        && !k.same_account
+    {
+        return Err(in_use(hostid));
+    }
+    match role {
+        Role::Standalone => match known {
+            None => Ok(Plan::CreateStandalone),
+            Some(k) if k.role == Role::Standalone => Ok(Plan::Known),
+            Some(k) if k.state == ServerState::Waiting => Ok(Plan::WaitingBecomesStandalone),
+            Some(k) => Err(AppError::new(
+                ErrorCode::RoleConflict,
+                format!(
+                    "{hostid} is registered as the {} of a failover pair; start it with its \
+                     pair settings, or remove the pair's backup first",
+                    k.role
+                ),
+            )),
+        },
+        Role::Main => {
+            let b = backup_hostid.ok_or_else(|| {
+                AppError::validation("backup_hostid", "a main server must name its backup")
+            })?;
+            if b.kind() != hostid.kind() {
+                return Err(AppError::new(
+                    ErrorCode::HostidTypeMismatch,
+                    format!(
+                        "the main's hostid is of type {} but BACKUP_SERVER_HOSTID is of type {}; \
+                         a pair's hostids must be of the same type",
+                        hostid.kind(),
+                        b.kind()
+                    ),
+                ));
+            }
+            if b == hostid {
+                return Err(AppError::validation(
+                    "backup_hostid",
+                    "a server cannot be its own backup",
+                ));
+            }
+            // The main's side.
+            let mut pair_id = None;
+            if let Some(k) = known {
+                match (k.role, &k.pair) {
+                    (Role::Backup, Some(p)) => {
+                        return Err(AppError::new(
+                            ErrorCode::RoleConflict,
+                            format!(
+                                "{hostid} is registered as the backup of {}; it cannot be a main",
+                                p.main_hostid
+                            ),
+                        ));
+                    }
+                    (Role::Main, Some(p)) => {
+                        match &p.backup_hostid {
+                            Some(current) if current == b => {
+                                if k.state == ServerState::Registered {
+                                    return Ok(Plan::Known);
+                                }
+                            }
+                            Some(current) => {
+                                return Err(AppError::new(
+                                    ErrorCode::RoleConflict,
+                                    format!(
+                                        "{hostid} is the main of a pair whose backup is {current}, \
+                                         not {b}; remove that backup first"
+                                    ),
+                                ));
+                            }
+                            None => {}
+                        }
+                        pair_id = Some(p.pair_id.clone());
+                    }
+                    _ => {}
+                }
+            }
+            // The backup's side.
+            if let Some(kb) = known_backup {
+                if !kb.same_account {
+                    return Err(in_use(b));
+                }
+                match (kb.role, &kb.pair) {
+                    (Role::Backup, Some(p)) if &p.main_hostid != hostid => {
+                        return Err(AppError::new(
+                            ErrorCode::HostidInUse,
+                            format!("{b} is already the backup of {}", p.main_hostid),
+                        ));
+                    }
+                    (Role::Backup, _) => {}
+                    (_, _) if kb.state == ServerState::Waiting => {}
+                    (role, _) => {
+                        return Err(AppError::new(
+                            ErrorCode::RoleConflict,
+                            format!("{b} is registered as a {role} server; it cannot be a backup"),
+                        ));
+                    }
+                }
+            }
+            Ok(Plan::RegisterPair {
+                main: known.map(|k| k.server_id.clone()),
+                backup: known_backup.map(|k| k.server_id.clone()),
+                pair: pair_id,
+            })
+        }
+        Role::Backup => match known {
+            None => Ok(Plan::RecordWaitingBackup { existing: None }),
+            Some(k) if k.state == ServerState::Waiting => Ok(Plan::RecordWaitingBackup {
+                existing: Some(k.server_id.clone()),
+            }),
+            Some(k) if k.role == Role::Backup && k.pair.is_some() => Ok(Plan::Known),
+            Some(k) if k.role == Role::Backup => Ok(Plan::RecordWaitingBackup {
+                existing: Some(k.server_id.clone()),
+            }),
+            Some(k) => Err(AppError::new(
+                ErrorCode::RoleConflict,
+                format!(
+                    "{hostid} is registered as a {} server; it cannot start as a backup",
+                    k.role
+                ),
+            )),
+        },
+    }
+}
+
+/// The error a waiting backup is answered with.
+pub fn waiting_backup_error(b: &HostId) -> AppError {
+    main_not_registered(b)
+}
+
+/// The rule for rights asked for in a request: ensure at least `count` of a line item is
+/// mapped to the holder. Returns the new mapped quantity for the holder, or an error.
+///
+/// `mapped_here` is what the holder already has, `mapped_total` what all holders have,
+/// `quantity` the line item's quantity.
+pub fn ensure_mapping(
+    activation_id: &str,
+    count: i64,
+    mapped_here: i64,
+    mapped_total: i64,
+    quantity: i64,
+) -> Result<Option<i64>, AppError> {
+    if count <= mapped_here {
+        return Ok(None);
+    }
+    let needed = count - mapped_here;
+    let available = quantity - mapped_total;
+    if needed > available {
+        return Err(AppError::new(
+            ErrorCode::InsufficientQuantity,
+            format!(
+                "{activation_id}: asked for {count}, this server has {mapped_here} and \
+                 {available} more are unmapped (quantity {quantity})"
+            ),
+        ));
+    }
+    Ok(Some(count))
+}
+
+/// Adding `quantity` to a line item's mappings: the new total must stay within its quantity.
+pub fn check_map(
+    activation_id: &str,
+    add: i64,
+    mapped_total: i64,
+    quantity: i64,
+) -> Result<(), AppError> {
+    if add <= 0 {
+        return Err(AppError::validation("quantity", "the quantity must be at least 1"));
+    }
+    if mapped_total + add > quantity {
+        return Err(AppError::new(
+            ErrorCode::InsufficientQuantity,
+            format!(
+                "{activation_id}: {} of {quantity} are unmapped; cannot map {add}",
+                quantity - mapped_total
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(s: &str) -> HostId {
+        HostId::parse(s).unwrap()
+    }
+
+    fn known(role: Role, state: ServerState, pair: Option<KnownPair>) -> Known {
+        Known {
+            server_id: "s".into(),
+            same_account: true,
+            role,
+            state,
+            pair,
+        }
+    }
+
+    #[test]
+    fn backup_before_main_is_refused_and_recorded() {
+        let b = h("string:b");
+        assert_eq!(
+            plan(&b, Role::Backup, None, None, None).unwrap(),
+            Plan::RecordWaitingBackup { existing: None }
+        );
+        let waiting = known(Role::Backup, ServerState::Waiting, None);
+        assert!(matches!(
+            plan(&b, Role::Backup, None, Some(&waiting), None).unwrap(),
+            Plan::RecordWaitingBackup { existing: Some(_) }
+        ));
+        // A waiting backup never passes for a main of anything: the main's request adopts it.
+        let m = h("string:m");
+        assert!(matches!(
+            plan(&m, Role::Main, Some(&b), None, Some(&waiting)).unwrap(),
+            Plan::RegisterPair { main: None, backup: Some(_), pair: None }
+        ));
+    }
+
+    #[test]
+    fn backup_of_registered_pair_is_known() {
+        let b = h("string:b");
+        let pair = KnownPair {
+            pair_id: "p".into(),
+            main_hostid: h("string:m"),
+            backup_hostid: Some(b.clone()),
+        };
+        let k = known(Role::Backup, ServerState::Expected, Some(pair));
+        assert_eq!(plan(&b, Role::Backup, None, Some(&k), None).unwrap(), Plan::Known);
+    }
+
+    #[test]
+    fn hostid_types_must_match() {
+        let e = plan(
+            &h("string:m"),
+            Role::Main,
+            Some(&h("ethernet:00163E5A1B2C")),
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::HostidTypeMismatch);
+    }
+
+    #[test]
+    fn another_accounts_hostid_is_in_use() {
+        let mut k = known(Role::Standalone, ServerState::Registered, None);
+        k.same_account = false;
+        let e = plan(&h("string:m"), Role::Standalone, None, Some(&k), None).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::HostidInUse);
+        let e = plan(&h("string:m"), Role::Main, Some(&h("string:b")), None, Some(&k)).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::HostidInUse);
+    }
+
+    #[test]
+    fn role_conflicts() {
+        let m = h("string:m");
+        let b = h("string:b");
+        let pair = KnownPair {
+            pair_id: "p".into(),
+            main_hostid: m.clone(),
+            backup_hostid: Some(b.clone()),
+        };
+        // The main restarted without BACKUP_SERVER_HOSTID.
+        let km = known(Role::Main, ServerState::Registered, Some(pair.clone()));
+        let e = plan(&m, Role::Standalone, None, Some(&km), None).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::RoleConflict);
+        // The backup claims to be a main.
+        let kb = known(Role::Backup, ServerState::Registered, Some(pair.clone()));
+        let e = plan(&b, Role::Main, Some(&h("string:c")), Some(&kb), None).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::RoleConflict);
+        // A main names a different backup than its pair has.
+        let e = plan(&m, Role::Main, Some(&h("string:c")), Some(&km), None).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::RoleConflict);
+        // A standalone server named as a backup.
+        let ks = known(Role::Standalone, ServerState::Registered, None);
+        let e = plan(&h("string:x"), Role::Main, Some(&b), None, Some(&ks)).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::RoleConflict);
+        // A standalone server starting as backup.
+        let e = plan(&b, Role::Backup, None, Some(&ks), None).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::RoleConflict);
+    }
+
+    #[test]
+    fn main_matches_pair_registered_by_hand() {
+        let m = h("string:m");
+        let b = h("string:b");
+        let pair = KnownPair {
+            pair_id: "p".into(),
+            main_hostid: m.clone(),
+            backup_hostid: Some(b.clone()),
+        };
+        let km = known(Role::Main, ServerState::Expected, Some(pair.clone()));
+        let kb = known(Role::Backup, ServerState::Expected, Some(pair));
+        assert_eq!(
+            plan(&m, Role::Main, Some(&b), Some(&km), Some(&kb)).unwrap(),
+            Plan::RegisterPair {
+                main: Some("s".into()),
+                backup: Some("s".into()),
+                pair: Some("p".into())
+            }
+        );
+    }
+
+    #[test]
+    fn mapping_quantities() {
+        assert_eq!(ensure_mapping("A", 5, 0, 0, 10).unwrap(), Some(5));
+        assert_eq!(ensure_mapping("A", 5, 5, 5, 10).unwrap(), None);
+        assert_eq!(ensure_mapping("A", 8, 5, 9, 10).unwrap_err().code(), ErrorCode::InsufficientQuantity);
+        assert_eq!(ensure_mapping("A", 6, 5, 9, 10).unwrap(), Some(6));
+        assert!(check_map("A", 10, 0, 10).is_ok());
+        assert_eq!(check_map("A", 1, 10, 10).unwrap_err().code(), ErrorCode::InsufficientQuantity);
+        assert_eq!(check_map("A", 0, 0, 10).unwrap_err().code(), ErrorCode::ValidationError);
+    }
+}

@@ -1,0 +1,97 @@
+//! Server and pair status as the back office sees them.
+
+use shared::capability::{PairStatus, Role, ServerStatus};
+
+/// A server is `inaccessible` when it has not been heard from within `timeout` seconds;
+/// otherwise what it reported, or what its role implies.
+pub fn server_status(
+    role: Role,
+    last_contact: Option<i64>,
+    reported: Option<ServerStatus>,
+    now: i64,
+    timeout: i64,
+) -> ServerStatus {
+    match last_contact {
+        Some(t) if now - t <= timeout => reported.unwrap_or(match role {
+            Role::Backup => ServerStatus::Ready,
+            _ => ServerStatus::Active,
+        }),
+        _ => ServerStatus::Inaccessible,
+    }
+}
+
+/// The pair's status from its members' statuses and what the main last reported.
+pub fn pair_status(
+    main: ServerStatus,
+    backup: Option<ServerStatus>,
+    reported_by_main: Option<PairStatus>,
+    reported_by_backup: Option<PairStatus>,
+) -> PairStatus {
+    match (main, backup) {
+        (ServerStatus::Inaccessible, _) => PairStatus::MainNotAvailable,
+        (_, None | Some(ServerStatus::Inaccessible)) => PairStatus::BackupNotAvailable,
+        _ => match (reported_by_main, reported_by_backup) {
+            (Some(PairStatus::Recovering), _) | (_, Some(PairStatus::Recovering)) => {
+                PairStatus::Recovering
+            }
+            (Some(PairStatus::NotSynced), _) | (_, Some(PairStatus::NotSynced)) => {
+                PairStatus::NotSynced
+            }
+            _ => PairStatus::PairedAvailable,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_makes_a_server_inaccessible() {
+        assert_eq!(
+            server_status(Role::Main, Some(100), None, 150, 60),
+            ServerStatus::Active
+        );
+        assert_eq!(
+            server_status(Role::Backup, Some(100), None, 150, 60),
+            ServerStatus::Ready
+        );
+        assert_eq!(
+            server_status(Role::Main, Some(100), None, 161, 60),
+            ServerStatus::Inaccessible
+        );
+        assert_eq!(
+            server_status(Role::Main, None, None, 0, 60),
+            ServerStatus::Inaccessible
+        );
+    }
+
+    #[test]
+    fn pair_status_follows_members() {
+        use ServerStatus::*;
+        assert_eq!(
+            pair_status(Active, Some(Ready), None, None),
+            PairStatus::PairedAvailable
+        );
+        assert_eq!(
+            pair_status(Inaccessible, Some(Active), None, None),
+            PairStatus::MainNotAvailable
+        );
+        assert_eq!(
+            pair_status(Active, Some(Inaccessible), None, None),
+            PairStatus::BackupNotAvailable
+        );
+        assert_eq!(
+            pair_status(Active, None, None, None),
+            PairStatus::BackupNotAvailable
+        );
+        assert_eq!(
+            pair_status(Active, Some(Ready), Some(PairStatus::Recovering), None),
+            PairStatus::Recovering
+        );
+        assert_eq!(
+            pair_status(Active, Some(Ready), None, Some(PairStatus::NotSynced)),
+            PairStatus::NotSynced
+        );
+    }
+}

@@ -1,0 +1,14 @@
+DROP TABLE usage_samples;
+DROP TABLE seen_requests;
+DROP TABLE mappings;
+DROP TABLE pairs;
+DROP TABLE servers;
+DROP TABLE device_tokens;
+DROP TABLE line_items;
+DROP TABLE entitlements;
+DROP TABLE features;
+DROP TABLE products;
+DROP TABLE sessions;
+DROP TABLE users;
+DROP TABLE accounts;
+DROP TABLE admins;
