@@ -91,7 +91,7 @@ struct Defaults {
 
 impl Settings {
     /// Defaults, then the TOML file (if given), then the environment.
-    pub fn load(file: Option<&Path>) -> Result<Settings, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Settings, Box<figment::Error>> {
         let mut fig = Figment::from(Serialized::defaults(Defaults {
             listen: "127.0.0.1:8080",
             data_dir: "data",
@@ -106,7 +106,9 @@ impl Settings {
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
-        fig.merge(Env::raw().only(NAMES).lowercase(false)).extract()
+        fig.merge(Env::raw().only(NAMES).lowercase(false))
+            .extract()
+            .map_err(Box::new)
     }
 
     pub fn database_url(&self) -> String {

@@ -43,7 +43,9 @@ impl Backend {
             Ok((Backend::Postgres, url.to_owned()))
         } else {
             let scheme = url.split(':').next().unwrap_or_default();
-            Err(DbSetupError::UnknownScheme(scheme.chars().take(20).collect()))
+            Err(DbSetupError::UnknownScheme(
+                scheme.chars().take(20).collect(),
+            ))
         }
     }
 }
@@ -79,7 +81,8 @@ impl ManageConnection for Manager {
     }
 
     fn is_valid(&self, conn: &mut DbConn) -> Result<(), r2d2::Error> {
-        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
+        conn.batch_execute("SELECT 1")
+            .map_err(r2d2::Error::QueryError)
     }
 
     fn has_broken(&self, _conn: &mut DbConn) -> bool {
@@ -114,7 +117,9 @@ pub fn connect(url: &str, size: u32) -> Result<(Pool, Backend), DbSetupError> {
 pub fn migrate(conn: &mut DbConn) -> Result<usize, DbSetupError> {
     let ran = match conn {
         DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
-        DbConn::Pg(c) => c.run_pending_migrations(POSTGRES_MIGRATIONS).map(|v| v.len()),
+        DbConn::Pg(c) => c
+            .run_pending_migrations(POSTGRES_MIGRATIONS)
+            .map(|v| v.len()),
     };
     ran.map_err(|e| DbSetupError::Migrate(e.to_string()))
 }

@@ -67,7 +67,10 @@ impl From<diesel::result::Error> for AppError {
 impl From<diesel::r2d2::PoolError> for AppError {
     fn from(e: diesel::r2d2::PoolError) -> Self {
         tracing::error!(error = %e, "database pool");
-        AppError::new(ErrorCode::Unavailable, "the database is not reachable; try again")
+        AppError::new(
+            ErrorCode::Unavailable,
+            "the database is not reachable; try again",
+        )
     }
 }
 
@@ -81,10 +84,7 @@ impl From<actix_web::error::BlockingError> for AppError {
 pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
     matches!(
         e,
-        diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::UniqueViolation,
-            _
-        )
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
     )
 }
 

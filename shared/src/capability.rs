@@ -121,7 +121,9 @@ pub fn parse_rights_ids(input: &str) -> Result<Vec<RightsRequest>, String> {
             .parse()
             .map_err(|_| format!("`{item}`: the count must be a positive whole number"))?;
         if count == 0 || id.trim().is_empty() {
-            return Err(format!("`{item}`: need an activation ID and a count above 0"));
+            return Err(format!(
+                "`{item}`: need an activation ID and a count above 0"
+            ));
         }
         out.push(RightsRequest {
             activation_id: id.trim().to_owned(),

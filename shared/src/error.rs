@@ -40,9 +40,10 @@ impl ErrorCode {
             Unauthorized => 401,
             Forbidden => 403,
             NotFound => 404,
-            AlreadyExists | MainNotRegistered | HostidTypeMismatch | HostidInUse
-            | RoleConflict | InsufficientQuantity | PairHasActiveRights | ReplayedRequest
-            | NoLicenseAvailable => 409,
+            AlreadyExists | MainNotRegistered | HostidTypeMismatch | HostidInUse | RoleConflict
+            | InsufficientQuantity | PairHasActiveRights | ReplayedRequest | NoLicenseAvailable => {
+                409
+            }
             FeatureExpired => 410,
             ClockSkew => 400,
             NotServing | MaintenanceIntervalExpired | Unavailable => 503,

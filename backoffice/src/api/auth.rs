@@ -15,20 +15,26 @@ use crate::store::auth::{self, Principal};
 pub fn bearer(req: &HttpRequest) -> Option<String> {
     let h = req.headers().get(actix_web::http::header::AUTHORIZATION)?;
     let s = h.to_str().ok()?;
-    let t = s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer "))?;
+    let t = s
+        .strip_prefix("Bearer ")
+        .or_else(|| s.strip_prefix("bearer "))?;
     let t = t.trim();
     (!t.is_empty() && t.len() <= 512).then(|| t.to_owned())
 }
 
 async fn principal(req: HttpRequest) -> AppResult<Principal> {
     let token = bearer(&req).ok_or_else(|| {
-        AppError::unauthorized("send `Authorization: Bearer TOKEN`; get a token from POST /api/v1/auth/login")
+        AppError::unauthorized(
+            "send `Authorization: Bearer TOKEN`; get a token from POST /api/v1/auth/login",
+        )
     })?;
     let state = req
         .app_data::<State>()
         .cloned()
         .ok_or_else(|| AppError::internal("no state"))?;
-    Ok(run(&state, move |c| auth::session(c, &token)).await?.principal)
+    Ok(run(&state, move |c| auth::session(c, &token))
+        .await?
+        .principal)
 }
 
 /// A signed-in producer administrator.
@@ -99,7 +105,10 @@ pub async fn login(state: State, body: web::Json<LoginBody>) -> AppResult<HttpRe
         return Err(AppError::unauthorized("wrong e-mail or password"));
     }
     let lifetime = state.settings.session_lifetime.as_secs() as i64;
-    let session = run(&state, move |c| auth::login(c, &body.email, &body.password, lifetime)).await?;
+    let session = run(&state, move |c| {
+        auth::login(c, &body.email, &body.password, lifetime)
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(session))
 }
 

@@ -9,7 +9,11 @@ use crate::error::{AppError, AppResult};
 use crate::store::{auth, registry};
 
 #[tracing::instrument(skip_all, fields(hostid, role, account))]
-pub async fn capability(state: State, req: HttpRequest, body: web::Payload) -> AppResult<HttpResponse> {
+pub async fn capability(
+    state: State,
+    req: HttpRequest,
+    body: web::Payload,
+) -> AppResult<HttpResponse> {
     let result = match super::read_body(body).await {
         Ok(body) => handle(&state, &req, &body).await,
         Err(e) => Err(e),
@@ -25,8 +29,9 @@ pub async fn capability(state: State, req: HttpRequest, body: web::Payload) -> A
 }
 
 async fn handle(state: &State, req: &HttpRequest, body: &[u8]) -> AppResult<HttpResponse> {
-    let token = super::auth::bearer(req)
-        .ok_or_else(|| AppError::unauthorized("send the device token as `Authorization: Bearer dt_…`"))?;
+    let token = super::auth::bearer(req).ok_or_else(|| {
+        AppError::unauthorized("send the device token as `Authorization: Bearer dt_…`")
+    })?;
     let request: CapabilityRequest = parse_json(body)?;
     let span = tracing::Span::current();
     span.record("hostid", tracing::field::display(&request.hostid));

@@ -64,9 +64,13 @@ pub async fn read_body(mut payload: web::Payload) -> AppResult<web::BytesMut> {
     use futures_util::StreamExt;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| AppError::validation("body", format!("cannot read the body: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| AppError::validation("body", format!("cannot read the body: {e}")))?;
         if body.len() + chunk.len() > MAX_BODY {
-            return Err(AppError::validation("body", format!("the body is larger than {MAX_BODY} bytes")));
+            return Err(AppError::validation(
+                "body",
+                format!("the body is larger than {MAX_BODY} bytes"),
+            ));
         }
         body.extend_from_slice(&chunk);
     }
@@ -76,7 +80,10 @@ pub async fn read_body(mut payload: web::Payload) -> AppResult<web::BytesMut> {
 /// Parses a JSON body taken as bytes (used where authentication must come first).
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> AppResult<T> {
     if body.len() > MAX_BODY {
-        return Err(AppError::validation("body", format!("the body is larger than {MAX_BODY} bytes")));
+        return Err(AppError::validation(
+            "body",
+            format!("the body is larger than {MAX_BODY} bytes"),
+        ));
     }
     serde_json::from_slice(body)
         .map_err(|e| AppError::validation("body", format!("malformed JSON body: {e}")))
@@ -216,7 +223,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/v1/account/servers/{id}/usage").route(get().to(account::usage)))
         .service(resource("/api/v1/account/pairs").route(post().to(account::register_pair)))
         .service(
-            resource("/api/v1/account/pairs/{id}/backup").route(delete().to(account::remove_backup)),
+            resource("/api/v1/account/pairs/{id}/backup")
+                .route(delete().to(account::remove_backup)),
         )
         .service(resource("/api/v1/account/entitlements").route(get().to(account::entitlements)))
         .service(resource("/api/v1/account/mappings").route(post().to(account::map_rights)))
@@ -227,7 +235,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(post().to(account::create_token)),
         )
         .service(
-            resource("/api/v1/account/device-tokens/{id}").route(delete().to(account::revoke_token)),
+            resource("/api/v1/account/device-tokens/{id}")
+                .route(delete().to(account::revoke_token)),
         );
 }
 

@@ -19,9 +19,16 @@ pub struct NewProduct {
     features: Vec<FeatureSpec>,
 }
 
-pub async fn create_product(_: Admin, state: State, body: web::Json<NewProduct>) -> AppResult<HttpResponse> {
+pub async fn create_product(
+    _: Admin,
+    state: State,
+    body: web::Json<NewProduct>,
+) -> AppResult<HttpResponse> {
     let b = body.into_inner();
-    let p = run(&state, move |c| catalog::create_product(c, &b.name, &b.version, &b.features)).await?;
+    let p = run(&state, move |c| {
+        catalog::create_product(c, &b.name, &b.version, &b.features)
+    })
+    .await?;
     Ok(HttpResponse::Created().json(p))
 }
 
@@ -51,9 +58,16 @@ pub struct NewAccount {
     name: String,
 }
 
-pub async fn create_account(_: Admin, state: State, body: web::Json<NewAccount>) -> AppResult<HttpResponse> {
+pub async fn create_account(
+    _: Admin,
+    state: State,
+    body: web::Json<NewAccount>,
+) -> AppResult<HttpResponse> {
     let name = body.into_inner().name;
-    Ok(HttpResponse::Created().json(run(&state, move |c| catalog::create_account(c, &name)).await?))
+    Ok(
+        HttpResponse::Created()
+            .json(run(&state, move |c| catalog::create_account(c, &name)).await?),
+    )
 }
 
 pub async fn list_accounts(_: Admin, state: State) -> AppResult<HttpResponse> {
@@ -79,7 +93,10 @@ pub async fn create_user(
     body: web::Json<NewUser>,
 ) -> AppResult<HttpResponse> {
     let (id, b) = (id.into_inner(), body.into_inner());
-    let u = run(&state, move |c| auth::create_user(c, &id, &b.email, &b.password)).await?;
+    let u = run(&state, move |c| {
+        auth::create_user(c, &id, &b.email, &b.password)
+    })
+    .await?;
     Ok(HttpResponse::Created().json(u))
 }
 
@@ -112,11 +129,18 @@ pub async fn create_entitlement(
     body: web::Json<NewEntitlement>,
 ) -> AppResult<HttpResponse> {
     let (id, b) = (id.into_inner(), body.into_inner());
-    let e = run(&state, move |c| catalog::create_entitlement(c, &id, &b.name, &b.line_items)).await?;
+    let e = run(&state, move |c| {
+        catalog::create_entitlement(c, &id, &b.name, &b.line_items)
+    })
+    .await?;
     Ok(HttpResponse::Created().json(e))
 }
 
-pub async fn list_entitlements(_: Admin, state: State, id: web::Path<String>) -> AppResult<HttpResponse> {
+pub async fn list_entitlements(
+    _: Admin,
+    state: State,
+    id: web::Path<String>,
+) -> AppResult<HttpResponse> {
     let id = id.into_inner();
     let e = run(&state, move |c| {
         catalog::get_account(c, &id)?;
@@ -126,7 +150,11 @@ pub async fn list_entitlements(_: Admin, state: State, id: web::Path<String>) ->
     Ok(HttpResponse::Ok().json(e))
 }
 
-pub async fn list_servers(_: Admin, state: State, id: web::Path<String>) -> AppResult<HttpResponse> {
+pub async fn list_servers(
+    _: Admin,
+    state: State,
+    id: web::Path<String>,
+) -> AppResult<HttpResponse> {
     let id = id.into_inner();
     let timeout = state.settings.server_timeout().as_secs() as i64;
     let s = run(&state, move |c| {
@@ -146,7 +174,11 @@ pub struct NewToken {
     expires_in_days: Option<i64>,
 }
 
-pub async fn create_token_for(state: &State, account_id: String, b: NewToken) -> AppResult<HttpResponse> {
+pub async fn create_token_for(
+    state: &State,
+    account_id: String,
+    b: NewToken,
+) -> AppResult<HttpResponse> {
     if b.expires_in_days.is_some_and(|d| !(1..=3650).contains(&d)) {
         return Err(crate::error::AppError::validation(
             "expires_in_days",
@@ -154,8 +186,10 @@ pub async fn create_token_for(state: &State, account_id: String, b: NewToken) ->
         ));
     }
     let lifetime = b.expires_in_days.map(|d| d * 86_400);
-    let (token, secret) =
-        run(state, move |c| auth::create_device_token(c, &account_id, &b.name, lifetime)).await?;
+    let (token, secret) = run(state, move |c| {
+        auth::create_device_token(c, &account_id, &b.name, lifetime)
+    })
+    .await?;
     let mut v = serde_json::to_value(token).map_err(crate::error::AppError::internal)?;
     v["token"] = serde_json::Value::String(secret);
     Ok(HttpResponse::Created().json(v))
@@ -186,6 +220,9 @@ pub async fn revoke_token(
     path: web::Path<(String, String)>,
 ) -> AppResult<HttpResponse> {
     let (id, token_id) = path.into_inner();
-    run(&state, move |c| auth::revoke_device_token(c, &id, &token_id)).await?;
+    run(&state, move |c| {
+        auth::revoke_device_token(c, &id, &token_id)
+    })
+    .await?;
     Ok(HttpResponse::NoContent().finish())
 }

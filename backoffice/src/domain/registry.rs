@@ -52,6 +52,8 @@ pub struct Known {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KnownPair {
     pub pair_id: String,
+    /// The main's server id: the holder of the pair's rights.
+    pub main_server_id: String,
     pub main_hostid: HostId,
     pub backup_hostid: Option<HostId>,
 }
@@ -162,11 +164,10 @@ pub fn plan(
                     }
                     (Role::Main, Some(p)) => {
                         match &p.backup_hostid {
-                            Some(current) if current == b => {
-                                if k.state == ServerState::Registered {
-                                    return Ok(Plan::Known);
-                                }
+                            Some(current) if current == b && k.state == ServerState::Registered => {
+                                return Ok(Plan::Known);
                             }
+                            Some(current) if current == b => {}
                             Some(current) => {
                                 return Err(AppError::new(
                                     ErrorCode::RoleConflict,
@@ -273,7 +274,10 @@ pub fn check_map(
     quantity: i64,
 ) -> Result<(), AppError> {
     if add <= 0 {
-        return Err(AppError::validation("quantity", "the quantity must be at least 1"));
+        return Err(AppError::validation(
+            "quantity",
+            "the quantity must be at least 1",
+        ));
     }
     if mapped_total + add > quantity {
         return Err(AppError::new(
@@ -321,7 +325,11 @@ mod tests {
         let m = h("string:m");
         assert!(matches!(
             plan(&m, Role::Main, Some(&b), None, Some(&waiting)).unwrap(),
-            Plan::RegisterPair { main: None, backup: Some(_), pair: None }
+            Plan::RegisterPair {
+                main: None,
+                backup: Some(_),
+                pair: None
+            }
         ));
     }
 
@@ -330,11 +338,15 @@ mod tests {
         let b = h("string:b");
         let pair = KnownPair {
             pair_id: "p".into(),
+            main_server_id: "s".into(),
             main_hostid: h("string:m"),
             backup_hostid: Some(b.clone()),
         };
         let k = known(Role::Backup, ServerState::Expected, Some(pair));
-        assert_eq!(plan(&b, Role::Backup, None, Some(&k), None).unwrap(), Plan::Known);
+        assert_eq!(
+            plan(&b, Role::Backup, None, Some(&k), None).unwrap(),
+            Plan::Known
+        );
     }
 
     #[test]
@@ -356,7 +368,14 @@ mod tests {
         k.same_account = false;
         let e = plan(&h("string:m"), Role::Standalone, None, Some(&k), None).unwrap_err();
         assert_eq!(e.code(), ErrorCode::HostidInUse);
-        let e = plan(&h("string:m"), Role::Main, Some(&h("string:b")), None, Some(&k)).unwrap_err();
+        let e = plan(
+            &h("string:m"),
+            Role::Main,
+            Some(&h("string:b")),
+            None,
+            Some(&k),
+        )
+        .unwrap_err();
         assert_eq!(e.code(), ErrorCode::HostidInUse);
     }
 
@@ -366,6 +385,7 @@ mod tests {
         let b = h("string:b");
         let pair = KnownPair {
             pair_id: "p".into(),
+            main_server_id: "s".into(),
             main_hostid: m.clone(),
             backup_hostid: Some(b.clone()),
         };
@@ -395,6 +415,7 @@ mod tests {
         let b = h("string:b");
         let pair = KnownPair {
             pair_id: "p".into(),
+            main_server_id: "s".into(),
             main_hostid: m.clone(),
             backup_hostid: Some(b.clone()),
         };
@@ -414,10 +435,19 @@ mod tests {
     fn mapping_quantities() {
         assert_eq!(ensure_mapping("A", 5, 0, 0, 10).unwrap(), Some(5));
         assert_eq!(ensure_mapping("A", 5, 5, 5, 10).unwrap(), None);
-        assert_eq!(ensure_mapping("A", 8, 5, 9, 10).unwrap_err().code(), ErrorCode::InsufficientQuantity);
+        assert_eq!(
+            ensure_mapping("A", 8, 5, 9, 10).unwrap_err().code(),
+            ErrorCode::InsufficientQuantity
+        );
         assert_eq!(ensure_mapping("A", 6, 5, 9, 10).unwrap(), Some(6));
         assert!(check_map("A", 10, 0, 10).is_ok());
-        assert_eq!(check_map("A", 1, 10, 10).unwrap_err().code(), ErrorCode::InsufficientQuantity);
-        assert_eq!(check_map("A", 0, 0, 10).unwrap_err().code(), ErrorCode::ValidationError);
+        assert_eq!(
+            check_map("A", 1, 10, 10).unwrap_err().code(),
+            ErrorCode::InsufficientQuantity
+        );
+        assert_eq!(
+            check_map("A", 0, 0, 10).unwrap_err().code(),
+            ErrorCode::ValidationError
+        );
     }
 }

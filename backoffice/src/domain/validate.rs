@@ -8,7 +8,10 @@ pub const MAX_NAME: usize = 200;
 pub fn name(field: &str, value: &str) -> Result<String, AppError> {
     let v = value.trim();
     if v.is_empty() {
-        return Err(AppError::validation(field, format!("{field} must not be empty")));
+        return Err(AppError::validation(
+            field,
+            format!("{field} must not be empty"),
+        ));
     }
     if v.chars().count() > MAX_NAME {
         return Err(AppError::validation(

@@ -1,7 +1,7 @@
 //! Administrators, account users, sessions and device tokens.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use diesel::prelude::*;
 use serde::Serialize;
 use shared::ErrorCode;
@@ -15,7 +15,8 @@ use crate::schema::{accounts, admins, device_tokens, sessions, users};
 
 /// Hashes a password with Argon2id (memory-hard).
 pub fn hash_password(password: &str) -> String {
-    let salt = SaltString::encode_b64(&shared::random_bytes::<16>()).expect("16 bytes is a valid salt");
+    let salt =
+        SaltString::encode_b64(&shared::random_bytes::<16>()).expect("16 bytes is a valid salt");
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .expect("argon2 with default parameters cannot fail")
@@ -24,7 +25,11 @@ pub fn hash_password(password: &str) -> String {
 
 fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -125,7 +130,12 @@ pub fn login(conn: &mut DbConn, email: &str, password: &str, lifetime: i64) -> A
         Principal::User {
             user_id,
             account_id,
-        } => (None, Some(user_id.clone()), Some(account_id.clone()), "user"),
+        } => (
+            None,
+            Some(user_id.clone()),
+            Some(account_id.clone()),
+            "user",
+        ),
     };
     diesel::insert_into(sessions::table)
         .values((
@@ -147,12 +157,13 @@ pub fn login(conn: &mut DbConn, email: &str, password: &str, lifetime: i64) -> A
     })
 }
 
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$CTFhFdXPJO1aFaMaO6Mm5c8y7cJHAph8ArZWb2GRPPc";
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$CTFhFdXPJO1aFaMaO6Mm5c8y7cJHAph8ArZWb2GRPPc";
 
 /// The session behind a bearer token or cookie, if it is live.
 pub fn session(conn: &mut DbConn, token: &str) -> AppResult<SessionInfo> {
-    let row: Option<(Option<String>, Option<String>, Option<String>, String, i64)> = sessions::table
+    /// admin, user, account, CSRF token, expiry.
+    type SessionRow = (Option<String>, Option<String>, Option<String>, String, i64);
+    let row: Option<SessionRow> = sessions::table
         .filter(sessions::token_hash.eq(sha256_hex(token)))
         .select((
             sessions::admin_id,
@@ -164,18 +175,28 @@ pub fn session(conn: &mut DbConn, token: &str) -> AppResult<SessionInfo> {
         .first(conn)
         .optional()?;
     let Some((admin_id, user_id, account_id, csrf_token, expires_at)) = row else {
-        return Err(AppError::unauthorized("not signed in, or the session was ended"));
+        return Err(AppError::unauthorized(
+            "not signed in, or the session was ended",
+        ));
     };
     if expires_at <= shared::now_unix() {
-        return Err(AppError::unauthorized("the session has expired; sign in again"));
+        return Err(AppError::unauthorized(
+            "the session has expired; sign in again",
+        ));
     }
     let (principal, email) = match (admin_id, user_id, account_id) {
         (Some(admin_id), _, _) => {
-            let email = admins::table.find(&admin_id).select(admins::email).first(conn)?;
+            let email = admins::table
+                .find(&admin_id)
+                .select(admins::email)
+                .first(conn)?;
             (Principal::Admin { admin_id }, email)
         }
         (None, Some(user_id), Some(account_id)) => {
-            let email = users::table.find(&user_id).select(users::email).first(conn)?;
+            let email = users::table
+                .find(&user_id)
+                .select(users::email)
+                .first(conn)?;
             (
                 Principal::User {
                     user_id,
@@ -229,7 +250,12 @@ pub fn create_user(
         .count()
         .get_result(conn)?;
     if taken > 0 {
-        return Err(AppError::new(ErrorCode::AlreadyExists, "that e-mail is taken").0.with_field("email").into());
+        return Err(
+            AppError::new(ErrorCode::AlreadyExists, "that e-mail is taken")
+                .0
+                .with_field("email")
+                .into(),
+        );
     }
     let user = User {
         id: new_id(),
@@ -248,7 +274,10 @@ pub fn create_user(
         .execute(conn)
         .map_err(|e| {
             if is_unique_violation(&e) {
-                AppError(shared::ErrorBody::new(ErrorCode::AlreadyExists, "that e-mail is taken").with_field("email"))
+                AppError(
+                    shared::ErrorBody::new(ErrorCode::AlreadyExists, "that e-mail is taken")
+                        .with_field("email"),
+                )
             } else {
                 e.into()
             }
@@ -259,7 +288,12 @@ pub fn create_user(
 pub fn list_users(conn: &mut DbConn, account_id: &str) -> AppResult<Vec<User>> {
     let rows: Vec<(String, String, String, i64)> = users::table
         .filter(users::account_id.eq(account_id))
-        .select((users::id, users::account_id, users::email, users::created_at))
+        .select((
+            users::id,
+            users::account_id,
+            users::email,
+            users::created_at,
+        ))
         .order(users::email)
         .load(conn)?;
     Ok(rows
@@ -294,7 +328,10 @@ pub fn create_device_token(
     if let Some(l) = lifetime
         && l <= 0
     {
-        return Err(AppError::validation("expires_in_days", "the lifetime must be positive"));
+        return Err(AppError::validation(
+            "expires_in_days",
+            "the lifetime must be positive",
+        ));
     }
     let exists: i64 = accounts::table.find(account_id).count().get_result(conn)?;
     if exists == 0 {

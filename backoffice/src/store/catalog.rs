@@ -69,7 +69,10 @@ pub fn create_product(
     let name = validate::name("name", name)?;
     let product_version = version("version", product_version)?;
     if feature_specs.len() > 200 {
-        return Err(AppError::validation("features", "at most 200 features per product"));
+        return Err(AppError::validation(
+            "features",
+            "at most 200 features per product",
+        ));
     }
     let mut specs = Vec::with_capacity(feature_specs.len());
     for f in feature_specs {
@@ -138,8 +141,11 @@ fn insert_feature(conn: &mut DbConn, product_id: &str, f: &Feature) -> AppResult
         .map_err(|e| {
             if is_unique_violation(&e) {
                 AppError(
-                    ErrorBody::new(ErrorCode::AlreadyExists, "the product has that feature already")
-                        .with_field("name"),
+                    ErrorBody::new(
+                        ErrorCode::AlreadyExists,
+                        "the product has that feature already",
+                    )
+                    .with_field("name"),
                 )
             } else {
                 e.into()
@@ -164,11 +170,21 @@ pub fn add_feature(conn: &mut DbConn, product_id: &str, spec: &FeatureSpec) -> A
 
 pub fn list_products(conn: &mut DbConn) -> AppResult<Vec<Product>> {
     let rows: Vec<(String, String, String, i64)> = products::table
-        .select((products::id, products::name, products::version, products::created_at))
+        .select((
+            products::id,
+            products::name,
+            products::version,
+            products::created_at,
+        ))
         .order((products::name, products::version))
         .load(conn)?;
     let feats: Vec<(String, String, String, String)> = features::table
-        .select((features::product_id, features::id, features::name, features::version))
+        .select((
+            features::product_id,
+            features::id,
+            features::name,
+            features::version,
+        ))
         .order(features::name)
         .load(conn)?;
     Ok(rows
@@ -194,7 +210,12 @@ pub fn list_products(conn: &mut DbConn) -> AppResult<Vec<Product>> {
 pub fn get_product(conn: &mut DbConn, id: &str) -> AppResult<Product> {
     let (pid, name, version, created_at): (String, String, String, i64) = products::table
         .find(id)
-        .select((products::id, products::name, products::version, products::created_at))
+        .select((
+            products::id,
+            products::name,
+            products::version,
+            products::created_at,
+        ))
         .first(conn)
         .optional()?
         .ok_or_else(|| AppError::not_found("product"))?;
@@ -388,8 +409,14 @@ pub fn create_entitlement(
                 .get_result(c)?;
             if product == 0 {
                 return Err(AppError(
-                    ErrorBody::new(ErrorCode::NotFound, format!("product {} not found", item.product_id.chars().take(64).collect::<String>()))
-                        .with_field("line_items.product_id"),
+                    ErrorBody::new(
+                        ErrorCode::NotFound,
+                        format!(
+                            "product {} not found",
+                            item.product_id.chars().take(64).collect::<String>()
+                        ),
+                    )
+                    .with_field("line_items.product_id"),
                 ));
             }
             diesel::insert_into(line_items::table)
@@ -430,7 +457,11 @@ type LineItemRow = (
 pub fn list_entitlements(conn: &mut DbConn, account_id: &str) -> AppResult<Vec<Entitlement>> {
     let ents: Vec<(String, String, i64)> = entitlements::table
         .filter(entitlements::account_id.eq(account_id))
-        .select((entitlements::id, entitlements::name, entitlements::created_at))
+        .select((
+            entitlements::id,
+            entitlements::name,
+            entitlements::created_at,
+        ))
         .order(entitlements::created_at)
         .load(conn)?;
     let items: Vec<LineItemRow> = line_items::table

@@ -122,7 +122,11 @@ fn hostid_of(conn: &mut DbConn, server_id: &str) -> AppResult<HostId> {
 }
 
 /// What the registry knows of a hostid, as the domain rules see it.
-fn known(conn: &mut DbConn, account_id: &str, hostid: &HostId) -> AppResult<Option<(Known, ServerRow)>> {
+fn known(
+    conn: &mut DbConn,
+    account_id: &str,
+    hostid: &HostId,
+) -> AppResult<Option<(Known, ServerRow)>> {
     let Some(row) = server_by_hostid(conn, &hostid.to_string())? else {
         return Ok(None);
     };
@@ -130,6 +134,7 @@ fn known(conn: &mut DbConn, account_id: &str, hostid: &HostId) -> AppResult<Opti
         Some(pid) => match pair_by_id(conn, pid)? {
             Some(p) => Some(KnownPair {
                 pair_id: p.id.clone(),
+                main_server_id: p.main_server_id.clone(),
                 main_hostid: hostid_of(conn, &p.main_server_id)?,
                 backup_hostid: match &p.backup_server_id {
                     Some(b) => Some(hostid_of(conn, b)?),
@@ -182,7 +187,10 @@ pub fn record_request_id(conn: &mut DbConn, request_id: &uuid::Uuid, now: i64) -
 
 /// Forgets request IDs older than `before` (they are refused by the clock check anyway).
 pub fn purge_request_ids(conn: &mut DbConn, before: i64) -> AppResult<usize> {
-    Ok(diesel::delete(seen_requests::table.filter(seen_requests::seen_at.lt(before))).execute(conn)?)
+    Ok(
+        diesel::delete(seen_requests::table.filter(seen_requests::seen_at.lt(before)))
+            .execute(conn)?,
+    )
 }
 
 /// Handles a capability request from a server of `account_id`: registers what the
@@ -200,12 +208,15 @@ pub fn capability(
         ));
     }
     if req.rights.len() > 100 {
-        return Err(AppError::validation("rights", "at most 100 rights IDs per request"));
+        return Err(AppError::validation(
+            "rights",
+            "at most 100 rights IDs per request",
+        ));
     }
     validate_report(req.report.as_ref())?;
-    record_request_id(conn, &req.request_id, now)?;
 
-    // Fast path: a known server in its known role, asking for nothing new.
+    // Fast path: a known server in its known role, asking for nothing new. The request ID
+    // and the contact are written in one short transaction; nothing else is locked.
     if req.rights.is_empty() {
         let k = known(conn, account_id, &req.hostid)?;
         let kb = match &req.backup_hostid {
@@ -222,14 +233,32 @@ pub fn capability(
         if plan == Plan::Known
             && let Some((k, row)) = k
         {
-            touch(conn, &row, req.report.as_ref(), now)?;
-            return answer(conn, &row.id, k.role, row.pair_id.as_deref());
+            conn.transaction::<_, AppError, _>(|c| {
+                record_request_id(c, &req.request_id, now)?;
+                touch(c, &row, req.report.as_ref(), now)
+            })?;
+            let holder = k
+                .pair
+                .as_ref()
+                .map_or(&row.id, |p| &p.main_server_id)
+                .clone();
+            return Ok(CapabilityAnswer {
+                server_id: row.id,
+                role: k.role,
+                pair: k.pair.map(|p| PairInfo {
+                    id: p.pair_id,
+                    main: p.main_hostid,
+                    backup: p.backup_hostid,
+                }),
+                rights: rights_of(conn, &holder)?,
+            });
         }
     }
 
     // Slow path: change the registry under the account's lock.
     let outcome = conn.transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
+        record_request_id(c, &req.request_id, now)?;
         let k = known(c, account_id, &req.hostid)?;
         let kb = match &req.backup_hostid {
             Some(b) => known(c, account_id, b)?,
@@ -243,14 +272,23 @@ pub fn capability(
             kb.as_ref().map(|x| &x.0),
         )?;
         let server_id = match plan {
-            Plan::Known => k.as_ref().map(|x| x.0.server_id.clone()).ok_or_else(|| {
-                AppError::internal("plan Known without a known server")
-            })?,
-            Plan::CreateStandalone => {
-                insert_server(c, account_id, &req.hostid, Role::Standalone, ServerState::Registered, now)?
-            }
+            Plan::Known => k
+                .as_ref()
+                .map(|x| x.0.server_id.clone())
+                .ok_or_else(|| AppError::internal("plan Known without a known server"))?,
+            Plan::CreateStandalone => insert_server(
+                c,
+                account_id,
+                &req.hostid,
+                Role::Standalone,
+                ServerState::Registered,
+                now,
+            )?,
             Plan::WaitingBecomesStandalone => {
-                let id = k.as_ref().map(|x| x.0.server_id.clone()).unwrap_or_default();
+                let id = k
+                    .as_ref()
+                    .map(|x| x.0.server_id.clone())
+                    .unwrap_or_default();
                 diesel::update(servers::table.find(&id))
                     .set((
                         servers::role.eq(Role::Standalone.as_str()),
@@ -263,13 +301,31 @@ pub fn capability(
                 let b = req.backup_hostid.as_ref().ok_or_else(|| {
                     AppError::validation("backup_hostid", "a main server must name its backup")
                 })?;
-                register_pair_rows(c, account_id, &req.hostid, b, main, backup, pair, true, "capability", now)?
-                    .0
+                register_pair_rows(
+                    c,
+                    account_id,
+                    &req.hostid,
+                    b,
+                    main,
+                    backup,
+                    pair,
+                    true,
+                    "capability",
+                    now,
+                )?
+                .0
             }
             Plan::RecordWaitingBackup { existing } => {
                 let id = match existing {
                     Some(id) => id,
-                    None => insert_server(c, account_id, &req.hostid, Role::Backup, ServerState::Waiting, now)?,
+                    None => insert_server(
+                        c,
+                        account_id,
+                        &req.hostid,
+                        Role::Backup,
+                        ServerState::Waiting,
+                        now,
+                    )?,
                 };
                 diesel::update(servers::table.find(&id))
                     .set(servers::last_contact_at.eq(now))
@@ -281,7 +337,14 @@ pub fn capability(
             .ok_or_else(|| AppError::internal("server vanished inside its transaction"))?;
         let holder = holder_of(c, &row)?;
         for r in &req.rights {
-            ensure_rights(c, account_id, &holder, &r.activation_id, i64::from(r.count), now)?;
+            ensure_rights(
+                c,
+                account_id,
+                &holder,
+                &r.activation_id,
+                i64::from(r.count),
+                now,
+            )?;
         }
         touch(c, &row, req.report.as_ref(), now)?;
         Ok(Ok(row))
@@ -293,10 +356,19 @@ pub fn capability(
 fn validate_report(report: Option<&ServerReport>) -> AppResult<()> {
     if let Some(r) = report {
         if r.usage.len() > 1000 {
-            return Err(AppError::validation("report.usage", "at most 1000 features"));
+            return Err(AppError::validation(
+                "report.usage",
+                "at most 1000 features",
+            ));
         }
-        if r.usage.iter().any(|u| u.feature.len() > 64 || u.version.len() > 32) {
-            return Err(AppError::validation("report.usage", "feature names are at most 64 characters"));
+        if r.usage
+            .iter()
+            .any(|u| u.feature.len() > 64 || u.version.len() > 32)
+        {
+            return Err(AppError::validation(
+                "report.usage",
+                "feature names are at most 64 characters",
+            ));
         }
     }
     Ok(())
@@ -335,7 +407,10 @@ fn insert_server(
 }
 
 /// Creates or completes a pair's rows. Returns (main server id, pair id).
-#[expect(clippy::too_many_arguments, reason = "one call site per way a pair is registered")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per way a pair is registered"
+)]
 fn register_pair_rows(
     conn: &mut DbConn,
     account_id: &str,
@@ -355,13 +430,17 @@ fn register_pair_rows(
     };
     let main_id = match main {
         Some(id) => {
-            let row = server_by_id(conn, &id)?.ok_or_else(|| AppError::internal("main vanished"))?;
+            let row =
+                server_by_id(conn, &id)?.ok_or_else(|| AppError::internal("main vanished"))?;
             let state = match ServerState::parse(&row.state) {
                 ServerState::Registered => ServerState::Registered,
                 _ => main_state,
             };
             diesel::update(servers::table.find(&id))
-                .set((servers::role.eq(Role::Main.as_str()), servers::state.eq(state.as_str())))
+                .set((
+                    servers::role.eq(Role::Main.as_str()),
+                    servers::state.eq(state.as_str()),
+                ))
                 .execute(conn)?;
             id
         }
@@ -369,17 +448,28 @@ fn register_pair_rows(
     };
     let backup_id = match backup {
         Some(id) => {
-            let row = server_by_id(conn, &id)?.ok_or_else(|| AppError::internal("backup vanished"))?;
+            let row =
+                server_by_id(conn, &id)?.ok_or_else(|| AppError::internal("backup vanished"))?;
             let state = match ServerState::parse(&row.state) {
                 ServerState::Registered => ServerState::Registered,
                 _ => ServerState::Expected,
             };
             diesel::update(servers::table.find(&id))
-                .set((servers::role.eq(Role::Backup.as_str()), servers::state.eq(state.as_str())))
+                .set((
+                    servers::role.eq(Role::Backup.as_str()),
+                    servers::state.eq(state.as_str()),
+                ))
                 .execute(conn)?;
             id
         }
-        None => insert_server(conn, account_id, backup_hostid, Role::Backup, ServerState::Expected, now)?,
+        None => insert_server(
+            conn,
+            account_id,
+            backup_hostid,
+            Role::Backup,
+            ServerState::Expected,
+            now,
+        )?,
     };
     let pair_id = match pair {
         Some(pid) => {
@@ -443,7 +533,13 @@ fn ensure_rights(
         .load(conn)?;
     let here = maps.iter().find(|m| m.1 == holder);
     let total: i64 = maps.iter().map(|m| m.2).sum();
-    let Some(new_qty) = rules::ensure_mapping(activation_id, count, here.map_or(0, |m| m.2), total, quantity)?
+    let Some(new_qty) = rules::ensure_mapping(
+        activation_id,
+        count,
+        here.map_or(0, |m| m.2),
+        total,
+        quantity,
+    )?
     else {
         return Ok(());
     };
@@ -480,7 +576,12 @@ fn unknown_rights(activation_id: &str) -> AppError {
 }
 
 /// Records a contact: time, state and what the server reported.
-fn touch(conn: &mut DbConn, row: &ServerRow, report: Option<&ServerReport>, now: i64) -> AppResult<()> {
+fn touch(
+    conn: &mut DbConn,
+    row: &ServerRow,
+    report: Option<&ServerReport>,
+    now: i64,
+) -> AppResult<()> {
     let first = row.first_contact_at.unwrap_or(now);
     match report {
         None => {
@@ -503,7 +604,11 @@ fn touch(conn: &mut DbConn, row: &ServerRow, report: Option<&ServerReport>, now:
                     servers::reported_status.eq(r.server_status.as_str()),
                     servers::reported_pair_status.eq(r.pair_status.map(PairStatus::as_str)),
                     servers::usage_json.eq(usage),
-                    servers::last_sample_at.eq(if sample { Some(now) } else { row.last_sample_at }),
+                    servers::last_sample_at.eq(if sample {
+                        Some(now)
+                    } else {
+                        row.last_sample_at
+                    }),
                 ))
                 .execute(conn)?;
             if sample && !r.usage.is_empty() {
@@ -528,7 +633,12 @@ fn touch(conn: &mut DbConn, row: &ServerRow, report: Option<&ServerReport>, now:
 }
 
 /// The complete current rights of a server's pair (or of the server alone).
-fn answer(conn: &mut DbConn, server_id: &str, role: Role, pair_id: Option<&str>) -> AppResult<CapabilityAnswer> {
+fn answer(
+    conn: &mut DbConn,
+    server_id: &str,
+    role: Role,
+    pair_id: Option<&str>,
+) -> AppResult<CapabilityAnswer> {
     let (holder, pair) = match pair_id {
         Some(pid) => {
             let p = pair_by_id(conn, pid)?.ok_or_else(|| AppError::internal("pair vanished"))?;
@@ -570,14 +680,16 @@ pub fn rights_of(conn: &mut DbConn, holder: &str) -> AppResult<Vec<Right>> {
         .load(conn)?;
     Ok(rows
         .into_iter()
-        .map(|(activation_id, qty, starts_at, expires_at, feature, version)| Right {
-            activation_id,
-            feature,
-            version,
-            count: u32::try_from(qty).unwrap_or(u32::MAX),
-            starts_at,
-            expires_at,
-        })
+        .map(
+            |(activation_id, qty, starts_at, expires_at, feature, version)| Right {
+                activation_id,
+                feature,
+                version,
+                count: u32::try_from(qty).unwrap_or(u32::MAX),
+                starts_at,
+                expires_at,
+            },
+        )
         .collect())
 }
 
@@ -651,7 +763,13 @@ fn info(row: &ServerRow, now: i64, timeout: i64) -> ServerInfo {
         hostid: row.hostid.clone(),
         role: row.role(),
         registration: row.state.clone(),
-        status: status::server_status(row.role(), row.last_contact_at, row.reported_status(), now, timeout),
+        status: status::server_status(
+            row.role(),
+            row.last_contact_at,
+            row.reported_status(),
+            now,
+            timeout,
+        ),
         first_contact_at: row.first_contact_at,
         last_contact_at: row.last_contact_at,
         pair_id: row.pair_id.clone(),
@@ -659,7 +777,8 @@ fn info(row: &ServerRow, now: i64, timeout: i64) -> ServerInfo {
 }
 
 fn pair_view(conn: &mut DbConn, p: &PairRow, now: i64, timeout: i64) -> AppResult<PairView> {
-    let main = server_by_id(conn, &p.main_server_id)?.ok_or_else(|| AppError::internal("main vanished"))?;
+    let main = server_by_id(conn, &p.main_server_id)?
+        .ok_or_else(|| AppError::internal("main vanished"))?;
     let backup = match &p.backup_server_id {
         Some(b) => server_by_id(conn, b)?,
         None => None,
@@ -683,16 +802,26 @@ fn pair_view(conn: &mut DbConn, p: &PairRow, now: i64, timeout: i64) -> AppResul
     })
 }
 
-pub fn list_servers(conn: &mut DbConn, account_id: &str, now: i64, timeout: i64) -> AppResult<Vec<ServerSummary>> {
+pub fn list_servers(
+    conn: &mut DbConn,
+    account_id: &str,
+    now: i64,
+    timeout: i64,
+) -> AppResult<Vec<ServerSummary>> {
     let rows: Vec<ServerRow> = servers::table
         .filter(servers::account_id.eq(account_id))
         .select(SERVER_COLS)
         .order(servers::hostid)
         .load(conn)?;
-    let prs: Vec<PairRow> = pairs::table.filter(pairs::account_id.eq(account_id)).load(conn)?;
+    let prs: Vec<PairRow> = pairs::table
+        .filter(pairs::account_id.eq(account_id))
+        .load(conn)?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
-        let p = row.pair_id.as_ref().and_then(|pid| prs.iter().find(|p| &p.id == pid));
+        let p = row
+            .pair_id
+            .as_ref()
+            .and_then(|pid| prs.iter().find(|p| &p.id == pid));
         let (pair_status, partner) = match p {
             Some(p) => {
                 let v = pair_view(conn, p, now, timeout)?;
@@ -720,7 +849,13 @@ fn account_server(conn: &mut DbConn, account_id: &str, server_id: &str) -> AppRe
         .ok_or_else(|| AppError::not_found("server"))
 }
 
-pub fn view_server(conn: &mut DbConn, account_id: &str, server_id: &str, now: i64, timeout: i64) -> AppResult<ServerView> {
+pub fn view_server(
+    conn: &mut DbConn,
+    account_id: &str,
+    server_id: &str,
+    now: i64,
+    timeout: i64,
+) -> AppResult<ServerView> {
     let row = account_server(conn, account_id, server_id)?;
     let pair = match &row.pair_id {
         Some(pid) => match pair_by_id(conn, pid)? {
@@ -730,7 +865,20 @@ pub fn view_server(conn: &mut DbConn, account_id: &str, server_id: &str, now: i6
         None => None,
     };
     let holder = holder_of(conn, &row)?;
-    let maps: Vec<(String, String, String, String, String, i64, i64, Option<i64>, String)> = mappings::table
+    /// mapping, line item, activation ID, product name and version, quantity, start,
+    /// expiry, product.
+    type MappingRow = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        Option<i64>,
+        String,
+    );
+    let maps: Vec<MappingRow> = mappings::table
         .inner_join(line_items::table.inner_join(crate::schema::products::table))
         .filter(mappings::server_id.eq(&holder))
         .select((
@@ -747,7 +895,18 @@ pub fn view_server(conn: &mut DbConn, account_id: &str, server_id: &str, now: i6
         .order(line_items::activation_id)
         .load(conn)?;
     let mut rights = Vec::with_capacity(maps.len());
-    for (mapping_id, line_item_id, activation_id, product_name, product_version, quantity, starts_at, expires_at, product_id) in maps {
+    for (
+        mapping_id,
+        line_item_id,
+        activation_id,
+        product_name,
+        product_version,
+        quantity,
+        starts_at,
+        expires_at,
+        product_id,
+    ) in maps
+    {
         let feats: Vec<(String, String)> = features::table
             .filter(features::product_id.eq(&product_id))
             .select((features::name, features::version))
@@ -762,7 +921,10 @@ pub fn view_server(conn: &mut DbConn, account_id: &str, server_id: &str, now: i6
             quantity,
             starts_at,
             expires_at,
-            features: feats.into_iter().map(|(name, version)| FeatureRef { name, version }).collect(),
+            features: feats
+                .into_iter()
+                .map(|(name, version)| FeatureRef { name, version })
+                .collect(),
         });
     }
     // Usage: what the serving member of the pair last reported.
@@ -789,13 +951,25 @@ pub fn view_server(conn: &mut DbConn, account_id: &str, server_id: &str, now: i6
 }
 
 /// Registers a failover pair by hand, before either server has started.
-pub fn register_pair(conn: &mut DbConn, account_id: &str, main: &HostId, backup: &HostId) -> AppResult<PairView> {
+pub fn register_pair(
+    conn: &mut DbConn,
+    account_id: &str,
+    main: &HostId,
+    backup: &HostId,
+) -> AppResult<PairView> {
     let now = shared::now_unix();
     let pid = conn.transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
         let k = known(c, account_id, main)?;
         let kb = known(c, account_id, backup)?;
-        if let Some((Known { pair: Some(p), role: Role::Main, .. }, _)) = &k
+        if let Some((
+            Known {
+                pair: Some(p),
+                role: Role::Main,
+                ..
+            },
+            _,
+        )) = &k
             && p.backup_hostid.as_ref() == Some(backup)
         {
             return Err(AppError::new(
@@ -803,10 +977,21 @@ pub fn register_pair(conn: &mut DbConn, account_id: &str, main: &HostId, backup:
                 format!("{main} and {backup} are already registered as a pair"),
             ));
         }
-        match rules::plan(main, Role::Main, Some(backup), k.as_ref().map(|x| &x.0), kb.as_ref().map(|x| &x.0))? {
-            Plan::RegisterPair { main: m, backup: b, pair } => {
-                Ok(register_pair_rows(c, account_id, main, backup, m, b, pair, false, "portal", now)?.1)
-            }
+        match rules::plan(
+            main,
+            Role::Main,
+            Some(backup),
+            k.as_ref().map(|x| &x.0),
+            kb.as_ref().map(|x| &x.0),
+        )? {
+            Plan::RegisterPair {
+                main: m,
+                backup: b,
+                pair,
+            } => Ok(register_pair_rows(
+                c, account_id, main, backup, m, b, pair, false, "portal", now,
+            )?
+            .1),
             _ => Err(AppError::new(
                 ErrorCode::AlreadyExists,
                 format!("{main} and {backup} are already registered as a pair"),
@@ -818,7 +1003,13 @@ pub fn register_pair(conn: &mut DbConn, account_id: &str, main: &HostId, backup:
 }
 
 /// Removes a pair's backup; refused while the pair's rights are in use.
-pub fn remove_backup(conn: &mut DbConn, account_id: &str, pair_id: &str, now: i64, timeout: i64) -> AppResult<()> {
+pub fn remove_backup(
+    conn: &mut DbConn,
+    account_id: &str,
+    pair_id: &str,
+    now: i64,
+    timeout: i64,
+) -> AppResult<()> {
     conn.transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
         let p = pair_by_id(c, pair_id)?
@@ -847,7 +1038,8 @@ pub fn remove_backup(conn: &mut DbConn, account_id: &str, pair_id: &str, now: i6
         diesel::update(pairs::table.find(&p.id))
             .set(pairs::backup_server_id.eq(None::<String>))
             .execute(c)?;
-        diesel::delete(usage_samples::table.filter(usage_samples::server_id.eq(&backup_id))).execute(c)?;
+        diesel::delete(usage_samples::table.filter(usage_samples::server_id.eq(&backup_id)))
+            .execute(c)?;
         diesel::delete(servers::table.find(&backup_id)).execute(c)?;
         Ok(())
     })
@@ -956,7 +1148,12 @@ pub struct UsagePoint {
 }
 
 /// Usage samples of a server and its pair partner since `since`, oldest first.
-pub fn usage_history(conn: &mut DbConn, account_id: &str, server_id: &str, since: i64) -> AppResult<Vec<UsagePoint>> {
+pub fn usage_history(
+    conn: &mut DbConn,
+    account_id: &str,
+    server_id: &str,
+    since: i64,
+) -> AppResult<Vec<UsagePoint>> {
     let row = account_server(conn, account_id, server_id)?;
     let mut ids = vec![row.id.clone()];
     if let Some(pid) = &row.pair_id
@@ -980,13 +1177,16 @@ pub fn usage_history(conn: &mut DbConn, account_id: &str, server_id: &str, since
             .order(usage_samples::sampled_at)
             .limit(10_000)
             .load(conn)?;
-        points.extend(rows.into_iter().map(|(feature, version, at, count, in_use)| UsagePoint {
-            feature,
-            version,
-            at,
-            count,
-            in_use,
-        }));
+        points.extend(
+            rows.into_iter()
+                .map(|(feature, version, at, count, in_use)| UsagePoint {
+                    feature,
+                    version,
+                    at,
+                    count,
+                    in_use,
+                }),
+        );
     }
     points.sort_by_key(|p| p.at);
     Ok(points)

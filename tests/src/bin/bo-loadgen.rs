@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::json;
-use tests::{Backend, BackOffice, capability_request};
+use tests::{BackOffice, Backend, capability_request};
 
 struct Args {
     backend: Backend,
@@ -58,7 +58,8 @@ fn args() -> Result<Args> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = args()?;
-    let bo = BackOffice::start_with(a.backend, &[("RUST_LOG", "warn"), ("DB_POOL_SIZE", "8")]).await?;
+    let bo =
+        BackOffice::start_with(a.backend, &[("RUST_LOG", "warn"), ("DB_POOL_SIZE", "8")]).await?;
     let fx = bo.fixture(&["cad", "sim", "render"], 1_000_000).await?;
     let api = tests::Api {
         base: bo.url.clone(),
@@ -80,7 +81,14 @@ async fn main() -> Result<()> {
             continue;
         } else {
             let s = format!("string:s{i}");
-            (s.clone(), (capability_request(&s, "standalone", None, &[(&fx.activation_id, 10)]), "standalone", None))
+            (
+                s.clone(),
+                (
+                    capability_request(&s, "standalone", None, &[(&fx.activation_id, 10)]),
+                    "standalone",
+                    None,
+                ),
+            )
         };
         let r = api.post("/api/v1/capability", body.0).await?;
         if r.status != 200 {
@@ -113,7 +121,9 @@ async fn main() -> Result<()> {
         let errors = errors.clone();
         let url = format!("{}/api/v1/capability", bo.url);
         let token = fx.device_token.clone();
-        let client = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()?;
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
             let mut i = w;
@@ -122,7 +132,13 @@ async fn main() -> Result<()> {
                 i += a.concurrency;
                 let body = capability_request(h, role, b.as_deref(), &[]);
                 let start = Instant::now();
-                let ok = match client.post(&url).bearer_auth(&token).json(&body).send().await {
+                let ok = match client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                {
                     Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
                     Err(_) => false,
                 };
@@ -144,7 +160,11 @@ async fn main() -> Result<()> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     let result = json!({
         "backend": format!("{:?}", a.backend),
         "servers": hosts.len(),

@@ -1,0 +1,185 @@
+//! `license-client`: check licenses out of a license server from the command line.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use shared::client::{Client, ClientError};
+use shared::lease::{CheckoutRequest, Lease};
+use uuid::Uuid;
+
+/// A command-line client of the license server (built on the `shared` client library).
+#[derive(Debug, Parser)]
+#[command(name = "license-client", version, propagate_version = true)]
+struct Cli {
+    /// License server URL; repeat for an ordered list (the first is preferred).
+    #[arg(
+        long = "server",
+        env = "LICENSE_SERVER_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    servers: Vec<String>,
+    /// This client's identity (default: hostname:pid).
+    #[arg(long, env = "LICENSE_CLIENT_ID", global = true)]
+    client_id: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check out seats of a feature and print the lease (its ID and token).
+    Checkout {
+        feature: String,
+        /// Seats to take.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// A specific version of the feature (any version when absent).
+        #[arg(long = "feature-version")]
+        feature_version: Option<String>,
+        /// Hold the lease this long (renewing it in the background), then return it.
+        #[arg(long, value_parser = shared::duration::parse)]
+        hold: Option<Duration>,
+    },
+    /// Renew a lease.
+    Renew {
+        lease_id: Uuid,
+        /// The lease token printed by `checkout`.
+        #[arg(long, env = "LEASE_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Return a lease.
+    Return {
+        lease_id: Uuid,
+        /// The lease token printed by `checkout`.
+        #[arg(long, env = "LEASE_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// List the server's features: count, in use, free, expiry.
+    Features,
+}
+
+fn print_lease(lease: &Lease, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(lease).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "lease {} : {} seat(s) of {} {} for {}\ntoken {}\nexpires at {} (renew after {})",
+            lease.lease_id,
+            lease.count,
+            lease.feature,
+            lease.version,
+            lease.client_id,
+            lease.token,
+            lease.expires_at,
+            lease.renew_after
+        );
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), ClientError> {
+    let mut client = Client::with_servers(&cli.servers)?;
+    if let Some(id) = &cli.client_id {
+        client = client.with_client_id(id.clone());
+    }
+    match cli.command {
+        Command::Checkout {
+            feature,
+            count,
+            feature_version,
+            hold,
+        } => {
+            let req = CheckoutRequest {
+                feature,
+                version: feature_version,
+                count,
+                client_id: client.client_id().to_owned(),
+            };
+            match hold {
+                None => {
+                    let lease = client.checkout_lease(&req).await?;
+                    print_lease(&lease, cli.json);
+                }
+                Some(d) => {
+                    let guard = client.checkout_with(req).await?;
+                    print_lease(&guard.lease(), cli.json);
+                    tokio::select! {
+                        () = tokio::time::sleep(d) => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                    guard.release().await?;
+                    if !cli.json {
+                        println!("returned");
+                    }
+                }
+            }
+        }
+        Command::Renew { lease_id, token } => {
+            let lease = client.renew_by_id(lease_id, &token).await?;
+            print_lease(&lease, cli.json);
+        }
+        Command::Return { lease_id, token } => {
+            client.release_by_id(lease_id, &token).await?;
+            if !cli.json {
+                println!("returned lease {lease_id}");
+            }
+        }
+        Command::Features => {
+            let list = client.features().await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:<24} {:<10} {:>7} {:>7} {:>7}",
+                    "FEATURE", "VERSION", "COUNT", "IN USE", "FREE"
+                );
+                for f in list {
+                    println!(
+                        "{:<24} {:<10} {:>7} {:>7} {:>7}{}",
+                        f.feature,
+                        f.version,
+                        f.count,
+                        f.in_use,
+                        f.free,
+                        if f.expired { "  (expired)" } else { "" }
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            if let Some(b) = e.body()
+                && let Some(at) = b.next_free_at
+            {
+                eprintln!("next seat frees at {at} (Unix seconds)");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

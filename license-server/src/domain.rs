@@ -1,0 +1,799 @@
+//! The pure domain: rights pools, allocation, lease expiry and the event-sourced state
+//! machine. Nothing here knows about HTTP, disks or clocks: callers pass `now`.
+//!
+//! Every change of state is an [`Event`]; [`State::apply`] is the only mutation. Decisions
+//! (`decide_*`) read the state and return the event to apply, or why not. The same ordered
+//! event stream is written to the journal and is what a main replicates to its backup.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+use shared::capability::Right;
+use shared::lease::{FeatureInfo, LeaseInfo};
+use uuid::Uuid;
+
+/// Milliseconds since the Unix epoch (internal time unit; the wire uses seconds).
+pub type Millis = i64;
+
+/// Largest number of seats one checkout may ask for.
+pub const MAX_SEATS_PER_CHECKOUT: u32 = 10_000;
+
+/// A pool is one feature at one version.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FeatureKey {
+    pub feature: String,
+    pub version: String,
+}
+
+/// A lease as the state holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub id: Uuid,
+    pub feature: String,
+    pub version: String,
+    pub count: u32,
+    pub client_id: String,
+    pub granted_at: Millis,
+    /// Last grant or renewal.
+    pub renewed_at: Millis,
+    pub expires_at: Millis,
+    /// Hostid of the server that granted it.
+    pub granted_by: String,
+}
+
+impl LeaseRecord {
+    fn key(&self) -> FeatureKey {
+        FeatureKey {
+            feature: self.feature.clone(),
+            version: self.version.clone(),
+        }
+    }
+
+    pub fn info(&self) -> LeaseInfo {
+        LeaseInfo {
+            lease_id: self.id,
+            feature: self.feature.clone(),
+            version: self.version.clone(),
+            count: self.count,
+            client_id: self.client_id.clone(),
+            granted_at: self.granted_at / 1000,
+            expires_at: self.expires_at / 1000,
+            granted_by: Some(self.granted_by.clone()),
+        }
+    }
+}
+
+/// Every change of the state, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The key that signs lease tokens (base64), created once per pool.
+    LeaseKeyCreated {
+        key: String,
+    },
+    /// A verified capability answer changed the rights.
+    RightsUpdated {
+        rights: Vec<Right>,
+        at: Millis,
+        /// `iat` of the answer, to refuse older answers later.
+        issued_at: i64,
+    },
+    LeaseGranted {
+        lease: LeaseRecord,
+    },
+    LeaseRenewed {
+        id: Uuid,
+        at: Millis,
+        expires_at: Millis,
+    },
+    LeaseReturned {
+        id: Uuid,
+        at: Millis,
+    },
+    LeaseExpired {
+        id: Uuid,
+        at: Millis,
+    },
+    /// Released by an operator.
+    LeaseReleased {
+        id: Uuid,
+        at: Millis,
+    },
+}
+
+impl Event {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::LeaseKeyCreated { .. } => "lease_key_created",
+            Event::RightsUpdated { .. } => "rights_updated",
+            Event::LeaseGranted { .. } => "lease_granted",
+            Event::LeaseRenewed { .. } => "lease_renewed",
+            Event::LeaseReturned { .. } => "lease_returned",
+            Event::LeaseExpired { .. } => "lease_expired",
+            Event::LeaseReleased { .. } => "lease_released",
+        }
+    }
+}
+
+/// Why a decision refuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Denied {
+    UnknownFeature,
+    FeatureExpired {
+        expired_at: Millis,
+    },
+    /// The feature is (no longer) licensed: its rights were removed.
+    FeatureRemoved,
+    NoSeat {
+        /// When enough seats free for this request, if any lease freeing would do it.
+        next_free_at: Option<Millis>,
+        reason: String,
+    },
+    UnknownLease,
+}
+
+/// What a checkout asks for (validated by the caller).
+#[derive(Clone, Copy, Debug)]
+pub struct CheckoutAsk<'a> {
+    pub feature: &'a str,
+    pub version: Option<&'a str>,
+    pub count: u32,
+    pub client_id: &'a str,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Pool {
+    /// (count, starts_at, expires_at) of each contributing right, in Unix seconds.
+    parts: Vec<(u32, i64, Option<i64>)>,
+}
+
+impl Pool {
+    fn count_at(&self, now: Millis) -> u32 {
+        let secs = now.div_euclid(1000);
+        self.parts
+            .iter()
+            .filter(|(_, start, exp)| *start <= secs && exp.is_none_or(|e| secs < e))
+            .fold(0u32, |acc, (c, _, _)| acc.saturating_add(*c))
+    }
+
+    fn starts_at(&self) -> Option<i64> {
+        self.parts.iter().map(|p| p.1).min()
+    }
+
+    /// The last expiry, `None` if any part is permanent.
+    fn expires_at(&self) -> Option<i64> {
+        let mut latest = None;
+        for (_, _, exp) in &self.parts {
+            match exp {
+                None => return None,
+                Some(e) => latest = Some(latest.map_or(*e, |l: i64| l.max(*e))),
+            }
+        }
+        latest
+    }
+
+    fn expired_at(&self, now: Millis) -> Option<Millis> {
+        let exp = self.expires_at()?;
+        (exp * 1000 <= now).then_some(exp * 1000)
+    }
+
+    /// The earliest future start of a part, for "not yet started" pools.
+    fn next_start(&self, now: Millis) -> Option<Millis> {
+        let secs = now.div_euclid(1000);
+        self.parts
+            .iter()
+            .filter(|(_, s, _)| *s > secs)
+            .map(|(_, s, _)| s * 1000)
+            .min()
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Index {
+    pools: BTreeMap<FeatureKey, Pool>,
+    in_use: HashMap<FeatureKey, u32>,
+    /// Leases of a pool ordered by expiry.
+    by_pool: HashMap<FeatureKey, BTreeSet<(Millis, Uuid)>>,
+    /// All leases ordered by expiry, for the reaper.
+    by_expiry: BTreeSet<(Millis, Uuid)>,
+    /// (client_id, feature) → leases.
+    by_client: HashMap<(String, String), Vec<Uuid>>,
+}
+
+/// The whole state of a license server's pool.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    /// Sequence number of the last applied event.
+    pub seq: u64,
+    pub lease_key: Option<String>,
+    pub rights: Vec<Right>,
+    pub rights_updated_at: Option<Millis>,
+    /// `iat` of the capability answer the rights came from.
+    pub rights_issued_at: i64,
+    leases: BTreeMap<Uuid, LeaseRecord>,
+    #[serde(skip)]
+    index: Index,
+}
+
+impl State {
+    /// Rebuilds the indexes after deserialising a snapshot.
+    pub fn rebuild_index(&mut self) {
+        self.index = Index::default();
+        self.index.pools = pools_of(&self.rights);
+        let leases: Vec<LeaseRecord> = self.leases.values().cloned().collect();
+        for l in &leases {
+            self.index_insert(l);
+        }
+    }
+
+    /// Applies one event; returns its sequence number.
+    pub fn apply(&mut self, event: &Event) -> u64 {
+        match event {
+            Event::LeaseKeyCreated { key } => self.lease_key = Some(key.clone()),
+            Event::RightsUpdated {
+                rights,
+                at,
+                issued_at,
+            } => {
+                self.rights = rights.clone();
+                self.rights_updated_at = Some(*at);
+                self.rights_issued_at = *issued_at;
+                self.index.pools = pools_of(rights);
+            }
+            Event::LeaseGranted { lease } => {
+                if let Some(old) = self.leases.insert(lease.id, lease.clone()) {
+                    self.index_remove(&old);
+                }
+                self.index_insert(lease);
+            }
+            Event::LeaseRenewed { id, at, expires_at } => {
+                if let Some(l) = self.leases.get(id) {
+                    let old_exp = l.expires_at;
+                    let key = l.key();
+                    self.index.by_expiry.remove(&(old_exp, *id));
+                    self.index.by_expiry.insert((*expires_at, *id));
+                    if let Some(set) = self.index.by_pool.get_mut(&key) {
+                        set.remove(&(old_exp, *id));
+                        set.insert((*expires_at, *id));
+                    }
+                    if let Some(l) = self.leases.get_mut(id) {
+                        l.renewed_at = *at;
+                        l.expires_at = *expires_at;
+                    }
+                }
+            }
+            Event::LeaseReturned { id, .. }
+            | Event::LeaseExpired { id, .. }
+            | Event::LeaseReleased { id, .. } => {
+                if let Some(old) = self.leases.remove(id) {
+                    self.index_remove(&old);
+                }
+            }
+        }
+        self.seq += 1;
+        self.seq
+    }
+
+    fn index_insert(&mut self, l: &LeaseRecord) {
+        let key = l.key();
+        *self.index.in_use.entry(key.clone()).or_default() += l.count;
+        self.index
+            .by_pool
+            .entry(key)
+            .or_default()
+            .insert((l.expires_at, l.id));
+        self.index.by_expiry.insert((l.expires_at, l.id));
+        self.index
+            .by_client
+            .entry((l.client_id.clone(), l.feature.clone()))
+            .or_default()
+            .push(l.id);
+    }
+
+    fn index_remove(&mut self, l: &LeaseRecord) {
+        let key = l.key();
+        if let Some(n) = self.index.in_use.get_mut(&key) {
+            *n = n.saturating_sub(l.count);
+            if *n == 0 {
+                self.index.in_use.remove(&key);
+            }
+        }
+        if let Some(set) = self.index.by_pool.get_mut(&key) {
+            set.remove(&(l.expires_at, l.id));
+            if set.is_empty() {
+                self.index.by_pool.remove(&key);
+            }
+        }
+        self.index.by_expiry.remove(&(l.expires_at, l.id));
+        let ck = (l.client_id.clone(), l.feature.clone());
+        if let Some(v) = self.index.by_client.get_mut(&ck) {
+            v.retain(|id| *id != l.id);
+            if v.is_empty() {
+                self.index.by_client.remove(&ck);
+            }
+        }
+    }
+
+    pub fn lease(&self, id: &Uuid) -> Option<&LeaseRecord> {
+        self.leases.get(id)
+    }
+
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn in_use(&self, key: &FeatureKey) -> u32 {
+        self.index.in_use.get(key).copied().unwrap_or(0)
+    }
+
+    /// Seats licensed for a pool at `now`.
+    pub fn count_at(&self, key: &FeatureKey, now: Millis) -> u32 {
+        self.index.pools.get(key).map_or(0, |p| p.count_at(now))
+    }
+
+    /// Leases whose time is up at `now`, as expiry events (not applied).
+    pub fn expired(&self, now: Millis) -> Vec<Event> {
+        self.index
+            .by_expiry
+            .iter()
+            .take_while(|(exp, _)| *exp <= now)
+            .map(|(_, id)| Event::LeaseExpired { id: *id, at: now })
+            .collect()
+    }
+
+    /// The earliest lease expiry, for the reaper's sleep.
+    pub fn next_expiry(&self) -> Option<Millis> {
+        self.index.by_expiry.first().map(|(e, _)| *e)
+    }
+
+    /// Checkout: the existing live lease of this client for this feature (renewed), or a
+    /// new lease if seats are free.
+    pub fn decide_checkout(
+        &self,
+        ask: &CheckoutAsk<'_>,
+        now: Millis,
+        lease_ms: i64,
+        new_id: Uuid,
+        granted_by: &str,
+    ) -> Result<Event, Denied> {
+        // Candidate pools: the exact version, or every version of the feature.
+        let candidates: Vec<(&FeatureKey, &Pool)> = match ask.version {
+            Some(v) => self
+                .index
+                .pools
+                .iter()
+                .filter(|(k, _)| k.feature == ask.feature && k.version == v)
+                .collect(),
+            None => self
+                .index
+                .pools
+                .range(
+                    FeatureKey {
+                        feature: ask.feature.to_owned(),
+                        version: String::new(),
+                    }..,
+                )
+                .take_while(|(k, _)| k.feature == ask.feature)
+                .collect(),
+        };
+        if candidates.is_empty() {
+            return Err(Denied::UnknownFeature);
+        }
+
+        // The same client again while its lease lives: that lease, renewed.
+        if let Some(ids) = self
+            .index
+            .by_client
+            .get(&(ask.client_id.to_owned(), ask.feature.to_owned()))
+        {
+            for id in ids {
+                let Some(l) = self.leases.get(id) else {
+                    continue;
+                };
+                if l.expires_at > now && ask.version.is_none_or(|v| v == l.version) {
+                    return self.decide_renew(id, now, lease_ms);
+                }
+            }
+        }
+
+        let mut all_expired_at: Option<Millis> = Some(0);
+        let mut next_free: Option<Millis> = None;
+        let mut reasons = Vec::new();
+        for (key, pool) in &candidates {
+            let cap = pool.count_at(now);
+            match pool.expired_at(now) {
+                Some(at) => {
+                    all_expired_at = all_expired_at.map(|a| a.max(at));
+                    continue;
+                }
+                None => all_expired_at = None,
+            }
+            let used = self.in_use(key);
+            if used.saturating_add(ask.count) <= cap {
+                return Ok(Event::LeaseGranted {
+                    lease: LeaseRecord {
+                        id: new_id,
+                        feature: key.feature.clone(),
+                        version: key.version.clone(),
+                        count: ask.count,
+                        client_id: ask.client_id.to_owned(),
+                        granted_at: now,
+                        renewed_at: now,
+                        expires_at: now + lease_ms,
+                        granted_by: granted_by.to_owned(),
+                    },
+                });
+            }
+            let when = if cap == 0 {
+                reasons.push(format!("{} {} has not started", key.feature, key.version));
+                pool.next_start(now)
+            } else if ask.count > cap {
+                reasons.push(format!(
+                    "{} {} has {cap} seats in all, {} asked for",
+                    key.feature, key.version, ask.count
+                ));
+                None
+            } else {
+                reasons.push(format!(
+                    "all {cap} seats of {} {} are in use",
+                    key.feature, key.version
+                ));
+                self.when_free(key, used, cap, ask.count)
+            };
+            if let Some(w) = when {
+                next_free = Some(next_free.map_or(w, |n: Millis| n.min(w)));
+            }
+        }
+        if let Some(at) = all_expired_at {
+            return Err(Denied::FeatureExpired { expired_at: at });
+        }
+        Err(Denied::NoSeat {
+            next_free_at: next_free,
+            reason: reasons.join("; "),
+        })
+    }
+
+    /// When enough leases of a pool will have expired for `want` more seats.
+    fn when_free(&self, key: &FeatureKey, used: u32, cap: u32, want: u32) -> Option<Millis> {
+        let mut remaining = used;
+        for (exp, id) in self.index.by_pool.get(key)? {
+            remaining = remaining.saturating_sub(self.leases.get(id).map_or(0, |l| l.count));
+            if remaining.saturating_add(want) <= cap {
+                return Some(*exp);
+            }
+        }
+        None
+    }
+
+    /// Renew: a live lease of a feature that is still licensed.
+    pub fn decide_renew(&self, id: &Uuid, now: Millis, lease_ms: i64) -> Result<Event, Denied> {
+        let l = self.leases.get(id).ok_or(Denied::UnknownLease)?;
+        if l.expires_at <= now {
+            return Err(Denied::UnknownLease);
+        }
+        let pool = self
+            .index
+            .pools
+            .get(&l.key())
+            .ok_or(Denied::FeatureRemoved)?;
+        if let Some(at) = pool.expired_at(now) {
+            return Err(Denied::FeatureExpired { expired_at: at });
+        }
+        Ok(Event::LeaseRenewed {
+            id: *id,
+            at: now,
+            expires_at: now + lease_ms,
+        })
+    }
+
+    /// Return by the client.
+    pub fn decide_return(&self, id: &Uuid, now: Millis) -> Result<Event, Denied> {
+        if self.leases.contains_key(id) {
+            Ok(Event::LeaseReturned { id: *id, at: now })
+        } else {
+            Err(Denied::UnknownLease)
+        }
+    }
+
+    /// Release by an operator.
+    pub fn decide_release(&self, id: &Uuid, now: Millis) -> Result<Event, Denied> {
+        if self.leases.contains_key(id) {
+            Ok(Event::LeaseReleased { id: *id, at: now })
+        } else {
+            Err(Denied::UnknownLease)
+        }
+    }
+
+    /// Every pool with its count, use and expiry; pools whose rights were removed but
+    /// that still have leases show a count of 0.
+    pub fn features(&self, now: Millis) -> Vec<FeatureInfo> {
+        let mut keys: BTreeSet<&FeatureKey> = self.index.pools.keys().collect();
+        keys.extend(self.index.in_use.keys());
+        keys.into_iter()
+            .map(|key| {
+                let pool = self.index.pools.get(key);
+                let count = pool.map_or(0, |p| p.count_at(now));
+                let in_use = self.in_use(key);
+                FeatureInfo {
+                    feature: key.feature.clone(),
+                    version: key.version.clone(),
+                    count,
+                    in_use,
+                    free: count.saturating_sub(in_use),
+                    starts_at: pool.and_then(Pool::starts_at),
+                    expires_at: pool.and_then(Pool::expires_at),
+                    expired: pool.is_none_or(|p| p.expired_at(now).is_some()),
+                }
+            })
+            .collect()
+    }
+
+    /// Leases of a feature (every version), oldest first.
+    pub fn leases_of(&self, feature: &str) -> Vec<LeaseInfo> {
+        let mut out: Vec<LeaseInfo> = self
+            .leases
+            .values()
+            .filter(|l| l.feature == feature)
+            .map(LeaseRecord::info)
+            .collect();
+        out.sort_by_key(|l| (l.granted_at, l.lease_id));
+        out
+    }
+
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.index.pools.keys().any(|k| k.feature == feature)
+            || self.leases.values().any(|l| l.feature == feature)
+    }
+}
+
+fn pools_of(rights: &[Right]) -> BTreeMap<FeatureKey, Pool> {
+    let mut pools: BTreeMap<FeatureKey, Pool> = BTreeMap::new();
+    for r in rights {
+        pools
+            .entry(FeatureKey {
+                feature: r.feature.clone(),
+                version: r.version.clone(),
+            })
+            .or_default()
+            .parts
+            .push((r.count, r.starts_at, r.expires_at));
+    }
+    pools
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: i64 = 60_000;
+    const T0: Millis = 1_700_000_000_000;
+
+    fn right(feature: &str, version: &str, count: u32, expires_at: Option<i64>) -> Right {
+        Right {
+            activation_id: format!("ACT-{feature}"),
+            feature: feature.into(),
+            version: version.into(),
+            count,
+            starts_at: 0,
+            expires_at,
+        }
+    }
+
+    fn state_with(rights: Vec<Right>) -> State {
+        let mut s = State::default();
+        s.apply(&Event::RightsUpdated {
+            rights,
+            at: T0,
+            issued_at: T0 / 1000,
+        });
+        s
+    }
+
+    fn ask<'a>(feature: &'a str, client: &'a str, count: u32) -> CheckoutAsk<'a> {
+        CheckoutAsk {
+            feature,
+            version: None,
+            count,
+            client_id: client,
+        }
+    }
+
+    fn checkout(s: &mut State, a: &CheckoutAsk<'_>, now: Millis) -> Result<Uuid, Denied> {
+        let ev = s.decide_checkout(a, now, LEASE, Uuid::new_v4(), "string:me")?;
+        let id = match &ev {
+            Event::LeaseGranted { lease } => lease.id,
+            Event::LeaseRenewed { id, .. } => *id,
+            other => panic!("unexpected {other:?}"),
+        };
+        s.apply(&ev);
+        Ok(id)
+    }
+
+    #[test]
+    fn grants_until_the_count_then_denies_with_next_free_at() {
+        let mut s = state_with(vec![right("cad", "1.0", 3, None)]);
+        for i in 0..3 {
+            checkout(&mut s, &ask("cad", &format!("c{i}"), 1), T0 + i).unwrap();
+        }
+        let key = FeatureKey {
+            feature: "cad".into(),
+            version: "1.0".into(),
+        };
+        assert_eq!(s.in_use(&key), 3);
+        match checkout(&mut s, &ask("cad", "c9", 1), T0 + 10) {
+            Err(Denied::NoSeat { next_free_at, .. }) => assert_eq!(next_free_at, Some(T0 + LEASE)),
+            other => panic!("{other:?}"),
+        }
+        // Two seats at once: free when the second lease ends.
+        match checkout(&mut s, &ask("cad", "c9", 2), T0 + 10) {
+            Err(Denied::NoSeat { next_free_at, .. }) => {
+                assert_eq!(next_free_at, Some(T0 + 1 + LEASE))
+            }
+            other => panic!("{other:?}"),
+        }
+        // More than the pool holds: never.
+        match checkout(&mut s, &ask("cad", "c9", 4), T0 + 10) {
+            Err(Denied::NoSeat { next_free_at, .. }) => assert_eq!(next_free_at, None),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn same_client_gets_its_lease_back_renewed() {
+        let mut s = state_with(vec![right("cad", "", 2, None)]);
+        let a = checkout(&mut s, &ask("cad", "alice", 1), T0).unwrap();
+        let b = checkout(&mut s, &ask("cad", "alice", 1), T0 + 5000).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(s.lease_count(), 1);
+        assert_eq!(s.lease(&a).unwrap().expires_at, T0 + 5000 + LEASE);
+        // After it lapsed, a new lease.
+        let c = checkout(&mut s, &ask("cad", "alice", 1), T0 + 5000 + LEASE + 1).unwrap();
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn expiry_frees_seats() {
+        let mut s = state_with(vec![right("cad", "", 1, None)]);
+        let id = checkout(&mut s, &ask("cad", "a", 1), T0).unwrap();
+        assert!(s.expired(T0 + LEASE - 1).is_empty());
+        assert_eq!(s.next_expiry(), Some(T0 + LEASE));
+        let evs = s.expired(T0 + LEASE);
+        assert_eq!(evs, vec![Event::LeaseExpired { id, at: T0 + LEASE }]);
+        for e in &evs {
+            s.apply(e);
+        }
+        assert_eq!(s.lease_count(), 0);
+        checkout(&mut s, &ask("cad", "b", 1), T0 + LEASE).unwrap();
+        // A renewal after the lease lapsed is refused.
+        assert_eq!(
+            s.decide_renew(&id, T0 + LEASE, LEASE),
+            Err(Denied::UnknownLease)
+        );
+    }
+
+    #[test]
+    fn expired_and_unknown_features() {
+        let now_s = T0 / 1000;
+        let mut s = state_with(vec![
+            right("old", "", 5, Some(now_s - 10)),
+            right("new", "", 5, Some(now_s + 10)),
+        ]);
+        assert_eq!(
+            checkout(&mut s, &ask("old", "a", 1), T0),
+            Err(Denied::FeatureExpired {
+                expired_at: (now_s - 10) * 1000
+            })
+        );
+        assert_eq!(
+            checkout(&mut s, &ask("nope", "a", 1), T0),
+            Err(Denied::UnknownFeature)
+        );
+        let id = checkout(&mut s, &ask("new", "a", 1), T0).unwrap();
+        // The feature expires while the lease lives: renewals are refused.
+        assert!(matches!(
+            s.decide_renew(&id, T0 + 11_000, LEASE),
+            Err(Denied::FeatureExpired { .. })
+        ));
+        let f = s.features(T0 + 11_000);
+        assert!(f.iter().all(|f| f.expired));
+    }
+
+    #[test]
+    fn shrinking_rights_keep_leases_but_grant_nothing_new() {
+        let mut s = state_with(vec![right("cad", "", 3, None)]);
+        let ids: Vec<Uuid> = (0..3)
+            .map(|i| checkout(&mut s, &ask("cad", &format!("c{i}"), 1), T0).unwrap())
+            .collect();
+        s.apply(&Event::RightsUpdated {
+            rights: vec![right("cad", "", 1, None)],
+            at: T0 + 1,
+            issued_at: 0,
+        });
+        assert_eq!(s.lease_count(), 3);
+        assert!(s.decide_renew(&ids[0], T0 + 2, LEASE).is_ok());
+        assert!(matches!(
+            checkout(&mut s, &ask("cad", "x", 1), T0 + 2),
+            Err(Denied::NoSeat { .. })
+        ));
+        for id in &ids[..2] {
+            let ev = s.decide_return(id, T0 + 3).unwrap();
+            s.apply(&ev);
+        }
+        // 1 in use of 1: still full; after the last returns, one seat.
+        assert!(checkout(&mut s, &ask("cad", "x", 1), T0 + 4).is_err());
+        let ev = s.decide_return(&ids[2], T0 + 5).unwrap();
+        s.apply(&ev);
+        checkout(&mut s, &ask("cad", "x", 1), T0 + 6).unwrap();
+        let f = &s.features(T0 + 6)[0];
+        assert_eq!((f.count, f.in_use, f.free), (1, 1, 0));
+        // Removed entirely: leases remain visible with count 0, renewals refused.
+        s.apply(&Event::RightsUpdated {
+            rights: vec![],
+            at: T0 + 7,
+            issued_at: 0,
+        });
+        let f = &s.features(T0 + 7)[0];
+        assert_eq!((f.count, f.in_use), (0, 1));
+        let lid = s.leases_of("cad")[0].lease_id;
+        assert_eq!(
+            s.decide_renew(&lid, T0 + 8, LEASE),
+            Err(Denied::FeatureRemoved)
+        );
+    }
+
+    #[test]
+    fn versions_and_rights_sum() {
+        let mut s = state_with(vec![
+            right("cad", "1.0", 1, None),
+            right("cad", "2.0", 1, None),
+            right("cad", "2.0", 1, None),
+        ]);
+        let v2 = CheckoutAsk {
+            version: Some("2.0"),
+            ..ask("cad", "a", 2)
+        };
+        checkout(&mut s, &v2, T0).unwrap();
+        // Any version: 2.0 is full, 1.0 has one.
+        let id = checkout(&mut s, &ask("cad", "b", 1), T0).unwrap();
+        assert_eq!(s.lease(&id).unwrap().version, "1.0");
+        assert!(checkout(&mut s, &ask("cad", "c", 1), T0).is_err());
+        let unknown_version = CheckoutAsk {
+            version: Some("3.0"),
+            ..ask("cad", "a", 1)
+        };
+        assert_eq!(
+            checkout(&mut s, &unknown_version, T0),
+            Err(Denied::UnknownFeature)
+        );
+    }
+
+    #[test]
+    fn snapshot_round_trip_rebuilds_indexes() {
+        let mut s = state_with(vec![right("cad", "", 2, None)]);
+        let id = checkout(&mut s, &ask("cad", "a", 1), T0).unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        let mut back: State = serde_json::from_str(&json).unwrap();
+        back.rebuild_index();
+        assert_eq!(back.seq, s.seq);
+        assert_eq!(back.features(T0), s.features(T0));
+        assert_eq!(back.next_expiry(), Some(T0 + LEASE));
+        // Same client gets the same lease from the restored state.
+        assert_eq!(
+            checkout(&mut back, &ask("cad", "a", 1), T0 + 1).unwrap(),
+            id
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_count_events() {
+        let mut s = State::default();
+        assert_eq!(s.apply(&Event::LeaseKeyCreated { key: "k".into() }), 1);
+        assert_eq!(
+            s.apply(&Event::LeaseReturned {
+                id: Uuid::nil(),
+                at: 0
+            }),
+            2
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! The one error type of the service, mapped to the contract's error codes.
+
+use shared::{ErrorBody, ErrorCode};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{message}")]
+    Validation {
+        field: Option<String>,
+        message: String,
+    },
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{message}")]
+    NoLicense {
+        message: String,
+        next_free_at: Option<i64>,
+    },
+    #[error("{0}")]
+    FeatureExpired(String),
+    #[error("this server is standing by; check licenses out from {serving_url}")]
+    NotServing { serving_url: String },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    pub fn validation(field: &str, message: impl Into<String>) -> Self {
+        ServiceError::Validation {
+            field: Some(field.to_owned()),
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ServiceError::Validation { .. } | ServiceError::PayloadTooLarge(_) => {
+                ErrorCode::ValidationError
+            }
+            ServiceError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ServiceError::Forbidden(_) => ErrorCode::Forbidden,
+            ServiceError::NotFound(_) | ServiceError::MethodNotAllowed(_) => ErrorCode::NotFound,
+            ServiceError::NoLicense { .. } => ErrorCode::NoLicenseAvailable,
+            ServiceError::FeatureExpired(_) => ErrorCode::FeatureExpired,
+            ServiceError::NotServing { .. } => ErrorCode::NotServing,
+            ServiceError::Unavailable(_) => ErrorCode::Unavailable,
+            ServiceError::Internal(_) => ErrorCode::InternalError,
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ServiceError::PayloadTooLarge(_) => 413,
+            ServiceError::MethodNotAllowed(_) => 405,
+            other => other.code().http_status(),
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        let mut body = ErrorBody::new(self.code(), self.to_string());
+        match self {
+            ServiceError::Validation { field: Some(f), .. } => body.field = Some(f.clone()),
+            ServiceError::NoLicense { next_free_at, .. } => body.next_free_at = *next_free_at,
+            ServiceError::NotServing { serving_url } => {
+                body.serving_url = Some(serving_url.clone())
+            }
+            _ => {}
+        }
+        body
+    }
+}
+
+impl From<crate::store::StoreError> for ServiceError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ServiceError::Internal(format!("the change could not be made durable: {e}"))
+    }
+}

@@ -1,0 +1,180 @@
+//! Prometheus metrics (prometheus-client), rendered by `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: &'static str,
+    pub route: &'static str,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~1.6 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub grants: Counter,
+    pub renewals: Counter,
+    pub returns: Counter,
+    pub expirations: Counter,
+    pub releases: Counter,
+    pub denials: Family<CodeLabel, Counter>,
+    pub polls: Family<ResultLabel, Counter>,
+    pub http: HistogramFamily,
+    pub leases: Gauge,
+    pub seats_in_use: Gauge,
+    pub seats_licensed: Gauge,
+    pub store_commits: Counter,
+    pub store_events: Counter,
+    pub store_snapshots: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("lls");
+        let m = Metrics {
+            grants: Counter::default(),
+            renewals: Counter::default(),
+            returns: Counter::default(),
+            expirations: Counter::default(),
+            releases: Counter::default(),
+            denials: Family::default(),
+            polls: Family::default(),
+            http: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            leases: Gauge::default(),
+            seats_in_use: Gauge::default(),
+            seats_licensed: Gauge::default(),
+            store_commits: Counter::default(),
+            store_events: Counter::default(),
+            store_snapshots: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "lease_grants",
+            "Leases granted (new seats)",
+            m.grants.clone(),
+        );
+        registry.register(
+            "lease_renewals",
+            "Leases renewed (including a repeated checkout by the same client)",
+            m.renewals.clone(),
+        );
+        registry.register(
+            "lease_returns",
+            "Leases returned by clients",
+            m.returns.clone(),
+        );
+        registry.register(
+            "lease_expirations",
+            "Leases freed because they were not renewed in time",
+            m.expirations.clone(),
+        );
+        registry.register(
+            "lease_releases",
+            "Leases force-released by an operator",
+            m.releases.clone(),
+        );
+        registry.register(
+            "denials",
+            "Client requests refused, by error code",
+            m.denials.clone(),
+        );
+        registry.register(
+            "capability_polls",
+            "Capability requests to the back office, by result",
+            m.polls.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer HTTP requests, by route",
+            m.http.clone(),
+        );
+        registry.register("leases", "Leases held now", m.leases.clone());
+        registry.register("seats_in_use", "Seats held now", m.seats_in_use.clone());
+        registry.register(
+            "seats_licensed",
+            "Seats licensed now (all features)",
+            m.seats_licensed.clone(),
+        );
+        registry.register(
+            "store_commits",
+            "Journal commits (one fdatasync each)",
+            m.store_commits.clone(),
+        );
+        registry.register(
+            "store_events",
+            "Events written to the journal",
+            m.store_events.clone(),
+        );
+        registry.register(
+            "store_snapshots",
+            "Snapshots written",
+            m.store_snapshots.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn deny(&self, code: shared::ErrorCode) {
+        self.denials
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn poll(&self, result: &'static str) {
+        self.polls.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    pub fn observe(&self, method: &'static str, route: &'static str, secs: f64) {
+        self.http
+            .get_or_create(&RouteLabels { method, route })
+            .observe(secs);
+    }
+
+    /// Raises a counter to an absolute value read elsewhere.
+    pub fn catch_up(counter: &Counter, value: u64) {
+        let now = counter.get();
+        if value > now {
+            counter.inc_by(value - now);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,406 @@
+//! Settings: a TOML file, then environment variables of the same names (the contract).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::Dict;
+use serde::{Deserialize, Deserializer};
+use shared::HostId;
+use shared::capability::{RightsRequest, Role, parse_rights_ids};
+use shared::secret::Secret;
+
+/// Every setting name; environment variables outside this list are ignored.
+pub const NAMES: &[&str] = &[
+    "HOSTID",
+    "LISTEN",
+    "DATA_DIR",
+    "BACKOFFICE_URL",
+    "BACKOFFICE_TOKEN",
+    "BACKOFFICE_PUBLIC_KEY",
+    "BACKUP_SERVER_HOSTID",
+    "LICENSING_BACKUP_URI",
+    "LICENSING_MAIN_URI",
+    "RIGHTS_IDS",
+    "CAPABILITY_POLL_INTERVAL",
+    "FAILOVER_MAINTENANCE_INTERVAL",
+    "BACKUP_ABSENCE_LIMIT",
+    "LEASE_DURATION",
+    "ADMIN_TOKEN",
+    "PUBLIC_URL",
+    "CLOCK_LEEWAY",
+    "BACKOFF_MAX",
+];
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+
+/// The settings as read, before checking.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    hostid: Option<String>,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    backoffice_url: Option<String>,
+    #[serde(default, deserialize_with = "secret_like")]
+    backoffice_token: Option<Secret>,
+    backoffice_public_key: Option<PathBuf>,
+    backup_server_hostid: Option<String>,
+    licensing_backup_uri: Option<String>,
+    licensing_main_uri: Option<String>,
+    #[serde(default, deserialize_with = "string_like")]
+    rights_ids: Option<String>,
+    #[serde(default, deserialize_with = "duration_like")]
+    capability_poll_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_like")]
+    failover_maintenance_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_like")]
+    backup_absence_limit: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_like")]
+    lease_duration: Option<Duration>,
+    #[serde(default, deserialize_with = "secret_like")]
+    admin_token: Option<Secret>,
+    public_url: Option<String>,
+    #[serde(default, deserialize_with = "duration_like")]
+    clock_leeway: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_like")]
+    backoff_max: Option<Duration>,
+}
+
+/// Checked settings of `license-server serve`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub hostid: HostId,
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub backoffice_url: String,
+    pub backoffice_token: Secret,
+    pub backoffice_public_key: PathBuf,
+    pub backup_server_hostid: Option<HostId>,
+    pub licensing_backup_uri: Option<String>,
+    pub licensing_main_uri: Option<String>,
+    pub rights_ids: Vec<RightsRequest>,
+    /// `None`: use the interval the back office sends.
+    pub capability_poll_interval: Option<Duration>,
+    pub failover_maintenance_interval: Duration,
+    pub backup_absence_limit: Duration,
+    pub lease_duration: Duration,
+    /// `None`: read or generate `DATA_DIR/admin.token`.
+    pub admin_token: Option<Secret>,
+    /// This server's URL as clients reach it (`served_by` in leases).
+    pub public_url: Option<String>,
+    /// How far the back office's clock may differ from ours.
+    pub clock_leeway: Duration,
+    /// Longest wait between retries while the back office is unreachable.
+    pub backoff_max: Duration,
+}
+
+impl Settings {
+    /// Reads `file` (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+        let mut fig = Figment::new();
+        if let Some(f) = file {
+            if !f.exists() {
+                bail!("the settings file {} does not exist", f.display());
+            }
+            // Keys are matched without regard to case (`LISTEN` or `listen`).
+            let data: Dict = Figment::from(Toml::file(f))
+                .extract()
+                .with_context(|| format!("reading the settings file {}", f.display()))?;
+            let lowered: Dict = data
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect();
+            fig = fig.merge(Serialized::defaults(lowered));
+        }
+        fig = fig.merge(Env::raw().only(NAMES));
+        let raw: Raw = fig.extract().context("reading the settings")?;
+        Settings::from_raw(raw)
+    }
+
+    fn from_raw(raw: Raw) -> anyhow::Result<Settings> {
+        let hostid = match raw.hostid {
+            Some(h) => HostId::parse(&h).with_context(|| format!("HOSTID `{h}`"))?,
+            None => default_hostid().context(
+                "HOSTID is not set and no network interface with a MAC address was found",
+            )?,
+        };
+        let backup_server_hostid = raw
+            .backup_server_hostid
+            .filter(|s| !s.trim().is_empty())
+            .map(|h| HostId::parse(&h).with_context(|| format!("BACKUP_SERVER_HOSTID `{h}`")))
+            .transpose()?;
+        if let Some(b) = &backup_server_hostid {
+            if b.kind() != hostid.kind() {
+                bail!(
+                    "BACKUP_SERVER_HOSTID {b} and HOSTID {hostid} must be of the same type (HOSTID_TYPE_MISMATCH)"
+                );
+            }
+            if *b == hostid {
+                bail!("BACKUP_SERVER_HOSTID must differ from this server's HOSTID {hostid}");
+            }
+        }
+        let licensing_main_uri = non_empty(raw.licensing_main_uri);
+        if backup_server_hostid.is_some() && licensing_main_uri.is_some() {
+            bail!(
+                "set BACKUP_SERVER_HOSTID (this server is the main) or LICENSING_MAIN_URI (this server is the backup), not both"
+            );
+        }
+        let rights_ids = match raw.rights_ids {
+            Some(r) => parse_rights_ids(&r)
+                .map_err(anyhow::Error::msg)
+                .context("RIGHTS_IDS")?,
+            None => Vec::new(),
+        };
+        let listen = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        if listen
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            bail!("LISTEN `{listen}` is not an address such as 127.0.0.1:7070");
+        }
+        let backoffice_url = non_empty(raw.backoffice_url)
+            .context("BACKOFFICE_URL is required: the back office's base URL")?
+            .trim_end_matches('/')
+            .to_owned();
+        let backoffice_token = raw
+            .backoffice_token
+            .filter(|s| !s.is_empty())
+            .context("BACKOFFICE_TOKEN is required: the token this server authenticates with")?;
+        let backoffice_public_key = raw.backoffice_public_key.context(
+            "BACKOFFICE_PUBLIC_KEY is required: the PEM file with the back office's public key",
+        )?;
+        let lease_duration = raw.lease_duration.unwrap_or(Duration::from_secs(300));
+        if lease_duration < Duration::from_secs(1) {
+            bail!("LEASE_DURATION must be at least 1s");
+        }
+        if let Some(p) = raw.capability_poll_interval
+            && p < Duration::from_millis(100)
+        {
+            bail!("CAPABILITY_POLL_INTERVAL must be at least 100ms");
+        }
+        Ok(Settings {
+            hostid,
+            listen,
+            data_dir: raw
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("license-server-data")),
+            backoffice_url,
+            backoffice_token,
+            backoffice_public_key,
+            backup_server_hostid,
+            licensing_backup_uri: non_empty(raw.licensing_backup_uri),
+            licensing_main_uri,
+            rights_ids,
+            capability_poll_interval: raw.capability_poll_interval,
+            failover_maintenance_interval: raw
+                .failover_maintenance_interval
+                .unwrap_or(Duration::from_secs(21 * 86_400)),
+            backup_absence_limit: raw
+                .backup_absence_limit
+                .unwrap_or(Duration::from_secs(7 * 86_400)),
+            lease_duration,
+            admin_token: raw.admin_token.filter(|s| !s.is_empty()),
+            public_url: non_empty(raw.public_url),
+            clock_leeway: raw.clock_leeway.unwrap_or(Duration::from_secs(60)),
+            backoff_max: raw.backoff_max.unwrap_or(Duration::from_secs(60)),
+        })
+    }
+
+    /// main when a backup is named, backup when a main is named, else standalone.
+    pub fn role(&self) -> Role {
+        if self.backup_server_hostid.is_some() {
+            Role::Main
+        } else if self.licensing_main_uri.is_some() {
+            Role::Backup
+        } else {
+            Role::Standalone
+        }
+    }
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl Scalar {
+    fn into_string(self) -> String {
+        match self {
+            Scalar::Text(s) => s,
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// Environment values that look like numbers arrive as numbers; take them as text.
+fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<Scalar>::deserialize(d)?.map(Scalar::into_string))
+}
+
+fn secret_like<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(string_like(d)?.map(Secret::new))
+}
+
+/// `90s`, `5m`, `21d`, or a number of seconds.
+fn duration_like<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    match Option::<Scalar>::deserialize(d)? {
+        None => Ok(None),
+        Some(Scalar::Int(i)) if i >= 0 => Ok(Some(Duration::from_secs(i as u64))),
+        Some(Scalar::Text(t)) => shared::duration::parse(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "`{}` is not a duration such as 90s, 5m or 21d",
+            other.into_string()
+        ))),
+    }
+}
+
+/// `ethernet:<MAC>` of the first non-loopback interface (by name) with a real MAC.
+pub fn default_hostid() -> Option<HostId> {
+    let mut names: Vec<_> = std::fs::read_dir("/sys/class/net")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lo")
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|name| {
+        let addr = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).ok()?;
+        let addr = addr.trim();
+        if addr.is_empty() || addr == "00:00:00:00:00:00" {
+            return None;
+        }
+        HostId::parse(&format!("ethernet:{addr}")).ok()
+    })
+}
+
+/// Reads `DATA_DIR/admin.token`, creating it (mode 0600) with a random token if absent.
+pub fn admin_token_file(data_dir: &Path) -> anyhow::Result<Secret> {
+    let path = data_dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(Secret::new(s.trim())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = shared::random_token::<32>();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    tracing::info!(path = %path.display(), "generated an operator token (ADMIN_TOKEN)");
+    Ok(Secret::new(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_min() -> Raw {
+        Raw {
+            hostid: Some("string:lls-1".into()),
+            backoffice_url: Some("http://bo/".into()),
+            backoffice_token: Some(Secret::new("t")),
+            backoffice_public_key: Some("k.pem".into()),
+            ..Raw::default()
+        }
+    }
+
+    #[test]
+    fn defaults_and_roles() {
+        let s = Settings::from_raw(raw_min()).unwrap();
+        assert_eq!(s.listen, DEFAULT_LISTEN);
+        assert_eq!(s.backoffice_url, "http://bo");
+        assert_eq!(s.role(), Role::Standalone);
+        assert_eq!(
+            s.failover_maintenance_interval,
+            Duration::from_secs(21 * 86400)
+        );
+        assert_eq!(s.backup_absence_limit, Duration::from_secs(7 * 86400));
+        let main = Settings::from_raw(Raw {
+            backup_server_hostid: Some("string:lls-2".into()),
+            ..raw_min()
+        })
+        .unwrap();
+        assert_eq!(main.role(), Role::Main);
+        let backup = Settings::from_raw(Raw {
+            licensing_main_uri: Some("http://main:7070".into()),
+            ..raw_min()
+        })
+        .unwrap();
+        assert_eq!(backup.role(), Role::Backup);
+        assert!(
+            Settings::from_raw(Raw {
+                backup_server_hostid: Some("ethernet:001122334455".into()),
+                ..raw_min()
+            })
+            .is_err()
+        );
+        assert!(
+            Settings::from_raw(Raw {
+                backoffice_url: None,
+                ..raw_min()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure type")]
+    fn toml_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.toml");
+        std::fs::write(
+            &file,
+            "HOSTID = \"string:from-file\"\nBACKOFFICE_URL = \"http://bo\"\nBACKOFFICE_TOKEN = \"t\"\nBACKOFFICE_PUBLIC_KEY = \"k.pem\"\nLEASE_DURATION = \"90s\"\nRIGHTS_IDS = \"A-1:5, A-2:2\"\nCAPABILITY_POLL_INTERVAL = 30\n",
+        )
+        .unwrap();
+        // The environment overrides the file (set for this process only in this test).
+        let mut loaded = None;
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LEASE_DURATION", "5m");
+            jail.set_env("UNRELATED_VARIABLE", "ignored");
+            loaded = Some(Settings::load(Some(&file)).map_err(|e| e.to_string()));
+            Ok(())
+        });
+        let s = loaded.unwrap().unwrap();
+        assert_eq!(s.hostid.to_string(), "string:from-file");
+        assert_eq!(s.lease_duration, Duration::from_secs(300));
+        assert_eq!(s.rights_ids.len(), 2);
+        assert_eq!(s.capability_poll_interval, Some(Duration::from_secs(30)));
+        // Unknown names in the file are refused (typos must not pass silently).
+        std::fs::write(&file, "HOSTID = \"string:a\"\nLEASE_DURATON = \"5m\"\n").unwrap();
+        assert!(Settings::load(Some(&file)).is_err());
+    }
+
+    #[test]
+    fn admin_token_is_generated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = admin_token_file(dir.path()).unwrap();
+        let b = admin_token_file(dir.path()).unwrap();
+        assert_eq!(a, b);
+        assert!(a.expose().len() >= 32);
+    }
+}

@@ -1,0 +1,542 @@
+//! The client library (feature `client`): check licenses out of a license server, renew
+//! them in the background, return them on drop.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), shared::client::ClientError> {
+//! let client = shared::client::Client::new("http://127.0.0.1:7070")?;
+//! let guard = client.checkout("cad", 1).await?; // renewed in the background
+//! println!("lease {} until {}", guard.lease().lease_id, guard.lease().expires_at);
+//! guard.release().await?; // or just drop it
+//! # Ok(()) }
+//! ```
+//!
+//! A client knows an ordered list of servers. Requests go to the first that answers; a
+//! server that does not answer sends the client to the next; `NOT_SERVING` moves the
+//! client to the server named in `serving_url`; the backup URL a main hands out with each
+//! lease (`backup_uri`) is added to the list.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::lease::{CheckoutRequest, FeatureInfo, Lease};
+use crate::{ErrorBody, ErrorCode};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a contract error.
+    #[error("{body} (HTTP {status})")]
+    Api { status: u16, body: ErrorBody },
+    /// No server could be reached.
+    #[error("no license server answered: {0}")]
+    Transport(String),
+    /// Bad input on the client side or an answer that makes no sense.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ClientError {
+    /// The contract error code, for API errors.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { body, .. } => Some(body.code),
+            _ => None,
+        }
+    }
+
+    pub fn body(&self) -> Option<&ErrorBody> {
+        match self {
+            ClientError::Api { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+}
+
+struct Inner {
+    http: reqwest::Client,
+    /// Ordered: the preferred server first.
+    servers: Mutex<Vec<String>>,
+    client_id: String,
+}
+
+/// A handle to one or more license servers. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("servers", &self.servers())
+            .field("client_id", &self.inner.client_id)
+            .finish()
+    }
+}
+
+fn default_client_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "client".to_owned());
+    format!("{host}:{}", std::process::id())
+}
+
+fn normalise(url: &str) -> Result<String, ClientError> {
+    let url = url.trim().trim_end_matches('/');
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ClientError::Invalid(format!(
+            "`{url}` is not a server URL such as http://127.0.0.1:7070"
+        )));
+    }
+    Ok(url.to_owned())
+}
+
+impl Client {
+    /// One server.
+    pub fn new(url: &str) -> Result<Client, ClientError> {
+        Client::with_servers([url])
+    }
+
+    /// An ordered list of servers (the first is preferred).
+    pub fn with_servers<I, S>(urls: I) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut servers = Vec::new();
+        for u in urls {
+            let u = normalise(u.as_ref())?;
+            if !servers.contains(&u) {
+                servers.push(u);
+            }
+        }
+        if servers.is_empty() {
+            return Err(ClientError::Invalid("name at least one server".into()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                servers: Mutex::new(servers),
+                client_id: default_client_id(),
+            }),
+        })
+    }
+
+    /// The same servers, another client identity (default: `hostname:pid`).
+    pub fn with_client_id(&self, client_id: impl Into<String>) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                http: self.inner.http.clone(),
+                servers: Mutex::new(self.servers()),
+                client_id: client_id.into(),
+            }),
+        }
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// The servers in the order they are tried.
+    pub fn servers(&self) -> Vec<String> {
+        self.inner
+            .servers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn learn(&self, lease: &Lease) {
+        if let Some(b) = lease.backup_uri.as_deref().and_then(|u| normalise(u).ok()) {
+            let mut s = self.inner.servers.lock().unwrap_or_else(|e| e.into_inner());
+            if !s.contains(&b) {
+                tracing::debug!(backup = %b, "learned the backup server's URL");
+                s.push(b);
+            }
+        }
+    }
+
+    fn prefer(&self, url: &str) {
+        if let Ok(url) = normalise(url) {
+            let mut s = self.inner.servers.lock().unwrap_or_else(|e| e.into_inner());
+            s.retain(|u| *u != url);
+            s.insert(0, url);
+        }
+    }
+
+    /// Sends to the servers in order (starting with `first` if given) until one answers.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        bearer: Option<&str>,
+        first: Option<&str>,
+    ) -> Result<Option<T>, ClientError> {
+        let mut order = self.servers();
+        if let Some(f) = first.and_then(|f| normalise(f).ok()) {
+            order.retain(|u| *u != f);
+            order.insert(0, f);
+        }
+        let mut last_err = None;
+        let mut redirected = false;
+        let mut i = 0;
+        while i < order.len() {
+            let base = order[i].clone();
+            i += 1;
+            let mut req = self
+                .inner
+                .http
+                .request(method.clone(), format!("{base}{path}"));
+            if let Some(b) = &body {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b.clone());
+            }
+            if let Some(t) = bearer {
+                req = req.bearer_auth(t);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(server = %base, error = %e, "license server did not answer");
+                    last_err = Some(ClientError::Transport(format!("{base}: {e}")));
+                    continue;
+                }
+            };
+            let status = resp.status().as_u16();
+            let bytes = match resp.bytes().await {
+                Ok(b) => b,
+                Err(e) => {
+                    last_err = Some(ClientError::Transport(format!("{base}: {e}")));
+                    continue;
+                }
+            };
+            if (200..300).contains(&status) {
+                if status == 204 || bytes.is_empty() {
+                    return Ok(None);
+                }
+                return serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                    ClientError::Invalid(format!("unexpected answer from {base}: {e}"))
+                });
+            }
+            let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| {
+                ErrorBody::new(
+                    ErrorCode::Unknown,
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+                )
+            });
+            if body.code == ErrorCode::NotServing
+                && let Some(url) = body.serving_url.clone()
+                && !redirected
+            {
+                // Standby server: go where it says, once.
+                redirected = true;
+                if let Ok(url) = normalise(&url) {
+                    self.prefer(&url);
+                    order.retain(|u| *u != url);
+                    order.insert(i, url);
+                }
+                last_err = Some(ClientError::Api { status, body });
+                continue;
+            }
+            return Err(ClientError::Api { status, body });
+        }
+        Err(last_err.unwrap_or_else(|| ClientError::Transport("no server configured".into())))
+    }
+
+    /// Every feature of the first server that answers.
+    pub async fn features(&self) -> Result<Vec<FeatureInfo>, ClientError> {
+        self.call(Method::GET, "/api/v1/features", None, None, None)
+            .await?
+            .ok_or_else(|| ClientError::Invalid("empty answer".into()))
+    }
+
+    /// Checks out `count` seats of `feature` (any version); the guard renews the lease in
+    /// the background and returns it when dropped.
+    pub async fn checkout(&self, feature: &str, count: u32) -> Result<LeaseGuard, ClientError> {
+        self.checkout_with(CheckoutRequest {
+            feature: feature.to_owned(),
+            version: None,
+            count,
+            client_id: self.inner.client_id.clone(),
+        })
+        .await
+    }
+
+    /// Checks out with a full request (a version, another client ID).
+    pub async fn checkout_with(&self, req: CheckoutRequest) -> Result<LeaseGuard, ClientError> {
+        let lease = self.checkout_lease(&req).await?;
+        Ok(LeaseGuard::new(self.clone(), lease))
+    }
+
+    /// Checks out without a guard: the caller renews and returns.
+    pub async fn checkout_lease(&self, req: &CheckoutRequest) -> Result<Lease, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let lease: Lease = self
+            .call(Method::POST, "/api/v1/leases", Some(body), None, None)
+            .await?
+            .ok_or_else(|| ClientError::Invalid("empty answer to a checkout".into()))?;
+        self.learn(&lease);
+        Ok(lease)
+    }
+
+    /// Renews a lease (at the server that granted it first).
+    pub async fn renew(&self, lease: &Lease) -> Result<Lease, ClientError> {
+        let path = format!("/api/v1/leases/{}", lease.lease_id);
+        let new: Lease = self
+            .call(
+                Method::PUT,
+                &path,
+                None,
+                Some(&lease.token),
+                lease.served_by.as_deref(),
+            )
+            .await?
+            .ok_or_else(|| ClientError::Invalid("empty answer to a renewal".into()))?;
+        self.learn(&new);
+        Ok(new)
+    }
+
+    /// Renews by ID and token (e.g. from a command line).
+    pub async fn renew_by_id(&self, id: Uuid, token: &str) -> Result<Lease, ClientError> {
+        let path = format!("/api/v1/leases/{id}");
+        self.call(Method::PUT, &path, None, Some(token), None)
+            .await?
+            .ok_or_else(|| ClientError::Invalid("empty answer to a renewal".into()))
+    }
+
+    /// Returns a lease.
+    pub async fn release(&self, lease: &Lease) -> Result<(), ClientError> {
+        let path = format!("/api/v1/leases/{}", lease.lease_id);
+        self.call::<serde_json::Value>(
+            Method::DELETE,
+            &path,
+            None,
+            Some(&lease.token),
+            lease.served_by.as_deref(),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Returns a lease by ID and token.
+    pub async fn release_by_id(&self, id: Uuid, token: &str) -> Result<(), ClientError> {
+        let path = format!("/api/v1/leases/{id}");
+        self.call::<serde_json::Value>(Method::DELETE, &path, None, Some(token), None)
+            .await
+            .map(|_| ())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How long to wait before renewing: until `renew_after`, but never past half the time
+/// left, and at least 200 ms.
+pub fn renew_delay(lease: &Lease, now_ms: i64) -> Duration {
+    let half_left = (lease.expires_at * 1000 - now_ms) / 2;
+    let until_renew = lease.renew_after * 1000 - now_ms;
+    let ms = until_renew.min(half_left).max(200);
+    Duration::from_millis(ms as u64)
+}
+
+/// A checked-out lease, renewed in the background, returned on drop.
+pub struct LeaseGuard {
+    client: Client,
+    lease: Arc<Mutex<Lease>>,
+    last_error: Arc<Mutex<Option<ClientError>>>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+    released: bool,
+}
+
+impl std::fmt::Debug for LeaseGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseGuard")
+            .field("lease_id", &self.lease().lease_id)
+            .finish()
+    }
+}
+
+impl LeaseGuard {
+    fn new(client: Client, lease: Lease) -> LeaseGuard {
+        let lease = Arc::new(Mutex::new(lease));
+        let last_error = Arc::new(Mutex::new(None));
+        let renewer = tokio::spawn(renew_loop(
+            client.clone(),
+            lease.clone(),
+            last_error.clone(),
+        ));
+        LeaseGuard {
+            client,
+            lease,
+            last_error,
+            renewer: Some(renewer),
+            released: false,
+        }
+    }
+
+    /// The lease as last granted or renewed.
+    pub fn lease(&self) -> Lease {
+        self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The last background renewal error, if the last renewal failed.
+    pub fn last_error(&self) -> Option<ClientError> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Renews now.
+    pub async fn renew(&self) -> Result<Lease, ClientError> {
+        let current = self.lease();
+        let new = self.client.renew(&current).await?;
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        Ok(new)
+    }
+
+    /// Returns the lease and waits for the answer.
+    pub async fn release(mut self) -> Result<(), ClientError> {
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+        self.released = true;
+        let lease = self.lease();
+        self.client.release(&lease).await
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+        if self.released {
+            return;
+        }
+        let lease = self.lease();
+        let client = self.client.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move {
+                    if let Err(e) = client.release(&lease).await {
+                        tracing::warn!(lease = %lease.lease_id, error = %e, "returning the lease failed; it frees when it expires");
+                    }
+                });
+            }
+            Err(_) => tracing::warn!(
+                lease = %lease.lease_id,
+                "dropped outside a runtime: the lease frees when it expires"
+            ),
+        }
+    }
+}
+
+async fn renew_loop(
+    client: Client,
+    lease: Arc<Mutex<Lease>>,
+    last_error: Arc<Mutex<Option<ClientError>>>,
+) {
+    let mut retry: Option<Duration> = None;
+    loop {
+        let current = lease.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let wait = retry.unwrap_or_else(|| renew_delay(&current, now_ms()));
+        tokio::time::sleep(wait).await;
+        match client.renew(&current).await {
+            Ok(new) => {
+                *lease.lock().unwrap_or_else(|e| e.into_inner()) = new;
+                *last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                retry = None;
+            }
+            Err(e) => {
+                let fatal = matches!(
+                    e.code(),
+                    Some(ErrorCode::NotFound | ErrorCode::Forbidden | ErrorCode::FeatureExpired)
+                );
+                tracing::warn!(lease = %current.lease_id, error = %e, fatal, "renewing the lease failed");
+                *last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                if fatal {
+                    return;
+                }
+                retry = Some(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(expires_at: i64, renew_after: i64) -> Lease {
+        Lease {
+            lease_id: Uuid::nil(),
+            token: "t".into(),
+            feature: "f".into(),
+            version: String::new(),
+            count: 1,
+            client_id: "c".into(),
+            granted_at: 0,
+            expires_at,
+            renew_after,
+            served_by: None,
+            backup_uri: Some("http://backup:7070/".into()),
+        }
+    }
+
+    #[test]
+    fn renew_delay_is_before_expiry() {
+        // 300 s lease granted now: renew after 150 s.
+        assert_eq!(
+            renew_delay(&lease(1300, 1150), 1_000_000),
+            Duration::from_secs(150)
+        );
+        // Short lease: never later than half the time left, never below 200 ms.
+        assert_eq!(
+            renew_delay(&lease(1002, 1001), 1_000_000),
+            Duration::from_millis(1000)
+        );
+        assert_eq!(
+            renew_delay(&lease(1000, 1000), 1_000_000),
+            Duration::from_millis(200)
+        );
+    }
+
+    #[test]
+    fn servers_are_ordered_and_learned() {
+        let c = Client::with_servers(["http://a:1/", "http://b:2", "http://a:1"]).unwrap();
+        assert_eq!(c.servers(), vec!["http://a:1", "http://b:2"]);
+        c.learn(&lease(0, 0));
+        assert_eq!(c.servers().last().unwrap(), "http://backup:7070");
+        c.prefer("http://b:2");
+        assert_eq!(c.servers()[0], "http://b:2");
+        assert!(Client::new("ftp://x").is_err());
+        let d = c.with_client_id("me");
+        assert_eq!(d.client_id(), "me");
+    }
+
+    #[tokio::test]
+    async fn unreachable_servers_are_a_transport_error() {
+        // Port 9 on loopback: nothing listens.
+        let c = Client::with_servers(["http://127.0.0.1:9", "http://127.0.0.1:9/x"]).unwrap();
+        let err = c.features().await.unwrap_err();
+        assert!(matches!(err, ClientError::Transport(_)), "{err:?}");
+    }
+}

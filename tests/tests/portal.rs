@@ -1,0 +1,599 @@
+//! The end-user portal in a real headless Chromium (WebDriver), against a real back office
+//! on each storage backend: sign in, register a pair, map rights, see the pair after the
+//! servers have polled, remove the backup, and make sure another account sees none of it.
+//! Screenshots of every page go to `target/screenshots/`.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use shared::HostId;
+use shared::capability::{
+    CapabilityRequest, FeatureUsage, PairStatus, Role, ServerReport, ServerStatus,
+};
+use tests::browser::{Browser, DESKTOP, PHONE};
+use tests::{ADMIN_EMAIL, ADMIN_PASSWORD, BackOffice, Backend, Fixture};
+
+/// One capability request, as a license server sends it.
+async fn poll(
+    bo: &BackOffice,
+    token: &str,
+    hostid: &str,
+    role: Role,
+    backup: Option<&str>,
+    status: ServerStatus,
+    usage: &[(&str, u32, u32)],
+) -> Result<()> {
+    let req = CapabilityRequest {
+        request_id: uuid::Uuid::new_v4(),
+        hostid: HostId::parse(hostid)?,
+        role,
+        backup_hostid: backup.map(HostId::parse).transpose()?,
+        sent_at: shared::now_unix(),
+        rights: vec![],
+        report: Some(ServerReport {
+            server_status: status,
+            pair_status: Some(PairStatus::PairedAvailable),
+            usage: usage
+                .iter()
+                .map(|(feature, count, in_use)| FeatureUsage {
+                    feature: (*feature).to_owned(),
+                    version: "1.0".to_owned(),
+                    count: *count,
+                    in_use: *in_use,
+                })
+                .collect(),
+            backup_dropped: false,
+        }),
+    };
+    let r = bo
+        .http
+        .post(format!("{}/api/v1/capability", bo.url))
+        .bearer_auth(token)
+        .json(&req)
+        .send()
+        .await?;
+    let status = r.status();
+    let body = r.text().await?;
+    ensure!(
+        status.is_success(),
+        "capability request of {hostid} ({role:?}): {status} {body}"
+    );
+    Ok(())
+}
+
+async fn sign_in(b: &Browser, base: &str, email: &str, password: &str) -> Result<()> {
+    b.goto(&format!("{base}/portal/signin")).await?;
+    b.fill("#email", email).await?;
+    b.fill("#password", password).await?;
+    b.click("#signin-submit", "h1").await
+}
+
+async fn sign_out(b: &Browser) -> Result<()> {
+    b.click(".signout button", "#signin-submit").await?;
+    Ok(())
+}
+
+/// POSTs a form from inside the page (as a forged or stale page would), with the given
+/// fields, and waits for the answer page.
+async fn post_form(b: &Browser, action: &str, fields: Value) -> Result<()> {
+    b.mark_page().await?;
+    b.execute(
+        r#"const [action, fields] = arguments;
+           const f = document.createElement('form');
+           f.method = 'post'; f.action = action;
+           for (const [k, v] of Object.entries(fields)) {
+             const i = document.createElement('input');
+             i.type = 'hidden'; i.name = k; i.value = v; f.appendChild(i);
+           }
+           document.body.appendChild(f); f.submit();"#,
+        vec![json!(action), fields],
+    )
+    .await?;
+    b.wait_new_page().await
+}
+
+/// The session cookie as the browser holds it (HttpOnly cookies are visible to WebDriver).
+async fn session_cookie(b: &Browser) -> Result<String> {
+    Ok(b.client
+        .get_named_cookie("portal_session")
+        .await?
+        .value()
+        .to_owned())
+}
+
+async fn scenario(b: &Browser, backend: Backend) -> Result<()> {
+    let started = Instant::now();
+    let tag = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let shot = |name: &str| format!("{tag}-{name}");
+    let bo = BackOffice::start(backend).await?;
+    let fx: Fixture = bo.fixture(&["cad", "sim"], 10).await?;
+    let other: Fixture = bo.fixture(&["cad"], 5).await?;
+    let base = bo.url.clone();
+    b.client.delete_all_cookies().await.ok();
+    let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let main_hostid = format!("string:lls-main-{suffix}");
+    let backup_hostid = format!("string:lls-backup-{suffix}");
+
+    // Not signed in: a typed URL leads to the sign-in page, which comes back after.
+    b.goto(&format!("{base}/portal/servers")).await?;
+    b.wait("#signin-submit").await?;
+    ensure!(
+        b.path().await? == "/portal/signin",
+        "not redirected to sign-in"
+    );
+    b.screenshot(&shot("01-signin")).await?;
+
+    // An administrator is told to use the API.
+    sign_in(b, &base, ADMIN_EMAIL, ADMIN_PASSWORD).await?;
+    let msg = b.text("#signin-error").await?;
+    ensure!(msg.contains("administrator"), "admin message: {msg}");
+    // A wrong password is refused with the e-mail kept.
+    sign_in(b, &base, &fx.user_email, "wrong password!").await?;
+    ensure!(b.text("#signin-error").await?.contains("Wrong"));
+    ensure!(b.value("#email").await? == fx.user_email);
+    b.screenshot(&shot("02-signin-error")).await?;
+
+    sign_in(b, &base, &fx.user_email, ADMIN_PASSWORD).await?;
+    b.wait("#register-pair-link").await?;
+    ensure!(b.path().await? == "/portal/servers");
+    ensure!(b.exists("#no-servers").await?);
+    let cookie = b.client.get_named_cookie("portal_session").await?;
+    ensure!(
+        cookie.http_only() == Some(true),
+        "session cookie must be HttpOnly"
+    );
+    ensure!(
+        cookie.path() == Some("/portal"),
+        "session cookie path {:?}",
+        cookie.path()
+    );
+    ensure!(
+        format!("{:?}", cookie.same_site()).contains("Strict"),
+        "session cookie SameSite {:?}",
+        cookie.same_site()
+    );
+    b.screenshot(&shot("03-servers-empty")).await?;
+
+    // Security headers.
+    let r = bo
+        .http
+        .get(format!("{base}/portal/servers"))
+        .header(
+            "Cookie",
+            format!("portal_session={}", session_cookie(b).await?),
+        )
+        .send()
+        .await?;
+    let h = r.headers();
+    ensure!(
+        h["content-security-policy"]
+            .to_str()?
+            .contains("default-src 'self'")
+    );
+    ensure!(h["x-frame-options"] == "DENY");
+    ensure!(h["x-content-type-options"] == "nosniff");
+
+    // A POST without the CSRF token is refused, in the browser and on the wire.
+    post_form(
+        b,
+        "/portal/pairs",
+        json!({"main_hostid": main_hostid, "backup_hostid": backup_hostid}),
+    )
+    .await?;
+    ensure!(b.h1().await? == "Refused", "CSRF-less POST not refused");
+    b.screenshot(&shot("04-csrf-refused")).await?;
+    let r = bo
+        .http
+        .post(format!("{base}/portal/pairs"))
+        .header(
+            "Cookie",
+            format!("portal_session={}", session_cookie(b).await?),
+        )
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "main_hostid={}&backup_hostid={}&csrf=wrong",
+            main_hostid.replace(':', "%3A"),
+            backup_hostid.replace(':', "%3A")
+        ))
+        .send()
+        .await?;
+    ensure!(r.status() == 403, "forged POST answered {}", r.status());
+    ensure!(
+        fx.user
+            .get("/api/v1/account/servers")
+            .await?
+            .ok()?
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "a refused POST changed something"
+    );
+
+    // Register a pair: first with mismatched hostid types (error next to the backup field,
+    // values kept), then right.
+    b.goto(&format!("{base}/portal/servers")).await?;
+    b.click("#register-pair-link", "#pair-form").await?;
+    b.fill("#main_hostid", &main_hostid).await?;
+    b.fill("#backup_hostid", "ethernet:00163E5A1B2C").await?;
+    b.click("#pair-submit", "#pair-form").await?;
+    let err = b.text("#backup-error").await?;
+    ensure!(err.contains("same type"), "type mismatch error: {err}");
+    ensure!(b.attr("#backup_hostid", "aria-invalid").await?.as_deref() == Some("true"));
+    ensure!(
+        b.attr("#backup_hostid", "aria-describedby")
+            .await?
+            .unwrap_or_default()
+            .contains("backup-error")
+    );
+    ensure!(
+        b.value("#main_hostid").await? == main_hostid,
+        "main hostid not kept"
+    );
+    ensure!(!b.exists("#main-error").await?);
+    b.screenshot(&shot("05-pair-error")).await?;
+    b.fill("#main_hostid", "nonsense").await?;
+    b.click("#pair-submit", "#pair-form").await?;
+    ensure!(
+        b.exists("#main-error").await?,
+        "bad main hostid not shown next to its field"
+    );
+    b.fill("#main_hostid", &main_hostid).await?;
+    b.fill("#backup_hostid", &backup_hostid).await?;
+    b.click("#pair-submit", "#pair-status").await?;
+    ensure!(
+        b.text("#flash")
+            .await?
+            .contains("Registered the failover pair")
+    );
+    let main_path = b.path().await?;
+    let main_id = main_path
+        .rsplit('/')
+        .next()
+        .context("server id")?
+        .to_owned();
+    ensure!(b.text("#members").await?.contains(&backup_hostid));
+    b.screenshot(&shot("06-pair-registered")).await?;
+
+    // Map rights: too many first (error next to the quantity), then 4 of 10.
+    b.wait("#activation_id")
+        .await?
+        .select_by_value(&fx.activation_id)
+        .await?;
+    b.fill("#quantity", "11").await?;
+    b.click("#map-submit", "#map-form").await?;
+    let err = b.text("#quantity-error").await?;
+    ensure!(
+        err.contains("unmapped"),
+        "insufficient quantity error: {err}"
+    );
+    ensure!(b.value("#quantity").await? == "11");
+    ensure!(
+        b.value("#activation_id").await? == fx.activation_id,
+        "selection not kept"
+    );
+    b.screenshot(&shot("07-map-error")).await?;
+    b.fill("#quantity", "4").await?;
+    b.click("#map-submit", "#rights-table").await?;
+    ensure!(b.text("#flash").await?.contains("Mapped 4"));
+    let row = b
+        .text(&format!(
+            "#rights-table tr[data-activation-id='{}']",
+            fx.activation_id
+        ))
+        .await?;
+    ensure!(
+        row.contains("cad 1.0") && row.contains("sim 1.0") && row.contains('4'),
+        "rights row: {row}"
+    );
+
+    // The license servers poll: main first (with its backup), then the backup.
+    poll(
+        &bo,
+        &fx.device_token,
+        &main_hostid,
+        Role::Main,
+        Some(&backup_hostid),
+        ServerStatus::Active,
+        &[("cad", 4, 3), ("sim", 4, 1)],
+    )
+    .await?;
+    poll(
+        &bo,
+        &fx.device_token,
+        &backup_hostid,
+        Role::Backup,
+        None,
+        ServerStatus::Ready,
+        &[("cad", 4, 3), ("sim", 4, 1)],
+    )
+    .await?;
+    b.goto(&format!("{base}{main_path}")).await?;
+    let st = b.attr("#pair-status", "data-pair-status").await?;
+    ensure!(
+        st.as_deref() == Some("paired_available"),
+        "pair status {st:?}"
+    );
+    ensure!(b.text("#pair-status").await? == "Paired, both available");
+    ensure!(
+        b.attr("#members tr[data-role='main'] .badge", "data-status")
+            .await?
+            .as_deref()
+            == Some("active")
+    );
+    ensure!(
+        b.attr("#members tr[data-role='backup'] .badge", "data-status")
+            .await?
+            .as_deref()
+            == Some("ready")
+    );
+    ensure!(
+        b.text("#usage-table tr[data-feature='cad'] .in-use")
+            .await?
+            == "3",
+        "cad usage"
+    );
+    ensure!(
+        b.text("#usage-table tr[data-feature='sim'] .in-use")
+            .await?
+            == "1",
+        "sim usage"
+    );
+    // A chart per feature, with its accessible name and a table fallback.
+    let charts = b
+        .client
+        .find_all(fantoccini::Locator::Css("figure.chart-box svg[role='img']"))
+        .await?;
+    ensure!(charts.len() == 2, "{} charts", charts.len());
+    ensure!(
+        b.source()
+            .await?
+            .contains("Usage of cad 1.0 over the last day")
+    );
+    b.screenshot(&shot("08-server-paired")).await?;
+
+    // The servers list shows both, with the pair status.
+    b.goto(&format!("{base}/portal/servers")).await?;
+    let list = b.text("#servers").await?;
+    ensure!(
+        list.contains(&main_hostid) && list.contains(&backup_hostid),
+        "servers list: {list}"
+    );
+    ensure!(
+        b.exists("#servers [data-pair-status='paired_available']")
+            .await?
+    );
+    b.screenshot(&shot("09-servers")).await?;
+
+    // The servers list fits a phone's width.
+    b.resize(PHONE).await?;
+    b.goto(&format!("{base}/portal/servers")).await?;
+    b.wait("#servers").await?;
+    let fits = b
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await?;
+    let (sw, iw) = (
+        fits[0].as_i64().unwrap_or(9999),
+        fits[1].as_i64().unwrap_or(0),
+    );
+    ensure!(
+        sw <= iw,
+        "servers page scrolls sideways on a phone: {sw} > {iw}"
+    );
+    b.screenshot(&shot("10-servers-phone")).await?;
+    b.goto(&format!("{base}{main_path}")).await?;
+    b.wait("#pair-status").await?;
+    let fits = b
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await?;
+    if fits[0].as_i64() > fits[1].as_i64() {
+        let wide = b
+            .execute(
+                "return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).slice(0, 8).map(e => e.tagName + '.' + e.className + '#' + e.id + ' ' + (e.closest('table') || {}).id + ' ' + e.textContent.slice(0,20) + ' ' + Math.round(e.getBoundingClientRect().left) + '-' + Math.round(e.getBoundingClientRect().right));",
+                vec![],
+            )
+            .await?;
+        anyhow::bail!("View Server scrolls sideways on a phone: {fits}; too wide: {wide}");
+    }
+    b.screenshot(&shot("11-server-phone")).await?;
+    b.resize(DESKTOP).await?;
+
+    // Removing the backup is refused while seats are in use, with the reason shown.
+    b.goto(&format!("{base}{main_path}")).await?;
+    b.click("#remove-backup", "#remove-error").await?;
+    let err = b.text("#remove-error").await?;
+    ensure!(err.contains("in use"), "remove-backup refusal: {err}");
+    ensure!(b.exists("#members tr[data-role='backup']").await?);
+    b.screenshot(&shot("12-remove-backup-refused")).await?;
+    // Once the seats are returned, it works.
+    poll(
+        &bo,
+        &fx.device_token,
+        &main_hostid,
+        Role::Main,
+        Some(&backup_hostid),
+        ServerStatus::Active,
+        &[("cad", 4, 0), ("sim", 4, 0)],
+    )
+    .await?;
+    poll(
+        &bo,
+        &fx.device_token,
+        &backup_hostid,
+        Role::Backup,
+        None,
+        ServerStatus::Ready,
+        &[("cad", 4, 0), ("sim", 4, 0)],
+    )
+    .await?;
+    b.goto(&format!("{base}{main_path}")).await?;
+    b.click("#remove-backup", "#flash").await?;
+    ensure!(b.text("#flash").await?.contains("Removed the backup"));
+    ensure!(
+        !b.exists("#members tr[data-role='backup']").await?,
+        "backup still listed"
+    );
+    ensure!(b.path().await? == main_path);
+    b.screenshot(&shot("13-backup-removed")).await?;
+
+    // Entitlements show how much is mapped where, with a link to the server.
+    b.goto(&format!("{base}/portal/entitlements")).await?;
+    let row = b
+        .text(&format!("tr[data-activation-id='{}']", fx.activation_id))
+        .await?;
+    ensure!(row.contains(&main_hostid), "entitlement row: {row}");
+    ensure!(
+        b.exists(&format!(
+            "tr[data-activation-id='{}'] a[href='{main_path}']",
+            fx.activation_id
+        ))
+        .await?
+    );
+    b.screenshot(&shot("14-entitlements")).await?;
+
+    // Device tokens: the secret is shown once; revoking asks first.
+    b.goto(&format!("{base}/portal/tokens")).await?;
+    b.fill("#token-name", "site berlin").await?;
+    b.click("#token-submit", "#created-token").await?;
+    let secret = b.value("#token-secret").await?;
+    ensure!(secret.starts_with("dt_"), "token secret {secret}");
+    b.screenshot(&shot("15-token-created")).await?;
+    b.goto(&format!("{base}/portal/tokens")).await?;
+    ensure!(
+        !b.source().await?.contains(&secret),
+        "the secret was shown twice"
+    );
+    let row = b.wait("#tokens tbody tr:first-child").await?;
+    let token_id = row.attr("data-token-id").await?.context("token id")?;
+    b.click(&format!("tr[data-token-id='{token_id}'] a"), "#revoke-form")
+        .await?;
+    b.screenshot(&shot("16-token-revoke-confirm")).await?;
+    b.click("#revoke-submit", "#flash").await?;
+    ensure!(b.text("#flash").await?.contains("Revoked"));
+    ensure!(
+        b.text(&format!("tr[data-token-id='{token_id}']"))
+            .await?
+            .contains("Revoked")
+    );
+
+    // Unmap from View Server.
+    b.goto(&format!("{base}{main_path}")).await?;
+    b.click("#rights-table button", "#flash").await?;
+    ensure!(b.text("#flash").await?.contains("Unmapped"));
+    ensure!(b.exists("#no-rights").await?);
+    // Map again, so that there is a mapping for the other account to try.
+    b.wait("#activation_id")
+        .await?
+        .select_by_value(&fx.activation_id)
+        .await?;
+    b.fill("#quantity", "2").await?;
+    b.click("#map-submit", "#rights-table").await?;
+    let mapping_form = b
+        .attr("#rights-table form", "action")
+        .await?
+        .context("unmap form")?;
+
+    sign_out(b).await?;
+    ensure!(b.text("#flash").await?.contains("signed out"));
+
+    // Another account sees and reaches none of it: not by link, not by typed URL.
+    sign_in(b, &base, &other.user_email, ADMIN_PASSWORD).await?;
+    b.wait("#register-pair-link").await?;
+    ensure!(b.exists("#no-servers").await?, "other account sees servers");
+    ensure!(!b.source().await?.contains(&main_hostid));
+    for path in [
+        main_path.clone(),
+        format!("/portal/tokens/{token_id}/revoke"),
+    ] {
+        b.goto(&format!("{base}{path}")).await?;
+        ensure!(
+            b.h1().await? == "Not found",
+            "{path} reachable by another account"
+        );
+        ensure!(!b.source().await?.contains(&main_hostid));
+    }
+    b.screenshot(&shot("17-other-account-404")).await?;
+    // Its own CSRF token does not open another account's objects either.
+    b.goto(&format!("{base}/portal/servers")).await?;
+    let csrf = b.value(".signout input[name='csrf']").await?;
+    for (action, fields) in [
+        (mapping_form.clone(), json!({"csrf": csrf})),
+        (
+            format!("/portal/servers/{main_id}/remove-backup"),
+            json!({"csrf": csrf}),
+        ),
+        (
+            format!("/portal/servers/{main_id}/mappings"),
+            json!({"csrf": csrf, "activation_id": other.activation_id, "quantity": "1"}),
+        ),
+        (
+            format!("/portal/tokens/{token_id}/revoke"),
+            json!({"csrf": csrf}),
+        ),
+    ] {
+        b.goto(&format!("{base}/portal/servers")).await?;
+        b.wait("#register-pair-link").await?;
+        post_form(b, &action, fields).await?;
+        ensure!(
+            b.h1().await? == "Not found",
+            "POST {action} by another account was not refused"
+        );
+    }
+    b.goto(&format!("{base}/portal/entitlements")).await?;
+    ensure!(!b.source().await?.contains(&fx.activation_id));
+    b.goto(&format!("{base}/portal/tokens")).await?;
+    ensure!(!b.source().await?.contains("site berlin"));
+    // Nothing of the first account changed.
+    let v = fx
+        .user
+        .get(&format!("/api/v1/account/servers/{main_id}"))
+        .await?
+        .ok()?;
+    ensure!(
+        v["rights"].as_array().map(Vec::len) == Some(1),
+        "mapping changed: {v}"
+    );
+
+    // A session that has ended (here: signed out elsewhere) leads back to sign-in.
+    let token = session_cookie(b).await?;
+    let r = bo
+        .http
+        .post(format!("{base}/api/v1/auth/logout"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    ensure!(r.status().is_success(), "logout: {}", r.status());
+    b.goto(&format!("{base}/portal/servers")).await?;
+    b.wait("#signin-submit").await?;
+    ensure!(b.source().await?.contains("Your session has expired"));
+    b.screenshot(&shot("18-session-expired")).await?;
+    b.client.delete_all_cookies().await?;
+
+    eprintln!("portal scenario on {tag}: {:?}", started.elapsed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_in_a_real_browser() -> Result<()> {
+    let b = Browser::start().await?;
+    let mut result = Ok(());
+    for backend in tests::backends() {
+        result = scenario(&b, backend)
+            .await
+            .with_context(|| format!("on {backend:?}"));
+        if result.is_err() {
+            let _ = b.screenshot(&format!("failure-{backend:?}")).await;
+            break;
+        }
+    }
+    b.close().await?;
+    result
+}
