@@ -23,6 +23,8 @@ pub struct AppState {
     pub public_pem: String,
     pub settings: Settings,
     pub metrics: Metrics,
+    /// Taken by SQLite writers in turn (see [`api::run_write`]).
+    pub sqlite_writer: parking_lot::Mutex<()>,
 }
 
 pub struct Application {
@@ -69,6 +71,7 @@ impl Application {
             public_pem,
             settings,
             metrics: Metrics::default(),
+            sqlite_writer: parking_lot::Mutex::new(()),
         });
         spawn_housekeeping(state.clone());
         let mut server = HttpServer::new(move || {

@@ -103,6 +103,10 @@ pub fn connect(url: &str, size: u32) -> Result<(Pool, Backend), DbSetupError> {
     }
     let pool = r2d2::Pool::builder()
         .max_size(size)
+        // A PostgreSQL connection can die with its server and is checked at every checkout;
+        // an SQLite connection is a file handle that does not, and the check would cost a
+        // statement on every request.
+        .test_on_check_out(backend == Backend::Postgres)
         .connection_timeout(Duration::from_secs(10))
         .build(Manager { backend, target })
         .map_err(|e| DbSetupError::Connect(e.to_string()))?;

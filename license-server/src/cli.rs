@@ -74,29 +74,169 @@ fn when(v: &serde_json::Value) -> String {
     v.as_i64().map_or_else(|| "-".to_owned(), fmt_time)
 }
 
-pub async fn status(r: &Remote) -> anyhow::Result<()> {
-    let v = send(reqwest::Client::new().get(r.url("/api/v1/status"))).await?;
+/// Which servers of a pair `status` shows (Synergy's `-pls`, `-bls`, `-als`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    /// The server at --url.
+    This,
+    /// The pair's main (--url may name either server).
+    Main,
+    /// The pair's backup (--url may name either server).
+    Backup,
+    /// Both servers of the pair.
+    All,
+}
+
+async fn fetch_status(url: &str) -> anyhow::Result<serde_json::Value> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    send(client.get(format!("{}/api/v1/status", url.trim_end_matches('/')))).await
+}
+
+pub async fn status(r: &Remote, which: Which) -> anyhow::Result<()> {
+    let here = fetch_status(&r.url).await?;
+    let role = here["role"].as_str().unwrap_or("standalone");
+    let this = r.url.trim_end_matches('/').to_owned();
+    let main_url = match role {
+        "backup" => here["main_uri"].as_str().map(str::to_owned),
+        _ => Some(this.clone()),
+    };
+    let backup_url = match role {
+        "main" => here["backup_uri"].as_str().map(str::to_owned),
+        "backup" => Some(this.clone()),
+        _ => None,
+    };
+    let targets: Vec<(&str, Option<String>)> = match which {
+        Which::This => vec![(role, Some(this.clone()))],
+        Which::Main => vec![("main", main_url)],
+        Which::Backup => vec![("backup", backup_url)],
+        Which::All => vec![("main", main_url), ("backup", backup_url)],
+    };
+    let mut shown = Vec::new();
+    for (label, url) in targets {
+        let Some(url) = url else {
+            shown.push(serde_json::json!({"role": label, "error": "no such server in this pair"}));
+            continue;
+        };
+        let v = if url == this {
+            Ok(here.clone())
+        } else {
+            fetch_status(&url).await
+        };
+        shown.push(match v {
+            Ok(v) => serde_json::json!({"url": url, "status": v}),
+            Err(e) => serde_json::json!({
+                "url": url,
+                "role": label,
+                "server_status": "inaccessible",
+                "error": format!("{e:#}"),
+            }),
+        });
+    }
     if r.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        let out = if which == Which::This {
+            here
+        } else {
+            serde_json::Value::Array(shown)
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
+    for (i, s) in shown.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        match s.get("status") {
+            Some(v) => print_status(s["url"].as_str().unwrap_or("?"), v),
+            None => println!(
+                "server:      {} ({}): {}",
+                s["url"].as_str().unwrap_or("-"),
+                s["role"].as_str().unwrap_or("?"),
+                s["error"].as_str().unwrap_or("inaccessible")
+            ),
+        }
+    }
+    // Who serves each license: the server that serves the pool now.
+    let serving = shown
+        .iter()
+        .filter_map(|s| s.get("status"))
+        .find(|v| v["pair"]["serving"].as_bool() == Some(true));
+    if let Some(v) = serving {
+        let url = v["public_url"].as_str().unwrap_or("?").to_owned();
+        if let Ok(list) = send(reqwest::Client::new().get(format!("{url}/api/v1/features"))).await
+            && let Ok(list) = serde_json::from_value::<Vec<FeatureInfo>>(list)
+            && !list.is_empty()
+        {
+            println!();
+            println!(
+                "{:<24} {:>6} {:>6}  served by",
+                "license", "in use", "count"
+            );
+            for f in list {
+                let name = if f.version.is_empty() {
+                    f.feature
+                } else {
+                    format!("{} {}", f.feature, f.version)
+                };
+                println!(
+                    "{:<24} {:>6} {:>6}  {} ({})",
+                    name,
+                    f.in_use,
+                    f.count,
+                    url,
+                    v["hostid"].as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(url: &str, v: &serde_json::Value) {
     let bo = &v["backoffice"];
     let contact = bo["state"].as_str().unwrap_or("?");
     println!(
         "server:      {} ({})",
-        r.url,
+        url,
         v["hostid"].as_str().unwrap_or("?")
     );
     println!(
-        "role:        {}   status: {}",
+        "role:        {}   status: {}   pair: {}",
         v["role"].as_str().unwrap_or("?"),
-        v["server_status"].as_str().unwrap_or("?")
+        v["server_status"].as_str().unwrap_or("?"),
+        v["pair_status"].as_str().unwrap_or("-").replace('_', " ")
     );
+    let pair = &v["pair"];
     if let Some(b) = v["backup_uri"].as_str() {
-        println!("backup:      {b}");
+        println!(
+            "backup:      {b}   link: {}   last seen {}   replicated to seq {}",
+            pair["link"].as_str().unwrap_or("-").replace('_', " "),
+            when(&pair["backup_last_seen"]),
+            pair["replicated_seq"]
+        );
     }
     if let Some(m) = v["main_uri"].as_str() {
-        println!("main:        {m}");
+        println!(
+            "main:        {m}   last heard {}",
+            when(&pair["main_last_heard"])
+        );
+    }
+    if let Some(since) = pair["active_since"].as_i64() {
+        println!(
+            "serving alone since {} (took over); maintenance interval ends {}",
+            fmt_time(since),
+            when(&pair["maintenance_ends_at"])
+        );
+    }
+    if pair["detached"].as_bool() == Some(true) {
+        println!(
+            "detached:    {}",
+            pair["detached_reason"].as_str().unwrap_or("yes")
+        );
+    }
+    if let Some(by) = v["served_by"].as_str() {
+        println!("served by:   {by}");
     }
     println!(
         "backoffice:  {} since {} ({})",
@@ -127,6 +267,43 @@ pub async fn status(r: &Remote) -> anyhow::Result<()> {
         "leases:      {}   journal seq {} (durable {})",
         v["leases"], v["journal_seq"], v["durable_seq"]
     );
+}
+
+/// Removes the backup from the pair (run on either server); the other server is told.
+pub async fn pair_detach(r: &Remote) -> anyhow::Result<()> {
+    let token = r.admin_token()?;
+    let v = send(
+        reqwest::Client::new()
+            .post(r.url("/api/v1/admin/pair/detach"))
+            .bearer_auth(token),
+    )
+    .await?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "detached: {}",
+            v["pair"]["detached_reason"].as_str().unwrap_or("yes")
+        );
+    }
+    Ok(())
+}
+
+/// Gives the main a new address for its backup.
+pub async fn pair_set_backup(r: &Remote, backup_url: &str) -> anyhow::Result<()> {
+    let token = r.admin_token()?;
+    let v = send(
+        reqwest::Client::new()
+            .put(r.url("/api/v1/admin/pair/backup"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"url": backup_url})),
+    )
+    .await?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("backup: {}", v["backup_uri"].as_str().unwrap_or("-"));
+    }
     Ok(())
 }
 

@@ -39,6 +39,10 @@ pub struct LeaseRecord {
     pub expires_at: Millis,
     /// Hostid of the server that granted it.
     pub granted_by: String,
+    /// Sequence number of the event that granted it (set when applied): tells, after a
+    /// failover, whether the lease was granted before or after the two servers diverged.
+    #[serde(default)]
+    pub granted_seq: u64,
 }
 
 impl LeaseRecord {
@@ -99,6 +103,38 @@ pub enum Event {
         id: Uuid,
         at: Millis,
     },
+    /// A new history of events begins (first start of a main or standalone server).
+    HistoryStarted {
+        history: Uuid,
+    },
+    /// A backup took over from a silent main: its history forks from the main's here.
+    TookOver {
+        at: Millis,
+        history: Uuid,
+    },
+    /// A backup that had taken over handed the pool back to its returning main.
+    HandedBack {
+        at: Millis,
+    },
+    /// A main acknowledges changes without its backup from `from_seq` on (the backup is
+    /// unreachable, behind, or not contacted yet).
+    WentAlone {
+        at: Millis,
+        from_seq: u64,
+    },
+    /// The backup holds every change again: clients wait for it once more.
+    Rejoined {
+        at: Millis,
+    },
+    /// The main's backup changed: dropped (absence limit, operator, or the backup left)
+    /// or given a new address.
+    BackupChanged {
+        at: Millis,
+        dropped: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uri: Option<String>,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -111,6 +147,12 @@ impl Event {
             Event::LeaseReturned { .. } => "lease_returned",
             Event::LeaseExpired { .. } => "lease_expired",
             Event::LeaseReleased { .. } => "lease_released",
+            Event::HistoryStarted { .. } => "history_started",
+            Event::TookOver { .. } => "took_over",
+            Event::HandedBack { .. } => "handed_back",
+            Event::BackupChanged { .. } => "backup_changed",
+            Event::WentAlone { .. } => "went_alone",
+            Event::Rejoined { .. } => "rejoined",
         }
     }
 }
@@ -200,6 +242,27 @@ struct Index {
     by_client: HashMap<(String, String), Vec<Uuid>>,
 }
 
+/// Where a takeover forked from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    pub history: Uuid,
+    pub seq: u64,
+}
+
+/// Changes to the main's backup made at run time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupState {
+    /// Dropped: the main replicates to no backup and hands clients none.
+    pub dropped: bool,
+    /// A new address given by an operator (replaces `LICENSING_BACKUP_URI`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<Millis>,
+}
+
 /// The whole state of a license server's pool.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct State {
@@ -210,6 +273,27 @@ pub struct State {
     pub rights_updated_at: Option<Millis>,
     /// `iat` of the capability answer the rights came from.
     pub rights_issued_at: i64,
+    /// The history these events belong to (nil: none yet). A backup that takes over
+    /// starts a new one; a main that takes the backup's changes back starts another.
+    #[serde(default)]
+    pub history: Uuid,
+    /// Set by a takeover: the history and sequence number this server diverged from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork: Option<Fork>,
+    /// A backup that took over: since when it serves (cleared when it hands back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_since: Option<Millis>,
+    /// The main's backup as changed at run time (dropped, or a new address); on a
+    /// backup, `dropped` means it was removed from the pair.
+    #[serde(default)]
+    pub backup: BackupState,
+    /// A main: acknowledging changes without its backup since this sequence number; a
+    /// change granted while in sync and not held by the backup was never acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alone_from: Option<u64>,
+    /// Set by a failback: the backup's history and sequence number this state took in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absorbed: Option<Fork>,
     leases: BTreeMap<Uuid, LeaseRecord>,
     #[serde(skip)]
     index: Index,
@@ -241,10 +325,15 @@ impl State {
                 self.index.pools = pools_of(rights);
             }
             Event::LeaseGranted { lease } => {
-                if let Some(old) = self.leases.insert(lease.id, lease.clone()) {
+                let lease = LeaseRecord {
+                    granted_seq: self.seq + 1,
+                    ..lease.clone()
+                };
+                if let Some(old) = self.leases.remove(&lease.id) {
                     self.index_remove(&old);
                 }
-                self.index_insert(lease);
+                self.index_insert(&lease);
+                self.leases.insert(lease.id, lease);
             }
             Event::LeaseRenewed { id, at, expires_at } => {
                 if let Some(l) = self.leases.get(id) {
@@ -268,6 +357,31 @@ impl State {
                 if let Some(old) = self.leases.remove(id) {
                     self.index_remove(&old);
                 }
+            }
+            Event::HistoryStarted { history } => self.history = *history,
+            Event::TookOver { at, history } => {
+                self.fork = Some(Fork {
+                    history: self.history,
+                    seq: self.seq,
+                });
+                self.history = *history;
+                self.active_since = Some(*at);
+            }
+            Event::HandedBack { .. } => self.active_since = None,
+            Event::WentAlone { from_seq, .. } => self.alone_from = Some(*from_seq),
+            Event::Rejoined { .. } => self.alone_from = None,
+            Event::BackupChanged {
+                at,
+                dropped,
+                uri,
+                reason,
+            } => {
+                self.backup = BackupState {
+                    dropped: *dropped,
+                    uri: uri.clone().or_else(|| self.backup.uri.clone()),
+                    reason: Some(reason.clone()),
+                    changed_at: Some(*at),
+                };
             }
         }
         self.seq += 1;
@@ -421,6 +535,7 @@ impl State {
                         renewed_at: now,
                         expires_at: now + lease_ms,
                         granted_by: granted_by.to_owned(),
+                        granted_seq: 0,
                     },
                 });
             }
@@ -543,6 +658,110 @@ impl State {
     pub fn has_feature(&self, feature: &str) -> bool {
         self.index.pools.keys().any(|k| k.feature == feature)
             || self.leases.values().any(|l| l.feature == feature)
+    }
+}
+
+/// What a failback merge kept from each side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MergeReport {
+    /// Leases held on the backup (granted by either server before or during the failover).
+    pub from_backup: usize,
+    /// Leases the main granted that the backup never saw (after the two diverged).
+    pub from_main: usize,
+    /// Leases renewed on the main later than on the backup.
+    pub renewed_on_main: usize,
+}
+
+impl State {
+    /// The state a returning main serves from after a failover: everything the backup
+    /// did while it served, plus the leases the main granted that the backup never saw.
+    ///
+    /// When the backup forked from this main's history, a lease only the main holds was
+    /// granted after the fork iff its grant's sequence number is past the fork; older ones
+    /// were ended on the backup and stay ended. Of the later ones, only those granted
+    /// while the main acknowledged without its backup are kept: one granted while the
+    /// pair was in sync waited for the backup, which never had it, so its client was
+    /// never answered. Without a common history nothing tells
+    /// the two apart, and every live lease is kept (a lease is never lost; a returned one
+    /// at worst holds its seat until it expires). Both sides' expiries are honoured.
+    pub fn merged_for_failback(
+        main: &State,
+        backup: &State,
+        history: Uuid,
+        now: Millis,
+    ) -> (State, MergeReport) {
+        let mut out = backup.clone();
+        let mut report = MergeReport {
+            from_backup: backup.leases.len(),
+            ..MergeReport::default()
+        };
+        let fork = backup
+            .fork
+            .filter(|f| !main.history.is_nil() && f.history == main.history);
+        let next_seq = main.seq.max(backup.seq) + 1;
+        for l in main.leases.values() {
+            match out.leases.get_mut(&l.id) {
+                Some(b) => {
+                    if l.expires_at > b.expires_at {
+                        b.expires_at = l.expires_at;
+                        b.renewed_at = b.renewed_at.max(l.renewed_at);
+                        report.renewed_on_main += 1;
+                    }
+                }
+                None => {
+                    let keep = match fork {
+                        Some(f) => {
+                            l.granted_seq > f.seq
+                                && main.alone_from.is_some_and(|a| l.granted_seq >= a)
+                        }
+                        None => l.expires_at > now,
+                    };
+                    if keep {
+                        out.leases.insert(
+                            l.id,
+                            LeaseRecord {
+                                granted_seq: next_seq,
+                                ..l.clone()
+                            },
+                        );
+                        report.from_main += 1;
+                    }
+                }
+            }
+        }
+        if main.rights_issued_at > backup.rights_issued_at {
+            out.rights = main.rights.clone();
+            out.rights_issued_at = main.rights_issued_at;
+            out.rights_updated_at = main.rights_updated_at;
+        }
+        if out.lease_key.is_none() {
+            out.lease_key = main.lease_key.clone();
+        }
+        out.absorbed = Some(Fork {
+            history: backup.history,
+            seq: backup.seq,
+        });
+        out.history = history;
+        out.fork = None;
+        out.active_since = None;
+        out.alone_from = Some(next_seq);
+        out.backup = main.backup.clone();
+        out.seq = next_seq;
+        out.rebuild_index();
+        (out, report)
+    }
+
+    /// Whether a standby backup at (`history`, `seq`) holds changes this state lacks and
+    /// must be merged before it is overwritten: it has a history of its own that this
+    /// state neither continues nor has already taken in.
+    pub fn must_absorb(&self, history: Uuid, seq: u64) -> bool {
+        if history.is_nil() || seq == 0 {
+            return false;
+        }
+        if history == self.history {
+            return seq > self.seq;
+        }
+        self.absorbed != Some(Fork { history, seq })
     }
 }
 
@@ -782,6 +1001,106 @@ mod tests {
             checkout(&mut back, &ask("cad", "a", 1), T0 + 1).unwrap(),
             id
         );
+    }
+
+    fn grant_to(s: &mut State, client: &str, now: Millis) -> Uuid {
+        checkout(s, &ask("cad", client, 1), now).unwrap()
+    }
+
+    #[test]
+    fn failback_merge_keeps_both_sides_grants_and_the_backups_returns() {
+        let h1 = Uuid::new_v4();
+        let mut main = state_with(vec![right("cad", "", 10, None)]);
+        main.apply(&Event::HistoryStarted { history: h1 });
+        let before = grant_to(&mut main, "before", T0);
+        let returned_on_backup = grant_to(&mut main, "leaver", T0);
+        // The backup is a copy up to here, then the main dies and the backup takes over.
+        let mut backup = main.clone();
+        backup.rebuild_index();
+        backup.apply(&Event::TookOver {
+            at: T0 + 10,
+            history: Uuid::new_v4(),
+        });
+        assert_eq!(backup.fork.unwrap().seq, main.seq);
+        // The main had granted one more that never reached the backup, and acknowledged
+        // it alone (the backup had stopped answering) ...
+        main.apply(&Event::WentAlone {
+            at: T0 + 4,
+            from_seq: main.seq + 1,
+        });
+        let main_only = grant_to(&mut main, "unreplicated", T0 + 5);
+        // ... while a grant of the pair in sync that the backup never held was never
+        // acknowledged.
+        let mut in_sync_main = main.clone();
+        in_sync_main.rebuild_index();
+        in_sync_main.apply(&Event::Rejoined { at: T0 + 6 });
+        let phantom = grant_to(&mut in_sync_main, "never-answered", T0 + 7);
+        // The backup serves: a new grant, a return, a renewal.
+        let on_backup = grant_to(&mut backup, "on-backup", T0 + 20);
+        let ev = backup.decide_return(&returned_on_backup, T0 + 21).unwrap();
+        backup.apply(&ev);
+        let ev = backup.decide_renew(&before, T0 + 30, LEASE).unwrap();
+        backup.apply(&ev);
+
+        let h3 = Uuid::new_v4();
+        let (m, report) = State::merged_for_failback(&main, &backup, h3, T0 + 40);
+        assert!(m.lease(&before).is_some());
+        assert_eq!(m.lease(&before).unwrap().expires_at, T0 + 30 + LEASE);
+        assert!(m.lease(&on_backup).is_some());
+        assert!(
+            m.lease(&main_only).is_some(),
+            "the main's own grant is kept"
+        );
+        assert!(
+            m.lease(&returned_on_backup).is_none(),
+            "returned on the backup"
+        );
+        assert_eq!(m.lease_count(), 3);
+        assert_eq!(
+            report,
+            MergeReport {
+                from_backup: 2,
+                from_main: 1,
+                renewed_on_main: 0
+            }
+        );
+        assert_eq!(m.history, h3);
+        assert!(m.seq > main.seq.max(backup.seq));
+        assert_eq!(m.active_since, None);
+        let key = FeatureKey {
+            feature: "cad".into(),
+            version: String::new(),
+        };
+        assert_eq!(m.in_use(&key), 3);
+        let (m2, _) = State::merged_for_failback(&in_sync_main, &backup, h3, T0 + 40);
+        assert!(
+            m2.lease(&phantom).is_none(),
+            "never acknowledged to its client"
+        );
+        // The backup's state is taken in: not again; another history of the backup is.
+        assert!(!m.must_absorb(backup.history, backup.seq));
+        assert!(m.must_absorb(backup.history, backup.seq + 1));
+        assert!(!m.must_absorb(h3, m.seq));
+        assert!(!m.must_absorb(Uuid::nil(), 0));
+    }
+
+    #[test]
+    fn failback_merge_without_common_history_keeps_every_live_lease() {
+        let mut main = state_with(vec![right("cad", "", 10, None)]);
+        main.apply(&Event::HistoryStarted {
+            history: Uuid::new_v4(),
+        });
+        let live = grant_to(&mut main, "a", T0);
+        let mut backup = state_with(vec![right("cad", "", 10, None)]);
+        backup.apply(&Event::HistoryStarted {
+            history: Uuid::new_v4(),
+        });
+        let theirs = grant_to(&mut backup, "b", T0);
+        let (m, _) = State::merged_for_failback(&main, &backup, Uuid::new_v4(), T0 + 1);
+        assert!(m.lease(&live).is_some() && m.lease(&theirs).is_some());
+        // Lapsed leases of the main are not brought back.
+        let (m, _) = State::merged_for_failback(&main, &backup, Uuid::new_v4(), T0 + LEASE + 1);
+        assert!(m.lease(&live).is_none());
     }
 
     #[test]

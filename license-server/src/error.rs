@@ -29,6 +29,14 @@ pub enum ServiceError {
     #[error("this server is standing by; check licenses out from {serving_url}")]
     NotServing { serving_url: String },
     #[error("{0}")]
+    MaintenanceExpired(String),
+    /// Replication: the copy does not continue from what was sent.
+    #[error("{0}")]
+    OutOfSync(String),
+    /// Replication: the other server holds a role that contradicts the request.
+    #[error("{0}")]
+    RoleConflict(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -53,6 +61,9 @@ impl ServiceError {
             ServiceError::NoLicense { .. } => ErrorCode::NoLicenseAvailable,
             ServiceError::FeatureExpired(_) => ErrorCode::FeatureExpired,
             ServiceError::NotServing { .. } => ErrorCode::NotServing,
+            ServiceError::MaintenanceExpired(_) => ErrorCode::MaintenanceIntervalExpired,
+            ServiceError::OutOfSync(_) => ErrorCode::OutOfSync,
+            ServiceError::RoleConflict(_) => ErrorCode::RoleConflict,
             ServiceError::Unavailable(_) => ErrorCode::Unavailable,
             ServiceError::Internal(_) => ErrorCode::InternalError,
         }

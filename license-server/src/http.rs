@@ -17,8 +17,11 @@ use shared::secret::Secret;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::domain::State as PoolState;
 use crate::error::ServiceError;
+use crate::replication::{Ack, Batch, Detach, Peer, tell_partner};
 use crate::service::Service;
+use crate::store::Committed;
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -29,7 +32,14 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 pub struct AppState {
     pub svc: Arc<Service>,
     pub admin_token: Arc<Secret>,
+    /// What the other server of the pair authenticates with.
+    pub pair_token: Arc<Secret>,
+    /// To tell the other server of the pair about an operator's change.
+    pub peer: Peer,
 }
+
+/// Largest body of the pair's own requests (a full snapshot of the pool).
+pub const PAIR_BODY_LIMIT: usize = 256 << 20;
 
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
@@ -112,6 +122,18 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ServiceErr
     }
 }
 
+fn require_pair(state: &AppState, headers: &HeaderMap) -> Result<(), ServiceError> {
+    match bearer(headers) {
+        None => Err(ServiceError::Unauthorized(
+            "pair endpoints need `Authorization: Bearer <PAIR_TOKEN>`".into(),
+        )),
+        Some(t) if constant_time_eq(t.as_bytes(), state.pair_token.expose().as_bytes()) => Ok(()),
+        Some(_) => Err(ServiceError::Forbidden(
+            "the pair token is not valid (PAIR_TOKEN, or BACKOFFICE_TOKEN when unset, must be the same on both servers)".into(),
+        )),
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -171,6 +193,117 @@ async fn admin_release(
     require_admin(&s, &headers)?;
     let id = lease_id(&id)?;
     Ok(axum::Json(s.svc.release(&id).await?).into_response())
+}
+
+// ---- the pair (server to server) ----
+
+async fn pair_position(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ServiceError> {
+    require_pair(&s, &headers)?;
+    Ok(axum::Json(s.svc.position()).into_response())
+}
+
+async fn pair_events(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(batch): ApiJson<Batch<Committed>>,
+) -> Result<Response, ServiceError> {
+    require_pair(&s, &headers)?;
+    let seq = s
+        .svc
+        .apply_replicated(batch.history, batch.events, batch.main_seq)
+        .await?;
+    Ok(axum::Json(Ack { seq }).into_response())
+}
+
+async fn pair_snapshot(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(state): ApiJson<PoolState>,
+) -> Result<Response, ServiceError> {
+    require_pair(&s, &headers)?;
+    let seq = s.svc.install_snapshot(state).await?;
+    Ok(axum::Json(Ack { seq }).into_response())
+}
+
+async fn pair_handback(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ServiceError> {
+    require_pair(&s, &headers)?;
+    Ok(axum::Json(s.svc.hand_back().await?).into_response())
+}
+
+/// The other server detached this one (a main dropped its backup, or a backup left).
+async fn pair_detach(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(d): ApiJson<Detach>,
+) -> Result<Response, ServiceError> {
+    require_pair(&s, &headers)?;
+    let reason = match s.svc.cfg.role {
+        shared::capability::Role::Backup => {
+            format!("removed from the pair by the main: {}", d.reason)
+        }
+        _ => format!("the backup left the pair: {}", d.reason),
+    };
+    let changed = s.svc.detach(&reason).await?;
+    Ok(axum::Json(serde_json::json!({"detached": true, "changed": changed})).into_response())
+}
+
+// ---- the pair (operators) ----
+
+/// Removes the backup from the pair, from either side; the other server is told.
+async fn admin_pair_detach(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ServiceError> {
+    require_admin(&s, &headers)?;
+    let svc = &s.svc;
+    let (partner, reason) = match svc.cfg.role {
+        shared::capability::Role::Main => (
+            svc.backup_uri(),
+            "the backup was removed by an operator of the main",
+        ),
+        shared::capability::Role::Backup => (
+            svc.cfg.main_uri.clone(),
+            "the backup was removed by an operator of the backup",
+        ),
+        shared::capability::Role::Standalone => {
+            return Err(ServiceError::RoleConflict(
+                "this server is not part of a pair".into(),
+            ));
+        }
+    };
+    svc.detach(reason).await?;
+    tell_partner(&s.peer, partner.as_deref(), reason).await;
+    Ok(axum::Json(svc.status()).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetBackup {
+    url: String,
+}
+
+/// A new address for the backup (main): clients learn it with their next lease answer.
+async fn admin_pair_backup(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(b): ApiJson<SetBackup>,
+) -> Result<Response, ServiceError> {
+    require_admin(&s, &headers)?;
+    let url = b.url.trim().trim_end_matches('/').to_owned();
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 512 {
+        return Err(ServiceError::validation(
+            "url",
+            "the backup's URL must be an http:// or https:// URL such as http://backup:7070",
+        ));
+    }
+    s.svc.set_backup(url).await?;
+    Ok(axum::Json(s.svc.status()).into_response())
 }
 
 async fn healthz() -> Response {
@@ -265,6 +398,29 @@ pub fn routes() -> Routes {
             &["DELETE"],
             delete(admin_release),
         )
+        .add(
+            "/api/v1/admin/pair/detach",
+            &["POST"],
+            post(admin_pair_detach),
+        )
+        .add(
+            "/api/v1/admin/pair/backup",
+            &["PUT"],
+            put(admin_pair_backup),
+        )
+        .add("/api/v1/pair/position", &["GET"], get(pair_position))
+        .add(
+            "/api/v1/pair/events",
+            &["POST"],
+            post(pair_events).layer(DefaultBodyLimit::max(PAIR_BODY_LIMIT)),
+        )
+        .add(
+            "/api/v1/pair/snapshot",
+            &["PUT"],
+            put(pair_snapshot).layer(DefaultBodyLimit::max(PAIR_BODY_LIMIT)),
+        )
+        .add("/api/v1/pair/handback", &["POST"], post(pair_handback))
+        .add("/api/v1/pair/detach", &["POST"], post(pair_detach))
 }
 
 pub fn router(state: AppState) -> Router {

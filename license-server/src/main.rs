@@ -22,14 +22,25 @@ enum Command {
     /// BACKOFFICE_PUBLIC_KEY, BACKUP_SERVER_HOSTID, LICENSING_BACKUP_URI,
     /// LICENSING_MAIN_URI, RIGHTS_IDS, CAPABILITY_POLL_INTERVAL,
     /// FAILOVER_MAINTENANCE_INTERVAL, BACKUP_ABSENCE_LIMIT, LEASE_DURATION, ADMIN_TOKEN,
-    /// PUBLIC_URL, CLOCK_LEEWAY, BACKOFF_MAX.
+    /// PUBLIC_URL, CLOCK_LEEWAY, BACKOFF_MAX, FAILOVER_TIMEOUT, HEARTBEAT_INTERVAL,
+    /// PAIR_TOKEN.
     Serve {
         /// TOML settings file (keys as the environment variables, e.g. `LISTEN = "..."`).
         #[arg(long, env = "LICENSE_SERVER_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Show a running server's status: role, back-office contact, rights, leases.
-    Status(#[command(flatten)] Remote),
+    /// Show a running server's status: role, pair, back-office contact, rights, leases;
+    /// with --pair, the main's, the backup's or both, and who serves each license.
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+        /// Which server of the pair to show.
+        #[arg(long, value_enum, default_value = "this")]
+        pair: cli::Which,
+    },
+    /// Failover pair operations (operator token needed).
+    #[command(subcommand)]
+    Pair(PairCommand),
     /// List the features of a running server: count, in use, free, expiry.
     Features(#[command(flatten)] Remote),
     /// List the leases of a feature (operator token needed).
@@ -43,6 +54,21 @@ enum Command {
     Release {
         /// The lease ID.
         lease_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PairCommand {
+    /// Remove the backup from the pair, on the main or on the backup; the other server,
+    /// the clients and the back office learn it.
+    Detach(#[command(flatten)] Remote),
+    /// Give the main a new address for its backup; clients learn it with their next
+    /// lease answer.
+    SetBackup {
+        /// The backup's new URL, e.g. http://backup-2:7070.
+        backup_url: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -80,7 +106,11 @@ fn main() -> std::process::ExitCode {
                 let settings = Settings::load(config.as_deref())?;
                 license_server::server::serve(settings).await
             }
-            Command::Status(r) => cli::status(&r).await,
+            Command::Status { remote, pair } => cli::status(&remote, pair).await,
+            Command::Pair(PairCommand::Detach(r)) => cli::pair_detach(&r).await,
+            Command::Pair(PairCommand::SetBackup { backup_url, remote }) => {
+                cli::pair_set_backup(&remote, &backup_url).await
+            }
             Command::Features(r) => cli::features(&r).await,
             Command::Leases { feature, remote } => cli::leases(&remote, &feature).await,
             Command::Release { lease_id, remote } => cli::release(&remote, &lease_id).await,

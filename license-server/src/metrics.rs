@@ -46,6 +46,11 @@ pub struct Metrics {
     pub store_commits: Counter,
     pub store_events: Counter,
     pub store_snapshots: Counter,
+    pub takeovers: Counter,
+    pub failbacks: Counter,
+    pub replication_batches: Counter,
+    pub replication_events: Counter,
+    pub replication_failures: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -78,6 +83,11 @@ impl Metrics {
             store_commits: Counter::default(),
             store_events: Counter::default(),
             store_snapshots: Counter::default(),
+            takeovers: Counter::default(),
+            failbacks: Counter::default(),
+            replication_batches: Counter::default(),
+            replication_events: Counter::default(),
+            replication_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -141,6 +151,31 @@ impl Metrics {
             "store_snapshots",
             "Snapshots written",
             m.store_snapshots.clone(),
+        );
+        registry.register(
+            "takeovers",
+            "Times this backup took over from a silent main",
+            m.takeovers.clone(),
+        );
+        registry.register(
+            "failbacks",
+            "Times this main took its backup's changes back",
+            m.failbacks.clone(),
+        );
+        registry.register(
+            "replication_batches",
+            "Batches of changes (or heartbeats) the backup acknowledged",
+            m.replication_batches.clone(),
+        );
+        registry.register(
+            "replication_events",
+            "Changes the backup acknowledged",
+            m.replication_events.clone(),
+        );
+        registry.register(
+            "replication_failures",
+            "Attempts to reach the backup that failed",
+            m.replication_failures.clone(),
         );
         Metrics { registry, ..m }
     }

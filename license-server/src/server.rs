@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::http::{AppState, router};
 use crate::poller::{Poller, PollerConfig};
+use crate::replication::{self, Peer};
 use crate::service::{Service, ServiceConfig, now_ms};
 use crate::settings::{Settings, admin_token_file};
 use crate::store::{self, StoreOptions};
@@ -79,11 +80,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             backup_uri: settings.licensing_backup_uri.clone(),
             main_uri: settings.licensing_main_uri.clone(),
             backoffice_url: settings.backoffice_url.clone(),
+            failover_timeout_ms: settings.failover_timeout.as_millis() as i64,
+            maintenance_ms: settings.failover_maintenance_interval.as_millis() as i64,
         },
         state,
         store,
     )
     .await?;
+    if role == shared::capability::Role::Main && settings.licensing_backup_uri.is_none() {
+        tracing::warn!(
+            "BACKUP_SERVER_HOSTID is set but LICENSING_BACKUP_URI is not: nothing is replicated and clients get no backup to fail over to"
+        );
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let poller = Poller::new(
@@ -103,10 +111,34 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     )?;
     let poller_task = tokio::spawn(poller.run(stop_rx.clone()));
     let reaper_task = tokio::spawn(reaper(svc.clone(), stop_rx.clone()));
+    // Clients wait at most this long for a backup that stalls before their change is
+    // acknowledged without it; well under the failover timeout.
+    let sync_timeout = (settings.failover_timeout / 2).max(settings.heartbeat_interval);
+    let peer = Peer::new(settings.pair_token.clone(), sync_timeout)?;
+    let pair_task = match role {
+        shared::capability::Role::Main => Some(tokio::spawn(replication::run_main(
+            svc.clone(),
+            peer.clone(),
+            replication::MainConfig {
+                heartbeat: settings.heartbeat_interval,
+                absence_limit: settings.backup_absence_limit,
+            },
+            stop_rx.clone(),
+        ))),
+        shared::capability::Role::Backup => Some(tokio::spawn(replication::run_backup(
+            svc.clone(),
+            (settings.failover_timeout / 10)
+                .clamp(Duration::from_millis(10), Duration::from_millis(100)),
+            stop_rx.clone(),
+        ))),
+        shared::capability::Role::Standalone => None,
+    };
 
     let app = router(AppState {
         svc: svc.clone(),
         admin_token: Arc::new(admin_token),
+        pair_token: Arc::new(settings.pair_token.clone()),
+        peer,
     });
     let addr_file = settings.data_dir.join(ADDR_FILE);
     std::fs::write(&addr_file, format!("{local}\n"))
@@ -125,6 +157,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let _ = poller_task.await;
     let _ = reaper_task.await;
+    if let Some(t) = pair_task {
+        let _ = t.await;
+    }
     svc.shutdown().await;
     let _ = std::fs::remove_file(&addr_file);
     tracing::info!("stopped");

@@ -9,19 +9,24 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use sha2::Sha256;
 use shared::HostId;
-use shared::capability::{CapabilityClaims, FeatureUsage, Role, ServerReport, ServerStatus};
+use shared::capability::{
+    CapabilityClaims, FeatureUsage, PairStatus, Role, ServerReport, ServerStatus,
+};
 use shared::lease::{CheckoutRequest, FeatureInfo, Lease, LeaseInfo};
 use uuid::Uuid;
 
+use tokio::sync::watch;
+
 use crate::domain::{
-    CheckoutAsk, Denied, Event, LeaseRecord, MAX_SEATS_PER_CHECKOUT, Millis, State,
+    CheckoutAsk, Denied, Event, LeaseRecord, MAX_SEATS_PER_CHECKOUT, MergeReport, Millis, State,
 };
 use crate::error::ServiceError;
 use crate::metrics::Metrics;
+use crate::pair::{self, Link, PairFacts, Serving};
 use crate::store::{self, Store};
 
 pub fn now_ms() -> Millis {
@@ -44,6 +49,66 @@ pub struct ServiceConfig {
     /// `LICENSING_MAIN_URI` (backup).
     pub main_uri: Option<String>,
     pub backoffice_url: String,
+    /// Backup: how long the main may be silent before it takes over.
+    pub failover_timeout_ms: i64,
+    /// Backup: the longest it serves alone (`FAILOVER_MAINTENANCE_INTERVAL`).
+    pub maintenance_ms: i64,
+}
+
+impl ServiceConfig {
+    /// A standalone server's configuration (tests, tools).
+    pub fn standalone(hostid: HostId, lease_ms: i64) -> ServiceConfig {
+        ServiceConfig {
+            hostid,
+            role: Role::Standalone,
+            lease_ms,
+            public_url: None,
+            backup_uri: None,
+            main_uri: None,
+            backoffice_url: String::new(),
+            failover_timeout_ms: 1_000,
+            maintenance_ms: 21 * 86_400_000,
+        }
+    }
+}
+
+/// How far the backup has acknowledged the main's changes (main only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replication {
+    /// The last sequence number the backup holds durably.
+    pub acked: u64,
+    /// While true, a change is acknowledged to its client only once the backup holds it.
+    pub in_sync: bool,
+}
+
+/// The run-time side of the pair (what is not in the durable state).
+#[derive(Debug, Clone)]
+struct PairRuntime {
+    /// Main: taking the backup's changes before it serves again (also at start, until
+    /// the backup has been asked).
+    recovering: bool,
+    link: Link,
+    /// Main: when the backup last answered.
+    backup_last_seen: Option<Millis>,
+    /// Backup: when the main was last heard (changes, snapshot, heartbeat).
+    last_heard: Option<Millis>,
+    /// Backup: its copy had everything the main had when last heard.
+    synced: bool,
+}
+
+/// Where a server's copy of the pool stands, for its partner (`GET /api/v1/pair/position`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Position {
+    pub hostid: String,
+    pub role: Role,
+    pub history: Uuid,
+    pub seq: u64,
+    /// A backup serving in place of its main (it took over).
+    pub active: bool,
+    /// Removed from the pair.
+    pub detached: bool,
+    pub server_status: ServerStatus,
+    pub pair_status: Option<PairStatus>,
 }
 
 /// The state of our contact with the back office, shown in the status.
@@ -89,10 +154,15 @@ pub struct Service {
     hostid_str: String,
     state: Mutex<State>,
     store: Store,
-    lease_key: Hmac<Sha256>,
+    /// Signs lease tokens; `None` on a backup that has no copy of its main's pool yet.
+    lease_key: RwLock<Option<Hmac<Sha256>>>,
     pub metrics: Metrics,
     backoffice: Mutex<BackofficeStatus>,
     started_at: i64,
+    pair: Mutex<PairRuntime>,
+    /// The backup's URL handed to clients (main): configured, changed or dropped.
+    backup_uri: RwLock<Option<String>>,
+    repl: watch::Sender<Replication>,
 }
 
 impl std::fmt::Debug for Service {
@@ -108,21 +178,47 @@ impl Service {
         mut state: State,
         store: Store,
     ) -> Result<Arc<Service>, ServiceError> {
-        let key = match &state.lease_key {
-            Some(k) => k.clone(),
-            None => {
+        // A main or standalone server starts its own history; a backup's comes from its
+        // main.
+        if cfg.role != Role::Backup {
+            if state.lease_key.is_none() {
                 let key = URL_SAFE_NO_PAD.encode(shared::random_bytes::<32>());
-                let ev = Event::LeaseKeyCreated { key: key.clone() };
+                let ev = Event::LeaseKeyCreated { key };
                 let seq = state.apply(&ev);
                 store::acked(store.submit(seq, ev)).await?;
-                key
             }
+            if state.history.is_nil() {
+                let ev = Event::HistoryStarted {
+                    history: Uuid::new_v4(),
+                };
+                let seq = state.apply(&ev);
+                store::acked(store.submit(seq, ev)).await?;
+            }
+        }
+        let backup_uri = effective_backup_uri(&cfg, &state);
+        // A main acknowledges alone until its backup is in sync.
+        if cfg.role == Role::Main && state.alone_from.is_none() {
+            let ev = Event::WentAlone {
+                at: now_ms(),
+                from_seq: state.seq + 2,
+            };
+            let seq = state.apply(&ev);
+            store::acked(store.submit(seq, ev)).await?;
+        }
+        let lease_key = key_of(&state)?;
+        let pair = PairRuntime {
+            recovering: cfg.role == Role::Main && backup_uri.is_some(),
+            link: if backup_uri.is_some() {
+                Link::Unknown
+            } else {
+                Link::None
+            },
+            backup_last_seen: None,
+            // Silence is counted from the start: a backup restarted while its main is
+            // down takes over after the failover timeout.
+            last_heard: Some(now_ms()),
+            synced: false,
         };
-        let key_bytes = URL_SAFE_NO_PAD
-            .decode(key.as_bytes())
-            .map_err(|e| ServiceError::Internal(format!("the stored lease key is damaged: {e}")))?;
-        let lease_key = Hmac::<Sha256>::new_from_slice(&key_bytes)
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let backoffice = BackofficeStatus {
             url: cfg.backoffice_url.clone(),
             state: Contact::NotContacted,
@@ -138,10 +234,13 @@ impl Service {
             cfg,
             state: Mutex::new(state),
             store,
-            lease_key,
+            lease_key: RwLock::new(lease_key),
             metrics: Metrics::new(),
             backoffice: Mutex::new(backoffice),
             started_at: shared::now_unix(),
+            pair: Mutex::new(pair),
+            backup_uri: RwLock::new(backup_uri),
+            repl: watch::Sender::new(Replication::default()),
         }))
     }
 
@@ -161,26 +260,448 @@ impl Service {
         self.store.shutdown();
     }
 
-    pub fn server_status(&self) -> ServerStatus {
-        match self.cfg.role {
-            Role::Backup => ServerStatus::Ready,
-            Role::Main | Role::Standalone => ServerStatus::Active,
+    // ---- the pair ----
+
+    fn facts(&self, st: &State) -> PairFacts {
+        let p = self.pair.lock();
+        PairFacts {
+            role: self.cfg.role,
+            recovering: p.recovering,
+            link: p.link,
+            active_since: st.active_since,
+            has_copy: !st.history.is_nil(),
+            detached: self.cfg.role == Role::Backup && st.backup.dropped,
+            last_heard: p.last_heard,
+            synced: p.synced,
         }
     }
 
-    fn ensure_serving(&self) -> Result<(), ServiceError> {
-        match (self.cfg.role, &self.cfg.main_uri) {
-            (Role::Backup, Some(main)) => Err(ServiceError::NotServing {
-                serving_url: main.clone(),
-            }),
-            _ => Ok(()),
+    fn serving_of(&self, st: &State, now: Millis) -> Serving {
+        pair::serving(&self.facts(st), now, self.cfg.maintenance_ms)
+    }
+
+    pub fn server_status(&self) -> ServerStatus {
+        let st = self.state.lock();
+        pair::server_status(self.serving_of(&st, now_ms()))
+    }
+
+    pub fn pair_status(&self) -> Option<PairStatus> {
+        let st = self.state.lock();
+        pair::pair_status(&self.facts(&st), now_ms(), self.cfg.failover_timeout_ms)
+    }
+
+    /// Whether client requests are served now; called with the state lock held, so a
+    /// takeover or a handback is never half-seen by a request.
+    fn ensure_serving_locked(&self, st: &State, now: Millis) -> Result<(), ServiceError> {
+        match self.serving_of(st, now) {
+            Serving::Serving => Ok(()),
+            Serving::MaintenanceExpired => Err(ServiceError::MaintenanceExpired(format!(
+                "this backup has served alone since {} and the failover maintenance interval \
+                 is over; bring the main back",
+                fmt_time(st.active_since.unwrap_or_default() / 1000)
+            ))),
+            Serving::Redirect => {
+                let other = match self.cfg.role {
+                    Role::Backup => self.cfg.main_uri.clone(),
+                    _ => self.backup_uri.read().clone(),
+                };
+                match other {
+                    Some(url) => Err(ServiceError::NotServing { serving_url: url }),
+                    None => Err(ServiceError::Unavailable(
+                        "this server is taking its backup's changes back; retry shortly".into(),
+                    )),
+                }
+            }
         }
+    }
+
+    fn refuse_if_not_serving(&self) -> Result<(), ServiceError> {
+        let st = self.state.lock();
+        self.ensure_serving_locked(&st, now_ms()).inspect_err(|e| {
+            self.metrics.deny(e.code());
+        })
+    }
+
+    /// Waits until the backup holds `seq`, while it is in sync (semi-synchronous
+    /// replication: a change is acknowledged to its client only once both servers hold
+    /// it). Returns at once when there is no backup in sync.
+    async fn replicated(&self, seq: u64) {
+        let mut rx = self.repl.subscribe();
+        let _ = rx.wait_for(|r| !r.in_sync || r.acked >= seq).await;
+    }
+
+    /// The replication watermark (main).
+    pub fn replication(&self) -> Replication {
+        *self.repl.borrow()
+    }
+
+    /// Records the backup's acknowledgement of `acked`; `in_sync` when the backup had
+    /// everything that was durable here when the changes were sent.
+    pub async fn set_acked(&self, acked: u64, in_sync: bool) {
+        self.pair.lock().backup_last_seen = Some(now_ms());
+        if in_sync {
+            {
+                let mut st = self.state.lock();
+                if st.alone_from.is_some() {
+                    let ev = Event::Rejoined { at: now_ms() };
+                    let seq = st.apply(&ev);
+                    self.store.submit_nowait(seq, ev);
+                }
+            }
+            self.repl.send_modify(|r| {
+                r.acked = acked;
+                r.in_sync = true;
+            });
+            self.set_link(Link::InSync);
+        } else {
+            self.repl.send_modify(|r| r.acked = acked);
+            if let Err(e) = self.go_alone().await {
+                tracing::error!(error = %e, "could not record that the backup fell behind");
+            }
+            self.set_link(Link::CatchingUp);
+        }
+    }
+
+    /// Records that changes from here on are acknowledged without the backup (durably,
+    /// before any waiting client is released), then releases them.
+    pub async fn go_alone(&self) -> Result<(), ServiceError> {
+        let rx = {
+            let mut st = self.state.lock();
+            if st.alone_from.is_some() {
+                None
+            } else {
+                let ev = Event::WentAlone {
+                    at: now_ms(),
+                    from_seq: self.repl.borrow().acked + 1,
+                };
+                let seq = st.apply(&ev);
+                Some(self.store.submit(seq, ev))
+            }
+        };
+        if let Some(rx) = rx {
+            store::acked(rx).await?;
+        }
+        self.repl
+            .send_if_modified(|r| std::mem::replace(&mut r.in_sync, false));
+        Ok(())
+    }
+
+    /// How the main sees its backup (for the status); use [`Service::go_alone`] first
+    /// when the backup stops keeping up.
+    pub fn set_link(&self, link: Link) {
+        let mut p = self.pair.lock();
+        if p.link != link {
+            let flicker = matches!(
+                (p.link, link),
+                (Link::InSync, Link::CatchingUp) | (Link::CatchingUp, Link::InSync)
+            );
+            if flicker {
+                tracing::debug!(from = ?p.link, to = ?link, "link to the backup changed");
+            } else {
+                tracing::info!(from = ?p.link, to = ?link, "link to the backup changed");
+            }
+            p.link = link;
+        }
+    }
+
+    pub fn backup_seen(&self) {
+        self.pair.lock().backup_last_seen = Some(now_ms());
+    }
+
+    pub fn backup_last_seen(&self) -> Option<Millis> {
+        self.pair.lock().backup_last_seen
+    }
+
+    pub fn set_recovering(&self, recovering: bool) {
+        let mut p = self.pair.lock();
+        if p.recovering != recovering {
+            if recovering {
+                tracing::info!("recovering: taking the backup's changes before serving again");
+            } else {
+                tracing::info!("serving");
+            }
+            p.recovering = recovering;
+        }
+    }
+
+    pub fn recovering(&self) -> bool {
+        self.pair.lock().recovering
+    }
+
+    /// The backup's URL as handed to clients: `None` when dropped or not configured.
+    pub fn backup_uri(&self) -> Option<String> {
+        self.backup_uri.read().clone()
+    }
+
+    /// This server's copy: history and sequence number (and what it is doing).
+    pub fn position(&self) -> Position {
+        let st = self.state.lock();
+        let facts = self.facts(&st);
+        let now = now_ms();
+        Position {
+            hostid: self.hostid_str.clone(),
+            role: self.cfg.role,
+            history: st.history,
+            seq: st.seq,
+            active: st.active_since.is_some(),
+            detached: facts.detached,
+            server_status: pair::server_status(pair::serving(&facts, now, self.cfg.maintenance_ms)),
+            pair_status: pair::pair_status(&facts, now, self.cfg.failover_timeout_ms),
+        }
+    }
+
+    pub fn history(&self) -> Uuid {
+        self.state.lock().history
+    }
+
+    /// Whether a standby backup at (`history`, `seq`) holds changes this server must take
+    /// in before it overwrites the backup's copy.
+    pub fn must_absorb(&self, history: Uuid, seq: u64) -> bool {
+        self.state.lock().must_absorb(history, seq)
+    }
+
+    pub fn durable_seq(&self) -> u64 {
+        self.store
+            .stats
+            .durable_seq
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Backup: applies changes from the main, in order, durably; heartbeats (no events)
+    /// only say the main is alive. `main_seq` is how far the main was when it sent them.
+    pub async fn apply_replicated(
+        &self,
+        history: Uuid,
+        events: Vec<store::Committed>,
+        main_seq: u64,
+    ) -> Result<u64, ServiceError> {
+        if self.cfg.role != Role::Backup {
+            return Err(ServiceError::RoleConflict(
+                "this server is not a backup; it takes no changes from another".into(),
+            ));
+        }
+        let (seq, rx) = {
+            let mut st = self.state.lock();
+            self.check_follower(&st)?;
+            if st.history != history {
+                return Err(ServiceError::OutOfSync(format!(
+                    "this backup's copy is of another history ({}); send a snapshot",
+                    st.history
+                )));
+            }
+            let mut last = None;
+            for c in events {
+                if c.seq <= st.seq {
+                    continue; // sent again after a lost acknowledgement
+                }
+                if c.seq != st.seq + 1 {
+                    return Err(ServiceError::OutOfSync(format!(
+                        "this backup holds up to {}, the changes start at {}",
+                        st.seq, c.seq
+                    )));
+                }
+                if let Event::LeaseKeyCreated { .. } = &c.event {
+                    st.apply(&c.event);
+                    *self.lease_key.write() = key_of(&st)?;
+                } else {
+                    st.apply(&c.event);
+                }
+                last = Some(self.store.submit(c.seq, c.event));
+            }
+            self.heard(st.seq >= main_seq);
+            (st.seq, last)
+        };
+        if let Some(rx) = rx {
+            store::acked(rx).await?;
+        }
+        Ok(seq)
+    }
+
+    /// Backup: replaces its copy with the main's whole state.
+    pub async fn install_snapshot(&self, mut state: State) -> Result<u64, ServiceError> {
+        if self.cfg.role != Role::Backup {
+            return Err(ServiceError::RoleConflict(
+                "this server is not a backup; it takes no snapshot from another".into(),
+            ));
+        }
+        let (seq, rx) = {
+            let mut st = self.state.lock();
+            self.check_follower(&st)?;
+            state.rebuild_index();
+            // What the backup itself was told about its place in the pair stays.
+            state.backup = st.backup.clone();
+            state.active_since = None;
+            *self.lease_key.write() = key_of(&state)?;
+            let seq = state.seq;
+            *st = state.clone();
+            self.heard(true);
+            (seq, self.store.reset(state))
+        };
+        store::acked(rx).await?;
+        tracing::info!(seq, "took a full copy of the main's state");
+        Ok(seq)
+    }
+
+    fn check_follower(&self, st: &State) -> Result<(), ServiceError> {
+        if st.active_since.is_some() {
+            return Err(ServiceError::RoleConflict(
+                "this backup has taken over and serves; take its changes back first (handback)"
+                    .into(),
+            ));
+        }
+        if st.backup.dropped {
+            return Err(ServiceError::RoleConflict(
+                "this backup was removed from the pair".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn heard(&self, synced: bool) {
+        let mut p = self.pair.lock();
+        p.last_heard = Some(now_ms());
+        p.synced = synced;
+    }
+
+    /// Backup: takes over if the main has been silent for the failover timeout.
+    pub async fn take_over_if_due(&self) -> Result<bool, ServiceError> {
+        let now = now_ms();
+        let rx = {
+            let mut st = self.state.lock();
+            let facts = self.facts(&st);
+            if !pair::should_take_over(&facts, now, self.cfg.failover_timeout_ms) {
+                return Ok(false);
+            }
+            let ev = Event::TookOver {
+                at: now,
+                history: Uuid::new_v4(),
+            };
+            let seq = st.apply(&ev);
+            tracing::warn!(
+                silent_ms = facts.last_heard.map(|t| now - t),
+                leases = st.lease_count(),
+                seq,
+                "the main is silent: this backup takes over and serves the main's pool"
+            );
+            self.store.submit(seq, ev)
+        };
+        store::acked(rx).await?;
+        self.metrics.takeovers.inc();
+        Ok(true)
+    }
+
+    /// Backup: the returning main takes the pool back. The backup stops serving at once
+    /// (under the state lock, so no request is half-served) and answers with its whole
+    /// state once everything it did is durable.
+    pub async fn hand_back(&self) -> Result<State, ServiceError> {
+        if self.cfg.role != Role::Backup {
+            return Err(ServiceError::RoleConflict(
+                "this server is not a backup".into(),
+            ));
+        }
+        let now = now_ms();
+        let rx = {
+            let mut st = self.state.lock();
+            // Hearing from the main now: no takeover right after handing back.
+            self.heard(false);
+            if st.active_since.is_some() {
+                let ev = Event::HandedBack { at: now };
+                let seq = st.apply(&ev);
+                tracing::info!(
+                    seq,
+                    leases = st.lease_count(),
+                    "handing the pool back to the main"
+                );
+                Some(self.store.submit(seq, ev))
+            } else {
+                None
+            }
+        };
+        match rx {
+            Some(rx) => store::acked(rx).await?,
+            None => store::acked(self.store.barrier()).await?,
+        }
+        Ok(self.snapshot())
+    }
+
+    /// Main: serves from the merge of its own state and the backup's (failback).
+    pub async fn take_back(&self, backup: &State) -> Result<MergeReport, ServiceError> {
+        let (report, rx) = {
+            let mut st = self.state.lock();
+            let (merged, report) =
+                State::merged_for_failback(&st, backup, Uuid::new_v4(), now_ms());
+            *self.lease_key.write() = key_of(&merged)?;
+            *st = merged.clone();
+            (report, self.store.reset(merged))
+        };
+        store::acked(rx).await?;
+        // The backup now follows again: it has to catch up first.
+        self.repl.send_modify(|r| r.in_sync = false);
+        self.metrics.failbacks.inc();
+        Ok(report)
+    }
+
+    /// Main: drops its backup (absence limit, operator, or the backup left); backup: leaves
+    /// the pair. Durable; clients stop being handed the backup's URL.
+    pub async fn detach(&self, reason: &str) -> Result<bool, ServiceError> {
+        let rx = {
+            let mut st = self.state.lock();
+            if st.backup.dropped {
+                return Ok(false);
+            }
+            let ev = Event::BackupChanged {
+                at: now_ms(),
+                dropped: true,
+                uri: None,
+                reason: reason.to_owned(),
+            };
+            let seq = st.apply(&ev);
+            *self.backup_uri.write() = effective_backup_uri(&self.cfg, &st);
+            self.store.submit(seq, ev)
+        };
+        store::acked(rx).await?;
+        self.go_alone().await?;
+        self.set_link(Link::None);
+        self.set_recovering(false);
+        match self.cfg.role {
+            Role::Backup => tracing::warn!(reason, "this backup left its pair"),
+            _ => tracing::warn!(reason, "the backup was dropped from the pair"),
+        }
+        Ok(true)
+    }
+
+    /// Main: a new address for the backup (and no longer dropped).
+    pub async fn set_backup(&self, uri: String) -> Result<(), ServiceError> {
+        if self.cfg.role != Role::Main {
+            return Err(ServiceError::RoleConflict(
+                "only a main has a backup (set BACKUP_SERVER_HOSTID)".into(),
+            ));
+        }
+        let rx = {
+            let mut st = self.state.lock();
+            let ev = Event::BackupChanged {
+                at: now_ms(),
+                dropped: false,
+                uri: Some(uri.clone()),
+                reason: "new address set by an operator".into(),
+            };
+            let seq = st.apply(&ev);
+            *self.backup_uri.write() = effective_backup_uri(&self.cfg, &st);
+            self.store.submit(seq, ev)
+        };
+        store::acked(rx).await?;
+        self.go_alone().await?;
+        self.set_link(Link::Unknown);
+        tracing::info!(backup = %uri, "the backup's address changed");
+        Ok(())
     }
 
     // ---- lease tokens ----
 
     pub fn sign_lease(&self, id: &Uuid) -> String {
-        let mut mac = self.lease_key.clone();
+        let Some(mut mac) = self.lease_key.read().clone() else {
+            return String::new();
+        };
         mac.update(id.as_bytes());
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
@@ -189,7 +710,9 @@ impl Service {
         let Ok(sig) = URL_SAFE_NO_PAD.decode(token.as_bytes()) else {
             return false;
         };
-        let mut mac = self.lease_key.clone();
+        let Some(mut mac) = self.lease_key.read().clone() else {
+            return false;
+        };
         mac.update(id.as_bytes());
         mac.verify_slice(&sig).is_ok()
     }
@@ -206,7 +729,11 @@ impl Service {
             expires_at: r.expires_at / 1000,
             renew_after: (r.renewed_at + self.cfg.lease_ms / 2) / 1000,
             served_by: self.cfg.public_url.clone(),
-            backup_uri: self.cfg.backup_uri.clone(),
+            backup_uri: self.backup_uri(),
+            main_uri: match self.cfg.role {
+                Role::Backup => self.cfg.main_uri.clone(),
+                _ => None,
+            },
         }
     }
 
@@ -256,7 +783,12 @@ impl Service {
     /// The reaper's step: frees lapsed leases, returns the next expiry.
     pub fn reap(&self) -> (usize, Option<Millis>) {
         let mut st = self.state.lock();
-        let n = self.reap_locked(&mut st, now_ms());
+        let now = now_ms();
+        // Only the server that serves expires leases; a standby copy follows its main.
+        if self.serving_of(&st, now) != Serving::Serving {
+            return (0, None);
+        }
+        let n = self.reap_locked(&mut st, now);
         if n > 0 {
             tracing::info!(freed = n, "leases expired (not renewed in time)");
         }
@@ -266,7 +798,7 @@ impl Service {
     // ---- client API ----
 
     pub async fn checkout(&self, req: &CheckoutRequest) -> Result<Lease, ServiceError> {
-        if let Err(e) = self.ensure_serving().and_then(|()| validate_checkout(req)) {
+        if let Err(e) = validate_checkout(req) {
             self.metrics.deny(e.code());
             return Err(e);
         }
@@ -277,8 +809,10 @@ impl Service {
             client_id: &req.client_id,
         };
         let now = now_ms();
-        let (rec, renewed, rx) = {
+        let (rec, renewed, seq, rx) = {
             let mut st = self.state.lock();
+            self.ensure_serving_locked(&st, now)
+                .inspect_err(|e| self.metrics.deny(e.code()))?;
             self.reap_locked(&mut st, now);
             let ev = st
                 .decide_checkout(
@@ -301,9 +835,10 @@ impl Service {
             };
             let seq = st.apply(&ev);
             let rec = st.lease(&id).cloned();
-            (rec, renewed, self.store.submit(seq, ev))
+            (rec, renewed, seq, self.store.submit(seq, ev))
         };
         store::acked(rx).await?;
+        self.replicated(seq).await;
         let rec = rec.ok_or_else(|| ServiceError::Internal("the lease vanished".into()))?;
         if renewed {
             self.metrics.renewals.inc();
@@ -338,14 +873,13 @@ impl Service {
     }
 
     pub async fn renew(&self, id: &Uuid, token: Option<&str>) -> Result<Lease, ServiceError> {
-        if let Err(e) = self.ensure_serving() {
-            self.metrics.deny(e.code());
-            return Err(e);
-        }
+        self.refuse_if_not_serving()?;
         self.authorize(id, token)?;
         let now = now_ms();
-        let (rec, rx) = {
+        let (rec, seq, rx) = {
             let mut st = self.state.lock();
+            self.ensure_serving_locked(&st, now)
+                .inspect_err(|e| self.metrics.deny(e.code()))?;
             self.reap_locked(&mut st, now);
             let feature = st.lease(id).map(|l| l.feature.clone()).unwrap_or_default();
             let ev = st
@@ -353,28 +887,29 @@ impl Service {
                 .map_err(|d| self.denied(d, &feature))?;
             let seq = st.apply(&ev);
             let rec = st.lease(id).cloned();
-            (rec, self.store.submit(seq, ev))
+            (rec, seq, self.store.submit(seq, ev))
         };
         store::acked(rx).await?;
+        self.replicated(seq).await;
         self.metrics.renewals.inc();
         let rec = rec.ok_or_else(|| ServiceError::Internal("the lease vanished".into()))?;
         Ok(self.lease_view(&rec))
     }
 
     pub async fn return_lease(&self, id: &Uuid, token: Option<&str>) -> Result<(), ServiceError> {
-        if let Err(e) = self.ensure_serving() {
-            self.metrics.deny(e.code());
-            return Err(e);
-        }
+        self.refuse_if_not_serving()?;
         self.authorize(id, token)?;
         let now = now_ms();
-        let rx = {
+        let (seq, rx) = {
             let mut st = self.state.lock();
+            self.ensure_serving_locked(&st, now)
+                .inspect_err(|e| self.metrics.deny(e.code()))?;
             let ev = st.decide_return(id, now).map_err(|d| self.denied(d, ""))?;
             let seq = st.apply(&ev);
-            self.store.submit(seq, ev)
+            (seq, self.store.submit(seq, ev))
         };
         store::acked(rx).await?;
+        self.replicated(seq).await;
         self.metrics.returns.inc();
         Ok(())
     }
@@ -383,14 +918,16 @@ impl Service {
 
     pub async fn release(&self, id: &Uuid) -> Result<LeaseInfo, ServiceError> {
         let now = now_ms();
-        let (info, rx) = {
+        let (info, seq, rx) = {
             let mut st = self.state.lock();
+            self.ensure_serving_locked(&st, now)?;
             let info = st.lease(id).map(LeaseRecord::info);
             let ev = st.decide_release(id, now).map_err(|d| self.denied(d, ""))?;
             let seq = st.apply(&ev);
-            (info, self.store.submit(seq, ev))
+            (info, seq, self.store.submit(seq, ev))
         };
         store::acked(rx).await?;
+        self.replicated(seq).await;
         self.metrics.releases.inc();
         let info = info.ok_or_else(|| ServiceError::Internal("the lease vanished".into()))?;
         tracing::info!(lease = %id, feature = %info.feature, client = %info.client_id, "lease released by an operator");
@@ -421,6 +958,10 @@ impl Service {
     ) -> Result<RightsChange, ServiceError> {
         let rx = {
             let mut st = self.state.lock();
+            if self.serving_of(&st, now_ms()) != Serving::Serving {
+                // A standby copy takes its rights from its main's changes.
+                return Ok(RightsChange::Unchanged);
+            }
             if claims.iat < st.rights_issued_at {
                 return Ok(RightsChange::Older);
             }
@@ -451,11 +992,12 @@ impl Service {
                 in_use: f.in_use,
             })
             .collect();
+        let dropped = self.cfg.role == Role::Main && self.state.lock().backup.dropped;
         ServerReport {
             server_status: self.server_status(),
-            pair_status: None,
+            pair_status: self.pair_status(),
             usage,
-            backup_dropped: false,
+            backup_dropped: dropped,
         }
     }
 
@@ -474,14 +1016,37 @@ impl Service {
 
     pub fn status(&self) -> StatusView {
         let now = now_ms();
-        let (features, leases, seq, rights_updated_at, rights_count) = {
+        let (features, leases, seq, rights_updated_at, rights_count, pair) = {
             let st = self.state.lock();
+            let facts = self.facts(&st);
+            let p = self.pair.lock().clone();
+            let serving = pair::serving(&facts, now, self.cfg.maintenance_ms);
+            let view = PairView {
+                server_status: pair::server_status(serving),
+                pair_status: pair::pair_status(&facts, now, self.cfg.failover_timeout_ms),
+                serving: serving == Serving::Serving,
+                link: (self.cfg.role == Role::Main).then_some(p.link),
+                backup_last_seen: p.backup_last_seen.map(|m| m / 1000),
+                main_last_heard: match self.cfg.role {
+                    Role::Backup => p.last_heard.map(|m| m / 1000),
+                    _ => None,
+                },
+                active_since: st.active_since.map(|m| m / 1000),
+                maintenance_ends_at: st
+                    .active_since
+                    .map(|m| (m + self.cfg.maintenance_ms) / 1000),
+                detached: st.backup.dropped,
+                detached_reason: st.backup.reason.clone().filter(|_| st.backup.dropped),
+                history: st.history,
+                replicated_seq: (self.cfg.role == Role::Main).then(|| self.repl.borrow().acked),
+            };
             (
                 st.features(now),
                 st.lease_count(),
                 st.seq,
                 st.rights_updated_at,
                 st.rights.len(),
+                view,
             )
         };
         let rights = RightsSummary {
@@ -497,13 +1062,23 @@ impl Service {
                 .min(),
             expired_features: features.iter().filter(|f| f.expired).count(),
         };
+        let served_by = if pair.serving {
+            self.cfg.public_url.clone()
+        } else {
+            match self.cfg.role {
+                Role::Backup => self.cfg.main_uri.clone(),
+                _ => self.backup_uri(),
+            }
+        };
         StatusView {
             hostid: self.hostid_str.clone(),
             role: self.cfg.role,
-            server_status: self.server_status(),
-            pair_status: None,
+            server_status: pair.server_status,
+            pair_status: pair.pair_status,
+            served_by,
+            pair,
             public_url: self.cfg.public_url.clone(),
-            backup_uri: self.cfg.backup_uri.clone(),
+            backup_uri: self.backup_uri(),
             main_uri: self.cfg.main_uri.clone(),
             backoffice: self.backoffice(),
             rights,
@@ -545,7 +1120,11 @@ pub struct StatusView {
     pub hostid: String,
     pub role: Role,
     pub server_status: ServerStatus,
-    pub pair_status: Option<shared::capability::PairStatus>,
+    pub pair_status: Option<PairStatus>,
+    /// The URL of the server that serves this pool's licenses now (this one when it
+    /// serves, else the partner it sends clients to).
+    pub served_by: Option<String>,
+    pub pair: PairView,
     pub public_url: Option<String>,
     pub backup_uri: Option<String>,
     pub main_uri: Option<String>,
@@ -557,6 +1136,38 @@ pub struct StatusView {
     pub lease_duration_secs: u64,
     pub started_at: i64,
     pub version: &'static str,
+}
+
+/// The pair as this server sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairView {
+    pub server_status: ServerStatus,
+    pub pair_status: Option<PairStatus>,
+    /// Whether this server grants, renews and returns leases now.
+    pub serving: bool,
+    /// Main: how it sees its backup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<Link>,
+    /// Main: when the backup last answered (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_last_seen: Option<i64>,
+    /// Backup: when the main was last heard (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub main_last_heard: Option<i64>,
+    /// Backup: serving alone since (it took over).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_since: Option<i64>,
+    /// Backup: when the failover maintenance interval ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance_ends_at: Option<i64>,
+    /// Main: its backup was dropped; backup: it left the pair.
+    pub detached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detached_reason: Option<String>,
+    pub history: Uuid,
+    /// Main: the last change the backup acknowledged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicated_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -605,6 +1216,27 @@ fn validate_checkout(req: &CheckoutRequest) -> Result<(), ServiceError> {
     Ok(())
 }
 
+fn key_of(state: &State) -> Result<Option<Hmac<Sha256>>, ServiceError> {
+    let Some(key) = &state.lease_key else {
+        return Ok(None);
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(key.as_bytes())
+        .map_err(|e| ServiceError::Internal(format!("the stored lease key is damaged: {e}")))?;
+    Hmac::<Sha256>::new_from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ServiceError::Internal(e.to_string()))
+}
+
+/// The backup clients are handed: none once dropped, else the operator's address, else
+/// `LICENSING_BACKUP_URI`.
+fn effective_backup_uri(cfg: &ServiceConfig, st: &State) -> Option<String> {
+    if cfg.role != Role::Main || st.backup.dropped {
+        return None;
+    }
+    st.backup.uri.clone().or_else(|| cfg.backup_uri.clone())
+}
+
 /// RFC 3339 for messages.
 pub fn fmt_time(unix: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
@@ -619,15 +1251,7 @@ mod tests {
     async fn service(dir: &std::path::Path, count: u32) -> Arc<Service> {
         let (state, store, _) = store::open(dir, store::StoreOptions::default()).unwrap();
         let svc = Service::start(
-            ServiceConfig {
-                hostid: HostId::parse("string:unit").unwrap(),
-                role: Role::Standalone,
-                lease_ms: 60_000,
-                public_url: None,
-                backup_uri: None,
-                main_uri: None,
-                backoffice_url: "http://bo".into(),
-            },
+            ServiceConfig::standalone(HostId::parse("string:unit").unwrap(), 60_000),
             state,
             store,
         )
@@ -734,15 +1358,7 @@ mod tests {
         // Reopened: same key, the old token still verifies.
         let (state, store, _) = store::open(dir.path(), store::StoreOptions::default()).unwrap();
         assert_eq!(state.lease_count(), 2);
-        let cfg = ServiceConfig {
-            hostid: HostId::parse("string:unit").unwrap(),
-            role: Role::Standalone,
-            lease_ms: 60_000,
-            public_url: None,
-            backup_uri: None,
-            main_uri: None,
-            backoffice_url: "http://bo".into(),
-        };
+        let cfg = ServiceConfig::standalone(HostId::parse("string:unit").unwrap(), 60_000);
         let svc = Service::start(cfg, state, store).await.unwrap();
         svc.return_lease(&a.lease_id, Some(&a.token)).await.unwrap();
         assert_eq!(svc.features()[0].in_use, 1);

@@ -32,6 +32,9 @@ pub const NAMES: &[&str] = &[
     "PUBLIC_URL",
     "CLOCK_LEEWAY",
     "BACKOFF_MAX",
+    "FAILOVER_TIMEOUT",
+    "HEARTBEAT_INTERVAL",
+    "PAIR_TOKEN",
 ];
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -67,6 +70,12 @@ struct Raw {
     clock_leeway: Option<Duration>,
     #[serde(default, deserialize_with = "duration_like")]
     backoff_max: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_like")]
+    failover_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_like")]
+    heartbeat_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "secret_like")]
+    pair_token: Option<Secret>,
 }
 
 /// Checked settings of `license-server serve`.
@@ -95,6 +104,13 @@ pub struct Settings {
     pub clock_leeway: Duration,
     /// Longest wait between retries while the back office is unreachable.
     pub backoff_max: Duration,
+    /// Backup: how long the main may be silent before the backup takes over.
+    pub failover_timeout: Duration,
+    /// Main: how often it sends a heartbeat to its backup when nothing changes.
+    pub heartbeat_interval: Duration,
+    /// The secret the two servers of a pair authenticate each other with (default:
+    /// `BACKOFFICE_TOKEN`, the account's device token both usually share).
+    pub pair_token: Secret,
 }
 
 impl Settings {
@@ -181,6 +197,22 @@ impl Settings {
         {
             bail!("CAPABILITY_POLL_INTERVAL must be at least 100ms");
         }
+        let failover_timeout = raw.failover_timeout.unwrap_or(Duration::from_secs(1));
+        let heartbeat_interval = raw.heartbeat_interval.unwrap_or(Duration::from_millis(250));
+        if heartbeat_interval < Duration::from_millis(10) {
+            bail!("HEARTBEAT_INTERVAL must be at least 10ms");
+        }
+        if failover_timeout < heartbeat_interval * 2 {
+            bail!(
+                "FAILOVER_TIMEOUT ({}) must be at least twice HEARTBEAT_INTERVAL ({})",
+                shared::duration::format(failover_timeout),
+                shared::duration::format(heartbeat_interval)
+            );
+        }
+        let pair_token = raw
+            .pair_token
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| backoffice_token.clone());
         Ok(Settings {
             hostid,
             listen,
@@ -206,6 +238,9 @@ impl Settings {
             public_url: non_empty(raw.public_url),
             clock_leeway: raw.clock_leeway.unwrap_or(Duration::from_secs(60)),
             backoff_max: raw.backoff_max.unwrap_or(Duration::from_secs(60)),
+            failover_timeout,
+            heartbeat_interval,
+            pair_token,
         })
     }
 

@@ -74,6 +74,12 @@ enum Msg {
     },
     /// Acknowledged once everything sent before it is durable.
     Barrier(oneshot::Sender<Result<(), StoreError>>),
+    /// Replaces the whole state (a backup taking a snapshot from its main, a main taking
+    /// its backup's changes back): written as the snapshot, the journal emptied.
+    Reset {
+        state: Box<State>,
+        ack: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// Counters the writer keeps, read by the metrics endpoint.
@@ -96,7 +102,7 @@ pub struct Recovery {
 
 /// An event once it is durable, in sequence order: the stream a main will replicate to
 /// its backup (issue 4).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Committed {
     pub seq: u64,
     pub event: Event,
@@ -192,6 +198,19 @@ impl Store {
         self.committed.subscribe()
     }
 
+    /// Replaces the state durably (after everything queued before it); events that
+    /// follow continue from `state.seq`.
+    pub fn reset(&self, state: State) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (ack, rx) = oneshot::channel();
+        if let Some(tx) = &*self.tx.lock() {
+            let _ = tx.send(Msg::Reset {
+                state: Box::new(state),
+                ack,
+            });
+        }
+        rx
+    }
+
     /// Completes when everything queued so far is durable.
     pub fn barrier(&self) -> oneshot::Receiver<Result<(), StoreError>> {
         let (ack, rx) = oneshot::channel();
@@ -274,7 +293,9 @@ impl Writer {
             let reply = result.clone().map_err(|e| StoreError::Io(e.to_string()));
             for m in batch.drain(..) {
                 match m {
-                    Msg::Event { ack: Some(ack), .. } | Msg::Barrier(ack) => {
+                    Msg::Event { ack: Some(ack), .. }
+                    | Msg::Barrier(ack)
+                    | Msg::Reset { ack, .. } => {
                         let _ = ack.send(reply.clone());
                     }
                     Msg::Event { ack: None, .. } => {}
@@ -300,26 +321,39 @@ impl Writer {
 
     fn commit(&mut self, batch: &[Msg]) -> Result<(), String> {
         self.buf.clear();
-        let mut any = false;
         for m in batch {
-            if let Msg::Event { seq, event, .. } = m {
-                let expected = self.state.seq + 1;
-                if *seq != expected {
-                    return Err(format!(
-                        "event out of order: got sequence {seq}, expected {expected}"
-                    ));
+            match m {
+                Msg::Event { seq, event, .. } => {
+                    let expected = self.state.seq + 1;
+                    if *seq != expected {
+                        return Err(format!(
+                            "event out of order: got sequence {seq}, expected {expected}"
+                        ));
+                    }
+                    encode_record(&mut self.buf, *seq, event);
+                    self.state.apply(event);
                 }
-                encode_record(&mut self.buf, *seq, event);
-                self.state.apply(event);
-                any = true;
+                Msg::Reset { state, .. } => {
+                    self.flush()?;
+                    self.state = (**state).clone();
+                    self.state.rebuild_index();
+                    self.snapshot().map_err(|e| e.to_string())?;
+                }
+                Msg::Barrier(_) => {}
             }
         }
-        if any {
+        self.flush()
+    }
+
+    /// Writes and syncs the records encoded so far.
+    fn flush(&mut self) -> Result<(), String> {
+        if !self.buf.is_empty() {
             self.journal
                 .write_all(&self.buf)
                 .map_err(|e| e.to_string())?;
             self.journal.sync_data().map_err(|e| e.to_string())?;
             self.journal_len += self.buf.len() as u64;
+            self.buf.clear();
         }
         Ok(())
     }
@@ -449,6 +483,7 @@ mod tests {
                 renewed_at: 1,
                 expires_at: 1_000_000 + i64::from(i),
                 granted_by: "string:me".into(),
+                granted_seq: 0,
             },
         }
     }
@@ -567,6 +602,27 @@ mod tests {
         assert_eq!(back.seq, 200);
         assert_eq!(back.lease_count(), 200);
         assert!(rec.snapshot_seq > 0);
+    }
+
+    #[tokio::test]
+    async fn reset_replaces_the_state_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut state, store, _) = open(dir.path(), StoreOptions::default()).unwrap();
+        write_events(&store, &mut state, 5).await;
+        let mut other = State::default();
+        for i in 0..3 {
+            other.apply(&grant(100 + i));
+        }
+        other.seq = 40;
+        acked(store.reset(other.clone())).await.unwrap();
+        // Events continue from the new state's sequence number.
+        let mut next = other.clone();
+        next.rebuild_index();
+        write_events(&store, &mut next, 2).await;
+        store.shutdown();
+        let (back, _, _) = open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(back.seq, 42);
+        assert_eq!(back.lease_count(), 5);
     }
 
     #[tokio::test]

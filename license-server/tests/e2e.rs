@@ -660,8 +660,18 @@ async fn a_backup_before_its_main_waits_and_stands_by() {
     .await;
     assert!(server.log().contains("MAIN_NOT_REGISTERED"));
     bo.set_mode(Mode::Normal);
-    rights_arrived(&server, "cad", 2).await;
+    // Accepted now; a standby backup's pool comes from its main, not from its own polls.
+    wait_for(T, "the back office accepting the backup", || async {
+        let s = status(&server).await;
+        (s["backoffice"]["state"] == "connected").then_some(s)
+    })
+    .await;
     let s = status(&server).await;
+    assert_eq!(s["rights"]["seats"], 0);
+    assert_ne!(
+        s["pair_status"], "paired_available",
+        "no copy of the main's pool yet"
+    );
     assert_eq!(
         (s["role"].as_str(), s["server_status"].as_str()),
         (Some("backup"), Some("ready"))

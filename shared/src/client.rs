@@ -57,8 +57,12 @@ impl ClientError {
 
 struct Inner {
     http: reqwest::Client,
-    /// Ordered: the preferred server first.
+    /// Ordered: the preferred server first (as configured; `NOT_SERVING` reorders).
     servers: Mutex<Vec<String>>,
+    /// The backup the main last named in a lease answer (`backup_uri`), tried after the
+    /// configured servers; replaced when the main names another, removed when it names
+    /// none.
+    learned_backup: Mutex<Option<String>>,
     client_id: String,
 }
 
@@ -128,6 +132,7 @@ impl Client {
             inner: Arc::new(Inner {
                 http,
                 servers: Mutex::new(servers),
+                learned_backup: Mutex::new(None),
                 client_id: default_client_id(),
             }),
         })
@@ -138,7 +143,8 @@ impl Client {
         Client {
             inner: Arc::new(Inner {
                 http: self.inner.http.clone(),
-                servers: Mutex::new(self.servers()),
+                servers: Mutex::new(self.configured()),
+                learned_backup: Mutex::new(self.learned_backup()),
                 client_id: client_id.into(),
             }),
         }
@@ -148,8 +154,19 @@ impl Client {
         &self.inner.client_id
     }
 
-    /// The servers in the order they are tried.
+    /// The servers in the order they are tried: the configured list, then the backup
+    /// learned from the main.
     pub fn servers(&self) -> Vec<String> {
+        let mut s = self.configured();
+        if let Some(b) = self.learned_backup()
+            && !s.contains(&b)
+        {
+            s.push(b);
+        }
+        s
+    }
+
+    fn configured(&self) -> Vec<String> {
         self.inner
             .servers
             .lock()
@@ -157,13 +174,33 @@ impl Client {
             .clone()
     }
 
+    /// The backup the main last named, if any.
+    pub fn learned_backup(&self) -> Option<String> {
+        self.inner
+            .learned_backup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Keeps the backup a main names in its answers. An answer from a backup (it names
+    /// its main in `main_uri`) changes nothing: the client keeps both.
     fn learn(&self, lease: &Lease) {
-        if let Some(b) = lease.backup_uri.as_deref().and_then(|u| normalise(u).ok()) {
-            let mut s = self.inner.servers.lock().unwrap_or_else(|e| e.into_inner());
-            if !s.contains(&b) {
-                tracing::debug!(backup = %b, "learned the backup server's URL");
-                s.push(b);
+        if lease.main_uri.is_some() {
+            return;
+        }
+        let named = lease.backup_uri.as_deref().and_then(|u| normalise(u).ok());
+        let mut b = self
+            .inner
+            .learned_backup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *b != named {
+            match &named {
+                Some(u) => tracing::info!(backup = %u, "learned the backup server's URL"),
+                None => tracing::info!("the main names no backup any more"),
             }
+            *b = named;
         }
     }
 
@@ -245,7 +282,13 @@ impl Client {
                 redirected = true;
                 if let Ok(url) = normalise(&url) {
                     self.prefer(&url);
-                    order.retain(|u| *u != url);
+                    // Try it next.
+                    if let Some(p) = order.iter().position(|u| *u == url) {
+                        order.remove(p);
+                        if p < i {
+                            i -= 1;
+                        }
+                    }
                     order.insert(i, url);
                 }
                 last_err = Some(ClientError::Api { status, body });
@@ -498,6 +541,7 @@ mod tests {
             renew_after,
             served_by: None,
             backup_uri: Some("http://backup:7070/".into()),
+            main_uri: None,
         }
     }
 
@@ -525,6 +569,23 @@ mod tests {
         assert_eq!(c.servers(), vec!["http://a:1", "http://b:2"]);
         c.learn(&lease(0, 0));
         assert_eq!(c.servers().last().unwrap(), "http://backup:7070");
+        // A new backup address replaces the old one; an answer from the backup keeps it;
+        // a main that names no backup removes it.
+        let mut moved = lease(0, 0);
+        moved.backup_uri = Some("http://backup2:7070".into());
+        c.learn(&moved);
+        assert_eq!(c.learned_backup().as_deref(), Some("http://backup2:7070"));
+        assert!(!c.servers().contains(&"http://backup:7070".to_owned()));
+        let mut from_backup = lease(0, 0);
+        from_backup.backup_uri = None;
+        from_backup.main_uri = Some("http://a:1".into());
+        c.learn(&from_backup);
+        assert_eq!(c.learned_backup().as_deref(), Some("http://backup2:7070"));
+        let mut dropped = lease(0, 0);
+        dropped.backup_uri = None;
+        c.learn(&dropped);
+        assert_eq!(c.learned_backup(), None);
+        c.learn(&lease(0, 0));
         c.prefer("http://b:2");
         assert_eq!(c.servers()[0], "http://b:2");
         assert!(Client::new("ftp://x").is_err());

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     FeatureExpired,
     NotServing,
     MaintenanceIntervalExpired,
+    /// A pair member's copy does not continue from what was sent (replication).
+    OutOfSync,
     Unavailable,
     InternalError,
     /// A code this version does not know (sent by a newer peer).
@@ -41,9 +43,8 @@ impl ErrorCode {
             Forbidden => 403,
             NotFound => 404,
             AlreadyExists | MainNotRegistered | HostidTypeMismatch | HostidInUse | RoleConflict
-            | InsufficientQuantity | PairHasActiveRights | ReplayedRequest | NoLicenseAvailable => {
-                409
-            }
+            | InsufficientQuantity | PairHasActiveRights | ReplayedRequest | NoLicenseAvailable
+            | OutOfSync => 409,
             FeatureExpired => 410,
             ClockSkew => 400,
             NotServing | MaintenanceIntervalExpired | Unavailable => 503,
@@ -72,6 +73,7 @@ impl ErrorCode {
             FeatureExpired => "FEATURE_EXPIRED",
             NotServing => "NOT_SERVING",
             MaintenanceIntervalExpired => "MAINTENANCE_INTERVAL_EXPIRED",
+            OutOfSync => "OUT_OF_SYNC",
             Unavailable => "UNAVAILABLE",
             InternalError => "INTERNAL_ERROR",
             Unknown => "UNKNOWN",

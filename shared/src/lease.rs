@@ -40,9 +40,13 @@ pub struct Lease {
     /// The URL of the server that granted or renewed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
-    /// The backup's URL, for clients to fail over to (`LICENSING_BACKUP_URI`).
+    /// The backup's URL, for clients to fail over to (`LICENSING_BACKUP_URI`). A main
+    /// that has no backup (any more) sends none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_uri: Option<String>,
+    /// Set when a backup answered: the URL of the main it stands in for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_uri: Option<String>,
 }
 
 /// A lease as operators see it (no token).

@@ -533,3 +533,325 @@ impl BackOffice {
         .await
     }
 }
+
+/// A running license server (the real binary), restartable on the same data and port.
+pub struct LicenseServer {
+    pub process: Process,
+    pub name: String,
+    pub url: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl LicenseServer {
+    /// Starts `license-server serve` on `port` with `DATA_DIR=data_dir` and `env`, and
+    /// waits until it answers.
+    pub async fn start(
+        name: &str,
+        data_dir: &Path,
+        port: u16,
+        env: &[(String, String)],
+    ) -> Result<LicenseServer> {
+        let mut s = LicenseServer {
+            process: Self::spawn(name, data_dir, port, env)?,
+            name: name.to_owned(),
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            data_dir: data_dir.to_owned(),
+            env: env.to_vec(),
+        };
+        s.wait_ready().await?;
+        Ok(s)
+    }
+
+    fn spawn(name: &str, data_dir: &Path, port: u16, env: &[(String, String)]) -> Result<Process> {
+        std::fs::create_dir_all(data_dir)?;
+        let mut cmd = Command::new(binary("license-server"));
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("LISTEN", format!("127.0.0.1:{port}"))
+            .env("DATA_DIR", data_dir);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let log = data_dir.with_extension(format!("{}.log", uuid::Uuid::new_v4().simple()));
+        Process::spawn(name, cmd, log)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(format!("{}/healthz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.process.child.try_wait() {
+                bail!(
+                    "{} exited ({status}):\n{}",
+                    self.name,
+                    self.process.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} not ready in 30 s:\n{}",
+                    self.name,
+                    self.process.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// kill -9: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again on the same data, port and settings.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.process.kill();
+        self.process = Self::spawn(&self.name, &self.data_dir, self.port, &self.env)?;
+        self.wait_ready().await
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// `GET /api/v1/status`.
+    pub async fn status(&self) -> Result<Value> {
+        Ok(reqwest::Client::new()
+            .get(format!("{}/api/v1/status", self.url))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// The pair status this server reports (`None` when it does not answer).
+    pub async fn pair_status(&self) -> Option<String> {
+        let s = self.status().await.ok()?;
+        s["pair_status"].as_str().map(str::to_owned)
+    }
+
+    /// The leases of `feature` as this server holds them (operator API).
+    pub async fn leases(&self, feature: &str) -> Result<Vec<Value>> {
+        let v: Value = reqwest::Client::new()
+            .get(format!(
+                "{}/api/v1/admin/features/{feature}/leases",
+                self.url
+            ))
+            .bearer_auth(self.admin_token())
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+}
+
+/// A main and its backup, started from a back office fixture.
+pub struct PairSetup {
+    pub tmp: tempfile::TempDir,
+    pub main_port: u16,
+    pub backup_port: u16,
+    pub main_hostid: String,
+    pub backup_hostid: String,
+    pub main_env: Vec<(String, String)>,
+    pub backup_env: Vec<(String, String)>,
+}
+
+impl PairSetup {
+    /// Settings for a pair serving `count` seats of the fixture's line item; `extra`
+    /// overrides or adds settings on both servers.
+    pub fn new(
+        bo: &BackOffice,
+        fx: &Fixture,
+        count: u32,
+        extra: &[(&str, &str)],
+    ) -> Result<PairSetup> {
+        let tmp = tempfile::tempdir()?;
+        let (main_port, backup_port) = (free_port(), free_port());
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let main_hostid = format!("string:main-{}", &tag[..8]);
+        let backup_hostid = format!("string:backup-{}", &tag[..8]);
+        let common: Vec<(String, String)> = [
+            ("BACKOFFICE_URL", bo.url.clone()),
+            ("BACKOFFICE_TOKEN", fx.device_token.clone()),
+            (
+                "BACKOFFICE_PUBLIC_KEY",
+                bo.public_key_path().display().to_string(),
+            ),
+            ("CAPABILITY_POLL_INTERVAL", "1s".to_owned()),
+            ("BACKOFF_MAX", "500ms".to_owned()),
+            ("LEASE_DURATION", "60s".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let with = |mut env: Vec<(String, String)>, more: &[(&str, String)]| {
+            for (k, v) in more
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .chain(extra.iter().map(|(k, v)| (*k, (*v).to_owned())))
+            {
+                env.retain(|(ek, _)| ek != k);
+                env.push((k.to_owned(), v));
+            }
+            env
+        };
+        let main_env = with(
+            common.clone(),
+            &[
+                ("HOSTID", main_hostid.clone()),
+                ("BACKUP_SERVER_HOSTID", backup_hostid.clone()),
+                (
+                    "LICENSING_BACKUP_URI",
+                    format!("http://127.0.0.1:{backup_port}"),
+                ),
+                ("RIGHTS_IDS", format!("{}:{count}", fx.activation_id)),
+            ],
+        );
+        let backup_env = with(
+            common,
+            &[
+                ("HOSTID", backup_hostid.clone()),
+                (
+                    "LICENSING_MAIN_URI",
+                    format!("http://127.0.0.1:{main_port}"),
+                ),
+            ],
+        );
+        Ok(PairSetup {
+            tmp,
+            main_port,
+            backup_port,
+            main_hostid,
+            backup_hostid,
+            main_env,
+            backup_env,
+        })
+    }
+
+    pub async fn start_main(&self) -> Result<LicenseServer> {
+        LicenseServer::start(
+            "main",
+            &self.tmp.path().join("main"),
+            self.main_port,
+            &self.main_env,
+        )
+        .await
+    }
+
+    pub async fn start_backup(&self) -> Result<LicenseServer> {
+        LicenseServer::start(
+            "backup",
+            &self.tmp.path().join("backup"),
+            self.backup_port,
+            &self.backup_env,
+        )
+        .await
+    }
+}
+
+/// Waits until both servers report the pair `paired_available`.
+pub async fn wait_paired(
+    main: &LicenseServer,
+    backup: &LicenseServer,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (m, b) = (main.pair_status().await, backup.pair_status().await);
+        if m.as_deref() == Some("paired_available") && b.as_deref() == Some("paired_available") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not paired_available after {timeout:?}: main {m:?}, backup {b:?}\n--- main log ---\n{}\n--- backup log ---\n{}",
+                tail(&main.log_text(), 40),
+                tail(&backup.log_text(), 40)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The last `n` lines of a log.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A TCP proxy on loopback whose link the test can cut and heal (the link between a
+/// main and its backup).
+pub struct Proxy {
+    pub port: u16,
+    cut: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Forwards `127.0.0.1:<port>` to `127.0.0.1:<target>`.
+    pub async fn start(target: u16) -> Result<Proxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let cut = std::sync::Arc::new(tokio::sync::watch::Sender::new(false));
+        let c = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if *c.borrow() {
+                    continue; // dropped: the peer sees the connection closed
+                }
+                let mut rx = c.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Ok(Proxy { port, cut, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

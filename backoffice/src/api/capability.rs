@@ -4,7 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use shared::ErrorCode;
 use shared::capability::{CapabilityClaims, CapabilityRequest, CapabilityResponse, ISSUER};
 
-use super::{State, parse_json, run};
+use super::{State, parse_json, run_write};
 use crate::error::{AppError, AppResult};
 use crate::store::{auth, registry};
 
@@ -51,7 +51,7 @@ async fn handle(state: &State, req: &HttpRequest, body: &[u8]) -> AppResult<Http
     }
 
     let req2 = request.clone();
-    let answer = run(state, move |c| {
+    let answer = run_write(state, move |c| {
         let account = auth::authenticate_device(c, &token)?;
         tracing::Span::current().record("account", account.as_str());
         registry::capability(c, &account, &req2, now)

@@ -31,6 +31,24 @@ where
     .await?
 }
 
+/// Like [`run`], for work that writes. On SQLite the writers take turns on a lock of the
+/// process's own: waiting in SQLite's busy handler instead means sleeping a millisecond or
+/// more per retry while the database lock lies free.
+pub async fn run_write<T, F>(state: &State, f: F) -> AppResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut DbConn) -> AppResult<T> + Send + 'static,
+{
+    let state = state.clone();
+    web::block(move || {
+        let _turn =
+            (state.backend == crate::db::Backend::Sqlite).then(|| state.sqlite_writer.lock());
+        let mut conn = state.pool.get()?;
+        f(&mut conn)
+    })
+    .await?
+}
+
 pub fn json_config() -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(MAX_BODY)

@@ -424,7 +424,8 @@ pub fn authenticate_device(conn: &mut DbConn, bearer: &str) -> AppResult<String>
             device_tokens::expires_at,
             device_tokens::revoked_at,
         ))
-        .first(conn)
+        // By primary key: `get_result` (no `LIMIT ?`, which SQLite re-prepares each time).
+        .get_result(conn)
         .optional()?;
     let (account_id, hash, expires_at, revoked_at) = row.ok_or_else(bad)?;
     let now = shared::now_unix();

@@ -1,0 +1,556 @@
+//! The failover pair at run time.
+//!
+//! The main drives everything: it pushes its changes to the backup as ordered batches
+//! (`POST /api/v1/pair/events`; an empty batch is the heartbeat), sends a full snapshot
+//! when the backup's copy does not continue its own, and takes the backup's changes back
+//! (`POST /api/v1/pair/handback`) when it finds the backup serving. The backup only
+//! answers, and takes over when the main has been silent for the failover timeout
+//! ([`run_backup`]). The rules (who serves, when to take over, pair status) are in
+//! [`crate::pair`]; the merge of a failback is [`crate::domain::State::merged_for_failback`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shared::capability::Role;
+use shared::secret::Secret;
+use shared::{ErrorBody, ErrorCode};
+use tokio::sync::broadcast::error::TryRecvError;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::domain::State;
+use crate::pair::Link;
+use crate::service::{Position, Service, now_ms};
+use crate::store::Committed;
+
+/// Most changes sent in one batch.
+const MAX_BATCH: usize = 4096;
+/// Changes kept in memory to let a backup that was away a short while catch up without a
+/// full snapshot.
+const RING: usize = 100_000;
+
+/// A batch of changes (or a heartbeat), main to backup.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch<E> {
+    /// The history the changes belong to.
+    pub history: Uuid,
+    /// How far the main's durable changes went when it sent this.
+    pub main_seq: u64,
+    pub events: Vec<E>,
+}
+
+/// The backup's answer: it holds everything up to `seq` durably.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Ack {
+    pub seq: u64,
+}
+
+/// `POST /api/v1/pair/detach` body.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Detach {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Refused(ErrorBody),
+}
+
+/// HTTP client for the other server of the pair.
+#[derive(Clone)]
+pub struct Peer {
+    http: reqwest::Client,
+    token: Secret,
+    sync_timeout: Duration,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Peer")
+    }
+}
+
+impl Peer {
+    /// `sync_timeout`: the longest a batch may take before the backup counts as gone
+    /// (clients wait at most this long for a backup that stalls).
+    pub fn new(token: Secret, sync_timeout: Duration) -> anyhow::Result<Peer> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(sync_timeout.min(Duration::from_secs(2)))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Peer {
+            http,
+            token,
+            sync_timeout,
+        })
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<T, PeerError> {
+        let resp = req
+            .bearer_auth(self.token.expose())
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| PeerError::Unreachable(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| PeerError::Unreachable(e.to_string()))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| PeerError::Unreachable(format!("unexpected answer: {e}")));
+        }
+        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => PeerError::Refused(body),
+            Err(_) => PeerError::Unreachable(format!("HTTP {status}")),
+        })
+    }
+
+    pub async fn position(&self, base: &str) -> Result<Position, PeerError> {
+        let url = format!("{base}/api/v1/pair/position");
+        self.send(
+            self.http.get(url),
+            self.sync_timeout.max(Duration::from_secs(1)),
+        )
+        .await
+    }
+
+    pub async fn push(&self, base: &str, batch: &Batch<&Committed>) -> Result<Ack, PeerError> {
+        let url = format!("{base}/api/v1/pair/events");
+        self.send(self.http.post(url).json(batch), self.sync_timeout)
+            .await
+    }
+
+    pub async fn snapshot(&self, base: &str, state: &State) -> Result<Ack, PeerError> {
+        let url = format!("{base}/api/v1/pair/snapshot");
+        self.send(self.http.put(url).json(state), Duration::from_secs(60))
+            .await
+    }
+
+    pub async fn handback(&self, base: &str) -> Result<State, PeerError> {
+        let url = format!("{base}/api/v1/pair/handback");
+        self.send(self.http.post(url), Duration::from_secs(60))
+            .await
+    }
+
+    pub async fn detach(&self, base: &str, reason: &str) -> Result<serde_json::Value, PeerError> {
+        let url = format!("{base}/api/v1/pair/detach");
+        let body = Detach {
+            reason: reason.to_owned(),
+        };
+        self.send(self.http.post(url).json(&body), Duration::from_secs(5))
+            .await
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct MainConfig {
+    pub heartbeat: Duration,
+    /// `BACKUP_ABSENCE_LIMIT`.
+    pub absence_limit: Duration,
+}
+
+/// Committed changes received from the store, kept for a backup's catch-up.
+struct Ring {
+    sub: tokio::sync::broadcast::Receiver<Arc<Committed>>,
+    events: VecDeque<Arc<Committed>>,
+    /// Changes were missed (the receiver lagged): the ring cannot serve a catch-up.
+    lagged: bool,
+}
+
+impl Ring {
+    /// Takes what the store has published since the last call.
+    fn drain(&mut self) -> bool {
+        loop {
+            match self.sub.try_recv() {
+                Ok(c) => self.push(c),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "replication fell behind the journal");
+                    self.events.clear();
+                    self.lagged = true;
+                }
+                Err(TryRecvError::Closed) => return false,
+            }
+        }
+    }
+
+    fn push(&mut self, c: Arc<Committed>) {
+        // A failback replaces the state: changes start again from a higher number.
+        if self.events.back().is_some_and(|b| c.seq != b.seq + 1) {
+            self.events.clear();
+        }
+        self.events.push_back(c);
+        if self.events.len() > RING {
+            self.events.pop_front();
+        }
+    }
+
+    /// Whether every change from `from` on is here (or none is needed).
+    fn covers(&self, from: u64, durable: u64) -> bool {
+        !self.lagged
+            && (from > durable
+                || self.events.front().is_some_and(|f| {
+                    f.seq <= from && self.events.back().is_some_and(|b| b.seq >= durable)
+                }))
+    }
+
+    fn batch_from(&self, from: u64) -> Vec<&Committed> {
+        let Some(front) = self.events.front() else {
+            return Vec::new();
+        };
+        let skip = from.saturating_sub(front.seq) as usize;
+        self.events
+            .iter()
+            .skip(skip)
+            .take(MAX_BATCH)
+            .map(|c| c.as_ref())
+            .collect()
+    }
+}
+
+/// Sleeps, or returns true when asked to stop.
+async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+/// The main's side: find the backup, bring it up to date, keep it there, take its
+/// changes back after a failover, drop it after the absence limit.
+pub async fn run_main(
+    svc: Arc<Service>,
+    peer: Peer,
+    cfg: MainConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ring = Ring {
+        sub: svc.subscribe(),
+        events: VecDeque::new(),
+        lagged: false,
+    };
+    let started = now_ms();
+    let mut unreachable_logged = false;
+    loop {
+        if *stop.borrow() || !ring.drain() {
+            return;
+        }
+        let Some(uri) = svc.backup_uri() else {
+            lose(&svc, Link::None).await;
+            svc.set_recovering(false);
+            if pause(cfg.heartbeat, &mut stop).await {
+                return;
+            }
+            continue;
+        };
+        let pos = match peer.position(&uri).await {
+            Ok(p) => p,
+            Err(e) => {
+                svc.metrics.replication_failures.inc();
+                lose(&svc, Link::Unreachable).await;
+                // Nobody to take changes back from: serve alone.
+                svc.set_recovering(false);
+                if !unreachable_logged {
+                    tracing::warn!(backup = %uri, error = %e, "the backup is unreachable; serving alone");
+                    unreachable_logged = true;
+                }
+                let last = svc.backup_last_seen().unwrap_or(started);
+                if now_ms() - last >= cfg.absence_limit.as_millis() as i64 {
+                    let why = format!(
+                        "not seen for {} (BACKUP_ABSENCE_LIMIT)",
+                        shared::duration::format(cfg.absence_limit)
+                    );
+                    if let Err(e) = svc.detach(&why).await {
+                        tracing::error!(error = %e, "could not record the dropped backup");
+                    }
+                }
+                if pause(cfg.heartbeat, &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        unreachable_logged = false;
+        svc.backup_seen();
+        if pos.detached {
+            if let Err(e) = svc.detach("the backup left the pair").await {
+                tracing::error!(error = %e, "could not record the dropped backup");
+            }
+            continue;
+        }
+        if pos.role != Role::Backup {
+            tracing::error!(backup = %uri, role = %pos.role, "LICENSING_BACKUP_URI names a server that is not a backup (set LICENSING_MAIN_URI on it)");
+            lose(&svc, Link::Unreachable).await;
+            svc.set_recovering(false);
+            if pause(cfg.heartbeat * 4, &mut stop).await {
+                return;
+            }
+            continue;
+        }
+        if pos.active || svc.must_absorb(pos.history, pos.seq) {
+            tracing::info!(
+                backup_serving = pos.active,
+                backup_seq = pos.seq,
+                "recovering: the backup holds changes this server lacks; taking them back before serving"
+            );
+            svc.set_recovering(true);
+            if let Err(e) = failback(&svc, &peer, &uri).await {
+                tracing::warn!(error = %e, "taking the backup's changes back failed; retrying");
+                if pause(cfg.heartbeat, &mut stop).await {
+                    return;
+                }
+            }
+            continue;
+        }
+        svc.set_recovering(false);
+        match stream(&svc, &peer, &uri, &pos, &mut ring, cfg, &mut stop).await {
+            Streamed::Stop => return,
+            Streamed::Resync => {}
+            Streamed::Unreachable(e) => {
+                svc.metrics.replication_failures.inc();
+                tracing::warn!(backup = %uri, error = %e, "lost the backup; changes are acknowledged without it");
+                lose(&svc, Link::Unreachable).await;
+                if pause(cfg.heartbeat, &mut stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The backup no longer keeps up: record that changes are acknowledged without it, then
+/// release the clients waiting for it.
+async fn lose(svc: &Service, link: Link) {
+    if let Err(e) = svc.go_alone().await {
+        tracing::error!(error = %e, "could not record that the backup is gone");
+    }
+    svc.set_link(link);
+}
+
+/// The main takes the pool back from a backup that served (or that holds changes of its
+/// own): the backup stops serving and hands over its state, the main merges it with its
+/// own and serves from the merge.
+async fn failback(svc: &Service, peer: &Peer, uri: &str) -> Result<(), PeerError> {
+    let started = std::time::Instant::now();
+    let theirs = peer.handback(uri).await?;
+    let report = svc
+        .take_back(&theirs)
+        .await
+        .map_err(|e| PeerError::Refused(e.body()))?;
+    svc.set_recovering(false);
+    tracing::info!(
+        from_backup = report.from_backup,
+        from_main = report.from_main,
+        renewed_on_main = report.renewed_on_main,
+        ms = started.elapsed().as_millis() as u64,
+        "took the backup's changes back; serving again"
+    );
+    Ok(())
+}
+
+enum Streamed {
+    Stop,
+    /// The backup's copy or this server's history changed: look again.
+    Resync,
+    Unreachable(String),
+}
+
+async fn stream(
+    svc: &Service,
+    peer: &Peer,
+    uri: &str,
+    pos: &Position,
+    ring: &mut Ring,
+    cfg: MainConfig,
+    stop: &mut watch::Receiver<bool>,
+) -> Streamed {
+    let history = svc.history();
+    let durable = svc.durable_seq();
+    let mut next = if pos.history == history
+        && pos.seq <= durable
+        && ring.covers(pos.seq + 1, durable)
+    {
+        pos.seq + 1
+    } else {
+        let state = svc.snapshot();
+        ring.lagged = false;
+        if state.history != history {
+            return Streamed::Resync;
+        }
+        match peer.snapshot(uri, &state).await {
+            Ok(ack) => {
+                tracing::info!(
+                    seq = ack.seq,
+                    leases = state.lease_count(),
+                    "sent the backup a full copy"
+                );
+                ack.seq + 1
+            }
+            Err(PeerError::Unreachable(e)) => return Streamed::Unreachable(e),
+            Err(PeerError::Refused(body)) => {
+                tracing::warn!(code = %body.code, message = %body.message, "the backup refused the snapshot");
+                return Streamed::Resync;
+            }
+        }
+    };
+    if next <= durable + 1 && next > 1 {
+        svc.set_acked(next - 1, next > durable).await;
+    }
+    loop {
+        if !ring.drain() {
+            return Streamed::Stop;
+        }
+        if ring.lagged || svc.history() != history || svc.backup_uri().as_deref() != Some(uri) {
+            return Streamed::Resync;
+        }
+        let durable = svc.durable_seq();
+        let batch = if next <= ring.events.back().map_or(0, |c| c.seq) {
+            let b = ring.batch_from(next);
+            if b.first().is_none_or(|c| c.seq != next) {
+                return Streamed::Resync;
+            }
+            b
+        } else {
+            // Nothing to send: wait for a change or the heartbeat.
+            tokio::select! {
+                r = ring.sub.recv() => {
+                    match r {
+                        Ok(c) => ring.push(c),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            ring.lagged = true;
+                            return Streamed::Resync;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return Streamed::Stop,
+                    }
+                    continue;
+                }
+                () = tokio::time::sleep(cfg.heartbeat) => Vec::new(),
+                _ = stop.changed() => return Streamed::Stop,
+            }
+        };
+        let last = batch.last().map_or(next - 1, |c| c.seq);
+        let n = batch.len() as u64;
+        // Everything received so far goes in this batch: once the backup acknowledges
+        // it, the backup keeps up, and clients wait for its acknowledgements.
+        let keeps_up = batch.len() < MAX_BATCH;
+        let body = Batch {
+            history,
+            main_seq: durable,
+            events: batch,
+        };
+        match peer.push(uri, &body).await {
+            Ok(ack) => {
+                next = ack.seq.max(last) + 1;
+                svc.set_acked(ack.seq, keeps_up && ack.seq >= last).await;
+                svc.metrics.replication_batches.inc();
+                svc.metrics.replication_events.inc_by(n);
+            }
+            Err(PeerError::Unreachable(e)) => return Streamed::Unreachable(e),
+            Err(PeerError::Refused(body)) => {
+                if body.code != ErrorCode::OutOfSync {
+                    tracing::warn!(code = %body.code, message = %body.message, "the backup refused the changes");
+                }
+                lose(svc, Link::CatchingUp).await;
+                return Streamed::Resync;
+            }
+        }
+        if *stop.borrow() {
+            return Streamed::Stop;
+        }
+    }
+}
+
+/// The backup's side: take over once the main has been silent for the failover timeout.
+pub async fn run_backup(svc: Arc<Service>, tick: Duration, mut stop: watch::Receiver<bool>) {
+    let mut expired_logged = false;
+    loop {
+        if pause(tick, &mut stop).await {
+            return;
+        }
+        if let Err(e) = svc.take_over_if_due().await {
+            tracing::error!(error = %e, "taking over failed");
+        }
+        let st = svc.status();
+        if let Some(ends) = st.pair.maintenance_ends_at
+            && !expired_logged
+            && shared::now_unix() >= ends
+        {
+            tracing::error!(
+                "the failover maintenance interval is over: this backup stops serving (MAINTENANCE_INTERVAL_EXPIRED); bring the main back"
+            );
+            expired_logged = true;
+        }
+    }
+}
+
+/// Tells the other server of the pair that this one detached it (best effort: a main
+/// that does not hear it finds out from the backup's position; a backup from the main's
+/// silence and the back office).
+pub async fn tell_partner(peer: &Peer, uri: Option<&str>, reason: &str) {
+    if let Some(uri) = uri
+        && let Err(e) = peer.detach(uri, reason).await
+    {
+        tracing::warn!(partner = %uri, error = %e, "could not tell the other server; it learns on its next contact");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Event;
+
+    fn ring_with(seqs: std::ops::RangeInclusive<u64>) -> Ring {
+        let (tx, sub) = tokio::sync::broadcast::channel(16);
+        drop(tx);
+        let mut r = Ring {
+            sub,
+            events: VecDeque::new(),
+            lagged: false,
+        };
+        for seq in seqs {
+            r.push(Arc::new(Committed {
+                seq,
+                event: Event::HandedBack { at: 0 },
+            }));
+        }
+        r
+    }
+
+    #[test]
+    fn the_ring_serves_catch_up_only_when_it_has_every_change() {
+        let r = ring_with(10..=20);
+        assert!(r.covers(10, 20));
+        assert!(r.covers(15, 20));
+        assert!(r.covers(21, 20), "nothing needed");
+        assert!(!r.covers(9, 20), "change 9 is gone");
+        assert!(!r.covers(15, 25), "changes 21..25 not here yet");
+        let b = r.batch_from(15);
+        assert_eq!(b.first().unwrap().seq, 15);
+        assert_eq!(b.last().unwrap().seq, 20);
+    }
+
+    #[test]
+    fn a_jump_in_sequence_numbers_empties_the_ring() {
+        let mut r = ring_with(1..=5);
+        r.push(Arc::new(Committed {
+            seq: 50,
+            event: Event::HandedBack { at: 0 },
+        }));
+        assert_eq!(r.events.len(), 1);
+        assert!(!r.covers(3, 50));
+    }
+}

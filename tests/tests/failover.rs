@@ -1,0 +1,552 @@
+//! Failover pairs with real processes: a back office, a main, a backup, and clients using
+//! the client library. kill -9 under load, failback, a cut link, every start order, the
+//! maintenance interval, the absence limit and operator changes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+use shared::ErrorCode;
+use shared::client::{Client, ClientError};
+use shared::lease::{CheckoutRequest, Lease};
+use tests::{BackOffice, Backend, Fixture, PairSetup, Proxy, binary, eventually, wait_paired};
+use uuid::Uuid;
+
+/// One failover test at a time: they time silences of a second, and several at once on
+/// two cores could starve a heartbeat.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const FEATURE: &str = "cad";
+const SEATS: u32 = 8;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn req(client_id: &str) -> CheckoutRequest {
+    CheckoutRequest {
+        feature: FEATURE.into(),
+        version: None,
+        count: 1,
+        client_id: client_id.into(),
+    }
+}
+
+async fn setup(extra: &[(&str, &str)]) -> Result<(BackOffice, Fixture, PairSetup)> {
+    let bo = BackOffice::start(Backend::Sqlite).await?;
+    let fx = bo.fixture(&[FEATURE], 20).await?;
+    let pair = PairSetup::new(&bo, &fx, SEATS, extra)?;
+    Ok((bo, fx, pair))
+}
+
+/// Seats held on a server by its own lease list; `None` when it does not answer.
+async fn seats_held(url: &str, admin_token: &str) -> Option<u32> {
+    let v: Value = reqwest::Client::new()
+        .get(format!("{url}/api/v1/admin/features/{FEATURE}/leases"))
+        .bearer_auth(admin_token)
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(
+        v.as_array()?
+            .iter()
+            .map(|l| l["count"].as_u64().unwrap_or(0) as u32)
+            .sum(),
+    )
+}
+
+fn lease_ids(list: &[Value]) -> HashSet<String> {
+    list.iter()
+        .filter_map(|l| l["lease_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// What the clients hold: acknowledged checkouts not (acknowledged as) returned.
+#[derive(Default)]
+struct Ledger {
+    held: BTreeMap<Uuid, Lease>,
+    /// Returns whose answer was lost: the server may or may not have taken them.
+    in_doubt: HashSet<Uuid>,
+    grants: u64,
+}
+
+/// Clients that check out more than the pool holds: `holders` keep one lease each,
+/// `cyclers` check out and return in a loop. Every error (the main gone, the backup not
+/// serving yet, no seat left) is retried.
+fn start_load(
+    main_url: &str,
+    holders: usize,
+    cyclers: usize,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for w in 0..holders + cyclers {
+        let client = Client::new(main_url).expect("client");
+        let ledger = ledger.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            let mut holding = false;
+            while !stop.load(Ordering::Relaxed) {
+                if holding {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                n += 1;
+                let lease = match client.checkout_lease(&req(&format!("w{w}-{n}"))).await {
+                    Ok(l) => l,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                {
+                    let mut l = ledger.lock().unwrap();
+                    l.grants += 1;
+                    l.held.insert(lease.lease_id, lease.clone());
+                }
+                if w < holders {
+                    holding = true;
+                    continue;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                // A return that fails is tried again (the main may have died under it)
+                // until a server takes it; a lost answer leaves it in doubt.
+                let mut failed = false;
+                loop {
+                    match client.release(&lease).await {
+                        Ok(()) => break,
+                        Err(ClientError::Api { body, .. }) if body.code == ErrorCode::NotFound => {
+                            // Taken by a server whose answer was lost, then not known.
+                            failed = true;
+                            break;
+                        }
+                        Err(_) if !stop.load(Ordering::Relaxed) => {
+                            failed = true;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let mut l = ledger.lock().unwrap();
+                l.held.remove(&lease.lease_id);
+                if failed {
+                    l.in_doubt.insert(lease.lease_id);
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+/// Samples both servers' own lease lists until stopped; returns the most seats either
+/// ever held at once.
+fn watch_counts(
+    servers: Vec<(String, String)>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u32, u32)> {
+    tokio::spawn(async move {
+        let mut max = (0, 0);
+        let mut samples = 0;
+        while !stop.load(Ordering::Relaxed) {
+            for (i, (url, token)) in servers.iter().enumerate() {
+                if let Some(n) = seats_held(url, token).await {
+                    samples += 1;
+                    if i == 0 {
+                        max.0 = max.0.max(n);
+                    } else {
+                        max.1 = max.1.max(n);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            samples > 10,
+            "too few samples of the lease lists: {samples}"
+        );
+        max
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_main_under_load_then_failback() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (_bo, _fx, pair) = setup(&[]).await?;
+    let mut main = pair.start_main().await?;
+    let backup = pair.start_backup().await?;
+    wait_paired(&main, &backup, WAIT).await?;
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    // 4 holders and 8 cyclers want 12 seats of 8: the count is always contended.
+    let load = start_load(&main.url, 4, 8, ledger.clone(), stop.clone());
+    let watcher = watch_counts(
+        vec![
+            (main.url.clone(), main.admin_token()),
+            (backup.url.clone(), backup.admin_token()),
+        ],
+        stop.clone(),
+    );
+    eventually(WAIT, "grants under load", || async {
+        (ledger.lock().unwrap().grants > 100).then_some(())
+    })
+    .await;
+
+    main.kill9();
+    let killed = Instant::now();
+    let (held_at_kill, grants_at_kill) = {
+        let l = ledger.lock().unwrap();
+        (l.held.clone(), l.grants)
+    };
+    ensure!(!held_at_kill.is_empty(), "no lease held when the main died");
+
+    // Clients continue on the backup.
+    eventually(WAIT, "grants on the backup", || async {
+        (ledger.lock().unwrap().grants > grants_at_kill + 20).then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    let st = backup.status().await?;
+    ensure!(st["server_status"] == "active", "backup status: {st}");
+    ensure!(st["pair_status"] == "main_not_available", "backup: {st}");
+
+    // Every lease acknowledged before the kill is held by the backup.
+    let on_backup = lease_ids(&backup.leases(FEATURE).await?);
+    let doubt = ledger.lock().unwrap().in_doubt.clone();
+    for id in held_at_kill.keys() {
+        ensure!(
+            on_backup.contains(&id.to_string()) || doubt.contains(id),
+            "lease {id}, acknowledged before the kill, is not on the backup"
+        );
+    }
+    // A lease the main granted is renewed on the backup with its own token.
+    let from_main = held_at_kill
+        .values()
+        .find(|l| on_backup.contains(&l.lease_id.to_string()))
+        .context("a lease of the main held on the backup")?
+        .clone();
+    let direct = Client::new(&backup.url)?;
+    let renewed = direct.renew(&from_main).await?;
+    ensure!(renewed.served_by.as_deref() == Some(backup.url.as_str()));
+    ensure!(renewed.main_uri.as_deref() == Some(main.url.as_str()));
+    // And one the backup grants, held through the failback.
+    let from_backup = eventually(WAIT, "a seat on the backup", || async {
+        direct.checkout_lease(&req("held-on-backup")).await.ok()
+    })
+    .await;
+    ensure!(from_backup.served_by.as_deref() == Some(backup.url.as_str()));
+
+    // The main comes back: it takes the backup's changes, then serves; clients return.
+    let grants_before_failback = ledger.lock().unwrap().grants;
+    main.restart().await?;
+    wait_paired(&main, &backup, WAIT).await?;
+    let log = main.log_text();
+    ensure!(
+        log.contains("recovering") && log.contains("took the backup's changes back"),
+        "the main did not recover through the backup:\n{}",
+        log.lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eventually(WAIT, "grants on the main again", || async {
+        (ledger.lock().unwrap().grants > grants_before_failback + 20).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await?;
+    }
+    let (max_main, max_backup) = watcher.await?;
+    ensure!(
+        max_main <= SEATS && max_backup <= SEATS,
+        "over-allocation: main held {max_main}, backup {max_backup} of {SEATS}"
+    );
+
+    // Nothing lost in either move: every lease the clients hold is on the main, which
+    // renews leases the backup granted.
+    let held = ledger.lock().unwrap().held.clone();
+    let doubt = ledger.lock().unwrap().in_doubt.clone();
+    let on_main = lease_ids(&main.leases(FEATURE).await?);
+    for id in held.keys() {
+        ensure!(
+            on_main.contains(&id.to_string()) || doubt.contains(id),
+            "lease {id} is not on the main after failback"
+        );
+    }
+    ensure!(on_main.contains(&from_backup.lease_id.to_string()));
+    let renewed = Client::new(&main.url)?.renew(&from_backup).await?;
+    ensure!(renewed.served_by.as_deref() == Some(main.url.as_str()));
+    // The backup stands by again and sends clients to the main.
+    let via_backup = Client::new(&backup.url)?;
+    let lease = via_backup.checkout_lease(&req("late-client")).await?;
+    ensure!(
+        lease.served_by.as_deref() == Some(main.url.as_str()),
+        "{lease:?}"
+    );
+    eprintln!("takeover (kill -9 to 20 more grants on the backup): {takeover:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_then_healed() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (_bo, _fx, mut pair) = setup(&[]).await?;
+    // The main reaches its backup only through a proxy the test controls; clients reach
+    // both directly.
+    let proxy = Proxy::start(pair.backup_port).await?;
+    pair.main_env.retain(|(k, _)| k != "LICENSING_BACKUP_URI");
+    pair.main_env
+        .push(("LICENSING_BACKUP_URI".into(), proxy.url()));
+    let main = pair.start_main().await?;
+    let backup = pair.start_backup().await?;
+    wait_paired(&main, &backup, WAIT).await?;
+    let on_main = Client::new(&main.url)?;
+    let a1 = on_main.checkout_lease(&req("a1")).await?;
+
+    proxy.cut();
+    // The backup hears nothing and takes over; the main loses its backup and serves on.
+    eventually(WAIT, "the backup taking over", || async {
+        let s = backup.status().await.ok()?;
+        (s["server_status"] == "active").then_some(())
+    })
+    .await;
+    eventually(WAIT, "the main serving alone", || async {
+        (main.pair_status().await.as_deref() == Some("backup_not_available")).then_some(())
+    })
+    .await;
+    let a2 = on_main.checkout_lease(&req("a2")).await?;
+    ensure!(a2.served_by.as_deref() == Some(main.url.as_str()));
+    let on_backup = Client::new(&backup.url)?;
+    let b1 = on_backup.checkout_lease(&req("b1")).await?;
+    ensure!(b1.served_by.as_deref() == Some(backup.url.as_str()));
+    // Each side alone never exceeds the count.
+    for s in [&main, &backup] {
+        let n = seats_held(&s.url, &s.admin_token()).await.unwrap_or(0);
+        ensure!(n <= SEATS, "{} holds {n} of {SEATS}", s.name);
+    }
+
+    proxy.heal();
+    // The main finds the backup serving, takes its changes back, then both pair again.
+    wait_paired(&main, &backup, WAIT).await?;
+    let held = lease_ids(&main.leases(FEATURE).await?);
+    for l in [&a1, &a2, &b1] {
+        ensure!(
+            held.contains(&l.lease_id.to_string()),
+            "{} lost in the heal",
+            l.client_id
+        );
+    }
+    // The backup stands by: its client is sent to the main, which renews b1.
+    let renewed = on_backup.renew(&b1).await?;
+    ensure!(renewed.served_by.as_deref() == Some(main.url.as_str()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_start_order_ends_paired() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (_bo, _fx, pair) = setup(&[]).await?;
+
+    // The backup first: the back office refuses it (MAIN_NOT_REGISTERED) until the main
+    // has registered the pair; it never serves.
+    let mut backup = pair.start_backup().await?;
+    eventually(WAIT, "the backup waiting for its main", || async {
+        let s = backup.status().await.ok()?;
+        (s["backoffice"]["state"] == "waiting_for_main").then_some(s)
+    })
+    .await;
+    ensure!(backup.status().await?["server_status"] == "ready");
+    let mut main = pair.start_main().await?;
+    wait_paired(&main, &backup, WAIT).await?;
+    let lease = Client::new(&main.url)?.checkout_lease(&req("c1")).await?;
+
+    // Both down, the main first again.
+    main.kill9();
+    backup.kill9();
+    main.restart().await?;
+    backup.restart().await?;
+    wait_paired(&main, &backup, WAIT).await?;
+
+    // The backup restarted while the main is down: it takes over from its copy.
+    main.kill9();
+    backup.restart().await?;
+    eventually(WAIT, "the restarted backup taking over", || async {
+        let s = backup.status().await.ok()?;
+        (s["server_status"] == "active").then_some(())
+    })
+    .await;
+    ensure!(lease_ids(&backup.leases(FEATURE).await?).contains(&lease.lease_id.to_string()));
+    main.restart().await?;
+    wait_paired(&main, &backup, WAIT).await?;
+
+    // The main restarted while the backup is down: it serves alone, then pairs.
+    backup.kill9();
+    main.restart().await?;
+    eventually(WAIT, "the main serving alone", || async {
+        (main.pair_status().await.as_deref() == Some("backup_not_available")).then_some(())
+    })
+    .await;
+    let alone = Client::new(&main.url)?.checkout_lease(&req("c2")).await?;
+    backup.restart().await?;
+    wait_paired(&main, &backup, WAIT).await?;
+    let on_backup = lease_ids(&backup.leases(FEATURE).await?);
+    for l in [&lease, &alone] {
+        ensure!(
+            on_backup.contains(&l.lease_id.to_string()),
+            "{} not replicated",
+            l.client_id
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_interval_ends_the_backups_service() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (_bo, _fx, pair) = setup(&[("FAILOVER_MAINTENANCE_INTERVAL", "3s")]).await?;
+    let mut main = pair.start_main().await?;
+    let backup = pair.start_backup().await?;
+    wait_paired(&main, &backup, WAIT).await?;
+    main.kill9();
+    let c = Client::new(&backup.url)?;
+    let lease = eventually(WAIT, "a checkout on the backup", || async {
+        c.checkout_lease(&req("m1")).await.ok()
+    })
+    .await;
+    ensure!(lease.served_by.as_deref() == Some(backup.url.as_str()));
+    let st = backup.status().await?;
+    ensure!(st["pair"]["maintenance_ends_at"].as_i64().is_some(), "{st}");
+    let err = eventually(WAIT, "the maintenance interval to end", || async {
+        match c.checkout_lease(&req("m2")).await {
+            Err(e) if e.code() == Some(ErrorCode::MaintenanceIntervalExpired) => Some(e),
+            _ => None,
+        }
+    })
+    .await;
+    ensure!(err.body().is_some_and(|b| !b.message.is_empty()));
+    ensure!(backup.status().await?["server_status"] == "ready");
+    Ok(())
+}
+
+/// The servers the account sees at the back office, by hostid.
+async fn account_servers(fx: &Fixture) -> Result<BTreeMap<String, Value>> {
+    let v = fx.user.get("/api/v1/account/servers").await?.ok()?;
+    Ok(v.as_array()
+        .context("servers")?
+        .iter()
+        .map(|s| (s["hostid"].as_str().unwrap_or("").to_owned(), s.clone()))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absence_limit_and_operator_changes_reach_everyone() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (bo, fx, pair) = setup(&[("BACKUP_ABSENCE_LIMIT", "3s")]).await?;
+    let main = pair.start_main().await?;
+    let mut backup = pair.start_backup().await?;
+    wait_paired(&main, &backup, WAIT).await?;
+    // The back office shows the pair and what the servers report.
+    eventually(WAIT, "the pair at the back office", || async {
+        let s = account_servers(&fx).await.ok()?;
+        let m = s.get(&pair.main_hostid)?;
+        (m["partner_hostid"] == pair.backup_hostid.as_str()
+            && m["pair_status"] == "paired_available")
+            .then_some(())
+    })
+    .await;
+
+    // A new backup address reaches clients with their next lease answer.
+    let client = Client::new(&main.url)?;
+    let l1 = client.checkout_lease(&req("x1")).await?;
+    ensure!(l1.backup_uri.as_deref() == Some(backup.url.as_str()));
+    ensure!(client.learned_backup().as_deref() == Some(backup.url.as_str()));
+    let moved = format!("http://127.0.0.1:{}", pair.backup_port);
+    let out = std::process::Command::new(binary("license-server"))
+        .args([
+            "pair",
+            "set-backup",
+            &moved.replace("127.0.0.1", "localhost"),
+            "--url",
+            &main.url,
+        ])
+        .env("ADMIN_TOKEN", main.admin_token())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "set-backup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let renewed = client.renew(&l1).await?;
+    ensure!(
+        renewed.backup_uri.as_deref() == Some(moved.replace("127.0.0.1", "localhost").as_str())
+    );
+    ensure!(client.learned_backup() == renewed.backup_uri);
+    wait_paired(&main, &backup, WAIT).await?;
+
+    // The backup is away longer than BACKUP_ABSENCE_LIMIT: the main drops it, says so
+    // in its status, stops naming it to clients and tells the back office.
+    backup.kill9();
+    eventually(WAIT, "the main dropping its absent backup", || async {
+        let s = main.status().await.ok()?;
+        (s["pair"]["detached"] == true).then_some(s)
+    })
+    .await;
+    ensure!(main.log_text().contains("BACKUP_ABSENCE_LIMIT"));
+    let l2 = client.renew(&l1).await?;
+    ensure!(l2.backup_uri.is_none(), "{l2:?}");
+    ensure!(client.learned_backup().is_none());
+    eventually(WAIT, "the back office removing the backup", || async {
+        let s = account_servers(&fx).await.ok()?;
+        let m = s.get(&pair.main_hostid)?;
+        (m["partner_hostid"].is_null() && !s.contains_key(&pair.backup_hostid)).then_some(())
+    })
+    .await;
+
+    // An operator removes a backup from the backup's side: the main learns it at once.
+    let fx2 = bo.fixture(&[FEATURE], 10).await?;
+    let pair2 = PairSetup::new(&bo, &fx2, 4, &[])?;
+    let main2 = pair2.start_main().await?;
+    let backup2 = pair2.start_backup().await?;
+    wait_paired(&main2, &backup2, WAIT).await?;
+    let out = std::process::Command::new(binary("license-server"))
+        .args(["pair", "detach", "--url", &backup2.url])
+        .env("ADMIN_TOKEN", backup2.admin_token())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = main2.status().await?;
+    ensure!(s["pair"]["detached"] == true, "main2: {s}");
+    ensure!(s["backup_uri"].is_null());
+    let l = Client::new(&main2.url)?.checkout_lease(&req("y1")).await?;
+    ensure!(l.backup_uri.is_none(), "{l:?}");
+    eventually(
+        WAIT,
+        "the back office removing the backup that left",
+        || async {
+            let s = account_servers(&fx2).await.ok()?;
+            s.get(&pair2.main_hostid)?["partner_hostid"]
+                .is_null()
+                .then_some(())
+        },
+    )
+    .await;
+    // The backup that left never takes over.
+    let mut main2 = main2;
+    main2.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = backup2.status().await?;
+    if s["server_status"] != "ready" {
+        bail!("a detached backup took over: {s}");
+    }
+    Ok(())
+}
