@@ -642,3 +642,58 @@ async fn concurrent_requests_keep_one_pair_per_main_and_never_overmap() {
         concurrency(b).await;
     }
 }
+
+async fn dropped_backup(backend: Backend) {
+    let bo = BackOffice::start(backend).await.unwrap();
+    let fx = bo.fixture(&["cad"], 10).await.unwrap();
+    let (main, backup) = ("string:drop-main", "string:drop-backup");
+    let first = capability_request(main, "main", Some(backup), &[(&fx.activation_id, 4)]);
+    let r = bo.capability(&fx.device_token, &first).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let b = capability_request(backup, "backup", None, &[]);
+    assert_eq!(
+        bo.capability(&fx.device_token, &b).await.unwrap().status,
+        200
+    );
+
+    // The main reports that it dropped its backup (absence limit or an operator): the
+    // backup leaves the pair even though seats are in use, and is not added back by the
+    // main's later polls, which still name it.
+    let mut poll = capability_request(main, "main", Some(backup), &[]);
+    poll["report"] = json!({
+        "server_status": "active",
+        "pair_status": "backup_not_available",
+        "usage": [{"feature": "cad", "version": "1.0", "count": 4, "in_use": 3}],
+        "backup_dropped": true,
+    });
+    for _ in 0..2 {
+        poll["request_id"] = json!(uuid::Uuid::new_v4());
+        let r = bo.capability(&fx.device_token, &poll).await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        let claims = verify(&bo, &poll, &r.body);
+        assert_eq!(claims.role, Role::Main);
+        assert_eq!(claims.pair.as_ref().unwrap().backup, None);
+        assert_eq!(
+            counts(&claims),
+            vec![(fx.activation_id.clone(), "cad".into(), 4)]
+        );
+    }
+    let servers = fx
+        .user
+        .get("/api/v1/account/servers")
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let servers = servers.as_array().unwrap();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(servers[0]["hostid"], main);
+    assert!(servers[0]["partner_hostid"].is_null());
+}
+
+#[tokio::test]
+async fn a_main_that_dropped_its_backup_takes_it_out_of_the_pair() {
+    for b in backends() {
+        dropped_backup(b).await;
+    }
+}

@@ -431,6 +431,43 @@ mod tests {
         );
     }
 
+    /// The storage's fast path plans without the backup's row: a main already paired with
+    /// the backup it names is `Known` whatever that row says, and only then.
+    #[test]
+    fn registered_main_is_known_without_the_backups_row() {
+        let m = h("string:m");
+        let b = h("string:b");
+        let pair = KnownPair {
+            pair_id: "p".into(),
+            main_server_id: "s".into(),
+            main_hostid: m.clone(),
+            backup_hostid: Some(b.clone()),
+        };
+        let km = known(Role::Main, ServerState::Registered, Some(pair.clone()));
+        let mut other = known(Role::Standalone, ServerState::Registered, None);
+        other.same_account = false;
+        for kb in [
+            None,
+            Some(known(
+                Role::Backup,
+                ServerState::Expected,
+                Some(pair.clone()),
+            )),
+            Some(known(Role::Backup, ServerState::Registered, Some(pair))),
+            Some(other),
+        ] {
+            assert_eq!(
+                plan(&m, Role::Main, Some(&b), Some(&km), kb.as_ref()).unwrap(),
+                Plan::Known
+            );
+        }
+        let expected = known(Role::Main, ServerState::Expected, km.pair.clone());
+        assert_ne!(
+            plan(&m, Role::Main, Some(&b), Some(&expected), None).unwrap(),
+            Plan::Known
+        );
+    }
+
     #[test]
     fn mapping_quantities() {
         assert_eq!(ensure_mapping("A", 5, 0, 0, 10).unwrap(), Some(5));

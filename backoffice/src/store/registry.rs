@@ -134,6 +134,14 @@ fn known(
     let Some(row) = server_by_hostid(conn, &hostid.to_string())? else {
         return Ok(None);
     };
+    // The server's own hostid is the one asked about: only its partner's is looked up.
+    let hostid_of = |c: &mut DbConn, id: &str| {
+        if id == row.id {
+            Ok(hostid.clone())
+        } else {
+            hostid_of(c, id)
+        }
+    };
     let pair = match &row.pair_id {
         Some(pid) => match pair_by_id(conn, pid)? {
             Some(p) => Some(KnownPair {
@@ -236,16 +244,15 @@ pub fn capability(
         let fast = conn.transaction::<_, NotFast, _>(|c| {
             record_request_id(c, &req.request_id, now)?;
             let k = known(c, account_id, &req.hostid)?;
-            let kb = match &req.backup_hostid {
-                Some(b) => known(c, account_id, b)?,
-                None => None,
-            };
+            // Without the backup's row: the rules consult it only to register a pair, and
+            // the errors they find on the main's side come first. `Known` here is `Known`
+            // with it too; anything else goes to the slow path, which looks it up.
             let plan = rules::plan(
                 &req.hostid,
                 req.role,
                 req.backup_hostid.as_ref(),
                 k.as_ref().map(|x| &x.0),
-                kb.as_ref().map(|x| &x.0),
+                None,
             )?;
             let (Plan::Known, Some((k, row))) = (plan, k) else {
                 return Err(NotFast::Slow);
