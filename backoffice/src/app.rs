@@ -13,6 +13,7 @@ use tracing_actix_web::TracingLogger;
 use crate::config::Settings;
 use crate::db::{self, Backend, Pool};
 use crate::metrics::Metrics;
+use crate::writer::Writer;
 use crate::{api, store};
 
 /// Shared by every request.
@@ -23,8 +24,8 @@ pub struct AppState {
     pub public_pem: String,
     pub settings: Settings,
     pub metrics: Metrics,
-    /// Taken by SQLite writers in turn (see [`api::run_write`]).
-    pub sqlite_writer: parking_lot::Mutex<()>,
+    /// On SQLite, the thread that carries out capability requests (see [`api::run_write`]).
+    pub writer: Option<Writer>,
 }
 
 pub struct Application {
@@ -39,7 +40,14 @@ impl Application {
         let (signer, public_pem) = load_or_create_key(&settings.signing_key_path())?;
         let url = settings.database_url();
         let size = settings.db_pool_size.max(1);
-        let (pool, backend) = web::block(move || db::connect(&url, size)).await??;
+        let (pool, backend) = {
+            let url = url.clone();
+            web::block(move || db::connect(&url, size)).await??
+        };
+        let writer = match backend {
+            Backend::Sqlite => Some(Writer::start(&url)?),
+            Backend::Postgres => None,
+        };
         tracing::info!(?backend, "storage ready");
 
         let email = settings.admin_email.clone();
@@ -71,7 +79,7 @@ impl Application {
             public_pem,
             settings,
             metrics: Metrics::default(),
-            sqlite_writer: parking_lot::Mutex::new(()),
+            writer,
         });
         spawn_housekeeping(state.clone());
         let mut server = HttpServer::new(move || {

@@ -117,6 +117,14 @@ pub fn connect(url: &str, size: u32) -> Result<(Pool, Backend), DbSetupError> {
     Ok((pool, backend))
 }
 
+/// One connection outside the pool (SQLite's writer keeps one of its own).
+pub fn open(url: &str) -> Result<DbConn, DbSetupError> {
+    let (backend, target) = Backend::from_url(url)?;
+    Manager { backend, target }
+        .connect()
+        .map_err(|e| DbSetupError::Connect(e.to_string()))
+}
+
 /// Applies pending migrations of the connection's backend; returns how many ran.
 pub fn migrate(conn: &mut DbConn) -> Result<usize, DbSetupError> {
     let ran = match conn {

@@ -12,6 +12,7 @@ pub mod portal;
 pub mod schema;
 pub mod store;
 pub mod telemetry;
+pub mod writer;
 
 pub use app::Application;
 pub use config::Settings;

@@ -597,3 +597,106 @@ async fn portal_in_a_real_browser() -> Result<()> {
     b.close().await?;
     result
 }
+
+/// The View Server page follows a real pair (the real license-server binaries polling
+/// the back office) through a failover and back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_server_follows_a_real_pair_through_failover() -> Result<()> {
+    use shared::client::Client;
+    use shared::lease::CheckoutRequest;
+    use std::time::Duration;
+    use tests::{PairSetup, eventually, wait_paired};
+
+    let wait = Duration::from_secs(30);
+    // A silent server is `inaccessible` after 3 s (license servers poll every second).
+    let bo = BackOffice::start_with(Backend::Sqlite, &[("SERVER_TIMEOUT", "3s")]).await?;
+    let fx = bo.fixture(&["cad"], 10).await?;
+    let pair = PairSetup::new(&bo, &fx, 6, &[])?;
+    let mut main = pair.start_main().await?;
+    let backup = pair.start_backup().await?;
+    wait_paired(&main, &backup, wait).await?;
+    let client = Client::new(&main.url)?;
+    for i in 0..3 {
+        client
+            .checkout_lease(&CheckoutRequest {
+                feature: "cad".into(),
+                version: None,
+                count: 1,
+                client_id: format!("desk-{i}"),
+            })
+            .await?;
+    }
+    let servers = fx.user.get("/api/v1/account/servers").await?.ok()?;
+    let main_id = servers
+        .as_array()
+        .context("servers")?
+        .iter()
+        .find(|s| s["hostid"] == pair.main_hostid.as_str())
+        .and_then(|s| s["id"].as_str())
+        .context("the main at the back office")?
+        .to_owned();
+    let page = format!("{}/portal/servers/{main_id}", bo.url);
+
+    let b = Browser::start().await?;
+    let result = async {
+        sign_in(&b, &bo.url, &fx.user_email, ADMIN_PASSWORD).await?;
+        // What the page shows once the servers have polled.
+        let shows = |status: &'static str, backup_badge: &'static str, in_use: &'static str| {
+            let (b, page) = (&b, page.clone());
+            async move {
+                b.goto(&page).await.ok()?;
+                let st = b.attr("#pair-status", "data-pair-status").await.ok()??;
+                let badge = b
+                    .attr("#members tr[data-role='backup'] .badge", "data-status")
+                    .await
+                    .ok()??;
+                let used = b
+                    .text("#usage-table tr[data-feature='cad'] .in-use")
+                    .await
+                    .ok()?;
+                (st == status && badge == backup_badge && used == in_use).then_some(())
+            }
+        };
+        eventually(wait, "View Server: paired, 3 in use", || {
+            shows("paired_available", "ready", "3")
+        })
+        .await;
+        b.screenshot("live-pair-01-paired").await?;
+
+        // The main dies: the backup takes over and says so with its polls.
+        main.kill9();
+        eventually(
+            wait,
+            "View Server: main not available, backup active",
+            || shows("main_not_available", "active", "3"),
+        )
+        .await;
+        // And once it has been silent for SERVER_TIMEOUT, the main is inaccessible.
+        eventually(wait, "View Server: the main inaccessible", || async {
+            b.goto(&page).await.ok()?;
+            let badge = b
+                .attr("#members tr[data-role='main'] .badge", "data-status")
+                .await
+                .ok()??;
+            (badge == "inaccessible").then_some(())
+        })
+        .await;
+        b.screenshot("live-pair-02-main-down").await?;
+
+        // The main returns and takes the pool back.
+        main.restart().await?;
+        wait_paired(&main, &backup, wait).await?;
+        eventually(wait, "View Server: paired again", || {
+            shows("paired_available", "ready", "3")
+        })
+        .await;
+        b.screenshot("live-pair-03-paired-again").await?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        let _ = b.screenshot("failure-live-pair").await;
+    }
+    b.close().await?;
+    result
+}

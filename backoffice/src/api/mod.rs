@@ -31,22 +31,17 @@ where
     .await?
 }
 
-/// Like [`run`], for work that writes. On SQLite the writers take turns on a lock of the
-/// process's own: waiting in SQLite's busy handler instead means sleeping a millisecond or
-/// more per retry while the database lock lies free.
+/// Like [`run`], for the capability requests, which all write: on SQLite they go to its
+/// writer thread (one writer at a time, committed in batches; see [`crate::writer`]).
 pub async fn run_write<T, F>(state: &State, f: F) -> AppResult<T>
 where
     T: Send + 'static,
     F: FnOnce(&mut DbConn) -> AppResult<T> + Send + 'static,
 {
-    let state = state.clone();
-    web::block(move || {
-        let _turn =
-            (state.backend == crate::db::Backend::Sqlite).then(|| state.sqlite_writer.lock());
-        let mut conn = state.pool.get()?;
-        f(&mut conn)
-    })
-    .await?
+    match &state.writer {
+        Some(w) => w.run(f).await,
+        None => run(state, f).await,
+    }
 }
 
 pub fn json_config() -> web::JsonConfig {

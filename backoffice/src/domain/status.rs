@@ -34,6 +34,12 @@ pub fn pair_status(
             (Some(PairStatus::Recovering), _) | (_, Some(PairStatus::Recovering)) => {
                 PairStatus::Recovering
             }
+            // The backup serves in the main's place (it took over), or the main serves
+            // without its backup: what the servers themselves see wins.
+            (_, Some(PairStatus::MainNotAvailable)) if backup == Some(ServerStatus::Active) => {
+                PairStatus::MainNotAvailable
+            }
+            (Some(PairStatus::BackupNotAvailable), _) => PairStatus::BackupNotAvailable,
             (Some(PairStatus::NotSynced), _) | (_, Some(PairStatus::NotSynced)) => {
                 PairStatus::NotSynced
             }
@@ -92,6 +98,35 @@ mod tests {
         assert_eq!(
             pair_status(Active, Some(Ready), None, Some(PairStatus::NotSynced)),
             PairStatus::NotSynced
+        );
+        // What the servers see: a backup that took over, a main that lost its backup.
+        assert_eq!(
+            pair_status(
+                Active,
+                Some(Active),
+                Some(PairStatus::PairedAvailable),
+                Some(PairStatus::MainNotAvailable)
+            ),
+            PairStatus::MainNotAvailable
+        );
+        assert_eq!(
+            pair_status(
+                Active,
+                Some(Ready),
+                Some(PairStatus::BackupNotAvailable),
+                None
+            ),
+            PairStatus::BackupNotAvailable
+        );
+        // A standby backup that merely lost sight of its main does not decide.
+        assert_eq!(
+            pair_status(
+                Active,
+                Some(Ready),
+                Some(PairStatus::PairedAvailable),
+                Some(PairStatus::MainNotAvailable)
+            ),
+            PairStatus::PairedAvailable
         );
     }
 }
