@@ -126,6 +126,12 @@ pub enum Event {
     Rejoined {
         at: Millis,
     },
+    /// A backup was removed from its pair (by an operator on either side): it never takes
+    /// over again.
+    Detached {
+        at: Millis,
+        reason: String,
+    },
     /// The main's backup changed: dropped (absence limit, operator, or the backup left)
     /// or given a new address.
     BackupChanged {
@@ -152,6 +158,7 @@ impl Event {
             Event::HandedBack { .. } => "handed_back",
             Event::BackupChanged { .. } => "backup_changed",
             Event::WentAlone { .. } => "went_alone",
+            Event::Detached { .. } => "detached",
             Event::Rejoined { .. } => "rejoined",
         }
     }
@@ -283,10 +290,12 @@ pub struct State {
     /// A backup that took over: since when it serves (cleared when it hands back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_since: Option<Millis>,
-    /// The main's backup as changed at run time (dropped, or a new address); on a
-    /// backup, `dropped` means it was removed from the pair.
+    /// A main: its backup as changed at run time (dropped, or a new address).
     #[serde(default)]
     pub backup: BackupState,
+    /// A backup: removed from its pair, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detached: Option<String>,
     /// A main: acknowledging changes without its backup since this sequence number; a
     /// change granted while in sync and not held by the backup was never acknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -369,6 +378,7 @@ impl State {
             }
             Event::HandedBack { .. } => self.active_since = None,
             Event::WentAlone { from_seq, .. } => self.alone_from = Some(*from_seq),
+            Event::Detached { reason, .. } => self.detached = Some(reason.clone()),
             Event::Rejoined { .. } => self.alone_from = None,
             Event::BackupChanged {
                 at,
@@ -746,6 +756,7 @@ impl State {
         out.active_since = None;
         out.alone_from = Some(next_seq);
         out.backup = main.backup.clone();
+        out.detached = None;
         out.seq = next_seq;
         out.rebuild_index();
         (out, report)

@@ -270,7 +270,7 @@ impl Service {
             link: p.link,
             active_since: st.active_since,
             has_copy: !st.history.is_nil(),
-            detached: self.cfg.role == Role::Backup && st.backup.dropped,
+            detached: self.cfg.role == Role::Backup && st.detached.is_some(),
             last_heard: p.last_heard,
             synced: p.synced,
         }
@@ -367,7 +367,8 @@ impl Service {
     pub async fn go_alone(&self) -> Result<(), ServiceError> {
         let rx = {
             let mut st = self.state.lock();
-            if st.alone_from.is_some() {
+            // Only a main acknowledges changes; a backup's journal stays its main's copy.
+            if self.cfg.role != Role::Main || st.alone_from.is_some() {
                 None
             } else {
                 let ev = Event::WentAlone {
@@ -529,7 +530,7 @@ impl Service {
             self.check_follower(&st)?;
             state.rebuild_index();
             // What the backup itself was told about its place in the pair stays.
-            state.backup = st.backup.clone();
+            state.detached = st.detached.clone();
             state.active_since = None;
             *self.lease_key.write() = key_of(&state)?;
             let seq = state.seq;
@@ -549,7 +550,7 @@ impl Service {
                     .into(),
             ));
         }
-        if st.backup.dropped {
+        if st.detached.is_some() {
             return Err(ServiceError::RoleConflict(
                 "this backup was removed from the pair".into(),
             ));
@@ -646,14 +647,19 @@ impl Service {
     pub async fn detach(&self, reason: &str) -> Result<bool, ServiceError> {
         let rx = {
             let mut st = self.state.lock();
-            if st.backup.dropped {
-                return Ok(false);
-            }
-            let ev = Event::BackupChanged {
-                at: now_ms(),
-                dropped: true,
-                uri: None,
-                reason: reason.to_owned(),
+            let ev = match self.cfg.role {
+                Role::Backup if st.detached.is_some() => return Ok(false),
+                Role::Backup => Event::Detached {
+                    at: now_ms(),
+                    reason: reason.to_owned(),
+                },
+                _ if st.backup.dropped => return Ok(false),
+                _ => Event::BackupChanged {
+                    at: now_ms(),
+                    dropped: true,
+                    uri: None,
+                    reason: reason.to_owned(),
+                },
             };
             let seq = st.apply(&ev);
             *self.backup_uri.write() = effective_backup_uri(&self.cfg, &st);
@@ -1035,8 +1041,11 @@ impl Service {
                 maintenance_ends_at: st
                     .active_since
                     .map(|m| (m + self.cfg.maintenance_ms) / 1000),
-                detached: st.backup.dropped,
-                detached_reason: st.backup.reason.clone().filter(|_| st.backup.dropped),
+                detached: facts.detached || (self.cfg.role == Role::Main && st.backup.dropped),
+                detached_reason: match self.cfg.role {
+                    Role::Backup => st.detached.clone(),
+                    _ => st.backup.reason.clone().filter(|_| st.backup.dropped),
+                },
                 history: st.history,
                 replicated_seq: (self.cfg.role == Role::Main).then(|| self.repl.borrow().acked),
             };
