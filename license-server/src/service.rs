@@ -964,7 +964,7 @@ impl Service {
     ) -> Result<RightsChange, ServiceError> {
         let rx = {
             let mut st = self.state.lock();
-            if self.serving_of(&st, now_ms()) != Serving::Serving {
+            if self.cfg.role == Role::Backup && st.active_since.is_none() {
                 // A standby copy takes its rights from its main's changes.
                 return Ok(RightsChange::Unchanged);
             }

@@ -550,3 +550,40 @@ async fn absence_limit_and_operator_changes_reach_everyone() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_main_serves_its_first_rights_while_its_backup_does_not_answer() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    // Polls a minute apart, and a backup that accepts connections but never answers:
+    // the main's first answer arrives while it is still asking the backup where it
+    // stands, and its rights must be taken then, not a minute later. (A client sent to
+    // the silent backup meanwhile waits out its own request timeout, 10 s.)
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hole_url = format!("http://{}", hole.local_addr()?);
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((c, _)) = hole.accept().await {
+            open.push(c);
+        }
+    });
+    let (_bo, _fx, mut pair) = setup(&[("CAPABILITY_POLL_INTERVAL", "60s")]).await?;
+    pair.main_env.retain(|(k, _)| k != "LICENSING_BACKUP_URI");
+    pair.main_env
+        .push(("LICENSING_BACKUP_URI".into(), hole_url));
+    let main = pair.start_main().await?;
+    let c = Client::new(&main.url)?;
+    let started = std::time::Instant::now();
+    let lease = loop {
+        match c.checkout_lease(&req("first")).await {
+            Ok(l) => break l,
+            Err(e) if started.elapsed() > WAIT => {
+                bail!("no checkout on the new main: {e}\n{}", main.log_text())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    ensure!(lease.served_by.as_deref() == Some(main.url.as_str()));
+    ensure!(main.pair_status().await.as_deref() == Some("backup_not_available"));
+    held.abort();
+    Ok(())
+}
