@@ -110,28 +110,37 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ServiceError> {
+/// Checks the bearer token against `secret`: 401 without one (`missing` says which),
+/// 403 with another (`wrong` says why).
+fn require_token(
+    headers: &HeaderMap,
+    secret: &Secret,
+    missing: &str,
+    wrong: &str,
+) -> Result<(), ServiceError> {
     match bearer(headers) {
-        None => Err(ServiceError::Unauthorized(
-            "operator endpoints need `Authorization: Bearer <ADMIN_TOKEN>`".into(),
-        )),
-        Some(t) if constant_time_eq(t.as_bytes(), state.admin_token.expose().as_bytes()) => Ok(()),
-        Some(_) => Err(ServiceError::Forbidden(
-            "the operator token is not valid".into(),
-        )),
+        None => Err(ServiceError::Unauthorized(missing.to_owned())),
+        Some(t) if constant_time_eq(t.as_bytes(), secret.expose().as_bytes()) => Ok(()),
+        Some(_) => Err(ServiceError::Forbidden(wrong.to_owned())),
     }
 }
 
+fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ServiceError> {
+    require_token(
+        headers,
+        &state.admin_token,
+        "operator endpoints need `Authorization: Bearer <ADMIN_TOKEN>`",
+        "the operator token is not valid",
+    )
+}
+
 fn require_pair(state: &AppState, headers: &HeaderMap) -> Result<(), ServiceError> {
-    match bearer(headers) {
-        None => Err(ServiceError::Unauthorized(
-            "pair endpoints need `Authorization: Bearer <PAIR_TOKEN>`".into(),
-        )),
-        Some(t) if constant_time_eq(t.as_bytes(), state.pair_token.expose().as_bytes()) => Ok(()),
-        Some(_) => Err(ServiceError::Forbidden(
-            "the pair token is not valid (PAIR_TOKEN, or BACKOFFICE_TOKEN when unset, must be the same on both servers)".into(),
-        )),
-    }
+    require_token(
+        headers,
+        &state.pair_token,
+        "pair endpoints need `Authorization: Bearer <PAIR_TOKEN>`",
+        "the pair token is not valid (PAIR_TOKEN, or BACKOFFICE_TOKEN when unset, must be the same on both servers)",
+    )
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -855,3 +855,13 @@ impl Drop for Proxy {
         self.task.abort();
     }
 }
+
+/// A checkout of one seat of `feature` for `client_id`.
+pub fn checkout_request(feature: &str, client_id: &str) -> shared::lease::CheckoutRequest {
+    shared::lease::CheckoutRequest {
+        feature: feature.to_owned(),
+        version: None,
+        count: 1,
+        client_id: client_id.to_owned(),
+    }
+}

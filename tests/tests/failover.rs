@@ -24,12 +24,7 @@ const SEATS: u32 = 8;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn req(client_id: &str) -> CheckoutRequest {
-    CheckoutRequest {
-        feature: FEATURE.into(),
-        version: None,
-        count: 1,
-        client_id: client_id.into(),
-    }
+    tests::checkout_request("cad", client_id)
 }
 
 async fn setup(extra: &[(&str, &str)]) -> Result<(BackOffice, Fixture, PairSetup)> {

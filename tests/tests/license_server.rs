@@ -15,12 +15,7 @@ use tests::{BackOffice, Backend, LicenseServer, backends, eventually, free_port}
 const WAIT: Duration = Duration::from_secs(30);
 
 fn req(client_id: &str) -> CheckoutRequest {
-    CheckoutRequest {
-        feature: "cad".into(),
-        version: None,
-        count: 1,
-        client_id: client_id.into(),
-    }
+    tests::checkout_request("cad", client_id)
 }
 
 async fn seats(server: &LicenseServer) -> Option<u64> {

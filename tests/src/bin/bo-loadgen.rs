@@ -88,6 +88,38 @@ fn cpu_time(pid: &str) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// CPU time of all PostgreSQL processes (the database server's own share of the work).
+fn postgres_cpu_time() -> Duration {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid = e.file_name().into_string().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim() == "postgres").then(|| cpu_time(&pid))
+        })
+        .sum()
+}
+
+/// Busy and total CPU time of the whole machine (all cores), from /proc/stat.
+fn machine_cpu() -> (Duration, Duration) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = f.iter().take(8).sum();
+    // idle and iowait
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    let ms = |ticks: u64| Duration::from_millis(ticks * 10);
+    (ms(total - idle), ms(total))
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -188,12 +220,21 @@ struct Phase {
     p99: Duration,
     server_cpu: Duration,
     client_cpu: Duration,
+    /// CPU time of the whole machine in the phase: busy, and available.
+    machine_busy: Duration,
+    machine_total: Duration,
+    /// PostgreSQL's processes, when it is the backend.
+    postgres_cpu: Option<Duration>,
 }
 
 impl Phase {
     fn json(&self) -> Value {
         let per = |d: Duration| (d.as_secs_f64() * 1e6 / self.requests.max(1) as f64).round();
-        json!({
+        let pct = |d: Duration| {
+            (d.as_secs_f64() * 100.0 / self.machine_total.as_secs_f64().max(1e-9)).round()
+        };
+        let db = self.postgres_cpu.unwrap_or_default();
+        let mut v = json!({
             "requests": self.requests,
             "per_second": (self.requests as f64 / self.seconds).round(),
             "errors": self.errors,
@@ -201,7 +242,17 @@ impl Phase {
             "p99_ms": (self.p99.as_secs_f64() * 1e5).round() / 100.0,
             "server_cpu_us_per_request": per(self.server_cpu),
             "loadgen_cpu_us_per_request": per(self.client_cpu),
-        })
+            // How busy the machine's cores were, and how much of that was other processes
+            // (another build, say): a run with a large share there is not representative.
+            "machine_busy_pct": pct(self.machine_busy),
+            "other_processes_cpu_pct": pct(self
+                .machine_busy
+                .saturating_sub(self.server_cpu + self.client_cpu + db)),
+        });
+        if self.postgres_cpu.is_some() {
+            v["postgres_cpu_us_per_request"] = json!(per(db));
+        }
+        v
     }
 }
 
@@ -228,11 +279,14 @@ async fn phase(
     seconds: u64,
     load: Arc<dyn Workload>,
     verifier: Arc<shared::signing::Verifier>,
+    postgres: bool,
 ) -> Result<Phase> {
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let server0 = cpu_time(server_pid);
     let client0 = cpu_time("self");
+    let machine0 = machine_cpu();
+    let postgres0 = postgres.then(postgres_cpu_time);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
@@ -276,6 +330,12 @@ async fn phase(
         cpu_time(server_pid).saturating_sub(server0),
         cpu_time("self").saturating_sub(client0),
     );
+    let postgres_cpu = postgres0.map(|p0| postgres_cpu_time().saturating_sub(p0));
+    let machine1 = machine_cpu();
+    let (machine_busy, machine_total) = (
+        machine1.0.saturating_sub(machine0.0),
+        machine1.1.saturating_sub(machine0.1),
+    );
     lat.sort();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
@@ -290,6 +350,9 @@ async fn phase(
         p99: pct(0.99),
         server_cpu,
         client_cpu,
+        machine_busy,
+        machine_total,
+        postgres_cpu,
     })
 }
 
@@ -422,6 +485,7 @@ async fn main() -> Result<()> {
             a.baseline_seconds,
             trivial,
             verifier.clone(),
+            a.backend == Backend::Postgres,
         )
         .await?;
         Some(p)
@@ -442,6 +506,7 @@ async fn main() -> Result<()> {
         a.seconds,
         polls,
         verifier,
+        a.backend == Backend::Postgres,
     )
     .await?;
     let mut result = json!({

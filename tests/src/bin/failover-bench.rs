@@ -19,12 +19,7 @@ use tests::{BackOffice, Backend, LicenseServer, PairSetup, wait_paired};
 const SEATS: u32 = 8;
 
 fn req(client_id: &str) -> CheckoutRequest {
-    CheckoutRequest {
-        feature: "cad".into(),
-        version: None,
-        count: 1,
-        client_id: client_id.into(),
-    }
+    tests::checkout_request("cad", client_id)
 }
 
 /// Checks out through a client that knows both servers until `want` serves it.
