@@ -51,13 +51,24 @@ async fn handle(state: &State, req: &HttpRequest, body: &[u8]) -> AppResult<Http
     }
 
     let req2 = request.clone();
-    let answer = run_write(state, move |c| {
+    let (answer, committed) = run_write(state, move |c| {
         let account = auth::authenticate_device(c, &token)?;
         tracing::Span::current().record("account", account.as_str());
         registry::capability(c, &account, &req2, now)
     })
     .await?;
+    // Signed while the rest of the batch is carried out; sent once it is committed.
+    let response = answer.map(|answer| sign(state, &request, now, answer));
+    committed.wait().await?;
+    response
+}
 
+fn sign(
+    state: &State,
+    request: &CapabilityRequest,
+    now: i64,
+    answer: registry::CapabilityAnswer,
+) -> HttpResponse {
     let claims = CapabilityClaims {
         iss: ISSUER.to_owned(),
         sub: request.hostid.to_string(),
@@ -71,5 +82,5 @@ async fn handle(state: &State, req: &HttpRequest, body: &[u8]) -> AppResult<Http
         rights: answer.rights,
     };
     let token = state.signer.sign(&claims);
-    Ok(HttpResponse::Ok().json(CapabilityResponse { token }))
+    HttpResponse::Ok().json(CapabilityResponse { token })
 }

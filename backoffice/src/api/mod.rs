@@ -11,6 +11,7 @@ use shared::ErrorCode;
 use crate::app::AppState;
 use crate::db::DbConn;
 use crate::error::{AppError, AppResult};
+use crate::writer::Committed;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -32,15 +33,16 @@ where
 }
 
 /// Like [`run`], for the capability requests, which all write: on SQLite they go to its
-/// writer thread (one writer at a time, committed in batches; see [`crate::writer`]).
-pub async fn run_write<T, F>(state: &State, f: F) -> AppResult<T>
+/// writer thread (one writer at a time, committed in batches; see [`crate::writer`]). The
+/// result comes with what tells when it is committed: answer only after that.
+pub async fn run_write<T, F>(state: &State, f: F) -> AppResult<(AppResult<T>, Committed)>
 where
     T: Send + 'static,
     F: FnOnce(&mut DbConn) -> AppResult<T> + Send + 'static,
 {
     match &state.writer {
         Some(w) => w.run(f).await,
-        None => run(state, f).await,
+        None => Ok((run(state, f).await, Committed::done())),
     }
 }
 

@@ -416,17 +416,19 @@ pub fn authenticate_device(conn: &mut DbConn, bearer: &str) -> AppResult<String>
     if id.len() > 64 {
         return Err(bad());
     }
-    let row: Option<(String, String, Option<i64>, Option<i64>)> = device_tokens::table
-        .find(id)
-        .select((
-            device_tokens::account_id,
-            device_tokens::secret_hash,
-            device_tokens::expires_at,
-            device_tokens::revoked_at,
-        ))
-        // By primary key: `get_result` (no `LIMIT ?`, which SQLite re-prepares each time).
-        .get_result(conn)
-        .optional()?;
+    // By primary key: `get_result` (no `LIMIT ?`, which SQLite re-prepares each time), on
+    // the backend's own connection (every capability request comes here).
+    let row: Option<(String, String, Option<i64>, Option<i64>)> =
+        crate::on_backend!(conn, |c| device_tokens::table
+            .find(id)
+            .select((
+                device_tokens::account_id,
+                device_tokens::secret_hash,
+                device_tokens::expires_at,
+                device_tokens::revoked_at,
+            ))
+            .get_result(c)
+            .optional())?;
     let (account_id, hash, expires_at, revoked_at) = row.ok_or_else(bad)?;
     let now = shared::now_unix();
     let digest = sha256_hex(secret);

@@ -13,6 +13,7 @@ use crate::db::DbConn;
 use crate::domain::registry::{self as rules, Known, KnownPair, Plan, ServerState};
 use crate::domain::{status, validate};
 use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::on_backend;
 use crate::schema::{features, line_items, mappings, pairs, seen_requests, servers, usage_samples};
 
 #[derive(Clone, Debug, Queryable)]
@@ -93,35 +94,39 @@ struct PairRow {
     created_at: i64,
 }
 
-// Lookups by a primary or unique key use `get_result`, not `first`: `first` adds
-// `LIMIT ?`, and the bundled SQLite plans with the LIMIT's bound value, so it re-prepares
-// such a statement every time it is bound: a sixth of a capability poll's CPU went there.
+// The capability requests' lookups. By a primary or unique key they use `get_result`, not
+// `first`: `first` adds `LIMIT ?`, and the bundled SQLite plans with the LIMIT's bound
+// value, so it re-prepares such a statement every time it is bound (a sixth of a poll's CPU
+// went there). They run on the backend's own connection (`on_backend!`).
 
 fn server_by_hostid(conn: &mut DbConn, hostid: &str) -> AppResult<Option<ServerRow>> {
-    Ok(servers::table
+    Ok(on_backend!(conn, |c| servers::table
         .filter(servers::hostid.eq(hostid))
         .select(SERVER_COLS)
-        .get_result(conn)
-        .optional()?)
+        .get_result(c)
+        .optional())?)
 }
 
 fn server_by_id(conn: &mut DbConn, id: &str) -> AppResult<Option<ServerRow>> {
-    Ok(servers::table
+    Ok(on_backend!(conn, |c| servers::table
         .find(id)
         .select(SERVER_COLS)
-        .get_result(conn)
-        .optional()?)
+        .get_result(c)
+        .optional())?)
 }
 
 fn pair_by_id(conn: &mut DbConn, id: &str) -> AppResult<Option<PairRow>> {
-    Ok(pairs::table.find(id).get_result(conn).optional()?)
+    Ok(on_backend!(conn, |c| pairs::table
+        .find(id)
+        .get_result(c)
+        .optional())?)
 }
 
 fn hostid_of(conn: &mut DbConn, server_id: &str) -> AppResult<HostId> {
-    let h: String = servers::table
+    let h: String = on_backend!(conn, |c| servers::table
         .find(server_id)
         .select(servers::hostid)
-        .get_result(conn)?;
+        .get_result(c))?;
     HostId::parse(&h).map_err(AppError::internal)
 }
 
@@ -178,22 +183,23 @@ pub struct CapabilityAnswer {
 
 /// Records a request ID; a repeated one is a replay.
 pub fn record_request_id(conn: &mut DbConn, request_id: &uuid::Uuid, now: i64) -> AppResult<()> {
-    diesel::insert_into(seen_requests::table)
-        .values((
-            seen_requests::request_id.eq(request_id.to_string()),
-            seen_requests::seen_at.eq(now),
-        ))
-        .execute(conn)
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                AppError::new(
-                    ErrorCode::ReplayedRequest,
-                    "this request ID was seen before; send each request with a new ID",
-                )
-            } else {
-                e.into()
-            }
-        })?;
+    let values = (
+        seen_requests::request_id.eq(request_id.to_string()),
+        seen_requests::seen_at.eq(now),
+    );
+    let inserted = on_backend!(conn, |c| diesel::insert_into(seen_requests::table)
+        .values(values)
+        .execute(c));
+    inserted.map_err(|e| {
+        if is_unique_violation(&e) {
+            AppError::new(
+                ErrorCode::ReplayedRequest,
+                "this request ID was seen before; send each request with a new ID",
+            )
+        } else {
+            e.into()
+        }
+    })?;
     Ok(())
 }
 
@@ -764,20 +770,21 @@ fn answer(
 
 /// Rights mapped to a holder: one entry per (line item, feature).
 pub fn rights_of(conn: &mut DbConn, holder: &str) -> AppResult<Vec<Right>> {
-    let rows: Vec<(String, i64, i64, Option<i64>, String, String)> = mappings::table
-        .inner_join(line_items::table)
-        .inner_join(features::table.on(features::product_id.eq(line_items::product_id)))
-        .filter(mappings::server_id.eq(holder))
-        .select((
-            line_items::activation_id,
-            mappings::quantity,
-            line_items::starts_at,
-            line_items::expires_at,
-            features::name,
-            features::version,
-        ))
-        .order((line_items::activation_id, features::name))
-        .load(conn)?;
+    let rows: Vec<(String, i64, i64, Option<i64>, String, String)> =
+        on_backend!(conn, |c| mappings::table
+            .inner_join(line_items::table)
+            .inner_join(features::table.on(features::product_id.eq(line_items::product_id)))
+            .filter(mappings::server_id.eq(holder))
+            .select((
+                line_items::activation_id,
+                mappings::quantity,
+                line_items::starts_at,
+                line_items::expires_at,
+                features::name,
+                features::version,
+            ))
+            .order((line_items::activation_id, features::name))
+            .load(c))?;
     Ok(rows
         .into_iter()
         .map(

@@ -88,6 +88,23 @@ fn cpu_time(pid: &str) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// CPU time of a process's threads, added up by thread name.
+fn thread_cpu_times(pid: &str) -> std::collections::BTreeMap<String, Duration> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for t in dir.filter_map(Result::ok) {
+        let tid = t.file_name().to_string_lossy().into_owned();
+        let path = format!("{pid}/task/{tid}");
+        let name = std::fs::read_to_string(format!("/proc/{path}/comm")).unwrap_or_default();
+        *by_name
+            .entry(name.trim().to_owned())
+            .or_insert(Duration::ZERO) += cpu_time(&path);
+    }
+    by_name
+}
+
 /// CPU time of all PostgreSQL processes (the database server's own share of the work).
 fn postgres_cpu_time() -> Duration {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -225,6 +242,8 @@ struct Phase {
     machine_total: Duration,
     /// PostgreSQL's processes, when it is the backend.
     postgres_cpu: Option<Duration>,
+    /// The back office's CPU time by thread name.
+    server_threads: std::collections::BTreeMap<String, Duration>,
 }
 
 impl Phase {
@@ -249,6 +268,13 @@ impl Phase {
                 .machine_busy
                 .saturating_sub(self.server_cpu + self.client_cpu + db)),
         });
+        v["server_threads_cpu_us_per_request"] = self
+            .server_threads
+            .iter()
+            .filter(|(_, d)| !d.is_zero())
+            .map(|(name, d)| (name.clone(), json!(per(*d))))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         if self.postgres_cpu.is_some() {
             v["postgres_cpu_us_per_request"] = json!(per(db));
         }
@@ -286,6 +312,7 @@ async fn phase(
     let server0 = cpu_time(server_pid);
     let client0 = cpu_time("self");
     let machine0 = machine_cpu();
+    let threads0 = thread_cpu_times(server_pid);
     let postgres0 = postgres.then(postgres_cpu_time);
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -332,6 +359,10 @@ async fn phase(
     );
     let postgres_cpu = postgres0.map(|p0| postgres_cpu_time().saturating_sub(p0));
     let machine1 = machine_cpu();
+    let mut server_threads = thread_cpu_times(server_pid);
+    for (name, d) in &mut server_threads {
+        *d = d.saturating_sub(threads0.get(name).copied().unwrap_or_default());
+    }
     let (machine_busy, machine_total) = (
         machine1.0.saturating_sub(machine0.0),
         machine1.1.saturating_sub(machine0.1),
@@ -353,6 +384,7 @@ async fn phase(
         machine_busy,
         machine_total,
         postgres_cpu,
+        server_threads,
     })
 }
 
@@ -420,7 +452,7 @@ impl Workload for Trivial {
     }
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let a = args()?;
     let load_before = loadavg();
