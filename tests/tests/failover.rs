@@ -493,7 +493,14 @@ async fn absence_limit_and_operator_changes_reach_everyone() -> Result<()> {
         (s["pair"]["detached"] == true).then_some(s)
     })
     .await;
-    ensure!(main.log_text().contains("BACKUP_ABSENCE_LIMIT"));
+    // (The status shows the drop as soon as it is decided; the log line follows once it
+    // is durable.)
+    eventually(WAIT, "the drop in the main's log", || async {
+        main.log_text()
+            .contains("BACKUP_ABSENCE_LIMIT")
+            .then_some(())
+    })
+    .await;
     let l2 = client.renew(&l1).await?;
     ensure!(l2.backup_uri.is_none(), "{l2:?}");
     ensure!(client.learned_backup().is_none());
