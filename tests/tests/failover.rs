@@ -399,6 +399,29 @@ async fn every_start_order_ends_paired() -> Result<()> {
             l.client_id
         );
     }
+
+    // The operator's view of the pair, from either server: both, and who serves.
+    for from in [&main.url, &backup.url] {
+        let out = std::process::Command::new(binary("license-server"))
+            .args(["status", "--url", from, "--pair", "all"])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            text.contains(&main.url) && text.contains(&backup.url),
+            "status --pair all from {from}:\n{text}"
+        );
+        ensure!(text.contains("pair: paired available"), "{text}");
+        ensure!(
+            text.lines()
+                .any(|l| l.starts_with("cad") && l.contains(main.url.as_str())),
+            "who serves cad:\n{text}"
+        );
+    }
     Ok(())
 }
 
