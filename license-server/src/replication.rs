@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::domain::State;
-use crate::pair::Link;
+use crate::pair::{Link, Serving};
 use crate::service::{Position, Service, now_ms};
 use crate::store::Committed;
 
@@ -476,7 +476,7 @@ async fn stream(
 
 /// The backup's side: take over once the main has been silent for the failover timeout.
 pub async fn run_backup(svc: Arc<Service>, tick: Duration, mut stop: watch::Receiver<bool>) {
-    let mut expired_logged = false;
+    let mut was_expired = false;
     loop {
         if pause(tick, &mut stop).await {
             return;
@@ -484,16 +484,13 @@ pub async fn run_backup(svc: Arc<Service>, tick: Duration, mut stop: watch::Rece
         if let Err(e) = svc.take_over_if_due().await {
             tracing::error!(error = %e, "taking over failed");
         }
-        let st = svc.status();
-        if let Some(ends) = st.pair.maintenance_ends_at
-            && !expired_logged
-            && shared::now_unix() >= ends
-        {
+        let expired = svc.serving_now().0 == Serving::MaintenanceExpired;
+        if expired && !was_expired {
             tracing::error!(
                 "the failover maintenance interval is over: this backup stops serving (MAINTENANCE_INTERVAL_EXPIRED); bring the main back"
             );
-            expired_logged = true;
         }
+        was_expired = expired;
     }
 }
 

@@ -280,14 +280,18 @@ impl Service {
         pair::serving(&self.facts(st), now, self.cfg.maintenance_ms)
     }
 
-    pub fn server_status(&self) -> ServerStatus {
-        let st = self.state.lock();
-        pair::server_status(self.serving_of(&st, now_ms()))
+    /// Whether this server serves, and the pair status it sees.
+    fn statuses(&self, facts: &PairFacts, now: Millis) -> (Serving, Option<PairStatus>) {
+        (
+            pair::serving(facts, now, self.cfg.maintenance_ms),
+            pair::pair_status(facts, now, self.cfg.failover_timeout_ms),
+        )
     }
 
-    pub fn pair_status(&self) -> Option<PairStatus> {
+    /// [`Service::statuses`] now, from one look at the state.
+    pub fn serving_now(&self) -> (Serving, Option<PairStatus>) {
         let st = self.state.lock();
-        pair::pair_status(&self.facts(&st), now_ms(), self.cfg.failover_timeout_ms)
+        self.statuses(&self.facts(&st), now_ms())
     }
 
     /// Whether client requests are served now; called with the state lock held, so a
@@ -438,7 +442,7 @@ impl Service {
     pub fn position(&self) -> Position {
         let st = self.state.lock();
         let facts = self.facts(&st);
-        let now = now_ms();
+        let (serving, pair_status) = self.statuses(&facts, now_ms());
         Position {
             hostid: self.hostid_str.clone(),
             role: self.cfg.role,
@@ -446,8 +450,8 @@ impl Service {
             seq: st.seq,
             active: st.active_since.is_some(),
             detached: facts.detached,
-            server_status: pair::server_status(pair::serving(&facts, now, self.cfg.maintenance_ms)),
-            pair_status: pair::pair_status(&facts, now, self.cfg.failover_timeout_ms),
+            server_status: pair::server_status(serving),
+            pair_status,
         }
     }
 
@@ -998,10 +1002,16 @@ impl Service {
                 in_use: f.in_use,
             })
             .collect();
-        let dropped = self.cfg.role == Role::Main && self.state.lock().backup.dropped;
+        let ((serving, pair_status), dropped) = {
+            let st = self.state.lock();
+            (
+                self.statuses(&self.facts(&st), now_ms()),
+                self.cfg.role == Role::Main && st.backup.dropped,
+            )
+        };
         ServerReport {
-            server_status: self.server_status(),
-            pair_status: self.pair_status(),
+            server_status: pair::server_status(serving),
+            pair_status,
             usage,
             backup_dropped: dropped,
         }
@@ -1026,10 +1036,10 @@ impl Service {
             let st = self.state.lock();
             let facts = self.facts(&st);
             let p = self.pair.lock().clone();
-            let serving = pair::serving(&facts, now, self.cfg.maintenance_ms);
+            let (serving, pair_status) = self.statuses(&facts, now);
             let view = PairView {
                 server_status: pair::server_status(serving),
-                pair_status: pair::pair_status(&facts, now, self.cfg.failover_timeout_ms),
+                pair_status,
                 serving: serving == Serving::Serving,
                 link: (self.cfg.role == Role::Main).then_some(p.link),
                 backup_last_seen: p.backup_last_seen.map(|m| m / 1000),

@@ -702,6 +702,13 @@ async fn the_client_library_renews_in_the_background_and_returns_on_drop() {
     )
     .await;
     rights_arrived(&server, "cad", 1).await;
+    // A main asks its backup where it stands before it serves; this one's backup never
+    // answers, so it serves alone once the question fails.
+    wait_for(T, "the main serving", || async {
+        let s = status(&server).await;
+        (s["server_status"] == "active").then_some(s)
+    })
+    .await;
     let client = Client::new(&server.url).unwrap().with_client_id("lib");
     let guard = client.checkout("cad", 1).await.unwrap();
     let first = guard.lease();

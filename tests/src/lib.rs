@@ -646,24 +646,27 @@ impl LicenseServer {
 
     /// The leases of `feature` as this server holds them (operator API).
     pub async fn leases(&self, feature: &str) -> Result<Vec<Value>> {
-        let v: Value = reqwest::Client::new()
-            .get(format!(
-                "{}/api/v1/admin/features/{feature}/leases",
-                self.url
-            ))
-            .bearer_auth(self.admin_token())
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        Ok(v.as_array().cloned().unwrap_or_default())
+        leases_at(&self.url, &self.admin_token(), feature).await
     }
 
     pub fn log_text(&self) -> String {
         self.process.log_text()
     }
+}
+
+/// The leases of `feature` held by the license server at `url` (operator API); usable
+/// from a task that does not own the server.
+pub async fn leases_at(url: &str, admin_token: &str, feature: &str) -> Result<Vec<Value>> {
+    let v: Value = reqwest::Client::new()
+        .get(format!("{url}/api/v1/admin/features/{feature}/leases"))
+        .bearer_auth(admin_token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(v.as_array().cloned().unwrap_or_default())
 }
 
 /// A main and its backup, started from a back office fixture.

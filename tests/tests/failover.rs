@@ -36,18 +36,9 @@ async fn setup(extra: &[(&str, &str)]) -> Result<(BackOffice, Fixture, PairSetup
 
 /// Seats held on a server by its own lease list; `None` when it does not answer.
 async fn seats_held(url: &str, admin_token: &str) -> Option<u32> {
-    let v: Value = reqwest::Client::new()
-        .get(format!("{url}/api/v1/admin/features/{FEATURE}/leases"))
-        .bearer_auth(admin_token)
-        .timeout(Duration::from_secs(2))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
+    let leases = tests::leases_at(url, admin_token, FEATURE).await.ok()?;
     Some(
-        v.as_array()?
+        leases
             .iter()
             .map(|l| l["count"].as_u64().unwrap_or(0) as u32)
             .sum(),
