@@ -7,7 +7,7 @@ use backoffice::{Application, Settings, db, telemetry};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "backoffice", version, about = "The licensing back office")]
+#[command(name = "backoffice", version = env!("BUILD_VERSION"), about = "The licensing back office")]
 struct Cli {
     /// Settings file (TOML); environment variables of the same names override it.
     #[arg(long, short, global = true, env = "BACKOFFICE_CONFIG")]
@@ -28,6 +28,7 @@ enum Command {
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
+    packaging::generate_if_requested::<Cli>("8");
     let cli = Cli::parse();
     let settings = Settings::load(cli.config.as_deref()).context("invalid settings")?;
     telemetry::init(&settings.log_format);
