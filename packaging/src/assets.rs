@@ -61,8 +61,10 @@ pub fn generate_if_requested<C: clap::CommandFactory>(section: &str) {
 /// Writes `dir/man/NAME.SECTION` for the command and for every visible subcommand
 /// (`license-server-pair-detach.8`, …) and `dir/completions/` for [`SHELLS`] (files named
 /// as `clap_complete` names them: `NAME.bash`, `_NAME`, `NAME.fish`). Returns the files.
-pub fn write(cmd: clap::Command, section: &str, dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut cmd = cmd.disable_help_subcommand(true);
+pub fn write(mut cmd: clap::Command, section: &str, dir: &Path) -> io::Result<Vec<PathBuf>> {
+    // `help` is a subcommand to complete, not one to have a page of its own.
+    let mut pages = cmd.clone().disable_help_subcommand(true);
+    pages.build();
     cmd.build();
     let man_dir = dir.join("man");
     let completions_dir = dir.join("completions");
@@ -76,7 +78,7 @@ pub fn write(cmd: clap::Command, section: &str, dir: &Path) -> io::Result<Vec<Pa
         cmd.get_version().unwrap_or_default()
     );
     let mut written = Vec::new();
-    write_pages(&cmd, section, &source, &man_dir, &mut written)?;
+    write_pages(&pages, section, &source, &man_dir, &mut written)?;
     let bin = cmd.get_name().to_owned();
     for shell in SHELLS {
         written.push(clap_complete::generate_to(
