@@ -1,0 +1,52 @@
+//! Producer administrators: listing them and adding one (an administrator's recovery
+//! without the console; `backoffice admin add` and `reset-password` are the console's).
+
+use actix_web::{get, post, web};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::auth::Admin;
+use super::doc;
+use crate::access;
+use crate::error::AppResult;
+use crate::state::{State, run};
+use crate::store::auth;
+
+/// Every producer administrator.
+#[utoipa::path(
+    tag = "admins",
+    security(("session" = [])),
+    responses((status = 200, body = Vec<auth::Admin>), doc::AdminRead)
+)]
+#[get("/api/v1/admins")]
+pub async fn list_admins(_: Admin, state: State) -> AppResult<web::Json<Vec<auth::Admin>>> {
+    Ok(web::Json(run(&state, auth::list_admins).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAdmin {
+    #[schema(example = "second-admin@example.com")]
+    email: String,
+    /// 10 to 256 characters.
+    #[schema(min_length = 10, max_length = 256, example = "correct horse battery")]
+    password: String,
+}
+
+/// Adds a producer administrator.
+#[utoipa::path(
+    tag = "admins",
+    security(("session" = [])),
+    request_body = NewAdmin,
+    responses((status = 201, body = auth::Admin), doc::AdminCreate)
+)]
+#[post("/api/v1/admins")]
+pub async fn add_admin(
+    _: Admin,
+    state: State,
+    body: web::Json<NewAdmin>,
+) -> AppResult<actix_web::HttpResponse> {
+    let b = body.into_inner();
+    let admin = access::add_admin(&state, &b.email, &b.password).await?;
+    Ok(actix_web::HttpResponse::Created().json(admin))
+}
