@@ -26,30 +26,42 @@ fn keys(email: &str, from: Option<IpAddr>) -> Vec<Key> {
 
 /// Refuses at once, without looking at the password, while a key is locked.
 fn check_throttle(state: &AppState, keys: &[Key]) -> AppResult<()> {
-    let now = shared::now_unix();
-    state.throttle.lock().check(keys, now).map_err(|wait| {
-        AppError::too_many_requests(
-            format!(
-                "too many failed sign-ins for this account or from this address; try again in \
+    state
+        .throttle
+        .lock()
+        .check(keys, now_ms())
+        .map_err(|wait_ms| {
+            // In whole seconds, rounded up: trying again then is never too early.
+            let wait = wait_ms.unsigned_abs().div_ceil(1000);
+            AppError::too_many_requests(
+                format!(
+                    "too many failed sign-ins for this account or from this address; try again in \
                  {wait} s"
-            ),
-            wait.unsigned_abs(),
-        )
-    })
+                ),
+                wait,
+            )
+        })
+}
+
+/// The throttle's clock: milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn count_failure(state: &AppState, keys: &[Key]) {
-    let locks = state.throttle.lock().failed(keys, shared::now_unix());
+    let locks = state.throttle.lock().failed(keys, now_ms());
     for NewLock {
         key,
         failures,
-        seconds,
+        lock,
     } in locks
     {
         tracing::warn!(
             %key,
             failures,
-            locked_for_s = seconds,
+            locked_for_ms = lock,
             "repeated failed sign-ins: locked; each further failure doubles the lock (this \
              burst is reported once)"
         );
@@ -73,6 +85,8 @@ pub async fn sign_in(
         count_failure(state, &keys);
         return Err(wrong_credentials());
     }
+    // A place on the hashing pool first: a flood is refused before it costs anything.
+    let slot = state.hasher.reserve()?;
     let normalised = normalise(email);
     let found = run(state, move |c| auth::credentials(c, &normalised)).await?;
     // An unknown address costs the same as a known one: timing does not tell who exists.
@@ -80,7 +94,7 @@ pub async fn sign_in(
         .as_ref()
         .map_or(DUMMY_HASH, |f| f.password_hash.as_str())
         .to_owned();
-    let matches = state.hasher.verify(password.to_owned(), hash).await?;
+    let matches = slot.verify(password.to_owned(), hash).await?;
     let Some(found) = found.filter(|_| matches) else {
         count_failure(state, &keys);
         return Err(wrong_credentials());
@@ -104,20 +118,24 @@ pub async fn change_password(
     from: Option<IpAddr>,
     keep: String,
 ) -> AppResult<()> {
-    validate::password(new).map_err(|e| {
-        AppError::from(e).with_field("new_password")
-    })?;
+    validate::password(new).map_err(|e| AppError::from(e).with_field("new_password"))?;
     let keys = keys(email, from);
     check_throttle(state, &keys)?;
+    let slot = state.hasher.reserve()?;
     let p = who.clone();
     let hash = run(state, move |c| auth::password_hash(c, &p)).await?;
-    if current.len() > 256 || !state.hasher.verify(current.to_owned(), hash).await? {
+    if current.len() > 256 || !slot.verify(current.to_owned(), hash).await? {
         count_failure(state, &keys);
-        return Err(AppError::unauthorized("the current password is wrong").with_field("current_password"));
+        return Err(
+            AppError::unauthorized("the current password is wrong").with_field("current_password")
+        );
     }
     state.throttle.lock().succeeded(&keys);
     let hash = state.hasher.hash(new.to_owned()).await?;
-    run(state, move |c| auth::set_password(c, &who, &hash, Some(&keep))).await
+    run(state, move |c| {
+        auth::set_password(c, &who, &hash, Some(&keep))
+    })
+    .await
 }
 
 /// Adds a producer administrator.
@@ -138,5 +156,8 @@ pub async fn add_user(
     let email = validate::email(email)?;
     validate::password(password)?;
     let hash = state.hasher.hash(password.to_owned()).await?;
-    run(state, move |c| auth::create_user(c, &account_id, &email, &hash)).await
+    run(state, move |c| {
+        auth::create_user(c, &account_id, &email, &hash)
+    })
+    .await
 }

@@ -263,11 +263,7 @@ impl Value<'_> {
         } else {
             false
         };
-        if ok {
-            Ok(Secret::new(url))
-        } else {
-            Err(err())
-        }
+        if ok { Ok(Secret::new(url)) } else { Err(err()) }
     }
 }
 
@@ -326,10 +322,12 @@ fn read_file(path: &Path) -> Result<Raw, SettingsError> {
         file: file.clone(),
         reason: e.to_string(),
     })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| SettingsError::File {
-        file: file.clone(),
-        reason: e.message().to_owned(),
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| SettingsError::File {
+            file: file.clone(),
+            reason: e.message().to_owned(),
+        })?;
     let mut raw = Raw::new();
     for (key, value) in table {
         let Some(name) = NAMES.iter().copied().find(|n| *n == key) else {
@@ -400,7 +398,9 @@ mod tests {
 
     #[test]
     fn secrets_are_not_shown() {
-        let e = with(&[("ADMIN_PASSWORD", "short")]).unwrap_err().to_string();
+        let e = with(&[("ADMIN_PASSWORD", "short")])
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("short"), "{e}");
         assert!(e.contains("ADMIN_PASSWORD=(hidden, 5 characters)"), "{e}");
         let e = with(&[("DATABASE_URL", "postgres://u:hunter2@db host/x")])

@@ -237,7 +237,11 @@ mod tests {
         assert_eq!(e.message(), STORAGE_FAILING);
         assert_eq!(e.cause(), Some("database or disk is full"));
         // The cause never reaches the client's body.
-        assert!(!serde_json::to_string(e.body()).unwrap().contains("disk is full"));
+        assert!(
+            !serde_json::to_string(e.body())
+                .unwrap()
+                .contains("disk is full")
+        );
     }
 
     #[test]

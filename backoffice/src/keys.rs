@@ -20,8 +20,12 @@ pub fn load_or_create(path: &Path) -> anyhow::Result<(Signer, String)> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the directory of SIGNING_KEY {}", path.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "cannot create the directory of SIGNING_KEY {}",
+                    path.display()
+                )
+            })?;
         }
         files::write_private(path, private.as_bytes())
             .with_context(|| format!("cannot create SIGNING_KEY {}", path.display()))?;

@@ -13,10 +13,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use diesel::Connection;
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use crate::db::{self, DbConn, DbSetupError};
 use crate::error::{AppError, AppResult};
+use diesel::Connection;
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
 
 /// At most this many requests a transaction.
 const MAX_BATCH: usize = 256;

@@ -26,7 +26,7 @@ pub struct Me {
 #[utoipa::path(
     tag = "account",
     security(("session" = [])),
-    responses((status = 200, body = Me), doc::UserRead)
+    responses((status = 200, description = "The user and its account", body = Me), doc::UserRead)
 )]
 #[get("/api/v1/account")]
 pub async fn me(user: AccountUser, state: State) -> AppResult<web::Json<Me>> {
@@ -43,7 +43,7 @@ pub async fn me(user: AccountUser, state: State) -> AppResult<web::Json<Me>> {
     tag = "account",
     operation_id = "list_own_servers",
     security(("session" = [])),
-    responses((status = 200, body = Vec<ServerSummary>), doc::UserRead)
+    responses((status = 200, description = "The account's servers, by hostid", body = Vec<ServerSummary>), doc::UserRead)
 )]
 #[get("/api/v1/account/servers")]
 pub async fn list_servers(
@@ -63,7 +63,7 @@ pub async fn list_servers(
     tag = "account",
     security(("session" = [])),
     params(("id" = String, Path, description = "Server ID")),
-    responses((status = 200, body = ServerView), doc::UserReadOne)
+    responses((status = 200, description = "The server", body = ServerView), doc::UserReadOne)
 )]
 #[get("/api/v1/account/servers/{id}")]
 pub async fn view_server(
@@ -93,7 +93,7 @@ pub struct UsageQuery {
     tag = "account",
     security(("session" = [])),
     params(("id" = String, Path, description = "Server ID"), UsageQuery),
-    responses((status = 200, body = Vec<UsagePoint>), doc::UserReadOne)
+    responses((status = 200, description = "Samples, oldest first", body = Vec<UsagePoint>), doc::UserReadOne)
 )]
 #[get("/api/v1/account/servers/{id}/usage")]
 pub async fn usage(
@@ -131,7 +131,7 @@ pub fn hostid(field: &str, value: &str) -> AppResult<HostId> {
     tag = "account",
     security(("session" = [])),
     request_body = NewPair,
-    responses((status = 201, body = PairView), doc::UserPair)
+    responses((status = 201, description = "The pair, both members expected", body = PairView), doc::UserPair)
 )]
 #[post("/api/v1/account/pairs")]
 pub async fn register_pair(
@@ -174,7 +174,7 @@ pub async fn remove_backup(
     tag = "account",
     operation_id = "list_own_entitlements",
     security(("session" = [])),
-    responses((status = 200, body = Vec<Entitlement>), doc::UserRead)
+    responses((status = 200, description = "The entitlements, oldest first", body = Vec<Entitlement>), doc::UserRead)
 )]
 #[get("/api/v1/account/entitlements")]
 pub async fn entitlements(
@@ -206,7 +206,7 @@ pub struct NewMapping {
     tag = "account",
     security(("session" = [])),
     request_body = NewMapping,
-    responses((status = 201, body = Mapping), doc::UserMap)
+    responses((status = 201, description = "The line item's mapping to the holder, with its new total", body = Mapping), doc::UserMap)
 )]
 #[post("/api/v1/account/mappings")]
 pub async fn map_rights(
@@ -251,7 +251,7 @@ pub async fn unmap(
     tag = "account",
     operation_id = "list_own_tokens",
     security(("session" = [])),
-    responses((status = 200, body = Vec<DeviceToken>), doc::UserRead)
+    responses((status = 200, description = "The tokens, newest first", body = Vec<DeviceToken>), doc::UserRead)
 )]
 #[get("/api/v1/account/device-tokens")]
 pub async fn list_tokens(
@@ -271,7 +271,7 @@ pub async fn list_tokens(
     operation_id = "create_own_token",
     security(("session" = [])),
     request_body = NewToken,
-    responses((status = 201, body = IssuedToken), doc::UserWrite)
+    responses((status = 201, description = "The token, with its secret (shown only now)", body = IssuedToken), doc::UserWrite)
 )]
 #[post("/api/v1/account/device-tokens")]
 pub async fn create_token(

@@ -16,7 +16,7 @@ use crate::store::auth;
 #[utoipa::path(
     tag = "admins",
     security(("session" = [])),
-    responses((status = 200, body = Vec<auth::Admin>), doc::AdminRead)
+    responses((status = 200, description = "The administrators, by e-mail address", body = Vec<auth::Admin>), doc::AdminRead)
 )]
 #[get("/api/v1/admins")]
 pub async fn list_admins(_: Admin, state: State) -> AppResult<web::Json<Vec<auth::Admin>>> {
@@ -38,7 +38,7 @@ pub struct NewAdmin {
     tag = "admins",
     security(("session" = [])),
     request_body = NewAdmin,
-    responses((status = 201, body = auth::Admin), doc::AdminCreate)
+    responses((status = 201, description = "The new administrator", body = auth::Admin), doc::AdminCreate)
 )]
 #[post("/api/v1/admins")]
 pub async fn add_admin(

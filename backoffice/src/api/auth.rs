@@ -162,7 +162,11 @@ pub async fn logout(state: State, req: HttpRequest) -> AppResult<HttpResponse> {
 pub struct PasswordChange {
     current_password: String,
     /// 10 to 256 characters.
-    #[schema(min_length = 10, max_length = 256, example = "a much longer passphrase")]
+    #[schema(
+        min_length = 10,
+        max_length = 256,
+        example = "a much longer passphrase"
+    )]
     new_password: String,
 }
 

@@ -86,18 +86,25 @@ fn meaning(code: ErrorCode) -> &'static str {
         PairHasActiveRights => "the pair's seats are in use",
         ClockSkew => "the sender's clock is too far off",
         ReplayedRequest => "this request ID was seen before",
-        TooManyRequests => "too many failed sign-ins, or the password checks are busy; wait `Retry-After` seconds",
+        TooManyRequests => {
+            "too many failed sign-ins, or the password checks are busy; wait `Retry-After` seconds"
+        }
         Unavailable => "the database cannot store or cannot be reached right now; try again later",
         InternalError => "a failure of the back office; it logged the cause",
-        NoLicenseAvailable | FeatureExpired | NotServing | MaintenanceIntervalExpired
-        | OutOfSync | Unknown => "(not answered by the back office)",
+        NoLicenseAvailable
+        | FeatureExpired
+        | NotServing
+        | MaintenanceIntervalExpired
+        | OutOfSync
+        | Unknown => "(not answered by the back office)",
     }
 }
 
-/// Every operation can meet these.
-const ALWAYS: &[ErrorCode] = &[ErrorCode::InternalError, ErrorCode::Unavailable];
+/// Every operation can meet this.
+const ALWAYS: &[ErrorCode] = &[ErrorCode::InternalError];
 
-/// The responses for `codes` (plus [`ALWAYS`]), one per HTTP status.
+/// The responses for `codes` (plus [`ALWAYS`]), one per HTTP status. Every operation that
+/// touches storage lists `UNAVAILABLE`.
 pub fn error_responses(codes: &[ErrorCode]) -> BTreeMap<String, RefOr<Response>> {
     let mut by_status: BTreeMap<u16, Vec<ErrorCode>> = BTreeMap::new();
     for &code in codes.iter().chain(ALWAYS) {
@@ -137,7 +144,9 @@ fn response(status: u16, codes: &[ErrorCode]) -> Response {
             c.as_str(),
             ExampleBuilder::new()
                 .summary(meaning(*c))
-                .value(Some(json!({"code": c.as_str(), "message": example_message(*c)})))
+                .value(Some(
+                    json!({"code": c.as_str(), "message": example_message(*c)}),
+                ))
                 .build(),
         )
     });
@@ -152,7 +161,11 @@ fn response(status: u16, codes: &[ErrorCode]) -> Response {
         r = r.header(
             "Retry-After",
             HeaderBuilder::new()
-                .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
+                .schema(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1)),
+                )
                 .description(Some("Seconds to wait before trying again."))
                 .build(),
         );
@@ -163,12 +176,16 @@ fn response(status: u16, codes: &[ErrorCode]) -> Response {
 fn example_message(code: ErrorCode) -> &'static str {
     use ErrorCode::*;
     match code {
-        ValidationError => "line_items.starts_at is 1798366799000, which is not a time in Unix seconds",
+        ValidationError => {
+            "line_items.starts_at is 1798366799000, which is not a time in Unix seconds"
+        }
         Unauthorized => "wrong e-mail or password",
         Forbidden => "this needs a producer administrator",
         NotFound => "server not found",
         AlreadyExists => "that e-mail address is taken",
-        MainNotRegistered => "no failover pair names string:lls-b as its backup yet: start the main first",
+        MainNotRegistered => {
+            "no failover pair names string:lls-b as its backup yet: start the main first"
+        }
         HostidTypeMismatch => "a pair's hostids must be of the same type",
         HostidInUse => "hostid string:lls-a cannot be registered to this account",
         RoleConflict => "string:lls-a is registered as a standalone server; it cannot be a backup",
@@ -177,11 +194,17 @@ fn example_message(code: ErrorCode) -> &'static str {
         PairHasActiveRights => "3 seats of this pair's rights are in use",
         ClockSkew => "the server's clock is 3600 s off the back office's",
         ReplayedRequest => "this request ID was seen before; send each request with a new ID",
-        TooManyRequests => "too many failed sign-ins for this account or from this address; try again in 4 s",
+        TooManyRequests => {
+            "too many failed sign-ins for this account or from this address; try again in 4 s"
+        }
         Unavailable => crate::error::STORAGE_FAILING,
         InternalError => "internal error; the back office logged the cause",
-        NoLicenseAvailable | FeatureExpired | NotServing | MaintenanceIntervalExpired
-        | OutOfSync | Unknown => "",
+        NoLicenseAvailable
+        | FeatureExpired
+        | NotServing
+        | MaintenanceIntervalExpired
+        | OutOfSync
+        | Unknown => "",
     }
 }
 
@@ -206,34 +229,36 @@ macro_rules! errors {
 }
 
 errors! {
-    /// Anything public.
-    Public: InternalError;
+    /// What needs nothing but the process (no storage).
+    Static: InternalError;
+    /// What needs nothing but the database.
+    Public: Unavailable;
     /// Signing in.
-    SignIn: ValidationError, Unauthorized, TooManyRequests;
+    SignIn: ValidationError, Unauthorized, TooManyRequests, Unavailable;
     /// Anything that needs a session.
-    Session: Unauthorized;
+    Session: Unauthorized, Unavailable;
     /// A change of one's own password.
-    PasswordChange: ValidationError, Unauthorized, TooManyRequests;
+    PasswordChange: ValidationError, Unauthorized, TooManyRequests, Unavailable;
     /// An administrator reading.
-    AdminRead: Unauthorized, Forbidden;
+    AdminRead: Unauthorized, Forbidden, Unavailable;
     /// An administrator reading one object.
-    AdminReadOne: ValidationError, Unauthorized, Forbidden, NotFound;
+    AdminReadOne: ValidationError, Unauthorized, Forbidden, NotFound, Unavailable;
     /// An administrator creating.
-    AdminCreate: ValidationError, Unauthorized, Forbidden, NotFound, AlreadyExists, TooManyRequests;
+    AdminCreate: ValidationError, Unauthorized, Forbidden, NotFound, AlreadyExists, TooManyRequests, Unavailable;
     /// An administrator revoking.
-    AdminDelete: ValidationError, Unauthorized, Forbidden, NotFound;
+    AdminDelete: ValidationError, Unauthorized, Forbidden, NotFound, Unavailable;
     /// An account user reading.
-    UserRead: Unauthorized, Forbidden;
+    UserRead: Unauthorized, Forbidden, Unavailable;
     /// An account user reading one object.
-    UserReadOne: ValidationError, Unauthorized, Forbidden, NotFound;
+    UserReadOne: ValidationError, Unauthorized, Forbidden, NotFound, Unavailable;
     /// An account user registering a pair.
-    UserPair: ValidationError, Unauthorized, Forbidden, AlreadyExists, HostidTypeMismatch, HostidInUse, RoleConflict;
+    UserPair: ValidationError, Unauthorized, Forbidden, AlreadyExists, HostidTypeMismatch, HostidInUse, RoleConflict, Unavailable;
     /// An account user removing a backup.
-    UserRemoveBackup: ValidationError, Unauthorized, Forbidden, NotFound, PairHasActiveRights;
+    UserRemoveBackup: ValidationError, Unauthorized, Forbidden, NotFound, PairHasActiveRights, Unavailable;
     /// An account user mapping rights.
-    UserMap: ValidationError, Unauthorized, Forbidden, NotFound, UnknownRightsId, InsufficientQuantity, RoleConflict;
+    UserMap: ValidationError, Unauthorized, Forbidden, NotFound, UnknownRightsId, InsufficientQuantity, RoleConflict, Unavailable;
     /// An account user creating or removing something of its own.
-    UserWrite: ValidationError, Unauthorized, Forbidden, NotFound;
+    UserWrite: ValidationError, Unauthorized, Forbidden, NotFound, Unavailable;
     /// A license server's capability request.
-    Capability: ValidationError, Unauthorized, ClockSkew, ReplayedRequest, MainNotRegistered, HostidTypeMismatch, HostidInUse, RoleConflict, UnknownRightsId, InsufficientQuantity;
+    Capability: ValidationError, Unauthorized, ClockSkew, ReplayedRequest, MainNotRegistered, HostidTypeMismatch, HostidInUse, RoleConflict, UnknownRightsId, InsufficientQuantity, Unavailable;
 }

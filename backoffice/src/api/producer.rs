@@ -34,7 +34,7 @@ pub struct NewProduct {
     tag = "producer",
     security(("session" = [])),
     request_body = NewProduct,
-    responses((status = 201, body = Product), doc::AdminCreate)
+    responses((status = 201, description = "The product, with its features", body = Product), doc::AdminCreate)
 )]
 #[post("/api/v1/products")]
 pub async fn create_product(
@@ -54,7 +54,7 @@ pub async fn create_product(
 #[utoipa::path(
     tag = "producer",
     security(("session" = [])),
-    responses((status = 200, body = Vec<Product>), doc::AdminRead)
+    responses((status = 200, description = "Every product, by name and version", body = Vec<Product>), doc::AdminRead)
 )]
 #[get("/api/v1/products")]
 pub async fn list_products(_: Admin, state: State) -> AppResult<web::Json<Vec<Product>>> {
@@ -66,7 +66,7 @@ pub async fn list_products(_: Admin, state: State) -> AppResult<web::Json<Vec<Pr
     tag = "producer",
     security(("session" = [])),
     params(("id" = String, Path, description = "Product ID")),
-    responses((status = 200, body = Product), doc::AdminReadOne)
+    responses((status = 200, description = "The product, with its features", body = Product), doc::AdminReadOne)
 )]
 #[get("/api/v1/products/{id}")]
 pub async fn get_product(
@@ -86,7 +86,7 @@ pub async fn get_product(
     security(("session" = [])),
     params(("id" = String, Path, description = "Product ID")),
     request_body = FeatureSpec,
-    responses((status = 201, body = Feature), doc::AdminCreate)
+    responses((status = 201, description = "The new feature", body = Feature), doc::AdminCreate)
 )]
 #[post("/api/v1/products/{id}/features")]
 pub async fn add_feature(
@@ -112,7 +112,7 @@ pub struct NewAccount {
     tag = "producer",
     security(("session" = [])),
     request_body = NewAccount,
-    responses((status = 201, body = Account), doc::AdminCreate)
+    responses((status = 201, description = "The new account", body = Account), doc::AdminCreate)
 )]
 #[post("/api/v1/accounts")]
 pub async fn create_account(
@@ -129,7 +129,7 @@ pub async fn create_account(
 #[utoipa::path(
     tag = "producer",
     security(("session" = [])),
-    responses((status = 200, body = Vec<Account>), doc::AdminRead)
+    responses((status = 200, description = "Every account, by name", body = Vec<Account>), doc::AdminRead)
 )]
 #[get("/api/v1/accounts")]
 pub async fn list_accounts(_: Admin, state: State) -> AppResult<web::Json<Vec<Account>>> {
@@ -141,7 +141,7 @@ pub async fn list_accounts(_: Admin, state: State) -> AppResult<web::Json<Vec<Ac
     tag = "producer",
     security(("session" = [])),
     params(("id" = String, Path, description = "Account ID")),
-    responses((status = 200, body = Account), doc::AdminReadOne)
+    responses((status = 200, description = "The account", body = Account), doc::AdminReadOne)
 )]
 #[get("/api/v1/accounts/{id}")]
 pub async fn get_account(
@@ -171,7 +171,7 @@ pub struct NewUser {
     security(("session" = [])),
     params(("id" = String, Path, description = "Account ID")),
     request_body = NewUser,
-    responses((status = 201, body = User), doc::AdminCreate)
+    responses((status = 201, description = "The new user", body = User), doc::AdminCreate)
 )]
 #[post("/api/v1/accounts/{id}/users")]
 pub async fn create_user(
@@ -190,7 +190,7 @@ pub async fn create_user(
     tag = "producer",
     security(("session" = [])),
     params(("id" = String, Path, description = "Account ID")),
-    responses((status = 200, body = Vec<User>), doc::AdminReadOne)
+    responses((status = 200, description = "The account's users, by e-mail address", body = Vec<User>), doc::AdminReadOne)
 )]
 #[get("/api/v1/accounts/{id}/users")]
 pub async fn list_users(
@@ -228,7 +228,7 @@ fn default_entitlement_name() -> String {
     security(("session" = [])),
     params(("id" = String, Path, description = "Account ID")),
     request_body = NewEntitlement,
-    responses((status = 201, body = Entitlement), doc::AdminCreate)
+    responses((status = 201, description = "The entitlement, each line item with its activation ID", body = Entitlement), doc::AdminCreate)
 )]
 #[post("/api/v1/accounts/{id}/entitlements")]
 pub async fn create_entitlement(
@@ -250,7 +250,7 @@ pub async fn create_entitlement(
     tag = "producer",
     security(("session" = [])),
     params(("id" = String, Path, description = "Account ID")),
-    responses((status = 200, body = Vec<Entitlement>), doc::AdminReadOne)
+    responses((status = 200, description = "The entitlements, oldest first", body = Vec<Entitlement>), doc::AdminReadOne)
 )]
 #[get("/api/v1/accounts/{id}/entitlements")]
 pub async fn list_entitlements(
@@ -272,7 +272,7 @@ pub async fn list_entitlements(
     tag = "producer",
     security(("session" = [])),
     params(("id" = String, Path, description = "Account ID")),
-    responses((status = 200, body = Vec<ServerSummary>), doc::AdminReadOne)
+    responses((status = 200, description = "The account's servers, by hostid", body = Vec<ServerSummary>), doc::AdminReadOne)
 )]
 #[get("/api/v1/accounts/{id}/servers")]
 pub async fn list_servers(
@@ -307,7 +307,7 @@ pub struct NewToken {
     security(("session" = [])),
     params(("id" = String, Path, description = "Account ID")),
     request_body = NewToken,
-    responses((status = 201, body = IssuedToken), doc::AdminCreate)
+    responses((status = 201, description = "The token, with its secret (shown only now)", body = IssuedToken), doc::AdminCreate)
 )]
 #[post("/api/v1/accounts/{id}/device-tokens")]
 pub async fn create_token(
@@ -329,7 +329,7 @@ pub async fn create_token(
     tag = "producer",
     security(("session" = [])),
     params(("id" = String, Path, description = "Account ID")),
-    responses((status = 200, body = Vec<DeviceToken>), doc::AdminReadOne)
+    responses((status = 200, description = "The tokens, newest first", body = Vec<DeviceToken>), doc::AdminReadOne)
 )]
 #[get("/api/v1/accounts/{id}/device-tokens")]
 pub async fn list_tokens(

@@ -43,7 +43,7 @@ pub async fn healthz(state: State) -> AppResult<web::Json<Health>> {
         description = "Requests by route and status, latency by route, capability outcomes",
         content_type = "application/openmetrics-text",
         body = String
-    ))
+    ), doc::Static)
 )]
 #[get("/metrics")]
 pub async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
@@ -55,7 +55,7 @@ pub async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
 /// This document.
 #[utoipa::path(
     tag = "system",
-    responses((status = 200, description = "The API's OpenAPI 3.1 document", body = serde_json::Value))
+    responses((status = 200, description = "The API's OpenAPI 3.1 document", body = serde_json::Value), doc::Static)
 )]
 #[get("/api/v1/openapi.json")]
 pub async fn openapi(doc: web::Data<ApiDocument>) -> HttpResponse {
@@ -73,7 +73,7 @@ pub async fn openapi(doc: web::Data<ApiDocument>) -> HttpResponse {
         content_type = "application/x-pem-file",
         body = String,
         example = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA…\n-----END PUBLIC KEY-----\n"
-    ))
+    ), doc::Static)
 )]
 #[get("/api/v1/signing-key")]
 pub async fn signing_key(state: State) -> HttpResponse {

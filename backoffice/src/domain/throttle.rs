@@ -4,7 +4,7 @@
 //! a key is locked its sign-ins are refused without looking at the password. A success
 //! forgets the key, and so does a quiet period as long as the limit.
 //!
-//! Pure: the time is passed in. Memory is bounded: each kind of key has a fixed number of
+//! Pure: the time is passed in, in milliseconds. Memory is bounded: each kind of key has a fixed number of
 //! entries, and when they are all taken the one quiet for longest makes room.
 
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ impl std::fmt::Display for Key {
 pub struct Policy {
     /// Failures before the first lock.
     pub free: u32,
-    /// The longest lock, in seconds; also how long a key must be quiet to be forgotten.
+    /// The longest lock, in milliseconds; also how long a key must be quiet to be forgotten.
     pub max_lock: i64,
     /// Entries kept at most.
     pub capacity: usize,
@@ -42,14 +42,14 @@ pub struct Policy {
 /// Accounts: five tries, then 1 s, 2 s, 4 s, … up to 15 minutes.
 pub const ACCOUNTS: Policy = Policy {
     free: 5,
-    max_lock: 15 * 60,
+    max_lock: 15 * 60 * 1000,
     capacity: 10_000,
 };
 
 /// Addresses: more room, since people behind one NAT or proxy share an address.
 pub const ADDRESSES: Policy = Policy {
     free: 20,
-    max_lock: 15 * 60,
+    max_lock: 15 * 60 * 1000,
     capacity: 10_000,
 };
 
@@ -67,7 +67,8 @@ struct Entry {
 pub struct NewLock {
     pub key: Key,
     pub failures: u32,
-    pub seconds: i64,
+    /// Milliseconds.
+    pub lock: i64,
 }
 
 #[derive(Debug)]
@@ -97,7 +98,8 @@ impl Throttle {
         }
     }
 
-    /// `Err(seconds)` while any of `keys` is locked: how long until a sign-in may be tried.
+    /// `Err(milliseconds)` while any of `keys` is locked: how long until a sign-in may be
+    /// tried.
     pub fn check(&mut self, keys: &[Key], now: i64) -> Result<(), i64> {
         let wait = keys
             .iter()
@@ -183,11 +185,11 @@ impl Table {
             return None;
         }
         // 1 s after the first failure over the free ones, then doubling up to the limit.
-        let seconds = 1i64
+        let lock = 1000i64
             .checked_shl(over - 1)
-            .filter(|s| *s > 0)
-            .map_or(policy.max_lock, |s| s.min(policy.max_lock));
-        e.locked_until = now + seconds;
+            .filter(|ms| *ms > 0)
+            .map_or(policy.max_lock, |ms| ms.min(policy.max_lock));
+        e.locked_until = now + lock;
         if e.reported {
             return None;
         }
@@ -195,7 +197,7 @@ impl Table {
         Some(NewLock {
             key: key.clone(),
             failures: e.failures,
-            seconds,
+            lock,
         })
     }
 
@@ -244,16 +246,17 @@ mod tests {
             vec![NewLock {
                 key: account("a@x"),
                 failures: 6,
-                seconds: 1
+                lock: 1000
             }]
         );
-        assert_eq!(t.check(&k, 100), Err(1));
-        assert_eq!(t.check(&k, 101), Ok(()));
+        assert_eq!(t.check(&k, 100), Err(1000));
+        assert_eq!(t.check(&k, 600), Err(500));
+        assert_eq!(t.check(&k, 1100), Ok(()));
         // Then 2 s, 4 s, …: reported once per burst.
-        assert!(t.failed(&k, 101).is_empty());
-        assert_eq!(t.check(&k, 101), Err(2));
-        assert!(t.failed(&k, 103).is_empty());
-        assert_eq!(t.check(&k, 103), Err(4));
+        assert!(t.failed(&k, 1100).is_empty());
+        assert_eq!(t.check(&k, 1100), Err(2000));
+        assert!(t.failed(&k, 3100).is_empty());
+        assert_eq!(t.check(&k, 3100), Err(4000));
     }
 
     #[test]
@@ -263,7 +266,7 @@ mod tests {
         let mut now = 0;
         for _ in 0..200 {
             t.failed(&k, now);
-            now += 1;
+            now += 1000;
         }
         let wait = t.check(&k, now).unwrap_err();
         assert!(wait <= ACCOUNTS.max_lock, "{wait}");
@@ -310,7 +313,7 @@ mod tests {
         let locks = t.failed(&keys, 0);
         assert_eq!(locks.len(), 1);
         assert_eq!(locks[0].key, ip);
-        assert_eq!(t.check(&[account("fresh@x"), ip], 0), Err(1));
+        assert_eq!(t.check(&[account("fresh@x"), ip], 0), Err(1000));
         assert_eq!(t.check(&[account("fresh@x")], 0), Ok(()));
     }
 
@@ -318,7 +321,7 @@ mod tests {
     fn memory_is_bounded() {
         let small = Policy {
             free: 1,
-            max_lock: 900,
+            max_lock: 900_000,
             capacity: 100,
         };
         let mut t = Throttle::new(small, small);

@@ -46,27 +46,24 @@ pub async fn trace(
 
 fn outcome(status: StatusCode, error: Option<&actix_web::Error>, elapsed_ms: u64) {
     let app = error.and_then(|e| e.as_error::<AppError>());
-    let code = app.map(|e| e.code().as_str());
-    let message = match (app, error) {
-        (Some(a), _) => Some(a.message().to_owned()),
-        (None, Some(e)) => Some(e.to_string()),
-        (None, None) => None,
+    let code = app.map_or("-", |e| e.code().as_str());
+    let detail = match (app, error) {
+        (Some(a), _) => a.message().to_owned(),
+        (None, Some(e)) => e.to_string(),
+        (None, None) => String::new(),
     };
     let status = status.as_u16();
     match status {
         500.. => {
-            let cause = app
-                .and_then(AppError::cause)
-                .map(str::to_owned)
-                .or(message);
+            let cause = app.and_then(AppError::cause).unwrap_or(&detail);
             tracing::error!(status, code, cause, elapsed_ms, "request failed");
         }
         401 | 429 if error.is_some() => {
-            tracing::debug!(status, code, message, elapsed_ms, "request refused");
+            tracing::debug!(status, code, detail, elapsed_ms, "request refused");
         }
         400..=499 if error.is_some() => {
-            tracing::info!(status, code, message, elapsed_ms, "request refused");
+            tracing::info!(status, code, detail, elapsed_ms, "request refused");
         }
-        _ => tracing::debug!(status, message, elapsed_ms, "answered"),
+        _ => tracing::debug!(status, elapsed_ms, "answered"),
     }
 }

@@ -113,7 +113,6 @@ pub fn safe_next(next: &str) -> Option<&str> {
     ok.then_some(next)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

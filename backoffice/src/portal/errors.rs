@@ -13,7 +13,10 @@ use crate::error::AppError;
 #[derive(Debug)]
 pub enum PortalError {
     /// Not signed in (or no longer): to the sign-in page, coming back to `next` after.
-    SignIn { expired: bool, next: Option<String> },
+    SignIn {
+        expired: bool,
+        next: Option<String>,
+    },
     NotFound,
     Forbidden(String),
     BadRequest(String),

@@ -80,4 +80,3 @@ pub async fn css() -> HttpResponse {
         .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
         .body(CSS)
 }
-

@@ -74,14 +74,11 @@ impl FromRequest for PortalUser {
                     next,
                 });
             }
-            let state = req
-                .app_data::<State>()
-                .cloned()
-                .ok_or_else(|| {
-                    PortalError::from(crate::error::AppError::internal(
-                        "the application state is missing",
-                    ))
-                })?;
+            let state = req.app_data::<State>().cloned().ok_or_else(|| {
+                PortalError::from(crate::error::AppError::internal(
+                    "the application state is missing",
+                ))
+            })?;
             let t = token.clone();
             let info = match run(&state, move |c| auth::session(c, &t)).await {
                 Ok(i) => i,
@@ -100,11 +97,11 @@ impl FromRequest for PortalUser {
                 } => {
                     tracing::Span::current().record("account", account_id.as_str());
                     Ok(PortalUser {
-                    user_id,
-                    account_id,
-                    email: info.email,
-                    csrf_token: info.csrf_token,
-                    token,
+                        user_id,
+                        account_id,
+                        email: info.email,
+                        csrf_token: info.csrf_token,
+                        token,
                     })
                 }
                 Principal::Admin { .. } => Err(PortalError::SignIn {

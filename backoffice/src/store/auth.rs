@@ -67,13 +67,15 @@ pub fn credentials(conn: &mut DbConn, email: &str) -> AppResult<Option<Credentia
         .select((users::id, users::account_id, users::password_hash))
         .first(conn)
         .optional()?;
-    Ok(user.map(|(user_id, account_id, password_hash)| Credentials {
-        principal: Principal::User {
-            user_id,
-            account_id,
-        },
-        password_hash,
-    }))
+    Ok(
+        user.map(|(user_id, account_id, password_hash)| Credentials {
+            principal: Principal::User {
+                user_id,
+                account_id,
+            },
+            password_hash,
+        }),
+    )
 }
 
 /// The password hash of a principal (to check the current password before a change).

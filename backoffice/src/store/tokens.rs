@@ -36,7 +36,9 @@ pub struct IssuedToken {
     pub device_token: DeviceToken,
     /// The bearer token, `dt_ID.SECRET`: stored only hashed, never shown again.
     #[serde(rename = "token")]
-    #[schema(example = "dt_3f1c9a0e-8d2b-4b7e-9a51-2c6f0e7d4b13.Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eA")]
+    #[schema(
+        example = "dt_3f1c9a0e-8d2b-4b7e-9a51-2c6f0e7d4b13.Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eA"
+    )]
     pub secret: String,
 }
 

@@ -81,4 +81,3 @@ pub async fn entitlements(req: HttpRequest, user: PortalUser, state: State) -> P
     };
     render(&req, StatusCode::OK, &page)
 }
-

@@ -80,11 +80,7 @@ pub async fn register_pair(
         }
     };
     let (account, m, b) = (user.account_id.clone(), main.clone(), backup.clone());
-    match run(&state, move |c| {
-        servers::register_pair(c, &account, &m, &b)
-    })
-    .await
-    {
+    match run(&state, move |c| servers::register_pair(c, &account, &m, &b)).await {
         Ok(p) => Ok(redirect_with(
             &req,
             &server_url(&p.main.id),
@@ -107,4 +103,3 @@ pub async fn register_pair(
         }
     }
 }
-

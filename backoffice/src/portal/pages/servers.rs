@@ -373,15 +373,14 @@ async fn map_failed(
     map: MapForm,
     e: AppError,
 ) -> PageResult {
-    let field = match (e.code(), e.field()) {
-        (ErrorCode::UnknownRightsId, _) | (ErrorCode::ValidationError, Some("activation_id")) => {
-            "activation_id"
-        }
-        (ErrorCode::InsufficientQuantity, _) | (ErrorCode::ValidationError, Some("quantity")) => {
-            "quantity"
-        }
-        _ => "",
-    };
+    let field =
+        match (e.code(), e.field()) {
+            (ErrorCode::UnknownRightsId, _)
+            | (ErrorCode::ValidationError, Some("activation_id")) => "activation_id",
+            (ErrorCode::InsufficientQuantity, _)
+            | (ErrorCode::ValidationError, Some("quantity")) => "quantity",
+            _ => "",
+        };
     let status = status_of(&e);
     let shown = Shown {
         map: MapForm {

@@ -11,9 +11,7 @@ use shared::ErrorCode;
 use super::{CsrfForm, PageResult, render};
 use crate::access;
 use crate::http::request::client_ip;
-use crate::portal::cookies::{
-    self, SESSION_COOKIE, SIGNIN, SIGNIN_COOKIE, redirect_with, removal,
-};
+use crate::portal::cookies::{self, SESSION_COOKIE, SIGNIN, SIGNIN_COOKIE, redirect_with, removal};
 use crate::portal::errors::PortalError;
 use crate::portal::layout::Layout;
 use crate::portal::session::{PortalUser, check_csrf};
@@ -66,10 +64,8 @@ fn signin_page(req: &HttpRequest, status: StatusCode, shown: Shown) -> PageResul
     resp.add_cookie(&cookies::cookie(req, SIGNIN_COOKIE, token, 3600))
         .map_err(|e| PortalError::Template(e.to_string()))?;
     if let Some(s) = shown.retry_after {
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            header::HeaderValue::from(s),
-        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(s));
     }
     Ok(resp)
 }
@@ -130,10 +126,7 @@ pub async fn signin(req: HttpRequest, state: State, form: web::Form<SigninForm>)
         Err(e) if e.code() == ErrorCode::TooManyRequests => {
             let shown = Shown {
                 retry_after: e.retry_after(),
-                ..again(&format!(
-                    "{}.",
-                    capitalise(e.message())
-                ))
+                ..again(&format!("{}.", capitalise(e.message())))
             };
             return signin_page(&req, StatusCode::TOO_MANY_REQUESTS, shown);
         }
@@ -155,7 +148,12 @@ pub async fn signin(req: HttpRequest, state: State, form: web::Form<SigninForm>)
     let lifetime = state.session_lifetime();
     Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, to))
-        .cookie(cookies::cookie(&req, SESSION_COOKIE, session.token, lifetime))
+        .cookie(cookies::cookie(
+            &req,
+            SESSION_COOKIE,
+            session.token,
+            lifetime,
+        ))
         .cookie(removal(SIGNIN_COOKIE))
         .finish())
 }
