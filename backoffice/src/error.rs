@@ -9,8 +9,12 @@ use shared::{ErrorBody, ErrorCode};
 
 use crate::domain::DomainError;
 
+/// Boxed: errors are rare and `Result`s of it stay small.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppError {
+pub struct AppError(Box<Inner>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Inner {
     body: ErrorBody,
     /// Seconds the client should wait (`Retry-After`).
     retry_after: Option<u64>,
@@ -26,11 +30,7 @@ pub const STORAGE_FAILING: &str = "the back office cannot store anything right n
 
 impl AppError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        AppError {
-            body: ErrorBody::new(code, message),
-            retry_after: None,
-            cause: None,
-        }
+        AppError::from(ErrorBody::new(code, message))
     }
 
     pub fn validation(field: &str, message: impl Into<String>) -> Self {
@@ -56,10 +56,9 @@ impl AppError {
 
     /// `TOO_MANY_REQUESTS`, to be tried again after `seconds`.
     pub fn too_many_requests(message: impl Into<String>, seconds: u64) -> Self {
-        AppError {
-            retry_after: Some(seconds.max(1)),
-            ..AppError::new(ErrorCode::TooManyRequests, message)
-        }
+        let mut e = AppError::new(ErrorCode::TooManyRequests, message);
+        e.0.retry_after = Some(seconds.max(1));
+        e
     }
 
     /// A failure of ours; the client learns only that it was logged.
@@ -86,51 +85,51 @@ impl AppError {
     }
 
     pub fn with_field(mut self, field: &str) -> Self {
-        self.body.field = Some(field.to_owned());
+        self.0.body.field = Some(field.to_owned());
         self
     }
 
     pub fn with_cause(mut self, cause: impl std::fmt::Display) -> Self {
-        self.cause = Some(cause.to_string());
+        self.0.cause = Some(cause.to_string());
         self
     }
 
     pub fn code(&self) -> ErrorCode {
-        self.body.code
+        self.0.body.code
     }
 
     pub fn message(&self) -> &str {
-        &self.body.message
+        &self.0.body.message
     }
 
     pub fn field(&self) -> Option<&str> {
-        self.body.field.as_deref()
+        self.0.body.field.as_deref()
     }
 
     /// The contract JSON the client gets.
     pub fn body(&self) -> &ErrorBody {
-        &self.body
+        &self.0.body
     }
 
     pub fn retry_after(&self) -> Option<u64> {
-        self.retry_after
+        self.0.retry_after
     }
 
     /// What the log gets besides the message: the cause of a failure.
     pub fn cause(&self) -> Option<&str> {
-        self.cause.as_deref()
+        self.0.cause.as_deref()
     }
 
     /// A server-side failure (5xx): logged at ERROR with its cause.
     pub fn is_failure(&self) -> bool {
-        self.body.code.http_status() >= 500
+        self.code().http_status() >= 500
     }
 }
 
 impl std::fmt::Display for AppError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.body.code, self.body.message)?;
-        if let Some(c) = &self.cause {
+        write!(f, "{}: {}", self.code(), self.message())?;
+        if let Some(c) = self.cause() {
             write!(f, " ({c})")?;
         }
         Ok(())
@@ -143,21 +142,17 @@ impl From<DomainError> for AppError {
     fn from(e: DomainError) -> Self {
         let mut body = ErrorBody::new(e.code, e.message);
         body.field = e.field;
-        AppError {
-            body,
-            retry_after: None,
-            cause: None,
-        }
+        AppError::from(body)
     }
 }
 
 impl From<ErrorBody> for AppError {
     fn from(body: ErrorBody) -> Self {
-        AppError {
+        AppError(Box::new(Inner {
             body,
             retry_after: None,
             cause: None,
-        }
+        }))
     }
 }
 

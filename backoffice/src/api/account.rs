@@ -12,7 +12,7 @@ use crate::error::{AppError, AppResult};
 use crate::state::{State, run};
 use crate::store::catalog::{self, Account, Entitlement};
 use crate::store::mappings::{self, Mapping};
-use crate::store::servers::{self, PairView, ServerSummary, ServerView};
+use crate::store::registry::{self, PairView, ServerSummary, ServerView};
 use crate::store::tokens::{self, DeviceToken, IssuedToken};
 use crate::store::usage::{UsagePoint, usage_history};
 
@@ -52,7 +52,7 @@ pub async fn list_servers(
 ) -> AppResult<web::Json<Vec<ServerSummary>>> {
     let t = state.server_timeout();
     let s = run(&state, move |c| {
-        servers::list_servers(c, &user.account_id, shared::now_unix(), t)
+        registry::list_servers(c, &user.account_id, shared::now_unix(), t)
     })
     .await?;
     Ok(web::Json(s))
@@ -73,7 +73,7 @@ pub async fn view_server(
 ) -> AppResult<web::Json<ServerView>> {
     let (id, t) = (id.into_inner(), state.server_timeout());
     let v = run(&state, move |c| {
-        servers::view_server(c, &user.account_id, &id, shared::now_unix(), t)
+        registry::view_server(c, &user.account_id, &id, shared::now_unix(), t)
     })
     .await?;
     Ok(web::Json(v))
@@ -142,7 +142,7 @@ pub async fn register_pair(
     let main = hostid("main_hostid", &body.main_hostid)?;
     let backup = hostid("backup_hostid", &body.backup_hostid)?;
     let p = run(&state, move |c| {
-        servers::register_pair(c, &user.account_id, &main, &backup)
+        registry::register_pair(c, &user.account_id, &main, &backup)
     })
     .await?;
     Ok(HttpResponse::Created().json(p))
@@ -163,7 +163,7 @@ pub async fn remove_backup(
 ) -> AppResult<HttpResponse> {
     let (id, t) = (id.into_inner(), state.server_timeout());
     run(&state, move |c| {
-        servers::remove_backup(c, &user.account_id, &id, shared::now_unix(), t)
+        registry::remove_backup(c, &user.account_id, &id, shared::now_unix(), t)
     })
     .await?;
     Ok(HttpResponse::NoContent().finish())

@@ -14,7 +14,7 @@ use crate::store::auth::User;
 use crate::store::catalog::{
     self, Account, Entitlement, Feature, FeatureSpec, LineItemSpec, Product,
 };
-use crate::store::servers::{self, ServerSummary};
+use crate::store::registry::{self, ServerSummary};
 use crate::store::tokens::{self, DeviceToken, IssuedToken};
 
 #[derive(Deserialize, ToSchema)]
@@ -284,7 +284,7 @@ pub async fn list_servers(
     let timeout = state.server_timeout();
     let s = run(&state, move |c| {
         catalog::get_account(c, &id)?;
-        servers::list_servers(c, &id, shared::now_unix(), timeout)
+        registry::list_servers(c, &id, shared::now_unix(), timeout)
     })
     .await?;
     Ok(web::Json(s))

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod capability;
 pub mod catalog;
 pub mod mappings;
+pub mod registry;
 pub mod servers;
 pub mod tokens;
 pub mod usage;

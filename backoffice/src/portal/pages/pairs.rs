@@ -13,7 +13,7 @@ use crate::portal::layout::Layout;
 use crate::portal::session::PortalUser;
 use crate::portal::view;
 use crate::state::{State, run};
-use crate::store::servers;
+use crate::store::registry;
 
 #[derive(Template)]
 #[template(path = "pair_new.html")]
@@ -80,7 +80,11 @@ pub async fn register_pair(
         }
     };
     let (account, m, b) = (user.account_id.clone(), main.clone(), backup.clone());
-    match run(&state, move |c| servers::register_pair(c, &account, &m, &b)).await {
+    match run(&state, move |c| {
+        registry::register_pair(c, &account, &m, &b)
+    })
+    .await
+    {
         Ok(p) => Ok(redirect_with(
             &req,
             &server_url(&p.main.id),

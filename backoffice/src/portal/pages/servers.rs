@@ -19,7 +19,7 @@ use crate::portal::view::{self, StatusView};
 use crate::state::{State, run};
 use crate::store::catalog::{self, Entitlement};
 use crate::store::mappings;
-use crate::store::servers::{self, PairView, ServerInfo, ServerView};
+use crate::store::registry::{self, PairView, ServerInfo, ServerView};
 use crate::store::usage::{self, UsagePoint};
 
 /// A server as a row or a pair member shows it.
@@ -62,7 +62,7 @@ struct ServersPage {
 pub async fn servers(req: HttpRequest, user: PortalUser, state: State) -> PageResult {
     let (account, t) = (user.account_id.clone(), state.server_timeout());
     let now = shared::now_unix();
-    let list = run(&state, move |c| servers::list_servers(c, &account, now, t)).await?;
+    let list = run(&state, move |c| registry::list_servers(c, &account, now, t)).await?;
     let rows = list
         .iter()
         .map(|s| ServerRow {
@@ -190,7 +190,7 @@ async fn server_page(
     let now = shared::now_unix();
     let since = now - window;
     let (v, ents, history) = run(state, move |c| {
-        let v = servers::view_server(c, &account, &id, now, t)?;
+        let v = registry::view_server(c, &account, &id, now, t)?;
         let ents = catalog::list_entitlements(c, &account)?;
         let h = usage::usage_history(c, &account, &id, since)?;
         Ok((v, ents, h))
@@ -457,7 +457,7 @@ pub async fn unmap(
     );
     let activation = run(&state, move |c| {
         // The mapping must be one of this server's (and so of this account's).
-        let v = servers::view_server(c, &account, &sid, shared::now_unix(), t)?;
+        let v = registry::view_server(c, &account, &sid, shared::now_unix(), t)?;
         let right = v
             .rights
             .iter()
@@ -490,14 +490,14 @@ pub async fn remove_backup(
     let (account, t, sid) = (user.account_id.clone(), state.server_timeout(), id.clone());
     let result = run(&state, move |c| {
         let now = shared::now_unix();
-        let v = servers::view_server(c, &account, &sid, now, t)?;
+        let v = registry::view_server(c, &account, &sid, now, t)?;
         let p = v.pair.ok_or_else(|| {
             AppError::new(ErrorCode::NotFound, "this server is not part of a pair")
         })?;
         let backup = p
             .backup
             .ok_or_else(|| AppError::new(ErrorCode::NotFound, "this pair has no backup"))?;
-        servers::remove_backup(c, &account, &p.id, now, t)?;
+        registry::remove_backup(c, &account, &p.id, now, t)?;
         Ok((p.main.id, p.main.hostid, backup.hostid))
     })
     .await;
