@@ -239,7 +239,12 @@ async fn errors(backend: Backend) {
     let r = bo.capability(tok, &huge).await.unwrap();
     assert_eq!((r.status, r.code()), (400, "VALIDATION_ERROR"));
 
-    // Clock skew and replay.
+    // Clock skew and replay; a clock in milliseconds is not a clock in seconds.
+    let mut millis = capability_request("string:lls-1", "standalone", None, &[]);
+    millis["sent_at"] = json!(shared::now_unix() * 1000);
+    let r = bo.capability(tok, &millis).await.unwrap();
+    assert_eq!((r.status, r.code()), (400, "VALIDATION_ERROR"), "{r:?}");
+    assert_eq!(r.body["field"], "sent_at");
     let mut skewed = capability_request("string:lls-1", "standalone", None, &[]);
     skewed["sent_at"] = json!(shared::now_unix() - 3600);
     assert_eq!(

@@ -1,16 +1,13 @@
 //! Producer administrators: listing them and adding one (an administrator's recovery
 //! without the console; `backoffice admin add` and `reset-password` are the console's).
 
-use actix_web::{get, post, web};
-use serde::Deserialize;
-use utoipa::ToSchema;
-
-use super::auth::Admin;
+use super::auth::{Admin, NewPerson};
 use super::doc;
 use crate::access;
 use crate::error::AppResult;
 use crate::state::{State, run};
 use crate::store::auth;
+use actix_web::{get, post, web};
 
 /// Every producer administrator.
 #[utoipa::path(
@@ -23,28 +20,18 @@ pub async fn list_admins(_: Admin, state: State) -> AppResult<web::Json<Vec<auth
     Ok(web::Json(run(&state, auth::list_admins).await?))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewAdmin {
-    #[schema(example = "second-admin@example.com")]
-    email: String,
-    /// 10 to 256 characters.
-    #[schema(min_length = 10, max_length = 256, example = "correct horse battery")]
-    password: String,
-}
-
 /// Adds a producer administrator.
 #[utoipa::path(
     tag = "admins",
     security(("session" = [])),
-    request_body = NewAdmin,
+    request_body = NewPerson,
     responses((status = 201, description = "The new administrator", body = auth::Admin), doc::AdminCreate)
 )]
 #[post("/api/v1/admins")]
 pub async fn add_admin(
     _: Admin,
     state: State,
-    body: web::Json<NewAdmin>,
+    body: web::Json<NewPerson>,
 ) -> AppResult<actix_web::HttpResponse> {
     let b = body.into_inner();
     let admin = access::add_admin(&state, &b.email, &b.password).await?;

@@ -38,6 +38,18 @@ async fn session_of(req: &HttpRequest) -> AppResult<(SessionInfo, String)> {
 
 type Extracted<T> = Pin<Box<dyn Future<Output = AppResult<T>>>>;
 
+/// Extracts what `pick` makes of the request's session.
+fn extract<T: 'static>(
+    req: &HttpRequest,
+    pick: fn(SessionInfo, String) -> AppResult<T>,
+) -> Extracted<T> {
+    let req = req.clone();
+    Box::pin(async move {
+        let (info, token) = session_of(&req).await?;
+        pick(info, token)
+    })
+}
+
 /// Anyone signed in: an administrator or an account user.
 #[derive(Debug)]
 pub struct SignedIn {
@@ -51,9 +63,7 @@ impl FromRequest for SignedIn {
     type Future = Extracted<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let req = req.clone();
-        Box::pin(async move {
-            let (info, token) = session_of(&req).await?;
+        extract(req, |info, token| {
             Ok(SignedIn {
                 principal: info.principal,
                 email: info.email,
@@ -74,13 +84,10 @@ impl FromRequest for Admin {
     type Future = Extracted<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let req = req.clone();
-        Box::pin(async move {
-            match session_of(&req).await?.0.principal {
-                Principal::Admin { admin_id } => Ok(Admin { admin_id }),
-                Principal::User { .. } => {
-                    Err(AppError::forbidden("this needs a producer administrator"))
-                }
+        extract(req, |info, _| match info.principal {
+            Principal::Admin { admin_id } => Ok(Admin { admin_id }),
+            Principal::User { .. } => {
+                Err(AppError::forbidden("this needs a producer administrator"))
             }
         })
     }
@@ -98,22 +105,30 @@ impl FromRequest for AccountUser {
     type Future = Extracted<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let req = req.clone();
-        Box::pin(async move {
-            match session_of(&req).await?.0.principal {
-                Principal::User {
-                    user_id,
-                    account_id,
-                } => Ok(AccountUser {
-                    user_id,
-                    account_id,
-                }),
-                Principal::Admin { .. } => Err(AppError::forbidden(
-                    "this needs an account user; administrators use /api/v1/accounts/{id}/…",
-                )),
-            }
+        extract(req, |info, _| match info.principal {
+            Principal::User {
+                user_id,
+                account_id,
+            } => Ok(AccountUser {
+                user_id,
+                account_id,
+            }),
+            Principal::Admin { .. } => Err(AppError::forbidden(
+                "this needs an account user; administrators use /api/v1/accounts/{id}/…",
+            )),
         })
     }
+}
+
+/// A new administrator or user: an e-mail address and a password.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewPerson {
+    #[schema(example = "ops@customer.example")]
+    pub email: String,
+    /// 10 to 256 characters.
+    #[schema(min_length = 10, max_length = 256, example = "correct horse battery")]
+    pub password: String,
 }
 
 #[derive(Deserialize, ToSchema)]

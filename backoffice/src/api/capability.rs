@@ -5,6 +5,7 @@ use shared::ErrorCode;
 use shared::capability::{CapabilityClaims, CapabilityRequest, CapabilityResponse, ISSUER};
 
 use super::doc;
+use crate::domain::validate;
 use crate::error::{AppError, AppResult};
 use crate::http::request::{bearer, parse_json, read_body};
 use crate::state::{AppState, State, run_write};
@@ -45,6 +46,7 @@ async fn handle(state: &AppState, req: &HttpRequest, body: &[u8]) -> AppResult<H
     let request: CapabilityRequest = parse_json(body)?;
     tracing::Span::current().record("hostid", tracing::field::display(&request.hostid));
 
+    validate::unix_seconds("sent_at", request.sent_at)?;
     let now = shared::now_unix();
     let skew = i64::try_from(state.settings.clock_skew.as_secs()).unwrap_or(i64::MAX);
     if (now - request.sent_at).abs() > skew {

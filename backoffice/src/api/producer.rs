@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, delete, get, post, web};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::auth::Admin;
+use super::auth::{Admin, NewPerson};
 use super::doc;
 use crate::access;
 use crate::error::AppResult;
@@ -155,22 +155,12 @@ pub async fn get_account(
     ))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewUser {
-    #[schema(example = "ops@customer.example")]
-    email: String,
-    /// 10 to 256 characters.
-    #[schema(min_length = 10, max_length = 256, example = "correct horse battery")]
-    password: String,
-}
-
 /// Adds a user to an account.
 #[utoipa::path(
     tag = "producer",
     security(("session" = [])),
     params(("id" = String, Path, description = "Account ID")),
-    request_body = NewUser,
+    request_body = NewPerson,
     responses((status = 201, description = "The new user", body = User), doc::AdminCreate)
 )]
 #[post("/api/v1/accounts/{id}/users")]
@@ -178,7 +168,7 @@ pub async fn create_user(
     _: Admin,
     state: State,
     id: web::Path<String>,
-    body: web::Json<NewUser>,
+    body: web::Json<NewPerson>,
 ) -> AppResult<HttpResponse> {
     let b = body.into_inner();
     let u = access::add_user(&state, id.into_inner(), &b.email, &b.password).await?;
