@@ -144,11 +144,12 @@ impl Hasher {
         })
     }
 
-    /// One thread per core less one (at least one), with a queue of four per thread.
+    /// One thread per core less one (at least one), with a queue of eight per thread: a
+    /// queued job costs no memory, only waiting (about a second at most in a release build).
     pub fn for_this_machine() -> std::io::Result<Hasher> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = cores.saturating_sub(1).max(1);
-        Hasher::start(threads, 4 * threads)
+        Hasher::start(threads, 8 * threads)
     }
 
     /// A place on the pool, or `TOO_MANY_REQUESTS` at once when there is none.
