@@ -212,6 +212,10 @@ mod tests {
         assert!(!verify_password("correct horse batterY", &h));
         assert!(!verify_password("x", "not a hash"));
         assert!(!verify_password("x", DUMMY_HASH));
+        // The stand-in for an unknown address is a real hash, so checking it costs as much.
+        let dummy = PasswordHash::new(DUMMY_HASH).unwrap();
+        assert_eq!(Params::try_from(&dummy).unwrap().block_count(), 19_456);
+        assert!(dummy.salt.is_some() && dummy.hash.is_some());
         // A hash made by the argon2 crate's own hasher (as earlier versions stored them).
         use argon2::password_hash::PasswordHasher;
         let salt = SaltString::encode_b64(b"sixteen byte salt").unwrap();

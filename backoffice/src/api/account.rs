@@ -122,7 +122,7 @@ pub struct NewPair {
 }
 
 /// Parses a hostid field into a validation error that names the field.
-pub fn hostid(field: &str, value: &str) -> AppResult<HostId> {
+fn hostid(field: &str, value: &str) -> AppResult<HostId> {
     HostId::parse(value).map_err(|e| AppError::validation(field, e.to_string()))
 }
 

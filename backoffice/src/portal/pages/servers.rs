@@ -24,17 +24,17 @@ use crate::store::usage::{self, UsagePoint};
 
 /// A server as a row or a pair member shows it.
 #[derive(Clone, Debug)]
-pub struct MemberView {
-    pub id: String,
-    pub hostid: String,
-    pub role: &'static str,
-    pub status: StatusView,
-    pub last_contact: String,
-    pub last_contact_iso: String,
-    pub note: Option<&'static str>,
+struct MemberView {
+    id: String,
+    hostid: String,
+    role: &'static str,
+    status: StatusView,
+    last_contact: String,
+    last_contact_iso: String,
+    note: Option<&'static str>,
 }
 
-pub fn member(s: &ServerInfo, now: i64) -> MemberView {
+fn member(s: &ServerInfo, now: i64) -> MemberView {
     MemberView {
         id: s.id.clone(),
         hostid: s.hostid.clone(),
@@ -126,7 +126,7 @@ struct ItemOption {
 /// The map form's state: what was entered, and an error next to its field (`activation_id`
 /// or `quantity`) or on top (empty field).
 #[derive(Default)]
-pub struct MapForm {
+struct MapForm {
     activation_id: String,
     quantity: String,
     error: Option<String>,
@@ -166,7 +166,7 @@ const RANGES: &[(&str, &str, i64)] = &[
 
 /// How View Server is shown: the chart range, and the state of its two forms.
 #[derive(Default)]
-pub struct Shown {
+struct Shown {
     range: Option<String>,
     map: MapForm,
     remove_error: Option<String>,
