@@ -185,6 +185,11 @@ pub struct CapabilityRequest {
     pub rights: Vec<RightsRequest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<ServerReport>,
+    /// The server's own Ed25519 public key (base64url of its 32 bytes), which signs the
+    /// grants it hands to clients; the answer binds it to the hostid
+    /// ([`CapabilityClaims::binding`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_key: Option<String>,
 }
 
 /// `POST /api/v1/capability` answer.
@@ -245,6 +250,14 @@ pub struct CapabilityClaims {
     /// How often to poll, in seconds.
     pub poll_interval_secs: u64,
     pub rights: Vec<Right>,
+    /// The rights of this answer may be served until then (Unix seconds) without a newer
+    /// answer; later the server stops granting and says why. This bounds what restoring
+    /// an old answer (a rollback of the server's files) can gain.
+    pub serve_until: i64,
+    /// The server binding ([`crate::grant::BindingClaims`], a token signed with the same
+    /// key) for the `server_key` of the request, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
 }
 
 pub const ISSUER: &str = "licensing-backoffice";

@@ -91,6 +91,8 @@ fn sign(
         pair: answer.pair,
         poll_interval_secs: state.settings.poll_interval.as_secs(),
         rights: answer.rights,
+        serve_until: now + 30 * 86_400,
+        binding: None,
     };
     let token = state.signer.sign(&claims);
     HttpResponse::Ok().json(CapabilityResponse { token })
