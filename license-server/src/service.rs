@@ -1295,6 +1295,8 @@ mod tests {
                 starts_at: 0,
                 expires_at: None,
             }],
+            serve_until: now + 86_400,
+            binding: None,
         };
         assert_eq!(
             svc.update_rights(&claims).await.unwrap(),
