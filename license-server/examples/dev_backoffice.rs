@@ -57,6 +57,7 @@ async fn capability(
         rights: bo.rights.clone(),
         serve_until: now + 30 * 86_400,
         binding: None,
+        pair_token: None,
     };
     Json(CapabilityResponse {
         token: bo.signer.sign(&claims),

@@ -1297,6 +1297,7 @@ mod tests {
             }],
             serve_until: now + 86_400,
             binding: None,
+            pair_token: None,
         };
         assert_eq!(
             svc.update_rights(&claims).await.unwrap(),

@@ -353,6 +353,7 @@ mod tests {
             }],
             serve_until: now + 86_400,
             binding: None,
+            pair_token: None,
         }
     }
 

@@ -93,6 +93,7 @@ fn sign(
         rights: answer.rights,
         serve_until: now + 30 * 86_400,
         binding: None,
+        pair_token: None,
     };
     let token = state.signer.sign(&claims);
     HttpResponse::Ok().json(CapabilityResponse { token })

@@ -107,6 +107,7 @@ async fn capability(
         rights: bo.rights.lock().unwrap().clone(),
         serve_until: now + 30 * 86_400,
         binding: None,
+        pair_token: None,
     };
     match mode {
         Mode::WrongHostid => claims.sub = "string:somebody-else".into(),
