@@ -12,6 +12,7 @@ use crate::HostId;
 
 /// The role a license server has (or claims) in the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Main,
@@ -46,6 +47,7 @@ impl std::fmt::Display for Role {
 
 /// A server's own status (contract).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ServerStatus {
     /// Serving licenses.
@@ -68,6 +70,7 @@ impl ServerStatus {
 
 /// A failover pair's status (contract).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PairStatus {
     PairedAvailable,

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Stable, machine-readable error codes (the contract in DESIGN.md).
+/// Stable, machine-readable error codes (the contract in docs/design.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
@@ -26,14 +26,63 @@ pub enum ErrorCode {
     MaintenanceIntervalExpired,
     /// A pair member's copy does not continue from what was sent (replication).
     OutOfSync,
+    /// Too many requests of this kind now: retry after `Retry-After` seconds.
+    TooManyRequests,
     Unavailable,
     InternalError,
-    /// A code this version does not know (sent by a newer peer).
+    /// A code this version does not know (sent by a newer peer); never sent.
     #[serde(other)]
     Unknown,
 }
 
+/// On the wire a code is one of the strings [`ErrorCode::SENT`] names.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ErrorCode::SENT.iter().map(|c| c.as_str())))
+            .description(Some(
+                "The contract's error code; clients must accept codes they do not know",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ErrorCode {}
+
 impl ErrorCode {
+    /// Every code a service sends (all but [`ErrorCode::Unknown`]).
+    pub const SENT: [ErrorCode; 22] = {
+        use ErrorCode::*;
+        [
+            ValidationError,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            AlreadyExists,
+            MainNotRegistered,
+            HostidTypeMismatch,
+            HostidInUse,
+            RoleConflict,
+            UnknownRightsId,
+            InsufficientQuantity,
+            PairHasActiveRights,
+            ClockSkew,
+            ReplayedRequest,
+            NoLicenseAvailable,
+            FeatureExpired,
+            NotServing,
+            MaintenanceIntervalExpired,
+            OutOfSync,
+            TooManyRequests,
+            Unavailable,
+            InternalError,
+        ]
+    };
+
     /// The HTTP status that goes with the code.
     pub fn http_status(self) -> u16 {
         use ErrorCode::*;
@@ -47,6 +96,7 @@ impl ErrorCode {
             | OutOfSync => 409,
             FeatureExpired => 410,
             ClockSkew => 400,
+            TooManyRequests => 429,
             NotServing | MaintenanceIntervalExpired | Unavailable => 503,
             InternalError | Unknown => 500,
         }
@@ -74,6 +124,7 @@ impl ErrorCode {
             NotServing => "NOT_SERVING",
             MaintenanceIntervalExpired => "MAINTENANCE_INTERVAL_EXPIRED",
             OutOfSync => "OUT_OF_SYNC",
+            TooManyRequests => "TOO_MANY_REQUESTS",
             Unavailable => "UNAVAILABLE",
             InternalError => "INTERNAL_ERROR",
             Unknown => "UNKNOWN",
@@ -87,10 +138,17 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-/// `{"code": "...", "message": "..."}` plus optional details.
+/// `{"code": "...", "message": "..."}` plus optional details: every error either service
+/// sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(example = json!({"code": "NO_LICENSE_AVAILABLE", "message": "no seat of `cad` is free: 3 of 3 in use", "next_free_at": 1767225600}))
+)]
 pub struct ErrorBody {
     pub code: ErrorCode,
+    /// What went wrong and what to do, for a person.
     pub message: String,
     /// The input field the error is about, for validation errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,7 +156,8 @@ pub struct ErrorBody {
     /// For `NOT_SERVING`: the URL of the server that serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_url: Option<String>,
-    /// For `NO_LICENSE_AVAILABLE`: when the next seat frees (Unix seconds).
+    /// For `NO_LICENSE_AVAILABLE`: when the next seat frees at the latest, in Unix
+    /// seconds (seconds since 1970-01-01T00:00:00Z).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_free_at: Option<i64>,
 }
@@ -141,6 +200,7 @@ mod tests {
         assert!(json.get("field").is_none());
         for code in [
             ErrorCode::ValidationError,
+            ErrorCode::TooManyRequests,
             ErrorCode::HostidTypeMismatch,
             ErrorCode::NotServing,
             ErrorCode::MaintenanceIntervalExpired,
@@ -150,5 +210,11 @@ mod tests {
         }
         let unknown: ErrorCode = serde_json::from_str("\"SOMETHING_NEW\"").unwrap();
         assert_eq!(unknown, ErrorCode::Unknown);
+        // Every code but Unknown is sent, and reads back as itself.
+        for code in ErrorCode::SENT {
+            let s = serde_json::to_string(&code).unwrap();
+            assert_eq!(serde_json::from_str::<ErrorCode>(&s).unwrap(), code);
+            assert_ne!(code, ErrorCode::Unknown);
+        }
     }
 }

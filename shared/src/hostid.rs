@@ -125,6 +125,27 @@ impl Serialize for HostId {
     }
 }
 
+/// On the wire a hostid is a string `TYPE:VALUE`.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for HostId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[A-Za-z]+:.+$"))
+            .description(Some(
+                "A hostid, `TYPE:VALUE`: `ethernet:` and 12 hex digits (`:` or `-` \
+                 separators allowed), `string:` and 1 to 64 letters, digits, `.`, `_`, `-`, \
+                 or `uuid:` and a UUID",
+            ))
+            .examples(["ethernet:00163E5A1B2C", "string:lls-berlin-1"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for HostId {}
+
 impl<'de> Deserialize<'de> for HostId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
