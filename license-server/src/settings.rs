@@ -545,6 +545,91 @@ mod tests {
     }
 
     #[test]
+    fn url_settings_take_only_http_and_https_urls_with_a_host() {
+        assert_eq!(
+            check_url("https://bo.example/").unwrap(),
+            "https://bo.example"
+        );
+        assert_eq!(
+            check_url(" http://127.0.0.1:8080 ").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        for bad in [
+            "not a url",
+            "ftp://x",
+            "bo.example:8080",
+            "http://",
+            "https://user:pw@bo.example",
+            "https://bo.example/?a=1",
+            "file:///etc/passwd",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+        assert!(check_url(&format!("https://{}.example", "a".repeat(600))).is_err());
+        for (setting, raw) in [
+            (
+                "BACKOFFICE_URL",
+                Raw {
+                    backoffice_url: Some("ftp://x".into()),
+                    ..raw_min()
+                },
+            ),
+            (
+                "LICENSING_MAIN_URI",
+                Raw {
+                    licensing_main_uri: Some("not a url".into()),
+                    ..raw_min()
+                },
+            ),
+            (
+                "LICENSING_BACKUP_URI",
+                Raw {
+                    licensing_backup_uri: Some("main:7070".into()),
+                    ..raw_min()
+                },
+            ),
+            (
+                "PUBLIC_URL",
+                Raw {
+                    public_url: Some("//x".into()),
+                    ..raw_min()
+                },
+            ),
+            (
+                "MAX_CONNECTIONS",
+                Raw {
+                    max_connections: Some("0".into()),
+                    ..raw_min()
+                },
+            ),
+            (
+                "TLS_CERT",
+                Raw {
+                    tls_cert: Some("Cargo.toml".into()),
+                    ..raw_min()
+                },
+            ),
+        ] {
+            let e = Settings::from_raw(raw).unwrap_err().to_string();
+            assert!(e.starts_with(setting), "{setting}: {e}");
+        }
+    }
+
+    #[test]
+    fn loopback_urls_are_told_from_remote_ones() {
+        for url in [
+            "http://localhost:8080",
+            "http://127.0.0.1",
+            "http://[::1]:80",
+        ] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in ["http://bo.example", "http://10.0.0.1", "not a url"] {
+            assert!(!is_loopback(url), "{url}");
+        }
+    }
+
+    #[test]
     fn admin_token_is_generated_once() {
         let dir = tempfile::tempdir().unwrap();
         let a = admin_token_file(dir.path()).unwrap();
