@@ -286,7 +286,9 @@ fn each_bad_setting_stops_the_server_at_once_naming_it() {
         ("DATA_DIR", data.to_str().unwrap()),
     ];
     let missing = dir.path().join("missing.pem");
-    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+    /// A setting, its bad value, and what else it needs to be read.
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: &[Case] = &[
         ("BACKOFFICE_URL", "not a url", &[]),
         ("BACKOFFICE_URL", "ftp://x", &[]),
         ("LICENSING_MAIN_URI", "not a url", &[]),
