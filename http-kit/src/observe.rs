@@ -1,6 +1,7 @@
 //! The request middleware: a tracing span per request, a latency observation and a
 //! count by matched route (Prometheus), one log line per answer, and the contract's
-//! error JSON for any error answer that was not one already.
+//! error JSON for any error answer that was not one already (pages for people,
+//! `text/html`, stay as they are).
 //!
 //! Log levels: a 2xx or 3xx answer at DEBUG, a refusal (4xx, and 5xx other than 500 —
 //! a standby server's `NOT_SERVING`, a full queue's `UNAVAILABLE`) at INFO with its code
@@ -250,6 +251,14 @@ mod tests {
                 .route(
                     "/teapot",
                     web::get().to(|| async { HttpResponse::ImATeapot().body("short and stout") }),
+                )
+                .route(
+                    "/page",
+                    web::get().to(|| async {
+                        HttpResponse::NotFound()
+                            .content_type("text/html; charset=utf-8")
+                            .body("<h1>Not here</h1>")
+                    }),
                 ),
         )
         .await;

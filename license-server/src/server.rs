@@ -30,6 +30,9 @@ fn limits(settings: &Settings) -> anyhow::Result<Limits> {
     if let Some(n) = settings.max_connections {
         limits.max_connections = n;
     }
+    if let Some(n) = settings.workers {
+        limits.workers = n;
+    }
     let needed = limits.fds_needed();
     let nofile = raise_nofile_limit(needed).context("raising RLIMIT_NOFILE")?;
     if nofile < needed {
@@ -224,6 +227,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         addr = %local,
         scheme,
         max_connections = limits.max_connections,
+        workers = limits.workers,
         "serving clients"
     );
     server.await?;

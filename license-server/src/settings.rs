@@ -41,6 +41,7 @@ pub const NAMES: &[&str] = &[
     "TLS_KEY",
     "BACKOFFICE_CA",
     "MAX_CONNECTIONS",
+    "WORKERS",
 ];
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -87,6 +88,8 @@ struct Raw {
     backoffice_ca: Option<PathBuf>,
     #[serde(default, deserialize_with = "string_like")]
     max_connections: Option<String>,
+    #[serde(default, deserialize_with = "string_like")]
+    workers: Option<String>,
 }
 
 /// Checked settings of `license-server serve`.
@@ -130,6 +133,8 @@ pub struct Settings {
     /// `MAX_CONNECTIONS`: client connections served at once (more wait; a few more
     /// serve health, metrics, status, operators and the pair only).
     pub max_connections: Option<usize>,
+    /// `WORKERS`: HTTP worker threads (default: one per core).
+    pub workers: Option<usize>,
 }
 
 /// The PEM files HTTPS is served with.
@@ -184,6 +189,17 @@ pub fn is_loopback(url: &str) -> bool {
 fn url_setting(name: &str, value: Option<String>) -> anyhow::Result<Option<String>> {
     non_empty(value)
         .map(|v| check_url(&v).map_err(|why| anyhow::anyhow!("{name} `{v}` {why}")))
+        .transpose()
+}
+
+/// A count from 1 to `max`.
+fn count_setting(name: &str, value: Option<String>, max: usize) -> anyhow::Result<Option<usize>> {
+    non_empty(value)
+        .map(|v| match v.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ if max == usize::MAX => bail!("{name} `{v}` is not a number (1 or more)"),
+            _ => bail!("{name} `{v}` is not a number from 1 to {max}"),
+        })
         .transpose()
 }
 
@@ -316,14 +332,8 @@ impl Settings {
                 bail!("TLS_KEY is set but TLS_CERT is not: set both to serve HTTPS, or neither")
             }
         };
-        let max_connections = non_empty(raw.max_connections)
-            .map(|v| match v.parse::<usize>() {
-                Ok(n) if n >= 1 => Ok(n),
-                _ => Err(anyhow::anyhow!(
-                    "MAX_CONNECTIONS `{v}` is not a number of connections (1 or more)"
-                )),
-            })
-            .transpose()?;
+        let max_connections = count_setting("MAX_CONNECTIONS", raw.max_connections, usize::MAX)?;
+        let workers = count_setting("WORKERS", raw.workers, 512)?;
         Ok(Settings {
             hostid,
             listen,
@@ -355,6 +365,7 @@ impl Settings {
             tls,
             backoffice_ca: file_setting("BACKOFFICE_CA", raw.backoffice_ca)?,
             max_connections,
+            workers,
         })
     }
 
