@@ -19,11 +19,12 @@ struct Cli {
 enum Command {
     /// Run the server. Settings come from the TOML file, then from environment variables
     /// of the same names: HOSTID, LISTEN, DATA_DIR, BACKOFFICE_URL, BACKOFFICE_TOKEN,
-    /// BACKOFFICE_PUBLIC_KEY, BACKUP_SERVER_HOSTID, LICENSING_BACKUP_URI,
+    /// BACKOFFICE_PUBLIC_KEY, BACKOFFICE_CA, BACKUP_SERVER_HOSTID, LICENSING_BACKUP_URI,
     /// LICENSING_MAIN_URI, RIGHTS_IDS, CAPABILITY_POLL_INTERVAL,
     /// FAILOVER_MAINTENANCE_INTERVAL, BACKUP_ABSENCE_LIMIT, LEASE_DURATION, ADMIN_TOKEN,
     /// PUBLIC_URL, CLOCK_LEEWAY, BACKOFF_MAX, FAILOVER_TIMEOUT, HEARTBEAT_INTERVAL,
-    /// PAIR_TOKEN.
+    /// PAIR_TOKEN, TLS_CERT, TLS_KEY, MAX_CONNECTIONS, WORKERS. Logging: RUST_LOG,
+    /// LOG_FORMAT.
     Serve {
         /// TOML settings file (keys as the environment variables, e.g. `LISTEN = "..."`).
         #[arg(long, env = "LICENSE_SERVER_CONFIG")]
@@ -74,23 +75,20 @@ enum PairCommand {
     },
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+/// `LOG_FORMAT` and `RUST_LOG` (default `info`), refused when they do not parse.
+fn init_tracing() -> Result<(), String> {
+    use http_kit::telemetry::{LogFormat, filter, init};
+    init(LogFormat::from_env()?, filter("info")?);
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
     packaging::generate_if_requested::<Cli>("8");
     let cli = Cli::parse();
-    init_tracing();
+    if let Err(e) = init_tracing() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -23,6 +23,10 @@ struct Cli {
     /// This client's identity (default: hostname:pid).
     #[arg(long, env = "LICENSE_CLIENT_ID", global = true)]
     client_id: Option<String>,
+    /// PEM bundle of the CA that issued the servers' certificates (https:// servers with a
+    /// private CA); the system's roots are trusted too.
+    #[arg(long, env = "LICENSE_SERVER_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -85,10 +89,22 @@ fn print_lease(lease: &Lease, json: bool) {
 }
 
 async fn run(cli: Cli) -> Result<(), ClientError> {
-    let mut client = Client::with_servers(&cli.servers)?;
-    if let Some(id) = &cli.client_id {
-        client = client.with_client_id(id.clone());
+    let mut builder = cli
+        .servers
+        .iter()
+        .fold(Client::builder(), |b, s| b.server(s));
+    if let Some(path) = &cli.ca {
+        let pem = std::fs::read(path).map_err(|e| {
+            ClientError::Invalid(format!("--ca `{}` cannot be read: {e}", path.display()))
+        })?;
+        builder = builder
+            .ca_pem(&pem)
+            .map_err(|e| ClientError::Invalid(format!("--ca `{}`: {e}", path.display())))?;
     }
+    if let Some(id) = &cli.client_id {
+        builder = builder.client_id(id.clone());
+    }
+    let client = builder.build()?;
     match cli.command {
         Command::Checkout {
             feature,
