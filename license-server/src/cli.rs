@@ -20,7 +20,12 @@ pub struct Remote {
     )]
     pub url: String,
     /// Operator token (else ADMIN_TOKEN, else DATA_DIR/admin.token).
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "ADMIN_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub token: Option<String>,
     /// The server's data directory, to read admin.token from.
     #[arg(long, env = "DATA_DIR")]

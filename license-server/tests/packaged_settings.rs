@@ -3,8 +3,12 @@
 //! default unless its comment says there is none (`packaging::settings_file::check`).
 
 use std::io::Write;
+use std::path::Path;
 
 use license_server::settings::{NAMES, Settings};
+
+#[path = "common/tls.rs"]
+mod tls;
 
 const FILE: &str = include_str!("../../packaging/license-server/license-server.toml");
 
@@ -16,8 +20,38 @@ const REQUIRED: &[(&str, &str)] = &[
     ("BACKOFFICE_PUBLIC_KEY", "\"backoffice.pub.pem\""),
 ];
 
-/// Loads `toml` with the server's own loader; the fingerprint shows the secrets too.
-fn load(toml: &str) -> Result<String, String> {
+/// Where the file's examples put files of their own (certificates, a CA bundle).
+const EXAMPLE_DIR: &str = "/etc/license-server/";
+
+/// Real PEM files at the examples' paths, under `root` instead of /etc/license-server.
+fn stage_example_files(root: &Path) {
+    let ca = tls::TestCa::new(&root.join("ca-dir"), "example");
+    std::fs::copy(&ca.cert, root.join("ca.pem")).unwrap();
+    let leaf = ca.issue("example");
+    std::fs::create_dir_all(root.join("tls")).unwrap();
+    std::fs::copy(&leaf.cert, root.join("tls/cert.pem")).unwrap();
+    std::fs::copy(&leaf.key, root.join("tls/key.pem")).unwrap();
+}
+
+/// Loads `toml` with the server's own loader, the examples' files read from `root`; the
+/// fingerprint shows the secrets too.
+fn load(root: &Path, toml: &str) -> Result<String, String> {
+    let mut toml = toml.to_owned();
+    // The certificate and its key go together: a line naming one is loaded with the
+    // file's example of the other.
+    for (one, other) in [("TLS_CERT", "TLS_KEY"), ("TLS_KEY", "TLS_CERT")] {
+        if toml.contains(&format!("{one} =")) && !toml.contains(&format!("{other} =")) {
+            let example = FILE
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix('#')
+                        .filter(|l| l.starts_with(&format!("{other} =")))
+                })
+                .expect("the file has an example of each TLS setting");
+            toml.push_str(&format!("\n{example}\n"));
+        }
+    }
+    let toml = toml.replace(EXAMPLE_DIR, &format!("{}/", root.display()));
     let mut file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
     file.write_all(toml.as_bytes()).map_err(|e| e.to_string())?;
     let s = Settings::load(Some(file.path())).map_err(|e| format!("{e:#}"))?;
@@ -31,6 +65,9 @@ fn load(toml: &str) -> Result<String, String> {
 
 #[test]
 fn packaged_settings_file_lists_every_setting_with_its_default() {
+    let root = tempfile::tempdir().unwrap();
+    stage_example_files(root.path());
+    let load = |toml: &str| load(root.path(), toml);
     if let Err(problems) = packaging::settings_file::check(FILE, NAMES, REQUIRED, load) {
         panic!(
             "packaging/license-server/license-server.toml is out of step with the server's settings:\n  {}",

@@ -53,14 +53,24 @@ enum Command {
     Renew {
         lease_id: Uuid,
         /// The lease token printed by `checkout`.
-        #[arg(long, env = "LEASE_TOKEN", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "LEASE_TOKEN",
+            hide_env_values = true,
+            allow_hyphen_values = true
+        )]
         token: String,
     },
     /// Return a lease.
     Return {
         lease_id: Uuid,
         /// The lease token printed by `checkout`.
-        #[arg(long, env = "LEASE_TOKEN", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "LEASE_TOKEN",
+            hide_env_values = true,
+            allow_hyphen_values = true
+        )]
         token: String,
     },
     /// List the server's features: count, in use, free, expiry.
