@@ -37,8 +37,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         )
     })?;
     let verifier = Verifier::from_public_pem(&pem).context("BACKOFFICE_PUBLIC_KEY")?;
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating DATA_DIR {}", settings.data_dir.display()))?;
+    // 0700, its files 0600 (fixed, with a warning, when more open).
+    store::files::prepare_dir(&settings.data_dir)
+        .with_context(|| format!("preparing DATA_DIR {}", settings.data_dir.display()))?;
     let admin_token = match &settings.admin_token {
         Some(t) => t.clone(),
         None => admin_token_file(&settings.data_dir)?,
@@ -141,7 +142,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         peer,
     });
     let addr_file = settings.data_dir.join(ADDR_FILE);
-    std::fs::write(&addr_file, format!("{local}\n"))
+    store::files::write_private(&addr_file, format!("{local}\n").as_bytes())
         .with_context(|| format!("writing {}", addr_file.display()))?;
     tracing::info!(addr = %local, "serving clients");
 

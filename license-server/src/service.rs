@@ -229,7 +229,7 @@ impl Service {
             poll_interval_secs: None,
             next_attempt_at: None,
         };
-        Ok(Arc::new(Service {
+        let svc = Arc::new(Service {
             hostid_str: cfg.hostid.to_string(),
             cfg,
             state: Mutex::new(state),
@@ -241,7 +241,16 @@ impl Service {
             pair: Mutex::new(pair),
             backup_uri: RwLock::new(backup_uri),
             repl: watch::Sender::new(Replication::default()),
-        }))
+        });
+        tokio::spawn(compactor(Arc::downgrade(&svc)));
+        Ok(svc)
+    }
+
+    /// Hands the store a copy of the state to snapshot: taken under the lock, so it holds
+    /// exactly the events queued so far, and cheap (the leases are shared, copy on write).
+    fn compact(&self) {
+        let st = self.state.lock();
+        self.store.compact(st.frozen());
     }
 
     /// The durable event stream (for replication to a backup).
@@ -1201,6 +1210,19 @@ pub struct RightsSummary {
     /// The earliest expiry among features still valid.
     pub next_expiry: Option<i64>,
     pub expired_features: usize,
+}
+
+/// Answers the store's requests for a snapshot copy until the store or the service stops.
+async fn compactor(svc: std::sync::Weak<Service>) {
+    let Some(mut wanted) = svc.upgrade().map(|s| s.store.compaction_wanted()) else {
+        return;
+    };
+    while wanted.changed().await.is_ok() {
+        match svc.upgrade() {
+            Some(s) => s.compact(),
+            None => return,
+        }
+    }
 }
 
 fn validate_checkout(req: &CheckoutRequest) -> Result<(), ServiceError> {

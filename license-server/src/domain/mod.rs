@@ -19,7 +19,7 @@ use shared::lease::{FeatureInfo, LeaseInfo};
 use uuid::Uuid;
 
 use table::LeaseTable;
-pub use table::{FrozenLeases, LeaseRef};
+pub use table::{CHUNK, FrozenLeases, LeaseRef};
 
 /// Milliseconds since the Unix epoch (internal time unit; the wire uses seconds).
 pub type Millis = i64;
