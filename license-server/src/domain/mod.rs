@@ -319,6 +319,18 @@ impl State {
         self.leases.insert(lease);
     }
 
+    /// Loading many leases and events: the expiry indexes are built once, by
+    /// [`State::end_load`], which must follow (until then nothing expires or is allocated
+    /// correctly).
+    pub fn begin_load(&mut self) {
+        self.leases.defer_index();
+    }
+
+    /// Builds what [`State::begin_load`] deferred.
+    pub fn end_load(&mut self) {
+        self.leases.index();
+    }
+
     /// Every lease, in no particular order.
     pub fn leases(&self) -> impl Iterator<Item = LeaseRef<'_>> {
         self.leases.iter().map(|l| self.leases.view(l))

@@ -612,7 +612,7 @@ fn put_leases(buf: &mut Vec<u8>, leases: &[LeaseRef<'_>]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn every_event() -> Vec<Event> {

@@ -180,6 +180,7 @@ pub fn scan(dir: &Path, salvage: bool) -> Result<Scan, LoadError> {
             .into());
         }
         load_legacy(dir, &mut scan)?;
+        scan.state.end_load();
         return Ok(scan);
     }
 
@@ -236,6 +237,7 @@ pub fn scan(dir: &Path, salvage: bool) -> Result<Scan, LoadError> {
         live.push((header, path.clone(), data));
     }
     scan.epoch = epoch.unwrap_or(0);
+    scan.state.begin_load();
     // A segment wholly before the snapshot (the next one starts at or before the
     // snapshot's next sequence number) was compacted away.
     let next = scan.state.seq + 1;
@@ -251,10 +253,11 @@ pub fn scan(dir: &Path, salvage: bool) -> Result<Scan, LoadError> {
         let info = replay_segment(&path, header, &data, i + 1 == n, &mut scan, &mut loss)?;
         scan.segments.push(info);
     }
+    scan.state.end_load();
     Ok(scan)
 }
 
-type LossFn<'a> = dyn FnMut(&mut Scan, Damage, String) -> Result<(), LoadError> + 'a;
+pub(super) type LossFn<'a> = dyn FnMut(&mut Scan, Damage, String) -> Result<(), LoadError> + 'a;
 
 fn load_snapshot(
     path: &Path,
@@ -262,6 +265,15 @@ fn load_snapshot(
     loss: &mut LossFn<'_>,
 ) -> Result<SnapshotInfo, LoadError> {
     let data = std::fs::read(path).map_err(io_err(path))?;
+    snapshot_from_bytes(path, &data, scan, loss)
+}
+
+pub(super) fn snapshot_from_bytes(
+    path: &Path,
+    data: &[u8],
+    scan: &mut Scan,
+    loss: &mut LossFn<'_>,
+) -> Result<SnapshotInfo, LoadError> {
     let mut info = SnapshotInfo {
         path: path.to_owned(),
         bytes: data.len() as u64,
@@ -273,7 +285,7 @@ fn load_snapshot(
         record,
         what,
     };
-    let header = match FileHeader::decode(&data, SNAPSHOT_MAGIC) {
+    let header = match FileHeader::decode(data, SNAPSHOT_MAGIC) {
         Ok(h) => h,
         Err(what) => {
             info.damaged = true;
@@ -287,7 +299,7 @@ fn load_snapshot(
     };
     info.seq = header.base;
     info.epoch = header.epoch;
-    let mut reader = Reader::new(&data);
+    let mut reader = Reader::new(data);
     let mut state: Option<State> = None;
     let mut end: Option<(u64, u64)> = None;
     let mut sections = 0u64;
@@ -347,7 +359,9 @@ fn load_snapshot(
                         "nothing more".into(),
                     )?;
                 }
-                state = Some(*head);
+                let mut head = *head;
+                head.begin_load();
+                state = Some(head);
             }
             (Section::Leases(leases), _) if state.is_some() && end.is_none() => {
                 let st = state.as_mut().expect("checked");
@@ -417,7 +431,7 @@ fn load_snapshot(
     Ok(info)
 }
 
-fn replay_segment(
+pub(super) fn replay_segment(
     path: &Path,
     header: FileHeader,
     data: &[u8],
@@ -577,6 +591,7 @@ fn load_legacy(dir: &Path, scan: &mut Scan) -> Result<(), LoadError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(LoadError::Io { path, source: e }),
     };
+    scan.state.begin_load();
     let mut pos = 0usize;
     let mut record = 0u64;
     while pos < data.len() {

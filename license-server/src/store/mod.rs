@@ -106,7 +106,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            snapshot_after_bytes: 16 << 20,
+            snapshot_after_bytes: 8 << 20,
         }
     }
 }
@@ -144,8 +144,9 @@ pub struct StoreStats {
     pub events: AtomicU64,
     pub snapshots: AtomicU64,
     pub durable_seq: AtomicU64,
-    /// Size of the last snapshot written or loaded.
+    /// Size and sequence number of the last snapshot written or loaded.
     pub snapshot_bytes: AtomicU64,
+    pub snapshot_seq: AtomicU64,
     /// Bytes in the journal's segments.
     pub journal_bytes: AtomicU64,
 }
@@ -213,6 +214,7 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<(State, Store, Recovery), 
             let bytes = write_snapshot(dir, &scan.state.frozen(), scan.epoch)
                 .map_err(load::io_err(&dir.join(SNAPSHOT)))?;
             stats.snapshot_bytes.store(bytes, Ordering::Relaxed);
+            stats.snapshot_seq.store(scan.state.seq, Ordering::Relaxed);
             rec.imported_legacy = true;
             rec.snapshot_seq = scan.state.seq;
             tracing::info!(
@@ -238,6 +240,7 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<(State, Store, Recovery), 
     }
     if let Some(s) = &scan.snapshot {
         stats.snapshot_bytes.store(s.bytes, Ordering::Relaxed);
+        stats.snapshot_seq.store(s.seq, Ordering::Relaxed);
     }
     if scan.epoch == 0 {
         scan.epoch = new_epoch();
@@ -617,6 +620,7 @@ impl Writer {
                 match compact(&dir, &frozen, epoch, &covered) {
                     Ok(bytes) => {
                         stats.snapshot_bytes.store(bytes, Ordering::Relaxed);
+                        stats.snapshot_seq.store(seq, Ordering::Relaxed);
                         stats.snapshots.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(
                             seq,
@@ -643,6 +647,7 @@ impl Writer {
         let epoch = new_epoch();
         let bytes = write_snapshot(&self.dir, &state.frozen(), epoch)?;
         self.stats.snapshot_bytes.store(bytes, Ordering::Relaxed);
+        self.stats.snapshot_seq.store(state.seq, Ordering::Relaxed);
         self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
         // The old segments are of another epoch now: a crash before they are gone leaves
         // them ignored.
@@ -722,6 +727,52 @@ pub(crate) fn write_snapshot(dir: &Path, frozen: &Frozen, epoch: u64) -> io::Res
     std::fs::rename(&tmp, dir.join(SNAPSHOT))?;
     files::fsync_dir(dir)?;
     Ok(bytes)
+}
+
+/// Decodes `data` every way the store reads bytes from disk (an event, a snapshot
+/// section, a journal segment and a snapshot file, each strictly and salvaging, with and
+/// without a valid file header in front) and returns how many records verified. For the
+/// fuzz target (`fuzz/`) and the property test: whatever the bytes, it must not panic.
+pub fn decode_any(data: &[u8]) -> usize {
+    let mut verified = 0;
+    let _ = codec::get_record(data);
+    let _ = codec::get_section(data);
+    let path = Path::new("fuzz");
+    for magic in [JOURNAL_MAGIC, SNAPSHOT_MAGIC] {
+        let mut framed = FileHeader {
+            magic,
+            epoch: 1,
+            base: 1,
+        }
+        .encode()
+        .to_vec();
+        framed.extend_from_slice(data);
+        for bytes in [data, &framed[..]] {
+            for salvage in [false, true] {
+                let mut scan = load::Scan::default();
+                let mut loss = |scan: &mut load::Scan, damage: Damage, lost: String| {
+                    if salvage {
+                        scan.losses.push(load::Loss { damage, lost });
+                        Ok(())
+                    } else {
+                        Err(LoadError::Damaged(damage))
+                    }
+                };
+                let result = if magic == JOURNAL_MAGIC {
+                    let Ok(header) = FileHeader::decode(bytes, magic) else {
+                        continue;
+                    };
+                    load::replay_segment(path, header, bytes, true, &mut scan, &mut loss)
+                        .map(|i| i.records)
+                } else {
+                    load::snapshot_from_bytes(path, bytes, &mut scan, &mut loss).map(|i| i.leases)
+                };
+                scan.state.end_load();
+                verified += result.unwrap_or(0) as usize;
+            }
+        }
+    }
+    verified
 }
 
 #[cfg(test)]
