@@ -81,7 +81,6 @@ fn main() {
                 "{} ({n} leases, snapshot {snapshot} bytes, journal {journal} bytes)",
                 data.display()
             );
-            return;
         }
         "load" => {
             for n in leases {
