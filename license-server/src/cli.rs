@@ -403,6 +403,11 @@ pub struct StoreDir {
 
 /// `store verify`: what the store holds; an error when something is damaged.
 pub fn store_verify(d: &StoreDir) -> anyhow::Result<()> {
+    if crate::store::files::in_use(&d.data_dir) {
+        println!(
+            "note: a server is using this store; a record it is writing may show as cut short"
+        );
+    }
     let scan = crate::store::repair::verify(&d.data_dir)?;
     print!("{}", crate::store::repair::report(&d.data_dir, &scan));
     if crate::store::repair::is_damaged(&scan) {

@@ -105,6 +105,13 @@ pub fn lock_dir(dir: &Path) -> io::Result<File> {
     }
 }
 
+/// Whether a process holds the data directory's lock now (checked without creating
+/// anything).
+pub fn in_use(dir: &Path) -> bool {
+    File::open(dir.join(LOCK))
+        .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
 /// Writes a whole small file, mode 0600.
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;

@@ -580,6 +580,13 @@ fn decoding_never_panics_whatever_the_bytes() {
     // The bounded, always-run sibling of the fuzz target in `fuzz/`: valid files damaged
     // at random (bit flips, cuts, bytes inserted or overwritten), and random bytes.
     let corpus = corpus();
+    // `FUZZ_SEEDS_OUT=fuzz/seeds/store_decode cargo test …` writes them as the fuzz
+    // target's seeds.
+    if let Some(out) = std::env::var_os("FUZZ_SEEDS_OUT") {
+        for (name, bytes) in ["journal", "snapshot"].iter().zip(&corpus) {
+            std::fs::write(Path::new(&out).join(name), bytes).unwrap();
+        }
+    }
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for _ in 0..3000 {
         let mut m = corpus[rng.below(corpus.len())].clone();
