@@ -9,6 +9,9 @@
 //!   with `SIGKILL` and times each restart from the spawn to the first lease granted
 //!   (and to the first `/healthz` answer).
 //!
+//! `restart --via-http` checks the leases out from the server instead (any build of it,
+//! `LICENSE_SERVER_BIN=path`, so an older one can be measured in the same run).
+//!
 //! Both report the disk's `fdatasync` latency (4 KiB writes in the data directory's file
 //! system, before and after) and the machine's load, so figures from different days
 //! compare. Build first, then run from the workspace root:
@@ -35,7 +38,7 @@ use uuid::Uuid;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: store_bench memory [--leases 100000] [--connections 32]\n       store_bench restart [--leases 10000,100000,1000000] [--runs 3]"
+        "usage: store_bench memory [--leases 100000] [--connections 32]\n       store_bench restart [--leases 10000,100000,1000000] [--runs 3] [--via-http]\n       store_bench load|populate [--leases N]"
     );
     std::process::exit(2)
 }
@@ -46,7 +49,12 @@ fn main() {
     let mut leases: Vec<usize> = Vec::new();
     let mut connections = 32usize;
     let mut runs = 3usize;
+    let mut via_http = false;
     while let Some(flag) = args.next() {
+        if flag == "--via-http" {
+            via_http = true;
+            continue;
+        }
         let v = args.next().unwrap_or_else(|| usage());
         match flag.as_str() {
             "--leases" => {
@@ -108,7 +116,7 @@ fn main() {
                 leases = vec![10_000, 100_000, 1_000_000];
             }
             for n in leases {
-                restart(work.path(), n, runs, &mut procs);
+                restart(work.path(), n, runs, via_http, &mut procs);
             }
         }
         _ => usage(),
@@ -132,6 +140,9 @@ fn bin(name: &str) -> PathBuf {
     let examples = exe.parent().expect("examples dir");
     let path = match name {
         "dev_backoffice" => examples.join(name),
+        "license-server" if std::env::var_os("LICENSE_SERVER_BIN").is_some() => {
+            PathBuf::from(std::env::var_os("LICENSE_SERVER_BIN").expect("checked"))
+        }
         _ => examples.parent().expect("target dir").join(name),
     };
     assert!(
@@ -264,6 +275,18 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// CPU time a process has used so far, in ms (`/proc/PID/schedstat`, all its threads).
+fn cpu_ms(pid: u32) -> f64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    dir.filter_map(|t| t.ok())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e6
+}
+
 /// Mean and p99 of `fdatasync` after a 4 KiB write, in µs, in `dir`'s file system.
 fn fdatasync_us(dir: &Path) -> (f64, f64) {
     let path = dir.join("fdatasync.probe");
@@ -289,22 +312,8 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-fn memory(work: &Path, n: usize, connections: usize, procs: &mut Procs) {
-    let sync_before = fdatasync_us(work);
-    let load_before = loadavg();
-    let bo = start_backoffice(work, n * 2, procs);
-    let port = free_port();
-    let data = work.join("data");
-    procs.0.push(start_server(&data, &bo, port));
-    let pid = procs.0.last().expect("server").id();
-    // Serving once the back office's rights are in.
-    wait_until(Duration::from_secs(30), || {
-        Conn::connect(port)
-            .and_then(|mut c| c.request("GET", "/api/v1/features", ""))
-            .is_ok_and(|(s, b)| s == 200 && b.contains("\"bench\""))
-    });
-    let rss_idle = rss_kib(pid);
-    let start = Instant::now();
+/// Checks out `n` leases with distinct client IDs over `connections` connections.
+fn check_out(port: u16, n: usize, connections: usize) {
     let per = n.div_ceil(connections);
     std::thread::scope(|s| {
         for t in 0..connections {
@@ -319,6 +328,40 @@ fn memory(work: &Path, n: usize, connections: usize, procs: &mut Procs) {
             });
         }
     });
+}
+
+/// Waits until the server serves `bench` (the back office's rights are in).
+fn wait_serving(port: u16) {
+    wait_until(Duration::from_secs(30), || {
+        Conn::connect(port)
+            .and_then(|mut c| c.request("GET", "/api/v1/features", ""))
+            .is_ok_and(|(s, b)| s == 200 && b.contains("\"bench\""))
+    });
+}
+
+/// Bytes of the files in a data directory.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn memory(work: &Path, n: usize, connections: usize, procs: &mut Procs) {
+    let sync_before = fdatasync_us(work);
+    let load_before = loadavg();
+    let bo = start_backoffice(work, n * 2, procs);
+    let port = free_port();
+    let data = work.join("data");
+    procs.0.push(start_server(&data, &bo, port));
+    let pid = procs.0.last().expect("server").id();
+    wait_serving(port);
+    let rss_idle = rss_kib(pid);
+    let start = Instant::now();
+    check_out(port, n, connections);
     let took = start.elapsed();
     // Let the allocator settle (no effect on RSS, which is what it is).
     std::thread::sleep(Duration::from_millis(500));
@@ -468,15 +511,26 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-fn restart(work: &Path, n: usize, runs: usize, procs: &mut Procs) {
+fn restart(work: &Path, n: usize, runs: usize, via_http: bool, procs: &mut Procs) {
     let sync_before = fdatasync_us(work);
     let load_before = loadavg();
     let data = work.join(format!("restart-{n}"));
-    let (snapshot, journal) = populate(&data, n);
     let bo = start_backoffice(&work.join(format!("bo-{n}")), n * 2, procs);
     let port = free_port();
+    // Written by this build's store (at its largest), or by the server itself.
+    let (snapshot, journal) = if via_http {
+        let mut server = start_server(&data, &bo, port);
+        wait_serving(port);
+        check_out(port, n, 32);
+        let _ = server.kill();
+        let _ = server.wait();
+        (0, dir_bytes(&data))
+    } else {
+        populate(&data, n)
+    };
     let mut to_health = Vec::new();
     let mut to_grant = Vec::new();
+    let mut cpu = Vec::new();
     // The first start finds the files as the populating process left them; every later
     // one follows a SIGKILL of the server while it serves.
     for run in 0..=runs {
@@ -508,7 +562,9 @@ fn restart(work: &Path, n: usize, runs: usize, procs: &mut Procs) {
             std::thread::sleep(Duration::from_millis(1));
         }
         let granted = start.elapsed();
+        let used = cpu_ms(child.id());
         if run > 0 {
+            cpu.push(used);
             to_health.push(health.unwrap_or(granted).as_secs_f64() * 1000.0);
             to_grant.push(granted.as_secs_f64() * 1000.0);
         }
@@ -519,15 +575,17 @@ fn restart(work: &Path, n: usize, runs: usize, procs: &mut Procs) {
     let sync_after = fdatasync_us(work);
     to_health.sort_by(f64::total_cmp);
     to_grant.sort_by(f64::total_cmp);
+    cpu.sort_by(f64::total_cmp);
     let median = |v: &[f64]| v[v.len() / 2];
     println!(
-        "{{\"bench\":\"restart\",\"leases\":{n},\"snapshot_mib\":{:.1},\"journal_mib\":{:.1},\"runs\":{runs},\"to_healthz_ms\":{{\"median\":{:.0},\"max\":{:.0}}},\"to_first_grant_ms\":{{\"median\":{:.0},\"max\":{:.0}}},\"fdatasync_mean_us\":[{:.0},{:.0}],\"fdatasync_p99_us\":[{:.0},{:.0}],\"loadavg\":[\"{load_before}\",\"{}\"]}}",
+        "{{\"bench\":\"restart\",\"leases\":{n},\"snapshot_mib\":{:.1},\"journal_mib\":{:.1},\"runs\":{runs},\"to_healthz_ms\":{{\"median\":{:.0},\"max\":{:.0}}},\"to_first_grant_ms\":{{\"median\":{:.0},\"max\":{:.0}}},\"server_cpu_ms_to_first_grant\":{:.0},\"fdatasync_mean_us\":[{:.0},{:.0}],\"fdatasync_p99_us\":[{:.0},{:.0}],\"loadavg\":[\"{load_before}\",\"{}\"]}}",
         snapshot as f64 / (1 << 20) as f64,
         journal as f64 / (1 << 20) as f64,
         median(&to_health),
         to_health.last().copied().unwrap_or(0.0),
         median(&to_grant),
         to_grant.last().copied().unwrap_or(0.0),
+        median(&cpu),
         sync_before.0,
         sync_after.0,
         sync_before.1,

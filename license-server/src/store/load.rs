@@ -21,7 +21,7 @@ pub fn segment_name(base: u64) -> String {
     format!("journal-{base:020}.log")
 }
 
-fn segment_base(name: &str) -> Option<u64> {
+pub(super) fn segment_base(name: &str) -> Option<u64> {
     let digits = name.strip_prefix("journal-")?.strip_suffix(".log")?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;

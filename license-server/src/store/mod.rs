@@ -611,13 +611,13 @@ impl Writer {
             self.journal_base = self.next_seq;
             self.dir_dirty = true;
         }
-        let covered: Vec<PathBuf> = self.closed.drain(..).map(|(p, _)| p).collect();
+        let covered = std::mem::take(&mut self.closed).len();
         let (dir, epoch, stats) = (self.dir.clone(), self.epoch, self.stats.clone());
         let handle = std::thread::Builder::new()
             .name("store-snapshot".into())
             .spawn(move || {
                 let started = std::time::Instant::now();
-                match compact(&dir, &frozen, epoch, &covered) {
+                match compact(&dir, &frozen, epoch) {
                     Ok(bytes) => {
                         stats.snapshot_bytes.store(bytes, Ordering::Relaxed);
                         stats.snapshot_seq.store(seq, Ordering::Relaxed);
@@ -627,7 +627,7 @@ impl Writer {
                             leases = frozen.leases.len(),
                             bytes,
                             ms = started.elapsed().as_millis() as u64,
-                            segments_removed = covered.len(),
+                            segments_removed = covered,
                             "snapshot written"
                         );
                     }
@@ -675,7 +675,10 @@ fn remove_if_there(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Creates a segment starting at `base` (header written; not yet synced).
+/// Creates a segment starting at `base`, its header written but not synced: the first
+/// commit's `fdatasync` covers it (and the directory is synced before that commit is
+/// acknowledged); a crash before leaves an empty or zero-filled newest segment, which a
+/// load ignores.
 fn create_segment(dir: &Path, epoch: u64, base: u64) -> io::Result<(File, PathBuf, u64)> {
     let path = dir.join(segment_name(base));
     let mut f = files::create_private(&path, true)?;
@@ -686,15 +689,24 @@ fn create_segment(dir: &Path, epoch: u64, base: u64) -> io::Result<(File, PathBu
     }
     .encode();
     f.write_all(&header)?;
-    f.sync_data()?;
     Ok((f, path, header.len() as u64))
 }
 
-/// Writes a snapshot, then removes the segments it covers.
-fn compact(dir: &Path, frozen: &Frozen, epoch: u64, covered: &[PathBuf]) -> io::Result<u64> {
+/// Writes a snapshot, then removes the segments it covers: every one that starts at or
+/// before its sequence number (the writer's current segment starts after it), which
+/// includes any a failed compaction left.
+fn compact(dir: &Path, frozen: &Frozen, epoch: u64) -> io::Result<u64> {
     let bytes = write_snapshot(dir, frozen, epoch)?;
-    for path in covered {
-        remove_if_there(path)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .to_str()
+            .and_then(load::segment_base)
+            .is_some_and(|base| base <= frozen.seq())
+        {
+            remove_if_there(&entry.path())?;
+        }
     }
     files::fsync_dir(dir)?;
     Ok(bytes)
