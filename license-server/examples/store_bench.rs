@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: store_bench memory [--leases 100000] [--connections 32]\n       store_bench restart [--leases 10000,100000,1000000] [--runs 3] [--via-http]\n       store_bench load|populate [--leases N]"
+        "usage: store_bench memory [--leases 100000] [--connections 32]\n       store_bench restart [--leases 10000,100000,1000000] [--runs 3] [--via-http]\n       store_bench load|populate [--leases N]\n       store_bench fill --port PORT [--leases N]"
     );
     std::process::exit(2)
 }
@@ -50,6 +50,7 @@ fn main() {
     let mut connections = 32usize;
     let mut runs = 3usize;
     let mut via_http = false;
+    let mut port = None;
     while let Some(flag) = args.next() {
         if flag == "--via-http" {
             via_http = true;
@@ -65,6 +66,7 @@ fn main() {
             }
             "--connections" => connections = v.parse().unwrap_or_else(|_| usage()),
             "--runs" => runs = v.parse().unwrap_or_else(|_| usage()),
+            "--port" => port = Some(v.parse().unwrap_or_else(|_| usage())),
             _ => usage(),
         }
     }
@@ -88,6 +90,14 @@ fn main() {
             println!(
                 "{} ({n} leases, snapshot {snapshot} bytes, journal {journal} bytes)",
                 data.display()
+            );
+        }
+        "fill" => {
+            // Checks out `--leases` leases from a server already running on `--port`.
+            check_out(
+                port.unwrap_or_else(|| usage()),
+                leases.first().copied().unwrap_or(100_000),
+                connections,
             );
         }
         "load" => {

@@ -123,11 +123,6 @@ pub struct Scan {
 }
 
 impl Scan {
-    /// The segment appended to next, if it can be (same epoch, last).
-    pub fn last_segment(&self) -> Option<&SegmentInfo> {
-        self.segments.last()
-    }
-
     pub fn torn_bytes(&self) -> u64 {
         self.segments
             .last()

@@ -95,6 +95,8 @@ use load::{SNAPSHOT, SNAPSHOT_TMP, segment_name};
 
 /// Most events written per commit.
 const MAX_BATCH: usize = 8192;
+/// A snapshot being written is synced after every this many bytes.
+const SNAPSHOT_SYNC_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -725,13 +727,23 @@ pub(crate) fn write_snapshot(dir: &Path, frozen: &Frozen, epoch: u64) -> io::Res
     .encode();
     w.write_all(&header)?;
     let mut bytes = header.len() as u64;
+    let mut unsynced = 0usize;
     let mut payload = Vec::with_capacity(1 << 17);
     let mut framed = Vec::with_capacity(1 << 17);
     codec::put_snapshot(frozen, &mut payload, |p| {
         framed.clear();
         frame::put_frame(&mut framed, p);
         bytes += framed.len() as u64;
-        w.write_all(&framed)
+        w.write_all(&framed)?;
+        // Synced as it goes: a file system commit forced by the journal's own `fdatasync`
+        // then never has more than this much of the snapshot to write out first.
+        unsynced += framed.len();
+        if unsynced >= SNAPSHOT_SYNC_BYTES {
+            unsynced = 0;
+            w.flush()?;
+            w.get_ref().sync_data()?;
+        }
+        Ok(())
     })?;
     let f = w.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
