@@ -1,11 +1,14 @@
 //! Storage connections: SQLite (embedded default) or PostgreSQL, chosen by URL scheme.
 
+use std::path::Path;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{self, ManageConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::files;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
@@ -81,10 +84,11 @@ impl ManageConnection for Manager {
             Backend::Sqlite => {
                 let mut c = SqliteConnection::establish(&self.target)
                     .map_err(r2d2::Error::ConnectionError)?;
-                // WAL for concurrent readers; a writer waits for the lock instead of failing.
+                // First the wait for a lock (so that nothing after fails on one), then WAL for
+                // concurrent readers (kept in the file: only the first connection changes it).
                 c.batch_execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                    "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
                 )
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConn::Sqlite(c))
@@ -107,15 +111,21 @@ impl ManageConnection for Manager {
 
 pub type Pool = r2d2::Pool<Manager>;
 
-/// Opens the pool and applies pending migrations.
+/// Opens the pool and applies pending migrations. An SQLite file is created for its owner
+/// only (its `-wal` and `-shm` files follow its mode), and made so if it was more open.
 pub fn connect(url: &str, size: u32) -> Result<(Pool, Backend), DbSetupError> {
     let (backend, target) = Backend::from_url(url)?;
-    if backend == Backend::Sqlite
-        && let Some(parent) = std::path::Path::new(&target).parent()
-        && !parent.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(parent).map_err(|e| DbSetupError::Connect(e.to_string()))?;
+    if backend == Backend::Sqlite {
+        private_sqlite_files(Path::new(&target))?;
     }
+    let manager = Manager { backend, target };
+    // One connection first: it switches a new file to WAL and migrates, alone, before the
+    // pool opens its connections (which would otherwise queue on the same write lock).
+    let mut first = manager
+        .connect()
+        .map_err(|e| DbSetupError::Connect(e.to_string()))?;
+    migrate(&mut first)?;
+    drop(first);
     let pool = r2d2::Pool::builder()
         .max_size(size)
         // A PostgreSQL connection can die with its server and is checked at every checkout;
@@ -123,13 +133,25 @@ pub fn connect(url: &str, size: u32) -> Result<(Pool, Backend), DbSetupError> {
         // statement on every request.
         .test_on_check_out(backend == Backend::Postgres)
         .connection_timeout(Duration::from_secs(10))
-        .build(Manager { backend, target })
+        .build(manager)
         .map_err(|e| DbSetupError::Connect(e.to_string()))?;
-    let mut conn = pool
-        .get()
-        .map_err(|e| DbSetupError::Connect(e.to_string()))?;
-    migrate(&mut conn)?;
     Ok((pool, backend))
+}
+
+fn private_sqlite_files(db: &Path) -> Result<(), DbSetupError> {
+    let setup = |e: std::io::Error| DbSetupError::Connect(format!("{}: {e}", db.display()));
+    if let Some(parent) = db.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(setup)?;
+    }
+    files::private_file(db).map_err(setup)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        files::restrict_if_present(Path::new(&p), 0o600).map_err(setup)?;
+    }
+    Ok(())
 }
 
 /// One connection outside the pool (SQLite's writer keeps one of its own).

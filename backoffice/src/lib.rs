@@ -1,18 +1,29 @@
 //! The back office: products, entitlements, the license-server registry and failover
 //! pairs, the capability protocol and the end-user portal.
+//!
+//! Layers, each importing only those below it: `domain` (pure rules) · `store` (storage
+//! behind functions) · `access`, `passwords` (the sign-in flows) · `api`, `portal` (thin
+//! handlers) · `routes` (every route) · `startup` (building the service); `state` is what
+//! requests share, `http` the HTTP plumbing, `error` the one error type.
 
+pub mod access;
 pub mod api;
-pub mod app;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod domain;
 pub mod error;
-pub mod metrics;
+pub mod files;
+pub mod http;
+pub mod keys;
+pub mod passwords;
 pub mod portal;
+pub mod routes;
 pub mod schema;
+pub mod startup;
+pub mod state;
 pub mod store;
-pub mod telemetry;
 pub mod writer;
 
-pub use app::Application;
 pub use config::Settings;
+pub use startup::Application;

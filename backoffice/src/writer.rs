@@ -13,12 +13,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use diesel::Connection;
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
-use shared::ErrorCode;
-
 use crate::db::{self, DbConn, DbSetupError};
 use crate::error::{AppError, AppResult};
+use diesel::Connection;
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
 
 /// At most this many requests a transaction.
 const MAX_BATCH: usize = 256;
@@ -56,8 +54,10 @@ impl Writer {
     {
         let (result_tx, result_rx) = tokio::sync::oneshot::channel();
         let (commit_tx, commit_rx) = tokio::sync::oneshot::channel();
+        // The request's span goes with its work: what the storage logs, it logs there.
+        let span = tracing::Span::current();
         let job: Job = Box::new(move |c: &mut DbConn| {
-            let _ = result_tx.send(f(c));
+            let _ = result_tx.send(span.in_scope(|| f(c)));
             Box::new(move |settled: Result<(), AppError>| {
                 let _ = commit_tx.send(settled);
             })
@@ -126,7 +126,10 @@ fn run_batch(conn: &mut DbConn, batch: impl Iterator<Item = Job>) -> bool {
                 // batch is rolled back (those that ran get an error too), and those not yet
                 // taken from the queue wait for the next batch.
                 tracing::error!("a capability request panicked; its batch is rolled back");
-                settle(replies, &Err(unavailable()));
+                settle(
+                    replies,
+                    &Err(AppError::internal("a request of this batch panicked")),
+                );
                 return false;
             }
         }
@@ -141,8 +144,10 @@ fn run_batch(conn: &mut DbConn, batch: impl Iterator<Item = Job>) -> bool {
             true
         }
         Err(e) => {
-            tracing::error!(error = %e, "cannot commit a batch of capability requests");
-            settle(replies, &Err(unavailable()));
+            // Each request's answer says so (and is logged with its request).
+            let err = AppError::from(e);
+            tracing::debug!(requests = replies.len(), error = %err, "cannot commit a batch of capability requests");
+            settle(replies, &Err(err));
             false
         }
     }
@@ -152,13 +157,6 @@ fn settle(replies: Vec<Reply>, settled: &Result<(), AppError>) {
     for reply in replies {
         reply(settled.clone());
     }
-}
-
-fn unavailable() -> AppError {
-    AppError::new(
-        ErrorCode::Unavailable,
-        "the database could not store the request; try again",
-    )
 }
 
 fn reopen(url: &str) -> DbConn {
@@ -181,7 +179,8 @@ mod tests {
 
     use super::*;
     use crate::schema::seen_requests;
-    use crate::store::registry::record_request_id;
+    use crate::store::capability::record_request_id;
+    use shared::ErrorCode;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_keep_each_requests_own_outcome() {

@@ -55,6 +55,9 @@ async fn capability(
         pair: None,
         poll_interval_secs: 60,
         rights: bo.rights.clone(),
+        serve_until: now + 30 * 86_400,
+        binding: None,
+        pair_token: None,
     };
     Json(CapabilityResponse {
         token: bo.signer.sign(&claims),

@@ -9,7 +9,7 @@ use license_server::settings::Settings;
 /// The local license server: gets its rights from the back office and serves floating
 /// licenses to clients.
 #[derive(Debug, Parser)]
-#[command(name = "license-server", version, propagate_version = true)]
+#[command(name = "license-server", version = env!("BUILD_VERSION"), propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -108,6 +108,7 @@ fn init_tracing() {
 }
 
 fn main() -> std::process::ExitCode {
+    packaging::generate_if_requested::<Cli>("8");
     let cli = Cli::parse();
     init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()

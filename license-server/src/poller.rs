@@ -117,6 +117,7 @@ impl Poller {
                 Vec::new()
             },
             report: Some(self.svc.report()),
+            server_key: None,
         };
         let resp = self
             .http

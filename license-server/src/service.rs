@@ -1317,6 +1317,9 @@ mod tests {
                 starts_at: 0,
                 expires_at: None,
             }],
+            serve_until: now + 86_400,
+            binding: None,
+            pair_token: None,
         };
         assert_eq!(
             svc.update_rights(&claims).await.unwrap(),

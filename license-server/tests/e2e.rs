@@ -596,7 +596,7 @@ async fn bad_answers_are_rejected_and_rights_unchanged() {
     // Every bad answer carries 9 seats; none may take effect.
     bo.set_rights(vec![right("cad", 9)]);
     for (mode, reason) in [
-        (Mode::WrongKey, "signature"),
+        (Mode::WrongKey, "not by the configured key"),
         (Mode::WrongHostid, "addressed to"),
         (Mode::Stale, "stale"),
         (Mode::Replay, "not for the request just sent"),

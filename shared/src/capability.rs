@@ -12,6 +12,7 @@ use crate::HostId;
 
 /// The role a license server has (or claims) in the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Main,
@@ -46,6 +47,7 @@ impl std::fmt::Display for Role {
 
 /// A server's own status (contract).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ServerStatus {
     /// Serving licenses.
@@ -68,6 +70,7 @@ impl ServerStatus {
 
 /// A failover pair's status (contract).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PairStatus {
     PairedAvailable,
@@ -103,6 +106,7 @@ impl PairStatus {
 
 /// Rights asked for at startup: `RIGHTS_IDS=ACTIVATION_ID:COUNT,…`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RightsRequest {
     pub activation_id: String,
@@ -135,6 +139,7 @@ pub fn parse_rights_ids(input: &str) -> Result<Vec<RightsRequest>, String> {
 
 /// Usage of one feature, as a license server reports it with its polls.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FeatureUsage {
     pub feature: String,
@@ -146,6 +151,7 @@ pub struct FeatureUsage {
 
 /// What a server tells the back office about itself with each request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServerReport {
     pub server_status: ServerStatus,
@@ -161,25 +167,34 @@ pub struct ServerReport {
 
 /// `POST /api/v1/capability` body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CapabilityRequest {
     /// Unique per request; the answer is bound to it and a repeated ID is refused.
     pub request_id: Uuid,
+    /// The sender's hostid.
     pub hostid: HostId,
     pub role: Role,
     /// Main only: `BACKUP_SERVER_HOSTID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_hostid: Option<HostId>,
-    /// The sender's clock (Unix seconds), checked against the back office's.
+    /// The sender's clock (Unix time, seconds), checked against the back office's.
+    #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798366799))]
     pub sent_at: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rights: Vec<RightsRequest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<ServerReport>,
+    /// The server's own Ed25519 public key (base64url of its 32 bytes), which signs the
+    /// grants it hands to clients; the answer binds it to the hostid
+    /// ([`CapabilityClaims::binding`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_key: Option<String>,
 }
 
 /// `POST /api/v1/capability` answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CapabilityResponse {
     /// A JWT (EdDSA) over [`CapabilityClaims`].
     pub token: String,
@@ -187,20 +202,25 @@ pub struct CapabilityResponse {
 
 /// One right: a count of a feature from one line item.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Right {
     pub activation_id: String,
     pub feature: String,
     #[serde(default)]
     pub version: String,
     pub count: u32,
+    /// When the right starts (Unix time, seconds).
+    #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798366799))]
     pub starts_at: i64,
-    /// `None` for a permanent right.
+    /// When it ends (Unix time, seconds); `None` for a permanent right.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1829902799))]
     pub expires_at: Option<i64>,
 }
 
 /// Who is who in a pair.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PairInfo {
     pub id: String,
     pub main: HostId,
@@ -210,20 +230,39 @@ pub struct PairInfo {
 
 /// The signed content of a capability response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CapabilityClaims {
     pub iss: String,
     /// The hostid the answer is addressed to.
     pub sub: String,
     /// The request this answers.
     pub request_id: Uuid,
+    /// When it was signed (Unix time, seconds).
+    #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798366799))]
     pub iat: i64,
+    /// When it stops being fresh (Unix time, seconds).
+    #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798367099))]
     pub exp: i64,
     pub server_id: String,
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pair: Option<PairInfo>,
+    /// How often to poll, in seconds.
     pub poll_interval_secs: u64,
     pub rights: Vec<Right>,
+    /// The rights of this answer may be served until then (Unix seconds) without a newer
+    /// answer; later the server stops granting and says why. This bounds what restoring
+    /// an old answer (a rollback of the server's files) can gain.
+    pub serve_until: i64,
+    /// The server binding ([`crate::grant::BindingClaims`], a token signed with the same
+    /// key) for the `server_key` of the request, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
+    /// The secret the two servers of the pair authenticate each other with, issued by
+    /// the back office for the pair (servers with `PAIR_TOKEN` set use theirs instead).
+    /// Sent to both servers of a pair only, over the authenticated channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair_token: Option<String>,
 }
 
 pub const ISSUER: &str = "licensing-backoffice";

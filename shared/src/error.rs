@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Stable, machine-readable error codes (the contract in DESIGN.md).
+/// Stable, machine-readable error codes (the contract in docs/design.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     ValidationError,
@@ -26,6 +27,8 @@ pub enum ErrorCode {
     MaintenanceIntervalExpired,
     /// A pair member's copy does not continue from what was sent (replication).
     OutOfSync,
+    /// Too many requests of a kind (e.g. failed sign-ins): wait `Retry-After` seconds.
+    TooManyRequests,
     Unavailable,
     InternalError,
     /// A code this version does not know (sent by a newer peer).
@@ -47,6 +50,7 @@ impl ErrorCode {
             | OutOfSync => 409,
             FeatureExpired => 410,
             ClockSkew => 400,
+            TooManyRequests => 429,
             NotServing | MaintenanceIntervalExpired | Unavailable => 503,
             InternalError | Unknown => 500,
         }
@@ -74,6 +78,7 @@ impl ErrorCode {
             NotServing => "NOT_SERVING",
             MaintenanceIntervalExpired => "MAINTENANCE_INTERVAL_EXPIRED",
             OutOfSync => "OUT_OF_SYNC",
+            TooManyRequests => "TOO_MANY_REQUESTS",
             Unavailable => "UNAVAILABLE",
             InternalError => "INTERNAL_ERROR",
             Unknown => "UNKNOWN",
@@ -89,6 +94,7 @@ impl std::fmt::Display for ErrorCode {
 
 /// `{"code": "...", "message": "..."}` plus optional details.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
@@ -98,8 +104,9 @@ pub struct ErrorBody {
     /// For `NOT_SERVING`: the URL of the server that serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_url: Option<String>,
-    /// For `NO_LICENSE_AVAILABLE`: when the next seat frees (Unix seconds).
+    /// For `NO_LICENSE_AVAILABLE`: when the next seat frees (Unix time, seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798366799))]
     pub next_free_at: Option<i64>,
 }
 
@@ -144,6 +151,7 @@ mod tests {
             ErrorCode::HostidTypeMismatch,
             ErrorCode::NotServing,
             ErrorCode::MaintenanceIntervalExpired,
+            ErrorCode::TooManyRequests,
         ] {
             let s = serde_json::to_string(&code).unwrap();
             assert_eq!(s, format!("\"{}\"", code.as_str()));

@@ -132,6 +132,32 @@ impl<'de> Deserialize<'de> for HostId {
     }
 }
 
+/// In OpenAPI documents a hostid is a string `TYPE:VALUE`.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for HostId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "A hostid, `TYPE:VALUE`: `ethernet:` and 12 hex digits (with or without `:` or \
+                 `-` separators; answered as 12 upper-case digits), `string:` and 1 to 64 \
+                 letters, digits, `.`, `_` or `-`, or `uuid:` and a UUID.",
+            ))
+            .pattern(Some(r"^[A-Za-z]+:\S{1,64}$"))
+            .max_length(Some(80))
+            .examples([
+                serde_json::json!("ethernet:00163E5A1B2C"),
+                serde_json::json!("string:lls-berlin-1"),
+            ])
+            .build()
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for HostId {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

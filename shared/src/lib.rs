@@ -7,6 +7,7 @@
 pub mod capability;
 pub mod duration;
 pub mod error;
+pub mod grant;
 pub mod hostid;
 pub mod lease;
 pub mod secret;

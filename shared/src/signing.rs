@@ -1,74 +1,192 @@
-//! Ed25519 signing of capability responses (JWT, EdDSA) and their verification.
+//! Ed25519 JSON Web Signatures: the producer's capability answers and server bindings, and
+//! the grants license servers sign for their clients (see [`crate::grant`]).
+//!
+//! Every token is a compact JWS, `base64url(header).base64url(claims).base64url(signature)`
+//! with `alg: EdDSA`, in the format jsonwebtoken reads and writes. Its header names the
+//! kind of token (`typ`, one of the `TYP_*` constants) and the key that signed it (`kid`,
+//! [`key_id`]): a verifier refuses a token of another kind (a binding offered as a
+//! capability answer, say) and names an unknown key instead of reporting a bad signature.
+//!
+//! Signing uses a key decoded once ([`Signer`]). `jsonwebtoken::encode` would decode the
+//! PKCS#8 key and derive its public half again for every token, two scalar
+//! multiplications where one is needed; a test checks that our tokens are exactly those
+//! jsonwebtoken writes for the same header and claims.
 
-use ed25519_dalek::SigningKey;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::HostId;
 use crate::capability::{CapabilityClaims, ISSUER};
+use crate::secret::Secret;
 
-#[derive(Debug, thiserror::Error)]
+/// `typ` of a capability answer (back office to license server).
+pub const TYP_CAPABILITY: &str = "lls-capability+jwt";
+/// `typ` of a server binding (back office: this key belongs to this server).
+pub const TYP_BINDING: &str = "lls-binding+jwt";
+/// `typ` of a grant (license server to client).
+pub const TYP_GRANT: &str = "lls-grant+jwt";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     #[error("not an Ed25519 key in PEM form: {0}")]
     BadKey(String),
 }
 
+/// The key ID of an Ed25519 public key: base64url of the first 12 bytes of its SHA-256,
+/// 16 characters. Sent as `kid` in every token's header.
+pub fn key_id(public: &VerifyingKey) -> String {
+    let digest = Sha256::digest(public.as_bytes());
+    URL_SAFE_NO_PAD.encode(&digest[..12])
+}
+
+/// An Ed25519 public key as it travels in JSON: base64url of its 32 bytes.
+pub fn encode_public_key(public: &VerifyingKey) -> String {
+    URL_SAFE_NO_PAD.encode(public.as_bytes())
+}
+
+/// The inverse of [`encode_public_key`].
+pub fn decode_public_key(b64: &str) -> Result<VerifyingKey, KeyError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(b64.trim())
+        .map_err(|_| KeyError::BadKey("the public key is not base64url".into()))?;
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| KeyError::BadKey("an Ed25519 public key is 32 bytes".into()))?;
+    VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| KeyError::BadKey("not a point of the Ed25519 curve".into()))
+}
+
 /// A new Ed25519 key pair as (private PKCS#8 PEM, public SPKI PEM).
 pub fn generate_keypair() -> (String, String) {
-    let key = SigningKey::from_bytes(&crate::random_bytes::<32>());
-    let private = key
-        .to_pkcs8_pem(LineEnding::LF)
-        .expect("an Ed25519 key always encodes")
-        .to_string();
-    let public = key
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .expect("an Ed25519 key always encodes");
-    (private, public)
+    let signer = Signer::generate();
+    (
+        signer.private_pem().expose().to_owned(),
+        signer.public_pem(),
+    )
 }
 
 /// The public key (SPKI PEM) that goes with a private key (PKCS#8 PEM).
 pub fn public_pem_of(private_pem: &str) -> Result<String, KeyError> {
-    use ed25519_dalek::pkcs8::DecodePrivateKey;
-    let key =
-        SigningKey::from_pkcs8_pem(private_pem).map_err(|e| KeyError::BadKey(e.to_string()))?;
-    key.verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(|e| KeyError::BadKey(e.to_string()))
+    Ok(Signer::from_pem(private_pem)?.public_pem())
 }
 
-/// Signs capability claims.
+#[derive(Serialize)]
+struct JwsHeader<'a> {
+    alg: &'static str,
+    typ: &'a str,
+    kid: &'a str,
+}
+
+/// Signs tokens with an Ed25519 key decoded once: the producer's key in the back office,
+/// a license server's own key for its grants.
 pub struct Signer {
-    key: EncodingKey,
-    header: Header,
+    key: SigningKey,
+    kid: String,
 }
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Signer(***)")
+        write!(f, "Signer(kid {})", self.kid)
     }
 }
 
 impl Signer {
-    pub fn from_pem(private_pem: &str) -> Result<Self, KeyError> {
-        let key = EncodingKey::from_ed_pem(private_pem.as_bytes())
-            .map_err(|e| KeyError::BadKey(e.to_string()))?;
-        Ok(Signer {
-            key,
-            header: Header::new(Algorithm::EdDSA),
-        })
+    /// A new random key.
+    pub fn generate() -> Self {
+        Self::from_key(SigningKey::from_bytes(&crate::random_bytes::<32>()))
     }
 
-    pub fn sign(&self, claims: &CapabilityClaims) -> String {
-        jsonwebtoken::encode(&self.header, claims, &self.key)
-            .expect("serialising claims and signing with a valid key cannot fail")
+    fn from_key(key: SigningKey) -> Self {
+        let kid = key_id(&key.verifying_key());
+        Signer { key, kid }
     }
+
+    /// From a PKCS#8 PEM private key.
+    pub fn from_pem(private_pem: &str) -> Result<Self, KeyError> {
+        SigningKey::from_pkcs8_pem(private_pem)
+            .map(Self::from_key)
+            .map_err(|e| KeyError::BadKey(e.to_string()))
+    }
+
+    /// The private key as PKCS#8 PEM, to be written to a file only its owner reads.
+    pub fn private_pem(&self) -> Secret {
+        Secret::new(
+            self.key
+                .to_pkcs8_pem(LineEnding::LF)
+                .expect("an Ed25519 key always encodes")
+                .to_string(),
+        )
+    }
+
+    /// The public key as SPKI PEM.
+    pub fn public_pem(&self) -> String {
+        self.key
+            .verifying_key()
+            .to_public_key_pem(LineEnding::LF)
+            .expect("an Ed25519 key always encodes")
+    }
+
+    /// The public key as it travels in JSON ([`encode_public_key`]).
+    pub fn public_key(&self) -> String {
+        encode_public_key(&self.key.verifying_key())
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// This key's ID ([`key_id`]).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// A compact JWS of `claims` with header `{alg: EdDSA, typ, kid}`.
+    pub fn sign_jws<T: Serialize>(&self, typ: &str, claims: &T) -> String {
+        let header = JwsHeader {
+            alg: "EdDSA",
+            typ,
+            kid: &self.kid,
+        };
+        let mut out = String::with_capacity(512);
+        encode_part(&mut out, &header);
+        out.push('.');
+        encode_part(&mut out, claims);
+        let signature = self.key.sign(out.as_bytes());
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut out);
+        out
+    }
+
+    /// Signs a capability answer.
+    pub fn sign(&self, claims: &CapabilityClaims) -> String {
+        self.sign_jws(TYP_CAPABILITY, claims)
+    }
+}
+
+fn encode_part<T: Serialize>(out: &mut String, value: &T) {
+    let json = serde_json::to_vec(value).expect("claims always serialise to JSON");
+    URL_SAFE_NO_PAD.encode_string(json, out);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
+    #[error("not a signed token (three base64url parts with an EdDSA header): {0}")]
+    Malformed(String),
+    #[error("the token is a {got}, not a {expected}")]
+    WrongKind { expected: String, got: String },
+    #[error(
+        "the token is signed by key {got}, not by the configured key {expected}; \
+         check which public key this server or client was given"
+    )]
+    UnknownKey { expected: String, got: String },
     #[error("the signature does not verify with the configured public key: {0}")]
     BadSignature(String),
     #[error("the answer is addressed to {got}, not to this server ({expected})")]
@@ -79,38 +197,96 @@ pub enum VerifyError {
     Stale { iat: i64, exp: i64, now: i64 },
 }
 
-/// Verifies capability responses with the back office's public key.
+/// Verifies tokens signed by one Ed25519 key: the producer's (capability answers,
+/// bindings) or a license server's (grants).
 #[derive(Clone)]
 pub struct Verifier {
     key: DecodingKey,
+    kid: String,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Verifier")
+        write!(f, "Verifier(kid {})", self.kid)
     }
 }
 
 impl Verifier {
+    /// From an SPKI PEM public key (the back office's `signing-key.pub.pem`).
     pub fn from_public_pem(public_pem: &str) -> Result<Self, KeyError> {
-        let key = DecodingKey::from_ed_pem(public_pem.as_bytes())
+        let key = VerifyingKey::from_public_key_pem(public_pem)
             .map_err(|e| KeyError::BadKey(e.to_string()))?;
-        Ok(Verifier { key })
+        Ok(Self::from_key(&key))
     }
 
-    /// Checks the signature only (any hostid, any request, any age).
-    pub fn decode_unchecked_binding(&self, token: &str) -> Result<CapabilityClaims, VerifyError> {
+    pub fn from_key(key: &VerifyingKey) -> Self {
+        Verifier {
+            key: DecodingKey::from_ed_der(key.as_bytes()),
+            kid: key_id(key),
+        }
+    }
+
+    /// This key's ID ([`key_id`]).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Checks a token's kind, key and signature and returns its claims. Times are the
+    /// caller's to check: each kind of token has its own rules.
+    pub fn decode<T: DeserializeOwned>(&self, token: &str, typ: &str) -> Result<T, VerifyError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(VerifyError::Malformed(format!(
+                "the algorithm is {:?}, not EdDSA",
+                header.alg
+            )));
+        }
+        let got = header.typ.unwrap_or_default();
+        if got != typ {
+            return Err(VerifyError::WrongKind {
+                expected: kind_name(typ).to_owned(),
+                got: kind_name(&got).to_owned(),
+            });
+        }
+        match header.kid {
+            Some(kid) if kid == self.kid => {}
+            other => {
+                return Err(VerifyError::UnknownKey {
+                    expected: self.kid.clone(),
+                    got: other.unwrap_or_else(|| "(none)".into()),
+                });
+            }
+        }
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.validate_exp = false;
-        validation.set_required_spec_claims(&["iss", "sub"]);
-        validation.set_issuer(&[ISSUER]);
-        jsonwebtoken::decode::<CapabilityClaims>(token, &self.key, &validation)
+        validation.required_spec_claims.clear();
+        jsonwebtoken::decode::<T>(token, &self.key, &validation)
             .map(|d| d.claims)
-            .map_err(|e| VerifyError::BadSignature(e.to_string()))
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    VerifyError::BadSignature(e.to_string())
+                }
+                _ => VerifyError::Malformed(e.to_string()),
+            })
     }
 
-    /// Full verification: signature, addressee, request binding and freshness.
-    /// `leeway` is how far the two clocks may differ.
+    /// A capability answer's signature and issuer only (any hostid, request, age): for
+    /// answers kept on disk or received from the pair partner, whose other checks
+    /// depend on where they come from.
+    pub fn decode_capability(&self, token: &str) -> Result<CapabilityClaims, VerifyError> {
+        let claims: CapabilityClaims = self.decode(token, TYP_CAPABILITY)?;
+        if claims.iss != ISSUER {
+            return Err(VerifyError::Malformed(format!(
+                "the issuer is `{}`, not the back office",
+                claims.iss
+            )));
+        }
+        Ok(claims)
+    }
+
+    /// Full verification of a fresh answer: signature, addressee, request binding and
+    /// freshness. `leeway_secs` is how far the two clocks may differ.
     pub fn verify(
         &self,
         token: &str,
@@ -119,7 +295,7 @@ impl Verifier {
         now: i64,
         leeway_secs: i64,
     ) -> Result<CapabilityClaims, VerifyError> {
-        let claims = self.decode_unchecked_binding(token)?;
+        let claims = self.decode_capability(token)?;
         let expected = hostid.to_string();
         if claims.sub != expected {
             return Err(VerifyError::WrongHostid {
@@ -144,12 +320,22 @@ impl Verifier {
     }
 }
 
+fn kind_name(typ: &str) -> &str {
+    match typ {
+        TYP_CAPABILITY => "capability answer",
+        TYP_BINDING => "server binding",
+        TYP_GRANT => "grant",
+        "" => "token without a type",
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::capability::{Right, Role};
 
-    fn claims(hostid: &HostId, request_id: Uuid, now: i64) -> CapabilityClaims {
+    pub(crate) fn claims(hostid: &HostId, request_id: Uuid, now: i64) -> CapabilityClaims {
         CapabilityClaims {
             iss: ISSUER.into(),
             sub: hostid.to_string(),
@@ -168,6 +354,9 @@ mod tests {
                 starts_at: 0,
                 expires_at: None,
             }],
+            serve_until: now + 86_400,
+            binding: None,
+            pair_token: None,
         }
     }
 
@@ -177,6 +366,7 @@ mod tests {
         assert_eq!(public_pem_of(&private).unwrap(), public);
         let signer = Signer::from_pem(&private).unwrap();
         let verifier = Verifier::from_public_pem(&public).unwrap();
+        assert_eq!(signer.kid(), verifier.kid());
         let host = HostId::parse("string:lls-1").unwrap();
         let rid = Uuid::new_v4();
         let now = crate::now_unix();
@@ -211,7 +401,79 @@ mod tests {
         let wrong = Verifier::from_public_pem(&other_public).unwrap();
         assert!(matches!(
             wrong.verify(&token, &host, rid, now, 5),
-            Err(VerifyError::BadSignature(_))
+            Err(VerifyError::UnknownKey { .. })
         ));
+    }
+
+    #[test]
+    fn tokens_read_and_write_like_jsonwebtoken() {
+        let signer = Signer::generate();
+        let host = HostId::parse("string:lls-1").unwrap();
+        let c = claims(&host, Uuid::new_v4(), 1_800_000_000);
+        let ours = signer.sign(&c);
+
+        let mut header = jsonwebtoken::Header::new(Algorithm::EdDSA);
+        header.typ = Some(TYP_CAPABILITY.into());
+        header.kid = Some(signer.kid().into());
+        let key = jsonwebtoken::EncodingKey::from_ed_pem(signer.private_pem().expose().as_bytes())
+            .unwrap();
+        let theirs = jsonwebtoken::encode(&header, &c, &key).unwrap();
+        // The same signature over the same claims; the header's field order may differ.
+        let (ours_claims, theirs_claims) = (
+            ours.split('.').nth(1).unwrap(),
+            theirs.split('.').nth(1).unwrap(),
+        );
+        assert_eq!(ours_claims, theirs_claims);
+        let v = Verifier::from_key(&signer.verifying_key());
+        assert_eq!(v.decode_capability(&ours).unwrap(), c);
+        assert_eq!(v.decode_capability(&theirs).unwrap(), c);
+    }
+
+    #[test]
+    fn a_token_of_another_kind_or_key_or_shape_is_refused_by_name() {
+        let signer = Signer::generate();
+        let v = Verifier::from_key(&signer.verifying_key());
+        let host = HostId::parse("string:lls-1").unwrap();
+        let c = claims(&host, Uuid::new_v4(), 1_800_000_000);
+
+        let as_grant = signer.sign_jws(TYP_GRANT, &c);
+        assert!(matches!(
+            v.decode_capability(&as_grant),
+            Err(VerifyError::WrongKind { .. })
+        ));
+
+        let token = signer.sign(&c);
+        // Truncated, re-encoded with padding, parts missing: malformed, never a panic.
+        for bad in [
+            &token[..token.len() / 2],
+            "",
+            "a.b",
+            "...",
+            &format!("{token}=="),
+            &token.replacen('.', "", 1),
+        ] {
+            assert!(v.decode_capability(bad).is_err(), "{bad}");
+        }
+
+        // A header naming a kid this verifier does not know.
+        let mut header = jsonwebtoken::Header::new(Algorithm::EdDSA);
+        header.typ = Some(TYP_CAPABILITY.into());
+        header.kid = Some("not-our-key".into());
+        let key = jsonwebtoken::EncodingKey::from_ed_pem(signer.private_pem().expose().as_bytes())
+            .unwrap();
+        let foreign = jsonwebtoken::encode(&header, &c, &key).unwrap();
+        assert!(matches!(
+            v.decode_capability(&foreign),
+            Err(VerifyError::UnknownKey { got, .. }) if got == "not-our-key"
+        ));
+    }
+
+    #[test]
+    fn public_keys_travel_as_base64url() {
+        let s = Signer::generate();
+        let decoded = decode_public_key(&s.public_key()).unwrap();
+        assert_eq!(decoded, s.verifying_key());
+        assert!(decode_public_key("short").is_err());
+        assert!(decode_public_key("!!!").is_err());
     }
 }

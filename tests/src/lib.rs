@@ -201,6 +201,11 @@ impl BackOffice {
     pub async fn start_with(backend: Backend, env: &[(&str, &str)]) -> Result<BackOffice> {
         let tmp = tempfile::tempdir()?;
         let data_dir = tmp.path().to_path_buf();
+        // The back office's data is for its owner only (it warns and fixes otherwise).
+        std::fs::set_permissions(
+            &data_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
         let (pg, database_url) = match backend {
             Backend::Sqlite => (
                 None,
@@ -306,6 +311,48 @@ impl BackOffice {
 
     pub fn public_key_path(&self) -> PathBuf {
         self.data_dir.join("signing-key.pub.pem")
+    }
+
+    /// Where its database is.
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.process.child.id()
+    }
+
+    /// Its resident memory, in KiB (from /proc).
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// What it has logged so far.
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+
+    /// Runs `backoffice ARGS…` with this back office's settings (e.g. `admin add`), to the
+    /// end; returns its status, stdout and stderr.
+    pub fn command(&self, args: &[&str]) -> Result<std::process::Output> {
+        let mut cmd = Command::new(binary("backoffice"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("DATA_DIR", &self.data_dir)
+            .env("DATABASE_URL", &self.database_url)
+            .env("ADMIN_EMAIL", ADMIN_EMAIL)
+            .env("ADMIN_PASSWORD", ADMIN_PASSWORD);
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        Ok(cmd.stdin(Stdio::null()).output()?)
     }
 
     pub fn public_key_pem(&self) -> String {

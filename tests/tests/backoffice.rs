@@ -239,7 +239,12 @@ async fn errors(backend: Backend) {
     let r = bo.capability(tok, &huge).await.unwrap();
     assert_eq!((r.status, r.code()), (400, "VALIDATION_ERROR"));
 
-    // Clock skew and replay.
+    // Clock skew and replay; a clock in milliseconds is not a clock in seconds.
+    let mut millis = capability_request("string:lls-1", "standalone", None, &[]);
+    millis["sent_at"] = json!(shared::now_unix() * 1000);
+    let r = bo.capability(tok, &millis).await.unwrap();
+    assert_eq!((r.status, r.code()), (400, "VALIDATION_ERROR"), "{r:?}");
+    assert_eq!(r.body["field"], "sent_at");
     let mut skewed = capability_request("string:lls-1", "standalone", None, &[]);
     skewed["sent_at"] = json!(shared::now_unix() - 3600);
     assert_eq!(
@@ -696,4 +701,1174 @@ async fn a_main_that_dropped_its_backup_takes_it_out_of_the_pair() {
     for b in backends() {
         dropped_backup(b).await;
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The API's document.
+
+/// Every property named `…_at` of every schema, with its schema.
+fn time_fields(doc: &Value) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+        if let Some(props) = schema["properties"].as_object() {
+            for (p, s) in props {
+                if p.ends_with("_at") {
+                    out.push((format!("{name}.{p}"), s.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs the outside validator (`openapi-spec-validator` from PyPI, which scripts/test
+/// installs) on the document; `false` when it is not installed outside CI.
+fn outside_validator_accepts(doc: &Value) -> bool {
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import openapi_spec_validator"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must validate the document: pip install openapi-spec-validator (scripts/test does)"
+        );
+        eprintln!("note: openapi-spec-validator not installed; the outside validation is skipped");
+        return false;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(doc).unwrap()).unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator refused the document:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
+#[tokio::test]
+async fn the_api_document_is_generated_valid_and_covers_every_route() {
+    let bo = BackOffice::start(Backend::Sqlite).await.unwrap();
+    let doc: Value = bo
+        .http
+        .get(format!("{}/api/v1/openapi.json", bo.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    outside_validator_accepts(&doc);
+    // A client of its own: the validator may have taken longer than the server keeps an
+    // idle connection.
+    let http = reqwest::Client::new();
+
+    const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+    let mut ids = std::collections::HashSet::new();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 30, "{} paths", paths.len());
+    for (path, item) in paths {
+        assert!(
+            path.starts_with("/api/v1/") || path == "/healthz" || path == "/metrics",
+            "{path}"
+        );
+        let url = format!(
+            "{}{}",
+            bo.url,
+            path.replace("{id}", "x").replace("{token_id}", "y")
+        );
+        let documented: Vec<&str> = METHODS
+            .into_iter()
+            .filter(|m| item.get(*m).is_some())
+            .collect();
+        for m in METHODS {
+            let method = reqwest::Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
+            let r = http.request(method, &url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let allow = r
+                .headers()
+                .get("allow")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let body = r.text().await.unwrap();
+            let Some(op) = item.get(m) else {
+                // Not documented: not served either.
+                assert_eq!(status, 405, "{m} {path}: {body}");
+                let allow = allow.expect("405 says what is allowed");
+                for d in &documented {
+                    assert!(allow.contains(&d.to_uppercase()), "{path}: Allow {allow}");
+                }
+                continue;
+            };
+            // Documented: served (any answer but the ones for what does not exist).
+            assert!(
+                status != 405 && !(status == 404 && body.contains("no such endpoint")),
+                "{m} {path} is documented but not served: {status} {body}"
+            );
+            let id = op["operationId"].as_str().unwrap();
+            assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+            let responses = op["responses"].as_object().unwrap();
+            let ok: Vec<&String> = responses.keys().filter(|k| k.starts_with('2')).collect();
+            assert_eq!(ok.len(), 1, "{m} {path}: {ok:?}");
+            let success = &responses[ok[0]];
+            assert!(
+                !success["description"].as_str().unwrap().is_empty(),
+                "{m} {path}: a success without a description"
+            );
+            if ok[0] != "204" {
+                let content = success["content"].as_object().expect("a body");
+                assert!(
+                    content.values().all(|c| c.get("schema").is_some()),
+                    "{m} {path}: a success body without a schema"
+                );
+            }
+            // The errors: every status lists its codes, each of that status.
+            for (status, r) in responses.iter().filter(|(k, _)| !k.starts_with('2')) {
+                let schema = &r["content"]["application/json"]["schema"]["allOf"][1];
+                let codes = schema["properties"]["code"]["enum"].as_array().unwrap();
+                assert!(!codes.is_empty(), "{m} {path} {status}");
+                for c in codes {
+                    let code: shared::ErrorCode = serde_json::from_value(c.clone()).unwrap();
+                    assert_eq!(code.http_status().to_string(), *status, "{m} {path} {c}");
+                    assert!(
+                        r["content"]["application/json"]["examples"][c.as_str().unwrap()]
+                            .is_object(),
+                        "{m} {path}: no example of {c}"
+                    );
+                }
+            }
+            assert!(responses.contains_key("500"), "{m} {path} lacks 500");
+            // Whatever touches storage can find it unavailable.
+            let static_ = ["/metrics", "/api/v1/openapi.json", "/api/v1/signing-key"];
+            if !static_.contains(&path.as_str()) {
+                assert!(responses.contains_key("503"), "{m} {path} lacks 503");
+            }
+        }
+    }
+    // A path that is not documented does not exist.
+    let r = http
+        .get(format!("{}/api/v1/undocumented", bo.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Every time is Unix seconds, and says so.
+    let times = time_fields(&doc);
+    assert!(times.len() >= 15, "{times:?}");
+    for (name, s) in &times {
+        assert_eq!(s["format"], "int64", "{name}: {s}");
+        assert!(
+            s["description"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Unix time"),
+            "{name}: {s}"
+        );
+    }
+}
+
+async fn milliseconds(backend: Backend) {
+    let bo = BackOffice::start(backend).await.unwrap();
+    let fx = bo.fixture(&["cad"], 5).await.unwrap();
+    let path = format!("/api/v1/accounts/{}/entitlements", fx.account_id);
+    for (field, item) in [
+        (
+            "line_items.starts_at",
+            json!({"product_id": fx.product_id, "quantity": 1, "starts_at": 1_798_366_799_000_i64}),
+        ),
+        (
+            "line_items.expires_at",
+            json!({"product_id": fx.product_id, "quantity": 1, "expires_at": 1_798_366_799_000_i64}),
+        ),
+    ] {
+        let r = fx
+            .admin
+            .post(&path, json!({"line_items": [item]}))
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.code()), (400, "VALIDATION_ERROR"), "{r:?}");
+        assert_eq!(r.body["field"], field);
+        let msg = r.body["message"].as_str().unwrap();
+        assert!(
+            msg.contains("Unix seconds") && msg.contains("milliseconds"),
+            "{msg}"
+        );
+    }
+    // Nothing was created.
+    let e = fx.admin.get(&path).await.unwrap().ok().unwrap();
+    assert_eq!(e.as_array().unwrap().len(), 1);
+    // Seconds are taken.
+    let r = fx
+        .admin
+        .post(
+            &path,
+            json!({"line_items": [{"product_id": fx.product_id, "quantity": 1, "starts_at": 1_798_366_799_i64, "expires_at": 1_829_902_799_i64}]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["line_items"][0]["starts_at"], 1_798_366_799_i64);
+}
+
+#[tokio::test]
+async fn times_in_milliseconds_are_refused_naming_the_field_and_the_unit() {
+    for b in backends() {
+        milliseconds(b).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Sign-in floods and password guessing.
+
+fn login_body(email: &str, password: &str) -> Value {
+    json!({"email": email, "password": password})
+}
+
+async fn login_status(bo: &BackOffice, email: &str, password: &str) -> (u16, Option<u64>) {
+    let r = bo
+        .http
+        .post(format!("{}/api/v1/auth/login", bo.url))
+        .json(&login_body(email, password))
+        .send()
+        .await
+        .unwrap();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (r.status().as_u16(), retry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_logins_keeps_memory_bounded_and_healthz_fast() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let bo = Arc::new(BackOffice::start(Backend::Sqlite).await.unwrap());
+    let done = Arc::new(AtomicBool::new(false));
+
+    // Resident memory, sampled every 5 ms from /proc.
+    let rss = {
+        let (bo, done) = (bo.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut max = 0;
+            while !done.load(Ordering::Relaxed) {
+                max = max.max(bo.rss_kib().unwrap_or(0));
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            max
+        })
+    };
+    // /healthz, asked again and again on a connection of its own.
+    let health = {
+        let (url, done) = (bo.url.clone(), done.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut times = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let t = std::time::Instant::now();
+                let r = client.get(format!("{url}/healthz")).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                times.push(t.elapsed());
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            times
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    // 128 wrong logins at once, for addresses nobody has (no account needed).
+    let logins: Vec<_> = (0..128)
+        .map(|i| {
+            let url = bo.url.clone();
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(format!("{url}/api/v1/auth/login"))
+                    .json(&login_body(
+                        &format!("nobody-{i}@example.com"),
+                        "wrong password!",
+                    ))
+                    .send()
+                    .await
+                    .unwrap();
+                let retry = r.headers().get("retry-after").is_some();
+                (r.status().as_u16(), retry)
+            })
+        })
+        .collect();
+    let mut refused_busy = 0;
+    for t in logins {
+        match t.await.unwrap() {
+            (401, _) => {}
+            (429, true) => refused_busy += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    done.store(true, Ordering::Relaxed);
+    let max_rss_kib = rss.join().unwrap();
+    let times = health.await.unwrap();
+    let slowest = times.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "flood: {refused_busy} of 128 refused at once; peak RSS {} MiB; /healthz asked {} times, slowest {slowest:?}",
+        max_rss_kib / 1024,
+        times.len()
+    );
+    assert!(refused_busy > 0, "the hashing pool is bounded");
+    assert!(max_rss_kib < 150 * 1024, "peak RSS {max_rss_kib} KiB");
+    assert!(times.len() >= 5, "/healthz was asked during the flood");
+    assert!(
+        slowest < std::time::Duration::from_millis(100),
+        "/healthz took {slowest:?}"
+    );
+}
+
+/// A browser-like client of the portal's sign-in form (cookie and CSRF field by hand).
+async fn portal_sign_in(bo: &BackOffice, email: &str, password: &str) -> (u16, String) {
+    let page = bo
+        .http
+        .get(format!("{}/portal/signin", bo.url))
+        .send()
+        .await
+        .unwrap();
+    let cookie = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("portal_signin="))
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_owned();
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_owned();
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let r = bo
+        .http
+        .post(format!("{}/portal/signin", bo.url))
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!(
+            "csrf={}&email={}&password={}&next=",
+            enc(&csrf),
+            enc(email),
+            enc(password)
+        ))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Waits out a lock (sleeping through `429`s), then fails once more: that failure locks
+/// for the next, longer time.
+async fn wait_out_then_fail(bo: &BackOffice, user: &str) {
+    loop {
+        match login_status(bo, user, "wrong password!").await {
+            (429, Some(s)) => tokio::time::sleep(std::time::Duration::from_secs(s)).await,
+            (401, _) => return,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn guessing_a_password_is_slowed_then_refused_on_the_api_and_the_portal_and_the_lock_ends() {
+    let bo = BackOffice::start(Backend::Sqlite).await.unwrap();
+    let fx = bo.fixture(&["cad"], 5).await.unwrap();
+    let (user, right) = (fx.user_email.as_str(), tests::ADMIN_PASSWORD);
+
+    // Five free tries on the API; the sixth failure locks the account for a second, in
+    // which even the right password is refused without a look, on the API and the portal.
+    for i in 0..6 {
+        assert_eq!(
+            login_status(&bo, user, "wrong password!").await.0,
+            401,
+            "try {i}"
+        );
+    }
+    assert_eq!(login_status(&bo, user, right).await, (429, Some(1)));
+    let (status, html) = portal_sign_in(&bo, user, "wrong password!").await;
+    assert_eq!(status, 429, "{html}");
+    assert!(html.contains("Too many failed sign-ins"), "{html}");
+    // 200 more guesses: nearly all refused at once.
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    for _ in 0..200 {
+        let (status, retry) = login_status(&bo, user, "wrong password!").await;
+        if status == 429 {
+            assert!(retry.is_some_and(|s| s >= 1), "429 says when");
+            refused += 1;
+        }
+    }
+    eprintln!("200 guesses answered in {:?}", started.elapsed());
+    assert!(refused >= 150, "{refused} of 200 refused");
+
+    // Each failure after a lock locks for twice as long.
+    let mut last = 0;
+    for _ in 0..2 {
+        wait_out_then_fail(&bo, user).await;
+        let (status, retry) = login_status(&bo, user, "wrong password!").await;
+        assert_eq!(status, 429);
+        let retry = retry.unwrap();
+        assert!(retry > last, "the lock grows: {retry} s after {last} s");
+        last = retry;
+    }
+    // The lock ends: the right password works, and the count starts afresh.
+    tokio::time::sleep(std::time::Duration::from_secs(last)).await;
+    assert_eq!(login_status(&bo, user, right).await.0, 200);
+    assert_eq!(login_status(&bo, user, "wrong password!").await.0, 401);
+    assert_eq!(login_status(&bo, user, right).await.0, 200);
+
+    // Failures on the portal count as on the API.
+    for _ in 0..6 {
+        assert_eq!(portal_sign_in(&bo, user, "wrong password!").await.0, 401);
+    }
+    let (status, html) = portal_sign_in(&bo, user, right).await;
+    assert_eq!(status, 429, "{html}");
+    assert!(html.contains("Too many failed sign-ins"), "{html}");
+    assert_eq!(login_status(&bo, user, right).await.0, 429);
+
+    // One address guessing many accounts is slowed too (twenty free failures).
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(login_status(&bo, user, right).await.0, 200);
+    for i in 0..21 {
+        let (status, _) = login_status(&bo, &format!("guess-{i}@example.com"), "x").await;
+        assert_eq!(status, 401, "account {i}");
+    }
+    assert_eq!(
+        login_status(&bo, "someone-else@example.com", "x").await.0,
+        429
+    );
+
+    // Each burst is logged once, at WARN: the account's two and the address's one.
+    let log = bo.log_text();
+    let bursts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("repeated failed sign-ins"))
+        .collect();
+    assert_eq!(bursts.len(), 3, "{bursts:#?}");
+    assert!(bursts.iter().all(|l| l.contains("WARN")));
+    assert_eq!(
+        bursts.iter().filter(|l| l.contains(&fx.user_email)).count(),
+        2,
+        "{bursts:#?}"
+    );
+    assert!(bursts.iter().any(|l| l.contains("address 127.0.0.1")));
+    assert!(!log.contains("wrong password!"), "a password in the log");
+}
+
+// ---------------------------------------------------------------------------------------
+// A full disk.
+
+/// A small tmpfs of the test's own, unmounted when dropped (mounting needs root, as the
+/// test script and CI run).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(SmallDisk { dir });
+        }
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI runs as root and must mount a small tmpfs for the full-disk test"
+        );
+        eprintln!("note: cannot mount a tmpfs (not root?); the full-disk test is skipped");
+        None
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_gives_the_same_code_on_every_write_route() {
+    let Some(disk) = SmallDisk::mount("4m") else {
+        return;
+    };
+    let url = format!("sqlite://{}", disk.dir.path().join("bo.db").display());
+    let bo = BackOffice::start_with(Backend::Sqlite, &[("DATABASE_URL", &url)])
+        .await
+        .unwrap();
+    let fx = bo.fixture(&["cad"], 10).await.unwrap();
+    // Things to change: a pair with a mapping, a spare token, a second session.
+    let pair = fx
+        .user
+        .post(
+            "/api/v1/account/pairs",
+            json!({"main_hostid": "string:full-m", "backup_hostid": "string:full-b"}),
+        )
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let (pair_id, main_id) = (
+        pair["id"].as_str().unwrap().to_owned(),
+        pair["main"]["id"].as_str().unwrap().to_owned(),
+    );
+    let mapping = fx
+        .user
+        .post(
+            "/api/v1/account/mappings",
+            json!({"activation_id": fx.activation_id, "server_id": main_id, "quantity": 2}),
+        )
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let mapping_id = mapping["id"].as_str().unwrap().to_owned();
+    let tokens = fx
+        .user
+        .get("/api/v1/account/device-tokens")
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let token_id = tokens[0]["id"].as_str().unwrap().to_owned();
+    let spare = fx.admin.clone();
+    let acc = &fx.account_id;
+
+    let filler = disk.fill();
+    let capability = capability_request("string:full-m", "main", Some("string:full-b"), &[]);
+    let writes: Vec<(&tests::Api, reqwest::Method, String, Option<Value>)> = vec![
+        (
+            &fx.admin,
+            reqwest::Method::POST,
+            "/api/v1/auth/login".into(),
+            Some(json!({"email": tests::ADMIN_EMAIL, "password": tests::ADMIN_PASSWORD})),
+        ),
+        (
+            &fx.admin,
+            reqwest::Method::POST,
+            "/api/v1/auth/password".into(),
+            Some(
+                json!({"current_password": tests::ADMIN_PASSWORD, "new_password": "another long password"}),
+            ),
+        ),
+        (
+            &fx.admin,
+            reqwest::Method::POST,
+            "/api/v1/admins".into(),
+            Some(json!({"email": "more@example.com", "password": "correct horse battery"})),
+        ),
+        (
+            &fx.admin,
+            reqwest::Method::POST,
+            "/api/v1/products".into(),
+            Some(json!({"name": "Full", "features": [{"name": "f"}]})),
+        ),
+        (
+            &fx.admin,
+            reqwest::Method::POST,
+            format!("/api/v1/products/{}/features", fx.product_id),
+            Some(json!({"name": "extra"})),
+        ),
+        (
+            &fx.admin,
+            reqwest::Method::POST,
+            "/api/v1/accounts".into(),
+            Some(json!({"name": "Full Ltd"})),
+        ),
+        (
+            &fx.admin,
+            reqwest::Method::POST,
+            format!("/api/v1/accounts/{acc}/users"),
+            Some(json!({"email": "new@example.com", "password": "correct horse battery"})),
+        ),
+        (
+            &fx.admin,
+            reqwest::Method::POST,
+            format!("/api/v1/accounts/{acc}/entitlements"),
+            Some(json!({"line_items": [{"product_id": fx.product_id, "quantity": 1}]})),
+        ),
+        (
+            &fx.admin,
+            reqwest::Method::POST,
+            format!("/api/v1/accounts/{acc}/device-tokens"),
+            Some(json!({"name": "t"})),
+        ),
+        (
+            &fx.admin,
+            reqwest::Method::DELETE,
+            format!("/api/v1/accounts/{acc}/device-tokens/{token_id}"),
+            None,
+        ),
+        (
+            &fx.user,
+            reqwest::Method::POST,
+            "/api/v1/account/pairs".into(),
+            Some(json!({"main_hostid": "string:full-x", "backup_hostid": "string:full-y"})),
+        ),
+        (
+            &fx.user,
+            reqwest::Method::POST,
+            "/api/v1/account/mappings".into(),
+            Some(json!({"activation_id": fx.activation_id, "server_id": main_id, "quantity": 1})),
+        ),
+        (
+            &fx.user,
+            reqwest::Method::DELETE,
+            format!("/api/v1/account/mappings/{mapping_id}"),
+            None,
+        ),
+        (
+            &fx.user,
+            reqwest::Method::DELETE,
+            format!("/api/v1/account/pairs/{pair_id}/backup"),
+            None,
+        ),
+        (
+            &fx.user,
+            reqwest::Method::POST,
+            "/api/v1/account/device-tokens".into(),
+            Some(json!({"name": "t"})),
+        ),
+        (
+            &fx.user,
+            reqwest::Method::DELETE,
+            format!("/api/v1/account/device-tokens/{token_id}"),
+            None,
+        ),
+        (
+            &spare,
+            reqwest::Method::POST,
+            "/api/v1/auth/logout".into(),
+            None,
+        ),
+    ];
+    let mut messages = std::collections::BTreeSet::new();
+    for (api, method, path, body) in &writes {
+        let r = api.send(method.clone(), path, body.clone()).await.unwrap();
+        assert_eq!(
+            (r.status, r.code()),
+            (503, "UNAVAILABLE"),
+            "{method} {path}: {r:?}"
+        );
+        messages.insert(r.body["message"].as_str().unwrap().to_owned());
+    }
+    let r = bo.capability(&fx.device_token, &capability).await.unwrap();
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "UNAVAILABLE"),
+        "capability: {r:?}"
+    );
+    messages.insert(r.body["message"].as_str().unwrap().to_owned());
+    assert_eq!(
+        messages.len(),
+        1,
+        "one message for one condition: {messages:#?}"
+    );
+    assert!(messages.iter().all(|m| m.contains("storage is full")));
+
+    // Reads go on; the operator's log has the cause, with each request.
+    assert_eq!(fx.admin.get("/api/v1/products").await.unwrap().status, 200);
+    let log = bo.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("database or disk is full")),
+        "{log}"
+    );
+
+    // Space again: writes work again, the capability writer included.
+    std::fs::remove_file(filler).unwrap();
+    let r = fx
+        .admin
+        .post("/api/v1/products", json!({"name": "After", "features": []}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let again = capability_request("string:full-m", "main", Some("string:full-b"), &[]);
+    let r = bo.capability(&fx.device_token, &again).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    drop(bo);
+}
+
+// ---------------------------------------------------------------------------------------
+// Recovering access.
+
+/// The password a console command printed (`…: PASSWORD` on its first line).
+fn printed_password(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit_once(": "))
+        .map(|(_, p)| p.trim().to_owned())
+        .unwrap()
+}
+
+async fn recovery(backend: Backend) {
+    let bo = BackOffice::start(backend).await.unwrap();
+    let fx = bo.fixture(&["cad"], 5).await.unwrap();
+
+    // At the console: a new administrator, its password printed once.
+    let out = bo.command(&["admin", "add", "Second@Example.com"]).unwrap();
+    let second = printed_password(&out);
+    assert!(second.len() >= 20, "{second}");
+    bo.login("second@example.com", &second).await.unwrap();
+    // Not twice; and a reset needs someone to reset. One line each, non-zero.
+    for args in [
+        &["admin", "add", "second@example.com"][..],
+        &["admin", "reset-password", "nobody@example.com"],
+        &["admin", "add", "not an address"],
+    ] {
+        let out = bo.command(args).unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+
+    // A lost password: reset it; the old one and its sessions stop working.
+    let before = bo.admin().await.unwrap();
+    let out = bo
+        .command(&["admin", "reset-password", tests::ADMIN_EMAIL])
+        .unwrap();
+    let reset = printed_password(&out);
+    assert_eq!(before.get("/api/v1/products").await.unwrap().status, 401);
+    assert!(
+        bo.login(tests::ADMIN_EMAIL, tests::ADMIN_PASSWORD)
+            .await
+            .is_err()
+    );
+    let admin = tests::Api {
+        base: bo.url.clone(),
+        token: bo.login(tests::ADMIN_EMAIL, &reset).await.unwrap(),
+        http: bo.http.clone(),
+    };
+
+    // Through the API, an administrator adds another; users may not.
+    let r = admin
+        .post(
+            "/api/v1/admins",
+            json!({"email": "third@example.com", "password": "third's long password"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    bo.login("third@example.com", "third's long password")
+        .await
+        .unwrap();
+    let listed = admin.get("/api/v1/admins").await.unwrap().ok().unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    for (who, body, expected) in [
+        (
+            &fx.user,
+            json!({"email": "x@example.com", "password": "long enough pw"}),
+            (403, "FORBIDDEN"),
+        ),
+        (
+            &admin,
+            json!({"email": "third@example.com", "password": "long enough pw"}),
+            (409, "ALREADY_EXISTS"),
+        ),
+        (
+            &admin,
+            json!({"email": fx.user_email, "password": "long enough pw"}),
+            (409, "ALREADY_EXISTS"),
+        ),
+        (
+            &admin,
+            json!({"email": "fourth@example.com", "password": "short"}),
+            (400, "VALIDATION_ERROR"),
+        ),
+    ] {
+        let r = who.post("/api/v1/admins", body).await.unwrap();
+        assert_eq!((r.status, r.code()), expected, "{r:?}");
+    }
+
+    // Anyone changes their own password, given the current one; other sessions end.
+    let other_session = tests::Api {
+        token: bo
+            .login(&fx.user_email, tests::ADMIN_PASSWORD)
+            .await
+            .unwrap(),
+        ..fx.user.clone()
+    };
+    let change =
+        |current: &str, new: &str| json!({"current_password": current, "new_password": new});
+    let r = fx
+        .user
+        .post(
+            "/api/v1/auth/password",
+            change("wrong password!", "a new long password"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.code()), (401, "UNAUTHORIZED"));
+    assert_eq!(r.body["field"], "current_password");
+    let r = fx
+        .user
+        .post(
+            "/api/v1/auth/password",
+            change(tests::ADMIN_PASSWORD, "short"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.code()), (400, "VALIDATION_ERROR"));
+    assert_eq!(r.body["field"], "new_password");
+    let r = fx
+        .user
+        .post(
+            "/api/v1/auth/password",
+            change(tests::ADMIN_PASSWORD, "a new long password"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(fx.user.get("/api/v1/account").await.unwrap().status, 200);
+    assert_eq!(
+        other_session.get("/api/v1/account").await.unwrap().status,
+        401
+    );
+    assert!(
+        bo.login(&fx.user_email, tests::ADMIN_PASSWORD)
+            .await
+            .is_err()
+    );
+    bo.login(&fx.user_email, "a new long password")
+        .await
+        .unwrap();
+    // An administrator too.
+    let r = admin
+        .post(
+            "/api/v1/auth/password",
+            change(&reset, "the admin's new password"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{r:?}");
+    bo.login(tests::ADMIN_EMAIL, "the admin's new password")
+        .await
+        .unwrap();
+
+    // No password is ever in a log.
+    let log = bo.log_text();
+    for p in [
+        &second,
+        &reset,
+        "a new long password",
+        "third's long password",
+    ] {
+        assert!(!log.contains(p), "{p} in the log");
+    }
+}
+
+#[tokio::test]
+async fn administrators_and_users_recover_and_change_their_passwords() {
+    for b in backends() {
+        recovery(b).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Files, settings, logs.
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn set_mode(p: &std::path::Path, m: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+}
+
+#[tokio::test]
+async fn the_data_directory_database_and_signing_key_are_for_their_owner_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data_s = data.display().to_string();
+    // DATA_DIR made by the back office, and the database in it (DATABASE_URL unset).
+    let mut bo = BackOffice::start_with(
+        Backend::Sqlite,
+        &[("DATA_DIR", &data_s), ("DATABASE_URL", "")],
+    )
+    .await
+    .unwrap();
+    let db = data.join("backoffice.db");
+    let wal = data.join("backoffice.db-wal");
+    let shm = data.join("backoffice.db-shm");
+    let key = data.join("signing-key.pem");
+    let private = [&db, &wal, &shm, &key];
+    assert_eq!(mode(&data), 0o700);
+    for f in private {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    assert_eq!(mode(&data.join("signing-key.pub.pem")), 0o644);
+
+    // Opened up by someone: the next start says so and closes them.
+    set_mode(&data, 0o755);
+    for f in private {
+        set_mode(f, 0o644);
+    }
+    bo.restart().await.unwrap();
+    assert_eq!(mode(&data), 0o700);
+    for f in private {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    let log = bo.log_text();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("for its owner only"))
+        .collect();
+    for p in [&data, &db, &key] {
+        let p = p.display().to_string();
+        assert!(
+            warnings.iter().any(|w| w.contains(&format!("path={p} "))),
+            "no warning for {p}: {warnings:#?}"
+        );
+    }
+}
+
+/// Starts `backoffice serve` with `env`; its exit status, stderr and time to exit (or
+/// `None` if it still runs after `limit`).
+fn start_and_wait(
+    env: &[(&str, &str)],
+    args: &[&str],
+    limit: std::time::Duration,
+) -> Option<(std::process::ExitStatus, String, std::time::Duration)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(tests::binary("backoffice"));
+    cmd.args(args)
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .env("DATA_DIR", tmp.path().join("data"))
+        .env("LISTEN", "127.0.0.1:0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let started = std::time::Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return Some((status, err, started.elapsed()));
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_bad_setting_stops_the_start_at_once_naming_the_setting_the_value_and_what_is_expected() {
+    let second = std::time::Duration::from_secs(1);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let not_a_key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not_a_key.path(), "not a key").unwrap();
+    let not_a_key = not_a_key.path().display().to_string();
+    for (name, value, expected) in [
+        ("LISTEN", "not an address", "127.0.0.1:8080"),
+        ("LISTEN", taken.as_str(), "cannot listen"),
+        ("DATA_DIR", "", "a directory"),
+        ("DATABASE_URL", "mysql://db/x", "sqlite://PATH"),
+        ("SIGNING_KEY", not_a_key.as_str(), "Ed25519"),
+        ("ADMIN_EMAIL", "nobody", "e-mail address"),
+        ("ADMIN_PASSWORD", "short", "10 to 256 characters"),
+        ("POLL_INTERVAL", "soon", "a duration"),
+        ("CLOCK_SKEW", "0s", "a duration"),
+        ("RESPONSE_LIFETIME", "forever", "a duration"),
+        ("SESSION_LIFETIME", "1s", "a duration"),
+        ("SERVER_TIMEOUT", "-5m", "a duration"),
+        ("DB_POOL_SIZE", "0", "a whole number from 1"),
+        ("WORKERS", "lots", "a whole number from 1"),
+        ("LOG_FORMAT", "xml", "text or json"),
+    ] {
+        let (status, err, took) = start_and_wait(&[(name, value)], &["serve"], second)
+            .unwrap_or_else(|| panic!("{name}={value:?}: still running after a second"));
+        assert!(!status.success(), "{name}={value:?}");
+        let line = err.trim();
+        assert_eq!(line.lines().count(), 1, "{name}={value:?}: {err}");
+        assert!(line.contains(name), "{name}={value:?}: {line}");
+        if name != "ADMIN_PASSWORD" {
+            assert!(line.contains(value), "{name}={value:?}: {line}");
+        } else {
+            assert!(!line.contains(value), "the password shown: {line}");
+        }
+        assert!(line.contains(expected), "{name}={value:?}: {line}");
+        eprintln!("{took:?}: {line}");
+    }
+    // A settings file with a name that is not a setting.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "LISTEN = \"127.0.0.1:0\"\nLISTEN_PORT = 80\n").unwrap();
+    let path = file.path().display().to_string();
+    let (status, err, _) = start_and_wait(&[], &["--config", &path, "serve"], second).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("LISTEN_PORT") && err.contains("not a setting"),
+        "{err}"
+    );
+}
+
+/// The level of a text log line (`TIMESTAMP LEVEL …`).
+fn level(line: &str) -> &str {
+    line.split_whitespace().nth(1).unwrap_or("")
+}
+
+/// Lines at WARN or ERROR, and any colour code.
+fn alarming(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| matches!(level(l), "WARN" | "ERROR") || l.contains('\u{1b}'))
+        .collect()
+}
+
+#[tokio::test]
+async fn logs_say_each_refusal_once_in_one_line_without_colour_or_spurious_errors() {
+    let bo = BackOffice::start(Backend::Sqlite).await.unwrap();
+    let fx = bo.fixture(&["cad"], 5).await.unwrap();
+    // A clean start: nothing at ERROR or WARN, no colour codes.
+    let start = bo.log_text();
+    assert!(start.contains("storage ready"), "{start}");
+    assert!(alarming(&start).is_empty(), "at a clean start:\n{start}");
+
+    // Refusals: one line each, at INFO, the message once.
+    let r = fx.admin.get("/api/v1/nothing-here").await.unwrap();
+    assert_eq!(r.status, 404);
+    let r = fx
+        .admin
+        .post("/api/v1/products", json!({"name": "", "features": []}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    let refused_message = r.body["message"].as_str().unwrap().to_owned();
+    // Another account's hostid: the message does not say whose it is.
+    let other = bo.fixture(&["cad"], 5).await.unwrap();
+    let mine = capability_request("string:log-1", "standalone", None, &[]);
+    assert_eq!(
+        bo.capability(&fx.device_token, &mine).await.unwrap().status,
+        200
+    );
+    let theirs = capability_request("string:log-1", "standalone", None, &[]);
+    let r = bo.capability(&other.device_token, &theirs).await.unwrap();
+    assert_eq!(r.code(), "HOSTID_IN_USE");
+    assert!(
+        !r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("another account"),
+        "{r:?}"
+    );
+    // Signed-out portal pages: a redirect, not an error.
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}/portal/servers", bo.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let log = bo.log_text();
+    assert!(alarming(&log).is_empty(), "{log}");
+    let not_found: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("/api/v1/nothing-here"))
+        .collect();
+    assert_eq!(not_found.len(), 1, "{not_found:#?}");
+    let line = not_found[0];
+    assert!(
+        level(line) == "INFO" && line.contains("NOT_FOUND"),
+        "{line}"
+    );
+    assert_eq!(line.matches("no such endpoint").count(), 1, "{line}");
+    assert!(line.len() < 400, "{} bytes: {line}", line.len());
+    let invalid: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&refused_message))
+        .collect();
+    assert_eq!(invalid.len(), 1, "{invalid:#?}");
+    assert_eq!(invalid[0].matches(&refused_message).count(), 1);
+    let in_use: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("HOSTID_IN_USE"))
+        .collect();
+    assert_eq!(in_use.len(), 1, "{in_use:#?}");
+    assert!(in_use[0].contains("hostid=string:log-1"), "{}", in_use[0]);
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("/portal/servers") && level(l) != "DEBUG"),
+        "{log}"
+    );
+
+    // LOG_FORMAT=json: one JSON object a line.
+    let bo = BackOffice::start_with(Backend::Sqlite, &[("LOG_FORMAT", "json")])
+        .await
+        .unwrap();
+    let _ = bo
+        .http
+        .get(format!("{}/api/v1/nothing-here", bo.url))
+        .send()
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let log = bo.log_text();
+    let mut lines = 0;
+    for l in log.lines().filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string(), "{l}");
+        lines += 1;
+    }
+    assert!(lines >= 3, "{log}");
 }

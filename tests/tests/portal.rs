@@ -45,6 +45,7 @@ async fn poll(
                 .collect(),
             backup_dropped: false,
         }),
+        server_key: None,
     };
     let r = bo
         .http

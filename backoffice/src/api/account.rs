@@ -1,82 +1,139 @@
-//! The account API: what an account user sees and does (only within its own account).
+//! The account API: what an account user sees and does, only within its own account.
 
-use actix_web::{HttpResponse, web};
-use serde::Deserialize;
+use actix_web::{HttpResponse, delete, get, post, web};
+use serde::{Deserialize, Serialize};
 use shared::HostId;
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::AccountUser;
-use super::producer::{NewToken, create_token_for};
-use super::{State, run};
+use super::doc;
+use super::producer::NewToken;
 use crate::error::{AppError, AppResult};
-use crate::store::{auth, catalog, registry};
+use crate::state::{State, run};
+use crate::store::catalog::{self, Account, Entitlement};
+use crate::store::mappings::{self, Mapping};
+use crate::store::registry::{self, PairView, ServerSummary, ServerView};
+use crate::store::tokens::{self, DeviceToken, IssuedToken};
+use crate::store::usage::{UsagePoint, usage_history};
 
-fn timeout(state: &State) -> i64 {
-    state.settings.server_timeout().as_secs() as i64
+#[derive(Serialize, ToSchema)]
+pub struct Me {
+    pub user_id: String,
+    pub account: Account,
 }
 
-pub async fn me(user: AccountUser, state: State) -> AppResult<HttpResponse> {
-    let account = run(&state, move |c| catalog::get_account(c, &user.account_id)).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "user_id": user.user_id, "account": account })))
+/// The signed-in user and its account.
+#[utoipa::path(
+    tag = "account",
+    security(("session" = [])),
+    responses((status = 200, description = "The user and its account", body = Me), doc::UserRead)
+)]
+#[get("/api/v1/account")]
+pub async fn me(user: AccountUser, state: State) -> AppResult<web::Json<Me>> {
+    let id = user.account_id.clone();
+    let account = run(&state, move |c| catalog::get_account(c, &id)).await?;
+    Ok(web::Json(Me {
+        user_id: user.user_id,
+        account,
+    }))
 }
 
-pub async fn list_servers(user: AccountUser, state: State) -> AppResult<HttpResponse> {
-    let t = timeout(&state);
+/// The account's license servers, with their pairs' status.
+#[utoipa::path(
+    tag = "account",
+    operation_id = "list_own_servers",
+    security(("session" = [])),
+    responses((status = 200, description = "The account's servers, by hostid", body = Vec<ServerSummary>), doc::UserRead)
+)]
+#[get("/api/v1/account/servers")]
+pub async fn list_servers(
+    user: AccountUser,
+    state: State,
+) -> AppResult<web::Json<Vec<ServerSummary>>> {
+    let t = state.server_timeout();
     let s = run(&state, move |c| {
         registry::list_servers(c, &user.account_id, shared::now_unix(), t)
     })
     .await?;
-    Ok(HttpResponse::Ok().json(s))
+    Ok(web::Json(s))
 }
 
+/// One server: its pair, its rights, what it last reported.
+#[utoipa::path(
+    tag = "account",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Server ID")),
+    responses((status = 200, description = "The server", body = ServerView), doc::UserReadOne)
+)]
+#[get("/api/v1/account/servers/{id}")]
 pub async fn view_server(
     user: AccountUser,
     state: State,
     id: web::Path<String>,
-) -> AppResult<HttpResponse> {
-    let (id, t) = (id.into_inner(), timeout(&state));
+) -> AppResult<web::Json<ServerView>> {
+    let (id, t) = (id.into_inner(), state.server_timeout());
     let v = run(&state, move |c| {
         registry::view_server(c, &user.account_id, &id, shared::now_unix(), t)
     })
     .await?;
-    Ok(HttpResponse::Ok().json(v))
+    Ok(web::Json(v))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
-    /// Seconds of history, one day when absent.
+    /// Seconds of history, 60 to 7,776,000 (90 days); one day when absent.
+    #[param(minimum = 60, maximum = 7_776_000, example = 86400)]
     #[serde(default)]
     window: Option<i64>,
 }
 
+/// Usage samples of a server and its pair partner, oldest first.
+#[utoipa::path(
+    tag = "account",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Server ID"), UsageQuery),
+    responses((status = 200, description = "Samples, oldest first", body = Vec<UsagePoint>), doc::UserReadOne)
+)]
+#[get("/api/v1/account/servers/{id}/usage")]
 pub async fn usage(
     user: AccountUser,
     state: State,
     id: web::Path<String>,
     q: web::Query<UsageQuery>,
-) -> AppResult<HttpResponse> {
+) -> AppResult<web::Json<Vec<UsagePoint>>> {
     let window = q.window.unwrap_or(86_400).clamp(60, 90 * 86_400);
     let id = id.into_inner();
     let since = shared::now_unix() - window;
     let points = run(&state, move |c| {
-        registry::usage_history(c, &user.account_id, &id, since)
+        usage_history(c, &user.account_id, &id, since)
     })
     .await?;
-    Ok(HttpResponse::Ok().json(points))
+    Ok(web::Json(points))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPair {
+    #[schema(value_type = HostId)]
     main_hostid: String,
+    #[schema(value_type = HostId)]
     backup_hostid: String,
 }
 
 /// Parses a hostid field into a validation error that names the field.
-pub fn hostid(field: &str, value: &str) -> AppResult<HostId> {
+fn hostid(field: &str, value: &str) -> AppResult<HostId> {
     HostId::parse(value).map_err(|e| AppError::validation(field, e.to_string()))
 }
 
+/// Registers a failover pair by hand, before either server has started.
+#[utoipa::path(
+    tag = "account",
+    security(("session" = [])),
+    request_body = NewPair,
+    responses((status = 201, description = "The pair, both members expected", body = PairView), doc::UserPair)
+)]
+#[post("/api/v1/account/pairs")]
 pub async fn register_pair(
     user: AccountUser,
     state: State,
@@ -91,12 +148,20 @@ pub async fn register_pair(
     Ok(HttpResponse::Created().json(p))
 }
 
+/// Takes a pair's backup out of the pair; refused while the pair's seats are in use.
+#[utoipa::path(
+    tag = "account",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Pair ID")),
+    responses((status = 204, description = "Removed"), doc::UserRemoveBackup)
+)]
+#[delete("/api/v1/account/pairs/{id}/backup")]
 pub async fn remove_backup(
     user: AccountUser,
     state: State,
     id: web::Path<String>,
 ) -> AppResult<HttpResponse> {
-    let (id, t) = (id.into_inner(), timeout(&state));
+    let (id, t) = (id.into_inner(), state.server_timeout());
     run(&state, move |c| {
         registry::remove_backup(c, &user.account_id, &id, shared::now_unix(), t)
     })
@@ -104,23 +169,46 @@ pub async fn remove_backup(
     Ok(HttpResponse::NoContent().finish())
 }
 
-pub async fn entitlements(user: AccountUser, state: State) -> AppResult<HttpResponse> {
+/// The account's entitlements, with where each line item is mapped.
+#[utoipa::path(
+    tag = "account",
+    operation_id = "list_own_entitlements",
+    security(("session" = [])),
+    responses((status = 200, description = "The entitlements, oldest first", body = Vec<Entitlement>), doc::UserRead)
+)]
+#[get("/api/v1/account/entitlements")]
+pub async fn entitlements(
+    user: AccountUser,
+    state: State,
+) -> AppResult<web::Json<Vec<Entitlement>>> {
     let e = run(&state, move |c| {
         catalog::list_entitlements(c, &user.account_id)
     })
     .await?;
-    Ok(HttpResponse::Ok().json(e))
+    Ok(web::Json(e))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMapping {
+    #[schema(example = "ACT-7K3M-Q9ZD-2WXR-H4TN")]
     activation_id: String,
     /// A standalone server, or either member of a pair (rights go to the pair).
     server_id: String,
+    /// Seats to add, 1 to 1,000,000.
+    #[schema(minimum = 1, maximum = 1_000_000, example = 5)]
     quantity: i64,
 }
 
+/// Maps more of a line item to a server or its pair; the servers receive it at their next
+/// poll.
+#[utoipa::path(
+    tag = "account",
+    security(("session" = [])),
+    request_body = NewMapping,
+    responses((status = 201, description = "The line item's mapping to the holder, with its new total", body = Mapping), doc::UserMap)
+)]
+#[post("/api/v1/account/mappings")]
 pub async fn map_rights(
     user: AccountUser,
     state: State,
@@ -128,7 +216,7 @@ pub async fn map_rights(
 ) -> AppResult<HttpResponse> {
     let b = body.into_inner();
     let m = run(&state, move |c| {
-        registry::map_rights(
+        mappings::map_rights(
             c,
             &user.account_id,
             &b.activation_id,
@@ -140,32 +228,74 @@ pub async fn map_rights(
     Ok(HttpResponse::Created().json(m))
 }
 
+/// Removes a mapping; the servers drop the rights at their next poll.
+#[utoipa::path(
+    tag = "account",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Mapping ID")),
+    responses((status = 204, description = "Removed"), doc::UserWrite)
+)]
+#[delete("/api/v1/account/mappings/{id}")]
 pub async fn unmap(
     user: AccountUser,
     state: State,
     id: web::Path<String>,
 ) -> AppResult<HttpResponse> {
     let id = id.into_inner();
-    run(&state, move |c| registry::unmap(c, &user.account_id, &id)).await?;
+    run(&state, move |c| mappings::unmap(c, &user.account_id, &id)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
-pub async fn list_tokens(user: AccountUser, state: State) -> AppResult<HttpResponse> {
+/// The account's device tokens (without secrets).
+#[utoipa::path(
+    tag = "account",
+    operation_id = "list_own_tokens",
+    security(("session" = [])),
+    responses((status = 200, description = "The tokens, newest first", body = Vec<DeviceToken>), doc::UserRead)
+)]
+#[get("/api/v1/account/device-tokens")]
+pub async fn list_tokens(
+    user: AccountUser,
+    state: State,
+) -> AppResult<web::Json<Vec<DeviceToken>>> {
     let t = run(&state, move |c| {
-        auth::list_device_tokens(c, &user.account_id)
+        tokens::list_device_tokens(c, &user.account_id)
     })
     .await?;
-    Ok(HttpResponse::Ok().json(t))
+    Ok(web::Json(t))
 }
 
+/// Creates a device token for the account's servers; its secret is in this answer only.
+#[utoipa::path(
+    tag = "account",
+    operation_id = "create_own_token",
+    security(("session" = [])),
+    request_body = NewToken,
+    responses((status = 201, description = "The token, with its secret (shown only now)", body = IssuedToken), doc::UserWrite)
+)]
+#[post("/api/v1/account/device-tokens")]
 pub async fn create_token(
     user: AccountUser,
     state: State,
     body: web::Json<NewToken>,
 ) -> AppResult<HttpResponse> {
-    create_token_for(&state, user.account_id, body.into_inner()).await
+    let b = body.into_inner();
+    let t = run(&state, move |c| {
+        tokens::create_device_token(c, &user.account_id, &b.name, b.expires_in_days)
+    })
+    .await?;
+    Ok(HttpResponse::Created().json(t))
 }
 
+/// Revokes one of the account's device tokens.
+#[utoipa::path(
+    tag = "account",
+    operation_id = "revoke_own_token",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Device token ID")),
+    responses((status = 204, description = "Revoked"), doc::UserWrite)
+)]
+#[delete("/api/v1/account/device-tokens/{id}")]
 pub async fn revoke_token(
     user: AccountUser,
     state: State,
@@ -173,7 +303,7 @@ pub async fn revoke_token(
 ) -> AppResult<HttpResponse> {
     let id = id.into_inner();
     run(&state, move |c| {
-        auth::revoke_device_token(c, &user.account_id, &id)
+        tokens::revoke_device_token(c, &user.account_id, &id)
     })
     .await?;
     Ok(HttpResponse::NoContent().finish())

@@ -1,24 +1,42 @@
-//! The producer API: products, accounts, users, entitlements, device tokens.
+//! The producer API (administrators): products, accounts, users, entitlements, device
+//! tokens.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpResponse, delete, get, post, web};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
-use super::auth::Admin;
-use super::{State, run};
+use super::auth::{Admin, NewPerson};
+use super::doc;
+use crate::access;
 use crate::error::AppResult;
-use crate::store::catalog::{self, FeatureSpec, LineItemSpec};
-use crate::store::{auth, registry};
+use crate::state::{State, run};
+use crate::store::auth::User;
+use crate::store::catalog::{
+    self, Account, Entitlement, Feature, FeatureSpec, LineItemSpec, Product,
+};
+use crate::store::registry::{self, ServerSummary};
+use crate::store::tokens::{self, DeviceToken, IssuedToken};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
+    #[schema(example = "CAD Suite")]
     name: String,
     #[serde(default)]
+    #[schema(example = "2026")]
     version: String,
     #[serde(default)]
     features: Vec<FeatureSpec>,
 }
 
+/// Creates a product with its features.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    request_body = NewProduct,
+    responses((status = 201, description = "The product, with its features", body = Product), doc::AdminCreate)
+)]
+#[post("/api/v1/products")]
 pub async fn create_product(
     _: Admin,
     state: State,
@@ -32,15 +50,45 @@ pub async fn create_product(
     Ok(HttpResponse::Created().json(p))
 }
 
-pub async fn list_products(_: Admin, state: State) -> AppResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(run(&state, catalog::list_products).await?))
+/// Every product.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    responses((status = 200, description = "Every product, by name and version", body = Vec<Product>), doc::AdminRead)
+)]
+#[get("/api/v1/products")]
+pub async fn list_products(_: Admin, state: State) -> AppResult<web::Json<Vec<Product>>> {
+    Ok(web::Json(run(&state, catalog::list_products).await?))
 }
 
-pub async fn get_product(_: Admin, state: State, id: web::Path<String>) -> AppResult<HttpResponse> {
+/// One product.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Product ID")),
+    responses((status = 200, description = "The product, with its features", body = Product), doc::AdminReadOne)
+)]
+#[get("/api/v1/products/{id}")]
+pub async fn get_product(
+    _: Admin,
+    state: State,
+    id: web::Path<String>,
+) -> AppResult<web::Json<Product>> {
     let id = id.into_inner();
-    Ok(HttpResponse::Ok().json(run(&state, move |c| catalog::get_product(c, &id)).await?))
+    Ok(web::Json(
+        run(&state, move |c| catalog::get_product(c, &id)).await?,
+    ))
 }
 
+/// Adds a feature to a product.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Product ID")),
+    request_body = FeatureSpec,
+    responses((status = 201, description = "The new feature", body = Feature), doc::AdminCreate)
+)]
+#[post("/api/v1/products/{id}/features")]
 pub async fn add_feature(
     _: Admin,
     state: State,
@@ -52,69 +100,110 @@ pub async fn add_feature(
     Ok(HttpResponse::Created().json(f))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
+    #[schema(example = "Acme Engineering")]
     name: String,
 }
 
+/// Creates a customer account.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    request_body = NewAccount,
+    responses((status = 201, description = "The new account", body = Account), doc::AdminCreate)
+)]
+#[post("/api/v1/accounts")]
 pub async fn create_account(
     _: Admin,
     state: State,
     body: web::Json<NewAccount>,
 ) -> AppResult<HttpResponse> {
     let name = body.into_inner().name;
-    Ok(
-        HttpResponse::Created()
-            .json(run(&state, move |c| catalog::create_account(c, &name)).await?),
-    )
+    let a = run(&state, move |c| catalog::create_account(c, &name)).await?;
+    Ok(HttpResponse::Created().json(a))
 }
 
-pub async fn list_accounts(_: Admin, state: State) -> AppResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(run(&state, catalog::list_accounts).await?))
+/// Every customer account.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    responses((status = 200, description = "Every account, by name", body = Vec<Account>), doc::AdminRead)
+)]
+#[get("/api/v1/accounts")]
+pub async fn list_accounts(_: Admin, state: State) -> AppResult<web::Json<Vec<Account>>> {
+    Ok(web::Json(run(&state, catalog::list_accounts).await?))
 }
 
-pub async fn get_account(_: Admin, state: State, id: web::Path<String>) -> AppResult<HttpResponse> {
+/// One customer account.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Account ID")),
+    responses((status = 200, description = "The account", body = Account), doc::AdminReadOne)
+)]
+#[get("/api/v1/accounts/{id}")]
+pub async fn get_account(
+    _: Admin,
+    state: State,
+    id: web::Path<String>,
+) -> AppResult<web::Json<Account>> {
     let id = id.into_inner();
-    Ok(HttpResponse::Ok().json(run(&state, move |c| catalog::get_account(c, &id)).await?))
+    Ok(web::Json(
+        run(&state, move |c| catalog::get_account(c, &id)).await?,
+    ))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewUser {
-    email: String,
-    password: String,
-}
-
+/// Adds a user to an account.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Account ID")),
+    request_body = NewPerson,
+    responses((status = 201, description = "The new user", body = User), doc::AdminCreate)
+)]
+#[post("/api/v1/accounts/{id}/users")]
 pub async fn create_user(
     _: Admin,
     state: State,
     id: web::Path<String>,
-    body: web::Json<NewUser>,
+    body: web::Json<NewPerson>,
 ) -> AppResult<HttpResponse> {
-    let (id, b) = (id.into_inner(), body.into_inner());
-    let u = run(&state, move |c| {
-        auth::create_user(c, &id, &b.email, &b.password)
-    })
-    .await?;
+    let b = body.into_inner();
+    let u = access::add_user(&state, id.into_inner(), &b.email, &b.password).await?;
     Ok(HttpResponse::Created().json(u))
 }
 
-pub async fn list_users(_: Admin, state: State, id: web::Path<String>) -> AppResult<HttpResponse> {
+/// An account's users.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Account ID")),
+    responses((status = 200, description = "The account's users, by e-mail address", body = Vec<User>), doc::AdminReadOne)
+)]
+#[get("/api/v1/accounts/{id}/users")]
+pub async fn list_users(
+    _: Admin,
+    state: State,
+    id: web::Path<String>,
+) -> AppResult<web::Json<Vec<User>>> {
     let id = id.into_inner();
     let users = run(&state, move |c| {
         catalog::get_account(c, &id)?;
-        auth::list_users(c, &id)
+        crate::store::auth::list_users(c, &id)
     })
     .await?;
-    Ok(HttpResponse::Ok().json(users))
+    Ok(web::Json(users))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEntitlement {
     #[serde(default = "default_entitlement_name")]
+    #[schema(example = "Order 4711")]
     name: String,
+    /// 1 to 100 line items; each gets an activation ID.
     line_items: Vec<LineItemSpec>,
 }
 
@@ -122,6 +211,16 @@ fn default_entitlement_name() -> String {
     "Entitlement".to_owned()
 }
 
+/// Gives an account an entitlement. Times are Unix seconds: a value in milliseconds is
+/// refused with `VALIDATION_ERROR` naming the field.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Account ID")),
+    request_body = NewEntitlement,
+    responses((status = 201, description = "The entitlement, each line item with its activation ID", body = Entitlement), doc::AdminCreate)
+)]
+#[post("/api/v1/accounts/{id}/entitlements")]
 pub async fn create_entitlement(
     _: Admin,
     state: State,
@@ -136,84 +235,118 @@ pub async fn create_entitlement(
     Ok(HttpResponse::Created().json(e))
 }
 
+/// An account's entitlements, with where each line item is mapped.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Account ID")),
+    responses((status = 200, description = "The entitlements, oldest first", body = Vec<Entitlement>), doc::AdminReadOne)
+)]
+#[get("/api/v1/accounts/{id}/entitlements")]
 pub async fn list_entitlements(
     _: Admin,
     state: State,
     id: web::Path<String>,
-) -> AppResult<HttpResponse> {
+) -> AppResult<web::Json<Vec<Entitlement>>> {
     let id = id.into_inner();
     let e = run(&state, move |c| {
         catalog::get_account(c, &id)?;
         catalog::list_entitlements(c, &id)
     })
     .await?;
-    Ok(HttpResponse::Ok().json(e))
+    Ok(web::Json(e))
 }
 
+/// An account's license servers.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Account ID")),
+    responses((status = 200, description = "The account's servers, by hostid", body = Vec<ServerSummary>), doc::AdminReadOne)
+)]
+#[get("/api/v1/accounts/{id}/servers")]
 pub async fn list_servers(
     _: Admin,
     state: State,
     id: web::Path<String>,
-) -> AppResult<HttpResponse> {
+) -> AppResult<web::Json<Vec<ServerSummary>>> {
     let id = id.into_inner();
-    let timeout = state.settings.server_timeout().as_secs() as i64;
+    let timeout = state.server_timeout();
     let s = run(&state, move |c| {
         catalog::get_account(c, &id)?;
         registry::list_servers(c, &id, shared::now_unix(), timeout)
     })
     .await?;
-    Ok(HttpResponse::Ok().json(s))
+    Ok(web::Json(s))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
-    name: String,
-    /// Lifetime in days; the token does not expire when absent.
+    #[schema(example = "Berlin servers")]
+    pub name: String,
+    /// Lifetime in days, 1 to 3650; the token does not expire when absent.
     #[serde(default)]
-    expires_in_days: Option<i64>,
+    #[schema(minimum = 1, maximum = 3650, example = 365)]
+    pub expires_in_days: Option<i64>,
 }
 
-pub async fn create_token_for(
-    state: &State,
-    account_id: String,
-    b: NewToken,
-) -> AppResult<HttpResponse> {
-    if b.expires_in_days.is_some_and(|d| !(1..=3650).contains(&d)) {
-        return Err(crate::error::AppError::validation(
-            "expires_in_days",
-            "a token lives 1 to 3650 days",
-        ));
-    }
-    let lifetime = b.expires_in_days.map(|d| d * 86_400);
-    let (token, secret) = run(state, move |c| {
-        auth::create_device_token(c, &account_id, &b.name, lifetime)
-    })
-    .await?;
-    let mut v = serde_json::to_value(token).map_err(crate::error::AppError::internal)?;
-    v["token"] = serde_json::Value::String(secret);
-    Ok(HttpResponse::Created().json(v))
-}
-
+/// Creates a device token for an account's servers; its secret is in this answer only.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Account ID")),
+    request_body = NewToken,
+    responses((status = 201, description = "The token, with its secret (shown only now)", body = IssuedToken), doc::AdminCreate)
+)]
+#[post("/api/v1/accounts/{id}/device-tokens")]
 pub async fn create_token(
     _: Admin,
     state: State,
     id: web::Path<String>,
     body: web::Json<NewToken>,
 ) -> AppResult<HttpResponse> {
-    create_token_for(&state, id.into_inner(), body.into_inner()).await
+    let (id, b) = (id.into_inner(), body.into_inner());
+    let t = run(&state, move |c| {
+        tokens::create_device_token(c, &id, &b.name, b.expires_in_days)
+    })
+    .await?;
+    Ok(HttpResponse::Created().json(t))
 }
 
-pub async fn list_tokens(_: Admin, state: State, id: web::Path<String>) -> AppResult<HttpResponse> {
+/// An account's device tokens (without secrets).
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Account ID")),
+    responses((status = 200, description = "The tokens, newest first", body = Vec<DeviceToken>), doc::AdminReadOne)
+)]
+#[get("/api/v1/accounts/{id}/device-tokens")]
+pub async fn list_tokens(
+    _: Admin,
+    state: State,
+    id: web::Path<String>,
+) -> AppResult<web::Json<Vec<DeviceToken>>> {
     let id = id.into_inner();
     let t = run(&state, move |c| {
         catalog::get_account(c, &id)?;
-        auth::list_device_tokens(c, &id)
+        tokens::list_device_tokens(c, &id)
     })
     .await?;
-    Ok(HttpResponse::Ok().json(t))
+    Ok(web::Json(t))
 }
 
+/// Revokes one of an account's device tokens.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(
+        ("id" = String, Path, description = "Account ID"),
+        ("token_id" = String, Path, description = "Device token ID"),
+    ),
+    responses((status = 204, description = "Revoked"), doc::AdminDelete)
+)]
+#[delete("/api/v1/accounts/{id}/device-tokens/{token_id}")]
 pub async fn revoke_token(
     _: Admin,
     state: State,
@@ -221,7 +354,7 @@ pub async fn revoke_token(
 ) -> AppResult<HttpResponse> {
     let (id, token_id) = path.into_inner();
     run(&state, move |c| {
-        auth::revoke_device_token(c, &id, &token_id)
+        tokens::revoke_device_token(c, &id, &token_id)
     })
     .await?;
     Ok(HttpResponse::NoContent().finish())

@@ -1,5 +1,9 @@
 //! Pure domain rules: no HTTP, no SQL.
 
+pub mod error;
 pub mod registry;
 pub mod status;
+pub mod throttle;
 pub mod validate;
+
+pub use error::DomainError;

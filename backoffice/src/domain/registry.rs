@@ -7,7 +7,7 @@
 use shared::capability::Role;
 use shared::{ErrorCode, HostId};
 
-use crate::error::AppError;
+use super::DomainError;
 
 /// How a server came to be in the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,15 +80,20 @@ pub enum Plan {
     RecordWaitingBackup { existing: Option<String> },
 }
 
-fn in_use(h: &HostId) -> AppError {
-    AppError::new(
+/// A hostid held elsewhere. The message says no more than that it cannot be used: whether
+/// another account holds it is not this account's business.
+pub fn in_use(h: &HostId) -> DomainError {
+    DomainError::new(
         ErrorCode::HostidInUse,
-        format!("hostid {h} is registered to another account"),
+        format!(
+            "hostid {h} cannot be registered to this account; check the hostid, or ask the \
+             producer if it is yours"
+        ),
     )
 }
 
-fn main_not_registered(b: &HostId) -> AppError {
-    AppError::new(
+fn main_not_registered(b: &HostId) -> DomainError {
+    DomainError::new(
         ErrorCode::MainNotRegistered,
         format!(
             "no failover pair names {b} as its backup yet: start the main license server \
@@ -108,7 +113,7 @@ pub fn plan(
     backup_hostid: Option<&HostId>,
     known: Option<&Known>,
     known_backup: Option<&Known>,
-) -> Result<Plan, AppError> {
+) -> Result<Plan, DomainError> {
     if let Some(k) = known
         && !k.same_account
     {
@@ -119,7 +124,7 @@ pub fn plan(
             None => Ok(Plan::CreateStandalone),
             Some(k) if k.role == Role::Standalone => Ok(Plan::Known),
             Some(k) if k.state == ServerState::Waiting => Ok(Plan::WaitingBecomesStandalone),
-            Some(k) => Err(AppError::new(
+            Some(k) => Err(DomainError::new(
                 ErrorCode::RoleConflict,
                 format!(
                     "{hostid} is registered as the {} of a failover pair; start it with its \
@@ -130,10 +135,10 @@ pub fn plan(
         },
         Role::Main => {
             let b = backup_hostid.ok_or_else(|| {
-                AppError::validation("backup_hostid", "a main server must name its backup")
+                DomainError::validation("backup_hostid", "a main server must name its backup")
             })?;
             if b.kind() != hostid.kind() {
-                return Err(AppError::new(
+                return Err(DomainError::new(
                     ErrorCode::HostidTypeMismatch,
                     format!(
                         "the main's hostid is of type {} but BACKUP_SERVER_HOSTID is of type {}; \
@@ -144,7 +149,7 @@ pub fn plan(
                 ));
             }
             if b == hostid {
-                return Err(AppError::validation(
+                return Err(DomainError::validation(
                     "backup_hostid",
                     "a server cannot be its own backup",
                 ));
@@ -154,7 +159,7 @@ pub fn plan(
             if let Some(k) = known {
                 match (k.role, &k.pair) {
                     (Role::Backup, Some(p)) => {
-                        return Err(AppError::new(
+                        return Err(DomainError::new(
                             ErrorCode::RoleConflict,
                             format!(
                                 "{hostid} is registered as the backup of {}; it cannot be a main",
@@ -169,7 +174,7 @@ pub fn plan(
                             }
                             Some(current) if current == b => {}
                             Some(current) => {
-                                return Err(AppError::new(
+                                return Err(DomainError::new(
                                     ErrorCode::RoleConflict,
                                     format!(
                                         "{hostid} is the main of a pair whose backup is {current}, \
@@ -191,7 +196,7 @@ pub fn plan(
                 }
                 match (kb.role, &kb.pair) {
                     (Role::Backup, Some(p)) if &p.main_hostid != hostid => {
-                        return Err(AppError::new(
+                        return Err(DomainError::new(
                             ErrorCode::HostidInUse,
                             format!("{b} is already the backup of {}", p.main_hostid),
                         ));
@@ -199,7 +204,7 @@ pub fn plan(
                     (Role::Backup, _) => {}
                     (_, _) if kb.state == ServerState::Waiting => {}
                     (role, _) => {
-                        return Err(AppError::new(
+                        return Err(DomainError::new(
                             ErrorCode::RoleConflict,
                             format!("{b} is registered as a {role} server; it cannot be a backup"),
                         ));
@@ -221,7 +226,7 @@ pub fn plan(
             Some(k) if k.role == Role::Backup => Ok(Plan::RecordWaitingBackup {
                 existing: Some(k.server_id.clone()),
             }),
-            Some(k) => Err(AppError::new(
+            Some(k) => Err(DomainError::new(
                 ErrorCode::RoleConflict,
                 format!(
                     "{hostid} is registered as a {} server; it cannot start as a backup",
@@ -233,7 +238,7 @@ pub fn plan(
 }
 
 /// The error a waiting backup is answered with.
-pub fn waiting_backup_error(b: &HostId) -> AppError {
+pub fn waiting_backup_error(b: &HostId) -> DomainError {
     main_not_registered(b)
 }
 
@@ -248,14 +253,14 @@ pub fn ensure_mapping(
     mapped_here: i64,
     mapped_total: i64,
     quantity: i64,
-) -> Result<Option<i64>, AppError> {
+) -> Result<Option<i64>, DomainError> {
     if count <= mapped_here {
         return Ok(None);
     }
     let needed = count - mapped_here;
     let available = quantity - mapped_total;
     if needed > available {
-        return Err(AppError::new(
+        return Err(DomainError::new(
             ErrorCode::InsufficientQuantity,
             format!(
                 "{activation_id}: asked for {count}, this server has {mapped_here} and \
@@ -272,15 +277,15 @@ pub fn check_map(
     add: i64,
     mapped_total: i64,
     quantity: i64,
-) -> Result<(), AppError> {
+) -> Result<(), DomainError> {
     if add <= 0 {
-        return Err(AppError::validation(
+        return Err(DomainError::validation(
             "quantity",
             "the quantity must be at least 1",
         ));
     }
     if mapped_total + add > quantity {
-        return Err(AppError::new(
+        return Err(DomainError::new(
             ErrorCode::InsufficientQuantity,
             format!(
                 "{activation_id}: {} of {quantity} are unmapped; cannot map {add}",
@@ -368,6 +373,8 @@ mod tests {
         k.same_account = false;
         let e = plan(&h("string:m"), Role::Standalone, None, Some(&k), None).unwrap_err();
         assert_eq!(e.code(), ErrorCode::HostidInUse);
+        // Nothing about who holds it.
+        assert!(!e.message.contains("another account"), "{}", e.message);
         let e = plan(
             &h("string:m"),
             Role::Main,

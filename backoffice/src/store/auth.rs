@@ -1,68 +1,14 @@
-//! Administrators, account users, sessions and device tokens.
+//! Administrators, account users, their password hashes and their sessions. Hashing is not
+//! done here (see `crate::passwords`): these functions store and return hashes.
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use diesel::prelude::*;
 use serde::Serialize;
-use shared::ErrorCode;
-use shared::secret::Secret;
+use utoipa::ToSchema;
 
-use super::{new_id, sha256_hex};
+use super::{new_id, sha256_hex, unique_or};
 use crate::db::DbConn;
-use crate::domain::validate;
-use crate::error::{AppError, AppResult, is_unique_violation};
-use crate::schema::{accounts, admins, device_tokens, sessions, users};
-
-/// Hashes a password with Argon2id (memory-hard).
-pub fn hash_password(password: &str) -> String {
-    let salt =
-        SaltString::encode_b64(&shared::random_bytes::<16>()).expect("16 bytes is a valid salt");
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .expect("argon2 with default parameters cannot fail")
-        .to_string()
-}
-
-fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
-}
-
-/// Creates the first producer administrator when there is none. Returns the generated
-/// password when none was configured, for the caller to print once.
-pub fn ensure_first_admin(
-    conn: &mut DbConn,
-    email: &str,
-    password: Option<&Secret>,
-) -> AppResult<Option<String>> {
-    let count: i64 = admins::table.count().get_result(conn)?;
-    if count > 0 {
-        return Ok(None);
-    }
-    let email = validate::email(email)?;
-    let (password, generated) = match password {
-        Some(p) if !p.is_empty() => (p.expose().to_owned(), None),
-        _ => {
-            let p = shared::random_token::<18>();
-            (p.clone(), Some(p))
-        }
-    };
-    validate::password(&password)?;
-    diesel::insert_into(admins::table)
-        .values((
-            admins::id.eq(new_id()),
-            admins::email.eq(&email),
-            admins::password_hash.eq(hash_password(&password)),
-            admins::created_at.eq(shared::now_unix()),
-        ))
-        .execute(conn)?;
-    Ok(generated)
-}
+use crate::error::{AppError, AppResult};
+use crate::schema::{accounts, admins, sessions, users};
 
 /// Who a session belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,12 +17,26 @@ pub enum Principal {
     User { user_id: String, account_id: String },
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// What a sign-in is checked against.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub principal: Principal,
+    pub password_hash: String,
+}
+
+/// A new session, as `POST /api/v1/auth/login` answers it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Session {
+    /// The bearer token: `Authorization: Bearer TOKEN`.
     pub token: String,
+    /// `admin` (a producer administrator) or `user` (a customer account's user).
+    #[schema(example = "user")]
     pub kind: &'static str,
+    /// The account of a user.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
+    /// When the session ends (Unix time, seconds).
+    #[schema(format = Int64, minimum = 0, example = 1798409999)]
     pub expires_at: i64,
     #[serde(skip)]
     pub csrf_token: String,
@@ -89,43 +49,102 @@ pub struct SessionInfo {
     pub email: String,
 }
 
-/// Signs in an administrator or an account user.
-pub fn login(conn: &mut DbConn, email: &str, password: &str, lifetime: i64) -> AppResult<Session> {
-    let email = email.trim().to_ascii_lowercase();
-    let bad = || AppError::unauthorized("wrong e-mail or password");
+/// The administrator or user with `email` (already normalised), with the password hash.
+pub fn credentials(conn: &mut DbConn, email: &str) -> AppResult<Option<Credentials>> {
     let admin: Option<(String, String)> = admins::table
-        .filter(admins::email.eq(&email))
+        .filter(admins::email.eq(email))
         .select((admins::id, admins::password_hash))
         .first(conn)
         .optional()?;
-    let (principal, hash) = if let Some((id, hash)) = admin {
-        (Principal::Admin { admin_id: id }, hash)
-    } else {
-        let user: Option<(String, String, String)> = users::table
-            .filter(users::email.eq(&email))
-            .select((users::id, users::account_id, users::password_hash))
-            .first(conn)
-            .optional()?;
-        let (id, account_id, hash) = user.ok_or_else(|| {
-            // Spend the same time as a real check so that timing does not tell who exists.
-            let _ = verify_password(password, DUMMY_HASH);
-            bad()
-        })?;
-        (
-            Principal::User {
-                user_id: id,
+    if let Some((admin_id, password_hash)) = admin {
+        return Ok(Some(Credentials {
+            principal: Principal::Admin { admin_id },
+            password_hash,
+        }));
+    }
+    let user: Option<(String, String, String)> = users::table
+        .filter(users::email.eq(email))
+        .select((users::id, users::account_id, users::password_hash))
+        .first(conn)
+        .optional()?;
+    Ok(
+        user.map(|(user_id, account_id, password_hash)| Credentials {
+            principal: Principal::User {
+                user_id,
                 account_id,
             },
-            hash,
-        )
+            password_hash,
+        }),
+    )
+}
+
+/// The password hash of a principal (to check the current password before a change).
+pub fn password_hash(conn: &mut DbConn, who: &Principal) -> AppResult<String> {
+    let hash = match who {
+        Principal::Admin { admin_id } => admins::table
+            .find(admin_id)
+            .select(admins::password_hash)
+            .first(conn)
+            .optional()?,
+        Principal::User { user_id, .. } => users::table
+            .find(user_id)
+            .select(users::password_hash)
+            .first(conn)
+            .optional()?,
     };
-    if !verify_password(password, &hash) {
-        return Err(bad());
-    }
+    hash.ok_or_else(|| AppError::not_found("user"))
+}
+
+/// Stores a new password hash and ends every session of the principal but `keep` (the
+/// token of the session that asked, if any).
+pub fn set_password(
+    conn: &mut DbConn,
+    who: &Principal,
+    hash: &str,
+    keep: Option<&str>,
+) -> AppResult<()> {
+    conn.transaction::<_, AppError, _>(|c| {
+        let n = match who {
+            Principal::Admin { admin_id } => diesel::update(admins::table.find(admin_id))
+                .set(admins::password_hash.eq(hash))
+                .execute(c)?,
+            Principal::User { user_id, .. } => diesel::update(users::table.find(user_id))
+                .set(users::password_hash.eq(hash))
+                .execute(c)?,
+        };
+        if n == 0 {
+            return Err(AppError::not_found("user"));
+        }
+        let keep = keep.map(sha256_hex).unwrap_or_default();
+        let others = sessions::token_hash.ne(&keep);
+        match who {
+            Principal::Admin { admin_id } => diesel::delete(
+                sessions::table
+                    .filter(sessions::admin_id.eq(admin_id))
+                    .filter(others),
+            )
+            .execute(c)?,
+            Principal::User { user_id, .. } => diesel::delete(
+                sessions::table
+                    .filter(sessions::user_id.eq(user_id))
+                    .filter(others),
+            )
+            .execute(c)?,
+        };
+        Ok(())
+    })
+}
+
+/// Starts a session for a principal whose password has been checked.
+pub fn create_session(
+    conn: &mut DbConn,
+    principal: &Principal,
+    lifetime: i64,
+) -> AppResult<Session> {
     let token = shared::random_token::<32>();
     let csrf = shared::random_token::<24>();
     let now = shared::now_unix();
-    let (admin_id, user_id, account_id, kind) = match &principal {
+    let (admin_id, user_id, account_id, kind) = match principal {
         Principal::Admin { admin_id } => (Some(admin_id.clone()), None, None, "admin"),
         Principal::User {
             user_id,
@@ -156,8 +175,6 @@ pub fn login(conn: &mut DbConn, email: &str, password: &str, lifetime: i64) -> A
         csrf_token: csrf,
     })
 }
-
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$CTFhFdXPJO1aFaMaO6Mm5c8y7cJHAph8ArZWb2GRPPc";
 
 /// The session behind a bearer token or cookie, if it is live.
 pub fn session(conn: &mut DbConn, token: &str) -> AppResult<SessionInfo> {
@@ -225,63 +242,127 @@ pub fn purge_sessions(conn: &mut DbConn, now: i64) -> AppResult<usize> {
     Ok(diesel::delete(sessions::table.filter(sessions::expires_at.le(now))).execute(conn)?)
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct User {
+fn email_taken() -> AppError {
+    AppError::already_exists("email", "that e-mail address is taken")
+}
+
+/// Whether any administrator or user has `email`.
+fn email_in_use(conn: &mut DbConn, email: &str) -> AppResult<bool> {
+    let admins: i64 = admins::table
+        .filter(admins::email.eq(email))
+        .count()
+        .get_result(conn)?;
+    let users: i64 = users::table
+        .filter(users::email.eq(email))
+        .count()
+        .get_result(conn)?;
+    Ok(admins + users > 0)
+}
+
+/// A producer administrator.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, ToSchema)]
+pub struct Admin {
     pub id: String,
-    pub account_id: String,
+    #[schema(example = "admin@example.com")]
     pub email: String,
+    /// Unix time, seconds.
+    #[schema(format = Int64, minimum = 0, example = 1798366799)]
     pub created_at: i64,
 }
 
+/// Whether there is any administrator.
+pub fn has_admin(conn: &mut DbConn) -> AppResult<bool> {
+    let n: i64 = admins::table.count().get_result(conn)?;
+    Ok(n > 0)
+}
+
+/// Adds an administrator; `email` validated and normalised, `password_hash` made by the
+/// caller.
+pub fn create_admin(conn: &mut DbConn, email: &str, password_hash: &str) -> AppResult<Admin> {
+    let admin = Admin {
+        id: new_id(),
+        email: email.to_owned(),
+        created_at: shared::now_unix(),
+    };
+    conn.transaction::<_, AppError, _>(|c| {
+        if email_in_use(c, email)? {
+            return Err(email_taken());
+        }
+        diesel::insert_into(admins::table)
+            .values((
+                admins::id.eq(&admin.id),
+                admins::email.eq(&admin.email),
+                admins::password_hash.eq(password_hash),
+                admins::created_at.eq(admin.created_at),
+            ))
+            .execute(c)
+            .map_err(|e| unique_or(e, email_taken))?;
+        Ok(())
+    })?;
+    Ok(admin)
+}
+
+pub fn list_admins(conn: &mut DbConn) -> AppResult<Vec<Admin>> {
+    let rows: Vec<(String, String, i64)> = admins::table
+        .select((admins::id, admins::email, admins::created_at))
+        .order(admins::email)
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, email, created_at)| Admin {
+            id,
+            email,
+            created_at,
+        })
+        .collect())
+}
+
+/// A customer account's user.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, ToSchema)]
+pub struct User {
+    pub id: String,
+    pub account_id: String,
+    #[schema(example = "ops@customer.example")]
+    pub email: String,
+    /// Unix time, seconds.
+    #[schema(format = Int64, minimum = 0, example = 1798366799)]
+    pub created_at: i64,
+}
+
+/// Adds a user to an account; `email` validated and normalised, `password_hash` made by
+/// the caller.
 pub fn create_user(
     conn: &mut DbConn,
     account_id: &str,
     email: &str,
-    password: &str,
+    password_hash: &str,
 ) -> AppResult<User> {
-    let email = validate::email(email)?;
-    validate::password(password)?;
-    let exists: i64 = accounts::table.find(account_id).count().get_result(conn)?;
-    if exists == 0 {
-        return Err(AppError::not_found("account"));
-    }
-    let taken: i64 = admins::table
-        .filter(admins::email.eq(&email))
-        .count()
-        .get_result(conn)?;
-    if taken > 0 {
-        return Err(
-            AppError::new(ErrorCode::AlreadyExists, "that e-mail is taken")
-                .0
-                .with_field("email")
-                .into(),
-        );
-    }
     let user = User {
         id: new_id(),
         account_id: account_id.to_owned(),
-        email,
+        email: email.to_owned(),
         created_at: shared::now_unix(),
     };
-    diesel::insert_into(users::table)
-        .values((
-            users::id.eq(&user.id),
-            users::account_id.eq(&user.account_id),
-            users::email.eq(&user.email),
-            users::password_hash.eq(hash_password(password)),
-            users::created_at.eq(user.created_at),
-        ))
-        .execute(conn)
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                AppError(
-                    shared::ErrorBody::new(ErrorCode::AlreadyExists, "that e-mail is taken")
-                        .with_field("email"),
-                )
-            } else {
-                e.into()
-            }
-        })?;
+    conn.transaction::<_, AppError, _>(|c| {
+        let exists: i64 = accounts::table.find(account_id).count().get_result(c)?;
+        if exists == 0 {
+            return Err(AppError::not_found("account"));
+        }
+        if email_in_use(c, email)? {
+            return Err(email_taken());
+        }
+        diesel::insert_into(users::table)
+            .values((
+                users::id.eq(&user.id),
+                users::account_id.eq(&user.account_id),
+                users::email.eq(&user.email),
+                users::password_hash.eq(password_hash),
+                users::created_at.eq(user.created_at),
+            ))
+            .execute(c)
+            .map_err(|e| unique_or(e, email_taken))?;
+        Ok(())
+    })?;
     Ok(user)
 }
 
@@ -305,141 +386,4 @@ pub fn list_users(conn: &mut DbConn, account_id: &str) -> AppResult<Vec<User>> {
             created_at,
         })
         .collect())
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct DeviceToken {
-    pub id: String,
-    pub account_id: String,
-    pub name: String,
-    pub created_at: i64,
-    pub expires_at: Option<i64>,
-    pub revoked_at: Option<i64>,
-}
-
-/// Creates a device token; the secret (`ID.SECRET`) is returned once and stored hashed.
-pub fn create_device_token(
-    conn: &mut DbConn,
-    account_id: &str,
-    name: &str,
-    lifetime: Option<i64>,
-) -> AppResult<(DeviceToken, String)> {
-    let name = validate::name("name", name)?;
-    if let Some(l) = lifetime
-        && l <= 0
-    {
-        return Err(AppError::validation(
-            "expires_in_days",
-            "the lifetime must be positive",
-        ));
-    }
-    let exists: i64 = accounts::table.find(account_id).count().get_result(conn)?;
-    if exists == 0 {
-        return Err(AppError::not_found("account"));
-    }
-    let now = shared::now_unix();
-    let id = new_id();
-    let secret = shared::random_token::<32>();
-    let token = DeviceToken {
-        id: id.clone(),
-        account_id: account_id.to_owned(),
-        name,
-        created_at: now,
-        expires_at: lifetime.map(|l| now + l),
-        revoked_at: None,
-    };
-    diesel::insert_into(device_tokens::table)
-        .values((
-            device_tokens::id.eq(&token.id),
-            device_tokens::account_id.eq(&token.account_id),
-            device_tokens::name.eq(&token.name),
-            device_tokens::secret_hash.eq(sha256_hex(&secret)),
-            device_tokens::created_at.eq(now),
-            device_tokens::expires_at.eq(token.expires_at),
-        ))
-        .execute(conn)?;
-    Ok((token, format!("dt_{id}.{secret}")))
-}
-
-type TokenRow = (String, String, String, i64, Option<i64>, Option<i64>);
-
-fn token_from(row: TokenRow) -> DeviceToken {
-    let (id, account_id, name, created_at, expires_at, revoked_at) = row;
-    DeviceToken {
-        id,
-        account_id,
-        name,
-        created_at,
-        expires_at,
-        revoked_at,
-    }
-}
-
-pub fn list_device_tokens(conn: &mut DbConn, account_id: &str) -> AppResult<Vec<DeviceToken>> {
-    let rows: Vec<TokenRow> = device_tokens::table
-        .filter(device_tokens::account_id.eq(account_id))
-        .select((
-            device_tokens::id,
-            device_tokens::account_id,
-            device_tokens::name,
-            device_tokens::created_at,
-            device_tokens::expires_at,
-            device_tokens::revoked_at,
-        ))
-        .order(device_tokens::created_at.desc())
-        .load(conn)?;
-    Ok(rows.into_iter().map(token_from).collect())
-}
-
-pub fn revoke_device_token(conn: &mut DbConn, account_id: &str, id: &str) -> AppResult<()> {
-    let n = diesel::update(
-        device_tokens::table
-            .filter(device_tokens::id.eq(id))
-            .filter(device_tokens::account_id.eq(account_id))
-            .filter(device_tokens::revoked_at.is_null()),
-    )
-    .set(device_tokens::revoked_at.eq(shared::now_unix()))
-    .execute(conn)?;
-    if n == 0 {
-        return Err(AppError::not_found("device token"));
-    }
-    Ok(())
-}
-
-/// The account a device token (`dt_ID.SECRET`) belongs to, if it is valid.
-pub fn authenticate_device(conn: &mut DbConn, bearer: &str) -> AppResult<String> {
-    let bad = || AppError::unauthorized("missing, unknown, expired or revoked device token");
-    let (id, secret) = bearer
-        .strip_prefix("dt_")
-        .and_then(|s| s.split_once('.'))
-        .ok_or_else(bad)?;
-    if id.len() > 64 {
-        return Err(bad());
-    }
-    // By primary key: `get_result` (no `LIMIT ?`, which SQLite re-prepares each time), on
-    // the backend's own connection (every capability request comes here).
-    let row: Option<(String, String, Option<i64>, Option<i64>)> =
-        crate::on_backend!(conn, |c| device_tokens::table
-            .find(id)
-            .select((
-                device_tokens::account_id,
-                device_tokens::secret_hash,
-                device_tokens::expires_at,
-                device_tokens::revoked_at,
-            ))
-            .get_result(c)
-            .optional())?;
-    let (account_id, hash, expires_at, revoked_at) = row.ok_or_else(bad)?;
-    let now = shared::now_unix();
-    let digest = sha256_hex(secret);
-    let same = digest.len() == hash.len()
-        && digest
-            .bytes()
-            .zip(hash.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same || revoked_at.is_some() || expires_at.is_some_and(|e| e <= now) {
-        return Err(bad());
-    }
-    Ok(account_id)
 }

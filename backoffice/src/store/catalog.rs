@@ -2,15 +2,15 @@
 
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
-use shared::{ErrorBody, ErrorCode};
+use utoipa::ToSchema;
 
-use super::new_id;
+use super::{new_id, unique_or};
 use crate::db::DbConn;
 use crate::domain::validate;
-use crate::error::{AppError, AppResult, is_unique_violation};
+use crate::error::{AppError, AppResult};
 use crate::schema::{accounts, entitlements, features, line_items, mappings, products, servers};
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureSpec {
     pub name: String,
@@ -18,18 +18,20 @@ pub struct FeatureSpec {
     pub version: String,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct Feature {
     pub id: String,
     pub name: String,
     pub version: String,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct Product {
     pub id: String,
     pub name: String,
     pub version: String,
+    /// Unix time, seconds.
+    #[schema(format = Int64, minimum = 0, example = 1798366799)]
     pub created_at: i64,
     pub features: Vec<Feature>,
 }
@@ -109,17 +111,9 @@ pub fn create_product(
             ))
             .execute(c)
             .map_err(|e| {
-                if is_unique_violation(&e) {
-                    AppError(
-                        ErrorBody::new(
-                            ErrorCode::AlreadyExists,
-                            "a product of that name and version exists",
-                        )
-                        .with_field("name"),
-                    )
-                } else {
-                    e.into()
-                }
+                unique_or(e, || {
+                    AppError::already_exists("name", "a product of that name and version exists")
+                })
             })?;
         for f in &product.features {
             insert_feature(c, &product.id, f)?;
@@ -139,17 +133,9 @@ fn insert_feature(conn: &mut DbConn, product_id: &str, f: &Feature) -> AppResult
         ))
         .execute(conn)
         .map_err(|e| {
-            if is_unique_violation(&e) {
-                AppError(
-                    ErrorBody::new(
-                        ErrorCode::AlreadyExists,
-                        "the product has that feature already",
-                    )
-                    .with_field("name"),
-                )
-            } else {
-                e.into()
-            }
+            unique_or(e, || {
+                AppError::already_exists("name", "the product has that feature already")
+            })
         })?;
     Ok(())
 }
@@ -236,10 +222,12 @@ pub fn get_product(conn: &mut DbConn, id: &str) -> AppResult<Product> {
     })
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct Account {
     pub id: String,
     pub name: String,
+    /// Unix time, seconds.
+    #[schema(format = Int64, minimum = 0, example = 1798366799)]
     pub created_at: i64,
 }
 
@@ -258,14 +246,9 @@ pub fn create_account(conn: &mut DbConn, name: &str) -> AppResult<Account> {
         ))
         .execute(conn)
         .map_err(|e| {
-            if is_unique_violation(&e) {
-                AppError(
-                    ErrorBody::new(ErrorCode::AlreadyExists, "an account of that name exists")
-                        .with_field("name"),
-                )
-            } else {
-                e.into()
-            }
+            unique_or(e, || {
+                AppError::already_exists("name", "an account of that name exists")
+            })
         })?;
     Ok(account)
 }
@@ -299,21 +282,25 @@ pub fn get_account(conn: &mut DbConn, id: &str) -> AppResult<Account> {
     })
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineItemSpec {
     pub product_id: String,
+    /// Seats, 1 to 1,000,000.
+    #[schema(minimum = 1, maximum = 1_000_000, example = 10)]
     pub quantity: i64,
-    /// Unix seconds; now when absent.
+    /// When the rights start (Unix time, seconds, not milliseconds); now when absent.
     #[serde(default)]
+    #[schema(format = Int64, minimum = 0, maximum = 253_402_300_799_i64, example = 1798366799)]
     pub starts_at: Option<i64>,
-    /// Unix seconds; permanent when absent.
+    /// When they end (Unix time, seconds, not milliseconds); permanent when absent.
     #[serde(default)]
+    #[schema(format = Int64, minimum = 0, maximum = 253_402_300_799_i64, example = 1829902799)]
     pub expires_at: Option<i64>,
 }
 
 /// Where some of a line item is mapped.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct MappedTo {
     pub mapping_id: String,
     pub server_id: String,
@@ -321,7 +308,7 @@ pub struct MappedTo {
     pub quantity: i64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct LineItem {
     pub id: String,
     pub entitlement_id: String,
@@ -331,16 +318,22 @@ pub struct LineItem {
     pub product_version: String,
     pub quantity: i64,
     pub mapped: i64,
+    /// Unix time, seconds.
+    #[schema(format = Int64, minimum = 0, example = 1798366799)]
     pub starts_at: i64,
+    /// Unix time, seconds; absent for a permanent right.
+    #[schema(format = Int64, minimum = 0, example = 1829902799)]
     pub expires_at: Option<i64>,
     pub mappings: Vec<MappedTo>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, ToSchema)]
 pub struct Entitlement {
     pub id: String,
     pub account_id: String,
     pub name: String,
+    /// Unix time, seconds.
+    #[schema(format = Int64, minimum = 0, example = 1798366799)]
     pub created_at: i64,
     pub line_items: Vec<LineItem>,
 }
@@ -380,12 +373,18 @@ pub fn create_entitlement(
     let now = shared::now_unix();
     for item in items {
         validate::quantity("line_items.quantity", item.quantity)?;
-        let starts = item.starts_at.unwrap_or(now);
-        if starts < 0 || item.expires_at.is_some_and(|e| e <= starts) {
-            return Err(AppError::validation(
-                "line_items.expires_at",
-                "a line item must expire after it starts",
-            ));
+        let starts = match item.starts_at {
+            Some(t) => validate::unix_seconds("line_items.starts_at", t)?,
+            None => now,
+        };
+        if let Some(e) = item.expires_at {
+            validate::unix_seconds("line_items.expires_at", e)?;
+            if e <= starts {
+                return Err(AppError::validation(
+                    "line_items.expires_at",
+                    "a line item must expire after it starts",
+                ));
+            }
         }
     }
     let id = new_id();
@@ -408,16 +407,9 @@ pub fn create_entitlement(
                 .count()
                 .get_result(c)?;
             if product == 0 {
-                return Err(AppError(
-                    ErrorBody::new(
-                        ErrorCode::NotFound,
-                        format!(
-                            "product {} not found",
-                            item.product_id.chars().take(64).collect::<String>()
-                        ),
-                    )
-                    .with_field("line_items.product_id"),
-                ));
+                let id: String = item.product_id.chars().take(64).collect();
+                return Err(AppError::not_found(&format!("product {id}"))
+                    .with_field("line_items.product_id"));
             }
             diesel::insert_into(line_items::table)
                 .values((

@@ -1,8 +1,13 @@
 //! Storage behind functions: every function takes a connection and speaks domain types.
 
 pub mod auth;
+pub mod capability;
 pub mod catalog;
+pub mod mappings;
 pub mod registry;
+pub mod servers;
+pub mod tokens;
+pub mod usage;
 
 use diesel::prelude::*;
 
@@ -25,6 +30,23 @@ pub fn lock_account(conn: &mut DbConn, account_id: &str) -> AppResult<()> {
         return Err(AppError::not_found("account"));
     }
     Ok(())
+}
+
+/// Whether a diesel error is a unique-constraint violation.
+pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+    )
+}
+
+/// Maps a unique violation to `on_conflict`, anything else as usual.
+pub fn unique_or(e: diesel::result::Error, on_conflict: impl FnOnce() -> AppError) -> AppError {
+    if is_unique_violation(&e) {
+        on_conflict()
+    } else {
+        e.into()
+    }
 }
 
 pub fn sha256_hex(input: &str) -> String {

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 /// A command-line client of the license server (built on the `shared` client library).
 #[derive(Debug, Parser)]
-#[command(name = "license-client", version, propagate_version = true)]
+#[command(name = "license-client", version = env!("BUILD_VERSION"), propagate_version = true)]
 struct Cli {
     /// License server URL; repeat for an ordered list (the first is preferred).
     #[arg(
@@ -162,6 +162,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
+    packaging::generate_if_requested::<Cli>("1");
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

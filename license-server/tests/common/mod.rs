@@ -105,6 +105,9 @@ async fn capability(
         pair: None,
         poll_interval_secs: bo.poll_secs,
         rights: bo.rights.lock().unwrap().clone(),
+        serve_until: now + 30 * 86_400,
+        binding: None,
+        pair_token: None,
     };
     match mode {
         Mode::WrongHostid => claims.sub = "string:somebody-else".into(),

@@ -1,4 +1,5 @@
-//! Prometheus metrics: requests by route and status, latency, capability outcomes.
+//! Prometheus metrics: requests by route and status, latency, capability outcomes. The
+//! middleware finds them as `web::Data<Metrics>`.
 
 use std::time::Instant;
 
@@ -98,23 +99,21 @@ pub async fn record(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = Instant::now();
-    let state = req.app_data::<web::Data<crate::app::AppState>>().cloned();
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let method = req.method().to_string();
     let res = next.call(req).await?;
-    if let Some(state) = state {
+    if let Some(metrics) = metrics {
         let route = res
             .request()
             .match_pattern()
             .unwrap_or_else(|| "unmatched".to_owned());
-        state
-            .metrics
+        metrics
             .latency
             .get_or_create(&RouteLabels {
                 route: route.clone(),
             })
             .observe(start.elapsed().as_secs_f64());
-        state
-            .metrics
+        metrics
             .requests
             .get_or_create(&RequestLabels {
                 method,

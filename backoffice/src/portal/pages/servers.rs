@@ -1,0 +1,521 @@
+//! The Servers list and the View Server page, with its two forms: map rights here (and
+//! unmap them), and remove the pair's backup. A form's error is shown on the page itself,
+//! next to its field.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, web};
+use askama::Template;
+use serde::Deserialize;
+use shared::ErrorCode;
+
+use super::{CsrfForm, PageResult, render, server_url, status_of};
+use crate::error::AppError;
+use crate::portal::chart::{self, Sample};
+use crate::portal::cookies::redirect_with;
+use crate::portal::errors::PortalError;
+use crate::portal::layout::Layout;
+use crate::portal::session::PortalUser;
+use crate::portal::view::{self, StatusView};
+use crate::state::{State, run};
+use crate::store::catalog::{self, Entitlement};
+use crate::store::mappings;
+use crate::store::registry::{self, PairView, ServerInfo, ServerView};
+use crate::store::usage::{self, UsagePoint};
+
+/// A server as a row or a pair member shows it.
+#[derive(Clone, Debug)]
+struct MemberView {
+    id: String,
+    hostid: String,
+    role: &'static str,
+    status: StatusView,
+    last_contact: String,
+    last_contact_iso: String,
+    note: Option<&'static str>,
+}
+
+fn member(s: &ServerInfo, now: i64) -> MemberView {
+    MemberView {
+        id: s.id.clone(),
+        hostid: s.hostid.clone(),
+        role: view::role(s.role),
+        status: view::server_status(s.status),
+        last_contact: view::last_contact(now, s.last_contact_at),
+        last_contact_iso: s.last_contact_at.map(view::iso).unwrap_or_default(),
+        note: view::registration_note(&s.registration),
+    }
+}
+
+struct ServerRow {
+    server: MemberView,
+    pair_status: Option<StatusView>,
+    partner: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "servers.html")]
+struct ServersPage {
+    layout: Layout,
+    rows: Vec<ServerRow>,
+}
+
+pub async fn servers(req: HttpRequest, user: PortalUser, state: State) -> PageResult {
+    let (account, t) = (user.account_id.clone(), state.server_timeout());
+    let now = shared::now_unix();
+    let list = run(&state, move |c| registry::list_servers(c, &account, now, t)).await?;
+    let rows = list
+        .iter()
+        .map(|s| ServerRow {
+            server: member(&s.server, now),
+            pair_status: s.pair_status.map(view::pair_status),
+            partner: s.partner_hostid.clone(),
+        })
+        .collect();
+    let page = ServersPage {
+        layout: Layout::page(&req, user.bar(), "License servers", "servers"),
+        rows,
+    };
+    render(&req, StatusCode::OK, &page)
+}
+
+struct PairBlock {
+    id: String,
+    status: StatusView,
+    registered_by: String,
+    main: MemberView,
+    backup: Option<MemberView>,
+}
+
+struct RightView {
+    mapping_id: String,
+    activation_id: String,
+    product: String,
+    features: String,
+    quantity: i64,
+    starts: String,
+    expiry: String,
+}
+
+struct UsageRow {
+    feature: String,
+    version: String,
+    count: u32,
+    in_use: u32,
+}
+
+struct ChartRow {
+    time: String,
+    count: i64,
+    in_use: i64,
+}
+
+struct ChartView {
+    feature: String,
+    svg: String,
+    rows: Vec<ChartRow>,
+    more: usize,
+}
+
+struct ItemOption {
+    activation_id: String,
+    label: String,
+    unmapped: i64,
+    selected: bool,
+}
+
+/// The map form's state: what was entered, and an error next to its field (`activation_id`
+/// or `quantity`) or on top (empty field).
+#[derive(Default)]
+struct MapForm {
+    activation_id: String,
+    quantity: String,
+    error: Option<String>,
+    field: &'static str,
+}
+
+struct RangeLink {
+    key: &'static str,
+    label: &'static str,
+    current: bool,
+}
+
+#[derive(Template)]
+#[template(path = "server.html")]
+struct ServerPage {
+    layout: Layout,
+    server: MemberView,
+    pair: Option<PairBlock>,
+    rights: Vec<RightView>,
+    usage: Vec<UsageRow>,
+    usage_reported: Option<String>,
+    charts: Vec<ChartView>,
+    ranges: Vec<RangeLink>,
+    range_label: &'static str,
+    options: Vec<ItemOption>,
+    map: MapForm,
+    remove_error: Option<String>,
+    csrf: String,
+}
+
+/// The chart ranges: key, label, seconds.
+const RANGES: &[(&str, &str, i64)] = &[
+    ("1h", "hour", 3600),
+    ("24h", "day", 86_400),
+    ("7d", "week", 7 * 86_400),
+];
+
+/// How View Server is shown: the chart range, and the state of its two forms.
+#[derive(Default)]
+struct Shown {
+    range: Option<String>,
+    map: MapForm,
+    remove_error: Option<String>,
+}
+
+/// Renders View Server; the POST handlers use it to show their errors in place.
+async fn server_page(
+    req: &HttpRequest,
+    user: &PortalUser,
+    state: &State,
+    id: String,
+    shown: Shown,
+    status: StatusCode,
+) -> PageResult {
+    let (range_key, range_label, window) = RANGES
+        .iter()
+        .copied()
+        .find(|r| Some(r.0) == shown.range.as_deref())
+        .unwrap_or(RANGES[1]);
+    let (account, t) = (user.account_id.clone(), state.server_timeout());
+    let now = shared::now_unix();
+    let since = now - window;
+    let (v, ents, history) = run(state, move |c| {
+        let v = registry::view_server(c, &account, &id, now, t)?;
+        let ents = catalog::list_entitlements(c, &account)?;
+        let h = usage::usage_history(c, &account, &id, since)?;
+        Ok((v, ents, h))
+    })
+    .await?;
+    let title = format!("Server {}", v.server.hostid);
+    let page = ServerPage {
+        layout: Layout::page(req, user.bar(), &title, "servers"),
+        server: member(&v.server, now),
+        pair: v.pair.as_ref().map(|p| pair_block(p, now)),
+        rights: rights(&v),
+        usage: v
+            .usage
+            .iter()
+            .map(|u| UsageRow {
+                feature: u.feature.clone(),
+                version: u.version.clone(),
+                count: u.count,
+                in_use: u.in_use,
+            })
+            .collect(),
+        usage_reported: v
+            .usage_reported_at
+            .map(|t| view::last_contact(now, Some(t))),
+        charts: charts(&history, range_label, since, now),
+        ranges: RANGES
+            .iter()
+            .map(|r| RangeLink {
+                key: r.0,
+                label: r.1,
+                current: r.0 == range_key,
+            })
+            .collect(),
+        range_label,
+        options: options(&ents, &shown.map.activation_id),
+        map: shown.map,
+        remove_error: shown.remove_error,
+        csrf: user.csrf_token.clone(),
+    };
+    render(req, status, &page)
+}
+
+fn pair_block(p: &PairView, now: i64) -> PairBlock {
+    PairBlock {
+        id: p.id.clone(),
+        status: view::pair_status(p.status),
+        registered_by: p.registered_by.clone(),
+        main: member(&p.main, now),
+        backup: p.backup.as_ref().map(|b| member(b, now)),
+    }
+}
+
+fn rights(v: &ServerView) -> Vec<RightView> {
+    v.rights
+        .iter()
+        .map(|r| RightView {
+            mapping_id: r.mapping_id.clone(),
+            activation_id: r.activation_id.clone(),
+            product: format!("{} {}", r.product_name, r.product_version)
+                .trim()
+                .to_owned(),
+            features: r
+                .features
+                .iter()
+                .map(|f| format!("{} {}", f.name, f.version).trim().to_owned())
+                .collect::<Vec<_>>()
+                .join(", "),
+            quantity: r.quantity,
+            starts: view::date(r.starts_at),
+            expiry: view::expiry(r.expires_at),
+        })
+        .collect()
+}
+
+/// One chart per feature (and version), with its latest hundred samples as a table.
+fn charts(history: &[UsagePoint], range_label: &str, since: i64, now: i64) -> Vec<ChartView> {
+    let mut keys: Vec<(&str, &str)> = history
+        .iter()
+        .map(|p| (p.feature.as_str(), p.version.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys.iter()
+        .enumerate()
+        .map(|(i, (feature, version))| {
+            let samples = chart::merge(
+                history
+                    .iter()
+                    .filter(|p| p.feature == *feature && p.version == *version)
+                    .map(|p| Sample {
+                        at: p.at,
+                        count: p.count,
+                        in_use: p.in_use,
+                    }),
+            );
+            let name = format!("{feature} {version}").trim().to_owned();
+            let svg = chart::render(
+                &format!("chart-{i}"),
+                &name,
+                range_label,
+                &samples,
+                since,
+                now,
+            );
+            let shown = samples.len().min(100);
+            let rows = samples[samples.len() - shown..]
+                .iter()
+                .rev()
+                .map(|s| ChartRow {
+                    time: view::time(s.at),
+                    count: s.count,
+                    in_use: s.in_use,
+                })
+                .collect();
+            ChartView {
+                feature: name,
+                svg,
+                rows,
+                more: samples.len() - shown,
+            }
+        })
+        .collect()
+}
+
+/// The map form's choice of line items, with what is still unmapped of each.
+fn options(ents: &[Entitlement], selected: &str) -> Vec<ItemOption> {
+    ents.iter()
+        .flat_map(|e| e.line_items.iter())
+        .map(|li| {
+            let unmapped = li.quantity - li.mapped;
+            ItemOption {
+                activation_id: li.activation_id.clone(),
+                label: format!(
+                    "{} — {} {} — {unmapped} of {} unmapped",
+                    li.activation_id, li.product_name, li.product_version, li.quantity
+                ),
+                unmapped,
+                selected: li.activation_id == selected,
+            }
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+pub struct ServerQuery {
+    #[serde(default)]
+    range: Option<String>,
+}
+
+pub async fn server(
+    req: HttpRequest,
+    user: PortalUser,
+    state: State,
+    id: web::Path<String>,
+    q: web::Query<ServerQuery>,
+) -> PageResult {
+    let shown = Shown {
+        range: q.into_inner().range,
+        ..Shown::default()
+    };
+    server_page(&req, &user, &state, id.into_inner(), shown, StatusCode::OK).await
+}
+
+#[derive(Deserialize)]
+pub struct MapRightsForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    activation_id: String,
+    #[serde(default)]
+    quantity: String,
+}
+
+/// Shows View Server again with the map form's error next to its field.
+async fn map_failed(
+    req: &HttpRequest,
+    user: &PortalUser,
+    state: &State,
+    id: String,
+    map: MapForm,
+    e: AppError,
+) -> PageResult {
+    let field =
+        match (e.code(), e.field()) {
+            (ErrorCode::UnknownRightsId, _)
+            | (ErrorCode::ValidationError, Some("activation_id")) => "activation_id",
+            (ErrorCode::InsufficientQuantity, _)
+            | (ErrorCode::ValidationError, Some("quantity")) => "quantity",
+            _ => "",
+        };
+    let status = status_of(&e);
+    let shown = Shown {
+        map: MapForm {
+            error: Some(e.message().to_owned()),
+            field,
+            ..map
+        },
+        ..Shown::default()
+    };
+    server_page(req, user, state, id, shown, status).await
+}
+
+pub async fn map_rights(
+    req: HttpRequest,
+    user: PortalUser,
+    state: State,
+    id: web::Path<String>,
+    form: web::Form<MapRightsForm>,
+) -> PageResult {
+    user.check_csrf(&form.csrf)?;
+    let id = id.into_inner();
+    let f = form.into_inner();
+    let map = MapForm {
+        activation_id: f.activation_id.trim().to_owned(),
+        quantity: f.quantity.trim().to_owned(),
+        ..MapForm::default()
+    };
+    if map.activation_id.is_empty() {
+        let e = AppError::validation("activation_id", "Choose an activation ID.");
+        return map_failed(&req, &user, &state, id, map, e).await;
+    }
+    let Ok(quantity) = map.quantity.parse::<i64>() else {
+        let e = AppError::validation("quantity", "Enter the quantity as a whole number, e.g. 5.");
+        return map_failed(&req, &user, &state, id, map, e).await;
+    };
+    let (account, act, sid) = (
+        user.account_id.clone(),
+        map.activation_id.clone(),
+        id.clone(),
+    );
+    match run(&state, move |c| {
+        mappings::map_rights(c, &account, &act, &sid, quantity)
+    })
+    .await
+    {
+        Ok(m) => Ok(redirect_with(
+            &req,
+            &server_url(&id),
+            "ok",
+            &format!(
+                "Mapped {quantity} of {} here (now {} in all). The servers receive it at their next poll.",
+                m.activation_id, m.quantity
+            ),
+        )),
+        Err(e) if e.code() == ErrorCode::NotFound => Err(PortalError::NotFound),
+        Err(e) => map_failed(&req, &user, &state, id, map, e).await,
+    }
+}
+
+pub async fn unmap(
+    req: HttpRequest,
+    user: PortalUser,
+    state: State,
+    path: web::Path<(String, String)>,
+    form: web::Form<CsrfForm>,
+) -> PageResult {
+    user.check_csrf(&form.csrf)?;
+    let (id, mapping_id) = path.into_inner();
+    let (account, t, sid, mid) = (
+        user.account_id.clone(),
+        state.server_timeout(),
+        id.clone(),
+        mapping_id.clone(),
+    );
+    let activation = run(&state, move |c| {
+        // The mapping must be one of this server's (and so of this account's).
+        let v = registry::view_server(c, &account, &sid, shared::now_unix(), t)?;
+        let right = v
+            .rights
+            .iter()
+            .find(|r| r.mapping_id == mid)
+            .ok_or_else(|| AppError::not_found("mapping"))?;
+        mappings::unmap(c, &account, &mid)?;
+        Ok(format!(
+            "{} ({} seats)",
+            right.activation_id, right.quantity
+        ))
+    })
+    .await?;
+    Ok(redirect_with(
+        &req,
+        &server_url(&id),
+        "ok",
+        &format!("Unmapped {activation}. The servers drop these rights at their next poll."),
+    ))
+}
+
+pub async fn remove_backup(
+    req: HttpRequest,
+    user: PortalUser,
+    state: State,
+    id: web::Path<String>,
+    form: web::Form<CsrfForm>,
+) -> PageResult {
+    user.check_csrf(&form.csrf)?;
+    let id = id.into_inner();
+    let (account, t, sid) = (user.account_id.clone(), state.server_timeout(), id.clone());
+    let result = run(&state, move |c| {
+        let now = shared::now_unix();
+        let v = registry::view_server(c, &account, &sid, now, t)?;
+        let p = v.pair.ok_or_else(|| {
+            AppError::new(ErrorCode::NotFound, "this server is not part of a pair")
+        })?;
+        let backup = p
+            .backup
+            .ok_or_else(|| AppError::new(ErrorCode::NotFound, "this pair has no backup"))?;
+        registry::remove_backup(c, &account, &p.id, now, t)?;
+        Ok((p.main.id, p.main.hostid, backup.hostid))
+    })
+    .await;
+    match result {
+        Ok((main_id, main, backup)) => Ok(redirect_with(
+            &req,
+            &server_url(&main_id),
+            "ok",
+            &format!("Removed the backup {backup}; {main} now runs without a backup."),
+        )),
+        Err(e) if e.code() == ErrorCode::PairHasActiveRights => {
+            let status = status_of(&e);
+            let shown = Shown {
+                remove_error: Some(e.message().to_owned()),
+                ..Shown::default()
+            };
+            server_page(&req, &user, &state, id, shown, status).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,171 @@
+//! Every route of the back office, in one place: the JSON API, the portal under `/portal`,
+//! and what answers everything else.
+//!
+//! The API's handlers document themselves (`#[utoipa::path]`), and utoipa-actix-web builds
+//! the OpenAPI document from the very calls that register them, so a route cannot be
+//! served undocumented or documented without being served. The portal's HTML pages are not
+//! part of the API and not in its document.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::middleware::from_fn;
+use actix_web::{App, web};
+use utoipa::OpenApi;
+use utoipa_actix_web::AppExt;
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use crate::api::doc::ApiDoc;
+use crate::api::system::ApiDocument;
+use crate::api::{account, admins, auth, capability, producer, system};
+use crate::http::errors::{self, KnownRoutes};
+use crate::http::metrics::{self, Metrics};
+use crate::http::request::MAX_BODY;
+use crate::http::trace;
+use crate::portal::layout;
+use crate::portal::pages::{entitlements, home, pairs, servers, signin, tokens};
+use crate::state::State;
+
+/// The JSON API.
+pub fn api(cfg: &mut ServiceConfig) {
+    cfg.service(system::healthz)
+        .service(system::metrics)
+        .service(system::openapi)
+        .service(system::signing_key)
+        .service(auth::login)
+        .service(auth::logout)
+        .service(auth::change_password)
+        .service(admins::list_admins)
+        .service(admins::add_admin)
+        .service(capability::capability)
+        .service(producer::list_products)
+        .service(producer::create_product)
+        .service(producer::get_product)
+        .service(producer::add_feature)
+        .service(producer::list_accounts)
+        .service(producer::create_account)
+        .service(producer::get_account)
+        .service(producer::list_users)
+        .service(producer::create_user)
+        .service(producer::list_entitlements)
+        .service(producer::create_entitlement)
+        .service(producer::list_servers)
+        .service(producer::list_tokens)
+        .service(producer::create_token)
+        .service(producer::revoke_token)
+        .service(account::me)
+        .service(account::list_servers)
+        .service(account::view_server)
+        .service(account::usage)
+        .service(account::register_pair)
+        .service(account::remove_backup)
+        .service(account::entitlements)
+        .service(account::map_rights)
+        .service(account::unmap)
+        .service(account::list_tokens)
+        .service(account::create_token)
+        .service(account::revoke_token);
+}
+
+/// The end-user portal.
+pub fn portal(cfg: &mut web::ServiceConfig) {
+    use web::{get, post};
+    cfg.service(
+        web::scope("/portal")
+            .wrap(crate::portal::security_headers())
+            .app_data(crate::portal::form_config())
+            .app_data(crate::portal::query_config())
+            .route("", get().to(home))
+            .route("/", get().to(home))
+            .route("/static/portal.css", get().to(layout::css))
+            .route("/signin", get().to(signin::signin_form))
+            .route("/signin", post().to(signin::signin))
+            .route("/signout", post().to(signin::signout))
+            .route("/servers", get().to(servers::servers))
+            .route("/servers/{id}", get().to(servers::server))
+            .route("/servers/{id}/mappings", post().to(servers::map_rights))
+            .route(
+                "/servers/{id}/mappings/{mapping_id}/unmap",
+                post().to(servers::unmap),
+            )
+            .route(
+                "/servers/{id}/remove-backup",
+                post().to(servers::remove_backup),
+            )
+            .route("/pairs/new", get().to(pairs::pair_form))
+            .route("/pairs", post().to(pairs::register_pair))
+            .route("/entitlements", get().to(entitlements::entitlements))
+            .route("/tokens", get().to(tokens::tokens))
+            .route("/tokens", post().to(tokens::create_token))
+            .route("/tokens/{id}/revoke", get().to(tokens::revoke_form))
+            .route("/tokens/{id}/revoke", post().to(tokens::revoke_token))
+            .default_service(web::to(crate::portal::not_found)),
+    );
+}
+
+/// The API's OpenAPI document, collected from the handlers.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, doc) = App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi())
+        .configure(api)
+        .split_for_parts();
+    doc
+}
+
+/// The API's paths and their methods, from its document (for 405 and `Allow`).
+pub fn known_routes(doc: &utoipa::openapi::OpenApi) -> KnownRoutes {
+    KnownRoutes::new(doc.paths.paths.iter().map(|(path, item)| {
+        let methods = [
+            (Method::GET, item.get.is_some()),
+            (Method::POST, item.post.is_some()),
+            (Method::PUT, item.put.is_some()),
+            (Method::PATCH, item.patch.is_some()),
+            (Method::DELETE, item.delete.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(m, present)| present.then_some(m))
+        .collect();
+        (path.clone(), methods)
+    }))
+}
+
+/// What every worker serves.
+#[derive(Clone)]
+pub struct Shared {
+    pub state: State,
+    pub metrics: web::Data<Metrics>,
+    pub document: web::Data<ApiDocument>,
+    pub known: web::Data<KnownRoutes>,
+}
+
+/// The application of one worker: every route, the request span and its log line, the
+/// metrics, the contract's answers to bad input and unknown paths.
+pub fn app(
+    shared: Shared,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .wrap(from_fn(metrics::record))
+        .wrap(from_fn(trace::trace))
+        .app_data(shared.state)
+        .app_data(shared.metrics)
+        .app_data(shared.document)
+        .app_data(shared.known)
+        .app_data(errors::json_config())
+        .app_data(errors::path_config())
+        .app_data(errors::query_config())
+        .app_data(web::PayloadConfig::new(MAX_BODY))
+        .into_utoipa_app()
+        .configure(api)
+        .into_app()
+        .configure(portal)
+        .default_service(web::to(errors::fallback))
+}
