@@ -416,3 +416,58 @@ pub fn encode_segment(s: &str) -> String {
     }
     out
 }
+
+/// Where a server's store is.
+#[derive(Debug, Clone, Args)]
+pub struct StoreDir {
+    /// The server's data directory.
+    #[arg(long, env = "DATA_DIR", default_value = "license-server-data")]
+    pub data_dir: PathBuf,
+}
+
+/// `store verify`: what the store holds; an error when something is damaged.
+pub fn store_verify(d: &StoreDir) -> anyhow::Result<()> {
+    if crate::store::files::in_use(&d.data_dir) {
+        println!(
+            "note: a server is using this store; a record it is writing may show as cut short"
+        );
+    }
+    let scan = crate::store::repair::verify(&d.data_dir)?;
+    print!("{}", crate::store::repair::report(&d.data_dir, &scan));
+    if crate::store::repair::is_damaged(&scan) {
+        bail!("the store is damaged");
+    }
+    Ok(())
+}
+
+/// `store recover`: keeps what is readable, after asking.
+pub fn store_recover(d: &StoreDir, yes: bool) -> anyhow::Result<()> {
+    use crate::store::repair;
+    let scan = repair::verify(&d.data_dir)?;
+    print!("{}", repair::report(&d.data_dir, &scan));
+    if !repair::is_damaged(&scan) {
+        println!("nothing to recover");
+        return Ok(());
+    }
+    if !yes {
+        println!(
+            "keep what is readable (state at sequence {}, {} leases) and move the damaged files aside? [y/N]",
+            scan.state.seq,
+            scan.state.lease_count()
+        );
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            bail!("nothing was changed");
+        }
+    }
+    let done = repair::recover(&d.data_dir, &scan)?;
+    for p in &done.moved_aside {
+        println!("moved aside: {}", p.display());
+    }
+    println!(
+        "recovered: state at sequence {} with {} leases; the lost part is listed above under damage",
+        done.seq, done.leases
+    );
+    Ok(())
+}

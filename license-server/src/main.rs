@@ -58,6 +58,26 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The local store's files: check them, or keep what is readable of damaged ones
+    /// (on the server's machine; `recover` needs the server stopped).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Read every file of the store and report what is readable and what is damaged;
+    /// changes nothing. Exits non-zero when something is damaged.
+    Verify(#[command(flatten)] cli::StoreDir),
+    /// Keep every record that verifies, as a new snapshot; move damaged files aside
+    /// (`*.damaged-<time>`, never deleted) and say what was lost. Asks first.
+    Recover {
+        #[command(flatten)]
+        dir: cli::StoreDir,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +133,8 @@ fn main() -> std::process::ExitCode {
             Command::Features(r) => cli::features(&r).await,
             Command::Leases { feature, remote } => cli::leases(&remote, &feature).await,
             Command::Release { lease_id, remote } => cli::release(&remote, &lease_id).await,
+            Command::Store(StoreCommand::Verify(d)) => cli::store_verify(&d),
+            Command::Store(StoreCommand::Recover { dir, yes }) => cli::store_recover(&dir, yes),
         }
     });
     match result {

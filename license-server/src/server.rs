@@ -104,8 +104,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             "BACKOFFICE_URL is plain http:// to another machine: BACKOFFICE_TOKEN and the rights travel unencrypted; use https://"
         );
     }
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating DATA_DIR {}", settings.data_dir.display()))?;
+    // 0700, its files 0600 (fixed, with a warning, when more open).
+    store::files::prepare_dir(&settings.data_dir)
+        .with_context(|| format!("preparing DATA_DIR {}", settings.data_dir.display()))?;
     let admin_token = match &settings.admin_token {
         Some(t) => t.clone(),
         None => admin_token_file(&settings.data_dir)?,
@@ -221,7 +222,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     .run();
     let addr_file = settings.data_dir.join(ADDR_FILE);
-    std::fs::write(&addr_file, format!("{local}\n"))
+    store::files::write_private(&addr_file, format!("{local}\n").as_bytes())
         .with_context(|| format!("writing {}", addr_file.display()))?;
     tracing::info!(
         addr = %local,

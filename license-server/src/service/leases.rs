@@ -156,7 +156,7 @@ impl Service {
                 }
             };
             let seq = st.apply(&ev);
-            let rec = st.lease(&id).cloned();
+            let rec = st.lease(&id);
             (rec, renewed, seq, self.store.submit(seq, ev))
         };
         store::acked(rx).await?;
@@ -182,7 +182,7 @@ impl Service {
         if self.token_matches(id, token) {
             return Ok(());
         }
-        let exists = self.state.lock().lease(id).is_some();
+        let exists = self.state.lock().has_lease(id);
         let e = if exists {
             ServiceError::Forbidden("the token is not the token of this lease".into())
         } else {
@@ -203,12 +203,12 @@ impl Service {
             self.ensure_serving_locked(&st, now)
                 .inspect_err(|e| self.metrics.deny(e.code()))?;
             self.reap_locked(&mut st, now);
-            let feature = st.lease(id).map(|l| l.feature.clone()).unwrap_or_default();
+            let feature = st.lease(id).map(|l| l.feature).unwrap_or_default();
             let ev = st
                 .decide_renew(id, now, self.cfg.lease_ms)
                 .map_err(|d| self.denied(d, &feature))?;
             let seq = st.apply(&ev);
-            let rec = st.lease(id).cloned();
+            let rec = st.lease(id);
             (rec, seq, self.store.submit(seq, ev))
         };
         store::acked(rx).await?;
@@ -243,7 +243,7 @@ impl Service {
         let (info, seq, rx) = {
             let mut st = self.state.lock();
             self.ensure_serving_locked(&st, now)?;
-            let info = st.lease(id).map(LeaseRecord::info);
+            let info = st.lease(id).as_ref().map(LeaseRecord::info);
             let ev = st.decide_release(id, now).map_err(|d| self.denied(d, ""))?;
             let seq = st.apply(&ev);
             (info, seq, self.store.submit(seq, ev))

@@ -186,7 +186,7 @@ impl Service {
             poll_interval_secs: None,
             next_attempt_at: None,
         };
-        Ok(Arc::new(Service {
+        let svc = Arc::new(Service {
             hostid_str: cfg.hostid.to_string(),
             cfg,
             state: Mutex::new(state),
@@ -199,7 +199,16 @@ impl Service {
             backup_uri: RwLock::new(backup_uri),
             repl: watch::Sender::new(Replication::default()),
             peer,
-        }))
+        });
+        tokio::spawn(compactor(Arc::downgrade(&svc)));
+        Ok(svc)
+    }
+
+    /// Hands the store a copy of the state to snapshot: taken under the lock, so it holds
+    /// exactly the events queued so far, and cheap (the leases are shared, copy on write).
+    fn compact(&self) {
+        let st = self.state.lock();
+        self.store.compact(st.frozen());
     }
 
     /// The durable event stream (for replication to a backup).
@@ -223,6 +232,19 @@ impl Service {
 pub fn fmt_time(unix: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Answers the store's requests for a snapshot copy until the store or the service stops.
+async fn compactor(svc: std::sync::Weak<Service>) {
+    let Some(mut wanted) = svc.upgrade().map(|s| s.store.compaction_wanted()) else {
+        return;
+    };
+    while wanted.changed().await.is_ok() {
+        match svc.upgrade() {
+            Some(s) => s.compact(),
+            None => return,
+        }
+    }
 }
 
 #[cfg(test)]
