@@ -222,6 +222,41 @@ pub async fn status(r: &Remote, which: Which) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A cluster member's view of its cluster: the status, then one line per member.
+fn print_cluster(c: &serde_json::Value) {
+    let Some(status) = c["status"].as_str() else {
+        return;
+    };
+    println!(
+        "cluster:     {}   leader: {}   term {}",
+        status.replace('_', " "),
+        c["leader"].as_str().unwrap_or("none"),
+        c["term"]
+    );
+    for m in c["members"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<9} {:<8} {} ({}){}{}",
+            m["role"].as_str().unwrap_or("?"),
+            if m["up"].as_bool() == Some(true) {
+                "up"
+            } else {
+                "DOWN"
+            },
+            m["url"].as_str().unwrap_or("?"),
+            m["hostid"].as_str().unwrap_or("?"),
+            if m["this"].as_bool() == Some(true) {
+                "  this member".to_owned()
+            } else {
+                format!("  last seen {}", when(&m["last_seen"]))
+            },
+            m["error"]
+                .as_str()
+                .map(|e| format!("\n            {e}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
 fn print_status(url: &str, v: &serde_json::Value) {
     let bo = &v["backoffice"];
     let contact = bo["state"].as_str().unwrap_or("?");
@@ -236,6 +271,7 @@ fn print_status(url: &str, v: &serde_json::Value) {
         v["server_status"].as_str().unwrap_or("?"),
         v["pair_status"].as_str().unwrap_or("-").replace('_', " ")
     );
+    print_cluster(&v["cluster"]);
     let pair = &v["pair"];
     if let Some(b) = v["backup_uri"].as_str() {
         println!(

@@ -33,6 +33,9 @@ pub enum ServiceError {
     /// Replication: the other server holds a role that contradicts the request.
     #[error("{0}")]
     RoleConflict(String),
+    /// A cluster member's clock is too far from this one's.
+    #[error("{0}")]
+    ClockSkew(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -59,6 +62,7 @@ impl ServiceError {
             ServiceError::MaintenanceExpired(_) => ErrorCode::MaintenanceIntervalExpired,
             ServiceError::OutOfSync(_) => ErrorCode::OutOfSync,
             ServiceError::RoleConflict(_) => ErrorCode::RoleConflict,
+            ServiceError::ClockSkew(_) => ErrorCode::ClockSkew,
             ServiceError::Unavailable(_) => ErrorCode::Unavailable,
             ServiceError::Internal(_) => ErrorCode::InternalError,
         }

@@ -4,9 +4,11 @@
 //! serves), [`store`] (journal, snapshots, group commit), [`service`] (the state behind a
 //! few locks, what handlers call), [`http`] (thin actix-web handlers, documented with
 //! utoipa), [`poller`] (capability requests), [`replication`] (the pair at run time),
-//! [`server`] (wiring), [`settings`] (checked at start), [`cli`] (operator commands).
+//! [`server`] (wiring), [`settings`] (checked at start), [`cli`] (operator commands),
+//! [`cluster`] (a member of a three-member cluster: raft, its files, its members).
 
 pub mod cli;
+pub mod cluster;
 pub mod domain;
 pub mod error;
 pub mod http;

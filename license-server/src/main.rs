@@ -23,14 +23,15 @@ enum Command {
     /// LICENSING_MAIN_URI, RIGHTS_IDS, CAPABILITY_POLL_INTERVAL,
     /// FAILOVER_MAINTENANCE_INTERVAL, BACKUP_ABSENCE_LIMIT, LEASE_DURATION, ADMIN_TOKEN,
     /// PUBLIC_URL, CLOCK_LEEWAY, BACKOFF_MAX, FAILOVER_TIMEOUT, HEARTBEAT_INTERVAL,
-    /// PAIR_TOKEN, TLS_CERT, TLS_KEY, MAX_CONNECTIONS, WORKERS. Logging: RUST_LOG,
-    /// LOG_FORMAT.
+    /// PAIR_TOKEN, TLS_CERT, TLS_KEY, MAX_CONNECTIONS, WORKERS, CLUSTER_MEMBER_HOSTIDS,
+    /// CLUSTER_MEMBER_URIS, CLUSTER_HEARTBEAT_INTERVAL, CLUSTER_MEMBER_TIMEOUT. Logging:
+    /// RUST_LOG, LOG_FORMAT.
     Serve {
         /// TOML settings file (keys as the environment variables, e.g. `LISTEN = "..."`).
         #[arg(long, env = "LICENSE_SERVER_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Show a running server's status: role, pair, back-office contact, rights, leases;
+    /// Show a running server's status: role, pair or cluster, back-office contact, rights, leases;
     /// with --pair, the main's, the backup's or both, and who serves each license.
     Status {
         #[command(flatten)]

@@ -1,7 +1,8 @@
 //! `license-server serve`: check what the settings name (keys, certificates, the
 //! descriptors the connection cap needs), recover the store, start the poller, the
-//! reaper and the pair's replicator, serve HTTP or HTTPS (actix-web), shut down cleanly on
-//! SIGTERM or ctrl-c.
+//! reaper and the pair's replicator (or, for a member of a three-member cluster, its raft
+//! node and its hellos), serve HTTP or HTTPS (actix-web), shut down cleanly on SIGTERM or
+//! ctrl-c.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use shared::capability::Role;
 use shared::signing::Verifier;
 use tokio::sync::watch;
 
+use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::http::{self, AppContext};
 use crate::poller::{Poller, PollerConfig};
 use crate::replication;
@@ -127,7 +129,23 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         rights = state.rights.len(),
         "local store recovered"
     );
-    if state.rights_updated_at.is_none() {
+    // A data directory is a cluster member's or a standalone (or pair) server's, for good.
+    match &settings.cluster {
+        Some(_) if state.seq > 0 => bail!(
+            "DATA_DIR {} holds the pool of a standalone or pair server ({} changes); a cluster \
+             member starts from a data directory of its own (unset CLUSTER_MEMBER_HOSTIDS to \
+             serve this pool, or give the member another DATA_DIR)",
+            settings.data_dir.display(),
+            state.seq
+        ),
+        None if cluster::log::is_member_dir(&settings.data_dir) => bail!(
+            "DATA_DIR {} holds a cluster member's files; set CLUSTER_MEMBER_HOSTIDS as it was, \
+             or give this server another DATA_DIR",
+            settings.data_dir.display()
+        ),
+        _ => {}
+    }
+    if settings.cluster.is_none() && state.rights_updated_at.is_none() {
         tracing::info!("no rights stored yet: nothing is served until the back office answers");
     }
 
@@ -143,23 +161,53 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // acknowledged without it; well under the failover timeout.
     let sync_timeout = (settings.failover_timeout / 2).max(settings.heartbeat_interval);
     let peer = Peer::new(settings.pair_token.clone(), sync_timeout, ca.clone())?;
-    let svc = Service::start(
-        ServiceConfig {
-            hostid: settings.hostid.clone(),
-            role,
-            lease_ms: settings.lease_duration.as_millis() as i64,
-            public_url: Some(public_url),
-            backup_uri: settings.licensing_backup_uri.clone(),
-            main_uri: settings.licensing_main_uri.clone(),
-            backoffice_url: settings.backoffice_url.clone(),
-            failover_timeout_ms: settings.failover_timeout.as_millis() as i64,
-            maintenance_ms: settings.failover_maintenance_interval.as_millis() as i64,
-        },
-        state,
-        store,
-        (role != Role::Standalone).then(|| peer.clone()),
-    )
-    .await?;
+    let service_config = ServiceConfig {
+        hostid: settings.hostid.clone(),
+        role,
+        lease_ms: settings.lease_duration.as_millis() as i64,
+        public_url: Some(public_url.clone()),
+        backup_uri: settings.licensing_backup_uri.clone(),
+        main_uri: settings.licensing_main_uri.clone(),
+        backoffice_url: settings.backoffice_url.clone(),
+        failover_timeout_ms: settings.failover_timeout.as_millis() as i64,
+        maintenance_ms: settings.failover_maintenance_interval.as_millis() as i64,
+    };
+    let member = match &settings.cluster {
+        Some(c) => Some(
+            Cluster::start(
+                ClusterConfig {
+                    hostid: settings.hostid.clone(),
+                    public_url: public_url.clone(),
+                    members: c.members.clone(),
+                    heartbeat_interval: c.heartbeat_interval,
+                    member_timeout: c.member_timeout,
+                    token: settings.pair_token.clone(),
+                    ca: ca.clone(),
+                },
+                &settings.data_dir,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let svc = match &member {
+        Some(c) => {
+            tracing::info!(
+                members = ?settings.cluster.iter().flat_map(|c| c.members.iter().map(|(h, u)| format!("{h} at {u}"))).collect::<Vec<_>>(),
+                "cluster member: serving with the other two members while a majority sees each other"
+            );
+            Service::start_member(service_config, c.clone(), store)?
+        }
+        None => {
+            Service::start(
+                service_config,
+                state,
+                store,
+                (role != Role::Standalone).then(|| peer.clone()),
+            )
+            .await?
+        }
+    };
     if role == Role::Main && settings.licensing_backup_uri.is_none() {
         tracing::warn!(
             "BACKUP_SERVER_HOSTID is set but LICENSING_BACKUP_URI is not: nothing is replicated and clients get no backup to fail over to"
@@ -184,7 +232,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         ca,
     )?;
     let poller_task = tokio::spawn(poller.run(stop_rx.clone()));
-    let reaper_task = tokio::spawn(reaper(svc.clone(), stop_rx.clone()));
+    // A cluster's leader expires leases through the cluster.
+    let reaper_task = member
+        .is_none()
+        .then(|| tokio::spawn(reaper(svc.clone(), stop_rx.clone())));
+    let member_tasks = member
+        .as_ref()
+        .map(|c| c.run(stop_rx.clone()))
+        .unwrap_or_default();
     let pair_task = match role {
         Role::Main => Some(tokio::spawn(replication::run_main(
             svc.clone(),
@@ -236,7 +291,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = poller_task.await;
-    let _ = reaper_task.await;
+    if let Some(t) = reaper_task {
+        let _ = t.await;
+    }
+    for t in member_tasks {
+        let _ = t.await;
+    }
     if let Some(t) = pair_task {
         let _ = t.await;
     }

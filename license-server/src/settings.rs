@@ -42,6 +42,10 @@ pub const NAMES: &[&str] = &[
     "BACKOFFICE_CA",
     "MAX_CONNECTIONS",
     "WORKERS",
+    "CLUSTER_MEMBER_HOSTIDS",
+    "CLUSTER_MEMBER_URIS",
+    "CLUSTER_HEARTBEAT_INTERVAL",
+    "CLUSTER_MEMBER_TIMEOUT",
 ];
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -90,6 +94,14 @@ struct Raw {
     max_connections: Option<String>,
     #[serde(default, deserialize_with = "string_like")]
     workers: Option<String>,
+    #[serde(default, deserialize_with = "string_like")]
+    cluster_member_hostids: Option<String>,
+    #[serde(default, deserialize_with = "string_like")]
+    cluster_member_uris: Option<String>,
+    #[serde(default, deserialize_with = "duration_like")]
+    cluster_heartbeat_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_like")]
+    cluster_member_timeout: Option<Duration>,
 }
 
 /// Checked settings of `license-server serve`.
@@ -135,6 +147,22 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     /// `WORKERS`: HTTP worker threads (default: one per core).
     pub workers: Option<usize>,
+    /// `CLUSTER_MEMBER_HOSTIDS` and friends: this server is a member of a three-member
+    /// cluster.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// A member of a three-member cluster: the other two and how they are watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// The other two members: hostid (`CLUSTER_MEMBER_HOSTIDS`) and the URL this member
+    /// reaches it at (`CLUSTER_MEMBER_URIS`, in the same order).
+    pub members: Vec<(HostId, String)>,
+    /// `CLUSTER_HEARTBEAT_INTERVAL`: how often each member checks the others (1s).
+    pub heartbeat_interval: Duration,
+    /// `CLUSTER_MEMBER_TIMEOUT`: a member that has not answered for this long counts as
+    /// down (5s).
+    pub member_timeout: Duration,
 }
 
 /// The PEM files HTTPS is served with.
@@ -266,10 +294,28 @@ impl Settings {
                 bail!("BACKUP_SERVER_HOSTID must differ from this server's HOSTID {hostid}");
             }
         }
+        let cluster = cluster_settings(
+            ClusterRaw {
+                hostids: raw.cluster_member_hostids,
+                uris: raw.cluster_member_uris,
+                heartbeat_interval: raw.cluster_heartbeat_interval,
+                member_timeout: raw.cluster_member_timeout,
+            },
+            &hostid,
+            backup_server_hostid.is_some(),
+            raw.licensing_backup_uri
+                .as_deref()
+                .is_some_and(|u| !u.trim().is_empty()),
+        )?;
         let licensing_main_uri = url_setting("LICENSING_MAIN_URI", raw.licensing_main_uri)?;
         if backup_server_hostid.is_some() && licensing_main_uri.is_some() {
             bail!(
                 "set BACKUP_SERVER_HOSTID (this server is the main) or LICENSING_MAIN_URI (this server is the backup), not both"
+            );
+        }
+        if cluster.is_some() && licensing_main_uri.is_some() {
+            bail!(
+                "set CLUSTER_MEMBER_HOSTIDS (a member of a three-member cluster) or LICENSING_MAIN_URI (the backup of a pair), not both"
             );
         }
         let rights_ids = match raw.rights_ids {
@@ -366,6 +412,7 @@ impl Settings {
             backoffice_ca: file_setting("BACKOFFICE_CA", raw.backoffice_ca)?,
             max_connections,
             workers,
+            cluster,
         })
     }
 
@@ -379,6 +426,111 @@ impl Settings {
             Role::Standalone
         }
     }
+}
+
+/// Longest a member's clock may differ from the others' (the seed's rule): a member
+/// further off is refused by the others and the cluster does not form with it.
+pub const CLUSTER_MAX_CLOCK_SKEW: Duration = Duration::from_secs(3600);
+
+/// The cluster settings as read.
+struct ClusterRaw {
+    hostids: Option<String>,
+    uris: Option<String>,
+    heartbeat_interval: Option<Duration>,
+    member_timeout: Option<Duration>,
+}
+
+/// The cluster settings, checked: two other members, neither this server nor each
+/// other, of this server's hostid type, each with a URL; no pair settings besides.
+fn cluster_settings(
+    raw: ClusterRaw,
+    hostid: &HostId,
+    has_backup: bool,
+    has_backup_uri: bool,
+) -> anyhow::Result<Option<ClusterSettings>> {
+    let hostids = non_empty(raw.hostids);
+    let uris = non_empty(raw.uris);
+    let heartbeat_interval = raw.heartbeat_interval.unwrap_or(Duration::from_secs(1));
+    let member_timeout = raw.member_timeout.unwrap_or(Duration::from_secs(5));
+    if heartbeat_interval < Duration::from_millis(100) {
+        bail!("CLUSTER_HEARTBEAT_INTERVAL must be at least 100ms");
+    }
+    if member_timeout < heartbeat_interval * 2 {
+        bail!(
+            "CLUSTER_MEMBER_TIMEOUT ({}) must be at least twice CLUSTER_HEARTBEAT_INTERVAL ({})",
+            shared::duration::format(member_timeout),
+            shared::duration::format(heartbeat_interval)
+        );
+    }
+    let Some(list) = hostids else {
+        if let Some(u) = uris {
+            bail!(
+                "CLUSTER_MEMBER_URIS `{u}` is set but CLUSTER_MEMBER_HOSTIDS is not: name the other two members' hostids"
+            );
+        }
+        return Ok(None);
+    };
+    if has_backup {
+        bail!(
+            "set CLUSTER_MEMBER_HOSTIDS (a member of a three-member cluster) or BACKUP_SERVER_HOSTID (the main of a pair), not both"
+        );
+    }
+    if has_backup_uri {
+        bail!(
+            "LICENSING_BACKUP_URI belongs to the main of a pair; a cluster member names its members in CLUSTER_MEMBER_URIS"
+        );
+    }
+    let mut members: Vec<HostId> = Vec::new();
+    for item in list.split(',').map(str::trim) {
+        let h = HostId::parse(item)
+            .with_context(|| format!("CLUSTER_MEMBER_HOSTIDS `{list}`: `{item}`"))?;
+        if h == *hostid {
+            bail!(
+                "CLUSTER_MEMBER_HOSTIDS `{list}` names this server's own HOSTID {hostid}: name the other two members"
+            );
+        }
+        if members.contains(&h) {
+            bail!("CLUSTER_MEMBER_HOSTIDS `{list}` names {h} twice: name the other two members");
+        }
+        if h.kind() != hostid.kind() {
+            bail!(
+                "CLUSTER_MEMBER_HOSTIDS: {h} and HOSTID {hostid} must be of the same type (HOSTID_TYPE_MISMATCH)"
+            );
+        }
+        members.push(h);
+    }
+    if members.len() != 2 {
+        bail!(
+            "CLUSTER_MEMBER_HOSTIDS `{list}` names {} member(s): a cluster has three members, name the other two",
+            members.len()
+        );
+    }
+    let Some(uris) = uris else {
+        bail!(
+            "CLUSTER_MEMBER_HOSTIDS is set but CLUSTER_MEMBER_URIS is not: give the other two members' URLs, in the same order"
+        );
+    };
+    let mut urls: Vec<String> = Vec::new();
+    for item in uris.split(',').map(str::trim) {
+        let u = check_url(item)
+            .map_err(|why| anyhow::anyhow!("CLUSTER_MEMBER_URIS `{uris}`: `{item}` {why}"))?;
+        if urls.contains(&u) {
+            bail!("CLUSTER_MEMBER_URIS `{uris}` names {u} twice: give each other member's URL");
+        }
+        urls.push(u);
+    }
+    if urls.len() != members.len() {
+        bail!(
+            "CLUSTER_MEMBER_URIS `{uris}` names {} URL(s): give one for each of the {} members of CLUSTER_MEMBER_HOSTIDS, in the same order",
+            urls.len(),
+            members.len()
+        );
+    }
+    Ok(Some(ClusterSettings {
+        members: members.into_iter().zip(urls).collect(),
+        heartbeat_interval,
+        member_timeout,
+    }))
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -624,6 +776,86 @@ mod tests {
             let e = Settings::from_raw(raw).unwrap_err().to_string();
             assert!(e.starts_with(setting), "{setting}: {e}");
         }
+    }
+
+    fn cluster_raw(hostids: &str, uris: &str) -> Raw {
+        Raw {
+            cluster_member_hostids: Some(hostids.into()),
+            cluster_member_uris: Some(uris.into()),
+            ..raw_min()
+        }
+    }
+
+    #[test]
+    fn cluster_settings_name_two_other_members_with_their_urls() {
+        let s = Settings::from_raw(cluster_raw(
+            "string:lls-2, string:lls-3",
+            "http://b:7070/,https://c:7070",
+        ))
+        .unwrap();
+        let c = s.cluster.unwrap();
+        assert_eq!(c.members[0].0.to_string(), "string:lls-2");
+        assert_eq!(c.members[1].1, "https://c:7070");
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(c.member_timeout, Duration::from_secs(5));
+        assert_eq!(s.role(), Role::Standalone);
+        for (hostids, uris, says) in [
+            ("string:lls-2,string:lls-2", "http://b,http://c", "twice"),
+            (
+                "string:lls-1,string:lls-3",
+                "http://b,http://c",
+                "own HOSTID",
+            ),
+            ("string:lls-2", "http://b", "three members"),
+            (
+                "string:a,string:b,string:c",
+                "http://a,http://b,http://c",
+                "three members",
+            ),
+            (
+                "string:lls-2,ethernet:001122334455",
+                "http://b,http://c",
+                "HOSTID_TYPE_MISMATCH",
+            ),
+            ("string:lls-2,string:lls-3", "http://b", "one for each"),
+            (
+                "string:lls-2,string:lls-3",
+                "http://b,ftp://c",
+                "CLUSTER_MEMBER_URIS",
+            ),
+            ("string:lls-2,string:lls-3", "http://b,http://b/", "twice"),
+            (
+                "string:lls-2,nonsense",
+                "http://b,http://c",
+                "CLUSTER_MEMBER_HOSTIDS",
+            ),
+        ] {
+            let e = Settings::from_raw(cluster_raw(hostids, uris))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{hostids} / {uris}: {e}");
+        }
+        let e = Settings::from_raw(Raw {
+            cluster_member_hostids: None,
+            ..cluster_raw("", "http://b,http://c")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("CLUSTER_MEMBER_URIS"), "{e}");
+        let e = Settings::from_raw(Raw {
+            backup_server_hostid: Some("string:lls-9".into()),
+            ..cluster_raw("string:lls-2,string:lls-3", "http://b,http://c")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not both"), "{e}");
+        let e = Settings::from_raw(Raw {
+            cluster_member_timeout: Some(Duration::from_secs(1)),
+            ..cluster_raw("string:lls-2,string:lls-3", "http://b,http://c")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("CLUSTER_MEMBER_TIMEOUT"), "{e}");
     }
 
     #[test]

@@ -37,9 +37,14 @@ fn stage_example_files(root: &Path) {
 /// fingerprint shows the secrets too.
 fn load(root: &Path, toml: &str) -> Result<String, String> {
     let mut toml = toml.to_owned();
-    // The certificate and its key go together: a line naming one is loaded with the
-    // file's example of the other.
-    for (one, other) in [("TLS_CERT", "TLS_KEY"), ("TLS_KEY", "TLS_CERT")] {
+    // The certificate and its key go together, and so do a cluster's members and their
+    // URLs: a line naming one is loaded with the file's example of the other.
+    for (one, other) in [
+        ("TLS_CERT", "TLS_KEY"),
+        ("TLS_KEY", "TLS_CERT"),
+        ("CLUSTER_MEMBER_HOSTIDS", "CLUSTER_MEMBER_URIS"),
+        ("CLUSTER_MEMBER_URIS", "CLUSTER_MEMBER_HOSTIDS"),
+    ] {
         if toml.contains(&format!("{one} =")) && !toml.contains(&format!("{other} =")) {
             let example = FILE
                 .lines()
@@ -47,7 +52,7 @@ fn load(root: &Path, toml: &str) -> Result<String, String> {
                     l.strip_prefix('#')
                         .filter(|l| l.starts_with(&format!("{other} =")))
                 })
-                .expect("the file has an example of each TLS setting");
+                .expect("the file has an example of each setting of the pair");
             toml.push_str(&format!("\n{example}\n"));
         }
     }

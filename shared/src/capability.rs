@@ -68,6 +68,38 @@ impl ServerStatus {
     }
 }
 
+/// A three-member failover cluster's status (contract), as one member sees it:
+/// `operational` when it is linked to both other members, `partially_operational` to one
+/// (the two serve), `not_operational` to none (nothing is granted; leases are kept until
+/// they lapse).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterStatus {
+    Operational,
+    PartiallyOperational,
+    NotOperational,
+}
+
+impl ClusterStatus {
+    /// The status of a member that sees `reachable` of the two other members.
+    pub fn of_links(reachable: usize) -> ClusterStatus {
+        match reachable {
+            0 => ClusterStatus::NotOperational,
+            1 => ClusterStatus::PartiallyOperational,
+            _ => ClusterStatus::Operational,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterStatus::Operational => "operational",
+            ClusterStatus::PartiallyOperational => "partially_operational",
+            ClusterStatus::NotOperational => "not_operational",
+        }
+    }
+}
+
 /// A failover pair's status (contract).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -13,7 +13,10 @@
 //! A client knows an ordered list of servers. Requests go to the first that answers; a
 //! server that does not answer sends the client to the next; `NOT_SERVING` moves the
 //! client to the server named in `serving_url`; the backup URL a main hands out with each
-//! lease (`backup_uri`) is added to the list.
+//! lease (`backup_uri`) is added to the list. A member of a three-member cluster hands out
+//! every member's URL (`members`): they are added too, and a member that answers
+//! `UNAVAILABLE` (cut off from the others) sends the client on to the next, so a client
+//! finds the serving member by itself after a loss.
 //!
 //! `https://` servers are verified against the system's trusted roots; a server whose
 //! certificate comes from a private CA needs that CA's certificate:
@@ -77,6 +80,9 @@ struct Inner {
     /// configured servers; replaced when the main names another, removed when it names
     /// none.
     learned_backup: Mutex<Option<String>>,
+    /// The cluster's members, as the last cluster member to answer named them; tried
+    /// after the configured servers.
+    learned_members: Mutex<Vec<String>>,
     client_id: String,
 }
 
@@ -201,6 +207,7 @@ impl ClientBuilder {
                 http,
                 servers: Mutex::new(servers),
                 learned_backup: Mutex::new(None),
+                learned_members: Mutex::new(Vec::new()),
                 client_id: self.client_id.unwrap_or_else(default_client_id),
             }),
         })
@@ -237,6 +244,7 @@ impl Client {
                 http: self.inner.http.clone(),
                 servers: Mutex::new(self.configured()),
                 learned_backup: Mutex::new(self.learned_backup()),
+                learned_members: Mutex::new(self.learned_members()),
                 client_id: client_id.into(),
             }),
         }
@@ -247,15 +255,28 @@ impl Client {
     }
 
     /// The servers in the order they are tried: the configured list, then the backup
-    /// learned from the main.
+    /// learned from the main, then the cluster members learned from a member.
     pub fn servers(&self) -> Vec<String> {
         let mut s = self.configured();
-        if let Some(b) = self.learned_backup()
-            && !s.contains(&b)
+        for u in self
+            .learned_backup()
+            .into_iter()
+            .chain(self.learned_members())
         {
-            s.push(b);
+            if !s.contains(&u) {
+                s.push(u);
+            }
         }
         s
+    }
+
+    /// The cluster's members as a member last named them (empty outside a cluster).
+    pub fn learned_members(&self) -> Vec<String> {
+        self.inner
+            .learned_members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn configured(&self) -> Vec<String> {
@@ -278,6 +299,23 @@ impl Client {
     /// Keeps the backup a main names in its answers. An answer from a backup (it names
     /// its main in `main_uri`) changes nothing: the client keeps both.
     fn learn(&self, lease: &Lease) {
+        if !lease.members.is_empty() {
+            let named: Vec<String> = lease
+                .members
+                .iter()
+                .filter_map(|u| normalise(u).ok())
+                .collect();
+            let mut m = self
+                .inner
+                .learned_members
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if *m != named {
+                tracing::info!(members = ?named, "learned the cluster's members");
+                *m = named;
+            }
+            return;
+        }
         if lease.main_uri.is_some() {
             return;
         }
@@ -387,6 +425,12 @@ impl Client {
                     }
                     order.insert(i, url);
                 }
+                last_err = Some(ClientError::Api { status, body });
+                continue;
+            }
+            if body.code == ErrorCode::Unavailable {
+                // Busy or cut off from its cluster: another server may serve.
+                tracing::debug!(server = %base, error = %body, "license server unavailable; trying the next");
                 last_err = Some(ClientError::Api { status, body });
                 continue;
             }
@@ -638,6 +682,7 @@ mod tests {
             served_by: None,
             backup_uri: Some("http://backup:7070/".into()),
             main_uri: None,
+            members: Vec::new(),
         }
     }
 
@@ -687,6 +732,25 @@ mod tests {
         assert!(Client::new("ftp://x").is_err());
         let d = c.with_client_id("me");
         assert_eq!(d.client_id(), "me");
+    }
+
+    #[test]
+    fn cluster_members_are_learned_and_tried_after_the_configured_servers() {
+        let c = Client::new("http://a:1").unwrap();
+        let mut l = lease(0, 0);
+        l.backup_uri = None;
+        l.members = vec![
+            "http://a:1/".into(),
+            "http://b:2".into(),
+            "http://c:3".into(),
+        ];
+        c.learn(&l);
+        assert_eq!(c.servers(), vec!["http://a:1", "http://b:2", "http://c:3"]);
+        // A member's answer without members (never sent by one) keeps them; a clone
+        // for another client identity keeps them too.
+        assert_eq!(c.with_client_id("x").learned_members().len(), 3);
+        c.prefer("http://c:3");
+        assert_eq!(c.servers()[0], "http://c:3");
     }
 
     #[tokio::test]

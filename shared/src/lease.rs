@@ -74,6 +74,10 @@ pub struct Lease {
     /// Set when a backup answered: the URL of the main it stands in for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub main_uri: Option<String>,
+    /// Set when a member of a three-member cluster answered: every member's URL, for
+    /// clients to find the serving member by themselves after a loss.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
 }
 
 /// A lease as operators see it (no token).

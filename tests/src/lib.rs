@@ -4,6 +4,7 @@
 //! The binaries must be built first (`cargo build --bins`; the test script does it).
 
 pub mod browser;
+pub mod cluster;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -166,8 +166,8 @@ impl Event {
     }
 }
 
-/// Why a decision refuses.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why a decision refuses (serialisable: a cluster's state machine answers with it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Denied {
     UnknownFeature,
     FeatureExpired {
@@ -491,12 +491,23 @@ impl State {
             return Err(Denied::UnknownFeature);
         }
 
-        // The same client again while its lease lives: that lease, renewed.
-        for l in self.leases.of_client(ask.client_id, ask.feature) {
-            let version = &self.leases.pool_key(l.pool).version;
-            if l.expires_at > now && ask.version.is_none_or(|v| v == version) {
-                return self.decide_renew(&l.id, now, lease_ms);
-            }
+        // The same client again while its lease lives: that lease, renewed. Of several
+        // (one per version), the one of the lowest version and ID: the choice must not
+        // depend on the order of a hash table, so that every member of a cluster decides
+        // alike.
+        let own = self
+            .leases
+            .of_client(ask.client_id, ask.feature)
+            .filter(|l| {
+                let version = &self.leases.pool_key(l.pool).version;
+                l.expires_at > now && ask.version.is_none_or(|v| v == version)
+            })
+            .min_by(|a, b| {
+                (&self.leases.pool_key(a.pool).version, a.id)
+                    .cmp(&(&self.leases.pool_key(b.pool).version, b.id))
+            });
+        if let Some(l) = own {
+            return self.decide_renew(&l.id, now, lease_ms);
         }
 
         let mut all_expired_at: Option<Millis> = Some(0);

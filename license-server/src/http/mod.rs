@@ -4,6 +4,8 @@
 //! - client API ([`client`]): `/api/v1/leases`, `/api/v1/features`, `/api/v1/status`;
 //! - operator API ([`admin`]): `/api/v1/admin/*`, `Authorization: Bearer <ADMIN_TOKEN>`;
 //! - pair API ([`pair`]): `/api/v1/pair/*`, `Authorization: Bearer <PAIR_TOKEN>`;
+//! - cluster API ([`cluster`]): `GET /api/v1/cluster` for anyone, `/api/v1/member/*`
+//!   between the members of a three-member cluster (`PAIR_TOKEN`);
 //! - `/healthz`, `/metrics`, `/api/v1/openapi.json` ([`ops`]).
 //!
 //! The operator and pair scopes check their token before anything else runs, the body
@@ -16,6 +18,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod cluster;
 pub mod ops;
 pub mod pair;
 
@@ -71,6 +74,8 @@ pub fn is_priority(path: &str) -> bool {
     matches!(path, "/healthz" | "/metrics" | "/api/v1/status")
         || path.starts_with("/api/v1/admin/")
         || path.starts_with("/api/v1/pair/")
+        || path.starts_with("/api/v1/member/")
+        || path == "/api/v1/cluster"
 }
 
 /// What the app needs, cloned into each worker.
@@ -79,6 +84,8 @@ pub struct AppContext {
     pub svc: Arc<Service>,
     pub admin: TokenCheck,
     pub pair: TokenCheck,
+    /// The members of a cluster, with the same secret as the pair.
+    pub member: TokenCheck,
     pub metrics: Arc<HttpMetrics>,
     pub gate: Arc<ConnectionGate>,
     /// How long a client's or an operator's body may take.
@@ -105,6 +112,11 @@ impl AppContext {
                 pair_token,
                 "pair endpoints need `Authorization: Bearer <PAIR_TOKEN>`",
                 "the pair token is not valid (PAIR_TOKEN, or BACKOFFICE_TOKEN when unset, must be the same on both servers)",
+            ),
+            member: TokenCheck::new(
+                pair_token,
+                "cluster member endpoints need `Authorization: Bearer <PAIR_TOKEN>`",
+                "the member token is not valid (PAIR_TOKEN, or BACKOFFICE_TOKEN when unset, must be the same on the three members)",
             ),
             metrics,
             gate,
@@ -134,6 +146,7 @@ pub struct Document(pub Bytes);
         (name = "client", description = "Client applications: leases and what the server offers"),
         (name = "operator", description = "Operators (`ADMIN_TOKEN`)"),
         (name = "pair", description = "The other server of a failover pair (`PAIR_TOKEN`)"),
+        (name = "cluster", description = "The other members of a three-member cluster (`PAIR_TOKEN`)"),
         (name = "service", description = "Health, metrics and this document"),
     )
 )]
@@ -188,8 +201,18 @@ where
                 .service(pair::detach),
         )
         .service(
+            scope::scope("/api/v1/member")
+                .wrap(body_deadline(PAIR_BODY_TIMEOUT))
+                .wrap(require_bearer(ctx.member.clone()))
+                .service(cluster::hello)
+                .service(cluster::append)
+                .service(cluster::vote)
+                .service(cluster::snapshot),
+        )
+        .service(
             scope::scope("/api/v1")
                 .wrap(body_deadline(ctx.body_timeout))
+                .service(cluster::view)
                 .service(ops::openapi)
                 .service(client::status)
                 .service(client::features)

@@ -21,6 +21,7 @@ use crate::store;
 
 impl Service {
     pub fn sign_lease(&self, id: &Uuid) -> String {
+        self.ensure_lease_key();
         let Some(mut mac) = self.lease_key.read().clone() else {
             return String::new();
         };
@@ -32,6 +33,7 @@ impl Service {
         let Ok(sig) = URL_SAFE_NO_PAD.decode(token.as_bytes()) else {
             return false;
         };
+        self.ensure_lease_key();
         let Some(mut mac) = self.lease_key.read().clone() else {
             return false;
         };
@@ -39,7 +41,7 @@ impl Service {
         mac.verify_slice(&sig).is_ok()
     }
 
-    fn lease_view(&self, r: &LeaseRecord) -> Lease {
+    pub(super) fn lease_view(&self, r: &LeaseRecord) -> Lease {
         Lease {
             lease_id: r.id,
             token: self.sign_lease(&r.id),
@@ -56,10 +58,11 @@ impl Service {
                 Role::Backup => self.cfg.main_uri.clone(),
                 _ => None,
             },
+            members: self.cluster().map(|c| c.client_urls()).unwrap_or_default(),
         }
     }
 
-    fn denied(&self, d: Denied, feature: &str) -> ServiceError {
+    pub(super) fn denied(&self, d: Denied, feature: &str) -> ServiceError {
         let err = match d {
             Denied::UnknownFeature => {
                 ServiceError::NotFound(format!("no feature `{feature}` is licensed on this server"))
@@ -124,6 +127,9 @@ impl Service {
             self.metrics.deny(e.code());
             return Err(e);
         }
+        if let Some(c) = self.cluster() {
+            return self.checkout_in_cluster(c, req).await;
+        }
         let ask = CheckoutAsk {
             feature: &req.feature,
             version: req.version.as_deref(),
@@ -171,7 +177,7 @@ impl Service {
     }
 
     /// Checks a lease token; tells "no such lease" from "not your lease".
-    fn authorize(&self, id: &Uuid, token: Option<&str>) -> Result<(), ServiceError> {
+    pub(super) fn authorize(&self, id: &Uuid, token: Option<&str>) -> Result<(), ServiceError> {
         let Some(token) = token else {
             let e = ServiceError::Unauthorized(
                 "send the lease token as `Authorization: Bearer <token>`".into(),
@@ -195,6 +201,9 @@ impl Service {
     }
 
     pub async fn renew(&self, id: &Uuid, token: Option<&str>) -> Result<Lease, ServiceError> {
+        if let Some(c) = self.cluster() {
+            return self.renew_in_cluster(c, id, token).await;
+        }
         self.refuse_if_not_serving()?;
         self.authorize(id, token)?;
         let now = now_ms();
@@ -219,6 +228,9 @@ impl Service {
     }
 
     pub async fn return_lease(&self, id: &Uuid, token: Option<&str>) -> Result<(), ServiceError> {
+        if let Some(c) = self.cluster() {
+            return self.return_in_cluster(c, id, token).await;
+        }
         self.refuse_if_not_serving()?;
         self.authorize(id, token)?;
         let now = now_ms();
@@ -239,6 +251,9 @@ impl Service {
     // ---- operators ----
 
     pub async fn release(&self, id: &Uuid) -> Result<LeaseInfo, ServiceError> {
+        if let Some(c) = self.cluster() {
+            return self.release_in_cluster(c, id).await;
+        }
         let now = now_ms();
         let (info, seq, rx) = {
             let mut st = self.state.lock();

@@ -9,7 +9,9 @@
 //! The parts: [`leases`] (checkout, renew, return, release, tokens, expiry), [`rights`]
 //! (a verified capability answer's rights, the usage report), [`pair`] (who serves,
 //! replication, takeover, failback, detach), [`status`] (what `GET /api/v1/status` and
-//! `/metrics` show), [`peer`] (the HTTP client for the other server of the pair).
+//! `/metrics` show), [`peer`] (the HTTP client for the other server of the pair),
+//! [`member`] (the same operations as a member of a three-member cluster: proposed to the
+//! cluster, decided by its state machine, answered once a majority holds them).
 //!
 //! ## Locks
 //!
@@ -28,6 +30,7 @@
 //! never held with another. No lock is held across an `.await`.
 
 pub mod leases;
+pub mod member;
 pub mod pair;
 pub mod peer;
 pub mod rights;
@@ -45,6 +48,7 @@ use shared::capability::Role;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::cluster::Cluster;
 use crate::domain::{Event, Millis, State};
 use crate::error::ServiceError;
 use crate::metrics::Metrics;
@@ -105,7 +109,8 @@ impl ServiceConfig {
 pub struct Service {
     pub cfg: ServiceConfig,
     hostid_str: String,
-    state: Mutex<State>,
+    /// Shared with the cluster's state machine in a cluster member.
+    state: Arc<Mutex<State>>,
     store: Store,
     /// Signs lease tokens; `None` on a backup that has no copy of its main's pool yet.
     lease_key: RwLock<Option<Hmac<Sha256>>>,
@@ -118,6 +123,8 @@ pub struct Service {
     repl: watch::Sender<Replication>,
     /// The other server of the pair; `None` for a standalone server.
     peer: Option<Peer>,
+    /// A member of a three-member cluster: every change goes through it.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -152,7 +159,6 @@ impl Service {
                 store::acked(store.submit(seq, ev)).await?;
             }
         }
-        let backup_uri = effective_backup_uri(&cfg, &state);
         // A main acknowledges alone until its backup is in sync.
         if cfg.role == Role::Main && state.alone_from.is_none() {
             let ev = Event::WentAlone {
@@ -162,7 +168,33 @@ impl Service {
             let seq = state.apply(&ev);
             store::acked(store.submit(seq, ev)).await?;
         }
-        let lease_key = key_of(&state)?;
+        let svc = Self::assemble(cfg, Arc::new(Mutex::new(state)), store, peer, None)?;
+        tokio::spawn(compactor(Arc::downgrade(&svc)));
+        Ok(svc)
+    }
+
+    /// A member of a three-member cluster: its pool is the cluster's state machine's
+    /// (the key and history come from the cluster's first leader); `store` only holds
+    /// the data directory's lock.
+    pub fn start_member(
+        cfg: ServiceConfig,
+        cluster: Arc<Cluster>,
+        store: Store,
+    ) -> Result<Arc<Service>, ServiceError> {
+        Self::assemble(cfg, cluster.state(), store, None, Some(cluster))
+    }
+
+    fn assemble(
+        cfg: ServiceConfig,
+        state: Arc<Mutex<State>>,
+        store: Store,
+        peer: Option<Peer>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Result<Arc<Service>, ServiceError> {
+        let (lease_key, backup_uri) = {
+            let st = state.lock();
+            (key_of(&st)?, effective_backup_uri(&cfg, &st))
+        };
         let pair = PairRuntime {
             recovering: cfg.role == Role::Main && backup_uri.is_some(),
             link: if backup_uri.is_some() {
@@ -186,10 +218,10 @@ impl Service {
             poll_interval_secs: None,
             next_attempt_at: None,
         };
-        let svc = Arc::new(Service {
+        Ok(Arc::new(Service {
             hostid_str: cfg.hostid.to_string(),
             cfg,
-            state: Mutex::new(state),
+            state,
             store,
             lease_key: RwLock::new(lease_key),
             metrics: Metrics::new(),
@@ -199,9 +231,13 @@ impl Service {
             backup_uri: RwLock::new(backup_uri),
             repl: watch::Sender::new(Replication::default()),
             peer,
-        });
-        tokio::spawn(compactor(Arc::downgrade(&svc)));
-        Ok(svc)
+            cluster,
+        }))
+    }
+
+    /// The cluster this server is a member of, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// Hands the store a copy of the state to snapshot: taken under the lock, so it holds
@@ -221,8 +257,12 @@ impl Service {
         self.state.lock().clone()
     }
 
-    /// Waits for everything queued to be durable and stops the store's writer.
+    /// Waits for everything queued to be durable and stops the store's writer (and a
+    /// cluster member's raft node).
     pub async fn shutdown(&self) {
+        if let Some(c) = &self.cluster {
+            c.shutdown().await;
+        }
         let _ = store::acked(self.store.barrier()).await;
         self.store.shutdown();
     }

@@ -26,6 +26,11 @@ impl Service {
         &self,
         claims: &CapabilityClaims,
     ) -> Result<RightsChange, ServiceError> {
+        if let Some(c) = self.cluster() {
+            // Committed by the cluster's leader (this member's when it leads).
+            c.offer_rights(claims.rights.clone(), claims.iat);
+            return Ok(RightsChange::Unchanged);
+        }
         let rx = {
             let mut st = self.state.lock();
             if self.cfg.role == Role::Backup && st.active_since.is_none() {

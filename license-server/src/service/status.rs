@@ -2,10 +2,11 @@
 //! contact the poller keeps up to date, and the metrics (`GET /metrics`).
 
 use serde::Serialize;
-use shared::capability::{PairStatus, Role, ServerStatus};
+use shared::capability::{ClusterStatus, PairStatus, Role, ServerStatus};
 use uuid::Uuid;
 
 use super::{Service, now_ms};
+use crate::cluster::ClusterView;
 use crate::metrics::Metrics;
 use crate::pair::{self, Link, Serving};
 
@@ -110,7 +111,19 @@ impl Service {
                 .min(),
             expired_features: features.iter().filter(|f| f.expired).count(),
         };
-        let served_by = if pair.serving {
+        let cluster = self.cluster().map(|c| c.view());
+        let mut pair = pair;
+        if let Some(c) = &cluster {
+            pair.serving = c.serving;
+            pair.server_status = if c.serving {
+                ServerStatus::Active
+            } else {
+                ServerStatus::Ready
+            };
+        }
+        let served_by = if let Some(c) = &cluster {
+            c.serving_url.clone()
+        } else if pair.serving {
             self.cfg.public_url.clone()
         } else {
             match self.cfg.role {
@@ -123,6 +136,7 @@ impl Service {
             role: self.cfg.role,
             server_status: pair.server_status,
             pair_status: pair.pair_status,
+            cluster_status: cluster.as_ref().map(|c| c.status),
             served_by,
             pair,
             public_url: self.cfg.public_url.clone(),
@@ -131,6 +145,7 @@ impl Service {
             backoffice: self.backoffice(),
             rights,
             leases,
+            cluster,
             journal_seq: seq,
             durable_seq: self
                 .store
@@ -170,6 +185,9 @@ pub struct StatusView {
     pub role: Role,
     pub server_status: ServerStatus,
     pub pair_status: Option<PairStatus>,
+    /// A cluster member: `operational`, `partially_operational` or `not_operational`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_status: Option<ClusterStatus>,
     /// The URL of the server that serves this pool's licenses now (this one when it
     /// serves, else the partner it sends clients to).
     pub served_by: Option<String>,
@@ -184,6 +202,9 @@ pub struct StatusView {
     pub rights: RightsSummary,
     /// Leases held now.
     pub leases: usize,
+    /// A cluster member: the cluster as it sees it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterView>,
     /// The last change applied.
     pub journal_seq: u64,
     /// The last change on disk.

@@ -7,13 +7,18 @@
 //! each move it checks that the held lease is still held and that no server holds more
 //! seats than the count.
 //!
-//! cargo build --release --bins && target/release/failover-bench --runs 20
+//! With `--cluster`: a three-member cluster (default settings) instead; each run kills
+//! the leader, times the first checkout served by another member, checks the held lease
+//! is on the new leader, and starts the killed member again.
+//!
+//! cargo build --release --bins && target/release/failover-bench --runs 20 [--cluster]
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use shared::client::Client;
 use shared::lease::CheckoutRequest;
+use tests::cluster::{ClusterSetup, wait_cluster};
 use tests::{BackOffice, Backend, LicenseServer, PairSetup, wait_paired};
 
 const SEATS: u32 = 8;
@@ -24,19 +29,28 @@ fn req(client_id: &str) -> CheckoutRequest {
 
 /// Checks out through a client that knows both servers until `want` serves it.
 async fn first_checkout_on(client: &Client, want: &str, tag: &str) -> Result<Duration> {
+    first_checkout(client, |by| by == want, tag).await
+}
+
+/// Checks out until a server `wanted` serves it; how long that took.
+async fn first_checkout(
+    client: &Client,
+    wanted: impl Fn(&str) -> bool,
+    tag: &str,
+) -> Result<Duration> {
     let start = Instant::now();
     let mut n = 0;
     loop {
         n += 1;
         if let Ok(l) = client.checkout_lease(&req(&format!("{tag}-{n}"))).await
-            && l.served_by.as_deref() == Some(want)
+            && l.served_by.as_deref().is_some_and(&wanted)
         {
             let elapsed = start.elapsed();
             client.release(&l).await?;
             return Ok(elapsed);
         }
         if start.elapsed() > Duration::from_secs(60) {
-            bail!("no checkout on {want} within 60 s");
+            bail!("no checkout by the server wanted within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -69,16 +83,21 @@ fn summary(name: &str, v: &mut [Duration]) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut runs = 20;
+    let mut cluster = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--runs" => runs = args.next().context("--runs N")?.parse()?,
+            "--cluster" => cluster = true,
             "-h" | "--help" => {
-                println!("failover-bench [--runs 20]");
+                println!("failover-bench [--runs 20] [--cluster]");
                 return Ok(());
             }
             other => bail!("unknown flag {other}"),
         }
+    }
+    if cluster {
+        return cluster_takeover(runs).await;
     }
     let bo = BackOffice::start(Backend::Sqlite).await?;
     let fx = bo.fixture(&["cad"], 20).await?;
@@ -126,6 +145,49 @@ async fn main() -> Result<()> {
     summary(
         "failback (main restarted -> first checkout on the main)",
         &mut failback,
+    );
+    println!("leases lost: {lost}; over-allocation: none seen (every check passed)");
+    Ok(())
+}
+
+/// The takeover time of a three-member cluster with default settings.
+async fn cluster_takeover(runs: usize) -> Result<()> {
+    let bo = BackOffice::start(Backend::Sqlite).await?;
+    let fx = bo.fixture(&["cad"], 40).await?;
+    let setup = ClusterSetup::new(&bo, &fx, SEATS, &[]).await?;
+    let mut members = setup.start_all().await?;
+    let client = Client::with_servers(members.iter().map(|m| m.url.clone()))?;
+    let wait = Duration::from_secs(60);
+    let (mut takeover, mut lost) = (Vec::new(), 0);
+    for run in 0..runs {
+        let leader = wait_cluster(
+            &members.iter().collect::<Vec<_>>(),
+            "operational",
+            SEATS,
+            wait,
+        )
+        .await?;
+        let held = client
+            .checkout_lease(&req(&format!("holder-{run}")))
+            .await?;
+        let killed = members[leader].url.clone();
+        members[leader].kill9();
+        takeover.push(first_checkout(&client, |by| by != killed, &format!("t{run}")).await?);
+        let alive: Vec<&LicenseServer> = members.iter().filter(|m| m.url != killed).collect();
+        let next = wait_cluster(&alive, "partially_operational", SEATS, wait).await?;
+        if !holds(alive[next], &held.lease_id.to_string()).await? {
+            lost += 1;
+        }
+        client.release(&held).await?;
+        members[leader].restart().await?;
+        eprintln!("run {run}: takeover {:?}", takeover[run]);
+    }
+    println!(
+        "three-member cluster, raft heartbeat 100 ms, election timeout 0.5-1 s, {SEATS} seats"
+    );
+    summary(
+        "takeover (kill -9 of the leader -> first checkout on another member)",
+        &mut takeover,
     );
     println!("leases lost: {lost}; over-allocation: none seen (every check passed)");
     Ok(())

@@ -1,0 +1,624 @@
+//! A three-member failover cluster (`CLUSTER_MEMBER_HOSTIDS`): three equal license servers
+//! serve one pool, every change committed by a majority (raft, with openraft), so that
+//! licenses are served while any two members see each other and never by a member cut
+//! off from the other two.
+//!
+//! # How it works
+//!
+//! - Each member is a raft node whose ID is derived from its hostid ([`node_id`]); the
+//!   membership is the three hostids, the same on every member, and every member
+//!   initialises it at its first start (openraft accepts the same membership from each).
+//! - The pool is the state machine ([`machine`]): the leader proposes commands ("check
+//!   out this for this client at this time, with this lease ID"), every member decides and
+//!   applies them in log order against its own copy of the [`State`], so every copy is
+//!   the same and no two checkouts can take one seat.
+//! - A change is answered once a majority holds it durably (its raft log `fdatasync`ed)
+//!   and the leader has applied it. The leader serves; a follower answers `NOT_SERVING`
+//!   with the leader's URL, and a member that sees no leader (cut off, or the cluster
+//!   electing) `UNAVAILABLE`, so clients move on to another member by themselves.
+//! - The leader also proposes the pool's lease key once, the rights its back-office
+//!   contact verified (newer answers only) and the expiry of lapsed leases.
+//! - Members say hello to each other every `CLUSTER_HEARTBEAT_INTERVAL` and count one
+//!   down after `CLUSTER_MEMBER_TIMEOUT` ([`health`]): the cluster status. Raft keeps
+//!   its own, faster heartbeat (100 ms, elections after 0.5 to 1 s of silence), so that a
+//!   lost leader is replaced within two seconds.
+//! - A member that starts later, or was cut off, catches up from the leader: the entries
+//!   it lacks, or a snapshot of the pool when those were purged.
+//!
+//! # Files (in `DATA_DIR`, mode 0600; format version 1)
+//!
+//! | file | holds |
+//! |---|---|
+//! | `raft-vote.bin` | the vote and the last purged log ID |
+//! | `raft-log-<I, 20 digits>.log` | a log segment: the entries I, I+1, … |
+//! | `raft-snapshot.bin` | the pool as of a log position, with that position and the membership |
+//! | `*.tmp` | a vote or snapshot being written (replaced whole, by rename) |
+//!
+//! Each is a 36-byte header as the store's ([`crate::store::frame::FileHeader`]: magic
+//! `LLS-VOT\n`, `LLS-RLG\n` or `LLS-RSN\n`, version 1, base: a segment's first index, a
+//! snapshot's last index) and then checksummed records as the store's. A vote record is
+//! JSON `{"vote": …, "purged": …}`; a log record is one openraft entry as JSON (its log
+//! ID and a command, a membership or nothing); a snapshot's first record is its meta as
+//! JSON (last log ID, membership, snapshot ID), the rest are the store's snapshot sections
+//! ([`crate::store::codec`]). An append is acknowledged after `fdatasync`; the vote and
+//! snapshots are written to a temporary file, synced and renamed over. A record cut short
+//! at the end of the newest segment (a crash while it was appended) is cut off with a
+//! warning; anything else that does not verify stops the start with an error naming the
+//! file and the record. A damaged member is recovered by moving its `DATA_DIR` aside: it
+//! starts empty and takes everything from the other members.
+//!
+//! A data directory is either a cluster member's or a standalone (or pair) server's: a
+//! start in the other mode is refused.
+
+pub mod health;
+pub mod log;
+pub mod machine;
+pub mod network;
+pub mod sm;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{Config, ServerState, SnapshotPolicy};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use shared::HostId;
+use shared::capability::{ClusterStatus, Right};
+use shared::secret::Secret;
+use tokio::sync::watch;
+
+use crate::domain::{Millis, State};
+use crate::error::ServiceError;
+use health::{Health, Peer};
+use machine::{Command, Outcome};
+use network::{Network, Wire};
+use sm::Applied;
+
+openraft::declare_raft_types!(
+    /// The cluster's raft types: commands and outcomes of [`machine`], members by hostid.
+    pub TypeConfig:
+        D = Command,
+        R = Outcome,
+        NodeId = u64,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type NodeId = u64;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Raft's own heartbeat and election timeouts (milliseconds).
+const RAFT_HEARTBEAT_MS: u64 = 100;
+const ELECTION_MIN_MS: u64 = 500;
+const ELECTION_MAX_MS: u64 = 1000;
+/// A leader that has not heard a majority for this long does not take new requests.
+const QUORUM_ACK_LIMIT_MS: u64 = ELECTION_MAX_MS;
+/// How long a request waits for its change to be committed before it is answered
+/// `UNAVAILABLE` (it may still be committed; a retry of a checkout by the same client
+/// gets that lease).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the leader looks for leases to expire and rights to propose.
+const DUTY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A member in the raft membership: its hostid (the same on every member; URLs are each
+/// member's own settings).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub hostid: String,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.hostid)
+    }
+}
+
+/// A member's raft node ID: the first 8 bytes of the SHA-256 of its hostid.
+pub fn node_id(hostid: &HostId) -> NodeId {
+    let digest = Sha256::digest(hostid.to_string().as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(b)
+}
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What members say to each other every heartbeat (`POST /api/v1/member/hello`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Hello {
+    /// The sender's hostid.
+    pub hostid: String,
+    /// The cluster's three hostids, sorted: members of another cluster are refused.
+    pub members: Vec<String>,
+    /// The sender's clock, Unix milliseconds.
+    pub time_ms: i64,
+    /// Where clients reach the sender (`PUBLIC_URL`).
+    pub public_url: Option<String>,
+}
+
+/// The settings a member runs with.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub hostid: HostId,
+    /// This member's URL for clients.
+    pub public_url: String,
+    /// The other two: hostid and URL.
+    pub members: Vec<(HostId, String)>,
+    pub heartbeat_interval: Duration,
+    pub member_timeout: Duration,
+    /// `PAIR_TOKEN`: the secret members authenticate each other with.
+    pub token: Secret,
+    pub ca: Vec<reqwest::Certificate>,
+}
+
+/// A running member.
+pub struct Cluster {
+    pub raft: Raft,
+    pub id: NodeId,
+    pub hostid: HostId,
+    public_url: String,
+    /// The three hostids, sorted.
+    members: Vec<String>,
+    pub health: Arc<Health>,
+    state: Arc<Mutex<State>>,
+    applied: Arc<Mutex<Applied>>,
+    wire: Wire,
+    heartbeat_interval: Duration,
+    /// The newest rights this member's back-office contact verified, proposed when it
+    /// leads: (rights, `iat`).
+    rights: Mutex<Option<(Vec<Right>, i64)>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("hostid", &self.hostid)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Loads the member's raft files from `dir` and starts its raft node.
+    pub async fn start(cfg: ClusterConfig, dir: &Path) -> anyhow::Result<Arc<Cluster>> {
+        let d = dir.to_owned();
+        let (log, sm) = tokio::task::spawn_blocking(move || {
+            let log = log::open(&d).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (sm, state) = sm::StateMachine::open(&d).map_err(anyhow::Error::msg)?;
+            Ok::<_, anyhow::Error>((log, (sm, state)))
+        })
+        .await?
+        .with_context(|| {
+            "the cluster member's files cannot be read; to recover, stop it, move DATA_DIR \
+             aside and start it again: it takes the pool from the other members"
+        })?;
+        let (sm, state) = sm;
+        let applied = sm.applied();
+        let id = node_id(&cfg.hostid);
+        let peers: Vec<Peer> = cfg
+            .members
+            .iter()
+            .map(|(h, url)| Peer {
+                id: node_id(h),
+                hostid: h.clone(),
+                url: url.clone(),
+            })
+            .collect();
+        let mut members: Vec<String> = std::iter::once(cfg.hostid.to_string())
+            .chain(peers.iter().map(|p| p.hostid.to_string()))
+            .collect();
+        members.sort();
+        let health = Arc::new(Health::new(peers, cfg.member_timeout));
+        let wire = Wire::new(cfg.token.clone(), cfg.hostid.to_string(), cfg.ca.clone())?;
+        let config = Config {
+            cluster_name: "license-server".into(),
+            heartbeat_interval: RAFT_HEARTBEAT_MS,
+            election_timeout_min: ELECTION_MIN_MS,
+            election_timeout_max: ELECTION_MAX_MS,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(20_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_max_chunk_size: 1 << 20,
+            ..Config::default()
+        }
+        .validate()
+        .context("the cluster's raft settings")?;
+        let network = Network {
+            wire: wire.clone(),
+            health: health.clone(),
+        };
+        let raft = Raft::new(id, Arc::new(config), network, log, sm)
+            .await
+            .context("starting the cluster member's raft node")?;
+        let membership: BTreeMap<NodeId, Member> = std::iter::once((
+            id,
+            Member {
+                hostid: cfg.hostid.to_string(),
+            },
+        ))
+        .chain(health.peers.iter().map(|p| {
+            (
+                p.id,
+                Member {
+                    hostid: p.hostid.to_string(),
+                },
+            )
+        }))
+        .collect();
+        match raft.initialize(membership).await {
+            Ok(()) => tracing::info!("cluster membership initialised: the three members"),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(anyhow::anyhow!("initialising the cluster: {e}")),
+        }
+        Ok(Arc::new(Cluster {
+            raft,
+            id,
+            hostid: cfg.hostid,
+            public_url: cfg.public_url,
+            members,
+            health,
+            state,
+            applied,
+            wire,
+            heartbeat_interval: cfg.heartbeat_interval,
+            rights: Mutex::new(None),
+        }))
+    }
+
+    /// The pool, as applied on this member (shared with the service).
+    pub fn state(&self) -> Arc<Mutex<State>> {
+        self.state.clone()
+    }
+
+    /// This member's hello.
+    pub fn hello(&self) -> Hello {
+        Hello {
+            hostid: self.hostid.to_string(),
+            members: self.members.clone(),
+            time_ms: now_ms(),
+            public_url: Some(self.public_url.clone()),
+        }
+    }
+
+    /// Checks a member's hello (the receiving side): one of ours, the same cluster, a
+    /// clock close enough. Returns ours.
+    pub fn answer_hello(&self, theirs: &Hello) -> Result<Hello, ServiceError> {
+        self.check_sender(&theirs.hostid, Some(theirs.time_ms))?;
+        if theirs.members != self.members {
+            let msg = format!(
+                "member {} belongs to another cluster: its members are {}, this cluster's are {}",
+                self.hostid,
+                self.members.join(", "),
+                theirs.members.join(", ")
+            );
+            tracing::error!(from = %theirs.hostid, "a member of another cluster said hello: {msg}");
+            return Err(ServiceError::RoleConflict(msg));
+        }
+        Ok(self.hello())
+    }
+
+    /// Checks who sent a member request and its clock.
+    pub fn check_sender(&self, hostid: &str, time_ms: Option<i64>) -> Result<(), ServiceError> {
+        if !self.members.iter().any(|m| m == hostid) || hostid == self.hostid.to_string() {
+            return Err(ServiceError::RoleConflict(format!(
+                "{hostid} is not a member of this cluster ({}); check CLUSTER_MEMBER_HOSTIDS on it",
+                self.members.join(", ")
+            )));
+        }
+        if let Some(t) = time_ms {
+            let offset = t - now_ms();
+            if offset.unsigned_abs() > crate::settings::CLUSTER_MAX_CLOCK_SKEW.as_millis() as u64 {
+                return Err(ServiceError::ClockSkew(format!(
+                    "member {} refuses {hostid}: {}",
+                    self.hostid,
+                    health::clock_error(hostid, offset)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the hellos and the leader's duties; they stop with `stop`.
+    pub fn run(self: &Arc<Self>, stop: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        let me = self.clone();
+        let hellos = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let c = me.clone();
+                me.health
+                    .run(
+                        me.wire.clone(),
+                        move || c.hello(),
+                        me.heartbeat_interval,
+                        stop,
+                    )
+                    .await;
+            })
+        };
+        let me = self.clone();
+        let duties = tokio::spawn(async move { me.leader_duties(stop).await });
+        vec![hellos, duties]
+    }
+
+    /// While this member leads: create the pool's key once, propose newer rights, free
+    /// lapsed leases.
+    async fn leader_duties(&self, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(DUTY_INTERVAL) => {}
+                _ = stop.changed() => return,
+            }
+            if self.serving().is_err() {
+                continue;
+            }
+            let now = now_ms();
+            let (no_key, due, held_iat, held_rights) = {
+                let st = self.state.lock();
+                (
+                    st.lease_key.is_none() || st.history.is_nil(),
+                    st.next_expiry().is_some_and(|e| e <= now),
+                    st.rights_issued_at,
+                    st.rights.clone(),
+                )
+            };
+            if no_key {
+                let cmd = Command::Init {
+                    lease_key: shared::random_token::<32>(),
+                    history: uuid::Uuid::new_v4(),
+                };
+                if let Err(e) = self.propose(cmd).await {
+                    tracing::debug!(error = %e, "could not create the pool's key yet");
+                }
+            }
+            let offer = self.rights.lock().clone();
+            if let Some((rights, iat)) = offer
+                && (iat > held_iat || (iat == held_iat && rights != held_rights))
+            {
+                let cmd = Command::Rights {
+                    rights,
+                    at: now,
+                    issued_at: iat,
+                };
+                match self.propose(cmd).await {
+                    Ok(_) => tracing::info!(issued_at = iat, "rights committed to the cluster"),
+                    Err(e) => tracing::debug!(error = %e, "could not commit the rights yet"),
+                }
+            }
+            if due {
+                match self.propose(Command::Expire { at: now }).await {
+                    Ok(Outcome::Expired { freed }) if freed > 0 => {
+                        tracing::info!(freed, "leases expired (not renewed in time)");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "could not expire leases yet"),
+                }
+            }
+        }
+    }
+
+    /// A verified capability answer's rights: proposed by the leader's duties (at once
+    /// when this member leads).
+    pub fn offer_rights(&self, rights: Vec<Right>, issued_at: i64) {
+        let mut r = self.rights.lock();
+        if r.as_ref().is_none_or(|(_, iat)| issued_at >= *iat) {
+            *r = Some((rights, issued_at));
+        }
+    }
+
+    /// Whether this member takes requests now: it leads and a majority acknowledged it
+    /// within the last second. Else `NOT_SERVING` naming the leader, or `UNAVAILABLE`
+    /// when it knows of none it can reach.
+    pub fn serving(&self) -> Result<(), ServiceError> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if m.state == ServerState::Leader
+            && m.millis_since_quorum_ack
+                .is_some_and(|ms| ms < QUORUM_ACK_LIMIT_MS)
+        {
+            return Ok(());
+        }
+        if let Some(leader) = m.current_leader.filter(|l| *l != self.id)
+            && self.health.peer(leader).is_some()
+            && let Some(url) = self.health.client_url(leader)
+        {
+            return Err(ServiceError::NotServing { serving_url: url });
+        }
+        Err(self.not_operational())
+    }
+
+    fn not_operational(&self) -> ServiceError {
+        let status = self.health.status();
+        ServiceError::Unavailable(match status {
+            ClusterStatus::NotOperational => format!(
+                "this cluster member is {}: it sees neither of the other members, and \
+                 licenses are granted only while two members see each other; another \
+                 member may serve",
+                status.as_str()
+            ),
+            _ => "the cluster is choosing the member that serves; retry shortly".into(),
+        })
+    }
+
+    /// Proposes a command and waits until it is committed by a majority and applied
+    /// here; answers what applying it did.
+    pub async fn propose(&self, cmd: Command) -> Result<Outcome, ServiceError> {
+        self.serving()?;
+        let kind = cmd.kind();
+        match tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(cmd)).await {
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                match f.leader_id.and_then(|l| self.health.client_url(l)) {
+                    Some(url) => Err(ServiceError::NotServing { serving_url: url }),
+                    None => Err(self.not_operational()),
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(command = kind, error = %e, "a change was not committed");
+                Err(self.not_operational())
+            }
+            Err(_) => {
+                tracing::warn!(
+                    command = kind,
+                    "a change was not committed within {COMMIT_TIMEOUT:?}: a majority of the cluster is not reachable"
+                );
+                Err(ServiceError::Unavailable(format!(
+                    "the change was not committed by a majority of the cluster within {}s; retry",
+                    COMMIT_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+
+    /// Every member's URL for clients, this one first.
+    pub fn client_urls(&self) -> Vec<String> {
+        std::iter::once(self.public_url.clone())
+            .chain(
+                self.health
+                    .peers
+                    .iter()
+                    .filter_map(|p| self.health.client_url(p.id)),
+            )
+            .collect()
+    }
+
+    /// The URL of the member that serves now, if known.
+    pub fn serving_url(&self) -> Option<String> {
+        match self.serving() {
+            Ok(()) => Some(self.public_url.clone()),
+            Err(ServiceError::NotServing { serving_url }) => Some(serving_url),
+            Err(_) => None,
+        }
+    }
+
+    /// The cluster as this member sees it.
+    pub fn view(&self) -> ClusterView {
+        let (state, leader, term, last_log) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.state, m.current_leader, m.current_term, m.last_log_index)
+        };
+        let role = |id: NodeId| {
+            if leader == Some(id) {
+                MemberRole::Leader
+            } else {
+                MemberRole::Follower
+            }
+        };
+        let mut members = vec![MemberView {
+            hostid: self.hostid.to_string(),
+            url: self.public_url.clone(),
+            this: true,
+            up: true,
+            role: match state {
+                ServerState::Leader => MemberRole::Leader,
+                ServerState::Candidate => MemberRole::Candidate,
+                _ => MemberRole::Follower,
+            },
+            last_seen: Some(now_ms() / 1000),
+            clock_offset_ms: Some(0),
+            error: None,
+        }];
+        for (p, s) in self.health.peers.iter().zip(self.health.states()) {
+            members.push(MemberView {
+                hostid: p.hostid.to_string(),
+                url: s.public_url.clone().unwrap_or_else(|| p.url.clone()),
+                this: false,
+                up: self.health.is_up(&s),
+                role: role(p.id),
+                last_seen: s.last_ok_ms.map(|m| m / 1000),
+                clock_offset_ms: s.clock_offset_ms,
+                error: s.refused.clone().or(s.last_error.clone()),
+            });
+        }
+        let leader_hostid = leader.and_then(|l| {
+            if l == self.id {
+                Some(self.hostid.to_string())
+            } else {
+                self.health.peer(l).map(|p| p.hostid.to_string())
+            }
+        });
+        ClusterView {
+            status: self.health.status(),
+            serving: self.serving().is_ok(),
+            leader: leader_hostid,
+            serving_url: self.serving_url(),
+            term,
+            last_log_index: last_log,
+            applied_index: self.applied.lock().log_id.map(|l| l.index),
+            members,
+        }
+    }
+
+    /// Stops the raft node.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "the cluster's raft node did not stop cleanly");
+        }
+    }
+}
+
+/// A member's part in the raft cluster now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    /// Serves: proposes every change.
+    Leader,
+    Follower,
+    /// Asking the others to elect it.
+    Candidate,
+}
+
+/// One member, as this member sees it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberView {
+    pub hostid: String,
+    /// Its URL for clients.
+    pub url: String,
+    /// This member.
+    pub this: bool,
+    /// Answered every check within `CLUSTER_MEMBER_TIMEOUT`.
+    pub up: bool,
+    pub role: MemberRole,
+    /// Its last good answer, in Unix seconds.
+    pub last_seen: Option<i64>,
+    /// Its clock minus this member's, in milliseconds (at its last answer).
+    pub clock_offset_ms: Option<i64>,
+    /// Why it is down or refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The cluster as this member sees it (`GET /api/v1/cluster`, and in the status).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    /// `operational` (linked to both other members), `partially_operational` (to one),
+    /// `not_operational` (to none: nothing is granted).
+    pub status: ClusterStatus,
+    /// This member serves (it leads, and a majority acknowledged it within a second).
+    pub serving: bool,
+    /// The leader's hostid, when one is known.
+    pub leader: Option<String>,
+    /// The URL of the member that serves, when known.
+    pub serving_url: Option<String>,
+    /// The raft term.
+    pub term: u64,
+    /// The last entry of this member's raft log.
+    pub last_log_index: Option<u64>,
+    /// The last entry applied to this member's pool.
+    pub applied_index: Option<u64>,
+    /// The three members, this one first.
+    pub members: Vec<MemberView>,
+}

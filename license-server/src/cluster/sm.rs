@@ -1,0 +1,391 @@
+//! The state machine ([`openraft::storage::RaftStateMachine`]): the pool's [`State`],
+//! shared with the service that reads it, changed only by applying committed commands
+//! ([`super::machine::apply`]) or by installing a snapshot; and its snapshots, written
+//! in the store's style (format in [`super`]'s documentation).
+
+use std::io::{self, Cursor, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, Snapshot,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use parking_lot::Mutex;
+
+use super::machine::{self, Outcome};
+use super::{Entry, Member, NodeId, TypeConfig};
+use crate::domain::{Frozen, State};
+use crate::store::codec::{self, Section};
+use crate::store::files;
+use crate::store::frame::{self, FileHeader, Reader};
+
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LLS-RSN\n";
+pub const SNAPSHOT_FILE: &str = "raft-snapshot.bin";
+const SNAPSHOT_TMP: &str = "raft-snapshot.bin.tmp";
+
+type Meta = SnapshotMeta<NodeId, Member>;
+
+/// What the state machine has applied (besides the pool itself).
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    pub log_id: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, Member>,
+}
+
+pub struct StateMachine {
+    state: Arc<Mutex<State>>,
+    applied: Arc<Mutex<Applied>>,
+    dir: PathBuf,
+    /// The last snapshot written or installed.
+    current: Arc<Mutex<Option<Meta>>>,
+}
+
+/// Takes a copy when asked for a builder; encodes and writes it when asked to build.
+pub struct Builder {
+    frozen: Frozen,
+    applied: Applied,
+    dir: PathBuf,
+    current: Arc<Mutex<Option<Meta>>>,
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageError::IO {
+        source: StorageIOError::new(
+            ErrorSubject::StateMachine,
+            verb,
+            AnyError::error(e.to_string()),
+        ),
+    }
+}
+
+impl StateMachine {
+    /// Loads the last snapshot in `dir`, if any (anything that does not verify stops
+    /// the start); the entries after it are applied again by openraft.
+    pub fn open(dir: &Path) -> Result<(StateMachine, Arc<Mutex<State>>), String> {
+        let path = dir.join(SNAPSHOT_FILE);
+        let (state, applied, current) = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let (meta, state) =
+                    decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+                let applied = Applied {
+                    log_id: meta.last_log_id,
+                    membership: meta.last_membership.clone(),
+                };
+                (state, applied, Some(meta))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                (State::default(), Applied::default(), None)
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let state = Arc::new(Mutex::new(state));
+        Ok((
+            StateMachine {
+                state: state.clone(),
+                applied: Arc::new(Mutex::new(applied)),
+                dir: dir.to_owned(),
+                current: Arc::new(Mutex::new(current)),
+            },
+            state,
+        ))
+    }
+
+    /// What has been applied: shared with the cluster handle, for its status.
+    pub fn applied(&self) -> Arc<Mutex<Applied>> {
+        self.applied.clone()
+    }
+}
+
+/// A snapshot's bytes: header, the meta as JSON, then the pool's sections.
+pub fn encode(meta: &Meta, frozen: &Frozen) -> io::Result<Vec<u8>> {
+    let mut out = FileHeader {
+        magic: SNAPSHOT_MAGIC,
+        epoch: 0,
+        base: meta.last_log_id.map_or(0, |l| l.index),
+    }
+    .encode()
+    .to_vec();
+    frame::put_frame(
+        &mut out,
+        &serde_json::to_vec(meta).map_err(io::Error::other)?,
+    );
+    let mut payload = Vec::with_capacity(1 << 16);
+    codec::put_snapshot(frozen, &mut payload, |p| {
+        frame::put_frame(&mut out, p);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Reads a snapshot's bytes back; anything that does not verify is an error saying
+/// where.
+pub fn decode(bytes: &[u8]) -> Result<(Meta, State), String> {
+    FileHeader::decode(bytes, SNAPSHOT_MAGIC)?;
+    let mut reader = Reader::new(bytes);
+    let mut next = |what: &str| match reader.next_frame() {
+        Some(Ok(f)) => Ok(f),
+        Some(Err(stop)) => Err(stop.to_string()),
+        None => Err(format!("it ends before {what}")),
+    };
+    let f = next("its meta")?;
+    let meta: Meta = serde_json::from_slice(f.payload)
+        .map_err(|e| format!("record 0: not a snapshot's meta ({e})"))?;
+    let f = next("the pool")?;
+    let mut state = match codec::get_section(f.payload) {
+        Ok(Section::Head(head)) => *head,
+        Ok(_) => return Err(format!("record {}: not the pool's head", f.record)),
+        Err(e) => return Err(format!("record {} at byte {}: {e}", f.record, f.offset)),
+    };
+    state.begin_load();
+    let (mut leases, mut sections) = (0u64, 0u64);
+    loop {
+        let f = next("its end")?;
+        match codec::get_section(f.payload) {
+            Ok(Section::Leases(list)) => {
+                sections += 1;
+                leases += list.len() as u64;
+                for l in list {
+                    state.insert_lease(l);
+                }
+            }
+            Ok(Section::End {
+                leases: n,
+                sections: s,
+            }) => {
+                if (n, s) != (leases, sections) {
+                    return Err(format!(
+                        "it holds {leases} leases in {sections} sections, its end says {n} in {s}"
+                    ));
+                }
+                break;
+            }
+            Ok(Section::Head(_)) => return Err(format!("record {}: a second head", f.record)),
+            Err(e) => return Err(format!("record {} at byte {}: {e}", f.record, f.offset)),
+        }
+    }
+    if let Some(extra) = reader.next_frame() {
+        let at = extra.map(|f| f.offset).unwrap_or_else(|s| match s {
+            frame::Stop::Torn { offset } | frame::Stop::Damaged { offset, .. } => offset,
+        });
+        return Err(format!("bytes follow its end, at byte {at}"));
+    }
+    state.end_load();
+    Ok((meta, state))
+}
+
+/// Writes a snapshot file: temporary file, synced, renamed over, directory synced.
+fn write_file(dir: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(SNAPSHOT_TMP);
+    let mut f = files::create_private(&tmp, true)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    files::fsync_dir(dir)
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Builder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        let last = self.applied.log_id;
+        let meta = Meta {
+            last_log_id: last,
+            last_membership: self.applied.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}-{}",
+                last.map_or(0, |l| l.leader_id.term),
+                last.map_or(0, |l| l.index),
+                uuid::Uuid::new_v4().simple()
+            ),
+        };
+        let frozen = std::mem::take(&mut self.frozen);
+        let dir = self.dir.clone();
+        let m = meta.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            let bytes = encode(&m, &frozen)?;
+            write_file(&dir, &bytes)?;
+            Ok::<_, io::Error>(bytes)
+        })
+        .await
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        tracing::info!(
+            index = last.map_or(0, |l| l.index),
+            bytes = bytes.len(),
+            "cluster snapshot written"
+        );
+        *self.current.lock() = Some(meta.clone());
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Builder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>), StorageError<NodeId>>
+    {
+        let a = self.applied.lock();
+        Ok((a.log_id, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut out = Vec::new();
+        let mut st = self.state.lock();
+        let mut applied = self.applied.lock();
+        for entry in entries {
+            applied.log_id = Some(entry.log_id);
+            out.push(match entry.payload {
+                EntryPayload::Blank => Outcome::Done,
+                EntryPayload::Normal(cmd) => machine::apply(&mut st, &cmd),
+                EntryPayload::Membership(m) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Outcome::Done
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Builder {
+        // Taken under the locks, so the copy is exactly what was applied.
+        let st = self.state.lock();
+        Builder {
+            frozen: st.frozen(),
+            applied: self.applied.lock().clone(),
+            dir: self.dir.clone(),
+            current: self.current.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes = snapshot.into_inner();
+        let (theirs, state) = decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        if theirs.last_log_id != meta.last_log_id {
+            return Err(sm_err(
+                ErrorVerb::Read,
+                "the snapshot's content is not of the log position it was sent for",
+            ));
+        }
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || write_file(&dir, &bytes))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let leases = state.lease_count();
+        {
+            let mut st = self.state.lock();
+            let mut applied = self.applied.lock();
+            *st = state;
+            applied.log_id = meta.last_log_id;
+            applied.membership = meta.last_membership.clone();
+        }
+        *self.current.lock() = Some(meta.clone());
+        tracing::info!(
+            index = meta.last_log_id.map_or(0, |l| l.index),
+            leases,
+            "took a full copy of the pool from the leader"
+        );
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        let Some(meta) = self.current.lock().clone() else {
+            return Ok(None);
+        };
+        let path = self.dir.join(SNAPSHOT_FILE);
+        let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::machine::Command;
+    use shared::capability::Right;
+
+    fn pool_with_leases(n: usize) -> State {
+        let mut st = State::default();
+        machine::apply(
+            &mut st,
+            &Command::Rights {
+                rights: vec![Right {
+                    activation_id: "A".into(),
+                    feature: "cad".into(),
+                    version: String::new(),
+                    count: 10_000,
+                    starts_at: 0,
+                    expires_at: None,
+                }],
+                at: 1,
+                issued_at: 1,
+            },
+        );
+        for i in 0..n {
+            machine::apply(
+                &mut st,
+                &Command::Checkout {
+                    feature: "cad".into(),
+                    version: None,
+                    count: 1,
+                    client_id: format!("c{i}"),
+                    at: 1_000,
+                    lease_ms: 60_000,
+                    lease_id: uuid::Uuid::new_v4(),
+                    granted_by: "string:m1".into(),
+                },
+            );
+        }
+        st
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_as_the_same_pool_and_any_damage_is_refused() {
+        let st = pool_with_leases(1500);
+        let meta = Meta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 7), 42)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "s".into(),
+        };
+        let bytes = encode(&meta, &st.frozen()).unwrap();
+        let (m, back) = decode(&bytes).unwrap();
+        assert_eq!(m.last_log_id, meta.last_log_id);
+        assert_eq!(back.seq, st.seq);
+        assert_eq!(back.lease_count(), 1500);
+        assert_eq!(back.features(2_000), st.features(2_000));
+        for at in [10, 40, bytes.len() / 2, bytes.len() - 1] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x04;
+            assert!(decode(&bad).is_err(), "a flip at byte {at} went unnoticed");
+        }
+        assert!(decode(&bytes[..bytes.len() - 3]).is_err());
+    }
+}

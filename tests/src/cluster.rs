@@ -1,0 +1,188 @@
+//! Three-member clusters for tests and benchmarks: three `license-server` members of
+//! one pool, each registered with the back office as a standalone server of the same
+//! line item (until the back office registers clusters). Member `i` reaches member `j`
+//! through its own link-cutting proxy, so that a member can be cut off from the other
+//! two while clients still reach it directly.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use serde_json::Value;
+
+use crate::{BackOffice, Fixture, LicenseServer, Proxy, free_port, tail};
+
+/// Three members' settings: member `i` reaches member `j` through `links[i][j]`.
+pub struct ClusterSetup {
+    pub tmp: tempfile::TempDir,
+    pub ports: [u16; 3],
+    pub hostids: [String; 3],
+    pub links: Vec<Vec<Option<Proxy>>>,
+    pub common: Vec<(String, String)>,
+    /// Extra settings of one member (a clock set off, another cluster's members).
+    pub extra: [Vec<(String, String)>; 3],
+}
+
+impl ClusterSetup {
+    /// Three members serving `seats` of the fixture's line item (each registered as a
+    /// standalone server of it); `extra` overrides or adds settings on all three.
+    pub async fn new(
+        bo: &BackOffice,
+        fx: &Fixture,
+        seats: u32,
+        extra: &[(&str, &str)],
+    ) -> Result<ClusterSetup> {
+        let ports = [free_port(), free_port(), free_port()];
+        let tag = Uuid::new_v4().simple().to_string();
+        let hostids = [0, 1, 2].map(|i| format!("string:member{i}-{}", &tag[..8]));
+        let mut links = Vec::new();
+        for i in 0..3 {
+            let mut row = Vec::new();
+            for (j, port) in ports.iter().enumerate() {
+                row.push(if i == j {
+                    None
+                } else {
+                    Some(Proxy::start(*port).await?)
+                });
+            }
+            links.push(row);
+        }
+        let common = [
+            ("BACKOFFICE_URL", bo.url.clone()),
+            ("BACKOFFICE_TOKEN", fx.device_token.clone()),
+            (
+                "BACKOFFICE_PUBLIC_KEY",
+                bo.public_key_path().display().to_string(),
+            ),
+            ("CAPABILITY_POLL_INTERVAL", "1s".to_owned()),
+            ("BACKOFF_MAX", "500ms".to_owned()),
+            ("LEASE_DURATION", "60s".to_owned()),
+            ("RIGHTS_IDS", format!("{}:{seats}", fx.activation_id)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+        Ok(ClusterSetup {
+            tmp: tempfile::tempdir()?,
+            ports,
+            hostids,
+            links,
+            common,
+            extra: Default::default(),
+        })
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
+    }
+
+    pub fn env(&self, i: usize) -> Vec<(String, String)> {
+        let others: Vec<usize> = (0..3).filter(|j| *j != i).collect();
+        let mut env = self.common.clone();
+        env.push(("HOSTID".into(), self.hostids[i].clone()));
+        env.push(("PUBLIC_URL".into(), self.url(i)));
+        env.push((
+            "CLUSTER_MEMBER_HOSTIDS".into(),
+            others
+                .iter()
+                .map(|j| self.hostids[*j].clone())
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
+        env.push((
+            "CLUSTER_MEMBER_URIS".into(),
+            others
+                .iter()
+                .map(|j| {
+                    self.links[i][*j]
+                        .as_ref()
+                        .map(Proxy::url)
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
+        for (k, v) in &self.extra[i] {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env
+    }
+
+    pub async fn start(&self, i: usize) -> Result<LicenseServer> {
+        LicenseServer::start(
+            &format!("member{i}"),
+            &self.tmp.path().join(format!("member{i}")),
+            self.ports[i],
+            &self.env(i),
+        )
+        .await
+    }
+
+    pub async fn start_all(&self) -> Result<Vec<LicenseServer>> {
+        let mut v = Vec::new();
+        for i in 0..3 {
+            v.push(self.start(i).await?);
+        }
+        Ok(v)
+    }
+
+    /// Cuts member `k` off from the other two (both directions), or heals it.
+    pub fn isolate(&self, k: usize, cut: bool) {
+        for j in (0..3).filter(|j| *j != k) {
+            for p in [&self.links[k][j], &self.links[j][k]].into_iter().flatten() {
+                if cut { p.cut() } else { p.heal() }
+            }
+        }
+    }
+}
+
+/// A member's view of its cluster (`null` when it does not answer).
+pub async fn cluster_of(m: &LicenseServer) -> Option<Value> {
+    let s = m.status().await.ok()?;
+    Some(s["cluster"].clone())
+}
+
+/// Waits until every member of `members` reports `status`, one serves and it holds
+/// `seats`; returns the serving member's index.
+pub async fn wait_cluster(
+    members: &[&LicenseServer],
+    status: &str,
+    seats: u32,
+    timeout: Duration,
+) -> Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut serving = None;
+        let mut all = true;
+        for (i, m) in members.iter().enumerate() {
+            match m.status().await {
+                Ok(s) => {
+                    all &= s["cluster_status"] == status;
+                    if s["cluster"]["serving"] == true
+                        && s["rights"]["seats"].as_u64() == Some(seats.into())
+                    {
+                        serving = Some(i);
+                    }
+                }
+                Err(_) => all = false,
+            }
+        }
+        if let (true, Some(i)) = (all, serving) {
+            return Ok(i);
+        }
+        if Instant::now() > deadline {
+            let mut report = String::new();
+            for m in members {
+                report.push_str(&format!(
+                    "--- {} ---\n{}\n{}\n",
+                    m.name,
+                    cluster_of(m).await.unwrap_or_default(),
+                    tail(&m.log_text(), 30)
+                ));
+            }
+            bail!("the members do not all report {status} with one serving:\n{report}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,479 @@
+//! Three-member clusters with real processes: the real back office (each member
+//! registered as a standalone server of one line item, until the back office registers
+//! clusters), three `license-server` members, and clients using the client library.
+//! Members reach each other through link-cutting proxies (one per direction, so a member
+//! can be cut off from the other two while clients still reach it directly); clocks are
+//! set off with libfaketime. kill -9 of the leader under load, an isolated member with
+//! clients on both sides, two members down, restarts in every order, and members that
+//! must be refused.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use shared::ErrorCode;
+use shared::client::{Client, ClientError};
+use shared::lease::Lease;
+use tests::cluster::{ClusterSetup, cluster_of, wait_cluster};
+use tests::{BackOffice, Backend, Fixture, LicenseServer, free_port};
+use uuid::Uuid;
+
+/// One cluster test at a time: they time elections of a second, and several clusters at
+/// once on two cores would starve their heartbeats.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const FEATURE: &str = "cad";
+const SEATS: u32 = 8;
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn setup() -> Result<(BackOffice, Fixture, ClusterSetup)> {
+    let bo = BackOffice::start(Backend::Sqlite).await?;
+    let fx = bo.fixture(&[FEATURE], 40).await?;
+    let s = ClusterSetup::new(
+        &bo,
+        &fx,
+        SEATS,
+        &[
+            ("CLUSTER_HEARTBEAT_INTERVAL", "250ms"),
+            ("CLUSTER_MEMBER_TIMEOUT", "1s"),
+        ],
+    )
+    .await?;
+    Ok((bo, fx, s))
+}
+
+/// Waits until the members report `status` with one serving the pool; its index.
+async fn wait_status(members: &[&LicenseServer], status: &str) -> Result<usize> {
+    wait_cluster(members, status, SEATS, WAIT).await
+}
+
+/// Seats held on a member by its own lease list; `None` when it does not answer.
+async fn seats_held(url: &str, token: &str) -> Option<u32> {
+    let leases = tests::leases_at(url, token, FEATURE).await.ok()?;
+    Some(
+        leases
+            .iter()
+            .map(|l| l["count"].as_u64().unwrap_or(0) as u32)
+            .sum(),
+    )
+}
+
+fn ids(list: &[Value]) -> HashSet<String> {
+    list.iter()
+        .filter_map(|l| l["lease_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// What the clients were granted: acknowledged leases not returned, and when each grant
+/// came and from whom.
+#[derive(Default)]
+struct Ledger {
+    held: BTreeMap<Uuid, Lease>,
+    grants: Vec<(Instant, String)>,
+}
+
+/// Clients that find the cluster through one member (they learn the others from its
+/// answers): `holders` keep a lease each, `cyclers` check out and return in a loop;
+/// every error is retried.
+fn start_load(
+    first: &str,
+    holders: usize,
+    cyclers: usize,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..holders + cyclers)
+        .map(|w| {
+            let client = Client::new(first).expect("client");
+            let (ledger, stop) = (ledger.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let req = tests::checkout_request(FEATURE, &format!("w{w}-{n}"));
+                    let lease = match client.checkout_lease(&req).await {
+                        Ok(l) => l,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    {
+                        let mut l = ledger.lock().unwrap();
+                        l.grants
+                            .push((Instant::now(), lease.served_by.clone().unwrap_or_default()));
+                        l.held.insert(lease.lease_id, lease.clone());
+                    }
+                    if w < holders {
+                        while !stop.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    loop {
+                        match client.release(&lease).await {
+                            Ok(()) => break,
+                            Err(ClientError::Api { body, .. })
+                                if body.code == ErrorCode::NotFound =>
+                            {
+                                break;
+                            }
+                            Err(_) if stop.load(Ordering::Relaxed) => break,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        }
+                    }
+                    ledger.lock().unwrap().held.remove(&lease.lease_id);
+                }
+            })
+        })
+        .collect()
+}
+
+/// Samples the members' own lease lists until stopped; the most seats any held.
+fn watch_counts(
+    members: Vec<(String, String)>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<u32> {
+    tokio::spawn(async move {
+        let mut max = 0;
+        while !stop.load(Ordering::Relaxed) {
+            for (url, token) in &members {
+                if let Some(n) = seats_held(url, token).await {
+                    max = max.max(n);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        max
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_of_the_leader_under_load_loses_no_lease_and_the_next_grants_within_2s() -> Result<()>
+{
+    let _serial = SERIAL.lock().await;
+    let (_bo, _fx, s) = setup().await?;
+    let mut members = s.start_all().await?;
+    let leader = wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
+    let tokens: Vec<String> = members.iter().map(LicenseServer::admin_token).collect();
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Through a member that is not the leader: the client is sent on, and learns all.
+    let entry = (leader + 1) % 3;
+    let tasks = start_load(&members[entry].url, 4, 8, ledger.clone(), stop.clone());
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_counts(
+        (0..3)
+            .map(|i| (members[i].url.clone(), tokens[i].clone()))
+            .collect(),
+        watch_stop.clone(),
+    );
+    tests::eventually(WAIT, "grants before the kill", || async {
+        (ledger.lock().unwrap().grants.len() >= 50).then_some(())
+    })
+    .await;
+
+    let killed_url = members[leader].url.clone();
+    members[leader].kill9();
+    let killed_at = Instant::now();
+    let first_after = tests::eventually(WAIT, "a grant by another member", || async {
+        ledger
+            .lock()
+            .unwrap()
+            .grants
+            .iter()
+            .find(|(t, by)| *t > killed_at && *by != killed_url)
+            .map(|(t, _)| t.duration_since(killed_at))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    watch_stop.store(true, Ordering::Relaxed);
+    let max_held = watcher.await?;
+
+    let alive: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let new_leader = alive[wait_status(
+        &[&members[alive[0]], &members[alive[1]]],
+        "partially_operational",
+    )
+    .await?];
+    let on_leader = ids(&members[new_leader].leases(FEATURE).await?);
+    let held = ledger
+        .lock()
+        .unwrap()
+        .held
+        .keys()
+        .map(Uuid::to_string)
+        .collect::<HashSet<_>>();
+    let lost: Vec<_> = held.difference(&on_leader).collect();
+    ensure!(
+        lost.is_empty(),
+        "acknowledged leases missing on the new leader: {lost:?}"
+    );
+    ensure!(
+        max_held <= SEATS,
+        "a member held {max_held} seats of {SEATS}"
+    );
+    ensure!(
+        first_after <= Duration::from_secs(2),
+        "the first grant after the kill came {first_after:?} later"
+    );
+    eprintln!(
+        "first grant {first_after:?} after the kill; {} grants; {} held; at most {max_held} seats",
+        ledger.lock().unwrap().grants.len(),
+        held.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_member_grants_nothing_and_catches_up_after_healing() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (_bo, _fx, s) = setup().await?;
+    let members = s.start_all().await?;
+    let all: Vec<&LicenseServer> = members.iter().collect();
+    let cut = wait_status(&all, "operational").await?;
+    // Leases held from before: kept through everything.
+    let before = Client::new(&members[cut].url)?;
+    let mut kept = Vec::new();
+    for n in 0..3 {
+        kept.push(
+            before
+                .checkout_lease(&tests::checkout_request(FEATURE, &format!("before-{n}")))
+                .await?,
+        );
+    }
+
+    // The leader is cut off from the other two, clients on both sides.
+    s.isolate(cut, true);
+    let cut_at = Instant::now();
+    let majority: Vec<usize> = (0..3).filter(|i| *i != cut).collect();
+    let http = reqwest::Client::new();
+    let mut answers_from_isolated = Vec::new();
+    let mut granted: Vec<Lease> = Vec::new();
+    let outside = Client::with_servers(majority.iter().map(|i| members[*i].url.clone()))?;
+    let mut n = 0;
+    while cut_at.elapsed() < Duration::from_secs(4) || granted.len() < 3 {
+        ensure!(
+            cut_at.elapsed() < WAIT,
+            "the majority did not serve: {granted:?}"
+        );
+        n += 1;
+        // A client that reaches the isolated member only (raw HTTP: no other member).
+        let r = http
+            .post(format!("{}/api/v1/leases", members[cut].url))
+            .json(&tests::checkout_request(FEATURE, &format!("inside-{n}")))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or_default();
+        answers_from_isolated.push((status, body["code"].as_str().unwrap_or("").to_owned()));
+        ensure!(status != 201, "the isolated member granted a lease: {body}");
+        if granted.len() < 3
+            && let Ok(l) = outside
+                .checkout_lease(&tests::checkout_request(FEATURE, &format!("outside-{n}")))
+                .await
+        {
+            granted.push(l);
+        }
+    }
+    let st = members[cut].status().await?;
+    ensure!(
+        st["cluster_status"] == "not_operational",
+        "isolated: {}",
+        st["cluster"]
+    );
+    ensure!(
+        st["cluster"]["serving"] == false,
+        "isolated and serving: {}",
+        st["cluster"]
+    );
+    for m in &majority {
+        let st = members[*m].status().await?;
+        ensure!(
+            st["cluster_status"] == "partially_operational",
+            "majority: {}",
+            st["cluster"]
+        );
+    }
+    // Once cut off, it says so: UNAVAILABLE (the client moves on), never a grant.
+    ensure!(
+        answers_from_isolated
+            .iter()
+            .any(|(s, c)| *s == 503 && c == "UNAVAILABLE"),
+        "answers of the isolated member: {answers_from_isolated:?}"
+    );
+
+    s.isolate(cut, false);
+    let serving = wait_status(&all, "operational").await?;
+    let token = members[serving].admin_token();
+    let truth = ids(&tests::leases_at(&members[serving].url, &token, FEATURE).await?);
+    let want: HashSet<String> = kept
+        .iter()
+        .chain(&granted)
+        .map(|l| l.lease_id.to_string())
+        .collect();
+    ensure!(
+        truth == want,
+        "the cluster holds {truth:?}, the clients {want:?}"
+    );
+    tests::eventually(
+        WAIT,
+        "the healed member to hold the same leases",
+        || async {
+            let theirs = ids(&members[cut].leases(FEATURE).await.ok()?);
+            (theirs == truth).then_some(())
+        },
+    )
+    .await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_members_down_is_not_operational_and_restarts_in_every_order_end_operational()
+-> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (_bo, _fx, s) = setup().await?;
+    let mut members = s.start_all().await?;
+    let first = wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
+    let client = Client::new(&members[first].url)?;
+    let lease = client
+        .checkout_lease(&tests::checkout_request(FEATURE, "kept"))
+        .await?;
+
+    // Two down: the last one says not_operational, grants nothing, keeps the lease.
+    let last = (first + 1) % 3;
+    for i in (0..3).filter(|i| *i != last) {
+        members[i].kill9();
+    }
+    tests::eventually(WAIT, "not_operational", || async {
+        let st = members[last].status().await.ok()?;
+        (st["cluster_status"] == "not_operational").then_some(())
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/leases", members[last].url))
+        .json(&tests::checkout_request(FEATURE, "alone"))
+        .send()
+        .await?;
+    ensure!(r.status() == 503, "a lone member answered {}", r.status());
+    ensure!(ids(&members[last].leases(FEATURE).await?).contains(&lease.lease_id.to_string()));
+
+    // Every order of starting the three again ends operational, the lease kept.
+    let orders = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    for order in orders {
+        for m in &mut members {
+            m.kill9();
+        }
+        for i in order {
+            members[i].restart().await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let serving = wait_status(&members.iter().collect::<Vec<_>>(), "operational")
+            .await
+            .with_context(|| format!("started in the order {order:?}"))?;
+        ensure!(
+            ids(&members[serving].leases(FEATURE).await?).contains(&lease.lease_id.to_string()),
+            "the lease was lost after starting in the order {order:?}"
+        );
+    }
+    Ok(())
+}
+
+/// libfaketime, installed by scripts/test.
+fn faketime() -> Option<String> {
+    [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|d| format!("{d}/faketime/libfaketime.so.1"))
+    .find(|p| std::path::Path::new(p).exists())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_of_another_cluster_and_clocks_two_hours_off_are_refused_by_name() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (_bo, _fx, mut s) = setup().await?;
+    let lib = faketime().context("libfaketime is not installed (scripts/test installs it)")?;
+    // Member 2 runs two hours ahead; it is refused, the other two form the cluster.
+    s.extra[2] = vec![
+        ("LD_PRELOAD".into(), lib),
+        ("FAKETIME".into(), "+2h".into()),
+        ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ];
+    let members = s.start_all().await?;
+    let serving = wait_status(&[&members[0], &members[1]], "partially_operational").await?;
+    let c = cluster_of(&members[serving]).await.unwrap_or_default();
+    let skewed = c["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["hostid"] == s.hostids[2].as_str())
+        .cloned()
+        .unwrap_or_default();
+    ensure!(skewed["up"] == false, "{c}");
+    let err = skewed["error"].as_str().unwrap_or_default();
+    ensure!(
+        err.contains(&s.hostids[2]) && err.contains("clock"),
+        "the error does not name the member and its clock: {err}"
+    );
+    let alone = members[2].status().await?;
+    ensure!(
+        alone["cluster_status"] == "not_operational" && alone["cluster"]["serving"] == false,
+        "{}",
+        alone["cluster"]
+    );
+    drop(members);
+
+    // A fourth server that names two of these members and itself: another cluster's.
+    let port = free_port();
+    let stranger = format!("string:stranger-{}", Uuid::new_v4().simple());
+    let mut env = s.env(2);
+    env.retain(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "HOSTID" | "PUBLIC_URL" | "LD_PRELOAD" | "FAKETIME"
+        )
+    });
+    env.push(("HOSTID".into(), stranger));
+    env.push(("PUBLIC_URL".into(), format!("http://127.0.0.1:{port}")));
+    s.extra[2].clear();
+    let a = s.start(0).await?;
+    let b = s.start(1).await?;
+    let intruder =
+        LicenseServer::start("stranger", &s.tmp.path().join("stranger"), port, &env).await?;
+    wait_status(&[&a, &b], "partially_operational").await?;
+    let view = tests::eventually(WAIT, "the stranger to see it is refused", || async {
+        let c = cluster_of(&intruder).await?;
+        let errors: Vec<String> = c["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["error"].as_str().map(str::to_owned))
+            .collect();
+        (errors.len() == 2 && errors.iter().all(|e| e.contains("another cluster"))).then_some(c)
+    })
+    .await;
+    ensure!(
+        view["status"] == "not_operational" && view["serving"] == false,
+        "{view}"
+    );
+    Ok(())
+}
