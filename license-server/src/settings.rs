@@ -793,7 +793,7 @@ mod tests {
             "http://b:7070/,https://c:7070",
         ))
         .unwrap();
-        let c = s.cluster.unwrap();
+        let c = s.cluster.clone().unwrap();
         assert_eq!(c.members[0].0.to_string(), "string:lls-2");
         assert_eq!(c.members[1].1, "https://c:7070");
         assert_eq!(c.heartbeat_interval, Duration::from_secs(1));

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::{BackOffice, Fixture, LicenseServer, Proxy, free_port, tail};
 

@@ -81,6 +81,12 @@ impl Health {
         self.state.lock().clone()
     }
 
+    /// Whether member `id` is up (see [`Health::is_up`]).
+    pub fn up(&self, id: NodeId) -> bool {
+        self.index(id)
+            .is_some_and(|i| self.is_up(&self.state.lock()[i]))
+    }
+
     /// Whether a member answered every check within `CLUSTER_MEMBER_TIMEOUT`.
     pub fn is_up(&self, s: &PeerState) -> bool {
         s.refused.is_none() && s.last_ok.is_some_and(|t| t.elapsed() < self.timeout)

@@ -590,3 +590,112 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| store_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::cluster::sm::StateMachine;
+
+    struct Files;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Files {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+            let dir = tempfile::tempdir().unwrap();
+            let log = open(dir.path()).unwrap();
+            let (sm, _) = StateMachine::open(dir.path()).unwrap();
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[test]
+    fn the_log_and_state_machine_pass_openraft_s_storage_suite() {
+        Suite::test_all(Files).unwrap();
+    }
+
+    fn blank(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    async fn indexes(store: &mut LogStore) -> Vec<u64> {
+        store
+            .try_get_log_entries(0..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn entries_votes_truncation_and_purges_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path()).unwrap();
+        store
+            .blocking_append((1..=10).map(|i| blank(1, i)))
+            .await
+            .unwrap();
+        store.truncate(blank(1, 8).log_id).await.unwrap();
+        store
+            .blocking_append((8..=12).map(|i| blank(2, i)))
+            .await
+            .unwrap();
+        store.purge(blank(1, 3).log_id).await.unwrap();
+        let vote = Vote::new(2, 7);
+        store.save_vote(&vote).await.unwrap();
+        drop(store);
+
+        let mut store = open(dir.path()).unwrap();
+        assert_eq!(indexes(&mut store).await, (4..=12).collect::<Vec<_>>());
+        assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(3));
+        assert_eq!(state.last_log_id, Some(blank(2, 12).log_id));
+        let e = store.try_get_log_entries(9..10).await.unwrap();
+        assert_eq!(e[0].log_id.leader_id.term, 2);
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_append_is_cut_and_damage_refuses_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(dir.path()).unwrap();
+        store
+            .blocking_append((1..=5).map(|i| blank(1, i)))
+            .await
+            .unwrap();
+        drop(store);
+        let seg = dir.path().join(segment_name(1));
+        let whole = std::fs::read(&seg).unwrap();
+        // A crash in the middle of the last append: cut off, the rest kept.
+        std::fs::write(&seg, &whole[..whole.len() - 3]).unwrap();
+        let mut store = open(dir.path()).unwrap();
+        assert_eq!(indexes(&mut store).await, vec![1, 2, 3, 4]);
+        drop(store);
+        // A flipped bit in an earlier record: the start stops, naming the file.
+        let mut bad = std::fs::read(&seg).unwrap();
+        bad[frame::HEADER_LEN + frame::RECORD_HEADER + 2] ^= 0x20;
+        std::fs::write(&seg, &bad).unwrap();
+        let err = open(dir.path()).err().expect("damage refuses the start");
+        assert_eq!(err.path, seg);
+        assert!(err.what.contains("record 0"), "{err}");
+        // A damaged vote file too.
+        std::fs::write(&seg, &whole).unwrap();
+        let mut store = open(dir.path()).unwrap();
+        store.save_vote(&Vote::new(1, 1)).await.unwrap();
+        drop(store);
+        let vote = dir.path().join(VOTE_FILE);
+        let mut bad = std::fs::read(&vote).unwrap();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        std::fs::write(&vote, &bad).unwrap();
+        assert!(open(dir.path()).is_err());
+    }
+}

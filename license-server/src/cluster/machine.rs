@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn every_member_applying_the_same_commands_holds_the_same_pool() {
-        let cmds = vec![
+        let cmds = [
             Command::Init {
                 lease_key: "k".into(),
                 history: Uuid::new_v4(),

@@ -180,6 +180,8 @@ pub struct Cluster {
     /// The newest rights this member's back-office contact verified, proposed when it
     /// leads: (rights, `iat`).
     rights: Mutex<Option<(Vec<Right>, i64)>>,
+    /// Servers of another cluster that said hello (each logged once).
+    strangers: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -275,6 +277,7 @@ impl Cluster {
             wire,
             heartbeat_interval: cfg.heartbeat_interval,
             rights: Mutex::new(None),
+            strangers: Mutex::new(Default::default()),
         }))
     }
 
@@ -296,7 +299,6 @@ impl Cluster {
     /// Checks a member's hello (the receiving side): one of ours, the same cluster, a
     /// clock close enough. Returns ours.
     pub fn answer_hello(&self, theirs: &Hello) -> Result<Hello, ServiceError> {
-        self.check_sender(&theirs.hostid, Some(theirs.time_ms))?;
         if theirs.members != self.members {
             let msg = format!(
                 "member {} belongs to another cluster: its members are {}, this cluster's are {}",
@@ -304,9 +306,13 @@ impl Cluster {
                 self.members.join(", "),
                 theirs.members.join(", ")
             );
-            tracing::error!(from = %theirs.hostid, "a member of another cluster said hello: {msg}");
+            // Once per sender: it says hello every heartbeat.
+            if self.strangers.lock().insert(theirs.hostid.clone()) {
+                tracing::error!(from = %theirs.hostid, "a server of another cluster said hello: {msg}");
+            }
             return Err(ServiceError::RoleConflict(msg));
         }
+        self.check_sender(&theirs.hostid, Some(theirs.time_ms))?;
         Ok(self.hello())
     }
 
@@ -418,20 +424,29 @@ impl Cluster {
         }
     }
 
-    /// Whether this member takes requests now: it leads and a majority acknowledged it
-    /// within the last second. Else `NOT_SERVING` naming the leader, or `UNAVAILABLE`
-    /// when it knows of none it can reach.
+    /// Whether this member takes requests now: it leads, a majority acknowledged it
+    /// within the last second, and it has applied an entry of its own term (so its pool
+    /// holds every change committed before it was elected: tokens and leases are checked
+    /// against it). Else `NOT_SERVING` naming the leader, or `UNAVAILABLE` when it knows
+    /// of none it can reach.
     pub fn serving(&self) -> Result<(), ServiceError> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
-        if m.state == ServerState::Leader
-            && m.millis_since_quorum_ack
-                .is_some_and(|ms| ms < QUORUM_ACK_LIMIT_MS)
-        {
-            return Ok(());
+        if m.state == ServerState::Leader {
+            let acked = m
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms < QUORUM_ACK_LIMIT_MS);
+            let caught_up = m
+                .last_applied
+                .is_some_and(|l| l.leader_id.term == m.current_term);
+            if acked && caught_up {
+                return Ok(());
+            }
+            return Err(self.not_operational());
         }
+        // A leader this member cannot reach is no use to a client either.
         if let Some(leader) = m.current_leader.filter(|l| *l != self.id)
-            && self.health.peer(leader).is_some()
+            && self.health.up(leader)
             && let Some(url) = self.health.client_url(leader)
         {
             return Err(ServiceError::NotServing { serving_url: url });

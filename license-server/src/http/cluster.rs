@@ -74,7 +74,7 @@ error_responses!(ViewErrors = [not_member()]);
     )
 )]
 #[get("/cluster")]
-pub async fn view(svc: web::Data<Service>) -> Result<HttpResponse, ServiceError> {
+pub async fn cluster(svc: web::Data<Service>) -> Result<HttpResponse, ServiceError> {
     Ok(HttpResponse::Ok().json(member_of(&svc)?.view()))
 }
 
@@ -99,7 +99,7 @@ error_responses!(
     )
 )]
 #[post("/hello")]
-pub async fn hello(
+pub async fn member_hello(
     svc: web::Data<Service>,
     body: Json<Hello, SMALL_BODY_LIMIT>,
 ) -> Result<HttpResponse, ServiceError> {
@@ -126,7 +126,7 @@ error_responses!(
     )
 )]
 #[post("/raft/append")]
-pub async fn append(
+pub async fn raft_append(
     svc: web::Data<Service>,
     req: HttpRequest,
     body: Json<AppendEntriesRequest<TypeConfig>, RAFT_BODY_LIMIT>,
@@ -147,7 +147,7 @@ pub async fn append(
     )
 )]
 #[post("/raft/vote")]
-pub async fn vote(
+pub async fn raft_vote(
     svc: web::Data<Service>,
     req: HttpRequest,
     body: Json<VoteRequest<NodeId>, RAFT_BODY_LIMIT>,
@@ -168,7 +168,7 @@ pub async fn vote(
     )
 )]
 #[post("/raft/snapshot")]
-pub async fn snapshot(
+pub async fn raft_snapshot(
     svc: web::Data<Service>,
     req: HttpRequest,
     body: Json<InstallSnapshotRequest<TypeConfig>, RAFT_BODY_LIMIT>,

@@ -204,15 +204,15 @@ where
             scope::scope("/api/v1/member")
                 .wrap(body_deadline(PAIR_BODY_TIMEOUT))
                 .wrap(require_bearer(ctx.member.clone()))
-                .service(cluster::hello)
-                .service(cluster::append)
-                .service(cluster::vote)
-                .service(cluster::snapshot),
+                .service(cluster::member_hello)
+                .service(cluster::raft_append)
+                .service(cluster::raft_vote)
+                .service(cluster::raft_snapshot),
         )
         .service(
             scope::scope("/api/v1")
                 .wrap(body_deadline(ctx.body_timeout))
-                .service(cluster::view)
+                .service(cluster::cluster)
                 .service(ops::openapi)
                 .service(client::status)
                 .service(client::features)

@@ -60,7 +60,7 @@ fn request(method: &Method, template: &str) -> TestRequest {
     let mut req = TestRequest::default().method(method.clone()).uri(&path);
     if path.starts_with("/api/v1/admin/") {
         req = req.insert_header(("authorization", format!("Bearer {ADMIN}")));
-    } else if path.starts_with("/api/v1/pair/") {
+    } else if path.starts_with("/api/v1/pair/") || path.starts_with("/api/v1/member/") {
         req = req.insert_header(("authorization", format!("Bearer {PAIR}")));
     }
     if matches!(*method, Method::POST | Method::PUT) {
@@ -294,6 +294,8 @@ async fn guarded_routes_refuse_a_wrong_token_before_reading_the_body() {
     let app = test_app(dir.path()).await;
     for (path, token, status) in [
         ("/api/v1/pair/events", None, StatusCode::UNAUTHORIZED),
+        ("/api/v1/member/raft/append", None, StatusCode::UNAUTHORIZED),
+        ("/api/v1/member/hello", Some("wrong"), StatusCode::FORBIDDEN),
         (
             "/api/v1/pair/snapshot",
             Some("wrong"),
@@ -308,11 +310,13 @@ async fn guarded_routes_refuse_a_wrong_token_before_reading_the_body() {
         let read = Arc::new(AtomicBool::new(false));
         let stream: actix_http::BoxedPayloadStream = Box::pin(Watched(read.clone()));
         let mut req = TestRequest::default()
-            .method(if path.ends_with("events") {
-                Method::POST
-            } else {
-                Method::PUT
-            })
+            .method(
+                if path.ends_with("events") || path.starts_with("/api/v1/member/") {
+                    Method::POST
+                } else {
+                    Method::PUT
+                },
+            )
             .uri(path)
             .insert_header(("content-type", "application/json"))
             .insert_header(("content-length", (250u64 << 20).to_string()));
@@ -383,6 +387,8 @@ fn health_metrics_status_operators_and_the_pair_are_priority_routes() {
         "/api/v1/status",
         "/api/v1/admin/leases/x",
         "/api/v1/pair/events",
+        "/api/v1/member/raft/append",
+        "/api/v1/cluster",
     ] {
         assert!(is_priority(p), "{p}");
     }
