@@ -21,7 +21,9 @@
 //! - Members say hello to each other every `CLUSTER_HEARTBEAT_INTERVAL` and count one
 //!   down after `CLUSTER_MEMBER_TIMEOUT` ([`health`]): the cluster status. Raft keeps
 //!   its own, faster heartbeat (100 ms, elections after 0.5 to 1 s of silence), so that a
-//!   lost leader is replaced within two seconds.
+//!   lost leader is replaced within one to two seconds (a second round when both
+//!   survivors stood at once: openraft's followers refuse votes while the old leader's
+//!   lease, the longest election timeout, lasts).
 //! - A member that starts later, or was cut off, catches up from the leader: the entries
 //!   it lacks, or a snapshot of the pool when those were purged.
 //!
