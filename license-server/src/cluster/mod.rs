@@ -609,7 +609,7 @@ pub struct MemberView {
     /// Answered every check within `CLUSTER_MEMBER_TIMEOUT`.
     pub up: bool,
     pub role: MemberRole,
-    /// Its last good answer, in Unix seconds.
+    /// Its last good answer (Unix time, seconds).
     pub last_seen: Option<i64>,
     /// Its clock minus this member's, in milliseconds (at its last answer).
     pub clock_offset_ms: Option<i64>,
