@@ -154,6 +154,49 @@ fn watch_counts(
     })
 }
 
+/// Clients under load through member `entry` (4 holders, 8 cyclers on the 8 seats) and
+/// a watch on every member's seats.
+struct Load {
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    watch_stop: Arc<AtomicBool>,
+    watcher: tokio::task::JoinHandle<u32>,
+}
+
+impl Load {
+    fn start(members: &[LicenseServer], entry: usize) -> Load {
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = start_load(&members[entry].url, 4, 8, ledger.clone(), stop.clone());
+        let watch_stop = Arc::new(AtomicBool::new(false));
+        let watcher = watch_counts(
+            members
+                .iter()
+                .map(|m| (m.url.clone(), m.admin_token()))
+                .collect(),
+            watch_stop.clone(),
+        );
+        Load {
+            ledger,
+            stop,
+            tasks,
+            watch_stop,
+            watcher,
+        }
+    }
+
+    /// Stops the clients, then the watch: the most seats any member held.
+    async fn finish(self) -> Result<u32> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await?;
+        }
+        self.watch_stop.store(true, Ordering::Relaxed);
+        Ok(self.watcher.await?)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_of_the_leader_under_load_loses_no_lease_and_another_member_takes_over() -> Result<()>
 {
@@ -161,20 +204,10 @@ async fn kill9_of_the_leader_under_load_loses_no_lease_and_another_member_takes_
     let (_bo, _fx, s) = setup().await?;
     let mut members = s.start_all().await?;
     let leader = wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
-    let tokens: Vec<String> = members.iter().map(LicenseServer::admin_token).collect();
 
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
     // Through a member that is not the leader: the client is sent on, and learns all.
-    let entry = (leader + 1) % 3;
-    let tasks = start_load(&members[entry].url, 4, 8, ledger.clone(), stop.clone());
-    let watch_stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_counts(
-        (0..3)
-            .map(|i| (members[i].url.clone(), tokens[i].clone()))
-            .collect(),
-        watch_stop.clone(),
-    );
+    let load = Load::start(&members, (leader + 1) % 3);
+    let ledger = load.ledger.clone();
     tests::eventually(WAIT, "grants before the kill", || async {
         (ledger.lock().unwrap().grants.len() >= 50).then_some(())
     })
@@ -194,12 +227,7 @@ async fn kill9_of_the_leader_under_load_loses_no_lease_and_another_member_takes_
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await?;
-    }
-    watch_stop.store(true, Ordering::Relaxed);
-    let max_held = watcher.await?;
+    let max_held = load.finish().await?;
 
     let alive: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let new_leader = alive[wait_status(
@@ -448,22 +476,13 @@ async fn one_down_grants_within_the_count_two_down_grant_nothing_and_restarted_m
     }
     let mut members = s.start_all().await?;
     let leader = wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
-    let tokens: Vec<String> = members.iter().map(LicenseServer::admin_token).collect();
 
     // Load through the member that stays up longest: 4 holders, 8 cyclers on 8 seats.
     let first_down = leader;
     let last_up = (leader + 1) % 3;
     let second_down = (leader + 2) % 3;
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = start_load(&members[last_up].url, 4, 8, ledger.clone(), stop.clone());
-    let watch_stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_counts(
-        (0..3)
-            .map(|i| (members[i].url.clone(), tokens[i].clone()))
-            .collect(),
-        watch_stop.clone(),
-    );
+    let load = Load::start(&members, last_up);
+    let ledger = load.ledger.clone();
     tests::eventually(WAIT, "grants with three members", || async {
         (ledger.lock().unwrap().grants.len() >= 30).then_some(())
     })
@@ -487,12 +506,7 @@ async fn one_down_grants_within_the_count_two_down_grant_nothing_and_restarted_m
             .then_some(())
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await?;
-    }
-    watch_stop.store(true, Ordering::Relaxed);
-    let max_held = watcher.await?;
+    let max_held = load.finish().await?;
     ensure!(
         max_held <= SEATS,
         "a member held {max_held} seats of {SEATS}"
