@@ -257,7 +257,8 @@ pub struct CapabilityClaims {
     /// The server binding ([`crate::grant::BindingClaims`], a token signed with the same
     /// key) for the `server_key` of the request, when it sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub binding: Option<String>,    /// The secret the two servers of the pair authenticate each other with, issued by
+    pub binding: Option<String>,
+    /// The secret the two servers of the pair authenticate each other with, issued by
     /// the back office for the pair (servers with `PAIR_TOKEN` set use theirs instead).
     /// Sent to both servers of a pair only, over the authenticated channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -183,10 +183,7 @@ pub fn verify_grant(
         wrong.push(format!("version `{}` instead of `{v}`", g.version));
     }
     if g.count != expected.count {
-        wrong.push(format!(
-            "{} seats instead of {}",
-            g.count, expected.count
-        ));
+        wrong.push(format!("{} seats instead of {}", g.count, expected.count));
     }
     if !wrong.is_empty() {
         return Err(GrantError::Mismatch(wrong.join(", ")));
@@ -284,7 +281,12 @@ mod tests {
         }
     }
 
-    fn check(w: &World, grant: &str, binding: &str, e: &Expected<'_>) -> Result<VerifiedGrant, GrantError> {
+    fn check(
+        w: &World,
+        grant: &str,
+        binding: &str,
+        e: &Expected<'_>,
+    ) -> Result<VerifiedGrant, GrantError> {
         let producer = Verifier::from_key(&w.producer.verifying_key());
         verify_grant(&producer, grant, binding, e, NOW + 10, 5)
     }
@@ -427,7 +429,15 @@ mod tests {
         parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
         let forged = parts.join(".");
         assert!(matches!(
-            check(&w, &forged, &w.binding, &Expected { count: 200, ..asked() }),
+            check(
+                &w,
+                &forged,
+                &w.binding,
+                &Expected {
+                    count: 200,
+                    ..asked()
+                }
+            ),
             Err(GrantError::Grant {
                 error: VerifyError::BadSignature(_),
                 ..

@@ -67,7 +67,10 @@ pub fn decode_public_key(b64: &str) -> Result<VerifyingKey, KeyError> {
 /// A new Ed25519 key pair as (private PKCS#8 PEM, public SPKI PEM).
 pub fn generate_keypair() -> (String, String) {
     let signer = Signer::generate();
-    (signer.private_pem().expose().to_owned(), signer.public_pem())
+    (
+        signer.private_pem().expose().to_owned(),
+        signer.public_pem(),
+    )
 }
 
 /// The public key (SPKI PEM) that goes with a private key (PKCS#8 PEM).
