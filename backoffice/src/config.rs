@@ -21,6 +21,7 @@ pub const NAMES: &[&str] = &[
     "POLL_INTERVAL",
     "CLOCK_SKEW",
     "RESPONSE_LIFETIME",
+    "RIGHTS_VALIDITY",
     "SESSION_LIFETIME",
     "SERVER_TIMEOUT",
     "DB_POOL_SIZE",
@@ -48,6 +49,9 @@ pub struct Settings {
     pub clock_skew: Duration,
     /// How long a signed capability response is valid for.
     pub response_lifetime: Duration,
+    /// How long a license server may serve the rights of one answer without a newer one
+    /// (the answer's `serve_until`, and its binding's end); longer than `poll_interval`.
+    pub rights_validity: Duration,
     /// How long a sign-in lasts.
     pub session_lifetime: Duration,
     /// A server not heard from this long is `inaccessible`; unset means three poll intervals.
@@ -152,6 +156,18 @@ impl Settings {
         let poll_interval = duration("POLL_INTERVAL", "10m", 1, 7 * DAY)?;
         let clock_skew = duration("CLOCK_SKEW", "5m", 1, DAY)?;
         let response_lifetime = duration("RESPONSE_LIFETIME", "5m", 10, 7 * DAY)?;
+        let rights_validity = duration("RIGHTS_VALIDITY", "30d", 60, 365 * DAY)?;
+        if rights_validity <= poll_interval {
+            let v = get("RIGHTS_VALIDITY").unwrap_or(Value {
+                name: "RIGHTS_VALIDITY",
+                raw: "30d",
+            });
+            return Err(v.invalid(&format!(
+                "a duration longer than POLL_INTERVAL ({}), so that a server's next poll \
+                 comes before its rights end",
+                shared::duration::format(poll_interval)
+            )));
+        }
         let session_lifetime = duration("SESSION_LIFETIME", "12h", 60, 90 * DAY)?;
         let server_timeout = match get("SERVER_TIMEOUT") {
             Some(v) => Some(v.duration(Duration::from_secs(1), Duration::from_secs(90 * DAY))?),
@@ -183,6 +199,7 @@ impl Settings {
             poll_interval,
             clock_skew,
             response_lifetime,
+            rights_validity,
             session_lifetime,
             server_timeout,
             db_pool_size,
@@ -381,6 +398,8 @@ mod tests {
             ("POLL_INTERVAL", "0s", "duration"),
             ("CLOCK_SKEW", "30d", "duration"),
             ("SESSION_LIFETIME", "5s", "duration"),
+            ("RIGHTS_VALIDITY", "30s", "duration"),
+            ("RIGHTS_VALIDITY", "2y", "duration"),
             ("SERVER_TIMEOUT", "-1s", "duration"),
             ("DB_POOL_SIZE", "0", "whole number"),
             ("DB_POOL_SIZE", "eight", "whole number"),
@@ -393,6 +412,23 @@ mod tests {
             assert!(e.contains(&format!("{value:?}")), "{e}");
             assert!(e.contains(expected), "{e}");
             assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn rights_outlive_the_poll_interval() {
+        let s = with(&[]).unwrap();
+        assert_eq!(s.rights_validity, Duration::from_secs(30 * 86_400));
+        let s = with(&[("RIGHTS_VALIDITY", "2h"), ("POLL_INTERVAL", "1h")]).unwrap();
+        assert_eq!(s.rights_validity, Duration::from_secs(7200));
+        // Not longer than the poll interval, whichever of the two was set.
+        for pairs in [
+            &[("RIGHTS_VALIDITY", "1h"), ("POLL_INTERVAL", "1h")][..],
+            &[("POLL_INTERVAL", "7d"), ("RIGHTS_VALIDITY", "2d")][..],
+        ] {
+            let e = with(pairs).unwrap_err().to_string();
+            assert!(e.starts_with("RIGHTS_VALIDITY="), "{e}");
+            assert!(e.contains("longer than POLL_INTERVAL"), "{e}");
         }
     }
 
