@@ -1,4 +1,4 @@
-//! The capability requests' writer: one thread on a connection of its own carries out the
+//! The capability requests' writers: a thread on a connection of its own carries out the
 //! polls that queued up meanwhile as one batch, in one transaction of a few statements for
 //! the whole batch (group commit), on SQLite and on PostgreSQL alike.
 //!
@@ -6,6 +6,12 @@
 //! each costs a pool checkout, a transaction and some ten statements; on PostgreSQL each
 //! statement is a round trip, and each commit a flush of its log. Batched, the polls of a
 //! batch share each statement ([`crate::store::capability::polls`]) and one commit.
+//!
+//! PostgreSQL has [`POSTGRES_WRITERS`] of them, so that one carries out its batch while
+//! another waits for its commit's flush; each takes the polls of its own share of the
+//! hostids, so that two batches never write the same server's row (nor wait for each other
+//! on it), and each writes its request IDs in order, so that two batches never wait for
+//! each other crosswise. SQLite, which admits one writer at a time, has one.
 //!
 //! SQLite admits one writer at a time, so on SQLite the thread also carries out the rest of
 //! the capability requests' storage work ([`Writer::run`]: registering servers and pairs),
@@ -26,13 +32,16 @@ use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use shared::capability::CapabilityRequest;
 use tokio::sync::oneshot;
 
-use crate::db::{self, DbConn, DbSetupError};
+use crate::db::{self, Backend, DbConn, DbSetupError};
 use crate::domain::validate::ServerKey;
 use crate::error::{AppError, AppResult};
 use crate::store::capability::{self as store, Poll, PollResult};
 
 /// At most this many requests a transaction.
 const MAX_BATCH: usize = 256;
+
+/// Writer threads on PostgreSQL (see the module's documentation).
+pub const POSTGRES_WRITERS: usize = 2;
 
 /// A poll as its handler hands it over.
 #[derive(Clone, Debug)]
@@ -62,22 +71,31 @@ enum Job {
     Work(Work),
 }
 
-/// The queue to the writer thread, which stops when this is dropped.
+/// The queues to the writer threads, which stop when this is dropped.
 pub struct Writer {
-    jobs: mpsc::Sender<Job>,
+    queues: Vec<mpsc::Sender<Job>>,
 }
 
 impl Writer {
-    /// Opens the writer's connection (to the database `url` names) and starts its thread.
+    /// Opens the writers' connections (to the database `url` names) and starts their
+    /// threads: one on SQLite, [`POSTGRES_WRITERS`] on PostgreSQL.
     pub fn start(url: &str) -> Result<Writer, DbSetupError> {
-        let conn = db::open(url)?;
-        let (jobs, queue) = mpsc::channel();
-        let url = url.to_owned();
-        std::thread::Builder::new()
-            .name("db-writer".into())
-            .spawn(move || serve(conn, &url, &queue))
-            .map_err(|e| DbSetupError::Connect(e.to_string()))?;
-        Ok(Writer { jobs })
+        let writers = match Backend::from_url(url)?.0 {
+            Backend::Sqlite => 1,
+            Backend::Postgres => POSTGRES_WRITERS,
+        };
+        let mut queues = Vec::with_capacity(writers);
+        for _ in 0..writers {
+            let conn = db::open(url)?;
+            let (jobs, queue) = mpsc::channel();
+            let url = url.to_owned();
+            std::thread::Builder::new()
+                .name("db-writer".into())
+                .spawn(move || serve(conn, &url, &queue))
+                .map_err(|e| DbSetupError::Connect(e.to_string()))?;
+            queues.push(jobs);
+        }
+        Ok(Writer { queues })
     }
 
     /// Carries out a poll with the others of its batch. Its outcome comes back as soon as
@@ -86,18 +104,19 @@ impl Writer {
     pub async fn poll(&self, input: PollInput) -> AppResult<(PollResult, Committed)> {
         let (result, result_rx) = oneshot::channel();
         let (reply, commit_rx) = oneshot::channel();
+        let share = self.share(&input.request.hostid);
         let job = Job::Poll {
             input,
             result,
             reply,
         };
-        self.send(job)?;
+        self.send(share, job)?;
         let result = result_rx.await.map_err(|_| dropped())?;
         Ok((result, Committed(Some(commit_rx))))
     }
 
-    /// Runs `f` on the writer's connection inside a batch, as a savepoint of its own when it
-    /// opens a transaction. Its result comes back as soon as it has run; nothing may be
+    /// Runs `f` on the (first) writer's connection inside a batch, as a savepoint of its own
+    /// when it opens a transaction. Its result comes back as soon as it has run; nothing may be
     /// answered before [`Committed::wait`] says that the batch is committed.
     pub async fn run<T, F>(&self, f: F) -> AppResult<(AppResult<T>, Committed)>
     where
@@ -111,15 +130,25 @@ impl Writer {
             let _ = result_tx.send(c.and_then(|c| span.in_scope(|| f(c))));
             reply
         }));
-        self.send(job)?;
+        self.send(0, job)?;
         let result = result_rx.await.map_err(|_| dropped())?;
         Ok((result, Committed(Some(commit_rx))))
     }
 
-    fn send(&self, job: Job) -> AppResult<()> {
-        self.jobs
-            .send(job)
-            .map_err(|_| AppError::internal("the database writer has stopped"))
+    /// The writer whose share of the hostids this one is: always the same one for a hostid,
+    /// so that two batches never write the same server's row.
+    fn share(&self, hostid: &shared::HostId) -> usize {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(hostid);
+        let writers = u64::try_from(self.queues.len()).unwrap_or(1).max(1);
+        usize::try_from(hash % writers).unwrap_or_default()
+    }
+
+    fn send(&self, writer: usize, job: Job) -> AppResult<()> {
+        self.queues
+            .get(writer)
+            .and_then(|q| q.send(job).ok())
+            .ok_or_else(|| AppError::internal("the database writer has stopped"))
     }
 }
 
@@ -178,52 +207,11 @@ fn run_batch(conn: &mut DbConn, batch: Vec<Job>) -> bool {
         }
         return false;
     }
-
     let mut replies = Vec::with_capacity(batch.len());
-    let mut polls = Vec::new();
-    for job in batch {
-        match job {
-            Job::Poll {
-                input,
-                result,
-                reply,
-            } => polls.push((input, result, reply)),
-            Job::Work(work) => match catch_unwind(AssertUnwindSafe(|| work(Ok(&mut *conn)))) {
-                Ok(reply) => replies.push(reply),
-                Err(_) => return panicked(replies),
-            },
-        }
-    }
-    if !polls.is_empty() {
-        let items: Vec<Poll<'_>> = polls
-            .iter()
-            .map(|(input, ..)| Poll {
-                token: &input.token,
-                request: &input.request,
-                key: input.key.as_ref(),
-                now: input.now,
-            })
-            .collect();
-        let outcome = catch_unwind(AssertUnwindSafe(|| store::polls(conn, &items)));
-        drop(items);
-        match outcome {
-            Ok(Ok(results)) => {
-                for ((_, result, reply), r) in polls.into_iter().zip(results) {
-                    let _ = result.send(r);
-                    replies.push(reply);
-                }
-            }
-            Ok(Err(e)) => {
-                // The whole batch is rolled back: those that ran are told so too.
-                tracing::debug!(polls = polls.len(), error = %e, "a batch of polls failed");
-                for (_, result, _) in polls {
-                    let _ = result.send((None, Err(e.clone())));
-                }
-                settle(replies, &Err(e));
-                return false;
-            }
-            Err(_) => return panicked(replies),
-        }
+    if let Err(e) = run_jobs(conn, batch, &mut replies) {
+        // The whole batch is rolled back: those that ran are told so too.
+        settle(replies, &Err(e));
+        return false;
     }
     match <DbConn as Connection>::TransactionManager::commit_transaction(conn) {
         Ok(()) => {
@@ -240,16 +228,61 @@ fn run_batch(conn: &mut DbConn, batch: Vec<Job>) -> bool {
     }
 }
 
-/// A request panicked: its caller gets an error (its result was dropped), the batch is
-/// rolled back (those that ran get an error too), and those not yet taken from the queue
-/// wait for the next batch.
-fn panicked(replies: Vec<Reply>) -> bool {
+/// Runs a batch's storage work, then its polls all together, keeping each request's reply
+/// for the commit. An error when the batch must not be committed: a request panicked (its
+/// caller gets an error: its result was dropped), or a statement failed.
+fn run_jobs(conn: &mut DbConn, batch: Vec<Job>, replies: &mut Vec<Reply>) -> AppResult<()> {
+    let mut polls = Vec::new();
+    for job in batch {
+        match job {
+            Job::Poll {
+                input,
+                result,
+                reply,
+            } => polls.push((input, result, reply)),
+            Job::Work(work) => {
+                let reply = catch_unwind(AssertUnwindSafe(|| work(Ok(&mut *conn))))
+                    .map_err(|_| panicked())?;
+                replies.push(reply);
+            }
+        }
+    }
+    if polls.is_empty() {
+        return Ok(());
+    }
+    let items: Vec<Poll<'_>> = polls
+        .iter()
+        .map(|(input, ..)| Poll {
+            token: &input.token,
+            request: &input.request,
+            key: input.key.as_ref(),
+            now: input.now,
+        })
+        .collect();
+    let outcome = catch_unwind(AssertUnwindSafe(|| store::polls(conn, &items)));
+    drop(items);
+    match outcome.map_err(|_| panicked())? {
+        Ok(results) => {
+            for ((_, result, reply), r) in polls.into_iter().zip(results) {
+                let _ = result.send(r);
+                replies.push(reply);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::debug!(polls = polls.len(), error = %e, "a batch of polls failed");
+            for (_, result, _) in polls {
+                let _ = result.send((None, Err(e.clone())));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A request panicked; those not yet taken from the queue wait for the next batch.
+fn panicked() -> AppError {
     tracing::error!("a capability request panicked; its batch is rolled back");
-    settle(
-        replies,
-        &Err(AppError::internal("a request of this batch panicked")),
-    );
-    false
+    AppError::internal("a request of this batch panicked")
 }
 
 fn settle(replies: Vec<Reply>, settled: &AppResult<()>) {

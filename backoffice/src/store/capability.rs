@@ -86,11 +86,15 @@ fn replayed() -> AppError {
     )
 }
 
-/// Records request IDs (ID, time) in one statement; returns those that were new.
+/// Records request IDs (ID, time) in one statement; returns those that were new. They are
+/// written in order: two batches that both hold IDs of the other's (replays) never wait for
+/// each other crosswise.
 fn record_request_ids(conn: &mut DbConn, ids: &[(String, i64)]) -> AppResult<HashSet<String>> {
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
+    let mut ids: Vec<&(String, i64)> = ids.iter().collect();
+    ids.sort_unstable();
     let values: Vec<_> = ids
         .iter()
         .map(|(id, at)| {
@@ -140,56 +144,102 @@ pub type PollResult = (Option<String>, AppResult<Polled>);
 /// first time. Each poll is answered, refused, or sent to the slow path; the error of the
 /// whole is a storage failure, which none of them survives.
 pub fn polls(conn: &mut DbConn, polls: &[Poll<'_>]) -> AppResult<Vec<PollResult>> {
-    let mut out: Vec<Option<AppResult<Polled>>> = polls.iter().map(|_| None).collect();
-    // Rights asked for, or a main that dropped its backup: the registry changes.
-    for (o, p) in out.iter_mut().zip(polls) {
-        if !p.request.rights.is_empty() || drops_backup(p.request) {
-            *o = Some(Ok(Polled::Slow));
-        }
-    }
     let tokens: Vec<&str> = polls.iter().map(|p| p.token).collect();
     let accounts = tokens::authenticate_devices(conn, &tokens)?;
-    let mut hostids: Vec<String> = Vec::with_capacity(polls.len());
-    for ((o, p), account) in out.iter_mut().zip(polls).zip(&accounts) {
-        match account {
-            Err(e) => *o = Some(Err(e.clone())),
-            Ok(_) if o.is_none() => hostids.push(p.request.hostid.to_string()),
-            Ok(_) => {}
-        }
+    let mut out: Outcomes = polls
+        .iter()
+        .zip(&accounts)
+        .map(|(p, account)| match account {
+            Err(e) => Some(Err(e.clone())),
+            // Rights asked for, or a main that dropped its backup: the registry changes.
+            Ok(_) if !p.request.rights.is_empty() || drops_backup(p.request) => {
+                Some(Ok(Polled::Slow))
+            }
+            Ok(_) => None,
+        })
+        .collect();
+    let found = servers_of(conn, polls, &out)?;
+    let mut known = known_servers(polls, &accounts, &found, &mut out);
+    record_fresh(conn, polls, &mut known, &mut out)?;
+    for (i, answer) in contact(conn, polls, &known)? {
+        out[i] = Some(Ok(Polled::Answered(Box::new(answer))));
     }
+    Ok(out
+        .into_iter()
+        .zip(accounts)
+        .map(|(o, account)| {
+            let o = o.unwrap_or_else(|| Err(AppError::internal("a poll was left unanswered")));
+            (account.ok(), o)
+        })
+        .collect())
+}
+
+/// The outcome of each poll of a batch, once it has one.
+type Outcomes = Vec<Option<AppResult<Polled>>>;
+
+/// A poll of a known server in its known role: its index in the batch, what the rules
+/// know, its entry.
+type KnownPoll<'e> = (usize, Known, &'e Entry);
+
+/// The entries of the servers of the polls still without an outcome, by hostid: one query.
+fn servers_of(
+    conn: &mut DbConn,
+    polls: &[Poll<'_>],
+    out: &Outcomes,
+) -> AppResult<HashMap<String, Entry>> {
+    let mut hostids: Vec<String> = polls
+        .iter()
+        .zip(out)
+        .filter(|(_, o)| o.is_none())
+        .map(|(p, _)| p.request.hostid.to_string())
+        .collect();
     hostids.sort_unstable();
     hostids.dedup();
-    let found: HashMap<String, Entry> = entries(conn, &hostids)?
+    Ok(entries(conn, &hostids)?
         .into_iter()
         .map(|e| (e.row.hostid.clone(), e))
-        .collect();
+        .collect())
+}
 
-    // Which polls are known servers in their known roles.
-    let mut fast: Vec<(usize, Known, &Entry)> = Vec::new();
+/// The polls of known servers in their known roles; the others are refused by the rules or
+/// go to the slow path.
+fn known_servers<'e>(
+    polls: &[Poll<'_>],
+    accounts: &[AppResult<String>],
+    found: &'e HashMap<String, Entry>,
+    out: &mut Outcomes,
+) -> Vec<KnownPoll<'e>> {
+    let mut known = Vec::with_capacity(polls.len());
     for (i, p) in polls.iter().enumerate() {
         if out[i].is_some() {
             continue;
         }
         let account = accounts[i].as_deref().unwrap_or_default();
         let e = found.get(&p.request.hostid.to_string());
-        let k = match e.map(|e| e.known(account)).transpose() {
-            Ok(k) => k,
-            Err(err) => {
-                out[i] = Some(Err(err));
-                continue;
-            }
-        };
-        match fast_plan(p.request, k, e) {
-            Ok(Some((k, e))) => fast.push((i, k, e)),
+        let planned = e
+            .map(|e| e.known(account))
+            .transpose()
+            .and_then(|k| fast_plan(p.request, k, e));
+        match planned {
+            Ok(Some((k, e))) => known.push((i, k, e)),
             Ok(None) => out[i] = Some(Ok(Polled::Slow)),
             Err(err) => out[i] = Some(Err(err)),
         }
     }
+    known
+}
 
-    // Their request IDs: a repeated one (seen before, or twice in this batch) is a replay.
-    let mut ids = Vec::with_capacity(fast.len());
-    let mut in_batch = HashSet::with_capacity(fast.len());
-    fast.retain(|(i, _, _)| {
+/// Records the request IDs of the known polls in one statement; a repeated one (seen
+/// before, or twice in this batch) is a replay, refused and dropped from `known`.
+fn record_fresh(
+    conn: &mut DbConn,
+    polls: &[Poll<'_>],
+    known: &mut Vec<KnownPoll<'_>>,
+    out: &mut Outcomes,
+) -> AppResult<()> {
+    let mut ids = Vec::with_capacity(known.len());
+    let mut in_batch = HashSet::with_capacity(known.len());
+    known.retain(|(i, _, _)| {
         let p = &polls[*i];
         let id = p.request.request_id.to_string();
         if !in_batch.insert(id.clone()) {
@@ -200,23 +250,29 @@ pub fn polls(conn: &mut DbConn, polls: &[Poll<'_>]) -> AppResult<Vec<PollResult>
         true
     });
     let fresh = record_request_ids(conn, &ids)?;
-    fast.retain(|(i, _, _)| {
+    known.retain(|(i, _, _)| {
         let new = fresh.contains(&polls[*i].request.request_id.to_string());
         if !new {
             out[*i] = Some(Err(replayed()));
         }
         new
     });
+    Ok(())
+}
 
-    let holders: Vec<&str> = fast.iter().map(|(_, k, _)| holder(k)).collect();
+/// Records the known polls' contacts and answers them with their rights: one statement
+/// for every server that only polled, its own for one that reported, changed its key or
+/// speaks for the first time, and one for the rights of all.
+fn contact(
+    conn: &mut DbConn,
+    polls: &[Poll<'_>],
+    known: &[KnownPoll<'_>],
+) -> AppResult<Vec<(usize, CapabilityAnswer)>> {
+    let holders: Vec<&str> = known.iter().map(|(_, k, _)| holder(k)).collect();
     let rights = rights_of(conn, &holders)?;
-
-    // Contact: one statement for every server that only polled; its own for those that
-    // reported, changed their key, or speak for the first time.
-    let now = polls.iter().map(|p| p.now).max().unwrap_or_default();
-    let mut plain: Vec<&str> = Vec::with_capacity(fast.len());
-    let mut answers = Vec::with_capacity(fast.len());
-    for (i, k, e) in &fast {
+    let mut plain: Vec<&str> = Vec::with_capacity(known.len());
+    let mut answers = Vec::with_capacity(known.len());
+    for (i, k, e) in known {
         let p = &polls[*i];
         let key_change = if p.request.report.is_none()
             && e.row.first_contact_at.is_some()
@@ -231,6 +287,7 @@ pub fn polls(conn: &mut DbConn, polls: &[Poll<'_>]) -> AppResult<Vec<PollResult>
         answers.push((*i, answer_of(k, e, rights, key_change)));
     }
     if !plain.is_empty() {
+        let now = polls.iter().map(|p| p.now).max().unwrap_or_default();
         on_backend!(conn, |c| diesel::update(
             servers::table.filter(servers::id.eq_any(&plain))
         )
@@ -240,17 +297,7 @@ pub fn polls(conn: &mut DbConn, polls: &[Poll<'_>]) -> AppResult<Vec<PollResult>
         ))
         .execute(c))?;
     }
-    for (i, a) in answers {
-        out[i] = Some(Ok(Polled::Answered(Box::new(a))));
-    }
-    Ok(out
-        .into_iter()
-        .zip(accounts)
-        .map(|(o, account)| {
-            let o = o.unwrap_or_else(|| Err(AppError::internal("a poll was left unanswered")));
-            (account.ok(), o)
-        })
-        .collect())
+    Ok(answers)
 }
 
 /// A main that reports it dropped its backup.
@@ -535,11 +582,14 @@ fn touch(
         server_key: new_key.map(|k| k.key.as_str()),
         server_key_id: new_key.map(|k| k.id.as_str()),
     };
-    on_backend!(conn, |c| diesel::update(servers::table.find(&row.id))
+    let updated = on_backend!(conn, |c| diesel::update(servers::table.find(&row.id))
         .set(&contact)
         .execute(c))?;
+    // A row taken out meanwhile (a backup removed while its poll was in a batch) gets no
+    // samples: they would name a server that is gone.
     if let Some(r) = report
         && sample
+        && updated == 1
     {
         usage::record(conn, &row.id, &r.usage, now)?;
     }

@@ -276,6 +276,9 @@ pub(super) fn rights_of(
     conn: &mut DbConn,
     holders: &[&str],
 ) -> AppResult<HashMap<String, Vec<Right>>> {
+    if holders.is_empty() {
+        return Ok(HashMap::new());
+    }
     type Row = (String, String, i64, i64, Option<i64>, String, String);
     let rows: Vec<Row> = on_backend!(conn, |c| mappings::table
         .inner_join(line_items::table)

@@ -110,6 +110,9 @@ diesel::alias!(servers as partners: Partners);
 
 /// The servers with these hostids, each with its pair and partner: one query.
 pub(super) fn entries(conn: &mut DbConn, hostids: &[String]) -> AppResult<Vec<Entry>> {
+    if hostids.is_empty() {
+        return Ok(Vec::new());
+    }
     let partner_id = partners.field(servers::id);
     /// The server, its pair, the partner's hostid, the pair's secret.
     type Row = (ServerRow, Option<PairRow>, Option<String>, Option<String>);
