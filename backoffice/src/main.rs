@@ -12,7 +12,7 @@ use backoffice::{Application, Settings, console, db, http::telemetry, keys};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "backoffice", version, about = "The licensing back office")]
+#[command(name = "backoffice", version = env!("BUILD_VERSION"), about = "The licensing back office")]
 struct Cli {
     /// Settings file (TOML); environment variables of the same names override it.
     #[arg(long, short, global = true, env = "BACKOFFICE_CONFIG")]
@@ -44,6 +44,7 @@ enum AdminCommand {
 }
 
 fn main() -> ExitCode {
+    packaging::generate_if_requested::<Cli>("8");
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,

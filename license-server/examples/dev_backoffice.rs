@@ -8,62 +8,11 @@
 //!     --listen 127.0.0.1:8080 --out-dir /tmp/bo --rights bench:1000 --token dev-token
 //! ```
 
-use std::sync::Arc;
+#[path = "../tests/common/backoffice.rs"]
+#[expect(dead_code, reason = "the tests' misbehaviour modes are not used here")]
+mod backoffice;
 
-use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use shared::capability::{CapabilityClaims, CapabilityRequest, CapabilityResponse, ISSUER, Right};
-use shared::signing::{Signer, generate_keypair};
-use shared::{ErrorBody, ErrorCode};
-
-struct Bo {
-    signer: Signer,
-    rights: Vec<Right>,
-    token: String,
-}
-
-async fn capability(
-    State(bo): State<Arc<Bo>>,
-    headers: HeaderMap,
-    Json(req): Json<CapabilityRequest>,
-) -> Response {
-    let ok = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {}", bo.token));
-    if !ok {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(ErrorBody::new(
-                ErrorCode::Unauthorized,
-                "wrong server token",
-            )),
-        )
-            .into_response();
-    }
-    let now = shared::now_unix();
-    let claims = CapabilityClaims {
-        iss: ISSUER.into(),
-        sub: req.hostid.to_string(),
-        request_id: req.request_id,
-        iat: now,
-        exp: now + 600,
-        server_id: "dev".into(),
-        role: req.role,
-        pair: None,
-        poll_interval_secs: 60,
-        rights: bo.rights.clone(),
-        serve_until: now + 30 * 86_400,
-        binding: None,
-        pair_token: None,
-    };
-    Json(CapabilityResponse {
-        token: bo.signer.sign(&claims),
-    })
-    .into_response()
-}
+use shared::capability::Right;
 
 #[tokio::main]
 async fn main() {
@@ -101,23 +50,16 @@ async fn main() {
             })
         })
         .collect();
-    let (private, public) = generate_keypair();
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let key_path = out_dir.join("backoffice.pub.pem");
-    std::fs::write(&key_path, public).unwrap();
-    let bo = Arc::new(Bo {
-        signer: Signer::from_pem(&private).unwrap(),
-        rights,
-        token,
-    });
-    let app = axum::Router::new()
-        .route("/api/v1/capability", axum::routing::post(capability))
-        .with_state(bo);
-    let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
+    let dir = out_dir.clone();
+    let bo = backoffice::FakeBackoffice::start(&listen, &dir, rights, &token, 60, None)
+        .unwrap_or_else(|e| {
+            eprintln!("dev_backoffice: {e}");
+            std::process::exit(1)
+        });
     eprintln!(
-        "dev back office on http://{}; public key in {}",
-        listener.local_addr().unwrap(),
-        key_path.display()
+        "dev back office on {}; public key in {}",
+        bo.url,
+        bo.public_key.display()
     );
-    axum::serve(listener, app).await.unwrap();
+    std::future::pending::<()>().await;
 }

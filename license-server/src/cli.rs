@@ -1,10 +1,11 @@
-//! Operator commands: talk to a running server over HTTP.
+//! Operator commands: talk to a running server over HTTP or HTTPS.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use shared::ErrorBody;
+use shared::client::describe_error;
 use shared::lease::{FeatureInfo, LeaseInfo};
 
 use crate::service::fmt_time;
@@ -19,7 +20,12 @@ pub struct Remote {
     )]
     pub url: String,
     /// Operator token (else ADMIN_TOKEN, else DATA_DIR/admin.token).
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "ADMIN_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub token: Option<String>,
     /// The server's data directory, to read admin.token from.
     #[arg(long, env = "DATA_DIR")]
@@ -27,9 +33,31 @@ pub struct Remote {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// PEM bundle of the CA that issued the server's certificate (an https:// server
+    /// with a private CA); the system's roots are trusted too.
+    #[arg(long, env = "LICENSE_SERVER_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 impl Remote {
+    /// An HTTP client for the server (and the other server of its pair).
+    fn http(&self) -> anyhow::Result<reqwest::Client> {
+        let ca = match &self.ca {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("--ca `{}` cannot be read", path.display()))?;
+                shared::client::ca_certificates(&pem)
+                    .map_err(|e| anyhow::anyhow!("--ca `{}`: {e}", path.display()))?
+            }
+            None => Vec::new(),
+        };
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .tls_certs_merge(ca)
+            .build()
+            .map_err(|e| anyhow::anyhow!("{}", describe_error(&e)))
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.url.trim_end_matches('/'))
     }
@@ -54,7 +82,10 @@ impl Remote {
 }
 
 async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
-    let resp = req.send().await.context("the server did not answer")?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("the server did not answer: {}", describe_error(&e)))?;
     let status = resp.status();
     let bytes = resp.bytes().await?;
     if !status.is_success() {
@@ -87,15 +118,13 @@ pub enum Which {
     All,
 }
 
-async fn fetch_status(url: &str) -> anyhow::Result<serde_json::Value> {
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(5))
-        .build()?;
-    send(client.get(format!("{}/api/v1/status", url.trim_end_matches('/')))).await
+async fn fetch_status(http: &reqwest::Client, url: &str) -> anyhow::Result<serde_json::Value> {
+    send(http.get(format!("{}/api/v1/status", url.trim_end_matches('/')))).await
 }
 
 pub async fn status(r: &Remote, which: Which) -> anyhow::Result<()> {
-    let here = fetch_status(&r.url).await?;
+    let http = r.http()?;
+    let here = fetch_status(&http, &r.url).await?;
     let role = here["role"].as_str().unwrap_or("standalone");
     let this = r.url.trim_end_matches('/').to_owned();
     let main_url = match role {
@@ -122,7 +151,7 @@ pub async fn status(r: &Remote, which: Which) -> anyhow::Result<()> {
         let v = if url == this {
             Ok(here.clone())
         } else {
-            fetch_status(&url).await
+            fetch_status(&http, &url).await
         };
         shown.push(match v {
             Ok(v) => serde_json::json!({"url": url, "status": v}),
@@ -164,7 +193,7 @@ pub async fn status(r: &Remote, which: Which) -> anyhow::Result<()> {
         .find(|v| v["pair"]["serving"].as_bool() == Some(true));
     if let Some(v) = serving {
         let url = v["public_url"].as_str().unwrap_or("?").to_owned();
-        if let Ok(list) = send(reqwest::Client::new().get(format!("{url}/api/v1/features"))).await
+        if let Ok(list) = send(http.get(format!("{url}/api/v1/features"))).await
             && let Ok(list) = serde_json::from_value::<Vec<FeatureInfo>>(list)
             && !list.is_empty()
         {
@@ -273,7 +302,7 @@ fn print_status(url: &str, v: &serde_json::Value) {
 pub async fn pair_detach(r: &Remote) -> anyhow::Result<()> {
     let token = r.admin_token()?;
     let v = send(
-        reqwest::Client::new()
+        r.http()?
             .post(r.url("/api/v1/admin/pair/detach"))
             .bearer_auth(token),
     )
@@ -293,7 +322,7 @@ pub async fn pair_detach(r: &Remote) -> anyhow::Result<()> {
 pub async fn pair_set_backup(r: &Remote, backup_url: &str) -> anyhow::Result<()> {
     let token = r.admin_token()?;
     let v = send(
-        reqwest::Client::new()
+        r.http()?
             .put(r.url("/api/v1/admin/pair/backup"))
             .bearer_auth(token)
             .json(&serde_json::json!({"url": backup_url})),
@@ -308,7 +337,7 @@ pub async fn pair_set_backup(r: &Remote, backup_url: &str) -> anyhow::Result<()>
 }
 
 pub async fn features(r: &Remote) -> anyhow::Result<()> {
-    let v = send(reqwest::Client::new().get(r.url("/api/v1/features"))).await?;
+    let v = send(r.http()?.get(r.url("/api/v1/features"))).await?;
     if r.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -335,7 +364,7 @@ pub async fn features(r: &Remote) -> anyhow::Result<()> {
 pub async fn leases(r: &Remote, feature: &str) -> anyhow::Result<()> {
     let token = r.admin_token()?;
     let path = format!("/api/v1/admin/features/{}/leases", encode_segment(feature));
-    let v = send(reqwest::Client::new().get(r.url(&path)).bearer_auth(token)).await?;
+    let v = send(r.http()?.get(r.url(&path)).bearer_auth(token)).await?;
     if r.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -362,12 +391,7 @@ pub async fn leases(r: &Remote, feature: &str) -> anyhow::Result<()> {
 pub async fn release(r: &Remote, lease_id: &str) -> anyhow::Result<()> {
     let token = r.admin_token()?;
     let path = format!("/api/v1/admin/leases/{}", encode_segment(lease_id));
-    let v = send(
-        reqwest::Client::new()
-            .delete(r.url(&path))
-            .bearer_auth(token),
-    )
-    .await?;
+    let v = send(r.http()?.delete(r.url(&path)).bearer_auth(token)).await?;
     if r.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -391,4 +415,59 @@ pub fn encode_segment(s: &str) -> String {
         }
     }
     out
+}
+
+/// Where a server's store is.
+#[derive(Debug, Clone, Args)]
+pub struct StoreDir {
+    /// The server's data directory.
+    #[arg(long, env = "DATA_DIR", default_value = "license-server-data")]
+    pub data_dir: PathBuf,
+}
+
+/// `store verify`: what the store holds; an error when something is damaged.
+pub fn store_verify(d: &StoreDir) -> anyhow::Result<()> {
+    if crate::store::files::in_use(&d.data_dir) {
+        println!(
+            "note: a server is using this store; a record it is writing may show as cut short"
+        );
+    }
+    let scan = crate::store::repair::verify(&d.data_dir)?;
+    print!("{}", crate::store::repair::report(&d.data_dir, &scan));
+    if crate::store::repair::is_damaged(&scan) {
+        bail!("the store is damaged");
+    }
+    Ok(())
+}
+
+/// `store recover`: keeps what is readable, after asking.
+pub fn store_recover(d: &StoreDir, yes: bool) -> anyhow::Result<()> {
+    use crate::store::repair;
+    let scan = repair::verify(&d.data_dir)?;
+    print!("{}", repair::report(&d.data_dir, &scan));
+    if !repair::is_damaged(&scan) {
+        println!("nothing to recover");
+        return Ok(());
+    }
+    if !yes {
+        println!(
+            "keep what is readable (state at sequence {}, {} leases) and move the damaged files aside? [y/N]",
+            scan.state.seq,
+            scan.state.lease_count()
+        );
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            bail!("nothing was changed");
+        }
+    }
+    let done = repair::recover(&d.data_dir, &scan)?;
+    for p in &done.moved_aside {
+        println!("moved aside: {}", p.display());
+    }
+    println!(
+        "recovered: state at sequence {} with {} leases; the lost part is listed above under damage",
+        done.seq, done.leases
+    );
+    Ok(())
 }

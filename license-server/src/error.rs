@@ -1,4 +1,5 @@
-//! The one error type of the service, mapped to the contract's error codes.
+//! The one error type of the license server, mapped to the contract's error codes (and,
+//! at the HTTP edge in [`crate::http`], to the contract's error JSON).
 
 use shared::{ErrorBody, ErrorCode};
 
@@ -10,15 +11,11 @@ pub enum ServiceError {
         message: String,
     },
     #[error("{0}")]
-    PayloadTooLarge(String),
-    #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    MethodNotAllowed(String),
     #[error("{message}")]
     NoLicense {
         message: String,
@@ -52,12 +49,10 @@ impl ServiceError {
 
     pub fn code(&self) -> ErrorCode {
         match self {
-            ServiceError::Validation { .. } | ServiceError::PayloadTooLarge(_) => {
-                ErrorCode::ValidationError
-            }
+            ServiceError::Validation { .. } => ErrorCode::ValidationError,
             ServiceError::Unauthorized(_) => ErrorCode::Unauthorized,
             ServiceError::Forbidden(_) => ErrorCode::Forbidden,
-            ServiceError::NotFound(_) | ServiceError::MethodNotAllowed(_) => ErrorCode::NotFound,
+            ServiceError::NotFound(_) => ErrorCode::NotFound,
             ServiceError::NoLicense { .. } => ErrorCode::NoLicenseAvailable,
             ServiceError::FeatureExpired(_) => ErrorCode::FeatureExpired,
             ServiceError::NotServing { .. } => ErrorCode::NotServing,
@@ -66,14 +61,6 @@ impl ServiceError {
             ServiceError::RoleConflict(_) => ErrorCode::RoleConflict,
             ServiceError::Unavailable(_) => ErrorCode::Unavailable,
             ServiceError::Internal(_) => ErrorCode::InternalError,
-        }
-    }
-
-    pub fn http_status(&self) -> u16 {
-        match self {
-            ServiceError::PayloadTooLarge(_) => 413,
-            ServiceError::MethodNotAllowed(_) => 405,
-            other => other.code().http_status(),
         }
     }
 

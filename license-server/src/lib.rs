@@ -1,9 +1,10 @@
 //! The local license server: rights from the back office, floating licenses for clients.
 //!
-//! Layers: [`domain`] (pure state machine and allocation), [`store`] (journal, snapshots,
-//! group commit), [`service`] (the state behind a lock, what handlers call), [`http`]
-//! (thin axum handlers), [`poller`] (capability requests), [`server`] (wiring), [`cli`]
-//! (operator commands).
+//! Layers: [`domain`] and [`pair`] (pure rules: allocation, the event-sourced state, who
+//! serves), [`store`] (journal, snapshots, group commit), [`service`] (the state behind a
+//! few locks, what handlers call), [`http`] (thin actix-web handlers, documented with
+//! utoipa), [`poller`] (capability requests), [`replication`] (the pair at run time),
+//! [`server`] (wiring), [`settings`] (checked at start), [`cli`] (operator commands).
 
 pub mod cli;
 pub mod domain;

@@ -9,7 +9,7 @@ use license_server::settings::Settings;
 /// The local license server: gets its rights from the back office and serves floating
 /// licenses to clients.
 #[derive(Debug, Parser)]
-#[command(name = "license-server", version, propagate_version = true)]
+#[command(name = "license-server", version = env!("BUILD_VERSION"), propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,11 +19,12 @@ struct Cli {
 enum Command {
     /// Run the server. Settings come from the TOML file, then from environment variables
     /// of the same names: HOSTID, LISTEN, DATA_DIR, BACKOFFICE_URL, BACKOFFICE_TOKEN,
-    /// BACKOFFICE_PUBLIC_KEY, BACKUP_SERVER_HOSTID, LICENSING_BACKUP_URI,
+    /// BACKOFFICE_PUBLIC_KEY, BACKOFFICE_CA, BACKUP_SERVER_HOSTID, LICENSING_BACKUP_URI,
     /// LICENSING_MAIN_URI, RIGHTS_IDS, CAPABILITY_POLL_INTERVAL,
     /// FAILOVER_MAINTENANCE_INTERVAL, BACKUP_ABSENCE_LIMIT, LEASE_DURATION, ADMIN_TOKEN,
     /// PUBLIC_URL, CLOCK_LEEWAY, BACKOFF_MAX, FAILOVER_TIMEOUT, HEARTBEAT_INTERVAL,
-    /// PAIR_TOKEN.
+    /// PAIR_TOKEN, TLS_CERT, TLS_KEY, MAX_CONNECTIONS, WORKERS. Logging: RUST_LOG,
+    /// LOG_FORMAT.
     Serve {
         /// TOML settings file (keys as the environment variables, e.g. `LISTEN = "..."`).
         #[arg(long, env = "LICENSE_SERVER_CONFIG")]
@@ -57,6 +58,26 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The local store's files: check them, or keep what is readable of damaged ones
+    /// (on the server's machine; `recover` needs the server stopped).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Read every file of the store and report what is readable and what is damaged;
+    /// changes nothing. Exits non-zero when something is damaged.
+    Verify(#[command(flatten)] cli::StoreDir),
+    /// Keep every record that verifies, as a new snapshot; move damaged files aside
+    /// (`*.damaged-<time>`, never deleted) and say what was lost. Asks first.
+    Recover {
+        #[command(flatten)]
+        dir: cli::StoreDir,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,22 +95,20 @@ enum PairCommand {
     },
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+/// `LOG_FORMAT` and `RUST_LOG` (default `info`), refused when they do not parse.
+fn init_tracing() -> Result<(), String> {
+    use http_kit::telemetry::{LogFormat, filter, init};
+    init(LogFormat::from_env()?, filter("info")?);
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
+    packaging::generate_if_requested::<Cli>("8");
     let cli = Cli::parse();
-    init_tracing();
+    if let Err(e) = init_tracing() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,6 +133,8 @@ fn main() -> std::process::ExitCode {
             Command::Features(r) => cli::features(&r).await,
             Command::Leases { feature, remote } => cli::leases(&remote, &feature).await,
             Command::Release { lease_id, remote } => cli::release(&remote, &lease_id).await,
+            Command::Store(StoreCommand::Verify(d)) => cli::store_verify(&d),
+            Command::Store(StoreCommand::Recover { dir, yes }) => cli::store_recover(&dir, yes),
         }
     });
     match result {

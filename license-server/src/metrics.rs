@@ -1,10 +1,13 @@
-//! Prometheus metrics (prometheus-client), rendered by `GET /metrics`.
+//! Prometheus metrics (prometheus-client), rendered by `GET /metrics`; the HTTP
+//! requests' (by route and status) come from `http_kit::observe`.
 
+use std::sync::Arc;
+
+use http_kit::observe::HttpMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -17,19 +20,6 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub method: &'static str,
-    pub route: &'static str,
-}
-
-type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
-
-fn latency_histogram() -> Histogram {
-    // 50 µs … ~1.6 s
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
-}
-
 pub struct Metrics {
     registry: Registry,
     pub grants: Counter,
@@ -39,7 +29,7 @@ pub struct Metrics {
     pub releases: Counter,
     pub denials: Family<CodeLabel, Counter>,
     pub polls: Family<ResultLabel, Counter>,
-    pub http: HistogramFamily,
+    pub http: Arc<HttpMetrics>,
     pub leases: Gauge,
     pub seats_in_use: Gauge,
     pub seats_licensed: Gauge,
@@ -76,7 +66,7 @@ impl Metrics {
             releases: Counter::default(),
             denials: Family::default(),
             polls: Family::default(),
-            http: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            http: HttpMetrics::register(&mut registry),
             leases: Gauge::default(),
             seats_in_use: Gauge::default(),
             seats_licensed: Gauge::default(),
@@ -124,11 +114,6 @@ impl Metrics {
             "capability_polls",
             "Capability requests to the back office, by result",
             m.polls.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "Time to answer HTTP requests, by route",
-            m.http.clone(),
         );
         registry.register("leases", "Leases held now", m.leases.clone());
         registry.register("seats_in_use", "Seats held now", m.seats_in_use.clone());
@@ -190,12 +175,6 @@ impl Metrics {
 
     pub fn poll(&self, result: &'static str) {
         self.polls.get_or_create(&ResultLabel { result }).inc();
-    }
-
-    pub fn observe(&self, method: &'static str, route: &'static str, secs: f64) {
-        self.http
-            .get_or_create(&RouteLabels { method, route })
-            .observe(secs);
     }
 
     /// Raises a counter to an absolute value read elsewhere.

@@ -9,7 +9,7 @@ use shared::capability::{PairStatus, Role, ServerStatus};
 use crate::domain::Millis;
 
 /// How a main sees its backup.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Link {
     /// No backup: none configured, or dropped.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use shared::capability::{
     CapabilityClaims, CapabilityRequest, CapabilityResponse, RightsRequest, Role,
 };
+use shared::client::describe_error;
 use shared::secret::Secret;
 use shared::signing::Verifier;
 use shared::{ErrorBody, ErrorCode, HostId};
@@ -89,11 +90,21 @@ pub fn backoff(attempt: u32, cap: Duration) -> Duration {
 }
 
 impl Poller {
-    pub fn new(cfg: PollerConfig, verifier: Verifier, svc: Arc<Service>) -> anyhow::Result<Self> {
+    /// `ca`: certificates trusted besides the system's roots (`BACKOFFICE_CA`).
+    pub fn new(
+        cfg: PollerConfig,
+        verifier: Verifier,
+        svc: Arc<Service>,
+        ca: Vec<reqwest::Certificate>,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
-            .build()?;
+            .tls_certs_merge(ca)
+            .build()
+            .map_err(|e| {
+                anyhow::anyhow!("the back office's HTTP client: {}", describe_error(&e))
+            })?;
         Ok(Poller {
             cfg,
             verifier,
@@ -126,12 +137,12 @@ impl Poller {
             .json(&req)
             .send()
             .await
-            .map_err(|e| PollError::Unreachable(error_chain(&e)))?;
+            .map_err(|e| PollError::Unreachable(describe_error(&e)))?;
         let status = resp.status().as_u16();
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| PollError::Unreachable(error_chain(&e)))?;
+            .map_err(|e| PollError::Unreachable(describe_error(&e)))?;
         if !(200..300).contains(&status) {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) if body.code == ErrorCode::MainNotRegistered => {
@@ -278,17 +289,6 @@ impl Poller {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -12,149 +12,18 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use shared::ErrorCode;
 use shared::capability::Role;
-use shared::secret::Secret;
-use shared::{ErrorBody, ErrorCode};
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::watch;
-use uuid::Uuid;
 
-use crate::domain::State;
 use crate::pair::{Link, Serving};
+use crate::service::peer::{BatchOut, MAX_BATCH, Peer, PeerError};
 use crate::service::{Position, Service, now_ms};
 use crate::store::Committed;
-
-/// Most changes sent in one batch.
-const MAX_BATCH: usize = 4096;
 /// Changes kept in memory to let a backup that was away a short while catch up without a
 /// full snapshot.
 const RING: usize = 100_000;
-
-/// A batch of changes (or a heartbeat), main to backup.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Batch<E> {
-    /// The history the changes belong to.
-    pub history: Uuid,
-    /// How far the main's durable changes went when it sent this.
-    pub main_seq: u64,
-    pub events: Vec<E>,
-}
-
-/// The backup's answer: it holds everything up to `seq` durably.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Ack {
-    pub seq: u64,
-}
-
-/// `POST /api/v1/pair/detach` body.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Detach {
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PeerError {
-    #[error("unreachable: {0}")]
-    Unreachable(String),
-    #[error("{0}")]
-    Refused(ErrorBody),
-}
-
-/// HTTP client for the other server of the pair.
-#[derive(Clone)]
-pub struct Peer {
-    http: reqwest::Client,
-    token: Secret,
-    sync_timeout: Duration,
-}
-
-impl std::fmt::Debug for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Peer")
-    }
-}
-
-impl Peer {
-    /// `sync_timeout`: the longest a batch may take before the backup counts as gone
-    /// (clients wait at most this long for a backup that stalls).
-    pub fn new(token: Secret, sync_timeout: Duration) -> anyhow::Result<Peer> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(sync_timeout.min(Duration::from_secs(2)))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
-        Ok(Peer {
-            http,
-            token,
-            sync_timeout,
-        })
-    }
-
-    async fn send<T: serde::de::DeserializeOwned>(
-        &self,
-        req: reqwest::RequestBuilder,
-        timeout: Duration,
-    ) -> Result<T, PeerError> {
-        let resp = req
-            .bearer_auth(self.token.expose())
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| PeerError::Unreachable(e.to_string()))?;
-        let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| PeerError::Unreachable(e.to_string()))?;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map_err(|e| PeerError::Unreachable(format!("unexpected answer: {e}")));
-        }
-        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => PeerError::Refused(body),
-            Err(_) => PeerError::Unreachable(format!("HTTP {status}")),
-        })
-    }
-
-    pub async fn position(&self, base: &str) -> Result<Position, PeerError> {
-        let url = format!("{base}/api/v1/pair/position");
-        self.send(
-            self.http.get(url),
-            self.sync_timeout.max(Duration::from_secs(1)),
-        )
-        .await
-    }
-
-    pub async fn push(&self, base: &str, batch: &Batch<&Committed>) -> Result<Ack, PeerError> {
-        let url = format!("{base}/api/v1/pair/events");
-        self.send(self.http.post(url).json(batch), self.sync_timeout)
-            .await
-    }
-
-    pub async fn snapshot(&self, base: &str, state: &State) -> Result<Ack, PeerError> {
-        let url = format!("{base}/api/v1/pair/snapshot");
-        self.send(self.http.put(url).json(state), Duration::from_secs(60))
-            .await
-    }
-
-    pub async fn handback(&self, base: &str) -> Result<State, PeerError> {
-        let url = format!("{base}/api/v1/pair/handback");
-        self.send(self.http.post(url), Duration::from_secs(60))
-            .await
-    }
-
-    pub async fn detach(&self, base: &str, reason: &str) -> Result<serde_json::Value, PeerError> {
-        let url = format!("{base}/api/v1/pair/detach");
-        let body = Detach {
-            reason: reason.to_owned(),
-        };
-        self.send(self.http.post(url).json(&body), Duration::from_secs(5))
-            .await
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct MainConfig {
@@ -447,7 +316,7 @@ async fn stream(
         // Everything received so far goes in this batch: once the backup acknowledges
         // it, the backup keeps up, and clients wait for its acknowledgements.
         let keeps_up = batch.len() < MAX_BATCH;
-        let body = Batch {
+        let body = BatchOut {
             history,
             main_seq: durable,
             events: batch,
@@ -491,17 +360,6 @@ pub async fn run_backup(svc: Arc<Service>, tick: Duration, mut stop: watch::Rece
             );
         }
         was_expired = expired;
-    }
-}
-
-/// Tells the other server of the pair that this one detached it (best effort: a main
-/// that does not hear it finds out from the backup's position; a backup from the main's
-/// silence and the back office).
-pub async fn tell_partner(peer: &Peer, uri: Option<&str>, reason: &str) {
-    if let Some(uri) = uri
-        && let Err(e) = peer.detach(uri, reason).await
-    {
-        tracing::warn!(partner = %uri, error = %e, "could not tell the other server; it learns on its next contact");
     }
 }
 

@@ -1,22 +1,69 @@
-//! `license-server serve`: recover the store, start the poller and the reaper, serve HTTP,
-//! shut down cleanly on SIGTERM or ctrl-c.
+//! `license-server serve`: check what the settings name (keys, certificates, the
+//! descriptors the connection cap needs), recover the store, start the poller, the
+//! reaper and the pair's replicator, serve HTTP or HTTPS (actix-web), shut down cleanly on
+//! SIGTERM or ctrl-c.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use actix_web::HttpServer;
+use anyhow::{Context, bail};
+use http_kit::serve::{ConnectionGate, Limits, raise_nofile_limit};
+use shared::capability::Role;
 use shared::signing::Verifier;
 use tokio::sync::watch;
 
-use crate::http::{AppState, router};
+use crate::http::{self, AppContext};
 use crate::poller::{Poller, PollerConfig};
-use crate::replication::{self, Peer};
-use crate::service::{Service, ServiceConfig, now_ms};
-use crate::settings::{Settings, admin_token_file};
+use crate::replication;
+use crate::service::{Peer, Service, ServiceConfig, now_ms};
+use crate::settings::{Settings, admin_token_file, is_loopback};
 use crate::store::{self, StoreOptions};
 
 /// The file the bound address is written to (useful with `LISTEN=127.0.0.1:0`).
 pub const ADDR_FILE: &str = "listen.addr";
+
+/// The connection limits for these settings, with `RLIMIT_NOFILE` raised to what they
+/// need; an explicit `MAX_CONNECTIONS` the limit cannot allow is an error.
+fn limits(settings: &Settings) -> anyhow::Result<Limits> {
+    let mut limits = Limits::default();
+    if let Some(n) = settings.max_connections {
+        limits.max_connections = n;
+    }
+    if let Some(n) = settings.workers {
+        limits.workers = n;
+    }
+    let needed = limits.fds_needed();
+    let nofile = raise_nofile_limit(needed).context("raising RLIMIT_NOFILE")?;
+    if nofile < needed {
+        let fits = limits.max_connections_for(nofile);
+        if settings.max_connections.is_some() || fits == 0 {
+            bail!(
+                "MAX_CONNECTIONS `{}` needs {needed} file descriptors, but RLIMIT_NOFILE allows {nofile}: \
+                 raise the limit (ulimit -n, LimitNOFILE=) or set MAX_CONNECTIONS to at most {fits}",
+                limits.max_connections
+            );
+        }
+        tracing::info!(
+            max_connections = fits,
+            nofile,
+            "RLIMIT_NOFILE allows fewer connections than the default; serving at most that many"
+        );
+        limits.max_connections = fits;
+    }
+    Ok(limits)
+}
+
+/// `BACKOFFICE_CA`'s certificates (none when unset).
+fn ca_certificates(settings: &Settings) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let Some(path) = &settings.backoffice_ca else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(path)
+        .with_context(|| format!("BACKOFFICE_CA `{}` cannot be read", path.display()))?;
+    shared::client::ca_certificates(&pem)
+        .map_err(|e| anyhow::anyhow!("BACKOFFICE_CA `{}`: {e}", path.display()))
+}
 
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let role = settings.role();
@@ -28,17 +75,38 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         backoffice = %settings.backoffice_url,
         backoffice_token = ?settings.backoffice_token,
         lease_duration = %shared::duration::format(settings.lease_duration),
+        https = settings.tls.is_some(),
         "starting the license server"
     );
+    // Everything a setting names is checked before anything starts.
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(|t| http_kit::tls::server_config(&t.cert, &t.key))
+        .transpose()?;
+    let ca = ca_certificates(&settings)?;
+    let limits = limits(&settings)?;
     let pem = std::fs::read_to_string(&settings.backoffice_public_key).with_context(|| {
         format!(
-            "reading BACKOFFICE_PUBLIC_KEY {}",
+            "BACKOFFICE_PUBLIC_KEY `{}` cannot be read",
             settings.backoffice_public_key.display()
         )
     })?;
-    let verifier = Verifier::from_public_pem(&pem).context("BACKOFFICE_PUBLIC_KEY")?;
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating DATA_DIR {}", settings.data_dir.display()))?;
+    let verifier = Verifier::from_public_pem(&pem).with_context(|| {
+        format!(
+            "BACKOFFICE_PUBLIC_KEY `{}` is not the back office's Ed25519 public key (PEM)",
+            settings.backoffice_public_key.display()
+        )
+    })?;
+    if settings.backoffice_url.starts_with("http://") && !is_loopback(&settings.backoffice_url) {
+        tracing::warn!(
+            backoffice = %settings.backoffice_url,
+            "BACKOFFICE_URL is plain http:// to another machine: BACKOFFICE_TOKEN and the rights travel unencrypted; use https://"
+        );
+    }
+    // 0700, its files 0600 (fixed, with a warning, when more open).
+    store::files::prepare_dir(&settings.data_dir)
+        .with_context(|| format!("preparing DATA_DIR {}", settings.data_dir.display()))?;
     let admin_token = match &settings.admin_token {
         Some(t) => t.clone(),
         None => admin_token_file(&settings.data_dir)?,
@@ -63,14 +131,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         tracing::info!("no rights stored yet: nothing is served until the back office answers");
     }
 
-    let listener = tokio::net::TcpListener::bind(&settings.listen)
-        .await
-        .with_context(|| format!("binding LISTEN {}", settings.listen))?;
+    let listener = std::net::TcpListener::bind(&settings.listen)
+        .with_context(|| format!("LISTEN `{}` cannot be bound", settings.listen))?;
     let local = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let public_url = settings
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{local}"));
+        .unwrap_or_else(|| format!("{scheme}://{local}"));
+    // Clients wait at most this long for a backup that stalls before their change is
+    // acknowledged without it; well under the failover timeout.
+    let sync_timeout = (settings.failover_timeout / 2).max(settings.heartbeat_interval);
+    let peer = Peer::new(settings.pair_token.clone(), sync_timeout, ca.clone())?;
     let svc = Service::start(
         ServiceConfig {
             hostid: settings.hostid.clone(),
@@ -85,9 +157,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
         state,
         store,
+        (role != Role::Standalone).then(|| peer.clone()),
     )
     .await?;
-    if role == shared::capability::Role::Main && settings.licensing_backup_uri.is_none() {
+    if role == Role::Main && settings.licensing_backup_uri.is_none() {
         tracing::warn!(
             "BACKUP_SERVER_HOSTID is set but LICENSING_BACKUP_URI is not: nothing is replicated and clients get no backup to fail over to"
         );
@@ -108,50 +181,57 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
         verifier,
         svc.clone(),
+        ca,
     )?;
     let poller_task = tokio::spawn(poller.run(stop_rx.clone()));
     let reaper_task = tokio::spawn(reaper(svc.clone(), stop_rx.clone()));
-    // Clients wait at most this long for a backup that stalls before their change is
-    // acknowledged without it; well under the failover timeout.
-    let sync_timeout = (settings.failover_timeout / 2).max(settings.heartbeat_interval);
-    let peer = Peer::new(settings.pair_token.clone(), sync_timeout)?;
     let pair_task = match role {
-        shared::capability::Role::Main => Some(tokio::spawn(replication::run_main(
+        Role::Main => Some(tokio::spawn(replication::run_main(
             svc.clone(),
-            peer.clone(),
+            peer,
             replication::MainConfig {
                 heartbeat: settings.heartbeat_interval,
                 absence_limit: settings.backup_absence_limit,
             },
             stop_rx.clone(),
         ))),
-        shared::capability::Role::Backup => Some(tokio::spawn(replication::run_backup(
+        Role::Backup => Some(tokio::spawn(replication::run_backup(
             svc.clone(),
             (settings.failover_timeout / 10)
                 .clamp(Duration::from_millis(10), Duration::from_millis(100)),
             stop_rx.clone(),
         ))),
-        shared::capability::Role::Standalone => None,
+        Role::Standalone => None,
     };
 
-    let app = router(AppState {
-        svc: svc.clone(),
-        admin_token: Arc::new(admin_token),
-        pair_token: Arc::new(settings.pair_token.clone()),
-        peer,
-    });
+    let gate = ConnectionGate::new(limits.max_connections, http::is_priority);
+    let ctx = AppContext::new(
+        svc.clone(),
+        &admin_token,
+        &settings.pair_token,
+        svc.metrics.http.clone(),
+        gate.clone(),
+        limits.body_timeout,
+    );
+    let server = limits
+        .apply(HttpServer::new(move || http::app(ctx.clone())), &gate)
+        .shutdown_signal(shutdown_signal());
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
+    }
+    .run();
     let addr_file = settings.data_dir.join(ADDR_FILE);
-    std::fs::write(&addr_file, format!("{local}\n"))
+    store::files::write_private(&addr_file, format!("{local}\n").as_bytes())
         .with_context(|| format!("writing {}", addr_file.display()))?;
-    tracing::info!(addr = %local, "serving clients");
-
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    tracing::info!(
+        addr = %local,
+        scheme,
+        max_connections = limits.max_connections,
+        workers = limits.workers,
+        "serving clients"
+    );
+    server.await?;
 
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);

@@ -1,4 +1,6 @@
 //! Settings: a TOML file, then environment variables of the same names (the contract).
+//! Every one is checked here, at start: a bad one stops the server with one line naming
+//! the setting, its value and what is expected.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +37,11 @@ pub const NAMES: &[&str] = &[
     "FAILOVER_TIMEOUT",
     "HEARTBEAT_INTERVAL",
     "PAIR_TOKEN",
+    "TLS_CERT",
+    "TLS_KEY",
+    "BACKOFFICE_CA",
+    "MAX_CONNECTIONS",
+    "WORKERS",
 ];
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -76,6 +83,13 @@ struct Raw {
     heartbeat_interval: Option<Duration>,
     #[serde(default, deserialize_with = "secret_like")]
     pair_token: Option<Secret>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    backoffice_ca: Option<PathBuf>,
+    #[serde(default, deserialize_with = "string_like")]
+    max_connections: Option<String>,
+    #[serde(default, deserialize_with = "string_like")]
+    workers: Option<String>,
 }
 
 /// Checked settings of `license-server serve`.
@@ -111,6 +125,100 @@ pub struct Settings {
     /// The secret the two servers of a pair authenticate each other with (default:
     /// `BACKOFFICE_TOKEN`, the account's device token both usually share).
     pub pair_token: Secret,
+    /// `TLS_CERT` and `TLS_KEY`: serve HTTPS with this certificate chain and key.
+    pub tls: Option<TlsFiles>,
+    /// `BACKOFFICE_CA`: a PEM bundle trusted besides the system's roots for the back
+    /// office and the other server of the pair.
+    pub backoffice_ca: Option<PathBuf>,
+    /// `MAX_CONNECTIONS`: client connections served at once (more wait; a few more
+    /// serve health, metrics, status, operators and the pair only).
+    pub max_connections: Option<usize>,
+    /// `WORKERS`: HTTP worker threads (default: one per core).
+    pub workers: Option<usize>,
+}
+
+/// The PEM files HTTPS is served with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Longest URL accepted in a setting or from an operator.
+pub const MAX_URL: usize = 512;
+
+/// An `http://` or `https://` URL with a host (no credentials, query or fragment),
+/// without its trailing `/`; else what is expected.
+pub fn check_url(value: &str) -> Result<String, String> {
+    const EXPECTED: &str = "is not an http:// or https:// URL such as https://host.example:7070";
+    let value = value.trim();
+    if value.len() > MAX_URL {
+        return Err(format!("is longer than {MAX_URL} characters"));
+    }
+    let url = reqwest::Url::parse(value).map_err(|e| format!("{EXPECTED} ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{EXPECTED} (the scheme is {}://)", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{EXPECTED} (it names no host)"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{EXPECTED} (credentials do not belong in it)"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{EXPECTED} (no ?query or #fragment)"));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+/// Whether a URL's host is this machine (`localhost` or a loopback address).
+pub fn is_loopback(url: &str) -> bool {
+    let Some(url) = reqwest::Url::parse(url).ok() else {
+        return false;
+    };
+    let host = url.host_str().unwrap_or_default();
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `value` checked as the URL setting `name`.
+fn url_setting(name: &str, value: Option<String>) -> anyhow::Result<Option<String>> {
+    non_empty(value)
+        .map(|v| check_url(&v).map_err(|why| anyhow::anyhow!("{name} `{v}` {why}")))
+        .transpose()
+}
+
+/// A count from 1 to `max`.
+fn count_setting(name: &str, value: Option<String>, max: usize) -> anyhow::Result<Option<usize>> {
+    non_empty(value)
+        .map(|v| match v.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ if max == usize::MAX => bail!("{name} `{v}` is not a number (1 or more)"),
+            _ => bail!("{name} `{v}` is not a number from 1 to {max}"),
+        })
+        .transpose()
+}
+
+/// A file a setting names, which must exist.
+fn file_setting(name: &str, path: Option<PathBuf>) -> anyhow::Result<Option<PathBuf>> {
+    let Some(p) = path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(None);
+    };
+    match std::fs::metadata(&p) {
+        Ok(m) if m.is_file() => Ok(Some(p)),
+        Ok(_) => bail!(
+            "{name} `{}` is not a file (expected a PEM file)",
+            p.display()
+        ),
+        Err(e) => bail!(
+            "{name} `{}` cannot be read ({e}); expected a PEM file",
+            p.display()
+        ),
+    }
 }
 
 impl Settings {
@@ -158,7 +266,7 @@ impl Settings {
                 bail!("BACKUP_SERVER_HOSTID must differ from this server's HOSTID {hostid}");
             }
         }
-        let licensing_main_uri = non_empty(raw.licensing_main_uri);
+        let licensing_main_uri = url_setting("LICENSING_MAIN_URI", raw.licensing_main_uri)?;
         if backup_server_hostid.is_some() && licensing_main_uri.is_some() {
             bail!(
                 "set BACKUP_SERVER_HOSTID (this server is the main) or LICENSING_MAIN_URI (this server is the backup), not both"
@@ -173,14 +281,12 @@ impl Settings {
         let listen = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         if listen
             .rsplit_once(':')
-            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
         {
             bail!("LISTEN `{listen}` is not an address such as 127.0.0.1:7070");
         }
-        let backoffice_url = non_empty(raw.backoffice_url)
-            .context("BACKOFFICE_URL is required: the back office's base URL")?
-            .trim_end_matches('/')
-            .to_owned();
+        let backoffice_url = url_setting("BACKOFFICE_URL", raw.backoffice_url)?
+            .context("BACKOFFICE_URL is required: the back office's base URL, e.g. https://backoffice.example.com")?;
         let backoffice_token = raw
             .backoffice_token
             .filter(|s| !s.is_empty())
@@ -213,6 +319,21 @@ impl Settings {
             .pair_token
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| backoffice_token.clone());
+        let tls = match (
+            file_setting("TLS_CERT", raw.tls_cert)?,
+            file_setting("TLS_KEY", raw.tls_key)?,
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                bail!("TLS_CERT is set but TLS_KEY is not: set both to serve HTTPS, or neither")
+            }
+            (None, Some(_)) => {
+                bail!("TLS_KEY is set but TLS_CERT is not: set both to serve HTTPS, or neither")
+            }
+        };
+        let max_connections = count_setting("MAX_CONNECTIONS", raw.max_connections, usize::MAX)?;
+        let workers = count_setting("WORKERS", raw.workers, 512)?;
         Ok(Settings {
             hostid,
             listen,
@@ -223,7 +344,7 @@ impl Settings {
             backoffice_token,
             backoffice_public_key,
             backup_server_hostid,
-            licensing_backup_uri: non_empty(raw.licensing_backup_uri),
+            licensing_backup_uri: url_setting("LICENSING_BACKUP_URI", raw.licensing_backup_uri)?,
             licensing_main_uri,
             rights_ids,
             capability_poll_interval: raw.capability_poll_interval,
@@ -235,12 +356,16 @@ impl Settings {
                 .unwrap_or(Duration::from_secs(7 * 86_400)),
             lease_duration,
             admin_token: raw.admin_token.filter(|s| !s.is_empty()),
-            public_url: non_empty(raw.public_url),
+            public_url: url_setting("PUBLIC_URL", raw.public_url)?,
             clock_leeway: raw.clock_leeway.unwrap_or(Duration::from_secs(60)),
             backoff_max: raw.backoff_max.unwrap_or(Duration::from_secs(60)),
             failover_timeout,
             heartbeat_interval,
             pair_token,
+            tls,
+            backoffice_ca: file_setting("BACKOFFICE_CA", raw.backoffice_ca)?,
+            max_connections,
+            workers,
         })
     }
 
@@ -428,6 +553,91 @@ mod tests {
         // Unknown names in the file are refused (typos must not pass silently).
         std::fs::write(&file, "HOSTID = \"string:a\"\nLEASE_DURATON = \"5m\"\n").unwrap();
         assert!(Settings::load(Some(&file)).is_err());
+    }
+
+    #[test]
+    fn url_settings_take_only_http_and_https_urls_with_a_host() {
+        assert_eq!(
+            check_url("https://bo.example/").unwrap(),
+            "https://bo.example"
+        );
+        assert_eq!(
+            check_url(" http://127.0.0.1:8080 ").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        for bad in [
+            "not a url",
+            "ftp://x",
+            "bo.example:8080",
+            "http://",
+            "https://user:pw@bo.example",
+            "https://bo.example/?a=1",
+            "file:///etc/passwd",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+        assert!(check_url(&format!("https://{}.example", "a".repeat(600))).is_err());
+        for (setting, raw) in [
+            (
+                "BACKOFFICE_URL",
+                Raw {
+                    backoffice_url: Some("ftp://x".into()),
+                    ..raw_min()
+                },
+            ),
+            (
+                "LICENSING_MAIN_URI",
+                Raw {
+                    licensing_main_uri: Some("not a url".into()),
+                    ..raw_min()
+                },
+            ),
+            (
+                "LICENSING_BACKUP_URI",
+                Raw {
+                    licensing_backup_uri: Some("main:7070".into()),
+                    ..raw_min()
+                },
+            ),
+            (
+                "PUBLIC_URL",
+                Raw {
+                    public_url: Some("//x".into()),
+                    ..raw_min()
+                },
+            ),
+            (
+                "MAX_CONNECTIONS",
+                Raw {
+                    max_connections: Some("0".into()),
+                    ..raw_min()
+                },
+            ),
+            (
+                "TLS_CERT",
+                Raw {
+                    tls_cert: Some("Cargo.toml".into()),
+                    ..raw_min()
+                },
+            ),
+        ] {
+            let e = Settings::from_raw(raw).unwrap_err().to_string();
+            assert!(e.starts_with(setting), "{setting}: {e}");
+        }
+    }
+
+    #[test]
+    fn loopback_urls_are_told_from_remote_ones() {
+        for url in [
+            "http://localhost:8080",
+            "http://127.0.0.1",
+            "http://[::1]:80",
+        ] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in ["http://bo.example", "http://10.0.0.1", "not a url"] {
+            assert!(!is_loopback(url), "{url}");
+        }
     }
 
     #[test]

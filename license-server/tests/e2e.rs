@@ -1,6 +1,12 @@
-//! End-to-end tests: the real `license-server` binary against a real (small) back office.
+//! End-to-end tests: the real `license-server` binary against a real (small) back office;
+//! TLS in [`tls`], slow clients, floods and bad settings in [`hardening`]. One test binary,
+//! so that the harness in `common` is built and linked once.
 
 mod common;
+#[path = "e2e/hardening.rs"]
+mod hardening;
+#[path = "e2e/tls.rs"]
+mod tls;
 
 use std::time::Duration;
 

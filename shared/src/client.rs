@@ -14,6 +14,20 @@
 //! server that does not answer sends the client to the next; `NOT_SERVING` moves the
 //! client to the server named in `serving_url`; the backup URL a main hands out with each
 //! lease (`backup_uri`) is added to the list.
+//!
+//! `https://` servers are verified against the system's trusted roots; a server whose
+//! certificate comes from a private CA needs that CA's certificate:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), shared::client::ClientError> {
+//! let pem = std::fs::read("/etc/licensing/ca.pem").expect("the CA bundle");
+//! let client = shared::client::Client::builder()
+//!     .server("https://lls-main.example:7070")
+//!     .server("https://lls-backup.example:7070")
+//!     .ca_pem(&pem)?
+//!     .build()?;
+//! # Ok(()) }
+//! ```
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -91,6 +105,42 @@ fn default_client_id() -> String {
     format!("{host}:{}", std::process::id())
 }
 
+/// The certificates of a PEM bundle, to trust besides the system's roots.
+pub fn ca_certificates(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem)
+        .map_err(|e| ClientError::Invalid(format!("the CA bundle is not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(ClientError::Invalid(
+            "the CA bundle holds no CERTIFICATE".into(),
+        ));
+    }
+    Ok(certs)
+}
+
+/// An error and its causes in one line, with what to do when a server's certificate was
+/// refused.
+pub fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        src = inner.source();
+    }
+    if s.contains("UnknownIssuer") || s.contains("unknown issuer") {
+        s.push_str(
+            " (the server's certificate is not issued by a CA this side trusts: \
+             give the CA's certificate as the CA bundle)",
+        );
+    } else if s.contains("NotValidForName") {
+        s.push_str(" (the server's certificate does not name the host in the URL)");
+    }
+    s
+}
+
 fn normalise(url: &str) -> Result<String, ClientError> {
     let url = url.trim().trim_end_matches('/');
     if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -99,6 +149,62 @@ fn normalise(url: &str) -> Result<String, ClientError> {
         )));
     }
     Ok(url.to_owned())
+}
+
+/// Servers, trusted CAs and identity of a [`Client`] to build.
+#[derive(Debug, Default)]
+pub struct ClientBuilder {
+    servers: Vec<String>,
+    ca: Vec<reqwest::Certificate>,
+    client_id: Option<String>,
+}
+
+impl ClientBuilder {
+    /// Adds a server (tried in the order added; the first is preferred).
+    pub fn server(mut self, url: impl AsRef<str>) -> Self {
+        self.servers.push(url.as_ref().to_owned());
+        self
+    }
+
+    /// Trusts the certificates of a PEM bundle besides the system's roots (for servers
+    /// whose certificates come from a private CA).
+    pub fn ca_pem(mut self, pem: &[u8]) -> Result<Self, ClientError> {
+        self.ca.extend(ca_certificates(pem)?);
+        Ok(self)
+    }
+
+    /// This client's identity (default: `hostname:pid`).
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = Some(id.into());
+        self
+    }
+
+    pub fn build(self) -> Result<Client, ClientError> {
+        let mut servers = Vec::new();
+        for u in &self.servers {
+            let u = normalise(u)?;
+            if !servers.contains(&u) {
+                servers.push(u);
+            }
+        }
+        if servers.is_empty() {
+            return Err(ClientError::Invalid("name at least one server".into()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(3))
+            .tls_certs_merge(self.ca)
+            .build()
+            .map_err(|e| ClientError::Invalid(describe_error(&e)))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                servers: Mutex::new(servers),
+                learned_backup: Mutex::new(None),
+                client_id: self.client_id.unwrap_or_else(default_client_id),
+            }),
+        })
+    }
 }
 
 impl Client {
@@ -113,29 +219,15 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let mut servers = Vec::new();
-        for u in urls {
-            let u = normalise(u.as_ref())?;
-            if !servers.contains(&u) {
-                servers.push(u);
-            }
-        }
-        if servers.is_empty() {
-            return Err(ClientError::Invalid("name at least one server".into()));
-        }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(3))
+        urls.into_iter()
+            .fold(Client::builder(), |b, u| b.server(u))
             .build()
-            .map_err(|e| ClientError::Invalid(e.to_string()))?;
-        Ok(Client {
-            inner: Arc::new(Inner {
-                http,
-                servers: Mutex::new(servers),
-                learned_backup: Mutex::new(None),
-                client_id: default_client_id(),
-            }),
-        })
+    }
+
+    /// Servers, CA certificates and identity, e.g. for `https://` servers with a private
+    /// CA.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
     }
 
     /// The same servers, another client identity (default: `hostname:pid`).
@@ -247,8 +339,9 @@ impl Client {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::debug!(server = %base, error = %e, "license server did not answer");
-                    last_err = Some(ClientError::Transport(format!("{base}: {e}")));
+                    let why = describe_error(&e);
+                    tracing::debug!(server = %base, error = %why, "license server did not answer");
+                    last_err = Some(ClientError::Transport(format!("{base}: {why}")));
                     continue;
                 }
             };
@@ -256,7 +349,10 @@ impl Client {
             let bytes = match resp.bytes().await {
                 Ok(b) => b,
                 Err(e) => {
-                    last_err = Some(ClientError::Transport(format!("{base}: {e}")));
+                    last_err = Some(ClientError::Transport(format!(
+                        "{base}: {}",
+                        describe_error(&e)
+                    )));
                     continue;
                 }
             };

@@ -2,89 +2,85 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Stable, machine-readable error codes (the contract in docs/design.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum ErrorCode {
-    ValidationError,
-    Unauthorized,
-    Forbidden,
-    NotFound,
-    AlreadyExists,
-    MainNotRegistered,
-    HostidTypeMismatch,
-    HostidInUse,
-    RoleConflict,
-    UnknownRightsId,
-    InsufficientQuantity,
-    PairHasActiveRights,
-    ClockSkew,
-    ReplayedRequest,
-    NoLicenseAvailable,
-    FeatureExpired,
-    NotServing,
-    MaintenanceIntervalExpired,
+/// The error codes: each variant with its name on the wire and its HTTP status, written
+/// once.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $name:ident = $wire:literal, $status:literal;)+) => {
+        /// Stable, machine-readable error codes (the contract in docs/design.md).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum ErrorCode {
+            $($(#[$doc])* #[serde(rename = $wire)] $name,)+
+            /// A code this version does not know (sent by a newer peer); never sent.
+            #[serde(other)]
+            Unknown,
+        }
+
+        impl ErrorCode {
+            /// Every code a service sends (all but [`ErrorCode::Unknown`]).
+            pub const SENT: &[ErrorCode] = &[$(ErrorCode::$name),+];
+
+            /// The HTTP status that goes with the code.
+            pub fn http_status(self) -> u16 {
+                match self {
+                    $(ErrorCode::$name => $status,)+
+                    ErrorCode::Unknown => 500,
+                }
+            }
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$name => $wire,)+
+                    ErrorCode::Unknown => "UNKNOWN",
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    ValidationError = "VALIDATION_ERROR", 400;
+    Unauthorized = "UNAUTHORIZED", 401;
+    Forbidden = "FORBIDDEN", 403;
+    NotFound = "NOT_FOUND", 404;
+    AlreadyExists = "ALREADY_EXISTS", 409;
+    MainNotRegistered = "MAIN_NOT_REGISTERED", 409;
+    HostidTypeMismatch = "HOSTID_TYPE_MISMATCH", 409;
+    HostidInUse = "HOSTID_IN_USE", 409;
+    RoleConflict = "ROLE_CONFLICT", 409;
+    UnknownRightsId = "UNKNOWN_RIGHTS_ID", 400;
+    InsufficientQuantity = "INSUFFICIENT_QUANTITY", 409;
+    PairHasActiveRights = "PAIR_HAS_ACTIVE_RIGHTS", 409;
+    ClockSkew = "CLOCK_SKEW", 400;
+    ReplayedRequest = "REPLAYED_REQUEST", 409;
+    NoLicenseAvailable = "NO_LICENSE_AVAILABLE", 409;
+    FeatureExpired = "FEATURE_EXPIRED", 410;
+    NotServing = "NOT_SERVING", 503;
+    MaintenanceIntervalExpired = "MAINTENANCE_INTERVAL_EXPIRED", 503;
     /// A pair member's copy does not continue from what was sent (replication).
-    OutOfSync,
-    /// Too many requests of a kind (e.g. failed sign-ins): wait `Retry-After` seconds.
-    TooManyRequests,
-    Unavailable,
-    InternalError,
-    /// A code this version does not know (sent by a newer peer).
-    #[serde(other)]
-    Unknown,
+    OutOfSync = "OUT_OF_SYNC", 409;
+    /// Too many requests of this kind now: retry after `Retry-After` seconds.
+    TooManyRequests = "TOO_MANY_REQUESTS", 429;
+    Unavailable = "UNAVAILABLE", 503;
+    InternalError = "INTERNAL_ERROR", 500;
 }
 
-impl ErrorCode {
-    /// The HTTP status that goes with the code.
-    pub fn http_status(self) -> u16 {
-        use ErrorCode::*;
-        match self {
-            ValidationError | UnknownRightsId => 400,
-            Unauthorized => 401,
-            Forbidden => 403,
-            NotFound => 404,
-            AlreadyExists | MainNotRegistered | HostidTypeMismatch | HostidInUse | RoleConflict
-            | InsufficientQuantity | PairHasActiveRights | ReplayedRequest | NoLicenseAvailable
-            | OutOfSync => 409,
-            FeatureExpired => 410,
-            ClockSkew => 400,
-            TooManyRequests => 429,
-            NotServing | MaintenanceIntervalExpired | Unavailable => 503,
-            InternalError | Unknown => 500,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            ValidationError => "VALIDATION_ERROR",
-            Unauthorized => "UNAUTHORIZED",
-            Forbidden => "FORBIDDEN",
-            NotFound => "NOT_FOUND",
-            AlreadyExists => "ALREADY_EXISTS",
-            MainNotRegistered => "MAIN_NOT_REGISTERED",
-            HostidTypeMismatch => "HOSTID_TYPE_MISMATCH",
-            HostidInUse => "HOSTID_IN_USE",
-            RoleConflict => "ROLE_CONFLICT",
-            UnknownRightsId => "UNKNOWN_RIGHTS_ID",
-            InsufficientQuantity => "INSUFFICIENT_QUANTITY",
-            PairHasActiveRights => "PAIR_HAS_ACTIVE_RIGHTS",
-            ClockSkew => "CLOCK_SKEW",
-            ReplayedRequest => "REPLAYED_REQUEST",
-            NoLicenseAvailable => "NO_LICENSE_AVAILABLE",
-            FeatureExpired => "FEATURE_EXPIRED",
-            NotServing => "NOT_SERVING",
-            MaintenanceIntervalExpired => "MAINTENANCE_INTERVAL_EXPIRED",
-            OutOfSync => "OUT_OF_SYNC",
-            TooManyRequests => "TOO_MANY_REQUESTS",
-            Unavailable => "UNAVAILABLE",
-            InternalError => "INTERNAL_ERROR",
-            Unknown => "UNKNOWN",
-        }
+/// On the wire a code is one of the strings [`ErrorCode::SENT`] names.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ErrorCode::SENT.iter().map(|c| c.as_str())))
+            .description(Some(
+                "The contract's error code; clients must accept codes they do not know",
+            ))
+            .into()
     }
 }
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ErrorCode {}
 
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,11 +88,17 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-/// `{"code": "...", "message": "..."}` plus optional details.
+/// `{"code": "...", "message": "..."}` plus optional details: every error either service
+/// sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(example = json!({"code": "NO_LICENSE_AVAILABLE", "message": "no seat of `cad` is free: 3 of 3 in use", "next_free_at": 1767225600}))
+)]
 pub struct ErrorBody {
     pub code: ErrorCode,
+    /// What went wrong and what to do, for a person.
     pub message: String,
     /// The input field the error is about, for validation errors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,9 +106,9 @@ pub struct ErrorBody {
     /// For `NOT_SERVING`: the URL of the server that serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_url: Option<String>,
-    /// For `NO_LICENSE_AVAILABLE`: when the next seat frees (Unix time, seconds).
+    /// For `NO_LICENSE_AVAILABLE`: when the next seat frees at the latest (Unix time,
+    /// seconds since 1970-01-01T00:00:00Z).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798366799))]
     pub next_free_at: Option<i64>,
 }
 
@@ -148,15 +150,22 @@ mod tests {
         assert!(json.get("field").is_none());
         for code in [
             ErrorCode::ValidationError,
+            ErrorCode::TooManyRequests,
             ErrorCode::HostidTypeMismatch,
             ErrorCode::NotServing,
             ErrorCode::MaintenanceIntervalExpired,
-            ErrorCode::TooManyRequests,
         ] {
             let s = serde_json::to_string(&code).unwrap();
             assert_eq!(s, format!("\"{}\"", code.as_str()));
         }
         let unknown: ErrorCode = serde_json::from_str("\"SOMETHING_NEW\"").unwrap();
         assert_eq!(unknown, ErrorCode::Unknown);
+        // Every code but Unknown is sent, and reads back as itself.
+        for &code in ErrorCode::SENT {
+            let s = serde_json::to_string(&code).unwrap();
+            assert_eq!(s, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&s).unwrap(), code);
+            assert_ne!(code, ErrorCode::Unknown);
+        }
     }
 }

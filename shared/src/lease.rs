@@ -1,21 +1,31 @@
 //! The license server's client API: checkout, renew, return, and what it reports.
+//!
+//! Every time on the wire is Unix time in seconds (since 1970-01-01T00:00:00Z, UTC).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// `POST /api/v1/leases` body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(example = json!({"feature": "cad", "count": 1, "client_id": "ws-17:4242"}))
+)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
+    /// The feature's name, 1 to 256 printable characters.
     pub feature: String,
-    /// A specific version; any version of the feature when absent.
+    /// A specific version (at most 64 printable characters); any version of the feature
+    /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// Seats to take, 1 when absent.
     #[serde(default = "one")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, default = 1))]
     pub count: u32,
-    /// The client's stable identity: a second checkout of the same feature by the same
-    /// client while its lease lives returns that lease.
+    /// The client's stable identity (1 to 256 printable characters): a second checkout
+    /// of the same feature by the same client while its lease lives returns that lease.
     pub client_id: String,
 }
 
@@ -25,17 +35,34 @@ fn one() -> u32 {
 
 /// A granted lease (answer to checkout and renew).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(example = json!({
+        "lease_id": "0b9e7c1e-6a53-4f47-9d59-3c1d2a0f6b11",
+        "token": "q5bD2n1S0Jm0pQfK8cQm3T5rR8b7H2yWc9uYV4s3Lxk",
+        "feature": "cad", "version": "2.0", "count": 1, "client_id": "ws-17:4242",
+        "granted_at": 1767225600, "expires_at": 1767225900, "renew_after": 1767225750,
+        "served_by": "https://lls-main.example:7070",
+        "backup_uri": "https://lls-backup.example:7070"
+    }))
+)]
 pub struct Lease {
     pub lease_id: Uuid,
-    /// Proves possession of the lease on renew and return; signed by the server.
+    /// Proves possession of the lease on renew and return (`Authorization: Bearer`);
+    /// signed by the server.
     pub token: String,
     pub feature: String,
+    /// The version granted (empty when the feature has one unversioned pool).
     pub version: String,
+    /// Seats held.
     pub count: u32,
     pub client_id: String,
+    /// When the lease was first granted, (Unix time, seconds).
     pub granted_at: i64,
+    /// When the lease lapses unless renewed, (Unix time, seconds).
     pub expires_at: i64,
-    /// Renew before this time (Unix seconds).
+    /// Renew after this time and before `expires_at`, (Unix time, seconds).
     pub renew_after: i64,
     /// The URL of the server that granted or renewed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,13 +78,25 @@ pub struct Lease {
 
 /// A lease as operators see it (no token).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(example = json!({
+        "lease_id": "0b9e7c1e-6a53-4f47-9d59-3c1d2a0f6b11", "feature": "cad", "version": "2.0",
+        "count": 1, "client_id": "ws-17:4242", "granted_at": 1767225600,
+        "expires_at": 1767225900, "granted_by": "string:lls-main"
+    }))
+)]
 pub struct LeaseInfo {
     pub lease_id: Uuid,
     pub feature: String,
     pub version: String,
+    /// Seats held.
     pub count: u32,
     pub client_id: String,
+    /// When the lease was first granted, (Unix time, seconds).
     pub granted_at: i64,
+    /// When the lease lapses unless renewed, (Unix time, seconds).
     pub expires_at: i64,
     /// Hostid of the server that granted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,15 +105,30 @@ pub struct LeaseInfo {
 
 /// One feature's pool, `GET /api/v1/features`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(example = json!({
+        "feature": "cad", "version": "2.0", "count": 10, "in_use": 3, "free": 7,
+        "starts_at": 1767225600, "expires_at": 1798761599, "expired": false
+    }))
+)]
 pub struct FeatureInfo {
     pub feature: String,
     pub version: String,
+    /// Seats licensed now.
     pub count: u32,
+    /// Seats held by leases.
     pub in_use: u32,
+    /// Seats free now.
     pub free: u32,
+    /// When the earliest right of this pool starts, (Unix time, seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starts_at: Option<i64>,
+    /// When the last right of this pool expires, (Unix time, seconds); absent when one is
+    /// permanent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// Every right of this pool has expired: checkouts get `FEATURE_EXPIRED`.
     pub expired: bool,
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 /// A command-line client of the license server (built on the `shared` client library).
 #[derive(Debug, Parser)]
-#[command(name = "license-client", version, propagate_version = true)]
+#[command(name = "license-client", version = env!("BUILD_VERSION"), propagate_version = true)]
 struct Cli {
     /// License server URL; repeat for an ordered list (the first is preferred).
     #[arg(
@@ -23,6 +23,10 @@ struct Cli {
     /// This client's identity (default: hostname:pid).
     #[arg(long, env = "LICENSE_CLIENT_ID", global = true)]
     client_id: Option<String>,
+    /// PEM bundle of the CA that issued the servers' certificates (https:// servers with a
+    /// private CA); the system's roots are trusted too.
+    #[arg(long, env = "LICENSE_SERVER_CA", global = true)]
+    ca: Option<std::path::PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -49,14 +53,24 @@ enum Command {
     Renew {
         lease_id: Uuid,
         /// The lease token printed by `checkout`.
-        #[arg(long, env = "LEASE_TOKEN", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "LEASE_TOKEN",
+            hide_env_values = true,
+            allow_hyphen_values = true
+        )]
         token: String,
     },
     /// Return a lease.
     Return {
         lease_id: Uuid,
         /// The lease token printed by `checkout`.
-        #[arg(long, env = "LEASE_TOKEN", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "LEASE_TOKEN",
+            hide_env_values = true,
+            allow_hyphen_values = true
+        )]
         token: String,
     },
     /// List the server's features: count, in use, free, expiry.
@@ -85,10 +99,22 @@ fn print_lease(lease: &Lease, json: bool) {
 }
 
 async fn run(cli: Cli) -> Result<(), ClientError> {
-    let mut client = Client::with_servers(&cli.servers)?;
-    if let Some(id) = &cli.client_id {
-        client = client.with_client_id(id.clone());
+    let mut builder = cli
+        .servers
+        .iter()
+        .fold(Client::builder(), |b, s| b.server(s));
+    if let Some(path) = &cli.ca {
+        let pem = std::fs::read(path).map_err(|e| {
+            ClientError::Invalid(format!("--ca `{}` cannot be read: {e}", path.display()))
+        })?;
+        builder = builder
+            .ca_pem(&pem)
+            .map_err(|e| ClientError::Invalid(format!("--ca `{}`: {e}", path.display())))?;
     }
+    if let Some(id) = &cli.client_id {
+        builder = builder.client_id(id.clone());
+    }
+    let client = builder.build()?;
     match cli.command {
         Command::Checkout {
             feature,
@@ -162,6 +188,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
+    packaging::generate_if_requested::<Cli>("1");
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -177,7 +204,7 @@ async fn main() -> std::process::ExitCode {
             if let Some(b) = e.body()
                 && let Some(at) = b.next_free_at
             {
-                eprintln!("next seat frees at {at} (Unix seconds)");
+                eprintln!("next seat frees at {at} (Unix time, seconds)");
             }
             std::process::ExitCode::FAILURE
         }

@@ -1,197 +1,53 @@
-//! Test harness: a small but real back office (axum, signs real capability claims with
-//! `shared::signing::Signer`) and the real `license-server` binary as a child process.
+//! Test harness: a small but real back office ([`backoffice`]), certificates made in the
+//! test ([`tls`]), and the real `license-server` binary as a child process.
+
+pub mod backoffice;
+pub mod tls;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use shared::capability::{
-    CapabilityClaims, CapabilityRequest, CapabilityResponse, ISSUER, Right, Role,
-};
-use shared::signing::{Signer, generate_keypair};
-use shared::{ErrorBody, ErrorCode};
+pub use backoffice::{FakeBackoffice, Mode, right};
+use shared::capability::Right;
 
 pub const BO_TOKEN: &str = "bo-secret-token";
 
-/// How the test back office answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Normal,
-    /// Signed with a key the license server does not trust.
-    WrongKey,
-    /// Addressed to another hostid.
-    WrongHostid,
-    /// Issued two hours ago, expired an hour ago.
-    Stale,
-    /// The last good answer again (bound to an earlier request ID).
-    Replay,
-    /// `MAIN_NOT_REGISTERED` to backups.
-    MainNotRegistered,
-}
-
-pub struct BoState {
-    signer: Signer,
-    wrong_signer: Signer,
-    pub rights: Mutex<Vec<Right>>,
-    pub mode: Mutex<Mode>,
-    pub poll_secs: u64,
-    pub requests: Mutex<Vec<CapabilityRequest>>,
-    last_good: Mutex<Option<String>>,
-}
-
+/// The fake back office in a directory of its own.
 pub struct TestBackoffice {
-    pub url: String,
-    pub public_key: PathBuf,
-    pub state: Arc<BoState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    bo: FakeBackoffice,
     _dir: tempfile::TempDir,
 }
 
-pub fn right(feature: &str, count: u32) -> Right {
-    Right {
-        activation_id: format!("ACT-{feature}"),
-        feature: feature.into(),
-        version: "1.0".into(),
-        count,
-        starts_at: 0,
-        expires_at: None,
+impl std::ops::Deref for TestBackoffice {
+    type Target = FakeBackoffice;
+    fn deref(&self) -> &FakeBackoffice {
+        &self.bo
     }
 }
 
-async fn capability(
-    State(bo): State<Arc<BoState>>,
-    headers: HeaderMap,
-    Json(req): Json<CapabilityRequest>,
-) -> Response {
-    let auth = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if auth != format!("Bearer {BO_TOKEN}") {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(ErrorBody::new(ErrorCode::Unauthorized, "bad server token")),
-        )
-            .into_response();
+impl std::ops::DerefMut for TestBackoffice {
+    fn deref_mut(&mut self) -> &mut FakeBackoffice {
+        &mut self.bo
     }
-    bo.requests.lock().unwrap().push(req.clone());
-    let mode = *bo.mode.lock().unwrap();
-    if mode == Mode::MainNotRegistered && req.role == Role::Backup {
-        return (
-            StatusCode::CONFLICT,
-            Json(ErrorBody::new(
-                ErrorCode::MainNotRegistered,
-                "start the main first",
-            )),
-        )
-            .into_response();
-    }
-    let now = shared::now_unix();
-    let mut claims = CapabilityClaims {
-        iss: ISSUER.into(),
-        sub: req.hostid.to_string(),
-        request_id: req.request_id,
-        iat: now,
-        exp: now + 300,
-        server_id: "srv-1".into(),
-        role: req.role,
-        pair: None,
-        poll_interval_secs: bo.poll_secs,
-        rights: bo.rights.lock().unwrap().clone(),
-        serve_until: now + 30 * 86_400,
-        binding: None,
-        pair_token: None,
-    };
-    match mode {
-        Mode::WrongHostid => claims.sub = "string:somebody-else".into(),
-        Mode::Stale => {
-            claims.iat = now - 7200;
-            claims.exp = now - 3600;
-        }
-        _ => {}
-    }
-    let token = if mode == Mode::WrongKey {
-        bo.wrong_signer.sign(&claims)
-    } else {
-        bo.signer.sign(&claims)
-    };
-    let token = match mode {
-        Mode::Replay => bo.last_good.lock().unwrap().clone().unwrap_or(token),
-        Mode::Normal | Mode::MainNotRegistered => {
-            *bo.last_good.lock().unwrap() = Some(token.clone());
-            token
-        }
-        _ => token,
-    };
-    Json(CapabilityResponse { token }).into_response()
 }
 
 impl TestBackoffice {
     pub async fn start(rights: Vec<Right>) -> TestBackoffice {
+        Self::start_with(rights, None)
+    }
+
+    /// Over HTTPS with this certificate and key.
+    pub async fn start_tls(rights: Vec<Right>, cert: &Path, key: &Path) -> TestBackoffice {
+        Self::start_with(rights, Some((cert, key)))
+    }
+
+    fn start_with(rights: Vec<Right>, tls: Option<(&Path, &Path)>) -> TestBackoffice {
         let dir = tempfile::tempdir().unwrap();
-        let (private, public) = generate_keypair();
-        let (wrong_private, _) = generate_keypair();
-        let public_key = dir.path().join("backoffice.pub.pem");
-        std::fs::write(&public_key, public).unwrap();
-        let state = Arc::new(BoState {
-            signer: Signer::from_pem(&private).unwrap(),
-            wrong_signer: Signer::from_pem(&wrong_private).unwrap(),
-            rights: Mutex::new(rights),
-            mode: Mutex::new(Mode::Normal),
-            poll_secs: 1,
-            requests: Mutex::new(Vec::new()),
-            last_good: Mutex::new(None),
-        });
-        let app = axum::Router::new()
-            .route("/api/v1/capability", axum::routing::post(capability))
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        TestBackoffice {
-            url,
-            public_key,
-            state,
-            stop: Some(stop),
-            task: Some(task),
-            _dir: dir,
-        }
-    }
-
-    pub fn set_rights(&self, rights: Vec<Right>) {
-        *self.state.rights.lock().unwrap() = rights;
-    }
-
-    pub fn set_mode(&self, mode: Mode) {
-        *self.state.mode.lock().unwrap() = mode;
-    }
-
-    pub fn request_count(&self) -> usize {
-        self.state.requests.lock().unwrap().len()
-    }
-
-    /// Stops listening and closes every connection.
-    pub async fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
-        }
+        let bo = FakeBackoffice::start("127.0.0.1:0", dir.path(), rights, BO_TOKEN, 1, tls)
+            .expect("start the test back office");
+        TestBackoffice { bo, _dir: dir }
     }
 }
 
@@ -265,12 +121,21 @@ impl Server {
             assert!(Instant::now() < deadline, "license-server did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        let scheme = if env.iter().any(|(k, _)| k == "TLS_CERT") {
+            "https"
+        } else {
+            "http"
+        };
         Server {
             child,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             data_dir: data_dir.to_owned(),
             env,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, no chance to flush anything.

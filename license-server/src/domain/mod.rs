@@ -4,13 +4,22 @@
 //! Every change of state is an [`Event`]; [`State::apply`] is the only mutation. Decisions
 //! (`decide_*`) read the state and return the event to apply, or why not. The same ordered
 //! event stream is written to the journal and is what a main replicates to its backup.
+//!
+//! The leases themselves are kept compactly in [`table`]; [`wire`] gives the state its JSON
+//! form (the pair's snapshot and handback messages).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod table;
+mod wire;
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use shared::capability::Right;
 use shared::lease::{FeatureInfo, LeaseInfo};
 use uuid::Uuid;
+
+use table::LeaseTable;
+pub use table::{CHUNK, FrozenLeases, LeaseRef};
 
 /// Milliseconds since the Unix epoch (internal time unit; the wire uses seconds).
 pub type Millis = i64;
@@ -46,13 +55,6 @@ pub struct LeaseRecord {
 }
 
 impl LeaseRecord {
-    fn key(&self) -> FeatureKey {
-        FeatureKey {
-            feature: self.feature.clone(),
-            version: self.version.clone(),
-        }
-    }
-
     pub fn info(&self) -> LeaseInfo {
         LeaseInfo {
             lease_id: self.id,
@@ -192,7 +194,7 @@ pub struct CheckoutAsk<'a> {
 
 #[derive(Clone, Debug, Default)]
 struct Pool {
-    /// (count, starts_at, expires_at) of each contributing right, in Unix seconds.
+    /// (count, starts_at, expires_at) of each contributing right (Unix time, seconds).
     parts: Vec<(u32, i64, Option<i64>)>,
 }
 
@@ -237,18 +239,6 @@ impl Pool {
     }
 }
 
-#[derive(Clone, Debug, Default)]
-struct Index {
-    pools: BTreeMap<FeatureKey, Pool>,
-    in_use: HashMap<FeatureKey, u32>,
-    /// Leases of a pool ordered by expiry.
-    by_pool: HashMap<FeatureKey, BTreeSet<(Millis, Uuid)>>,
-    /// All leases ordered by expiry, for the reaper.
-    by_expiry: BTreeSet<(Millis, Uuid)>,
-    /// (client_id, feature) → leases.
-    by_client: HashMap<(String, String), Vec<Uuid>>,
-}
-
 /// Where a takeover forked from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fork {
@@ -270,8 +260,9 @@ pub struct BackupState {
     pub changed_at: Option<Millis>,
 }
 
-/// The whole state of a license server's pool.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// The whole state of a license server's pool. Its JSON form (the pair's snapshot) is in
+/// [`wire`]; the store writes it in its own binary form from a [`Frozen`] copy.
+#[derive(Clone, Debug, Default)]
 pub struct State {
     /// Sequence number of the last applied event.
     pub seq: u64,
@@ -282,40 +273,94 @@ pub struct State {
     pub rights_issued_at: i64,
     /// The history these events belong to (nil: none yet). A backup that takes over
     /// starts a new one; a main that takes the backup's changes back starts another.
-    #[serde(default)]
     pub history: Uuid,
     /// Set by a takeover: the history and sequence number this server diverged from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fork: Option<Fork>,
     /// A backup that took over: since when it serves (cleared when it hands back).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_since: Option<Millis>,
     /// A main: its backup as changed at run time (dropped, or a new address).
-    #[serde(default)]
     pub backup: BackupState,
     /// A backup: removed from its pair, and why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detached: Option<String>,
     /// A main: acknowledging changes without its backup since this sequence number; a
     /// change granted while in sync and not held by the backup was never acknowledged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alone_from: Option<u64>,
     /// Set by a failback: the backup's history and sequence number this state took in.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub absorbed: Option<Fork>,
-    leases: BTreeMap<Uuid, LeaseRecord>,
-    #[serde(skip)]
-    index: Index,
+    leases: LeaseTable,
+    /// The pools the rights make (derived from `rights`).
+    pools: BTreeMap<FeatureKey, Pool>,
+}
+
+/// A copy of the state for a snapshot, cheap to take under the state lock: everything but
+/// the leases cloned (small), the leases shared with the live state (copy on write).
+#[derive(Clone, Debug, Default)]
+pub struct Frozen {
+    /// The state without its leases.
+    pub head: State,
+    pub leases: FrozenLeases,
+}
+
+impl Frozen {
+    pub fn seq(&self) -> u64 {
+        self.head.seq
+    }
 }
 
 impl State {
-    /// Rebuilds the indexes after deserialising a snapshot.
+    /// Rebuilds the pools from the rights (after the rights were set directly). The lease
+    /// indexes are always current.
     pub fn rebuild_index(&mut self) {
-        self.index = Index::default();
-        self.index.pools = pools_of(&self.rights);
-        let leases: Vec<LeaseRecord> = self.leases.values().cloned().collect();
-        for l in &leases {
-            self.index_insert(l);
+        self.pools = pools_of(&self.rights);
+    }
+
+    /// Adds a lease as it is (loading a snapshot); a lease with the same ID is replaced.
+    pub fn insert_lease(&mut self, lease: LeaseRef<'_>) {
+        self.leases.insert(lease);
+    }
+
+    /// Loading many leases and events: the expiry indexes are built once, by
+    /// [`State::end_load`], which must follow (until then nothing expires or is allocated
+    /// correctly).
+    pub fn begin_load(&mut self) {
+        self.leases.defer_index();
+    }
+
+    /// Builds what [`State::begin_load`] deferred.
+    pub fn end_load(&mut self) {
+        self.leases.index();
+    }
+
+    /// Every lease, in no particular order.
+    pub fn leases(&self) -> impl Iterator<Item = LeaseRef<'_>> {
+        self.leases.iter().map(|l| self.leases.view(l))
+    }
+
+    /// A copy for a snapshot (see [`Frozen`]).
+    pub fn frozen(&self) -> Frozen {
+        Frozen {
+            head: self.without_leases(),
+            leases: self.leases.frozen(),
+        }
+    }
+
+    /// The state with no leases (everything else cloned).
+    fn without_leases(&self) -> State {
+        State {
+            seq: self.seq,
+            lease_key: self.lease_key.clone(),
+            rights: self.rights.clone(),
+            rights_updated_at: self.rights_updated_at,
+            rights_issued_at: self.rights_issued_at,
+            history: self.history,
+            fork: self.fork,
+            active_since: self.active_since,
+            backup: self.backup.clone(),
+            detached: self.detached.clone(),
+            alone_from: self.alone_from,
+            absorbed: self.absorbed,
+            leases: LeaseTable::default(),
+            pools: self.pools.clone(),
         }
     }
 
@@ -331,41 +376,19 @@ impl State {
                 self.rights = rights.clone();
                 self.rights_updated_at = Some(*at);
                 self.rights_issued_at = *issued_at;
-                self.index.pools = pools_of(rights);
+                self.pools = pools_of(rights);
             }
             Event::LeaseGranted { lease } => {
-                let lease = LeaseRecord {
+                self.leases.insert(LeaseRef {
                     granted_seq: self.seq + 1,
-                    ..lease.clone()
-                };
-                if let Some(old) = self.leases.remove(&lease.id) {
-                    self.index_remove(&old);
-                }
-                self.index_insert(&lease);
-                self.leases.insert(lease.id, lease);
+                    ..LeaseRef::from(lease)
+                });
             }
-            Event::LeaseRenewed { id, at, expires_at } => {
-                if let Some(l) = self.leases.get(id) {
-                    let old_exp = l.expires_at;
-                    let key = l.key();
-                    self.index.by_expiry.remove(&(old_exp, *id));
-                    self.index.by_expiry.insert((*expires_at, *id));
-                    if let Some(set) = self.index.by_pool.get_mut(&key) {
-                        set.remove(&(old_exp, *id));
-                        set.insert((*expires_at, *id));
-                    }
-                    if let Some(l) = self.leases.get_mut(id) {
-                        l.renewed_at = *at;
-                        l.expires_at = *expires_at;
-                    }
-                }
-            }
+            Event::LeaseRenewed { id, at, expires_at } => self.leases.renew(id, *at, *expires_at),
             Event::LeaseReturned { id, .. }
             | Event::LeaseExpired { id, .. }
             | Event::LeaseReleased { id, .. } => {
-                if let Some(old) = self.leases.remove(id) {
-                    self.index_remove(&old);
-                }
+                self.leases.remove(id);
             }
             Event::HistoryStarted { history } => self.history = *history,
             Event::TookOver { at, history } => {
@@ -398,48 +421,13 @@ impl State {
         self.seq
     }
 
-    fn index_insert(&mut self, l: &LeaseRecord) {
-        let key = l.key();
-        *self.index.in_use.entry(key.clone()).or_default() += l.count;
-        self.index
-            .by_pool
-            .entry(key)
-            .or_default()
-            .insert((l.expires_at, l.id));
-        self.index.by_expiry.insert((l.expires_at, l.id));
-        self.index
-            .by_client
-            .entry((l.client_id.clone(), l.feature.clone()))
-            .or_default()
-            .push(l.id);
+    /// The lease with this ID (a copy: the table keeps leases in a compact form).
+    pub fn lease(&self, id: &Uuid) -> Option<LeaseRecord> {
+        self.leases.get(id).map(|l| self.leases.record(l))
     }
 
-    fn index_remove(&mut self, l: &LeaseRecord) {
-        let key = l.key();
-        if let Some(n) = self.index.in_use.get_mut(&key) {
-            *n = n.saturating_sub(l.count);
-            if *n == 0 {
-                self.index.in_use.remove(&key);
-            }
-        }
-        if let Some(set) = self.index.by_pool.get_mut(&key) {
-            set.remove(&(l.expires_at, l.id));
-            if set.is_empty() {
-                self.index.by_pool.remove(&key);
-            }
-        }
-        self.index.by_expiry.remove(&(l.expires_at, l.id));
-        let ck = (l.client_id.clone(), l.feature.clone());
-        if let Some(v) = self.index.by_client.get_mut(&ck) {
-            v.retain(|id| *id != l.id);
-            if v.is_empty() {
-                self.index.by_client.remove(&ck);
-            }
-        }
-    }
-
-    pub fn lease(&self, id: &Uuid) -> Option<&LeaseRecord> {
-        self.leases.get(id)
+    pub fn has_lease(&self, id: &Uuid) -> bool {
+        self.leases.contains(id)
     }
 
     pub fn lease_count(&self) -> usize {
@@ -447,27 +435,28 @@ impl State {
     }
 
     pub fn in_use(&self, key: &FeatureKey) -> u32 {
-        self.index.in_use.get(key).copied().unwrap_or(0)
+        self.leases
+            .pool_id(key)
+            .map_or(0, |p| self.leases.in_use(p))
     }
 
     /// Seats licensed for a pool at `now`.
     pub fn count_at(&self, key: &FeatureKey, now: Millis) -> u32 {
-        self.index.pools.get(key).map_or(0, |p| p.count_at(now))
+        self.pools.get(key).map_or(0, |p| p.count_at(now))
     }
 
     /// Leases whose time is up at `now`, as expiry events (not applied).
     pub fn expired(&self, now: Millis) -> Vec<Event> {
-        self.index
-            .by_expiry
-            .iter()
+        self.leases
+            .by_expiry()
             .take_while(|(exp, _)| *exp <= now)
-            .map(|(_, id)| Event::LeaseExpired { id: *id, at: now })
+            .map(|(_, l)| Event::LeaseExpired { id: l.id, at: now })
             .collect()
     }
 
     /// The earliest lease expiry, for the reaper's sleep.
     pub fn next_expiry(&self) -> Option<Millis> {
-        self.index.by_expiry.first().map(|(e, _)| *e)
+        self.leases.next_expiry()
     }
 
     /// Checkout: the existing live lease of this client for this feature (renewed), or a
@@ -483,13 +472,11 @@ impl State {
         // Candidate pools: the exact version, or every version of the feature.
         let candidates: Vec<(&FeatureKey, &Pool)> = match ask.version {
             Some(v) => self
-                .index
                 .pools
                 .iter()
                 .filter(|(k, _)| k.feature == ask.feature && k.version == v)
                 .collect(),
             None => self
-                .index
                 .pools
                 .range(
                     FeatureKey {
@@ -505,18 +492,10 @@ impl State {
         }
 
         // The same client again while its lease lives: that lease, renewed.
-        if let Some(ids) = self
-            .index
-            .by_client
-            .get(&(ask.client_id.to_owned(), ask.feature.to_owned()))
-        {
-            for id in ids {
-                let Some(l) = self.leases.get(id) else {
-                    continue;
-                };
-                if l.expires_at > now && ask.version.is_none_or(|v| v == l.version) {
-                    return self.decide_renew(id, now, lease_ms);
-                }
+        for l in self.leases.of_client(ask.client_id, ask.feature) {
+            let version = &self.leases.pool_key(l.pool).version;
+            if l.expires_at > now && ask.version.is_none_or(|v| v == version) {
+                return self.decide_renew(&l.id, now, lease_ms);
             }
         }
 
@@ -581,10 +560,10 @@ impl State {
     /// When enough leases of a pool will have expired for `want` more seats.
     fn when_free(&self, key: &FeatureKey, used: u32, cap: u32, want: u32) -> Option<Millis> {
         let mut remaining = used;
-        for (exp, id) in self.index.by_pool.get(key)? {
-            remaining = remaining.saturating_sub(self.leases.get(id).map_or(0, |l| l.count));
+        for (exp, l) in self.leases.by_pool_expiry(self.leases.pool_id(key)?) {
+            remaining = remaining.saturating_sub(l.count);
             if remaining.saturating_add(want) <= cap {
-                return Some(*exp);
+                return Some(exp);
             }
         }
         None
@@ -597,9 +576,8 @@ impl State {
             return Err(Denied::UnknownLease);
         }
         let pool = self
-            .index
             .pools
-            .get(&l.key())
+            .get(self.leases.pool_key(l.pool))
             .ok_or(Denied::FeatureRemoved)?;
         if let Some(at) = pool.expired_at(now) {
             return Err(Denied::FeatureExpired { expired_at: at });
@@ -613,7 +591,7 @@ impl State {
 
     /// Return by the client.
     pub fn decide_return(&self, id: &Uuid, now: Millis) -> Result<Event, Denied> {
-        if self.leases.contains_key(id) {
+        if self.leases.contains(id) {
             Ok(Event::LeaseReturned { id: *id, at: now })
         } else {
             Err(Denied::UnknownLease)
@@ -622,7 +600,7 @@ impl State {
 
     /// Release by an operator.
     pub fn decide_release(&self, id: &Uuid, now: Millis) -> Result<Event, Denied> {
-        if self.leases.contains_key(id) {
+        if self.leases.contains(id) {
             Ok(Event::LeaseReleased { id: *id, at: now })
         } else {
             Err(Denied::UnknownLease)
@@ -632,11 +610,11 @@ impl State {
     /// Every pool with its count, use and expiry; pools whose rights were removed but
     /// that still have leases show a count of 0.
     pub fn features(&self, now: Millis) -> Vec<FeatureInfo> {
-        let mut keys: BTreeSet<&FeatureKey> = self.index.pools.keys().collect();
-        keys.extend(self.index.in_use.keys());
+        let mut keys: BTreeSet<&FeatureKey> = self.pools.keys().collect();
+        keys.extend(self.leases.pools_in_use().map(|(k, _)| k));
         keys.into_iter()
             .map(|key| {
-                let pool = self.index.pools.get(key);
+                let pool = self.pools.get(key);
                 let count = pool.map_or(0, |p| p.count_at(now));
                 let in_use = self.in_use(key);
                 FeatureInfo {
@@ -657,17 +635,20 @@ impl State {
     pub fn leases_of(&self, feature: &str) -> Vec<LeaseInfo> {
         let mut out: Vec<LeaseInfo> = self
             .leases
-            .values()
-            .filter(|l| l.feature == feature)
-            .map(LeaseRecord::info)
+            .iter()
+            .filter(|l| self.leases.pool_key(l.pool).feature == feature)
+            .map(|l| self.leases.record(l).info())
             .collect();
         out.sort_by_key(|l| (l.granted_at, l.lease_id));
         out
     }
 
     pub fn has_feature(&self, feature: &str) -> bool {
-        self.index.pools.keys().any(|k| k.feature == feature)
-            || self.leases.values().any(|l| l.feature == feature)
+        self.pools.keys().any(|k| k.feature == feature)
+            || self
+                .leases
+                .pools_in_use()
+                .any(|(k, _)| k.feature == feature)
     }
 }
 
@@ -709,12 +690,12 @@ impl State {
             .fork
             .filter(|f| !main.history.is_nil() && f.history == main.history);
         let next_seq = main.seq.max(backup.seq) + 1;
-        for l in main.leases.values() {
-            match out.leases.get_mut(&l.id) {
+        for l in main.leases.iter() {
+            match out.leases.get(&l.id) {
                 Some(b) => {
                     if l.expires_at > b.expires_at {
-                        b.expires_at = l.expires_at;
-                        b.renewed_at = b.renewed_at.max(l.renewed_at);
+                        let renewed_at = b.renewed_at.max(l.renewed_at);
+                        out.leases.renew(&l.id, renewed_at, l.expires_at);
                         report.renewed_on_main += 1;
                     }
                 }
@@ -727,13 +708,10 @@ impl State {
                         None => l.expires_at > now,
                     };
                     if keep {
-                        out.leases.insert(
-                            l.id,
-                            LeaseRecord {
-                                granted_seq: next_seq,
-                                ..l.clone()
-                            },
-                        );
+                        out.leases.insert(LeaseRef {
+                            granted_seq: next_seq,
+                            ..main.leases.view(l)
+                        });
                         report.from_main += 1;
                     }
                 }

@@ -1,0 +1,138 @@
+//! The JSON form of [`State`]: what the pair sends as a snapshot (`PUT
+//! /api/v1/pair/snapshot`) and as a handback answer. It is the form the state always had
+//! (`leases` a map from lease ID to [`LeaseRecord`]); the compact table is built while
+//! the leases are read, one at a time.
+
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use shared::capability::Right;
+use uuid::Uuid;
+
+use super::table::LeaseTable;
+use super::{BackupState, Fork, LeaseRecord, LeaseRef, Millis, State, pools_of};
+
+#[derive(Serialize)]
+struct StateOut<'a> {
+    seq: u64,
+    lease_key: &'a Option<String>,
+    rights: &'a [Right],
+    rights_updated_at: Option<Millis>,
+    rights_issued_at: i64,
+    history: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fork: Option<Fork>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    active_since: Option<Millis>,
+    backup: &'a BackupState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detached: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alone_from: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    absorbed: Option<Fork>,
+    leases: LeasesOut<'a>,
+}
+
+struct LeasesOut<'a>(&'a LeaseTable);
+
+impl Serialize for LeasesOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for l in self.0.iter() {
+            map.serialize_entry(&l.id, &self.0.record(l))?;
+        }
+        map.end()
+    }
+}
+
+impl Serialize for State {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        StateOut {
+            seq: self.seq,
+            lease_key: &self.lease_key,
+            rights: &self.rights,
+            rights_updated_at: self.rights_updated_at,
+            rights_issued_at: self.rights_issued_at,
+            history: self.history,
+            fork: self.fork,
+            active_since: self.active_since,
+            backup: &self.backup,
+            detached: &self.detached,
+            alone_from: self.alone_from,
+            absorbed: self.absorbed,
+            leases: LeasesOut(&self.leases),
+        }
+        .serialize(s)
+    }
+}
+
+#[derive(Deserialize)]
+struct StateIn {
+    seq: u64,
+    lease_key: Option<String>,
+    rights: Vec<Right>,
+    rights_updated_at: Option<Millis>,
+    rights_issued_at: i64,
+    #[serde(default)]
+    history: Uuid,
+    #[serde(default)]
+    fork: Option<Fork>,
+    #[serde(default)]
+    active_since: Option<Millis>,
+    #[serde(default)]
+    backup: BackupState,
+    #[serde(default)]
+    detached: Option<String>,
+    #[serde(default)]
+    alone_from: Option<u64>,
+    #[serde(default)]
+    absorbed: Option<Fork>,
+    leases: LeasesIn,
+}
+
+struct LeasesIn(LeaseTable);
+
+impl<'de> Deserialize<'de> for LeasesIn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LeasesIn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map from lease ID to lease")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LeasesIn, A::Error> {
+                let mut table = LeaseTable::default();
+                while let Some((_, lease)) = map.next_entry::<Uuid, LeaseRecord>()? {
+                    table.insert(LeaseRef::from(&lease));
+                }
+                Ok(LeasesIn(table))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for State {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = StateIn::deserialize(d)?;
+        Ok(State {
+            seq: s.seq,
+            lease_key: s.lease_key,
+            pools: pools_of(&s.rights),
+            rights: s.rights,
+            rights_updated_at: s.rights_updated_at,
+            rights_issued_at: s.rights_issued_at,
+            history: s.history,
+            fork: s.fork,
+            active_since: s.active_since,
+            backup: s.backup,
+            detached: s.detached,
+            alone_from: s.alone_from,
+            absorbed: s.absorbed,
+            leases: s.leases.0,
+        })
+    }
+}

@@ -1,0 +1,149 @@
+//! The operator API (`ADMIN_TOKEN`, checked by the scope before anything runs): who
+//! holds what, force-release, and the pair's membership.
+
+use actix_web::{HttpResponse, delete, get, post, put, web};
+use http_kit::error_responses;
+use http_kit::extract::Json;
+use http_kit::openapi::{ErrDoc, err, too_large, too_slow};
+use serde::Deserialize;
+use shared::ErrorCode::*;
+use shared::lease::LeaseInfo;
+
+use super::client::{not_durable, not_serving};
+use super::{SMALL_BODY_LIMIT, lease_id};
+use crate::error::ServiceError;
+use crate::service::{Service, StatusView};
+
+fn operator() -> [ErrDoc; 2] {
+    [
+        err(Unauthorized, "no operator token was sent"),
+        err(Forbidden, "the operator token is not ADMIN_TOKEN"),
+    ]
+}
+
+error_responses!(
+    LeasesErrors = [
+        operator(),
+        err(NotFound, "no such feature is licensed on this server"),
+    ]
+);
+
+/// The leases of a feature: who holds how many seats, since and until when.
+#[utoipa::path(
+    tag = "operator",
+    params(("feature" = String, Path, description = "The feature's name")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The feature's leases", body = Vec<LeaseInfo>),
+        LeasesErrors,
+    )
+)]
+#[get("/features/{feature}/leases")]
+pub async fn leases(
+    svc: web::Data<Service>,
+    feature: web::Path<String>,
+) -> Result<HttpResponse, ServiceError> {
+    Ok(HttpResponse::Ok().json(svc.leases_of(&feature)?))
+}
+
+error_responses!(
+    ReleaseErrors = [
+        operator(),
+        err(
+            NotFound,
+            "no such lease (expired, returned or never granted)"
+        ),
+        not_serving(),
+        err(
+            Unavailable,
+            "this main is taking its backup's changes back; retry shortly"
+        ),
+        not_durable(),
+    ]
+);
+
+/// Force-releases a lease: its seats are free at once; its client learns on its next
+/// renewal (`NOT_FOUND`).
+#[utoipa::path(
+    tag = "operator",
+    params(("id" = Uuid, Path, description = "The lease's ID")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The lease that was released", body = LeaseInfo),
+        ReleaseErrors,
+    )
+)]
+#[delete("/leases/{id}")]
+pub async fn release(
+    svc: web::Data<Service>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ServiceError> {
+    let id = lease_id(&id)?;
+    Ok(HttpResponse::Ok().json(svc.release(&id).await?))
+}
+
+error_responses!(
+    DetachErrors = [
+        operator(),
+        err(RoleConflict, "this server is not part of a pair"),
+        not_durable(),
+    ]
+);
+
+/// Removes the backup from the pair, on the main or on the backup; the other server is
+/// told, clients stop being handed the backup's URL.
+#[utoipa::path(
+    tag = "operator",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "This server's status after the change", body = StatusView),
+        DetachErrors,
+    )
+)]
+#[post("/pair/detach")]
+pub async fn pair_detach(svc: web::Data<Service>) -> Result<HttpResponse, ServiceError> {
+    svc.detach_by_operator().await?;
+    Ok(HttpResponse::Ok().json(svc.status()))
+}
+
+/// `PUT /api/v1/admin/pair/backup` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetBackup {
+    /// The backup's new URL, `http://` or `https://`, at most 512 characters.
+    #[schema(example = "https://lls-backup-2.example:7070", max_length = 512)]
+    pub url: String,
+}
+
+error_responses!(
+    SetBackupErrors = [
+        err(ValidationError, "`url` is not an http:// or https:// URL"),
+        too_large(SMALL_BODY_LIMIT),
+        too_slow(),
+        operator(),
+        err(RoleConflict, "this server is not a main"),
+        not_durable(),
+    ]
+);
+
+/// Gives the main a new address for its backup (and takes a dropped backup back);
+/// clients learn it with their next lease answer.
+#[utoipa::path(
+    tag = "operator",
+    request_body = SetBackup,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "This server's status after the change", body = StatusView),
+        SetBackupErrors,
+    )
+)]
+#[put("/pair/backup")]
+pub async fn pair_backup(
+    svc: web::Data<Service>,
+    body: Json<SetBackup, SMALL_BODY_LIMIT>,
+) -> Result<HttpResponse, ServiceError> {
+    let url = crate::settings::check_url(&body.0.url)
+        .map_err(|why| ServiceError::validation("url", format!("the backup's URL {why}")))?;
+    svc.set_backup(url).await?;
+    Ok(HttpResponse::Ok().json(svc.status()))
+}

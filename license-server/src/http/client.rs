@@ -1,0 +1,182 @@
+//! The client API: check a license out, renew it, return it; the features on offer and
+//! the server's status.
+
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
+use http_kit::auth::bearer;
+use http_kit::error_responses;
+use http_kit::extract::Json;
+use http_kit::openapi::{ErrDoc, err, too_large, too_slow};
+use shared::ErrorCode::*;
+use shared::lease::{CheckoutRequest, FeatureInfo, Lease};
+
+use super::{SMALL_BODY_LIMIT, lease_id};
+use crate::error::ServiceError;
+use crate::service::{Service, StatusView};
+
+/// The answers of a server that does not serve now.
+pub(super) fn busy() -> ErrDoc {
+    err(
+        Unavailable,
+        "this main is taking its backup's changes back, or the server is at its connection \
+         limit; retry shortly (`Retry-After`)",
+    )
+}
+
+pub(super) fn not_serving() -> [ErrDoc; 2] {
+    [
+        err(
+            NotServing,
+            "this server stands by; `serving_url` names the server that serves",
+        ),
+        err(
+            MaintenanceIntervalExpired,
+            "this backup has served alone longer than FAILOVER_MAINTENANCE_INTERVAL",
+        ),
+    ]
+}
+
+pub(super) fn not_durable() -> ErrDoc {
+    err(InternalError, "the change could not be made durable")
+}
+
+fn token_errors() -> [ErrDoc; 2] {
+    [
+        err(Unauthorized, "no lease token was sent"),
+        err(Forbidden, "the token is not this lease's"),
+    ]
+}
+
+error_responses!(
+    CheckoutErrors = [
+        err(
+            ValidationError,
+            "the body is not JSON or a field is out of range (`field` names it)"
+        ),
+        too_large(SMALL_BODY_LIMIT),
+        too_slow(),
+        err(NotFound, "no such feature is licensed on this server"),
+        err(
+            NoLicenseAvailable,
+            "every seat is taken; `next_free_at` says when one frees at the latest"
+        ),
+        err(FeatureExpired, "every right of the feature has expired"),
+        not_serving(),
+        busy(),
+        not_durable(),
+    ]
+);
+
+/// Checks seats of a feature out. The same client checking the same feature out again
+/// while its lease lives gets that lease back, renewed.
+#[utoipa::path(
+    tag = "client",
+    request_body = CheckoutRequest,
+    responses(
+        (status = 201, description = "The lease, durable (and held by the backup when one is in sync)", body = Lease),
+        CheckoutErrors,
+    )
+)]
+#[post("/leases")]
+pub async fn checkout(
+    svc: web::Data<Service>,
+    body: Json<CheckoutRequest, SMALL_BODY_LIMIT>,
+) -> Result<HttpResponse, ServiceError> {
+    let lease = svc.checkout(&body.0).await?;
+    Ok(HttpResponse::Created().json(lease))
+}
+
+error_responses!(
+    RenewErrors = [
+        token_errors(),
+        err(
+            NotFound,
+            "no such lease (expired, returned or never granted), or its feature is no longer licensed"
+        ),
+        err(
+            FeatureExpired,
+            "every right of the lease's feature has expired"
+        ),
+        not_serving(),
+        busy(),
+        not_durable(),
+    ]
+);
+
+/// Renews a lease: it lives another `LEASE_DURATION` from now.
+#[utoipa::path(
+    tag = "client",
+    params(("id" = Uuid, Path, description = "The lease's ID")),
+    security(("lease_token" = [])),
+    responses(
+        (status = 200, description = "The lease, renewed and durable", body = Lease),
+        RenewErrors,
+    )
+)]
+#[put("/leases/{id}")]
+pub async fn renew(
+    svc: web::Data<Service>,
+    id: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ServiceError> {
+    let id = lease_id(&id)?;
+    Ok(HttpResponse::Ok().json(svc.renew(&id, bearer(&req)).await?))
+}
+
+error_responses!(
+    ReturnErrors = [
+        token_errors(),
+        err(
+            NotFound,
+            "no such lease (expired, returned or never granted)"
+        ),
+        not_serving(),
+        busy(),
+        not_durable(),
+    ]
+);
+
+/// Returns a lease: its seats are free at once.
+#[utoipa::path(
+    tag = "client",
+    params(("id" = Uuid, Path, description = "The lease's ID")),
+    security(("lease_token" = [])),
+    responses(
+        (status = 204, description = "Returned, durably"),
+        ReturnErrors,
+    )
+)]
+#[delete("/leases/{id}")]
+pub async fn return_lease(
+    svc: web::Data<Service>,
+    id: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ServiceError> {
+    let id = lease_id(&id)?;
+    svc.return_lease(&id, bearer(&req)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+error_responses!(BusyErrors = [busy()]);
+
+/// Every feature licensed here: seats licensed, in use and free, start and expiry.
+#[utoipa::path(
+    tag = "client",
+    responses(
+        (status = 200, description = "The features, by name and version", body = Vec<FeatureInfo>),
+        BusyErrors,
+    )
+)]
+#[get("/features")]
+pub async fn features(svc: web::Data<Service>) -> HttpResponse {
+    HttpResponse::Ok().json(svc.features())
+}
+
+/// This server's status: role, pair, back-office contact, rights, leases.
+#[utoipa::path(
+    tag = "client",
+    responses((status = 200, description = "The status", body = StatusView))
+)]
+#[get("/status")]
+pub async fn status(svc: web::Data<Service>) -> HttpResponse {
+    HttpResponse::Ok().json(svc.status())
+}

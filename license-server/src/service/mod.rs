@@ -1,0 +1,301 @@
+//! The service: the pool's state, its store, the pair and the back-office contact behind
+//! a few locks; what the HTTP handlers, the poller and the replicator call.
+//!
+//! Every change follows the same path: under the state lock, decide (pure domain), apply
+//! to the in-memory state and queue the event to the store (in sequence order); release
+//! the lock; wait until the event is durable (and, on a main with a backup in sync, until
+//! the backup holds it); answer.
+//!
+//! The parts: [`leases`] (checkout, renew, return, release, tokens, expiry), [`rights`]
+//! (a verified capability answer's rights, the usage report), [`pair`] (who serves,
+//! replication, takeover, failback, detach), [`status`] (what `GET /api/v1/status` and
+//! `/metrics` show), [`peer`] (the HTTP client for the other server of the pair).
+//!
+//! ## Locks
+//!
+//! - `state` (`Mutex<State>`): the pool, the durable truth; every decision is made under
+//!   it, and events reach the store in the order they were applied.
+//! - `pair` (`Mutex<PairRuntime>`): what is known of the other server now (not durable).
+//! - `lease_key` (`RwLock`): the key lease tokens are signed with; replaced only under
+//!   `state`, when a copy of the main's state arrives or is merged.
+//! - `backup_uri` (`RwLock`): the backup's URL handed to clients; changed only under
+//!   `state`.
+//! - `backoffice` (`Mutex<BackofficeStatus>`): the poller's contact, on its own.
+//! - `repl` (a `watch` channel): how far the backup acknowledged, for waiting clients.
+//!
+//! Order: `state` first, then any of `pair`, `lease_key`, `backup_uri`, `repl`; those
+//! four are never held together, and none is held while taking `state`. `backoffice` is
+//! never held with another. No lock is held across an `.await`.
+
+pub mod leases;
+pub mod pair;
+pub mod peer;
+pub mod rights;
+pub mod status;
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::Hmac;
+use parking_lot::{Mutex, RwLock};
+use sha2::Sha256;
+use shared::HostId;
+use shared::capability::Role;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::domain::{Event, Millis, State};
+use crate::error::ServiceError;
+use crate::metrics::Metrics;
+use crate::pair::Link;
+use crate::store::{self, Store};
+
+pub use pair::{Position, Replication};
+pub use peer::Peer;
+pub use rights::RightsChange;
+pub use status::{BackofficeStatus, Contact, PairView, RightsSummary, StatusView};
+
+use leases::key_of;
+use pair::{PairRuntime, effective_backup_uri};
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What the service needs to know about itself.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub hostid: HostId,
+    pub role: Role,
+    pub lease_ms: i64,
+    /// This server's URL for clients (`served_by`).
+    pub public_url: Option<String>,
+    /// `LICENSING_BACKUP_URI` (main).
+    pub backup_uri: Option<String>,
+    /// `LICENSING_MAIN_URI` (backup).
+    pub main_uri: Option<String>,
+    pub backoffice_url: String,
+    /// Backup: how long the main may be silent before it takes over.
+    pub failover_timeout_ms: i64,
+    /// Backup: the longest it serves alone (`FAILOVER_MAINTENANCE_INTERVAL`).
+    pub maintenance_ms: i64,
+}
+
+impl ServiceConfig {
+    /// A standalone server's configuration (tests, tools).
+    pub fn standalone(hostid: HostId, lease_ms: i64) -> ServiceConfig {
+        ServiceConfig {
+            hostid,
+            role: Role::Standalone,
+            lease_ms,
+            public_url: None,
+            backup_uri: None,
+            main_uri: None,
+            backoffice_url: String::new(),
+            failover_timeout_ms: 1_000,
+            maintenance_ms: 21 * 86_400_000,
+        }
+    }
+}
+
+pub struct Service {
+    pub cfg: ServiceConfig,
+    hostid_str: String,
+    state: Mutex<State>,
+    store: Store,
+    /// Signs lease tokens; `None` on a backup that has no copy of its main's pool yet.
+    lease_key: RwLock<Option<Hmac<Sha256>>>,
+    pub metrics: Metrics,
+    backoffice: Mutex<BackofficeStatus>,
+    started_at: i64,
+    pair: Mutex<PairRuntime>,
+    /// The backup's URL handed to clients (main): configured, changed or dropped.
+    backup_uri: RwLock<Option<String>>,
+    repl: watch::Sender<Replication>,
+    /// The other server of the pair; `None` for a standalone server.
+    peer: Option<Peer>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Service {
+    /// Takes the recovered state and its store; creates the lease key on first start.
+    /// `peer` reaches the other server of the pair (`None` for a standalone server).
+    pub async fn start(
+        cfg: ServiceConfig,
+        mut state: State,
+        store: Store,
+        peer: Option<Peer>,
+    ) -> Result<Arc<Service>, ServiceError> {
+        // A main or standalone server starts its own history; a backup's comes from its
+        // main.
+        if cfg.role != Role::Backup {
+            if state.lease_key.is_none() {
+                let key = URL_SAFE_NO_PAD.encode(shared::random_bytes::<32>());
+                let ev = Event::LeaseKeyCreated { key };
+                let seq = state.apply(&ev);
+                store::acked(store.submit(seq, ev)).await?;
+            }
+            if state.history.is_nil() {
+                let ev = Event::HistoryStarted {
+                    history: Uuid::new_v4(),
+                };
+                let seq = state.apply(&ev);
+                store::acked(store.submit(seq, ev)).await?;
+            }
+        }
+        let backup_uri = effective_backup_uri(&cfg, &state);
+        // A main acknowledges alone until its backup is in sync.
+        if cfg.role == Role::Main && state.alone_from.is_none() {
+            let ev = Event::WentAlone {
+                at: now_ms(),
+                from_seq: state.seq + 2,
+            };
+            let seq = state.apply(&ev);
+            store::acked(store.submit(seq, ev)).await?;
+        }
+        let lease_key = key_of(&state)?;
+        let pair = PairRuntime {
+            recovering: cfg.role == Role::Main && backup_uri.is_some(),
+            link: if backup_uri.is_some() {
+                Link::Unknown
+            } else {
+                Link::None
+            },
+            backup_last_seen: None,
+            // Silence is counted from the start: a backup restarted while its main is
+            // down takes over after the failover timeout.
+            last_heard: Some(now_ms()),
+            synced: false,
+        };
+        let backoffice = BackofficeStatus {
+            url: cfg.backoffice_url.clone(),
+            state: Contact::NotContacted,
+            since: Some(shared::now_unix()),
+            last_attempt_at: None,
+            last_success_at: None,
+            last_error: None,
+            poll_interval_secs: None,
+            next_attempt_at: None,
+        };
+        let svc = Arc::new(Service {
+            hostid_str: cfg.hostid.to_string(),
+            cfg,
+            state: Mutex::new(state),
+            store,
+            lease_key: RwLock::new(lease_key),
+            metrics: Metrics::new(),
+            backoffice: Mutex::new(backoffice),
+            started_at: shared::now_unix(),
+            pair: Mutex::new(pair),
+            backup_uri: RwLock::new(backup_uri),
+            repl: watch::Sender::new(Replication::default()),
+            peer,
+        });
+        tokio::spawn(compactor(Arc::downgrade(&svc)));
+        Ok(svc)
+    }
+
+    /// Hands the store a copy of the state to snapshot: taken under the lock, so it holds
+    /// exactly the events queued so far, and cheap (the leases are shared, copy on write).
+    fn compact(&self) {
+        let st = self.state.lock();
+        self.store.compact(st.frozen());
+    }
+
+    /// The durable event stream (for replication to a backup).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<store::Committed>> {
+        self.store.subscribe()
+    }
+
+    /// A copy of the current state (for a full resynchronisation of a backup).
+    pub fn snapshot(&self) -> State {
+        self.state.lock().clone()
+    }
+
+    /// Waits for everything queued to be durable and stops the store's writer.
+    pub async fn shutdown(&self) {
+        let _ = store::acked(self.store.barrier()).await;
+        self.store.shutdown();
+    }
+}
+
+/// RFC 3339 for messages.
+pub fn fmt_time(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Answers the store's requests for a snapshot copy until the store or the service stops.
+async fn compactor(svc: std::sync::Weak<Service>) {
+    let Some(mut wanted) = svc.upgrade().map(|s| s.store.compaction_wanted()) else {
+        return;
+    };
+    while wanted.changed().await.is_ok() {
+        match svc.upgrade() {
+            Some(s) => s.compact(),
+            None => return,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use shared::capability::{CapabilityClaims, Right};
+
+    pub fn store_at(dir: &std::path::Path) -> (State, Store) {
+        let (state, store, _) = store::open(dir, store::StoreOptions::default()).unwrap();
+        (state, store)
+    }
+
+    /// A verified capability answer for `string:unit` with `count` seats of `cad`.
+    pub fn claims(count: u32) -> CapabilityClaims {
+        let now = shared::now_unix();
+        CapabilityClaims {
+            iss: "x".into(),
+            sub: "string:unit".into(),
+            request_id: Uuid::new_v4(),
+            iat: now,
+            exp: now + 60,
+            server_id: "s".into(),
+            role: Role::Standalone,
+            pair: None,
+            poll_interval_secs: 60,
+            rights: vec![Right {
+                activation_id: "A".into(),
+                feature: "cad".into(),
+                version: String::new(),
+                count,
+                starts_at: 0,
+                expires_at: None,
+            }],
+            serve_until: now + 86_400,
+            binding: None,
+            pair_token: None,
+        }
+    }
+
+    /// A standalone server in `dir` with `count` seats of `cad`.
+    pub async fn service(dir: &std::path::Path, count: u32) -> Arc<Service> {
+        let (state, store) = store_at(dir);
+        let svc = Service::start(
+            ServiceConfig::standalone(HostId::parse("string:unit").unwrap(), 60_000),
+            state,
+            store,
+            None,
+        )
+        .await
+        .unwrap();
+        svc.update_rights(&claims(count)).await.unwrap();
+        svc
+    }
+}

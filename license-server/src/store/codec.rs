@@ -1,0 +1,743 @@
+//! The binary encoding of journal records and snapshot sections (format version 1).
+//!
+//! Primitives: `u64` and counts as LEB128 varints (at most 10 bytes), `i64` zig-zag then
+//! varint, `u32` as a varint that must fit, `bool` one byte (0 or 1), a string its byte
+//! length then UTF-8, a UUID its 16 bytes, `Option<T>` one byte (0 none, 1 some) then `T`.
+//!
+//! A journal record's payload is `seq: u64 LE (8 bytes)`, then the event: one tag byte and
+//! its fields in the order below. Tags are never reused; a new kind of event takes a new
+//! tag, and a reader meets an unknown one with a clear error (a newer version wrote it).
+//!
+//! | tag | event | fields |
+//! |---:|---|---|
+//! | 1 | `LeaseKeyCreated` | key: str |
+//! | 2 | `RightsUpdated` | rights: count, right*; at: i64; issued_at: i64 |
+//! | 3 | `LeaseGranted` | lease |
+//! | 4 | `LeaseRenewed` | id: uuid; at: i64; expires_at: i64 |
+//! | 5 | `LeaseReturned` | id; at |
+//! | 6 | `LeaseExpired` | id; at |
+//! | 7 | `LeaseReleased` | id; at |
+//! | 8 | `HistoryStarted` | history: uuid |
+//! | 9 | `TookOver` | at; history |
+//! | 10 | `HandedBack` | at |
+//! | 11 | `WentAlone` | at; from_seq: u64 |
+//! | 12 | `Rejoined` | at |
+//! | 13 | `Detached` | at; reason: str |
+//! | 14 | `BackupChanged` | at; dropped: bool; uri: option str; reason: str |
+//!
+//! `right` = activation_id: str, feature: str, version: str, count: u32, starts_at: i64,
+//! expires_at: option i64. `lease` = id, feature: str, version: str, count: u32,
+//! client_id: str, granted_at: i64, renewed_at: i64, expires_at: i64, granted_by: str,
+//! granted_seq: u64.
+//!
+//! A snapshot's sections are a tag byte and their fields:
+//!
+//! | tag | section | fields |
+//! |---:|---|---|
+//! | 1 | head (first) | seq: u64; lease_key: option str; rights; rights_updated_at: option i64; rights_issued_at: i64; history: uuid; fork: option (history: uuid, seq: u64); active_since: option i64; backup: (dropped: bool, uri: option str, reason: option str, changed_at: option i64); detached: option str; alone_from: option u64; absorbed: option fork |
+//! | 2 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64)* |
+//! | 3 | end (last) | leases: u64 (how many in all); sections: u64 (lease sections) |
+//!
+//! Each lease section carries its own small name tables, so that a damaged section loses
+//! only its own leases. Every decoder checks every length against the bytes left before
+//! it allocates, rejects trailing bytes, and never panics, whatever the input.
+
+use shared::capability::Right;
+use uuid::Uuid;
+
+use crate::domain::{BackupState, Event, Fork, Frozen, LeaseRecord, LeaseRef, State};
+
+/// Why a payload could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("it ends early")]
+    Truncated,
+    #[error("a number is too long")]
+    Overlong,
+    #[error("a number is out of range")]
+    Range,
+    #[error("a text is not UTF-8")]
+    Utf8,
+    #[error("a yes/no byte is {0}")]
+    Bool(u8),
+    #[error("it holds {0} bytes more than its content")]
+    Trailing(usize),
+    #[error("its kind {0} is unknown to this version (was it written by a newer one?)")]
+    UnknownTag(u8),
+}
+
+pub type Result<T> = std::result::Result<T, DecodeError>;
+
+/// Appends primitives to a buffer.
+pub struct Enc<'a>(pub &'a mut Vec<u8>);
+
+impl Enc<'_> {
+    pub fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+
+    pub fn u64(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    pub fn i64(&mut self, v: i64) {
+        self.u64(((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    pub fn bool(&mut self, v: bool) {
+        self.u8(u8::from(v));
+    }
+
+    pub fn str(&mut self, v: &str) {
+        self.u64(v.len() as u64);
+        self.0.extend_from_slice(v.as_bytes());
+    }
+
+    pub fn uuid(&mut self, v: &Uuid) {
+        self.0.extend_from_slice(v.as_bytes());
+    }
+
+    pub fn opt<T>(&mut self, v: Option<T>, f: impl FnOnce(&mut Self, T)) {
+        match v {
+            None => self.u8(0),
+            Some(v) => {
+                self.u8(1);
+                f(self, v);
+            }
+        }
+    }
+}
+
+/// Reads primitives from a payload; every read is checked.
+pub struct Dec<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Dec<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Dec { buf }
+    }
+
+    pub fn u8(&mut self) -> Result<u8> {
+        let (&b, rest) = self.buf.split_first().ok_or(DecodeError::Truncated)?;
+        self.buf = rest;
+        Ok(b)
+    }
+
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if n > self.buf.len() {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    pub fn u64(&mut self) -> Result<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.u8()?;
+            if i == 9 && b > 1 {
+                return Err(DecodeError::Overlong);
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError::Overlong)
+    }
+
+    pub fn u32(&mut self) -> Result<u32> {
+        u32::try_from(self.u64()?).map_err(|_| DecodeError::Range)
+    }
+
+    pub fn i64(&mut self) -> Result<i64> {
+        let v = self.u64()?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    pub fn bool(&mut self) -> Result<bool> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(DecodeError::Bool(b)),
+        }
+    }
+
+    pub fn str(&mut self) -> Result<&'a str> {
+        let n = usize::try_from(self.u64()?).map_err(|_| DecodeError::Range)?;
+        std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError::Utf8)
+    }
+
+    pub fn string(&mut self) -> Result<String> {
+        self.str().map(str::to_owned)
+    }
+
+    pub fn uuid(&mut self) -> Result<Uuid> {
+        let b: [u8; 16] = self
+            .take(16)?
+            .try_into()
+            .map_err(|_| DecodeError::Truncated)?;
+        Ok(Uuid::from_bytes(b))
+    }
+
+    pub fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<Option<T>> {
+        if self.bool()? {
+            f(self).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// A count of items each at least `min_size` bytes long: never more than the bytes
+    /// left could hold, so a damaged count cannot make a decoder allocate much.
+    pub fn count(&mut self, min_size: usize) -> Result<usize> {
+        let n = usize::try_from(self.u64()?).map_err(|_| DecodeError::Range)?;
+        if n.saturating_mul(min_size.max(1)) > self.buf.len() {
+            return Err(DecodeError::Truncated);
+        }
+        Ok(n)
+    }
+
+    pub fn finish(self) -> Result<()> {
+        match self.buf.len() {
+            0 => Ok(()),
+            n => Err(DecodeError::Trailing(n)),
+        }
+    }
+}
+
+fn put_rights(e: &mut Enc<'_>, rights: &[Right]) {
+    e.u64(rights.len() as u64);
+    for r in rights {
+        e.str(&r.activation_id);
+        e.str(&r.feature);
+        e.str(&r.version);
+        e.u64(u64::from(r.count));
+        e.i64(r.starts_at);
+        e.opt(r.expires_at, Enc::i64);
+    }
+}
+
+fn get_rights(d: &mut Dec<'_>) -> Result<Vec<Right>> {
+    let n = d.count(6)?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(Right {
+            activation_id: d.string()?,
+            feature: d.string()?,
+            version: d.string()?,
+            count: d.u32()?,
+            starts_at: d.i64()?,
+            expires_at: d.opt(Dec::i64)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Appends a journal record's payload: the sequence number and the event.
+pub fn put_record(buf: &mut Vec<u8>, seq: u64, event: &Event) {
+    buf.extend_from_slice(&seq.to_le_bytes());
+    let e = &mut Enc(buf);
+    match event {
+        Event::LeaseKeyCreated { key } => {
+            e.u8(1);
+            e.str(key);
+        }
+        Event::RightsUpdated {
+            rights,
+            at,
+            issued_at,
+        } => {
+            e.u8(2);
+            put_rights(e, rights);
+            e.i64(*at);
+            e.i64(*issued_at);
+        }
+        Event::LeaseGranted { lease: l } => {
+            e.u8(3);
+            e.uuid(&l.id);
+            e.str(&l.feature);
+            e.str(&l.version);
+            e.u64(u64::from(l.count));
+            e.str(&l.client_id);
+            e.i64(l.granted_at);
+            e.i64(l.renewed_at);
+            e.i64(l.expires_at);
+            e.str(&l.granted_by);
+            e.u64(l.granted_seq);
+        }
+        Event::LeaseRenewed { id, at, expires_at } => {
+            e.u8(4);
+            e.uuid(id);
+            e.i64(*at);
+            e.i64(*expires_at);
+        }
+        Event::LeaseReturned { id, at } => {
+            e.u8(5);
+            e.uuid(id);
+            e.i64(*at);
+        }
+        Event::LeaseExpired { id, at } => {
+            e.u8(6);
+            e.uuid(id);
+            e.i64(*at);
+        }
+        Event::LeaseReleased { id, at } => {
+            e.u8(7);
+            e.uuid(id);
+            e.i64(*at);
+        }
+        Event::HistoryStarted { history } => {
+            e.u8(8);
+            e.uuid(history);
+        }
+        Event::TookOver { at, history } => {
+            e.u8(9);
+            e.i64(*at);
+            e.uuid(history);
+        }
+        Event::HandedBack { at } => {
+            e.u8(10);
+            e.i64(*at);
+        }
+        Event::WentAlone { at, from_seq } => {
+            e.u8(11);
+            e.i64(*at);
+            e.u64(*from_seq);
+        }
+        Event::Rejoined { at } => {
+            e.u8(12);
+            e.i64(*at);
+        }
+        Event::Detached { at, reason } => {
+            e.u8(13);
+            e.i64(*at);
+            e.str(reason);
+        }
+        Event::BackupChanged {
+            at,
+            dropped,
+            uri,
+            reason,
+        } => {
+            e.u8(14);
+            e.i64(*at);
+            e.bool(*dropped);
+            e.opt(uri.as_deref(), Enc::str);
+            e.str(reason);
+        }
+    }
+}
+
+/// Decodes a journal record's payload.
+pub fn get_record(payload: &[u8]) -> Result<(u64, Event)> {
+    let mut d = Dec::new(payload);
+    let seq = u64::from_le_bytes(d.take(8)?.try_into().map_err(|_| DecodeError::Truncated)?);
+    let event = match d.u8()? {
+        1 => Event::LeaseKeyCreated { key: d.string()? },
+        2 => Event::RightsUpdated {
+            rights: get_rights(&mut d)?,
+            at: d.i64()?,
+            issued_at: d.i64()?,
+        },
+        3 => Event::LeaseGranted {
+            lease: LeaseRecord {
+                id: d.uuid()?,
+                feature: d.string()?,
+                version: d.string()?,
+                count: d.u32()?,
+                client_id: d.string()?,
+                granted_at: d.i64()?,
+                renewed_at: d.i64()?,
+                expires_at: d.i64()?,
+                granted_by: d.string()?,
+                granted_seq: d.u64()?,
+            },
+        },
+        4 => Event::LeaseRenewed {
+            id: d.uuid()?,
+            at: d.i64()?,
+            expires_at: d.i64()?,
+        },
+        5 => Event::LeaseReturned {
+            id: d.uuid()?,
+            at: d.i64()?,
+        },
+        6 => Event::LeaseExpired {
+            id: d.uuid()?,
+            at: d.i64()?,
+        },
+        7 => Event::LeaseReleased {
+            id: d.uuid()?,
+            at: d.i64()?,
+        },
+        8 => Event::HistoryStarted { history: d.uuid()? },
+        9 => Event::TookOver {
+            at: d.i64()?,
+            history: d.uuid()?,
+        },
+        10 => Event::HandedBack { at: d.i64()? },
+        11 => Event::WentAlone {
+            at: d.i64()?,
+            from_seq: d.u64()?,
+        },
+        12 => Event::Rejoined { at: d.i64()? },
+        13 => Event::Detached {
+            at: d.i64()?,
+            reason: d.string()?,
+        },
+        14 => Event::BackupChanged {
+            at: d.i64()?,
+            dropped: d.bool()?,
+            uri: d.opt(Dec::string)?,
+            reason: d.string()?,
+        },
+        tag => return Err(DecodeError::UnknownTag(tag)),
+    };
+    d.finish()?;
+    Ok((seq, event))
+}
+
+pub const SECTION_HEAD: u8 = 1;
+pub const SECTION_LEASES: u8 = 2;
+pub const SECTION_END: u8 = 3;
+
+fn put_fork(e: &mut Enc<'_>, f: Fork) {
+    e.uuid(&f.history);
+    e.u64(f.seq);
+}
+
+fn get_fork(d: &mut Dec<'_>) -> Result<Fork> {
+    Ok(Fork {
+        history: d.uuid()?,
+        seq: d.u64()?,
+    })
+}
+
+/// The head section: the state without its leases.
+pub fn put_head(buf: &mut Vec<u8>, s: &State) {
+    let e = &mut Enc(buf);
+    e.u8(SECTION_HEAD);
+    e.u64(s.seq);
+    e.opt(s.lease_key.as_deref(), Enc::str);
+    put_rights(e, &s.rights);
+    e.opt(s.rights_updated_at, Enc::i64);
+    e.i64(s.rights_issued_at);
+    e.uuid(&s.history);
+    e.opt(s.fork, put_fork);
+    e.opt(s.active_since, Enc::i64);
+    e.bool(s.backup.dropped);
+    e.opt(s.backup.uri.as_deref(), Enc::str);
+    e.opt(s.backup.reason.as_deref(), Enc::str);
+    e.opt(s.backup.changed_at, Enc::i64);
+    e.opt(s.detached.as_deref(), Enc::str);
+    e.opt(s.alone_from, Enc::u64);
+    e.opt(s.absorbed, put_fork);
+}
+
+/// What a snapshot section holds.
+#[derive(Debug)]
+pub enum Section<'a> {
+    Head(Box<State>),
+    Leases(Vec<LeaseRef<'a>>),
+    End { leases: u64, sections: u64 },
+}
+
+/// Decodes a snapshot section; lease sections borrow their strings from the payload.
+pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
+    let mut d = Dec::new(payload);
+    let section = match d.u8()? {
+        SECTION_HEAD => {
+            let mut s = State::default();
+            s.seq = d.u64()?;
+            s.lease_key = d.opt(Dec::string)?;
+            s.rights = get_rights(&mut d)?;
+            s.rights_updated_at = d.opt(Dec::i64)?;
+            s.rights_issued_at = d.i64()?;
+            s.history = d.uuid()?;
+            s.fork = d.opt(get_fork)?;
+            s.active_since = d.opt(Dec::i64)?;
+            s.backup = BackupState {
+                dropped: d.bool()?,
+                uri: d.opt(Dec::string)?,
+                reason: d.opt(Dec::string)?,
+                changed_at: d.opt(Dec::i64)?,
+            };
+            s.detached = d.opt(Dec::string)?;
+            s.alone_from = d.opt(Dec::u64)?;
+            s.absorbed = d.opt(get_fork)?;
+            s.rebuild_index();
+            Section::Head(Box::new(s))
+        }
+        SECTION_LEASES => {
+            let n = d.count(2)?;
+            let mut pools = Vec::with_capacity(n);
+            for _ in 0..n {
+                pools.push((d.str()?, d.str()?));
+            }
+            let n = d.count(1)?;
+            let mut hosts = Vec::with_capacity(n);
+            for _ in 0..n {
+                hosts.push(d.str()?);
+            }
+            let n = d.count(16 + 8)?;
+            let mut leases = Vec::with_capacity(n);
+            for _ in 0..n {
+                let id = d.uuid()?;
+                let client_id = d.str()?;
+                let (feature, version) = *pools.get(d.u32()? as usize).ok_or(DecodeError::Range)?;
+                let granted_by = *hosts.get(d.u32()? as usize).ok_or(DecodeError::Range)?;
+                let count = d.u32()?;
+                let granted_at = d.i64()?;
+                let renewed_at = granted_at.wrapping_add(d.i64()?);
+                let expires_at = renewed_at.wrapping_add(d.i64()?);
+                leases.push(LeaseRef {
+                    id,
+                    client_id,
+                    feature,
+                    version,
+                    granted_by,
+                    count,
+                    granted_at,
+                    renewed_at,
+                    expires_at,
+                    granted_seq: d.u64()?,
+                });
+            }
+            Section::Leases(leases)
+        }
+        SECTION_END => Section::End {
+            leases: d.u64()?,
+            sections: d.u64()?,
+        },
+        tag => return Err(DecodeError::UnknownTag(tag)),
+    };
+    d.finish()?;
+    Ok(section)
+}
+
+/// Encodes a snapshot's sections, calling `out` with each payload in order.
+pub fn put_snapshot(
+    frozen: &Frozen,
+    buf: &mut Vec<u8>,
+    mut out: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    buf.clear();
+    put_head(buf, &frozen.head);
+    out(buf)?;
+    let mut leases = frozen.leases.iter().peekable();
+    let mut sections = 0u64;
+    let mut total = 0u64;
+    let mut chunk: Vec<LeaseRef<'_>> = Vec::with_capacity(crate::domain::CHUNK);
+    while leases.peek().is_some() {
+        chunk.clear();
+        chunk.extend(leases.by_ref().take(crate::domain::CHUNK));
+        buf.clear();
+        put_leases(buf, &chunk);
+        out(buf)?;
+        sections += 1;
+        total += chunk.len() as u64;
+    }
+    buf.clear();
+    let e = &mut Enc(buf);
+    e.u8(SECTION_END);
+    e.u64(total);
+    e.u64(sections);
+    out(buf)
+}
+
+fn put_leases(buf: &mut Vec<u8>, leases: &[LeaseRef<'_>]) {
+    let mut pools: Vec<(&str, &str)> = Vec::new();
+    let mut hosts: Vec<&str> = Vec::new();
+    let mut refs = Vec::with_capacity(leases.len());
+    // Names of a section are few (the pools and hosts its leases use): a linear search
+    // with a one-entry cache is the fastest index.
+    let mut last_pool = usize::MAX;
+    let mut last_host = usize::MAX;
+    for l in leases {
+        let p = if last_pool != usize::MAX && pools[last_pool] == (l.feature, l.version) {
+            last_pool
+        } else {
+            match pools.iter().position(|p| *p == (l.feature, l.version)) {
+                Some(i) => i,
+                None => {
+                    pools.push((l.feature, l.version));
+                    pools.len() - 1
+                }
+            }
+        };
+        let h = if last_host != usize::MAX && hosts[last_host] == l.granted_by {
+            last_host
+        } else {
+            match hosts.iter().position(|h| *h == l.granted_by) {
+                Some(i) => i,
+                None => {
+                    hosts.push(l.granted_by);
+                    hosts.len() - 1
+                }
+            }
+        };
+        (last_pool, last_host) = (p, h);
+        refs.push((p, h));
+    }
+    let e = &mut Enc(buf);
+    e.u8(SECTION_LEASES);
+    e.u64(pools.len() as u64);
+    for (f, v) in &pools {
+        e.str(f);
+        e.str(v);
+    }
+    e.u64(hosts.len() as u64);
+    for h in &hosts {
+        e.str(h);
+    }
+    e.u64(leases.len() as u64);
+    for (l, (p, h)) in leases.iter().zip(refs) {
+        e.uuid(&l.id);
+        e.str(l.client_id);
+        e.u64(p as u64);
+        e.u64(h as u64);
+        e.u64(u64::from(l.count));
+        e.i64(l.granted_at);
+        e.i64(l.renewed_at.wrapping_sub(l.granted_at));
+        e.i64(l.expires_at.wrapping_sub(l.renewed_at));
+        e.u64(l.granted_seq);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn every_event() -> Vec<Event> {
+        let id = Uuid::new_v4();
+        vec![
+            Event::LeaseKeyCreated { key: "k3y".into() },
+            Event::RightsUpdated {
+                rights: vec![
+                    Right {
+                        activation_id: "ACT-1".into(),
+                        feature: "cad".into(),
+                        version: "2.0".into(),
+                        count: 5,
+                        starts_at: -3,
+                        expires_at: Some(1_900_000_000),
+                    },
+                    Right {
+                        activation_id: "ACT-2".into(),
+                        feature: "cäd".into(),
+                        version: String::new(),
+                        count: u32::MAX,
+                        starts_at: 0,
+                        expires_at: None,
+                    },
+                ],
+                at: 1_700_000_000_123,
+                issued_at: 1_700_000_000,
+            },
+            Event::LeaseGranted {
+                lease: LeaseRecord {
+                    id,
+                    feature: "cad".into(),
+                    version: "2.0".into(),
+                    count: 3,
+                    client_id: "host:1234".into(),
+                    granted_at: 1,
+                    renewed_at: 2,
+                    expires_at: i64::MAX,
+                    granted_by: "string:me".into(),
+                    granted_seq: u64::MAX,
+                },
+            },
+            Event::LeaseRenewed {
+                id,
+                at: i64::MIN,
+                expires_at: -1,
+            },
+            Event::LeaseReturned { id, at: 5 },
+            Event::LeaseExpired { id, at: 6 },
+            Event::LeaseReleased { id, at: 7 },
+            Event::HistoryStarted {
+                history: Uuid::new_v4(),
+            },
+            Event::TookOver {
+                at: 8,
+                history: Uuid::new_v4(),
+            },
+            Event::HandedBack { at: 9 },
+            Event::WentAlone {
+                at: 10,
+                from_seq: 11,
+            },
+            Event::Rejoined { at: 12 },
+            Event::Detached {
+                at: 13,
+                reason: "gone".into(),
+            },
+            Event::BackupChanged {
+                at: 14,
+                dropped: true,
+                uri: Some("http://b:7070".into()),
+                reason: "operator".into(),
+            },
+            Event::BackupChanged {
+                at: 15,
+                dropped: false,
+                uri: None,
+                reason: String::new(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_event_round_trips() {
+        for (i, ev) in every_event().into_iter().enumerate() {
+            let mut buf = Vec::new();
+            put_record(&mut buf, i as u64 + 1, &ev);
+            assert_eq!(get_record(&buf), Ok((i as u64 + 1, ev)));
+            // Any cut is an error, never a panic or a shorter event.
+            for cut in 0..buf.len() {
+                assert!(get_record(&buf[..cut]).is_err(), "cut at {cut}");
+            }
+            buf.push(0);
+            assert_eq!(get_record(&buf), Err(DecodeError::Trailing(1)));
+        }
+    }
+
+    #[test]
+    fn varints_cover_the_extremes() {
+        for v in [0i64, 1, -1, 63, -64, 64, i64::MAX, i64::MIN] {
+            let mut buf = Vec::new();
+            Enc(&mut buf).i64(v);
+            let mut d = Dec::new(&buf);
+            assert_eq!(d.i64(), Ok(v));
+            d.finish().unwrap();
+        }
+        // Eleven bytes, or a tenth byte over 1: refused.
+        assert_eq!(Dec::new(&[0xff; 11]).u64(), Err(DecodeError::Overlong));
+        let mut ten = [0xff; 10];
+        ten[9] = 2;
+        assert_eq!(Dec::new(&ten).u64(), Err(DecodeError::Overlong));
+    }
+
+    #[test]
+    fn an_unknown_event_kind_says_so() {
+        let mut buf = 1u64.to_le_bytes().to_vec();
+        buf.push(200);
+        assert_eq!(get_record(&buf), Err(DecodeError::UnknownTag(200)));
+    }
+
+    #[test]
+    fn a_huge_count_is_refused_before_allocating() {
+        let mut buf = 1u64.to_le_bytes().to_vec();
+        buf.push(2);
+        Enc(&mut buf).u64(u64::MAX / 2);
+        assert_eq!(get_record(&buf), Err(DecodeError::Truncated));
+    }
+}

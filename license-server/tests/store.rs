@@ -1,0 +1,231 @@
+//! End-to-end tests of the store with the real binary: a damaged journal stops the start
+//! and changes nothing, `store verify` and `store recover` keep every readable lease, and
+//! the data directory is for its owner only.
+
+#[expect(
+    dead_code,
+    unused_imports,
+    reason = "the helpers are shared with e2e.rs, which uses the rest"
+)]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use license_server::domain::Event;
+use license_server::store::{codec, frame};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_license-server"))
+}
+
+/// Every file's bytes in `dir`, by name.
+fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn journal_of(dir: &Path) -> PathBuf {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("journal-") && n.ends_with(".log")
+        })
+        .collect();
+    segs.sort();
+    segs.pop().expect("a journal segment")
+}
+
+async fn lease_clients(server: &Server) -> Vec<String> {
+    let v: serde_json::Value = http()
+        .get(server.url("/api/v1/admin/features/cad/leases"))
+        .bearer_auth(server.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut out: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["client_id"].as_str().unwrap().to_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_bit_stops_the_start_and_store_recover_keeps_every_other_lease() {
+    let bo = TestBackoffice::start(vec![right("cad", 100)]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("lls");
+    let env = with(
+        base_env(&bo, "string:lls-store"),
+        &[("LEASE_DURATION", "1h")],
+    );
+    let mut server = Server::start(&data, env.clone()).await;
+    wait_for(Duration::from_secs(15), "rights", || async {
+        feature(&server, "cad").await.map(|_| ())
+    })
+    .await;
+    let clients: Vec<String> = (0..30).map(|i| format!("client-{i:02}")).collect();
+    for c in &clients {
+        assert_eq!(checkout(&server, "cad", c).await.0, 201);
+    }
+    server.kill9();
+
+    // A bit flipped in the grant of the 15th client.
+    let path = journal_of(&data);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mut reader = frame::Reader::new(&bytes);
+    let mut target = None;
+    while let Some(Ok(f)) = reader.next_frame() {
+        if let Ok((_, Event::LeaseGranted { lease })) = codec::get_record(f.payload)
+            && lease.client_id == "client-14"
+        {
+            target = Some((f.offset, f.record));
+        }
+    }
+    let (offset, record) = target.expect("the grant is in the journal");
+    bytes[offset as usize + frame::RECORD_HEADER + 12] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    let before = files_of(&data);
+
+    // The start is refused at once, naming the file, the offset and the record.
+    let started = Instant::now();
+    let out = bin()
+        .arg("serve")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("DATA_DIR", &data)
+        .env("LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        path.display().to_string(),
+        format!("byte {offset}"),
+        format!("record {record}"),
+        "store recover".to_owned(),
+    ] {
+        assert!(err.contains(&part), "{part:?} not in {err}");
+    }
+    assert_eq!(files_of(&data), before, "a refused start changed the files");
+
+    // verify: damaged, exit status 1, nothing changed.
+    let out = bin()
+        .args(["store", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("DAMAGED") && report.contains("lost"),
+        "{report}"
+    );
+    assert_eq!(files_of(&data), before, "verify changed the files");
+
+    // recover: asked and answered no, nothing changes; with --yes, every other lease kept.
+    let mut child = bin()
+        .args(["store", "recover", "--data-dir"])
+        .arg(&data)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"n\n").unwrap();
+    assert!(!child.wait_with_output().unwrap().status.success());
+    assert_eq!(files_of(&data), before);
+    let out = bin()
+        .args(["store", "recover", "--yes", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let aside: Vec<_> = files_of(&data)
+        .into_iter()
+        .filter(|(n, _)| n.contains(".damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(aside[0].1, bytes, "the damaged file is kept as it was");
+
+    let server = Server::start(&data, env).await;
+    let mut expected = clients.clone();
+    expected.retain(|c| c != "client-14");
+    assert_eq!(lease_clients(&server).await, expected);
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_and_its_files_are_for_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let bo = TestBackoffice::start(vec![right("cad", 5)]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("lls");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(data.join("admin.token"), "operator-secret\n").unwrap();
+    std::fs::set_permissions(
+        data.join("admin.token"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let server = Server::start(&data, base_env(&bo, "string:lls-modes")).await;
+    wait_for(Duration::from_secs(15), "rights", || async {
+        feature(&server, "cad").await.map(|_| ())
+    })
+    .await;
+    assert_eq!(checkout(&server, "cad", "a").await.0, 201);
+    assert_eq!(mode(&data), 0o700);
+    for (name, _) in files_of(&data) {
+        assert_eq!(mode(&data.join(&name)), 0o600, "{name}");
+    }
+    let log = server.log();
+    assert!(
+        log.contains("readable or writable by others than its owner; fixed"),
+        "{log}"
+    );
+    // Another process cannot use the same directory while the server runs.
+    let second = bin()
+        .arg("serve")
+        .env_clear()
+        .envs(
+            base_env(&bo, "string:lls-modes")
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .env("DATA_DIR", &data)
+        .env("LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr)
+            .contains("another process uses this data directory")
+    );
+}
