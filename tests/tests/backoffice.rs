@@ -50,16 +50,7 @@ async fn pair_flow(backend: Backend) {
     let backup = "ethernet:00-16-3e-5a-1b-2d";
 
     // The published key: the file and the endpoint agree.
-    let pem = bo
-        .http
-        .get(format!("{}/api/v1/signing-key", bo.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(pem, bo.public_key_pem());
+    assert_eq!(published_pem(&bo).await, bo.public_key_pem());
 
     // The backup comes first: refused, recorded as waiting, never main.
     let b1 = capability_request(backup, "backup", None, &[]);
@@ -723,18 +714,21 @@ fn keyed(
     v
 }
 
-/// The producer's key as a client is given it: `GET /api/v1/signing-key`.
-async fn published_key(bo: &BackOffice) -> Verifier {
-    let pem = bo
-        .http
+/// The producer's public key (PEM) as a client is given it: `GET /api/v1/signing-key`.
+async fn published_pem(bo: &BackOffice) -> String {
+    bo.http
         .get(format!("{}/api/v1/signing-key", bo.url))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    Verifier::from_public_pem(&pem).unwrap()
+        .unwrap()
+}
+
+/// The producer's key as a client is given it.
+async fn published_key(bo: &BackOffice) -> Verifier {
+    Verifier::from_public_pem(&published_pem(bo).await).unwrap()
 }
 
 /// Sends a request that must be answered, and verifies the answer.
