@@ -12,12 +12,13 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use shared::{ErrorBody, ErrorCode};
 
-/// The code and message of an error answer, left in the response's extensions for the
-/// log line.
+/// The code and message of an error answer, and the cause of a failure (for the log
+/// only), left in the response's extensions for the log line.
 #[derive(Debug, Clone)]
 pub struct Answered {
     pub code: ErrorCode,
     pub message: String,
+    pub cause: Option<String>,
 }
 
 /// The contract's error JSON with `status`.
@@ -26,6 +27,7 @@ pub fn respond(status: StatusCode, body: &ErrorBody) -> HttpResponse {
     res.extensions_mut().insert(Answered {
         code: body.code,
         message: body.message.clone(),
+        cause: None,
     });
     res
 }
@@ -43,6 +45,8 @@ pub struct ApiError {
     pub body: ErrorBody,
     /// Seconds, sent as `Retry-After`.
     pub retry_after: Option<u64>,
+    /// What went wrong underneath: logged with the answer (at ERROR), never sent.
+    pub cause: Option<String>,
 }
 
 impl ApiError {
@@ -70,6 +74,12 @@ impl ApiError {
         self
     }
 
+    /// A failure underneath the answer, for the operator's log (the client never sees it).
+    pub fn with_cause(mut self, cause: impl Into<String>) -> Self {
+        self.cause = Some(cause.into());
+        self
+    }
+
     pub fn code(&self) -> ErrorCode {
         self.body.code
     }
@@ -81,6 +91,7 @@ impl From<ErrorBody> for ApiError {
             status: status_of(body.code),
             body,
             retry_after: None,
+            cause: None,
         }
     }
 }
@@ -101,6 +112,11 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(cause) = &self.cause
+            && let Some(answered) = res.extensions_mut().get_mut::<Answered>()
+        {
+            answered.cause = Some(cause.clone());
         }
         res
     }
@@ -137,10 +153,21 @@ mod tests {
         );
         let answered = res.extensions().get::<Answered>().cloned().unwrap();
         assert_eq!(answered.code, ErrorCode::TooManyRequests);
+        assert_eq!(answered.cause, None);
         let body = res.into_body().try_into_bytes().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["code"], "TOO_MANY_REQUESTS");
         assert_eq!(v["message"], "slow down");
+    }
+
+    #[test]
+    fn a_cause_reaches_the_log_line_and_never_the_body() {
+        let e = ApiError::new(ErrorCode::Unavailable, "cannot store now").with_cause("disk full");
+        let res = e.error_response();
+        let answered = res.extensions().get::<Answered>().cloned().unwrap();
+        assert_eq!(answered.cause.as_deref(), Some("disk full"));
+        let body = res.into_body().try_into_bytes().unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("disk full"));
     }
 
     #[test]
