@@ -28,12 +28,10 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub const QUIET: &[ErrorCode] = &[ErrorCode::Unauthorized, ErrorCode::TooManyRequests];
 
 impl AppError {
-    /// The contract's answer: code, message, field, `Retry-After`, and the cause for the
-    /// log line only.
+    /// The contract's answer: code, message, field, `Retry-After`.
     pub fn to_api_error(&self) -> ApiError {
         let mut e = ApiError::from(self.body().clone());
         e.retry_after = self.retry_after();
-        e.cause = self.cause().map(str::to_owned);
         e
     }
 }
@@ -43,8 +41,13 @@ impl ResponseError for AppError {
         http_kit::error::status_of(self.code())
     }
 
+    /// The contract's answer, with the cause for the log line only.
     fn error_response(&self) -> HttpResponse {
-        self.to_api_error().error_response()
+        let mut res = self.to_api_error().error_response();
+        if let Some(cause) = self.cause() {
+            http_kit::error::note_cause(&mut res, cause);
+        }
+        res
     }
 }
 
@@ -54,9 +57,6 @@ impl From<ApiError> for AppError {
         let mut out = AppError::from(e.body);
         if let Some(secs) = e.retry_after {
             out = out.with_retry_after(secs);
-        }
-        if let Some(cause) = e.cause {
-            out = out.with_cause(cause);
         }
         out
     }
@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(answered.cause.as_deref(), Some("pool full"));
         let back = AppError::from(e.to_api_error());
         assert_eq!(back.code(), ErrorCode::TooManyRequests);
-        assert_eq!(back.cause(), Some("pool full"));
+        assert_eq!(back.retry_after(), Some(3));
     }
 
     #[test]

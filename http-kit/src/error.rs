@@ -32,6 +32,14 @@ pub fn respond(status: StatusCode, body: &ErrorBody) -> HttpResponse {
     res
 }
 
+/// Adds what went wrong underneath an error answer to its log line (logged at ERROR with
+/// it; the client never sees it).
+pub fn note_cause(res: &mut HttpResponse, cause: &str) {
+    if let Some(answered) = res.extensions_mut().get_mut::<Answered>() {
+        answered.cause = Some(cause.to_owned());
+    }
+}
+
 /// The HTTP status of a code; [`ErrorCode::http_status`] is the contract's table.
 pub fn status_of(code: ErrorCode) -> StatusCode {
     StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -45,8 +53,6 @@ pub struct ApiError {
     pub body: ErrorBody,
     /// Seconds, sent as `Retry-After`.
     pub retry_after: Option<u64>,
-    /// What went wrong underneath: logged with the answer (at ERROR), never sent.
-    pub cause: Option<String>,
 }
 
 impl ApiError {
@@ -74,12 +80,6 @@ impl ApiError {
         self
     }
 
-    /// A failure underneath the answer, for the operator's log (the client never sees it).
-    pub fn with_cause(mut self, cause: impl Into<String>) -> Self {
-        self.cause = Some(cause.into());
-        self
-    }
-
     pub fn code(&self) -> ErrorCode {
         self.body.code
     }
@@ -91,7 +91,6 @@ impl From<ErrorBody> for ApiError {
             status: status_of(body.code),
             body,
             retry_after: None,
-            cause: None,
         }
     }
 }
@@ -112,11 +111,6 @@ impl ResponseError for ApiError {
         if let Some(secs) = self.retry_after {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if let Some(cause) = &self.cause
-            && let Some(answered) = res.extensions_mut().get_mut::<Answered>()
-        {
-            answered.cause = Some(cause.clone());
         }
         res
     }
@@ -162,8 +156,8 @@ mod tests {
 
     #[test]
     fn a_cause_reaches_the_log_line_and_never_the_body() {
-        let e = ApiError::new(ErrorCode::Unavailable, "cannot store now").with_cause("disk full");
-        let res = e.error_response();
+        let mut res = ApiError::new(ErrorCode::Unavailable, "cannot store now").error_response();
+        note_cause(&mut res, "disk full");
         let answered = res.extensions().get::<Answered>().cloned().unwrap();
         assert_eq!(answered.cause.as_deref(), Some("disk full"));
         let body = res.into_body().try_into_bytes().unwrap();

@@ -395,6 +395,7 @@ mod tests {
     #[actix_web::test]
     async fn each_answer_is_one_line_in_its_span_at_the_level_of_what_happened() {
         use crate::error::ApiError;
+        use actix_web::ResponseError;
         let lines = Lines::default();
         let out = lines.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -415,10 +416,10 @@ mod tests {
                     "/fail",
                     web::get().to(|| async {
                         Span::current().record("who", "acme");
-                        Err::<HttpResponse, _>(
-                            ApiError::new(ErrorCode::Unavailable, "cannot store now")
-                                .with_cause("disk full"),
-                        )
+                        let mut res = ApiError::new(ErrorCode::Unavailable, "cannot store now")
+                            .error_response();
+                        crate::error::note_cause(&mut res, "disk full");
+                        res
                     }),
                 )
                 .route(
@@ -449,7 +450,7 @@ mod tests {
         };
         let fail = line("/fail");
         assert!(
-            fail.contains("ERROR") && fail.contains("cause=disk full"),
+            fail.contains("ERROR") && fail.contains("cause=\"disk full\""),
             "{fail}"
         );
         assert!(
