@@ -1,8 +1,8 @@
-//! A flood of wrong sign-ins against the back office's binary: the hashing pool is bounded,
-//! memory stays flat and `/healthz` keeps answering. Alone in its test binary so that no
-//! other test's hashing shares the machine's cores while it measures; the bound on
-//! `/healthz` (750 ms) is generous for a loaded CI machine yet far below the 2–3 s an
-//! unbounded pool gave.
+//! A flood of wrong sign-ins against the back office's binary: the hashing pool is bounded
+//! (429 with Retry-After beyond it), memory stays flat and `/healthz` keeps answering
+//! within 100 ms (the median: the hashing threads run at the lowest priority). Alone in
+//! its test binary so that no other test's hashing shares the machine's cores while it
+//! measures.
 
 use serde_json::{Value, json};
 use tests::{BackOffice, Backend};
@@ -83,17 +83,23 @@ async fn a_flood_of_wrong_logins_keeps_memory_bounded_and_healthz_fast() {
     done.store(true, Ordering::Relaxed);
     let max_rss_kib = rss.join().unwrap();
     let times = health.await.unwrap();
-    let slowest = times.iter().max().copied().unwrap_or_default();
+    let mut sorted = times.clone();
+    sorted.sort();
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
+    let slowest = sorted.last().copied().unwrap_or_default();
     eprintln!(
-        "flood: {refused_busy} of 128 refused at once; peak RSS {} MiB; /healthz asked {} times, slowest {slowest:?}",
+        "flood: {refused_busy} of 128 refused at once; peak RSS {} MiB; /healthz asked {} times, median {median:?}, slowest {slowest:?}",
         max_rss_kib / 1024,
         times.len()
     );
     assert!(refused_busy > 0, "the hashing pool is bounded");
     assert!(max_rss_kib < 150 * 1024, "peak RSS {max_rss_kib} KiB");
     assert!(times.len() >= 5, "/healthz was asked during the flood");
+    // The median, not the slowest: on a loaded machine any request can wait for a core
+    // now and then; one queued behind the hashing would wait for all of them (2-3 s each
+    // before the pool was bounded).
     assert!(
-        slowest < std::time::Duration::from_millis(750),
-        "/healthz took {slowest:?}"
+        median < std::time::Duration::from_millis(100),
+        "/healthz took {median:?} (median) during the flood"
     );
 }
