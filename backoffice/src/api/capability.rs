@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, post, web};
+use http_kit::auth::bearer;
+use http_kit::extract::{parse_json, read_body};
 use shared::ErrorCode;
 use shared::capability::{CapabilityClaims, CapabilityRequest, CapabilityResponse, ISSUER};
 use shared::grant::BindingClaims;
@@ -11,7 +13,7 @@ use shared::grant::BindingClaims;
 use super::doc;
 use crate::domain::validate::{self, ServerKey};
 use crate::error::{AppError, AppResult};
-use crate::http::request::{bearer, parse_json, read_body};
+use crate::http::MAX_BODY;
 use crate::state::{AppState, State, run_write};
 use crate::store::capability::{self as registry, CapabilityAnswer, Polled};
 use crate::store::tokens;
@@ -36,9 +38,9 @@ pub async fn capability(
     req: HttpRequest,
     body: web::Payload,
 ) -> AppResult<HttpResponse> {
-    let result = match read_body(body).await {
+    let result = match read_body(body, MAX_BODY).await {
         Ok(body) => handle(&state, &req, &body).await,
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     };
     state.metrics.capability_outcome(match &result {
         Ok(_) => "ok",
@@ -48,7 +50,7 @@ pub async fn capability(
 }
 
 async fn handle(state: &AppState, req: &HttpRequest, body: &[u8]) -> AppResult<HttpResponse> {
-    let token = bearer(req).ok_or_else(|| {
+    let token = bearer(req).map(str::to_owned).ok_or_else(|| {
         AppError::unauthorized("send the device token as `Authorization: Bearer dt_…`")
     })?;
     let request: CapabilityRequest = parse_json(body)?;
