@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use http_kit::telemetry::LogFormat;
+use http_kit::tls::TlsFiles;
 use shared::secret::Secret;
 
 use crate::domain::validate;
@@ -21,11 +23,14 @@ pub const NAMES: &[&str] = &[
     "POLL_INTERVAL",
     "CLOCK_SKEW",
     "RESPONSE_LIFETIME",
+    "RIGHTS_VALIDITY",
     "SESSION_LIFETIME",
     "SERVER_TIMEOUT",
     "DB_POOL_SIZE",
     "WORKERS",
     "LOG_FORMAT",
+    "TLS_CERT",
+    "TLS_KEY",
 ];
 
 #[derive(Debug, Clone)]
@@ -48,6 +53,9 @@ pub struct Settings {
     pub clock_skew: Duration,
     /// How long a signed capability response is valid for.
     pub response_lifetime: Duration,
+    /// How long a license server may serve the rights of one answer without a newer one
+    /// (the answer's `serve_until`, and its binding's end); longer than `poll_interval`.
+    pub rights_validity: Duration,
     /// How long a sign-in lasts.
     pub session_lifetime: Duration,
     /// A server not heard from this long is `inaccessible`; unset means three poll intervals.
@@ -57,14 +65,8 @@ pub struct Settings {
     /// HTTP worker threads; unset means one per core.
     pub workers: Option<usize>,
     pub log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One line of text an event (colour only on a terminal).
-    Text,
-    /// One JSON object an event.
-    Json,
+    /// `TLS_CERT` and `TLS_KEY`: serve HTTPS only, with this certificate chain and key.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,6 +154,18 @@ impl Settings {
         let poll_interval = duration("POLL_INTERVAL", "10m", 1, 7 * DAY)?;
         let clock_skew = duration("CLOCK_SKEW", "5m", 1, DAY)?;
         let response_lifetime = duration("RESPONSE_LIFETIME", "5m", 10, 7 * DAY)?;
+        let rights_validity = duration("RIGHTS_VALIDITY", "30d", 60, 365 * DAY)?;
+        if rights_validity <= poll_interval {
+            let v = get("RIGHTS_VALIDITY").unwrap_or(Value {
+                name: "RIGHTS_VALIDITY",
+                raw: "30d",
+            });
+            return Err(v.invalid(&format!(
+                "a duration longer than POLL_INTERVAL ({}), so that a server's next poll \
+                 comes before its rights end",
+                shared::duration::format(poll_interval)
+            )));
+        }
         let session_lifetime = duration("SESSION_LIFETIME", "12h", 60, 90 * DAY)?;
         let server_timeout = match get("SERVER_TIMEOUT") {
             Some(v) => Some(v.duration(Duration::from_secs(1), Duration::from_secs(90 * DAY))?),
@@ -173,6 +187,29 @@ impl Settings {
                 _ => return Err(v.invalid("text or json")),
             },
         };
+        let path = |name: &'static str| match get(name) {
+            Some(v) if v.raw.trim().is_empty() => Err(v.invalid("the path of a PEM file")),
+            Some(v) => Ok(Some(PathBuf::from(v.raw.trim()))),
+            None => Ok(None),
+        };
+        let tls = match (path("TLS_CERT")?, path("TLS_KEY")?) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "TLS_KEY",
+                    "(unset)",
+                    "the private key's PEM file too, since TLS_CERT is set (both serve HTTPS, neither plain HTTP)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "TLS_CERT",
+                    "(unset)",
+                    "the certificate chain's PEM file too, since TLS_KEY is set (both serve HTTPS, neither plain HTTP)",
+                ));
+            }
+        };
         Ok(Settings {
             listen,
             data_dir: PathBuf::from(data_dir),
@@ -183,11 +220,13 @@ impl Settings {
             poll_interval,
             clock_skew,
             response_lifetime,
+            rights_validity,
             session_lifetime,
             server_timeout,
             db_pool_size,
             workers,
             log_format,
+            tls,
         })
     }
 
@@ -381,6 +420,8 @@ mod tests {
             ("POLL_INTERVAL", "0s", "duration"),
             ("CLOCK_SKEW", "30d", "duration"),
             ("SESSION_LIFETIME", "5s", "duration"),
+            ("RIGHTS_VALIDITY", "30s", "duration"),
+            ("RIGHTS_VALIDITY", "2y", "duration"),
             ("SERVER_TIMEOUT", "-1s", "duration"),
             ("DB_POOL_SIZE", "0", "whole number"),
             ("DB_POOL_SIZE", "eight", "whole number"),
@@ -394,6 +435,44 @@ mod tests {
             assert!(e.contains(expected), "{e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn rights_outlive_the_poll_interval() {
+        let s = with(&[]).unwrap();
+        assert_eq!(s.rights_validity, Duration::from_secs(30 * 86_400));
+        let s = with(&[("RIGHTS_VALIDITY", "2h"), ("POLL_INTERVAL", "1h")]).unwrap();
+        assert_eq!(s.rights_validity, Duration::from_secs(7200));
+        // Not longer than the poll interval, whichever of the two was set.
+        for pairs in [
+            &[("RIGHTS_VALIDITY", "1h"), ("POLL_INTERVAL", "1h")][..],
+            &[("POLL_INTERVAL", "7d"), ("RIGHTS_VALIDITY", "2d")][..],
+        ] {
+            let e = with(pairs).unwrap_err().to_string();
+            assert!(e.starts_with("RIGHTS_VALIDITY="), "{e}");
+            assert!(e.contains("longer than POLL_INTERVAL"), "{e}");
+        }
+    }
+
+    #[test]
+    fn tls_takes_a_certificate_and_its_key_together() {
+        assert_eq!(with(&[]).unwrap().tls, None);
+        let s = with(&[("TLS_CERT", "cert.pem"), ("TLS_KEY", "key.pem")]).unwrap();
+        assert_eq!(
+            s.tls,
+            Some(TlsFiles {
+                cert: "cert.pem".into(),
+                key: "key.pem".into()
+            })
+        );
+        let e = with(&[("TLS_CERT", "cert.pem")]).unwrap_err().to_string();
+        assert!(e.starts_with("TLS_KEY=(unset)"), "{e}");
+        let e = with(&[("TLS_KEY", "key.pem")]).unwrap_err().to_string();
+        assert!(e.starts_with("TLS_CERT=(unset)"), "{e}");
+        let e = with(&[("TLS_CERT", " "), ("TLS_KEY", "key.pem")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("TLS_CERT="), "{e}");
     }
 
     #[test]

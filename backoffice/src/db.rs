@@ -104,8 +104,11 @@ impl ManageConnection for Manager {
             .map_err(r2d2::Error::QueryError)
     }
 
-    fn has_broken(&self, _conn: &mut DbConn) -> bool {
-        false
+    /// A connection whose transaction state is unknown (PostgreSQL reports that once its
+    /// server is gone) is dropped rather than given out again.
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        use diesel::r2d2::R2D2Connection;
+        std::thread::panicking() || conn.is_broken()
     }
 }
 
@@ -128,10 +131,10 @@ pub fn connect(url: &str, size: u32) -> Result<(Pool, Backend), DbSetupError> {
     drop(first);
     let pool = r2d2::Pool::builder()
         .max_size(size)
-        // A PostgreSQL connection can die with its server and is checked at every checkout;
-        // an SQLite connection is a file handle that does not, and the check would cost a
-        // statement on every request.
-        .test_on_check_out(backend == Backend::Postgres)
+        // No `SELECT 1` at every checkout (a round trip per request on PostgreSQL): a
+        // connection that died with its server fails its next statement, which answers
+        // `UNAVAILABLE`, and is then dropped (`has_broken`); SQLite's never die.
+        .test_on_check_out(false)
         .connection_timeout(Duration::from_secs(10))
         .build(manager)
         .map_err(|e| DbSetupError::Connect(e.to_string()))?;
@@ -171,6 +174,70 @@ pub fn migrate(conn: &mut DbConn) -> Result<usize, DbSetupError> {
             .map(|v| v.len()),
     };
     ran.map_err(|e| DbSetupError::Migrate(e.to_string()))
+}
+
+/// Fresh databases for the storage unit tests, one of each backend they run on.
+#[cfg(test)]
+pub(crate) mod testing {
+    use diesel::{Connection, PgConnection, RunQueryDsl};
+
+    /// A database of its own, removed when dropped.
+    pub struct TestDb {
+        pub url: String,
+        /// PostgreSQL: the server's URL and the database's name.
+        pg: Option<(String, String)>,
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            match &self.pg {
+                Some((admin, name)) => {
+                    if let Ok(mut c) = PgConnection::establish(admin) {
+                        let _ = diesel::sql_query(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        ))
+                        .execute(&mut c);
+                    }
+                }
+                None => {
+                    let path = self.url.trim_start_matches("sqlite://");
+                    for suffix in ["", "-wal", "-shm"] {
+                        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// SQLite always; PostgreSQL when `TEST_POSTGRES_URL` names a server whose role may
+    /// create databases (in CI a missing one fails the run instead of skipping).
+    pub fn databases() -> Vec<TestDb> {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let path = std::env::temp_dir().join(format!("bo-test-{tag}.db"));
+        let mut out = vec![TestDb {
+            url: format!("sqlite://{}", path.display()),
+            pg: None,
+        }];
+        match std::env::var("TEST_POSTGRES_URL") {
+            Ok(admin) if !admin.is_empty() => {
+                let name = format!("t_{tag}");
+                let mut c = PgConnection::establish(&admin).expect("TEST_POSTGRES_URL connects");
+                diesel::sql_query(format!("CREATE DATABASE {name}"))
+                    .execute(&mut c)
+                    .expect("the test role may create databases");
+                let (base, _) = admin.rsplit_once('/').expect("URL ends with /DATABASE");
+                out.push(TestDb {
+                    url: format!("{base}/{name}"),
+                    pg: Some((admin.clone(), name)),
+                });
+            }
+            _ if std::env::var("CI").is_ok_and(|c| c == "true" || c == "1") => {
+                panic!("CI must run the storage tests on PostgreSQL too: set TEST_POSTGRES_URL")
+            }
+            _ => {}
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -108,6 +108,8 @@ diesel::table! {
         usage_json -> Nullable<Text>,
         last_sample_at -> Nullable<BigInt>,
         created_at -> BigInt,
+        server_key -> Nullable<Text>,
+        server_key_id -> Nullable<Text>,
     }
 }
 
@@ -119,6 +121,7 @@ diesel::table! {
         backup_server_id -> Nullable<Text>,
         registered_by -> Text,
         created_at -> BigInt,
+        pair_token -> Nullable<Text>,
     }
 }
 

@@ -9,7 +9,7 @@ use crate::config::Settings;
 use crate::db::{Backend, DbConn, Pool};
 use crate::domain::throttle::Throttle;
 use crate::error::{AppError, AppResult};
-use crate::http::metrics::Metrics;
+use crate::http::Metrics;
 use crate::passwords::Hasher;
 use crate::writer::{Committed, Writer};
 
@@ -20,8 +20,8 @@ pub struct AppState {
     pub public_pem: String,
     pub settings: Settings,
     pub metrics: web::Data<Metrics>,
-    /// On SQLite, the thread that carries out capability requests (see [`run_write`]).
-    pub writer: Option<Writer>,
+    /// The thread that carries out capability requests in batches (see [`crate::writer`]).
+    pub writer: Writer,
     /// Password hashing, bounded (see [`crate::passwords`]).
     pub hasher: Hasher,
     /// Failed sign-ins per account and address (see [`crate::domain::throttle`]).
@@ -64,16 +64,18 @@ where
     .map_err(|e| AppError::internal(format!("the blocking pool: {e}")))?
 }
 
-/// Like [`run`], for the capability requests, which all write: on SQLite they go to its
-/// writer thread (one writer at a time, committed in batches; see [`crate::writer`]). The
-/// result comes with what tells when it is committed: answer only after that.
+/// Like [`run`], for storage work that writes what SQLite's writer thread writes (the
+/// capability requests' slow path, forgetting request IDs): on SQLite it goes to that
+/// thread (one writer at a time, committed in batches; see [`crate::writer`]), on
+/// PostgreSQL through the pool. The result comes with what tells when it is committed:
+/// answer only after that.
 pub async fn run_write<T, F>(state: &AppState, f: F) -> AppResult<(AppResult<T>, Committed)>
 where
     T: Send + 'static,
     F: FnOnce(&mut DbConn) -> AppResult<T> + Send + 'static,
 {
-    match &state.writer {
-        Some(w) => w.run(f).await,
-        None => Ok((run(state, f).await, Committed::done())),
+    match state.backend {
+        Backend::Sqlite => state.writer.run(f).await,
+        Backend::Postgres => Ok((run(state, f).await, Committed::done())),
     }
 }

@@ -1,77 +1,159 @@
-//! SQLite's writer: capability requests on SQLite are carried out by one thread on one
-//! connection of its own, all those that queued up meanwhile in one transaction.
+//! The capability requests' writers: a thread on a connection of its own carries out the
+//! polls that queued up meanwhile as one batch, in one transaction of a few statements for
+//! the whole batch (group commit), on SQLite and on PostgreSQL alike.
 //!
-//! SQLite admits one writer at a time, and every capability request writes (its request ID
-//! and its contact time). Taking turns through the pool costs a thread hand-off, a lock
-//! hand-off and a commit per request; this thread works through its queue without stopping
-//! and commits once per batch (group commit). A request's result is handed back as soon as
-//! it has run, but it is answered only once its batch is committed. Its own transactions
-//! are savepoints inside the batch: a refused request rolls back what it wrote, and nothing
-//! else.
+//! Every capability request writes (its request ID and its contact time). One at a time,
+//! each costs a pool checkout, a transaction and some ten statements; on PostgreSQL each
+//! statement is a round trip, and each commit a flush of its log. Batched, the polls of a
+//! batch share each statement ([`crate::store::capability::polls`]) and one commit.
+//!
+//! PostgreSQL has [`POSTGRES_WRITERS`] of them, so that one carries out its batch while
+//! another waits for its commit's flush; each takes the polls of its own share of the
+//! hostids, so that two batches never write the same server's row (nor wait for each other
+//! on it), and each writes its request IDs in order, so that two batches never wait for
+//! each other crosswise. SQLite, which admits one writer at a time, has one.
+//!
+//! SQLite admits one writer at a time, so on SQLite the thread also carries out the rest of
+//! the capability requests' storage work ([`Writer::run`]: registering servers and pairs),
+//! each as a savepoint inside the batch, so that a refused request rolls back what it
+//! wrote and nothing else. On PostgreSQL that work goes through the pool instead, where it
+//! waits for no batch (and a batch holds no account's lock).
+//!
+//! A request's result is handed back as soon as it has run, so that signing overlaps with
+//! the rest of the batch, but it is answered only once its batch is committed
+//! ([`Committed::wait`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use crate::db::{self, DbConn, DbSetupError};
-use crate::error::{AppError, AppResult};
 use diesel::Connection;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use shared::capability::CapabilityRequest;
+use tokio::sync::oneshot;
+
+use crate::db::{self, Backend, DbConn, DbSetupError};
+use crate::domain::validate::ServerKey;
+use crate::error::{AppError, AppResult};
+use crate::store::capability::{self as store, Poll, PollResult};
 
 /// At most this many requests a transaction.
 const MAX_BATCH: usize = 256;
 
-/// Tells a request how its batch was settled: `Ok` when committed.
-type Reply = Box<dyn FnOnce(Result<(), AppError>) + Send>;
-/// A request's storage work; hands its result back, and returns its [`Reply`].
-type Job = Box<dyn FnOnce(&mut DbConn) -> Reply + Send>;
+/// Writer threads on PostgreSQL (see the module's documentation).
+pub const POSTGRES_WRITERS: usize = 2;
 
-/// The queue to the writer thread, which stops when this is dropped.
+/// A poll as its handler hands it over.
+#[derive(Clone, Debug)]
+pub struct PollInput {
+    /// The device token it came with.
+    pub token: String,
+    pub request: Arc<CapabilityRequest>,
+    pub key: Option<ServerKey>,
+    /// When it came (Unix seconds).
+    pub now: i64,
+}
+
+/// Tells a request how its batch was settled: `Ok` when committed.
+type Reply = oneshot::Sender<AppResult<()>>;
+
+/// Storage work: runs on the writer's connection (or is told why it cannot), hands its
+/// result back, and returns its [`Reply`].
+type Work = Box<dyn FnOnce(Result<&mut DbConn, AppError>) -> Reply + Send>;
+
+enum Job {
+    Poll {
+        input: PollInput,
+        result: oneshot::Sender<PollResult>,
+        reply: Reply,
+    },
+    /// Any other storage work.
+    Work(Work),
+}
+
+/// The queues to the writer threads, which stop when this is dropped.
 pub struct Writer {
-    jobs: mpsc::Sender<Job>,
+    queues: Vec<mpsc::Sender<Job>>,
 }
 
 impl Writer {
-    /// Opens the writer's connection (an SQLite URL) and starts its thread.
+    /// Opens the writers' connections (to the database `url` names) and starts their
+    /// threads: one on SQLite, [`POSTGRES_WRITERS`] on PostgreSQL.
     pub fn start(url: &str) -> Result<Writer, DbSetupError> {
-        let conn = db::open(url)?;
-        let (jobs, queue) = mpsc::channel();
-        let url = url.to_owned();
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || serve(conn, &url, &queue))
-            .map_err(|e| DbSetupError::Connect(e.to_string()))?;
-        Ok(Writer { jobs })
+        let writers = match Backend::from_url(url)?.0 {
+            Backend::Sqlite => 1,
+            Backend::Postgres => POSTGRES_WRITERS,
+        };
+        let mut queues = Vec::with_capacity(writers);
+        for _ in 0..writers {
+            let conn = db::open(url)?;
+            let (jobs, queue) = mpsc::channel();
+            let url = url.to_owned();
+            std::thread::Builder::new()
+                .name("db-writer".into())
+                .spawn(move || serve(conn, &url, &queue))
+                .map_err(|e| DbSetupError::Connect(e.to_string()))?;
+            queues.push(jobs);
+        }
+        Ok(Writer { queues })
     }
 
-    /// Runs `f` on the writer's connection. Its result comes back as soon as it has run,
-    /// so that work on it (signing) overlaps with the rest of the batch; nothing may be
+    /// Carries out a poll with the others of its batch. Its outcome comes back as soon as
+    /// the batch has run; nothing may be answered before [`Committed::wait`] says that the
+    /// batch is committed.
+    pub async fn poll(&self, input: PollInput) -> AppResult<(PollResult, Committed)> {
+        let (result, result_rx) = oneshot::channel();
+        let (reply, commit_rx) = oneshot::channel();
+        let share = self.share(&input.request.hostid);
+        let job = Job::Poll {
+            input,
+            result,
+            reply,
+        };
+        self.send(share, job)?;
+        let result = result_rx.await.map_err(|_| dropped())?;
+        Ok((result, Committed(Some(commit_rx))))
+    }
+
+    /// Runs `f` on the (first) writer's connection inside a batch, as a savepoint of its own
+    /// when it opens a transaction. Its result comes back as soon as it has run; nothing may be
     /// answered before [`Committed::wait`] says that the batch is committed.
     pub async fn run<T, F>(&self, f: F) -> AppResult<(AppResult<T>, Committed)>
     where
         T: Send + 'static,
         F: FnOnce(&mut DbConn) -> AppResult<T> + Send + 'static,
     {
-        let (result_tx, result_rx) = tokio::sync::oneshot::channel();
-        let (commit_tx, commit_rx) = tokio::sync::oneshot::channel();
-        // The request's span goes with its work: what the storage logs, it logs there.
+        let (result_tx, result_rx) = oneshot::channel();
+        let (reply, commit_rx) = oneshot::channel();
         let span = tracing::Span::current();
-        let job: Job = Box::new(move |c: &mut DbConn| {
-            let _ = result_tx.send(span.in_scope(|| f(c)));
-            Box::new(move |settled: Result<(), AppError>| {
-                let _ = commit_tx.send(settled);
-            })
-        });
-        self.jobs
-            .send(job)
-            .map_err(|_| AppError::internal("the SQLite writer has stopped"))?;
+        let job = Job::Work(Box::new(move |c: Result<&mut DbConn, AppError>| {
+            let _ = result_tx.send(c.and_then(|c| span.in_scope(|| f(c))));
+            reply
+        }));
+        self.send(0, job)?;
         let result = result_rx.await.map_err(|_| dropped())?;
         Ok((result, Committed(Some(commit_rx))))
+    }
+
+    /// The writer whose share of the hostids this one is: always the same one for a hostid,
+    /// so that two batches never write the same server's row.
+    fn share(&self, hostid: &shared::HostId) -> usize {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(hostid);
+        let writers = u64::try_from(self.queues.len()).unwrap_or(1).max(1);
+        usize::try_from(hash % writers).unwrap_or_default()
+    }
+
+    fn send(&self, writer: usize, job: Job) -> AppResult<()> {
+        self.queues
+            .get(writer)
+            .and_then(|q| q.send(job).ok())
+            .ok_or_else(|| AppError::internal("the database writer has stopped"))
     }
 }
 
 /// Tells when a request's writes are committed.
-pub struct Committed(Option<tokio::sync::oneshot::Receiver<Result<(), AppError>>>);
+pub struct Committed(Option<oneshot::Receiver<AppResult<()>>>);
 
 impl Committed {
     /// Already committed (work done outside the writer commits as it goes).
@@ -89,12 +171,14 @@ impl Committed {
 }
 
 fn dropped() -> AppError {
-    AppError::internal("the SQLite writer dropped a request")
+    AppError::internal("the database writer dropped a request")
 }
 
 fn serve(mut conn: DbConn, url: &str, queue: &mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
-        let batch = std::iter::once(first).chain(queue.try_iter().take(MAX_BATCH - 1));
+        let batch: Vec<Job> = std::iter::once(first)
+            .chain(queue.try_iter().take(MAX_BATCH - 1))
+            .collect();
         if !run_batch(&mut conn, batch) {
             // Closing the connection rolls back whatever it had open.
             conn = reopen(url);
@@ -103,39 +187,30 @@ fn serve(mut conn: DbConn, url: &str, queue: &mpsc::Receiver<Job>) {
 }
 
 /// Runs one batch and answers its requests. `false` when the connection's state is
-/// unknown (the batch could not begin, a request panicked, or the commit failed) and it
-/// must be replaced.
-fn run_batch(conn: &mut DbConn, batch: impl Iterator<Item = Job>) -> bool {
-    // `BEGIN IMMEDIATE` takes the write lock first: no read in the batch needs upgrading.
+/// unknown (the batch could not begin, a request panicked, a statement or the commit
+/// failed) and it must be replaced.
+fn run_batch(conn: &mut DbConn, batch: Vec<Job>) -> bool {
+    // SQLite's `BEGIN IMMEDIATE` takes the write lock first: no read in the batch needs
+    // upgrading.
     let begun = match conn {
-        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
-            .map_err(|e| e.to_string()),
-        DbConn::Pg(_) => Err("not an SQLite connection".to_owned()),
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE"),
+        DbConn::Pg(c) => AnsiTransactionManager::begin_transaction(c),
     };
-    if let Err(e) = &begun {
-        // Each request then runs on its own, its transactions committed as it goes.
-        tracing::warn!(error = %e, "cannot begin a batch; its requests run one by one");
-    }
-    let mut replies = Vec::new();
-    for job in batch {
-        match catch_unwind(AssertUnwindSafe(|| job(conn))) {
-            Ok(reply) if begun.is_ok() => replies.push(reply),
-            Ok(reply) => reply(Ok(())),
-            Err(_) => {
-                // The request that panicked lost its result (its caller gets an error), the
-                // batch is rolled back (those that ran get an error too), and those not yet
-                // taken from the queue wait for the next batch.
-                tracing::error!("a capability request panicked; its batch is rolled back");
-                settle(
-                    replies,
-                    &Err(AppError::internal("a request of this batch panicked")),
-                );
-                return false;
-            }
+    if let Err(e) = begun {
+        let err = AppError::from(e);
+        tracing::warn!(error = %err, "cannot begin a batch of capability requests");
+        for job in batch {
+            let _ = match job {
+                Job::Poll { result, .. } => result.send((None, Err(err.clone()))).map_err(drop),
+                Job::Work(work) => work(Err(err.clone())).send(Err(err.clone())).map_err(drop),
+            };
         }
+        return false;
     }
-    if begun.is_err() {
-        // Whatever kept the batch from beginning, start over on a fresh connection.
+    let mut replies = Vec::with_capacity(batch.len());
+    if let Err(e) = run_jobs(conn, batch, &mut replies) {
+        // The whole batch is rolled back: those that ran are told so too.
+        settle(replies, &Err(e));
         return false;
     }
     match <DbConn as Connection>::TransactionManager::commit_transaction(conn) {
@@ -153,9 +228,66 @@ fn run_batch(conn: &mut DbConn, batch: impl Iterator<Item = Job>) -> bool {
     }
 }
 
-fn settle(replies: Vec<Reply>, settled: &Result<(), AppError>) {
+/// Runs a batch's storage work, then its polls all together, keeping each request's reply
+/// for the commit. An error when the batch must not be committed: a request panicked (its
+/// caller gets an error: its result was dropped), or a statement failed.
+fn run_jobs(conn: &mut DbConn, batch: Vec<Job>, replies: &mut Vec<Reply>) -> AppResult<()> {
+    let mut polls = Vec::new();
+    for job in batch {
+        match job {
+            Job::Poll {
+                input,
+                result,
+                reply,
+            } => polls.push((input, result, reply)),
+            Job::Work(work) => {
+                let reply = catch_unwind(AssertUnwindSafe(|| work(Ok(&mut *conn))))
+                    .map_err(|_| panicked())?;
+                replies.push(reply);
+            }
+        }
+    }
+    if polls.is_empty() {
+        return Ok(());
+    }
+    let items: Vec<Poll<'_>> = polls
+        .iter()
+        .map(|(input, ..)| Poll {
+            token: &input.token,
+            request: &input.request,
+            key: input.key.as_ref(),
+            now: input.now,
+        })
+        .collect();
+    let outcome = catch_unwind(AssertUnwindSafe(|| store::polls(conn, &items)));
+    drop(items);
+    match outcome.map_err(|_| panicked())? {
+        Ok(results) => {
+            for ((_, result, reply), r) in polls.into_iter().zip(results) {
+                let _ = result.send(r);
+                replies.push(reply);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::debug!(polls = polls.len(), error = %e, "a batch of polls failed");
+            for (_, result, _) in polls {
+                let _ = result.send((None, Err(e.clone())));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// A request panicked; those not yet taken from the queue wait for the next batch.
+fn panicked() -> AppError {
+    tracing::error!("a capability request panicked; its batch is rolled back");
+    AppError::internal("a request of this batch panicked")
+}
+
+fn settle(replies: Vec<Reply>, settled: &AppResult<()>) {
     for reply in replies {
-        reply(settled.clone());
+        let _ = reply.send(settled.clone());
     }
 }
 
@@ -164,7 +296,7 @@ fn reopen(url: &str) -> DbConn {
         match db::open(url) {
             Ok(c) => return c,
             Err(e) => {
-                tracing::error!(error = %e, "cannot reopen the SQLite writer's connection");
+                tracing::error!(error = %e, "cannot reopen the database writer's connection");
                 std::thread::sleep(Duration::from_secs(1));
             }
         }

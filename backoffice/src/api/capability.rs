@@ -1,21 +1,31 @@
-//! `POST /api/v1/capability`: license servers register, poll and get signed rights.
+//! `POST /api/v1/capability`: license servers register, poll and get signed rights, a
+//! binding of their own key, and their pair's secret.
+
+use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, post, web};
+use http_kit::auth::bearer;
+use http_kit::extract::{parse_json, read_body};
 use shared::ErrorCode;
 use shared::capability::{CapabilityClaims, CapabilityRequest, CapabilityResponse, ISSUER};
+use shared::grant::BindingClaims;
 
 use super::doc;
-use crate::domain::validate;
+use crate::domain::validate::{self, ServerKey};
 use crate::error::{AppError, AppResult};
-use crate::http::request::{bearer, parse_json, read_body};
+use crate::http::MAX_BODY;
 use crate::state::{AppState, State, run_write};
-use crate::store::capability::{self as registry, CapabilityAnswer};
+use crate::store::capability::{self as registry, CapabilityAnswer, Polled};
 use crate::store::tokens;
+use crate::writer::{Committed, PollInput};
 
 /// A license server's startup request or poll. The device token is checked before the body
 /// is parsed. The answer is a JWT (EdDSA, the key at `/api/v1/signing-key`) over the
-/// pair's complete rights, addressed to the hostid and bound to the request ID; it is sent
-/// only once what the request changed is committed.
+/// pair's complete rights, addressed to the hostid and bound to the request ID, which may
+/// be served until `serve_until` (`RIGHTS_VALIDITY` from now). A request with `server_key`
+/// gets `binding`, a token signed with the same key that binds that key to the hostid and
+/// the pair until `serve_until`. Either server of a pair gets the pair's secret
+/// (`pair_token`). The answer is sent only once what the request changed is committed.
 #[utoipa::path(
     tag = "capability",
     security(("device_token" = [])),
@@ -28,9 +38,9 @@ pub async fn capability(
     req: HttpRequest,
     body: web::Payload,
 ) -> AppResult<HttpResponse> {
-    let result = match read_body(body).await {
+    let result = match read_body(body, MAX_BODY).await {
         Ok(body) => handle(&state, &req, &body).await,
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     };
     state.metrics.capability_outcome(match &result {
         Ok(_) => "ok",
@@ -40,13 +50,14 @@ pub async fn capability(
 }
 
 async fn handle(state: &AppState, req: &HttpRequest, body: &[u8]) -> AppResult<HttpResponse> {
-    let token = bearer(req).ok_or_else(|| {
+    let token = bearer(req).map(str::to_owned).ok_or_else(|| {
         AppError::unauthorized("send the device token as `Authorization: Bearer dt_…`")
     })?;
     let request: CapabilityRequest = parse_json(body)?;
-    tracing::Span::current().record("hostid", tracing::field::display(&request.hostid));
+    let span = tracing::Span::current();
+    span.record("hostid", tracing::field::display(&request.hostid));
 
-    validate::unix_seconds("sent_at", request.sent_at)?;
+    let key = validate::capability_request(&request)?;
     let now = shared::now_unix();
     let skew = i64::try_from(state.settings.clock_skew.as_secs()).unwrap_or(i64::MAX);
     if (now - request.sent_at).abs() > skew {
@@ -60,40 +71,74 @@ async fn handle(state: &AppState, req: &HttpRequest, body: &[u8]) -> AppResult<H
         ));
     }
 
-    let req2 = request.clone();
-    let (answer, committed) = run_write(state, move |c| {
-        let account = tokens::authenticate_device(c, &token)?;
-        tracing::Span::current().record("account", account.as_str());
-        registry::capability(c, &account, &req2, now)
-    })
-    .await?;
+    let input = PollInput {
+        token,
+        request: Arc::new(request),
+        key,
+        now,
+    };
+    let ((account, polled), committed) = state.writer.poll(input.clone()).await?;
+    if let Some(a) = &account {
+        span.record("account", a.as_str());
+    }
+    let (answer, committed) = match polled? {
+        Polled::Answered(answer) => (*answer, committed),
+        Polled::Slow => slow_path(state, input.clone()).await?,
+    };
     // Signed while the rest of the batch is carried out; sent once it is committed.
-    let response = answer.map(|answer| sign(state, &request, now, answer));
+    let key_change = answer.key_change.clone();
+    let response = sign(state, &input, answer);
     committed.wait().await?;
-    response
+    if let Some(change) = key_change {
+        tracing::info!(
+            old_key_id = change.old.as_deref().unwrap_or("none"),
+            new_key_id = %change.new,
+            "the server's public key changed; answers bind the new one"
+        );
+    }
+    Ok(response)
 }
 
-fn sign(
-    state: &AppState,
-    request: &CapabilityRequest,
-    now: i64,
-    answer: CapabilityAnswer,
-) -> HttpResponse {
-    let lifetime = i64::try_from(state.settings.response_lifetime.as_secs()).unwrap_or(i64::MAX);
+/// A request that changes the registry, under the account's lock.
+async fn slow_path(state: &AppState, input: PollInput) -> AppResult<(CapabilityAnswer, Committed)> {
+    let (answer, committed) = run_write(state, move |c| {
+        let account = tokens::authenticate_device(c, &input.token)?;
+        tracing::Span::current().record("account", account.as_str());
+        registry::capability(c, &account, &input.request, input.key.as_ref(), input.now)
+    })
+    .await?;
+    Ok((answer?, committed))
+}
+
+fn sign(state: &AppState, input: &PollInput, answer: CapabilityAnswer) -> HttpResponse {
+    let (request, now) = (&input.request, input.now);
+    let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    let serve_until = now.saturating_add(secs(state.settings.rights_validity));
+    let binding = input.key.as_ref().map(|k: &ServerKey| {
+        BindingClaims {
+            iss: ISSUER.to_owned(),
+            sub: request.hostid.to_string(),
+            key: k.key.clone(),
+            pair: answer.pair.clone(),
+            iat: now,
+            exp: serve_until,
+        }
+        .sign(&state.signer)
+    });
     let claims = CapabilityClaims {
         iss: ISSUER.to_owned(),
         sub: request.hostid.to_string(),
         request_id: request.request_id,
         iat: now,
-        exp: now.saturating_add(lifetime),
+        exp: now.saturating_add(secs(state.settings.response_lifetime)),
         server_id: answer.server_id,
         role: answer.role,
         pair: answer.pair,
         poll_interval_secs: state.settings.poll_interval.as_secs(),
         rights: answer.rights,
-        serve_until: now + 30 * 86_400,
-        binding: None,
-        pair_token: None,
+        serve_until,
+        binding,
+        pair_token: answer.pair_token.map(|t| t.expose().to_owned()),
     };
     let token = state.signer.sign(&claims);
     HttpResponse::Ok().json(CapabilityResponse { token })

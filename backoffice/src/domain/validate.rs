@@ -1,4 +1,7 @@
-//! Input rules shared by the API and the portal.
+//! Input rules shared by the API and the portal, and what a capability request may carry.
+
+use shared::capability::{CapabilityRequest, Role};
+use shared::signing;
 
 use super::DomainError;
 
@@ -91,6 +94,75 @@ pub fn unix_seconds(field: &str, value: i64) -> Result<i64, DomainError> {
     ))
 }
 
+/// A license server's Ed25519 public key, checked, as it is stored and bound: base64url
+/// (no padding) of its 32 bytes, and its key ID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerKey {
+    pub key: String,
+    pub id: String,
+}
+
+/// `server_key` of a capability request: base64url of 32 bytes that are a point of the
+/// Ed25519 curve.
+pub fn server_key(value: &str) -> Result<ServerKey, DomainError> {
+    let key = signing::decode_public_key(value).map_err(|e| {
+        DomainError::validation(
+            "server_key",
+            format!(
+                "server_key must be the server's Ed25519 public key, base64url (without \
+                 padding) of its 32 bytes: {e}"
+            ),
+        )
+    })?;
+    if key.is_weak() {
+        return Err(DomainError::validation(
+            "server_key",
+            "server_key is an Ed25519 point of small order, for which signatures prove \
+             nothing; generate the server's key anew",
+        ));
+    }
+    Ok(ServerKey {
+        key: signing::encode_public_key(&key),
+        id: signing::key_id(&key),
+    })
+}
+
+/// Everything of a capability request that can be checked without storage; its server key,
+/// if it sent one.
+pub fn capability_request(req: &CapabilityRequest) -> Result<Option<ServerKey>, DomainError> {
+    unix_seconds("sent_at", req.sent_at)?;
+    if req.role != Role::Main && req.backup_hostid.is_some() {
+        return Err(DomainError::validation(
+            "backup_hostid",
+            "only a main server names a backup",
+        ));
+    }
+    if req.rights.len() > 100 {
+        return Err(DomainError::validation(
+            "rights",
+            "at most 100 rights IDs per request",
+        ));
+    }
+    if let Some(r) = &req.report {
+        if r.usage.len() > 1000 {
+            return Err(DomainError::validation(
+                "report.usage",
+                "at most 1000 features",
+            ));
+        }
+        if r.usage
+            .iter()
+            .any(|u| u.feature.len() > 64 || u.version.len() > 32)
+        {
+            return Err(DomainError::validation(
+                "report.usage",
+                "feature names are at most 64 characters, versions at most 32",
+            ));
+        }
+    }
+    req.server_key.as_deref().map(server_key).transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +192,34 @@ mod tests {
         assert!(e.message.contains("1798366799 instead"), "{}", e.message);
         assert!(unix_seconds("expires_at", -1).is_err());
         assert!(unix_seconds("expires_at", MAX_UNIX_SECONDS).is_ok());
+    }
+
+    #[test]
+    fn a_server_key_is_32_bytes_of_the_curve_in_base64url() {
+        let signer = signing::Signer::generate();
+        let k = server_key(&signer.public_key()).unwrap();
+        assert_eq!(k.key, signer.public_key());
+        assert_eq!(k.id, signer.kid());
+        // Surrounding blanks are dropped; the stored form is the canonical one.
+        assert_eq!(
+            server_key(&format!(" {} ", signer.public_key())).unwrap(),
+            k
+        );
+        let pem = signer.public_pem();
+        let padded = format!("{}=", signer.public_key());
+        let short = &signer.public_key()[..20];
+        for bad in ["", "not a key", short, &padded, &pem] {
+            let e = server_key(bad).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("server_key"), "{bad}");
+            assert!(e.message.contains("Ed25519 public key"), "{}", e.message);
+        }
+        // The identity point (y = 1): a "key" every signature could be forged for.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, identity);
+        let e = server_key(&weak).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("server_key"));
+        assert!(e.message.contains("small order"), "{}", e.message);
     }
 }

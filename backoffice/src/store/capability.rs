@@ -1,20 +1,28 @@
-//! The capability protocol's storage side: a license server's request registers what it
-//! implies (a standalone server, a pair, a waiting backup), maps the rights it asks for,
-//! records the contact and what the server reported, and is answered with the complete
-//! rights of its pair. Request IDs are kept so that a replay is refused.
+//! The capability protocol's storage side. Polls (a known server in its known role, asking
+//! for nothing new) are carried out a batch at a time in a few statements for the whole
+//! batch ([`polls`]); anything else (registering a server or a pair, mapping the rights a
+//! request asks for, a main that dropped its backup) takes the slow path ([`capability`])
+//! under the account's lock. Either records the contact, what the server reported and its
+//! public key, and answers with the complete rights of its pair, and with the pair's secret
+//! for the pair's two servers. Request IDs are kept so that a replay is refused, and
+//! forgotten in small chunks.
+
+use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use shared::ErrorCode;
 use shared::capability::{CapabilityRequest, PairInfo, PairStatus, Right, Role, ServerReport};
+use shared::secret::Secret;
 
 use super::mappings::{ensure_rights, rights_of};
 use super::servers::{
-    PairRows, RegisteredBy, ServerRow, delete_backup, holder_of, hostid_of, insert_server, known,
-    pair_by_id, register_pair_rows, server_by_id,
+    Entry, PairRows, RegisteredBy, ServerRow, delete_backup, ensure_pair_token, entries, holder_of,
+    insert_server, known, register_pair_rows, server_by_id,
 };
-use super::{lock_account, unique_or, usage};
+use super::{lock_account, tokens, unique_or, usage};
 use crate::db::DbConn;
 use crate::domain::registry::{self as rules, Known, Plan, ServerState};
+use crate::domain::validate::ServerKey;
 use crate::error::{AppError, AppResult};
 use crate::on_backend;
 use crate::schema::{seen_requests, servers};
@@ -26,6 +34,36 @@ pub struct CapabilityAnswer {
     pub role: Role,
     pub pair: Option<PairInfo>,
     pub rights: Vec<Right>,
+    /// The pair's secret, for either server of a pair that has both.
+    pub pair_token: Option<Secret>,
+    /// The server's public key changed with this request.
+    pub key_change: Option<KeyChange>,
+}
+
+/// A server's public key changed: the key IDs before (none the first time) and after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyChange {
+    pub old: Option<String>,
+    pub new: String,
+}
+
+/// One poll of a batch: the device token it came with, the request, its checked server
+/// key, and when it came.
+#[derive(Clone, Copy, Debug)]
+pub struct Poll<'a> {
+    pub token: &'a str,
+    pub request: &'a CapabilityRequest,
+    pub key: Option<&'a ServerKey>,
+    pub now: i64,
+}
+
+/// How a poll came out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Polled {
+    Answered(Box<CapabilityAnswer>),
+    /// It changes the registry: the slow path ([`capability`]) takes it. Nothing of it was
+    /// written.
+    Slow,
 }
 
 /// Records a request ID; a repeated one is a replay.
@@ -37,178 +75,320 @@ pub fn record_request_id(conn: &mut DbConn, request_id: &uuid::Uuid, now: i64) -
     on_backend!(conn, |c| diesel::insert_into(seen_requests::table)
         .values(values)
         .execute(c))
-    .map_err(|e| {
-        unique_or(e, || {
-            AppError::new(
-                ErrorCode::ReplayedRequest,
-                "this request ID was seen before; send each request with a new ID",
-            )
-        })
-    })?;
+    .map_err(|e| unique_or(e, replayed))?;
     Ok(())
 }
 
-/// Forgets request IDs older than `before` (they are refused by the clock check anyway).
-pub fn purge_request_ids(conn: &mut DbConn, before: i64) -> AppResult<usize> {
-    Ok(
-        diesel::delete(seen_requests::table.filter(seen_requests::seen_at.lt(before)))
-            .execute(conn)?,
+fn replayed() -> AppError {
+    AppError::new(
+        ErrorCode::ReplayedRequest,
+        "this request ID was seen before; send each request with a new ID",
     )
 }
 
-/// Handles a capability request from a server of `account_id`: registers what the
-/// request implies, maps requested rights, records the contact, and returns the rights.
+/// Records request IDs (ID, time) in one statement; returns those that were new. They are
+/// written in order: two batches that both hold IDs of the other's (replays) never wait for
+/// each other crosswise.
+fn record_request_ids(conn: &mut DbConn, ids: &[(String, i64)]) -> AppResult<HashSet<String>> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut ids: Vec<&(String, i64)> = ids.iter().collect();
+    ids.sort_unstable();
+    let values: Vec<_> = ids
+        .iter()
+        .map(|(id, at)| {
+            (
+                seen_requests::request_id.eq(id),
+                seen_requests::seen_at.eq(at),
+            )
+        })
+        .collect();
+    let fresh: Vec<String> = on_backend!(conn, |c| diesel::insert_into(seen_requests::table)
+        .values(&values)
+        .on_conflict_do_nothing()
+        .returning(seen_requests::request_id)
+        .get_results(c))?;
+    Ok(fresh.into_iter().collect())
+}
+
+/// How many request IDs one purge statement forgets: small enough that the statement is
+/// over in milliseconds (SQLite's writer waits for it), large enough to keep up with any
+/// rate this service reaches.
+pub const PURGE_CHUNK: i64 = 2000;
+
+/// Forgets at most [`PURGE_CHUNK`] request IDs older than `before` (the clock check refuses
+/// them anyway); returns how many. Called until it returns less than a chunk.
+pub fn purge_request_ids(conn: &mut DbConn, before: i64) -> AppResult<usize> {
+    let chunk: Vec<String> = on_backend!(conn, |c| seen_requests::table
+        .filter(seen_requests::seen_at.lt(before))
+        .select(seen_requests::request_id)
+        .limit(PURGE_CHUNK)
+        .load(c))?;
+    if chunk.is_empty() {
+        return Ok(0);
+    }
+    Ok(on_backend!(conn, |c| diesel::delete(
+        seen_requests::table.filter(seen_requests::request_id.eq_any(&chunk))
+    )
+    .execute(c))?)
+}
+
+/// What became of one poll of a batch: the account its device token belongs to (when it
+/// is valid), and the outcome.
+pub type PollResult = (Option<String>, AppResult<Polled>);
+
+/// Carries out a batch of polls in a few statements for all of them: the device tokens,
+/// the servers with their pairs, the request IDs, the rights and the contact times each in
+/// one, plus one for each server that reported usage, changed its key or speaks for the
+/// first time. Each poll is answered, refused, or sent to the slow path; the error of the
+/// whole is a storage failure, which none of them survives.
+pub fn polls(conn: &mut DbConn, polls: &[Poll<'_>]) -> AppResult<Vec<PollResult>> {
+    let tokens: Vec<&str> = polls.iter().map(|p| p.token).collect();
+    let accounts = tokens::authenticate_devices(conn, &tokens)?;
+    let mut out: Outcomes = polls
+        .iter()
+        .zip(&accounts)
+        .map(|(p, account)| match account {
+            Err(e) => Some(Err(e.clone())),
+            // Rights asked for, or a main that dropped its backup: the registry changes.
+            Ok(_) if !p.request.rights.is_empty() || drops_backup(p.request) => {
+                Some(Ok(Polled::Slow))
+            }
+            Ok(_) => None,
+        })
+        .collect();
+    let found = servers_of(conn, polls, &out)?;
+    let mut known = known_servers(polls, &accounts, &found, &mut out);
+    record_fresh(conn, polls, &mut known, &mut out)?;
+    for (i, answer) in contact(conn, polls, &known)? {
+        out[i] = Some(Ok(Polled::Answered(Box::new(answer))));
+    }
+    Ok(out
+        .into_iter()
+        .zip(accounts)
+        .map(|(o, account)| {
+            let o = o.unwrap_or_else(|| Err(AppError::internal("a poll was left unanswered")));
+            (account.ok(), o)
+        })
+        .collect())
+}
+
+/// The outcome of each poll of a batch, once it has one.
+type Outcomes = Vec<Option<AppResult<Polled>>>;
+
+/// A poll of a known server in its known role: its index in the batch, what the rules
+/// know, its entry.
+type KnownPoll<'e> = (usize, Known, &'e Entry);
+
+/// The entries of the servers of the polls still without an outcome, by hostid: one query.
+fn servers_of(
+    conn: &mut DbConn,
+    polls: &[Poll<'_>],
+    out: &Outcomes,
+) -> AppResult<HashMap<String, Entry>> {
+    let mut hostids: Vec<String> = polls
+        .iter()
+        .zip(out)
+        .filter(|(_, o)| o.is_none())
+        .map(|(p, _)| p.request.hostid.to_string())
+        .collect();
+    hostids.sort_unstable();
+    hostids.dedup();
+    Ok(entries(conn, &hostids)?
+        .into_iter()
+        .map(|e| (e.row.hostid.clone(), e))
+        .collect())
+}
+
+/// The polls of known servers in their known roles; the others are refused by the rules or
+/// go to the slow path.
+fn known_servers<'e>(
+    polls: &[Poll<'_>],
+    accounts: &[AppResult<String>],
+    found: &'e HashMap<String, Entry>,
+    out: &mut Outcomes,
+) -> Vec<KnownPoll<'e>> {
+    let mut known = Vec::with_capacity(polls.len());
+    for (i, p) in polls.iter().enumerate() {
+        if out[i].is_some() {
+            continue;
+        }
+        let account = accounts[i].as_deref().unwrap_or_default();
+        let e = found.get(&p.request.hostid.to_string());
+        let planned = e
+            .map(|e| e.known(account))
+            .transpose()
+            .and_then(|k| fast_plan(p.request, k, e));
+        match planned {
+            Ok(Some((k, e))) => known.push((i, k, e)),
+            Ok(None) => out[i] = Some(Ok(Polled::Slow)),
+            Err(err) => out[i] = Some(Err(err)),
+        }
+    }
+    known
+}
+
+/// Records the request IDs of the known polls in one statement; a repeated one (seen
+/// before, or twice in this batch) is a replay, refused and dropped from `known`.
+fn record_fresh(
+    conn: &mut DbConn,
+    polls: &[Poll<'_>],
+    known: &mut Vec<KnownPoll<'_>>,
+    out: &mut Outcomes,
+) -> AppResult<()> {
+    let mut ids = Vec::with_capacity(known.len());
+    let mut in_batch = HashSet::with_capacity(known.len());
+    known.retain(|(i, _, _)| {
+        let p = &polls[*i];
+        let id = p.request.request_id.to_string();
+        if !in_batch.insert(id.clone()) {
+            out[*i] = Some(Err(replayed()));
+            return false;
+        }
+        ids.push((id, p.now));
+        true
+    });
+    let fresh = record_request_ids(conn, &ids)?;
+    known.retain(|(i, _, _)| {
+        let new = fresh.contains(&polls[*i].request.request_id.to_string());
+        if !new {
+            out[*i] = Some(Err(replayed()));
+        }
+        new
+    });
+    Ok(())
+}
+
+/// Records the known polls' contacts and answers them with their rights: one statement
+/// for every server that only polled, its own for one that reported, changed its key or
+/// speaks for the first time, and one for the rights of all.
+fn contact(
+    conn: &mut DbConn,
+    polls: &[Poll<'_>],
+    known: &[KnownPoll<'_>],
+) -> AppResult<Vec<(usize, CapabilityAnswer)>> {
+    let holders: Vec<&str> = known.iter().map(|(_, k, _)| holder(k)).collect();
+    let rights = rights_of(conn, &holders)?;
+    let mut plain: Vec<&str> = Vec::with_capacity(known.len());
+    let mut answers = Vec::with_capacity(known.len());
+    for (i, k, e) in known {
+        let p = &polls[*i];
+        let key_change = if p.request.report.is_none()
+            && e.row.first_contact_at.is_some()
+            && !changes_key(&e.row, p.key)
+        {
+            plain.push(&e.row.id);
+            None
+        } else {
+            touch(conn, &e.row, p.request.report.as_ref(), p.key, p.now)?
+        };
+        let rights = rights.get(holder(k)).cloned().unwrap_or_default();
+        answers.push((*i, answer_of(k, e, rights, key_change)));
+    }
+    if !plain.is_empty() {
+        let now = polls.iter().map(|p| p.now).max().unwrap_or_default();
+        on_backend!(conn, |c| diesel::update(
+            servers::table.filter(servers::id.eq_any(&plain))
+        )
+        .set((
+            servers::last_contact_at.eq(now),
+            servers::state.eq(ServerState::Registered.as_str()),
+        ))
+        .execute(c))?;
+    }
+    Ok(answers)
+}
+
+/// A main that reports it dropped its backup.
+fn drops_backup(req: &CapabilityRequest) -> bool {
+    req.role == Role::Main && req.report.as_ref().is_some_and(|r| r.backup_dropped)
+}
+
+/// The poll's plan as the rules make it without the backup's row: `Some` for a known
+/// server in its known role (whose pair, if it has both servers, has its secret), `None`
+/// when the registry changes. The rules consult the backup's row only to register a pair,
+/// and the errors they find on the main's side come first; `Known` here is `Known` with it
+/// too.
+fn fast_plan<'e>(
+    req: &CapabilityRequest,
+    known: Option<Known>,
+    entry: Option<&'e Entry>,
+) -> AppResult<Option<(Known, &'e Entry)>> {
+    let plan = rules::plan(
+        &req.hostid,
+        req.role,
+        req.backup_hostid.as_ref(),
+        known.as_ref(),
+        None,
+    )?;
+    let (Plan::Known, Some(k), Some(e)) = (plan, known, entry) else {
+        return Ok(None);
+    };
+    let needs_token = k.pair.as_ref().is_some_and(|p| p.backup_hostid.is_some());
+    if needs_token && e.pair_token.is_none() {
+        return Ok(None);
+    }
+    Ok(Some((k, e)))
+}
+
+/// The server that holds a known server's rights: its pair's main, or itself.
+fn holder(k: &Known) -> &str {
+    k.pair.as_ref().map_or(&k.server_id, |p| &p.main_server_id)
+}
+
+/// The answer for a known server with its rights.
+fn answer_of(
+    k: &Known,
+    e: &Entry,
+    rights: Vec<Right>,
+    key_change: Option<KeyChange>,
+) -> CapabilityAnswer {
+    let pair = k.pair.as_ref().map(|p| PairInfo {
+        id: p.pair_id.clone(),
+        main: p.main_hostid.clone(),
+        backup: p.backup_hostid.clone(),
+    });
+    // For the two servers of a pair, never for a main left alone.
+    let pair_token = pair
+        .as_ref()
+        .filter(|p| p.backup.is_some())
+        .and(e.pair_token.clone());
+    CapabilityAnswer {
+        server_id: k.server_id.clone(),
+        role: k.role,
+        pair,
+        rights,
+        pair_token,
+        key_change,
+    }
+}
+
+fn changes_key(row: &ServerRow, key: Option<&ServerKey>) -> bool {
+    key.is_some_and(|k| row.server_key.as_deref() != Some(k.key.as_str()))
+}
+
+/// The slow path: a request from a server of `account_id` that changes the registry
+/// (registers what it implies, maps requested rights, takes a dropped backup out of its
+/// pair), under the account's lock, answered with the rights.
 pub fn capability(
     conn: &mut DbConn,
     account_id: &str,
     req: &CapabilityRequest,
+    key: Option<&ServerKey>,
     now: i64,
 ) -> AppResult<CapabilityAnswer> {
-    validate(req)?;
-    // A main that dropped its backup (absence limit, or an operator on either server)
-    // says so with every poll: the backup leaves the pair and is not added back.
-    if req.role == Role::Main
-        && req.report.as_ref().is_some_and(|r| r.backup_dropped)
-        && let Some(answer) = dropped_backup(conn, account_id, req, now)?
-    {
-        return Ok(answer);
-    }
-    if req.rights.is_empty()
-        && let Some(answer) = known_server(conn, account_id, req, now)?
-    {
-        return Ok(answer);
-    }
-    let row = register(conn, account_id, req, now)?;
-    answer(conn, &row.id, row.role(), row.pair_id.as_deref())
-}
-
-fn validate(req: &CapabilityRequest) -> AppResult<()> {
-    if req.role != Role::Main && req.backup_hostid.is_some() {
-        return Err(AppError::validation(
-            "backup_hostid",
-            "only a main server names a backup",
-        ));
-    }
-    if req.rights.len() > 100 {
-        return Err(AppError::validation(
-            "rights",
-            "at most 100 rights IDs per request",
-        ));
-    }
-    if let Some(r) = &req.report {
-        if r.usage.len() > 1000 {
-            return Err(AppError::validation(
-                "report.usage",
-                "at most 1000 features",
-            ));
-        }
-        if r.usage
-            .iter()
-            .any(|u| u.feature.len() > 64 || u.version.len() > 32)
-        {
-            return Err(AppError::validation(
-                "report.usage",
-                "feature names are at most 64 characters, versions at most 32",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Why the fast path's transaction ended without an answer.
-enum NotFast {
-    /// The request changes the registry: the slow path takes it.
-    Slow,
-    Refused(AppError),
-}
-
-impl From<AppError> for NotFast {
-    fn from(e: AppError) -> Self {
-        NotFast::Refused(e)
-    }
-}
-
-impl From<diesel::result::Error> for NotFast {
-    fn from(e: diesel::result::Error) -> Self {
-        NotFast::Refused(e.into())
-    }
-}
-
-impl From<crate::domain::DomainError> for NotFast {
-    fn from(e: crate::domain::DomainError) -> Self {
-        NotFast::Refused(e.into())
-    }
-}
-
-/// The fast path: a known server in its known role, asking for nothing new. One short
-/// transaction whose first statement writes the request ID: SQLite's write lock is taken
-/// before anything is read (one snapshot, never upgraded), and PostgreSQL locks nothing but
-/// the new request ID and the server's row. `None` when the request changes the registry.
-fn known_server(
-    conn: &mut DbConn,
-    account_id: &str,
-    req: &CapabilityRequest,
-    now: i64,
-) -> AppResult<Option<CapabilityAnswer>> {
-    let fast = conn.transaction::<_, NotFast, _>(|c| {
-        record_request_id(c, &req.request_id, now)?;
-        let k = known(c, account_id, &req.hostid)?;
-        // Without the backup's row: the rules consult it only to register a pair, and the
-        // errors they find on the main's side come first. `Known` here is `Known` with it
-        // too; anything else goes to the slow path, which looks it up.
-        let plan = rules::plan(
-            &req.hostid,
-            req.role,
-            req.backup_hostid.as_ref(),
-            k.as_ref().map(|x| &x.0),
-            None,
-        )?;
-        let (Plan::Known, Some((k, row))) = (plan, k) else {
-            return Err(NotFast::Slow);
-        };
-        touch(c, &row, req.report.as_ref(), now)?;
-        let holder = k
-            .pair
-            .as_ref()
-            .map_or(&row.id, |p| &p.main_server_id)
-            .clone();
-        Ok(CapabilityAnswer {
-            rights: rights_of(c, &holder)?,
-            server_id: row.id,
-            role: k.role,
-            pair: k.pair.map(|p| PairInfo {
-                id: p.pair_id,
-                main: p.main_hostid,
-                backup: p.backup_hostid,
-            }),
-        })
-    });
-    match fast {
-        Ok(answer) => Ok(Some(answer)),
-        Err(NotFast::Refused(e)) => Err(e),
-        // Rolled back, request ID included: the slow path records it.
-        Err(NotFast::Slow) => Ok(None),
-    }
-}
-
-/// What carrying out a plan left.
-enum Placed {
-    /// The requesting server's row.
-    Server(String),
-    /// A backup recorded as waiting for its main: refused, but the record is kept.
-    Waiting,
-}
-
-/// The slow path: changes the registry under the account's lock.
-fn register(
-    conn: &mut DbConn,
-    account_id: &str,
-    req: &CapabilityRequest,
-    now: i64,
-) -> AppResult<ServerRow> {
     let outcome = conn.transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
         record_request_id(c, &req.request_id, now)?;
+        // A main that dropped its backup (absence limit, or an operator on either server)
+        // says so with every poll: the backup leaves the pair and is not added back.
+        if drops_backup(req) && drop_backup(c, account_id, &req.hostid)? {
+            let (k, e) = known(c, account_id, &req.hostid)?
+                .ok_or_else(|| AppError::internal("a main vanished inside its transaction"))?;
+            let key_change = touch(c, &e.row, req.report.as_ref(), key, now)?;
+            return Ok(Ok(answer(c, &k, &e, key_change)?));
+        }
         let k = known(c, account_id, &req.hostid)?;
         let kb = match &req.backup_hostid {
             Some(b) => known(c, account_id, b)?,
@@ -238,10 +418,40 @@ fn register(
                 now,
             )?;
         }
-        touch(c, &row, req.report.as_ref(), now)?;
-        Ok(Ok(row))
+        let key_change = touch(c, &row, req.report.as_ref(), key, now)?;
+        let (k, e) = known(c, account_id, &req.hostid)?
+            .ok_or_else(|| AppError::internal("server vanished inside its transaction"))?;
+        Ok(Ok(answer(c, &k, &e, key_change)?))
     })?;
     Ok(outcome?)
+}
+
+/// The answer for a known server, read inside the slow path's transaction; a pair without
+/// a secret (registered before pairs had them) gets one.
+fn answer(
+    c: &mut DbConn,
+    k: &Known,
+    e: &Entry,
+    key_change: Option<KeyChange>,
+) -> AppResult<CapabilityAnswer> {
+    let mut e = e.clone();
+    if let Some(p) = &k.pair
+        && p.backup_hostid.is_some()
+        && e.pair_token.is_none()
+    {
+        e.pair_token = Some(ensure_pair_token(c, &p.pair_id)?);
+    }
+    let h = holder(k);
+    let rights = rights_of(c, &[h])?.remove(h).unwrap_or_default();
+    Ok(answer_of(k, &e, rights, key_change))
+}
+
+/// What carrying out a plan left.
+enum Placed {
+    /// The requesting server's row.
+    Server(String),
+    /// A backup recorded as waiting for its main: refused, but the record is kept.
+    Waiting,
 }
 
 /// Carries out the rules' plan for the requesting server.
@@ -312,117 +522,289 @@ fn place(
     Ok(Placed::Server(id))
 }
 
-/// A registered main reports that it dropped its backup: remove the backup from the pair
-/// (whatever is in use: the main itself let it go) and answer as the pair's main.
-/// `None` when the requester is not a registered main (the usual rules apply).
-fn dropped_backup(
-    conn: &mut DbConn,
-    account_id: &str,
-    req: &CapabilityRequest,
-    now: i64,
-) -> AppResult<Option<CapabilityAnswer>> {
-    let is_main = |k: &Known| k.role == Role::Main && k.same_account && k.pair.is_some();
-    if !known(conn, account_id, &req.hostid)?.is_some_and(|(k, _)| is_main(&k)) {
-        return Ok(None);
+/// A registered main of the account reports that it dropped its backup: the backup leaves
+/// the pair (whatever is in use: the main itself let it go). `false` when the requester is
+/// not a registered main (the usual rules apply).
+fn drop_backup(c: &mut DbConn, account_id: &str, hostid: &shared::HostId) -> AppResult<bool> {
+    let Some((k, e)) = known(c, account_id, hostid)? else {
+        return Ok(false);
+    };
+    let (Role::Main, true, Some(p)) = (k.role, k.same_account, &e.pair) else {
+        return Ok(false);
+    };
+    if let Some(backup_id) = &p.backup_server_id {
+        delete_backup(c, &p.id, backup_id)?;
+        tracing::info!(pair = %p.id, main = %hostid, "the main dropped its backup; removed from the pair");
     }
-    conn.transaction::<_, AppError, _>(|c| {
-        lock_account(c, account_id)?;
-        let Some((k, row)) = known(c, account_id, &req.hostid)?.filter(|(k, _)| is_main(k))
-        else {
-            return Ok(None);
-        };
-        let Some(pair) = k.pair else {
-            return Ok(None);
-        };
-        record_request_id(c, &req.request_id, now)?;
-        if let Some(p) = pair_by_id(c, &pair.pair_id)?
-            && let Some(backup_id) = p.backup_server_id.clone()
-        {
-            delete_backup(c, &p.id, &backup_id)?;
-            tracing::info!(pair = %p.id, main = %req.hostid, "the main dropped its backup; removed from the pair");
-        }
-        touch(c, &row, req.report.as_ref(), now)?;
-        Ok(Some(CapabilityAnswer {
-            rights: rights_of(c, &row.id)?,
-            server_id: row.id,
-            role: Role::Main,
-            pair: Some(PairInfo {
-                id: pair.pair_id,
-                main: pair.main_hostid,
-                backup: None,
-            }),
-        }))
-    })
+    Ok(true)
 }
 
-/// Records a contact: time, state and what the server reported.
+/// What a contact changes on a server's row; `None` leaves a column as it is.
+#[derive(AsChangeset)]
+#[diesel(table_name = servers)]
+struct Contact<'a> {
+    last_contact_at: i64,
+    first_contact_at: Option<i64>,
+    state: &'a str,
+    reported_status: Option<&'a str>,
+    reported_pair_status: Option<Option<&'a str>>,
+    usage_json: Option<String>,
+    last_sample_at: Option<i64>,
+    server_key: Option<&'a str>,
+    server_key_id: Option<&'a str>,
+}
+
+/// Records a contact in one statement: time, state, what the server reported, and its key
+/// when it changed (returned, for the log).
 fn touch(
     conn: &mut DbConn,
     row: &ServerRow,
     report: Option<&ServerReport>,
+    key: Option<&ServerKey>,
     now: i64,
-) -> AppResult<()> {
-    let first = row.first_contact_at.unwrap_or(now);
-    let contact = (
-        servers::last_contact_at.eq(now),
-        servers::first_contact_at.eq(first),
-        servers::state.eq(ServerState::Registered.as_str()),
-    );
-    let Some(r) = report else {
-        diesel::update(servers::table.find(&row.id))
-            .set(contact)
-            .execute(conn)?;
-        return Ok(());
+) -> AppResult<Option<KeyChange>> {
+    let new_key = key.filter(|k| row.server_key.as_deref() != Some(k.key.as_str()));
+    let sample = report.is_some()
+        && row
+            .last_sample_at
+            .is_none_or(|t| now - t >= usage::SAMPLE_EVERY);
+    let contact = Contact {
+        last_contact_at: now,
+        first_contact_at: row.first_contact_at.is_none().then_some(now),
+        state: ServerState::Registered.as_str(),
+        reported_status: report.map(|r| r.server_status.as_str()),
+        reported_pair_status: report.map(|r| r.pair_status.map(PairStatus::as_str)),
+        usage_json: report
+            .map(|r| serde_json::to_string(&r.usage))
+            .transpose()
+            .map_err(AppError::internal)?,
+        last_sample_at: sample.then_some(now),
+        server_key: new_key.map(|k| k.key.as_str()),
+        server_key_id: new_key.map(|k| k.id.as_str()),
     };
-    let usage_json = serde_json::to_string(&r.usage).map_err(AppError::internal)?;
-    let sample = row
-        .last_sample_at
-        .is_none_or(|t| now - t >= usage::SAMPLE_EVERY);
-    diesel::update(servers::table.find(&row.id))
-        .set((
-            contact,
-            servers::reported_status.eq(r.server_status.as_str()),
-            servers::reported_pair_status.eq(r.pair_status.map(PairStatus::as_str)),
-            servers::usage_json.eq(usage_json),
-            servers::last_sample_at.eq(if sample {
-                Some(now)
-            } else {
-                row.last_sample_at
-            }),
-        ))
-        .execute(conn)?;
-    if sample {
+    let updated = on_backend!(conn, |c| diesel::update(servers::table.find(&row.id))
+        .set(&contact)
+        .execute(c))?;
+    // A row taken out meanwhile (a backup removed while its poll was in a batch) gets no
+    // samples: they would name a server that is gone.
+    if let Some(r) = report
+        && sample
+        && updated == 1
+    {
         usage::record(conn, &row.id, &r.usage, now)?;
     }
-    Ok(())
+    Ok(new_key.map(|k| KeyChange {
+        old: row.server_key_id.clone(),
+        new: k.id.clone(),
+    }))
 }
 
-/// The complete current rights of a server's pair (or of the server alone).
-fn answer(
-    conn: &mut DbConn,
-    server_id: &str,
-    role: Role,
-    pair_id: Option<&str>,
-) -> AppResult<CapabilityAnswer> {
-    let (holder, pair) = match pair_id {
-        Some(pid) => {
-            let p = pair_by_id(conn, pid)?.ok_or_else(|| AppError::internal("pair vanished"))?;
-            let info = PairInfo {
-                id: p.id.clone(),
-                main: hostid_of(conn, &p.main_server_id)?,
-                backup: match &p.backup_server_id {
-                    Some(b) => Some(hostid_of(conn, b)?),
-                    None => None,
-                },
-            };
-            (p.main_server_id, Some(info))
+#[cfg(test)]
+mod tests {
+    use shared::HostId;
+    use shared::capability::RightsRequest;
+    use shared::signing::Signer;
+
+    use super::*;
+    use crate::db::{self, testing};
+    use crate::domain::validate;
+    use crate::store::{catalog, tokens};
+
+    fn request(hostid: &str, role: Role, backup: Option<&str>) -> CapabilityRequest {
+        CapabilityRequest {
+            request_id: uuid::Uuid::new_v4(),
+            hostid: HostId::parse(hostid).unwrap(),
+            role,
+            backup_hostid: backup.map(|b| HostId::parse(b).unwrap()),
+            sent_at: shared::now_unix(),
+            rights: Vec::new(),
+            report: None,
+            server_key: None,
         }
-        None => (server_id.to_owned(), None),
-    };
-    Ok(CapabilityAnswer {
-        server_id: server_id.to_owned(),
-        role,
-        pair,
-        rights: rights_of(conn, &holder)?,
-    })
+    }
+
+    fn key() -> ServerKey {
+        validate::server_key(&Signer::generate().public_key()).unwrap()
+    }
+
+    /// An account with a device token and a line item of `cad`: (account, token, activation).
+    fn account(c: &mut DbConn, name: &str) -> (String, String, String) {
+        let feature = catalog::FeatureSpec {
+            name: "cad".into(),
+            version: "1.0".into(),
+        };
+        let product =
+            catalog::create_product(c, &format!("Suite {name}"), "1", &[feature]).unwrap();
+        let account = catalog::create_account(c, name).unwrap();
+        let item = catalog::LineItemSpec {
+            product_id: product.id,
+            quantity: 10,
+            starts_at: None,
+            expires_at: None,
+        };
+        let e = catalog::create_entitlement(c, &account.id, "Order", &[item]).unwrap();
+        let token = tokens::create_device_token(c, &account.id, "servers", None).unwrap();
+        let activation = e.line_items[0].activation_id.clone();
+        (account.id, token.secret, activation)
+    }
+
+    fn answered(r: &PollResult) -> &CapabilityAnswer {
+        match &r.1 {
+            Ok(Polled::Answered(a)) => a.as_ref(),
+            other => panic!("not answered: {other:?}"),
+        }
+    }
+
+    fn seen(c: &mut DbConn, id: &uuid::Uuid) -> bool {
+        let n: i64 = seen_requests::table
+            .find(id.to_string())
+            .count()
+            .get_result(c)
+            .unwrap();
+        n == 1
+    }
+
+    #[test]
+    fn a_batch_of_polls_answers_refuses_or_hands_on_each_poll_by_itself() {
+        for tdb in testing::databases() {
+            let (pool, backend) = db::connect(&tdb.url, 1).unwrap();
+            let c = &mut *pool.get().unwrap();
+            let (acme, token, activation) = account(c, "Acme");
+            let (_, other_token, _) = account(c, "Other");
+            let (k1, k2) = (key(), key());
+            let now = shared::now_unix();
+
+            let mut start = request("string:m", Role::Main, Some("string:b"));
+            start.rights = vec![RightsRequest {
+                activation_id: activation.clone(),
+                count: 4,
+            }];
+            let first = capability(c, &acme, &start, Some(&k1), now).unwrap();
+            let pair_token = first
+                .pair_token
+                .clone()
+                .expect("a pair's main gets its secret");
+            assert_eq!(first.key_change.as_ref().unwrap().new, k1.id);
+            assert_eq!(first.rights.len(), 1);
+
+            let main = request("string:m", Role::Main, Some("string:b"));
+            let mut with_rights = request("string:m", Role::Main, Some("string:b"));
+            with_rights.rights = start.rights.clone();
+            let reqs = [
+                (token.as_str(), main.clone(), Some(&k1)),
+                // The same request ID again, in the same batch.
+                (token.as_str(), main.clone(), Some(&k1)),
+                (
+                    token.as_str(),
+                    request("string:b", Role::Backup, None),
+                    None,
+                ),
+                (
+                    token.as_str(),
+                    request("string:new", Role::Standalone, None),
+                    None,
+                ),
+                (
+                    "dt_nobody.nothing",
+                    request("string:m", Role::Main, Some("string:b")),
+                    None,
+                ),
+                (
+                    other_token.as_str(),
+                    request("string:m", Role::Main, Some("string:b")),
+                    Some(&k2),
+                ),
+                (token.as_str(), with_rights, None),
+                (
+                    token.as_str(),
+                    request("string:m", Role::Main, Some("string:b")),
+                    Some(&k2),
+                ),
+            ];
+            let polls: Vec<Poll<'_>> = reqs
+                .iter()
+                .map(|(token, request, key)| Poll {
+                    token,
+                    request,
+                    key: *key,
+                    now,
+                })
+                .collect();
+            let out = c.transaction(|c| super::polls(c, &polls)).unwrap();
+            let what = |i: usize| format!("{backend:?}, poll {i}: {:?}", out[i]);
+
+            let m = answered(&out[0]);
+            assert_eq!(out[0].0.as_deref(), Some(acme.as_str()), "{}", what(0));
+            assert_eq!(m.role, Role::Main);
+            assert_eq!(m.pair_token, Some(pair_token.clone()), "{}", what(0));
+            assert_eq!(m.rights, first.rights);
+            assert_eq!(m.key_change, None, "the same key is no change");
+            assert_eq!(
+                out[1].1.as_ref().unwrap_err().code(),
+                ErrorCode::ReplayedRequest
+            );
+            let b = answered(&out[2]);
+            assert_eq!((b.role, &b.rights), (Role::Backup, &first.rights));
+            assert_eq!(b.pair_token, Some(pair_token.clone()), "{}", what(2));
+            assert_eq!(out[3].1, Ok(Polled::Slow), "{}", what(3));
+            assert_eq!(out[4].0, None);
+            assert_eq!(
+                out[4].1.as_ref().unwrap_err().code(),
+                ErrorCode::Unauthorized
+            );
+            assert_eq!(
+                out[5].1.as_ref().unwrap_err().code(),
+                ErrorCode::HostidInUse
+            );
+            assert_eq!(out[6].1, Ok(Polled::Slow), "{}", what(6));
+            let changed = answered(&out[7]);
+            let change = changed.key_change.as_ref().expect("a new key");
+            assert_eq!(
+                (change.old.as_deref(), change.new.as_str()),
+                (Some(k1.id.as_str()), k2.id.as_str())
+            );
+
+            // Only the polls answered here left their request IDs (the replay's is the
+            // first poll's); the slow path and the refused left nothing.
+            for (i, (_, r, _)) in reqs.iter().enumerate() {
+                assert_eq!(
+                    seen(c, &r.request_id),
+                    [0, 1, 2, 7].contains(&i),
+                    "{}",
+                    what(i)
+                );
+            }
+            // And the server's key is the new one, which another account could not set.
+            let (_, e) = known(c, &acme, &main.hostid).unwrap().unwrap();
+            assert_eq!(e.row.server_key_id.as_deref(), Some(k2.id.as_str()));
+        }
+    }
+
+    #[test]
+    fn old_request_ids_are_forgotten_a_chunk_at_a_time() {
+        for tdb in testing::databases() {
+            let (pool, _) = db::connect(&tdb.url, 1).unwrap();
+            let c = &mut *pool.get().unwrap();
+            let old = 2 * PURGE_CHUNK as usize + 7;
+            let ids: Vec<(String, i64)> = (0..old)
+                .map(|_| (uuid::Uuid::new_v4().to_string(), 100))
+                .chain((0..5).map(|_| (uuid::Uuid::new_v4().to_string(), 10_000)))
+                .collect();
+            for chunk in ids.chunks(500) {
+                assert_eq!(record_request_ids(c, chunk).unwrap().len(), chunk.len());
+            }
+            let mut purged = Vec::new();
+            loop {
+                let n = purge_request_ids(c, 1_000).unwrap();
+                purged.push(n);
+                if n < PURGE_CHUNK as usize {
+                    break;
+                }
+            }
+            let chunk = PURGE_CHUNK as usize;
+            assert_eq!(purged, vec![chunk, chunk, 7]);
+            let left: i64 = seen_requests::table.count().get_result(c).unwrap();
+            assert_eq!(left, 5);
+        }
+    }
 }

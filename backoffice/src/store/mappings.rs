@@ -2,6 +2,8 @@
 //! or to a pair (held by its main), by hand or by a server's startup request, never more
 //! than the line item's quantity; and the rights a holder has.
 
+use std::collections::HashMap;
+
 use diesel::prelude::*;
 use serde::Serialize;
 use shared::ErrorCode;
@@ -268,35 +270,41 @@ pub(super) fn mapped_rights(conn: &mut DbConn, holder: &str) -> AppResult<Vec<Ma
     Ok(rights)
 }
 
-/// Rights mapped to a holder as a capability answer lists them: one entry per (line item,
-/// feature).
-pub(super) fn rights_of(conn: &mut DbConn, holder: &str) -> AppResult<Vec<Right>> {
-    let rows: Vec<(String, i64, i64, Option<i64>, String, String)> =
-        on_backend!(conn, |c| mappings::table
-            .inner_join(line_items::table)
-            .inner_join(features::table.on(features::product_id.eq(line_items::product_id)))
-            .filter(mappings::server_id.eq(holder))
-            .select((
-                line_items::activation_id,
-                mappings::quantity,
-                line_items::starts_at,
-                line_items::expires_at,
-                features::name,
-                features::version,
-            ))
-            .order((line_items::activation_id, features::name))
-            .load(c))?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(activation_id, qty, starts_at, expires_at, feature, version)| Right {
-                activation_id,
-                feature,
-                version,
-                count: u32::try_from(qty).unwrap_or(u32::MAX),
-                starts_at,
-                expires_at,
-            },
-        )
-        .collect())
+/// Rights mapped to holders as capability answers list them, by holder: one entry per
+/// (line item, feature), in one query for all of them.
+pub(super) fn rights_of(
+    conn: &mut DbConn,
+    holders: &[&str],
+) -> AppResult<HashMap<String, Vec<Right>>> {
+    if holders.is_empty() {
+        return Ok(HashMap::new());
+    }
+    type Row = (String, String, i64, i64, Option<i64>, String, String);
+    let rows: Vec<Row> = on_backend!(conn, |c| mappings::table
+        .inner_join(line_items::table)
+        .inner_join(features::table.on(features::product_id.eq(line_items::product_id)))
+        .filter(mappings::server_id.eq_any(holders))
+        .select((
+            mappings::server_id,
+            line_items::activation_id,
+            mappings::quantity,
+            line_items::starts_at,
+            line_items::expires_at,
+            features::name,
+            features::version,
+        ))
+        .order((line_items::activation_id, features::name))
+        .load(c))?;
+    let mut by_holder: HashMap<String, Vec<Right>> = HashMap::new();
+    for (holder, activation_id, qty, starts_at, expires_at, feature, version) in rows {
+        by_holder.entry(holder).or_default().push(Right {
+            activation_id,
+            feature,
+            version,
+            count: u32::try_from(qty).unwrap_or(u32::MAX),
+            starts_at,
+            expires_at,
+        });
+    }
+    Ok(by_holder)
 }

@@ -39,6 +39,10 @@ pub struct ServerInfo {
     #[schema(format = Int64, minimum = 0, example = 1798367399)]
     pub last_contact_at: Option<i64>,
     pub pair_id: Option<String>,
+    /// The ID of the public key the server last sent (the SHA-256 of its 32 bytes, first
+    /// 12 in base64url): the key its grants are signed with. Absent until it sends one.
+    #[schema(example = "q5bYF3hJ0aTzW1xk")]
+    pub key_id: Option<String>,
 }
 
 /// A failover pair and its members.
@@ -97,6 +101,7 @@ fn info(row: &ServerRow, now: i64, timeout: i64) -> ServerInfo {
         first_contact_at: row.first_contact_at,
         last_contact_at: row.last_contact_at,
         pair_id: row.pair_id.clone(),
+        key_id: row.server_key_id.clone(),
     }
 }
 

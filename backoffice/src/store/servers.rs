@@ -1,9 +1,12 @@
-//! The license-server registry's rows: servers and failover pairs, looked up, created and
-//! paired; what the domain rules are told about a hostid; the holder of a server's rights.
+//! The license-server registry's rows: servers and failover pairs, looked up (a server
+//! with its pair and partner in one joined query), created and paired, each pair with its
+//! own secret; what the domain rules are told about a hostid; the holder of a server's
+//! rights.
 
 use diesel::prelude::*;
 use shared::HostId;
 use shared::capability::{FeatureUsage, PairStatus, Role, ServerStatus};
+use shared::secret::Secret;
 
 use super::{new_id, unique_or};
 use crate::db::DbConn;
@@ -28,6 +31,9 @@ pub(super) struct ServerRow {
     pub reported_pair_status: Option<String>,
     pub usage_json: Option<String>,
     pub last_sample_at: Option<i64>,
+    /// The server's current public key (base64url) and its key ID.
+    pub server_key: Option<String>,
+    pub server_key_id: Option<String>,
 }
 
 impl ServerRow {
@@ -74,14 +80,6 @@ pub(super) struct PairRow {
 // value, so it re-prepares such a statement every time it is bound (a sixth of a poll's CPU
 // went there). They run on the backend's own connection (`on_backend!`).
 
-pub(super) fn server_by_hostid(conn: &mut DbConn, hostid: &str) -> AppResult<Option<ServerRow>> {
-    Ok(on_backend!(conn, |c| servers::table
-        .filter(servers::hostid.eq(hostid))
-        .select(ServerRow::as_select())
-        .get_result(c)
-        .optional())?)
-}
-
 pub(super) fn server_by_id(conn: &mut DbConn, id: &str) -> AppResult<Option<ServerRow>> {
     Ok(on_backend!(conn, |c| servers::table
         .find(id)
@@ -98,54 +96,105 @@ pub(super) fn pair_by_id(conn: &mut DbConn, id: &str) -> AppResult<Option<PairRo
         .optional())?)
 }
 
-pub(super) fn hostid_of(conn: &mut DbConn, server_id: &str) -> AppResult<HostId> {
-    let h: String = on_backend!(conn, |c| servers::table
-        .find(server_id)
-        .select(servers::hostid)
-        .get_result(c))?;
-    HostId::parse(&h).map_err(AppError::internal)
+/// A server's row with its pair as one joined lookup reads them: the pair's row, the other
+/// member's hostid, and the pair's secret (for the capability answers only).
+#[derive(Clone, Debug)]
+pub(super) struct Entry {
+    pub row: ServerRow,
+    pub pair: Option<PairRow>,
+    pub partner_hostid: Option<String>,
+    pub pair_token: Option<Secret>,
 }
 
-/// What the registry knows of a hostid, as the domain rules see it, with its row.
+diesel::alias!(servers as partners: Partners);
+
+/// The servers with these hostids, each with its pair and partner: one query.
+pub(super) fn entries(conn: &mut DbConn, hostids: &[String]) -> AppResult<Vec<Entry>> {
+    if hostids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let partner_id = partners.field(servers::id);
+    /// The server, its pair, the partner's hostid, the pair's secret.
+    type Row = (ServerRow, Option<PairRow>, Option<String>, Option<String>);
+    let rows: Vec<Row> = on_backend!(conn, |c| servers::table
+        .left_join(pairs::table.on(pairs::id.nullable().eq(servers::pair_id)))
+        .left_join(
+            partners.on(partner_id
+                .nullable()
+                .eq(pairs::main_server_id.nullable())
+                .or(partner_id.nullable().eq(pairs::backup_server_id))
+                .and(partner_id.ne(servers::id))),
+        )
+        .filter(servers::hostid.eq_any(hostids))
+        .select((
+            ServerRow::as_select(),
+            Option::<PairRow>::as_select(),
+            partners.field(servers::hostid).nullable(),
+            pairs::pair_token.nullable(),
+        ))
+        .load(c))?;
+    Ok(rows
+        .into_iter()
+        .map(|(row, pair, partner_hostid, token)| Entry {
+            row,
+            pair,
+            partner_hostid,
+            pair_token: token.map(Secret::new),
+        })
+        .collect())
+}
+
+/// The entry of one hostid.
+pub(super) fn entry(conn: &mut DbConn, hostid: &HostId) -> AppResult<Option<Entry>> {
+    Ok(entries(conn, &[hostid.to_string()])?.into_iter().next())
+}
+
+impl Entry {
+    /// What the domain rules are told about this server, asked about by `account_id`.
+    pub fn known(&self, account_id: &str) -> AppResult<Known> {
+        let row = &self.row;
+        let pair = match &self.pair {
+            None => None,
+            Some(p) => {
+                // The server's own hostid where it is the member named; its partner's
+                // where the other is.
+                let hostid_of = |id: &str| -> AppResult<HostId> {
+                    let h = if id == row.id {
+                        Some(&row.hostid)
+                    } else {
+                        self.partner_hostid.as_ref()
+                    };
+                    let h = h.ok_or_else(|| AppError::internal("a pair member vanished"))?;
+                    HostId::parse(h).map_err(AppError::internal)
+                };
+                Some(KnownPair {
+                    pair_id: p.id.clone(),
+                    main_server_id: p.main_server_id.clone(),
+                    main_hostid: hostid_of(&p.main_server_id)?,
+                    backup_hostid: p.backup_server_id.as_deref().map(hostid_of).transpose()?,
+                })
+            }
+        };
+        Ok(Known {
+            server_id: row.id.clone(),
+            same_account: row.account_id == account_id,
+            role: row.role(),
+            state: ServerState::parse(&row.state),
+            pair,
+        })
+    }
+}
+
+/// What the registry knows of a hostid, as the domain rules see it, with its entry.
 pub(super) fn known(
     conn: &mut DbConn,
     account_id: &str,
     hostid: &HostId,
-) -> AppResult<Option<(Known, ServerRow)>> {
-    let Some(row) = server_by_hostid(conn, &hostid.to_string())? else {
-        return Ok(None);
-    };
-    // The server's own hostid is the one asked about: only its partner's is looked up.
-    let hostid_of = |c: &mut DbConn, id: &str| {
-        if id == row.id {
-            Ok(hostid.clone())
-        } else {
-            hostid_of(c, id)
-        }
-    };
-    let pair = match &row.pair_id {
-        Some(pid) => match pair_by_id(conn, pid)? {
-            Some(p) => Some(KnownPair {
-                pair_id: p.id.clone(),
-                main_server_id: p.main_server_id.clone(),
-                main_hostid: hostid_of(conn, &p.main_server_id)?,
-                backup_hostid: match &p.backup_server_id {
-                    Some(b) => Some(hostid_of(conn, b)?),
-                    None => None,
-                },
-            }),
-            None => None,
-        },
-        None => None,
-    };
-    let k = Known {
-        server_id: row.id.clone(),
-        same_account: row.account_id == account_id,
-        role: row.role(),
-        state: ServerState::parse(&row.state),
-        pair,
-    };
-    Ok(Some((k, row)))
+) -> AppResult<Option<(Known, Entry)>> {
+    match entry(conn, hostid)? {
+        Some(e) => Ok(Some((e.known(account_id)?, e))),
+        None => Ok(None),
+    }
 }
 
 pub(super) fn insert_server(
@@ -223,9 +272,17 @@ pub(super) fn register_pair_rows(
     )?;
     let pair_id = match rows.pair {
         Some(pid) => {
-            diesel::update(pairs::table.find(&pid))
-                .set(pairs::backup_server_id.eq(Some(&backup_id)))
-                .execute(conn)?;
+            // A new backup gets a new secret: whatever the pair's former backup held is
+            // worth nothing to it.
+            let current = pair_by_id(conn, &pid)?.and_then(|p| p.backup_server_id);
+            if current.as_ref() != Some(&backup_id) {
+                diesel::update(pairs::table.find(&pid))
+                    .set((
+                        pairs::backup_server_id.eq(Some(&backup_id)),
+                        pairs::pair_token.eq(new_pair_token()),
+                    ))
+                    .execute(conn)?;
+            }
             pid
         }
         None => {
@@ -238,6 +295,7 @@ pub(super) fn register_pair_rows(
                     pairs::backup_server_id.eq(Some(&backup_id)),
                     pairs::registered_by.eq(by.as_str()),
                     pairs::created_at.eq(now),
+                    pairs::pair_token.eq(new_pair_token()),
                 ))
                 .execute(conn)?;
             pid
@@ -288,10 +346,38 @@ pub(super) fn holder_of(conn: &mut DbConn, row: &ServerRow) -> AppResult<String>
     }
 }
 
-/// Takes a pair's backup out of it: the pair keeps its main and its rights.
+/// A pair's new secret: 32 random bytes, base64url.
+fn new_pair_token() -> String {
+    shared::random_token::<32>()
+}
+
+/// Gives a pair that has none (one registered before pairs had secrets) its secret.
+pub(super) fn ensure_pair_token(c: &mut DbConn, pair_id: &str) -> AppResult<Secret> {
+    let token = new_pair_token();
+    diesel::update(
+        pairs::table
+            .find(pair_id)
+            .filter(pairs::pair_token.is_null()),
+    )
+    .set(pairs::pair_token.eq(&token))
+    .execute(c)?;
+    let stored: Option<String> = pairs::table
+        .find(pair_id)
+        .select(pairs::pair_token)
+        .get_result(c)?;
+    stored
+        .map(Secret::new)
+        .ok_or_else(|| AppError::internal("a pair's secret vanished"))
+}
+
+/// Takes a pair's backup out of it: the pair keeps its main and its rights, and gets a new
+/// secret, which the removed backup never receives.
 pub(super) fn delete_backup(c: &mut DbConn, pair_id: &str, backup_id: &str) -> AppResult<()> {
     diesel::update(pairs::table.find(pair_id))
-        .set(pairs::backup_server_id.eq(None::<String>))
+        .set((
+            pairs::backup_server_id.eq(None::<String>),
+            pairs::pair_token.eq(new_pair_token()),
+        ))
         .execute(c)?;
     diesel::delete(usage_samples::table.filter(usage_samples::server_id.eq(backup_id)))
         .execute(c)?;

@@ -139,38 +139,65 @@ pub fn revoke_device_token(conn: &mut DbConn, account_id: &str, id: &str) -> App
 
 /// The account a device token (`dt_ID.SECRET`) belongs to, if it is valid.
 pub fn authenticate_device(conn: &mut DbConn, bearer: &str) -> AppResult<String> {
-    let bad = || AppError::unauthorized("missing, unknown, expired or revoked device token");
-    let (id, secret) = bearer
+    authenticate_devices(conn, &[bearer])?
+        .pop()
+        .unwrap_or_else(|| Err(unknown_device()))
+}
+
+fn unknown_device() -> AppError {
+    AppError::unauthorized("missing, unknown, expired or revoked device token")
+}
+
+/// `dt_ID.SECRET` → (ID, SECRET).
+fn split_device_token(bearer: &str) -> Option<(&str, &str)> {
+    bearer
         .strip_prefix("dt_")
         .and_then(|s| s.split_once('.'))
-        .ok_or_else(bad)?;
-    if id.len() > 64 {
-        return Err(bad());
+        .filter(|(id, _)| id.len() <= 64)
+}
+
+/// The accounts device tokens belong to, each checked on its own, in one query for all.
+pub fn authenticate_devices(
+    conn: &mut DbConn,
+    bearers: &[&str],
+) -> AppResult<Vec<AppResult<String>>> {
+    let split: Vec<Option<(&str, &str)>> = bearers.iter().map(|b| split_device_token(b)).collect();
+    let mut ids: Vec<&str> = split.iter().flatten().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(bearers.iter().map(|_| Err(unknown_device())).collect());
     }
-    // By primary key: `get_result` (no `LIMIT ?`, which SQLite re-prepares each time), on
-    // the backend's own connection (every capability request comes here).
-    let row: Option<(String, String, Option<i64>, Option<i64>)> =
-        crate::on_backend!(conn, |c| device_tokens::table
-            .find(id)
-            .select((
-                device_tokens::account_id,
-                device_tokens::secret_hash,
-                device_tokens::expires_at,
-                device_tokens::revoked_at,
-            ))
-            .get_result(c)
-            .optional())?;
-    let (account_id, hash, expires_at, revoked_at) = row.ok_or_else(bad)?;
+    // On the backend's own connection (every capability request comes here).
+    type Row = (String, String, String, Option<i64>, Option<i64>);
+    let rows: Vec<Row> = crate::on_backend!(conn, |c| device_tokens::table
+        .filter(device_tokens::id.eq_any(&ids))
+        .select((
+            device_tokens::id,
+            device_tokens::account_id,
+            device_tokens::secret_hash,
+            device_tokens::expires_at,
+            device_tokens::revoked_at,
+        ))
+        .load(c))?;
     let now = shared::now_unix();
-    let digest = sha256_hex(secret);
-    let same = digest.len() == hash.len()
-        && digest
-            .bytes()
-            .zip(hash.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if !same || revoked_at.is_some() || expires_at.is_some_and(|e| e <= now) {
-        return Err(bad());
-    }
-    Ok(account_id)
+    Ok(split
+        .into_iter()
+        .map(|parts| {
+            let (id, secret) = parts.ok_or_else(unknown_device)?;
+            let (_, account_id, hash, expires_at, revoked_at) =
+                rows.iter().find(|r| r.0 == id).ok_or_else(unknown_device)?;
+            let digest = sha256_hex(secret);
+            let same = digest.len() == hash.len()
+                && digest
+                    .bytes()
+                    .zip(hash.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            if !same || revoked_at.is_some() || expires_at.is_some_and(|e| e <= now) {
+                return Err(unknown_device());
+            }
+            Ok(account_id.clone())
+        })
+        .collect())
 }

@@ -1,12 +1,20 @@
 //! Load tool: signed capability polls per second against a real back office.
 //!
 //! Starts a back office (from the same target directory: build with `--release --bins`),
-//! registers `--servers` license servers through the capability protocol, then polls as
-//! those servers from `--concurrency` keep-alive connections for `--seconds`, every answer
-//! signed (the first answer on each connection is verified: signature, addressee, request
-//! ID, freshness and rights). With `--baseline-seconds N` it first measures, for N seconds
-//! on the same server with the same client, a trivial endpoint (`GET /api/v1/signing-key`:
-//! no storage, no signing) for a ratio that a noisy machine does not blur.
+//! registers `--servers` license servers through the capability protocol, each with a key
+//! of its own, then polls as those servers from `--concurrency` keep-alive connections for
+//! `--seconds`, every poll carrying the server's public key and every answer signed, with
+//! a binding of that key (the first answer on each connection is verified: signature,
+//! addressee, request ID, freshness, rights, the binding of the server's key and, for a
+//! pair, the pair's secret). With `--report` each poll also carries a usage report, as a
+//! license server's do. With `--baseline-seconds N` it first measures, for N seconds on
+//! the same server with the same client, a trivial endpoint (`GET /api/v1/signing-key`: no
+//! storage, no signing) for a ratio that a noisy machine does not blur.
+//!
+//! Before and after the run it measures the disk the data lives on (`fdatasync` of 4 KiB
+//! writes in a loop, in the data directory: SQLite's file, and on this machine the same
+//! disk as PostgreSQL's) and reads the machine's load average, so that figures from
+//! different days can be compared.
 //!
 //! The client is a minimal HTTP/1.1 one over plain sockets, as cheap as `wrk`: on two cores
 //! it shares the machine with the back office, and a full client (reqwest) cost about as
@@ -31,6 +39,9 @@ struct Args {
     concurrency: usize,
     seconds: u64,
     baseline_seconds: u64,
+    report: bool,
+    /// Back-office settings besides the tool's own (`--set NAME=VALUE`).
+    settings: Vec<(String, String)>,
 }
 
 fn args() -> Result<Args> {
@@ -40,6 +51,8 @@ fn args() -> Result<Args> {
         concurrency: 32,
         seconds: 10,
         baseline_seconds: 0,
+        report: false,
+        settings: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,10 +69,16 @@ fn args() -> Result<Args> {
             "--concurrency" => a.concurrency = val()?.parse()?,
             "--seconds" => a.seconds = val()?.parse()?,
             "--baseline-seconds" => a.baseline_seconds = val()?.parse()?,
+            "--report" => a.report = true,
+            "--set" => {
+                let v = val()?;
+                let (name, value) = v.split_once('=').context("--set NAME=VALUE")?;
+                a.settings.push((name.to_owned(), value.to_owned()));
+            }
             "-h" | "--help" => {
                 println!(
                     "bo-loadgen [--backend sqlite|postgres] [--servers 1000] [--concurrency 32] \
-                     [--seconds 10] [--baseline-seconds 0]\n\
+                     [--seconds 10] [--baseline-seconds 0] [--report] [--set NAME=VALUE]…\n\
                      PostgreSQL needs TEST_POSTGRES_URL (scripts/test prints how it is set)."
                 );
                 std::process::exit(0);
@@ -105,8 +124,11 @@ fn thread_cpu_times(pid: &str) -> std::collections::BTreeMap<String, Duration> {
     by_name
 }
 
-/// CPU time of all PostgreSQL processes (the database server's own share of the work).
-fn postgres_cpu_time() -> Duration {
+/// CPU time of the PostgreSQL processes that work for database `db`: its connections
+/// (`postgres: USER DB HOST(PORT) …`, autovacuum workers naming it) and the server's own
+/// (WAL writer, checkpointer, …). Other databases' connections (other tests on the same
+/// server) are left out.
+fn postgres_cpu_time(db: &str) -> Duration {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Duration::ZERO;
     };
@@ -114,7 +136,13 @@ fn postgres_cpu_time() -> Duration {
         .filter_map(|e| {
             let pid = e.file_name().into_string().ok()?;
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            (comm.trim() == "postgres").then(|| cpu_time(&pid))
+            if comm.trim() != "postgres" {
+                return None;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let connection = cmdline.contains('(') || cmdline.contains("autovacuum worker");
+            (!connection || cmdline.split_whitespace().any(|w| w == db)).then(|| cpu_time(&pid))
         })
         .sum()
 }
@@ -135,6 +163,35 @@ fn machine_cpu() -> (Duration, Duration) {
     let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
     let ms = |ticks: u64| Duration::from_millis(ticks * 10);
     (ms(total - idle), ms(total))
+}
+
+/// The disk's `fdatasync` latency where `dir` is: 4 KiB written and synced, 200 times or
+/// for at most two seconds.
+fn fsync_latency(dir: &std::path::Path) -> Result<Value> {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0x5a_u8; 4096];
+    let mut lat = Vec::with_capacity(200);
+    let started = Instant::now();
+    while lat.len() < 200 && started.elapsed() < Duration::from_secs(2) {
+        f.write_all(&block)?;
+        let t = Instant::now();
+        f.sync_data()?;
+        lat.push(t.elapsed());
+    }
+    drop(f);
+    std::fs::remove_file(&path)?;
+    lat.sort();
+    let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 100.0;
+    let mean = lat.iter().sum::<Duration>() / u32::try_from(lat.len()).unwrap_or(1).max(1);
+    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
+    Ok(json!({
+        "samples": lat.len(),
+        "mean_ms": ms(mean),
+        "p50_ms": ms(lat[lat.len() / 2]),
+        "p99_ms": ms(p99),
+    }))
 }
 
 fn loadavg() -> String {
@@ -291,9 +348,9 @@ trait Workload: Send + Sync + 'static {
 enum Check {
     /// Status 200 and a body.
     Ok,
-    /// Status 200 and a capability token for `hostid` answering `request_id`.
+    /// Status 200 and a capability token for `host` answering `request_id`.
     Signed {
-        hostid: String,
+        host: Arc<Host>,
         request_id: uuid::Uuid,
     },
 }
@@ -305,7 +362,7 @@ async fn phase(
     seconds: u64,
     load: Arc<dyn Workload>,
     verifier: Arc<shared::signing::Verifier>,
-    postgres: bool,
+    postgres: Option<&str>,
 ) -> Result<Phase> {
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
@@ -313,7 +370,7 @@ async fn phase(
     let client0 = cpu_time("self");
     let machine0 = machine_cpu();
     let threads0 = thread_cpu_times(server_pid);
-    let postgres0 = postgres.then(postgres_cpu_time);
+    let postgres0 = postgres.map(postgres_cpu_time);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
@@ -357,7 +414,9 @@ async fn phase(
         cpu_time(server_pid).saturating_sub(server0),
         cpu_time("self").saturating_sub(client0),
     );
-    let postgres_cpu = postgres0.map(|p0| postgres_cpu_time().saturating_sub(p0));
+    let postgres_cpu = postgres
+        .zip(postgres0)
+        .map(|(db, p0)| postgres_cpu_time(db).saturating_sub(p0));
     let machine1 = machine_cpu();
     let mut server_threads = thread_cpu_times(server_pid);
     for (name, d) in &mut server_threads {
@@ -390,36 +449,75 @@ async fn phase(
 
 /// The first answer on each connection is verified in full; a bad one stops the run.
 fn verify_first(verifier: &shared::signing::Verifier, check: Check, body: &[u8]) -> Result<()> {
-    let Check::Signed { hostid, request_id } = check else {
+    let Check::Signed { host, request_id } = check else {
         return Ok(());
     };
     let v: Value = serde_json::from_slice(body)?;
     let token = v["token"]
         .as_str()
         .context("a capability answer without a token")?;
-    let hostid = shared::HostId::parse(&hostid).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hostid = shared::HostId::parse(&host.hostid).map_err(|e| anyhow::anyhow!("{e}"))?;
     let claims = verifier
         .verify(token, &hostid, request_id, shared::now_unix(), 60)
         .context("a capability answer does not verify")?;
     if claims.rights.is_empty() {
         bail!("a capability answer for {hostid} carries no rights");
     }
+    let binding: shared::grant::BindingClaims = verifier
+        .decode(
+            claims
+                .binding
+                .as_deref()
+                .context("an answer without a binding")?,
+            shared::signing::TYP_BINDING,
+        )
+        .context("a binding does not verify")?;
+    if binding.sub != host.hostid || binding.key != host.key || binding.exp != claims.serve_until {
+        bail!("the binding for {hostid} names {binding:?}");
+    }
+    if (host.role != "standalone") != claims.pair_token.is_some() {
+        bail!("a pair's server without the pair's secret, or a standalone server with one");
+    }
     Ok(())
+}
+
+/// A registered license server, as the load tool polls as it.
+struct Host {
+    hostid: String,
+    role: &'static str,
+    /// A main's backup.
+    backup: Option<String>,
+    /// Its public key, base64url.
+    key: String,
 }
 
 /// `POST /api/v1/capability` as the registered servers, in turn.
 struct Polls {
     head: String,
     token: String,
-    hosts: Vec<(String, &'static str, Option<String>)>,
+    hosts: Vec<Arc<Host>>,
     concurrency: usize,
+    /// A usage report with every poll, as license servers send.
+    report: bool,
 }
 
 impl Workload for Polls {
     fn request(&self, w: usize, n: usize, out: &mut Vec<u8>) -> Result<Check> {
         use std::io::Write;
-        let (h, role, b) = &self.hosts[(w + n * self.concurrency) % self.hosts.len()];
-        let body = capability_request(h, role, b.as_deref(), &[]);
+        let host = &self.hosts[(w + n * self.concurrency) % self.hosts.len()];
+        let mut body = capability_request(&host.hostid, host.role, host.backup.as_deref(), &[]);
+        body["server_key"] = json!(host.key);
+        if self.report {
+            let usage: Vec<Value> = ["cad", "sim", "render"]
+                .iter()
+                .map(|f| json!({"feature": f, "version": "1.0", "count": 10, "in_use": 3}))
+                .collect();
+            body["report"] = json!({
+                "server_status": if host.role == "backup" { "ready" } else { "active" },
+                "pair_status": (host.role != "standalone").then_some("paired_available"),
+                "usage": usage,
+            });
+        }
         let request_id = body["request_id"].as_str().context("request_id")?.parse()?;
         let body = serde_json::to_vec(&body)?;
         out.clear();
@@ -433,7 +531,7 @@ impl Workload for Polls {
         )?;
         out.extend_from_slice(&body);
         Ok(Check::Signed {
-            hostid: h.clone(),
+            host: host.clone(),
             request_id,
         })
     }
@@ -456,9 +554,20 @@ impl Workload for Trivial {
 async fn main() -> Result<()> {
     let a = args()?;
     let load_before = loadavg();
-    let bo =
-        BackOffice::start_with(a.backend, &[("RUST_LOG", "warn"), ("DB_POOL_SIZE", "8")]).await?;
-    let server_pid = bo.process.child.id().to_string();
+    let mut settings = vec![("RUST_LOG", "warn"), ("DB_POOL_SIZE", "8")];
+    settings.extend(a.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    // A process of its own, so that its CPU time is its own.
+    let bo = BackOffice::start_process(a.backend, &settings).await?;
+    let fsync_before = fsync_latency(&bo.data_dir)?;
+    // The database's name, to tell its PostgreSQL processes from other tests' ones.
+    let postgres_db = (a.backend == Backend::Postgres).then(|| {
+        bo.database_url()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    });
+    let server_pid = bo.pid().to_string();
     let addr = bo
         .url
         .strip_prefix("http://")
@@ -473,29 +582,46 @@ async fn main() -> Result<()> {
         token: fx.device_token.clone(),
         http: reqwest::Client::new(),
     };
-    // Register the servers: failover pairs (a main registers itself and names its backup;
-    // one standalone server if the count is odd), each main with a share of the line item,
-    // so that every poll carries real rights.
+    // Register the servers, each with a key of its own: failover pairs (a main registers
+    // itself and names its backup; one standalone server if the count is odd), each main
+    // with a share of the line item, so that every poll carries real rights.
     let t0 = Instant::now();
     let mut hosts = Vec::with_capacity(a.servers);
+    let mut register = |hostid: String, role: &'static str, backup: Option<String>| {
+        let key = shared::signing::Signer::generate().public_key();
+        let rights: &[(&str, u32)] = if role == "backup" {
+            &[]
+        } else {
+            &[(&fx.activation_id, 10)]
+        };
+        let mut body = capability_request(&hostid, role, backup.as_deref(), rights);
+        body["server_key"] = json!(key);
+        hosts.push(Arc::new(Host {
+            hostid,
+            role,
+            backup,
+            key,
+        }));
+        body
+    };
+    let mut bodies = Vec::with_capacity(a.servers);
     for i in (0..a.servers - 1).step_by(2) {
         let (m, b) = (format!("string:m{i}"), format!("string:b{i}"));
-        let body = capability_request(&m, "main", Some(&b), &[(&fx.activation_id, 10)]);
-        let r = api.post("/api/v1/capability", body).await?;
-        if r.status != 200 {
-            bail!("registering {m}: {}", r.body);
-        }
-        hosts.push((m, "main", Some(b.clone())));
-        hosts.push((b, "backup", None));
+        bodies.push(register(m, "main", Some(b.clone())));
+        bodies.push(register(b, "backup", None));
     }
     if a.servers % 2 == 1 {
-        let s = format!("string:s{}", a.servers - 1);
-        let body = capability_request(&s, "standalone", None, &[(&fx.activation_id, 10)]);
-        let r = api.post("/api/v1/capability", body).await?;
+        bodies.push(register(
+            format!("string:s{}", a.servers - 1),
+            "standalone",
+            None,
+        ));
+    }
+    for body in bodies {
+        let r = api.post("/api/v1/capability", body.clone()).await?;
         if r.status != 200 {
-            bail!("registering {s}: {}", r.body);
+            bail!("registering {}: {}", body["hostid"], r.body);
         }
-        hosts.push((s, "standalone", None));
     }
     println!(
         "registered {} servers ({} failover pairs) on {:?} in {:.1} s",
@@ -517,7 +643,7 @@ async fn main() -> Result<()> {
             a.baseline_seconds,
             trivial,
             verifier.clone(),
-            a.backend == Backend::Postgres,
+            postgres_db.as_deref(),
         )
         .await?;
         Some(p)
@@ -529,6 +655,7 @@ async fn main() -> Result<()> {
         token: fx.device_token.clone(),
         hosts,
         concurrency: a.concurrency,
+        report: a.report,
     });
     let servers = polls.hosts.len();
     let p = phase(
@@ -538,7 +665,7 @@ async fn main() -> Result<()> {
         a.seconds,
         polls,
         verifier,
-        a.backend == Backend::Postgres,
+        postgres_db.as_deref(),
     )
     .await?;
     let mut result = json!({
@@ -551,8 +678,11 @@ async fn main() -> Result<()> {
         "p50_ms": (p.p50.as_secs_f64() * 1e5).round() / 100.0,
         "p99_ms": (p.p99.as_secs_f64() * 1e5).round() / 100.0,
         "polls": p.json(),
+        "report": a.report,
         "loadavg_before": load_before,
         "loadavg_after": loadavg(),
+        "fdatasync_before": fsync_before,
+        "fdatasync_after": fsync_latency(&bo.data_dir)?,
     });
     if let Some(b) = baseline {
         result["ratio_to_baseline"] = json!(

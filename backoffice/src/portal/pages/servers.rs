@@ -32,6 +32,8 @@ struct MemberView {
     last_contact: String,
     last_contact_iso: String,
     note: Option<&'static str>,
+    /// The ID of the key its grants are signed with, when it has sent one.
+    key_id: Option<String>,
 }
 
 fn member(s: &ServerInfo, now: i64) -> MemberView {
@@ -43,6 +45,7 @@ fn member(s: &ServerInfo, now: i64) -> MemberView {
         last_contact: view::last_contact(now, s.last_contact_at),
         last_contact_iso: s.last_contact_at.map(view::iso).unwrap_or_default(),
         note: view::registration_note(&s.registration),
+        key_id: s.key_id.clone(),
     }
 }
 
