@@ -34,6 +34,12 @@ impl std::ops::DerefMut for TestBackoffice {
 }
 
 impl TestBackoffice {
+    /// Its public key: the producer's key clients verify grants with.
+    pub fn producer(&self) -> shared::signing::Verifier {
+        let pem = std::fs::read_to_string(&self.public_key).unwrap();
+        shared::signing::Verifier::from_public_pem(&pem).unwrap()
+    }
+
     pub async fn start(rights: Vec<Right>) -> TestBackoffice {
         Self::start_with(rights, None)
     }
@@ -209,10 +215,41 @@ pub async fn feature(server: &Server, name: &str) -> Option<serde_json::Value> {
     v.as_array()?.iter().find(|f| f["feature"] == name).cloned()
 }
 
+/// `token` with its claims edited by `edit`, its header and signature kept: what anyone
+/// who can write a file or send a message can make of a signed answer.
+pub fn edited_token(token: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    edit(&mut claims);
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+    format!("{}.{payload}.{}", parts[0], parts[2])
+}
+
+/// Sets the count of every right in a capability answer's claims.
+pub fn set_counts(claims: &mut serde_json::Value, count: u64) {
+    for r in claims["rights"].as_array_mut().unwrap() {
+        r["count"] = count.into();
+    }
+}
+
+/// The secret the tests' client `client` checks out with.
+pub fn secret_of(client: &str) -> String {
+    format!("{client}/secret-only-it-knows")
+}
+
+/// A checkout of one seat by `client` with its own secret (so that the same client gets
+/// its lease back).
 pub async fn checkout(server: &Server, feature: &str, client: &str) -> (u16, serde_json::Value) {
     let resp = http()
         .post(server.url("/api/v1/leases"))
-        .json(&serde_json::json!({"feature": feature, "client_id": client}))
+        .json(&serde_json::json!({
+            "feature": feature,
+            "client_id": client,
+            "client_secret": secret_of(client),
+        }))
         .send()
         .await
         .unwrap();
