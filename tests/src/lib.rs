@@ -359,6 +359,11 @@ impl BackOffice {
         std::fs::read_to_string(self.public_key_path()).expect("public key file")
     }
 
+    /// Its public key as clients hold it: the producer's key every grant is verified with.
+    pub fn producer(&self) -> shared::signing::Verifier {
+        shared::signing::Verifier::from_public_pem(&self.public_key_pem()).expect("an Ed25519 key")
+    }
+
     /// Signs in and returns the bearer token.
     pub async fn login(&self, email: &str, password: &str) -> Result<String> {
         let r: Value = self
@@ -913,5 +918,6 @@ pub fn checkout_request(feature: &str, client_id: &str) -> shared::lease::Checko
         version: None,
         count: 1,
         client_id: client_id.to_owned(),
+        client_secret: None,
     }
 }
