@@ -409,14 +409,7 @@ async fn an_unrenewed_lease_expires_and_frees_its_seat() {
         (checkout(&server, "cad", "b").await.0 == 201).then_some(())
     })
     .await;
-    let id = lease["lease_id"].as_str().unwrap();
-    let r = http()
-        .put(server.url(&format!("/api/v1/leases/{id}")))
-        .bearer_auth(lease["token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(renew(&server, &lease).await, 404);
     let m = http()
         .get(server.url("/metrics"))
         .send()
@@ -466,14 +459,7 @@ async fn kill_9_after_an_acknowledged_checkout_keeps_the_lease() {
     let (st, again) = checkout(&server, "cad", "survivor").await;
     assert_eq!(st, 201);
     assert_eq!(again["lease_id"], lease["lease_id"]);
-    let id = lease["lease_id"].as_str().unwrap();
-    let r = http()
-        .put(server.url(&format!("/api/v1/leases/{id}")))
-        .bearer_auth(lease["token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(renew(&server, &lease).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,16 +52,8 @@ fn journal_of(dir: &Path) -> PathBuf {
 }
 
 async fn lease_clients(server: &Server) -> Vec<String> {
-    let v: serde_json::Value = http()
-        .get(server.url("/api/v1/admin/features/cad/leases"))
-        .bearer_auth(server.admin_token())
-        .send()
+    let mut out: Vec<String> = leases_of(server, "cad")
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut out: Vec<String> = v
         .as_array()
         .unwrap()
         .iter()

@@ -407,8 +407,7 @@ pub(super) fn key_of(state: &State) -> Result<Option<Hmac<Sha256>>, ServiceError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::ServiceConfig;
-    use crate::service::tests::{answer, claims, identity, producer, service, store_at, unit};
+    use crate::service::tests::{answer, claims, producer, service, started};
     use shared::ErrorCode;
     use shared::capability::CapabilityClaims;
     use shared::grant::{Expected, verify_grant};
@@ -491,17 +490,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_binding_of_its_own_key_a_server_grants_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (state, store) = store_at(dir.path());
-        let id = identity(dir.path());
-        let svc = Service::start(
-            ServiceConfig::standalone(unit(), 60_000),
-            state,
-            store,
-            None,
-            id,
-        )
-        .await
-        .unwrap();
+        let svc = started(dir.path()).await;
         // An answer binding another key, then one binding none: rights, but no grants.
         let other = shared::signing::Signer::generate().public_key();
         let outcome = answer(&svc, claims(3, &other)).await;
@@ -576,12 +565,8 @@ mod tests {
         drop(svc);
 
         // Reopened: same key, the old token still verifies.
-        let (state, store) = store_at(dir.path());
-        assert_eq!(state.lease_count(), 2);
-        let cfg = ServiceConfig::standalone(unit(), 60_000);
-        let svc = Service::start(cfg, state, store, None, identity(dir.path()))
-            .await
-            .unwrap();
+        let svc = started(dir.path()).await;
+        assert_eq!(svc.state.lock().lease_count(), 2);
         svc.return_lease(&a.lease_id, Some(&a.token)).await.unwrap();
         assert_eq!(svc.features()[0].in_use, 1);
         svc.shutdown().await;

@@ -268,7 +268,7 @@ async fn compactor(svc: std::sync::Weak<Service>) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use shared::capability::{CapabilityClaims, ISSUER, Right};
+    use shared::capability::{CapabilityClaims, ISSUER};
     use shared::grant::BindingClaims;
     use shared::signing::{Signer, Verifier};
 
@@ -304,39 +304,19 @@ pub(crate) mod tests {
 
     /// A capability answer for `string:unit` with `count` seats of `cad`, binding `key`.
     pub fn claims(count: u32, key: &str) -> CapabilityClaims {
-        let now = shared::now_unix();
-        CapabilityClaims {
-            iss: ISSUER.into(),
-            sub: "string:unit".into(),
-            request_id: Uuid::new_v4(),
-            iat: now,
-            exp: now + 60,
-            server_id: "s".into(),
-            role: Role::Standalone,
-            pair: None,
-            poll_interval_secs: 60,
-            rights: vec![Right {
-                activation_id: "A".into(),
-                feature: "cad".into(),
-                version: String::new(),
-                count,
-                starts_at: 0,
-                expires_at: None,
-            }],
-            serve_until: now + 86_400,
-            binding: Some(
-                BindingClaims {
-                    iss: ISSUER.into(),
-                    sub: "string:unit".into(),
-                    key: key.to_owned(),
-                    pair: None,
-                    iat: now,
-                    exp: now + 86_400,
-                }
-                .sign(producer()),
-            ),
-            pair_token: None,
-        }
+        let mut c = crate::domain::rights::tests::claims("string:unit", None, count);
+        c.binding = Some(
+            BindingClaims {
+                iss: ISSUER.into(),
+                sub: c.sub.clone(),
+                key: key.to_owned(),
+                pair: None,
+                iat: c.iat,
+                exp: c.serve_until,
+            }
+            .sign(producer()),
+        );
+        c
     }
 
     /// Signs `claims` as the back office and hands them to `svc` as its poller would.
@@ -345,20 +325,19 @@ pub(crate) mod tests {
         svc.take_answer(&token, claims).await.unwrap()
     }
 
+    /// A standalone server on the store in `dir`, as it starts (no answer taken yet).
+    pub async fn started(dir: &std::path::Path) -> Arc<Service> {
+        let (state, store) = store_at(dir);
+        let cfg = ServiceConfig::standalone(unit(), 60_000);
+        Service::start(cfg, state, store, None, identity(dir))
+            .await
+            .unwrap()
+    }
+
     /// A standalone server in `dir` with `count` seats of `cad`.
     pub async fn service(dir: &std::path::Path, count: u32) -> Arc<Service> {
-        let (state, store) = store_at(dir);
-        let id = identity(dir);
-        let key = id.public_key();
-        let svc = Service::start(
-            ServiceConfig::standalone(unit(), 60_000),
-            state,
-            store,
-            None,
-            id,
-        )
-        .await
-        .unwrap();
+        let svc = started(dir).await;
+        let key = svc.identity().public_key();
         answer(&svc, claims(count, &key)).await;
         svc
     }

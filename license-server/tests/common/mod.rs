@@ -209,6 +209,21 @@ pub async fn get_json(url: &str) -> serde_json::Value {
     http().get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// `GET url` with `Authorization: Bearer token`, as JSON (`Null` when it is not JSON).
+pub async fn get_json_as(url: &str, token: &str) -> serde_json::Value {
+    let r = http().get(url).bearer_auth(token).send().await.unwrap();
+    r.json().await.unwrap_or_default()
+}
+
+/// The leases of `feature` on `server`, from its operator API.
+pub async fn leases_of(server: &Server, feature: &str) -> serde_json::Value {
+    get_json_as(
+        &server.url(&format!("/api/v1/admin/features/{feature}/leases")),
+        &server.admin_token(),
+    )
+    .await
+}
+
 /// `count` of a feature in `GET /api/v1/features`, `None` if absent.
 pub async fn feature(server: &Server, name: &str) -> Option<serde_json::Value> {
     let v = get_json(&server.url("/api/v1/features")).await;
@@ -255,4 +270,17 @@ pub async fn checkout(server: &Server, feature: &str, client: &str) -> (u16, ser
         .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Renews `lease` (a checkout's answer) on `server` with its token; the HTTP status.
+pub async fn renew(server: &Server, lease: &serde_json::Value) -> u16 {
+    let id = lease["lease_id"].as_str().unwrap();
+    http()
+        .put(server.url(&format!("/api/v1/leases/{id}")))
+        .bearer_auth(lease["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }

@@ -124,6 +124,16 @@ fn verified(bo: &TestBackoffice, lease: &Value) -> shared::grant::VerifiedGrant 
     .unwrap()
 }
 
+/// Waits until `client` is granted a seat of `cad` again, and checks the grant.
+async fn granted_again(bo: &TestBackoffice, server: &Server, client: &str, what: &str) {
+    let lease = wait_for(T, what, || async {
+        let (st, lease) = checkout(server, "cad", client).await;
+        (st == 201).then_some(lease)
+    })
+    .await;
+    verified(bo, &lease);
+}
+
 /// The public key of a server's `server-key.pem`, as it travels.
 fn server_key(data: &std::path::Path) -> String {
     let pem = std::fs::read_to_string(data.join("server-key.pem")).unwrap();
@@ -227,12 +237,7 @@ async fn a_binding_that_is_not_this_servers_grants_nothing() {
         assert!(server.log().contains(why), "{mode:?}");
         // Once the back office binds its key, it grants.
         bo.set_mode(Mode::Normal);
-        let lease = wait_for(T, "a grant once bound", || async {
-            let (st, lease) = checkout(&server, "cad", "x").await;
-            (st == 201).then_some(lease)
-        })
-        .await;
-        verified(&bo, &lease);
+        granted_again(&bo, &server, "x", "a grant once bound").await;
     }
 }
 
@@ -265,23 +270,11 @@ async fn past_serve_until_nothing_is_granted_and_the_server_says_why() {
         "{msg}"
     );
     // The lease cannot be renewed either.
-    let id = lease["lease_id"].as_str().unwrap();
-    let r = http()
-        .put(server.url(&format!("/api/v1/leases/{id}")))
-        .bearer_auth(lease["token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
+    assert_eq!(renew(&server, &lease).await, 503);
     // The back office answers again: served again.
     bo.set_serve_secs(30 * 86_400);
     bo.set_mode(Mode::Normal);
-    let lease = wait_for(T, "serving again", || async {
-        let (st, lease) = checkout(&server, "cad", "b").await;
-        (st == 201).then_some(lease)
-    })
-    .await;
-    verified(&bo, &lease);
+    granted_again(&bo, &server, "b", "serving again").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,15 +524,9 @@ async fn rights_pushed_through_the_pair_must_be_signed_for_it() {
     let (st, lease) = checkout(&main, "cad", "held").await;
     assert_eq!(st, 201);
     let lease_id = lease["lease_id"].as_str().unwrap().to_owned();
-    let pos: Value = http()
-        .get(backup.url("/api/v1/pair/position"))
-        .bearer_auth(&secret)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let position_url = backup.url("/api/v1/pair/position");
+    let position = || get_json_as(&position_url, &secret);
+    let pos = position().await;
     let seq = pos["seq"].as_u64().unwrap();
     let history = pos["history"].as_str().unwrap().to_owned();
 
@@ -571,16 +558,7 @@ async fn rights_pushed_through_the_pair_must_be_signed_for_it() {
     let unchanged = || async {
         let f = feature(&backup, "cad").await.unwrap();
         assert_eq!(f["count"], 3, "{f}");
-        let p: Value = http()
-            .get(backup.url("/api/v1/pair/position"))
-            .bearer_auth(&secret)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(p["seq"].as_u64(), Some(seq));
+        assert_eq!(position().await["seq"].as_u64(), Some(seq));
     };
     let post = |method: reqwest::Method, path: &str, body: Value| {
         let req = http()
@@ -635,15 +613,7 @@ async fn rights_pushed_through_the_pair_must_be_signed_for_it() {
     .await;
     assert_eq!((st, err["code"].as_str()), (409, Some("OUT_OF_SYNC")));
     unchanged().await;
-    let held = http()
-        .get(backup.url("/api/v1/admin/features/cad/leases"))
-        .bearer_auth(backup.admin_token())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let held = leases_of(&backup, "cad").await.to_string();
     assert!(held.contains(&lease_id), "{held}");
     // The pair itself is unharmed.
     assert_eq!(status(&main).await["pair_status"], "paired_available");
@@ -718,15 +688,7 @@ async fn a_handback_with_unsigned_rights_gives_back_its_leases_and_not_its_right
     rights_arrived(&main, "cad", 3).await;
     // The lease the backup granted is the main's now; the forged rights are not.
     let leases = wait_for(T, "the backup's lease taken back", || async {
-        let v: Value = http()
-            .get(main.url("/api/v1/admin/features/cad/leases"))
-            .bearer_auth(main.admin_token())
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let v = leases_of(&main, "cad").await;
         v.to_string().contains("served-by-the-backup").then_some(v)
     })
     .await;
