@@ -250,7 +250,7 @@ pub struct CapabilityClaims {
     /// How often to poll, in seconds.
     pub poll_interval_secs: u64,
     pub rights: Vec<Right>,
-    /// The rights of this answer may be served until then (Unix seconds) without a newer
+    /// The rights of this answer may be served until then (Unix time, seconds) without a newer
     /// answer; later the server stops granting and says why. This bounds what restoring
     /// an old answer (a rollback of the server's files) can gain.
     pub serve_until: i64,

@@ -115,8 +115,8 @@ pub struct ErrorBody {
     /// For `NOT_SERVING`: the URL of the server that serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_url: Option<String>,
-    /// For `NO_LICENSE_AVAILABLE`: when the next seat frees at the latest, in Unix
-    /// seconds (seconds since 1970-01-01T00:00:00Z).
+    /// For `NO_LICENSE_AVAILABLE`: when the next seat frees at the latest (Unix time,
+    /// seconds since 1970-01-01T00:00:00Z).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_free_at: Option<i64>,
 }

@@ -52,9 +52,9 @@ pub struct BindingClaims {
     /// The pair the server belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pair: Option<PairInfo>,
-    /// Issued at (Unix seconds).
+    /// Issued at (Unix time, seconds).
     pub iat: i64,
-    /// Valid until (Unix seconds): grants issued later, or ending later, are refused.
+    /// Valid until (Unix time, seconds): grants issued later, or ending later, are refused.
     pub exp: i64,
 }
 
@@ -77,9 +77,9 @@ pub struct GrantClaims {
     pub feature: String,
     pub version: String,
     pub count: u32,
-    /// Granted or renewed at (Unix seconds).
+    /// Granted or renewed at (Unix time, seconds).
     pub iat: i64,
-    /// The lease ends (Unix seconds).
+    /// The lease ends (Unix time, seconds).
     pub exp: i64,
 }
 

@@ -1,6 +1,6 @@
 //! The license server's client API: checkout, renew, return, and what it reports.
 //!
-//! Every time on the wire is in Unix seconds (seconds since 1970-01-01T00:00:00Z, UTC).
+//! Every time on the wire is Unix time in seconds (since 1970-01-01T00:00:00Z, UTC).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -98,11 +98,11 @@ pub struct Lease {
     /// Seats held.
     pub count: u32,
     pub client_id: String,
-    /// When the lease was first granted, in Unix seconds.
+    /// When the lease was first granted, (Unix time, seconds).
     pub granted_at: i64,
-    /// When the lease lapses unless renewed, in Unix seconds.
+    /// When the lease lapses unless renewed, (Unix time, seconds).
     pub expires_at: i64,
-    /// Renew after this time and before `expires_at`, in Unix seconds.
+    /// Renew after this time and before `expires_at`, (Unix time, seconds).
     pub renew_after: i64,
     /// The URL of the server that granted or renewed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,9 +143,9 @@ pub struct LeaseInfo {
     /// Seats held.
     pub count: u32,
     pub client_id: String,
-    /// When the lease was first granted, in Unix seconds.
+    /// When the lease was first granted, (Unix time, seconds).
     pub granted_at: i64,
-    /// When the lease lapses unless renewed, in Unix seconds.
+    /// When the lease lapses unless renewed, (Unix time, seconds).
     pub expires_at: i64,
     /// Hostid of the server that granted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,10 +171,10 @@ pub struct FeatureInfo {
     pub in_use: u32,
     /// Seats free now.
     pub free: u32,
-    /// When the earliest right of this pool starts, in Unix seconds.
+    /// When the earliest right of this pool starts, (Unix time, seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starts_at: Option<i64>,
-    /// When the last right of this pool expires, in Unix seconds; absent when one is
+    /// When the last right of this pool expires, (Unix time, seconds); absent when one is
     /// permanent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,

@@ -230,7 +230,7 @@ async fn main() -> std::process::ExitCode {
             if let Some(b) = e.body()
                 && let Some(at) = b.next_free_at
             {
-                eprintln!("next seat frees at {at} (Unix seconds)");
+                eprintln!("next seat frees at {at} (Unix time, seconds)");
             }
             std::process::ExitCode::FAILURE
         }

@@ -277,7 +277,7 @@ pub struct CheckoutAsk<'a> {
 
 #[derive(Clone, Debug, Default)]
 struct Pool {
-    /// (count, starts_at, expires_at) of each contributing right, in Unix seconds.
+    /// (count, starts_at, expires_at) of each contributing right (Unix time, seconds).
     parts: Vec<(u32, i64, Option<i64>)>,
 }
 

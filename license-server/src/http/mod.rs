@@ -148,7 +148,7 @@ pub struct Document(pub Bytes);
     info(
         title = "license-server",
         description = "The local license server: floating licenses for clients (check out, renew, return), \
-            the operator API and the failover pair's own API. Every time is in Unix seconds \
+            the operator API and the failover pair's own API. Every time is Unix time in seconds \
             (seconds since 1970-01-01T00:00:00Z). Every error is `ErrorBody` JSON; any path no \
             operation has answers 404 `NOT_FOUND`, a method a path does not take 405 (`NOT_FOUND`, \
             with `Allow`). Bodies are JSON (`Content-Type: application/json`) and must arrive within \

@@ -205,7 +205,7 @@ async fn the_document_gives_every_body_a_schema_every_error_its_codes_and_every_
         }
     }
 
-    // Every time, in every schema, is an int64 in Unix seconds.
+    // Every time, in every schema, is an int64 (Unix time, seconds).
     let mut times = 0;
     for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
         let Some(props) = schema["properties"].as_object() else {
@@ -224,7 +224,7 @@ async fn the_document_gives_every_body_a_schema_every_error_its_codes_and_every_
                 .collect::<Vec<_>>()
                 .join(" ");
             assert!(
-                description.contains("Unix seconds"),
+                description.contains("Unix time, seconds"),
                 "{name}.{field}: the description names no unit: {description:?}"
             );
         }

@@ -31,17 +31,17 @@ pub struct BackofficeStatus {
     /// `BACKOFFICE_URL`.
     pub url: String,
     pub state: Contact,
-    /// Since when `state` holds, in Unix seconds.
+    /// Since when `state` holds (Unix time, seconds).
     pub since: Option<i64>,
-    /// When the last capability request was sent, in Unix seconds.
+    /// When the last capability request was sent (Unix time, seconds).
     pub last_attempt_at: Option<i64>,
-    /// When the last answer verified, in Unix seconds.
+    /// When the last answer verified (Unix time, seconds).
     pub last_success_at: Option<i64>,
     /// Why the last request failed (cleared by a success).
     pub last_error: Option<String>,
     /// Seconds between polls now.
     pub poll_interval_secs: Option<u64>,
-    /// When the next capability request is due, in Unix seconds.
+    /// When the next capability request is due (Unix time, seconds).
     pub next_attempt_at: Option<i64>,
 }
 
@@ -207,7 +207,7 @@ pub struct StatusView {
     pub durable_seq: u64,
     /// `LEASE_DURATION`, in seconds.
     pub lease_duration_secs: u64,
-    /// When this process started, in Unix seconds.
+    /// When this process started (Unix time, seconds).
     pub started_at: i64,
     /// This server's version.
     pub version: &'static str,
@@ -223,16 +223,16 @@ pub struct PairView {
     /// Main: how it sees its backup.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<Link>,
-    /// Main: when the backup last answered (Unix seconds).
+    /// Main: when the backup last answered (Unix time, seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup_last_seen: Option<i64>,
-    /// Backup: when the main was last heard (Unix seconds).
+    /// Backup: when the main was last heard (Unix time, seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub main_last_heard: Option<i64>,
-    /// Backup: serving alone since (it took over), in Unix seconds.
+    /// Backup: serving alone since (it took over) (Unix time, seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active_since: Option<i64>,
-    /// Backup: when the failover maintenance interval ends (Unix seconds).
+    /// Backup: when the failover maintenance interval ends (Unix time, seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance_ends_at: Option<i64>,
     /// Main: its backup was dropped; backup: it left the pair.
@@ -286,9 +286,9 @@ pub struct RightsSummary {
     pub seats: u64,
     /// Seats held now, all features.
     pub in_use: u64,
-    /// When the rights last changed, in Unix seconds; absent before the first answer.
+    /// When the rights last changed, (Unix time, seconds); absent before the first answer.
     pub updated_at: Option<i64>,
-    /// The earliest expiry among features still valid, in Unix seconds.
+    /// The earliest expiry among features still valid (Unix time, seconds).
     pub next_expiry: Option<i64>,
     /// Features whose every right has expired.
     pub expired_features: usize,
