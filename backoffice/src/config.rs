@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use http_kit::telemetry::LogFormat;
+use http_kit::tls::TlsFiles;
 use shared::secret::Secret;
 
 use crate::domain::validate;
@@ -26,6 +28,8 @@ pub const NAMES: &[&str] = &[
     "DB_POOL_SIZE",
     "WORKERS",
     "LOG_FORMAT",
+    "TLS_CERT",
+    "TLS_KEY",
 ];
 
 #[derive(Debug, Clone)]
@@ -57,14 +61,8 @@ pub struct Settings {
     /// HTTP worker threads; unset means one per core.
     pub workers: Option<usize>,
     pub log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One line of text an event (colour only on a terminal).
-    Text,
-    /// One JSON object an event.
-    Json,
+    /// `TLS_CERT` and `TLS_KEY`: serve HTTPS only, with this certificate chain and key.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -173,6 +171,29 @@ impl Settings {
                 _ => return Err(v.invalid("text or json")),
             },
         };
+        let path = |name: &'static str| match get(name) {
+            Some(v) if v.raw.trim().is_empty() => Err(v.invalid("the path of a PEM file")),
+            Some(v) => Ok(Some(PathBuf::from(v.raw.trim()))),
+            None => Ok(None),
+        };
+        let tls = match (path("TLS_CERT")?, path("TLS_KEY")?) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "TLS_KEY",
+                    "(unset)",
+                    "the private key's PEM file too, since TLS_CERT is set (both serve HTTPS, neither plain HTTP)",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "TLS_CERT",
+                    "(unset)",
+                    "the certificate chain's PEM file too, since TLS_KEY is set (both serve HTTPS, neither plain HTTP)",
+                ));
+            }
+        };
         Ok(Settings {
             listen,
             data_dir: PathBuf::from(data_dir),
@@ -188,6 +209,7 @@ impl Settings {
             db_pool_size,
             workers,
             log_format,
+            tls,
         })
     }
 
@@ -394,6 +416,27 @@ mod tests {
             assert!(e.contains(expected), "{e}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn tls_takes_a_certificate_and_its_key_together() {
+        assert_eq!(with(&[]).unwrap().tls, None);
+        let s = with(&[("TLS_CERT", "cert.pem"), ("TLS_KEY", "key.pem")]).unwrap();
+        assert_eq!(
+            s.tls,
+            Some(TlsFiles {
+                cert: "cert.pem".into(),
+                key: "key.pem".into()
+            })
+        );
+        let e = with(&[("TLS_CERT", "cert.pem")]).unwrap_err().to_string();
+        assert!(e.starts_with("TLS_KEY=(unset)"), "{e}");
+        let e = with(&[("TLS_KEY", "key.pem")]).unwrap_err().to_string();
+        assert!(e.starts_with("TLS_CERT=(unset)"), "{e}");
+        let e = with(&[("TLS_CERT", " "), ("TLS_KEY", "key.pem")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("TLS_CERT="), "{e}");
     }
 
     #[test]

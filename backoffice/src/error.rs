@@ -2,8 +2,8 @@
 //! plus what only the operator's log gets (the cause of a failure) and, for
 //! `TOO_MANY_REQUESTS`, when to try again. One condition has one code on every route: a
 //! database that cannot store (full disk, failing disk, read-only file) is `UNAVAILABLE`
-//! with the same message wherever it happens. HTTP knows nothing of it here: `http::errors`
-//! maps it to a response at the edge.
+//! with the same message wherever it happens. HTTP knows nothing of it here: `http` maps it to
+//! a response at the edge.
 
 use shared::{ErrorBody, ErrorCode};
 
@@ -56,9 +56,13 @@ impl AppError {
 
     /// `TOO_MANY_REQUESTS`, to be tried again after `seconds`.
     pub fn too_many_requests(message: impl Into<String>, seconds: u64) -> Self {
-        let mut e = AppError::new(ErrorCode::TooManyRequests, message);
-        e.0.retry_after = Some(seconds.max(1));
-        e
+        AppError::new(ErrorCode::TooManyRequests, message).with_retry_after(seconds)
+    }
+
+    /// To be tried again after `seconds` (at least one).
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.0.retry_after = Some(seconds.max(1));
+        self
     }
 
     /// A failure of ours; the client learns only that it was logged.

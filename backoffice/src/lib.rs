@@ -4,7 +4,8 @@
 //! Layers, each importing only those below it: `domain` (pure rules) · `store` (storage
 //! behind functions) · `access`, `passwords` (the sign-in flows) · `api`, `portal` (thin
 //! handlers) · `routes` (every route) · `startup` (building the service); `state` is what
-//! requests share, `http` the HTTP plumbing, `error` the one error type.
+//! requests share, `http` the edge over the shared plumbing (`http-kit`), `error` the one
+//! error type.
 
 pub mod access;
 pub mod api;

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use backoffice::{Application, Settings, console, db, http::telemetry, keys};
+use backoffice::{Application, Settings, console, db, keys};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -53,7 +53,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log_format);
+    match http_kit::telemetry::filter("info") {
+        Ok(filter) => http_kit::telemetry::init(settings.log_format, filter),
+        Err(e) => {
+            eprintln!("backoffice: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match run(cli.command.unwrap_or(Command::Serve), settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -68,7 +74,11 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve => actix_web::rt::System::new().block_on(async {
             let app = Application::build(settings).await?;
-            tracing::info!(port = app.port(), "back office listening");
+            tracing::info!(
+                address = %app.address(),
+                https = app.is_https(),
+                "back office listening"
+            );
             app.run_until_stopped().await?;
             Ok(())
         }),

@@ -125,6 +125,15 @@ impl Hasher {
             std::thread::Builder::new()
                 .name(format!("password-{i}"))
                 .spawn(move || {
+                    // Hashing yields the cores to everything else the back office does:
+                    // at the lowest priority (niceness 19) a flood of sign-ins is slow to
+                    // answer, not the requests that do not hash. Refused (some
+                    // containers), the thread hashes at normal priority.
+                    if let Err(e) = thread_priority::set_current_thread_priority(
+                        thread_priority::ThreadPriority::Min,
+                    ) {
+                        tracing::debug!("password thread keeps normal priority: {e:?}");
+                    }
                     loop {
                         // The lock is held only to take a job, not to run it.
                         let job = match rx.lock() {

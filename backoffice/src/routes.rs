@@ -1,16 +1,23 @@
 //! Every route of the back office, in one place: the JSON API, the portal under `/portal`,
-//! and what answers everything else.
+//! and what answers everything else (from the API's document: `404 NOT_FOUND` for a path no
+//! operation has, `405` with `NOT_FOUND` and `Allow` for a method a path does not take; the
+//! portal answers its own unknown pages with a page).
 //!
 //! The API's handlers document themselves (`#[utoipa::path]`), and utoipa-actix-web builds
 //! the OpenAPI document from the very calls that register them, so a route cannot be
 //! served undocumented or documented without being served. The portal's HTML pages are not
 //! part of the API and not in its document.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::http::Method;
-use actix_web::middleware::from_fn;
 use actix_web::{App, web};
+use http_kit::extract;
+use http_kit::observe::observe;
+use http_kit::openapi::{RouteTable, fallback};
+use http_kit::serve::{ConnectionGate, body_deadline};
 use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
 use utoipa_actix_web::service_config::ServiceConfig;
@@ -18,10 +25,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use crate::api::doc::ApiDoc;
 use crate::api::system::ApiDocument;
 use crate::api::{account, admins, auth, capability, producer, system};
-use crate::http::errors::{self, KnownRoutes};
-use crate::http::metrics::{self, Metrics};
-use crate::http::request::MAX_BODY;
-use crate::http::trace;
+use crate::http::{self, MAX_BODY, Metrics};
 use crate::portal::layout;
 use crate::portal::pages::{entitlements, home, pairs, servers, signin, tokens};
 use crate::state::State;
@@ -113,21 +117,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// The API's paths and their methods, from its document (for 405 and `Allow`).
-pub fn known_routes(doc: &utoipa::openapi::OpenApi) -> KnownRoutes {
-    KnownRoutes::new(doc.paths.paths.iter().map(|(path, item)| {
-        let methods = [
-            (Method::GET, item.get.is_some()),
-            (Method::POST, item.post.is_some()),
-            (Method::PUT, item.put.is_some()),
-            (Method::PATCH, item.patch.is_some()),
-            (Method::DELETE, item.delete.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(m, present)| present.then_some(m))
-        .collect();
-        (path.clone(), methods)
-    }))
+/// Routes served on the connections beyond the cap: health and metrics.
+pub fn is_priority(path: &str) -> bool {
+    matches!(path, "/healthz" | "/metrics")
 }
 
 /// What every worker serves.
@@ -136,11 +128,16 @@ pub struct Shared {
     pub state: State,
     pub metrics: web::Data<Metrics>,
     pub document: web::Data<ApiDocument>,
-    pub known: web::Data<KnownRoutes>,
+    /// The document's paths and methods: what answers a request no route takes.
+    pub routes: Arc<RouteTable>,
+    pub gate: Arc<ConnectionGate>,
+    /// How long a body may take once the request's head is in.
+    pub body_timeout: Duration,
 }
 
-/// The application of one worker: every route, the request span and its log line, the
-/// metrics, the contract's answers to bad input and unknown paths.
+/// The application of one worker: every route; the request span, its log line and the
+/// metrics; the contract's answers to bad input, unknown paths and wrong methods (the
+/// portal answers its own with pages); the connection gate and the body deadline.
 pub fn app(
     shared: Shared,
 ) -> App<
@@ -152,20 +149,23 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let observe = observe(shared.metrics.http.clone())
+        .span(http::request_span)
+        .quiet(http::QUIET);
     App::new()
-        .wrap(from_fn(metrics::record))
-        .wrap(from_fn(trace::trace))
         .app_data(shared.state)
         .app_data(shared.metrics)
         .app_data(shared.document)
-        .app_data(shared.known)
-        .app_data(errors::json_config())
-        .app_data(errors::path_config())
-        .app_data(errors::query_config())
-        .app_data(web::PayloadConfig::new(MAX_BODY))
+        .app_data(extract::json_config(MAX_BODY))
+        .app_data(extract::path_config())
+        .app_data(extract::query_config())
+        .app_data(extract::payload_config(MAX_BODY))
         .into_utoipa_app()
         .configure(api)
         .into_app()
         .configure(portal)
-        .default_service(web::to(errors::fallback))
+        .default_service(fallback(shared.routes))
+        .wrap(body_deadline(shared.body_timeout))
+        .wrap(shared.gate.middleware())
+        .wrap(observe)
 }

@@ -1,13 +1,18 @@
-//! Starting the service, in one place: `Application::build(settings)` makes `DATA_DIR` (for
-//! its owner only), loads or creates the signing key, opens and migrates storage, creates
-//! the first administrator, starts the password pool, generates the API's document and
-//! binds (port 0 works for tests); `run_until_stopped` serves.
+//! Starting the service, in one place: `Application::build(settings)` reads the TLS
+//! certificate and key when `TLS_CERT` and `TLS_KEY` are set, makes `DATA_DIR` (for its
+//! owner only), loads or creates the signing key, opens and migrates storage, creates the
+//! first administrator, starts the password pool, generates the API's document and binds
+//! (port 0 works for tests); `run_until_stopped` serves HTTP, or HTTPS only when TLS is
+//! set, hardened against slow clients and descriptor exhaustion (`http_kit::serve`).
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::{HttpServer, web};
 use anyhow::Context;
+use http_kit::openapi::RouteTable;
+use http_kit::serve::{ConnectionGate, Limits, raise_nofile_limit};
 use parking_lot::Mutex;
 
 use crate::api::system::ApiDocument;
@@ -15,7 +20,7 @@ use crate::config::Settings;
 use crate::db::{self, Backend};
 use crate::domain::throttle::Throttle;
 use crate::error::AppResult;
-use crate::http::metrics::Metrics;
+use crate::http::Metrics;
 use crate::passwords::Hasher;
 use crate::routes::{self, Shared};
 use crate::state::{AppState, run};
@@ -24,12 +29,36 @@ use crate::writer::Writer;
 use crate::{files, keys};
 
 pub struct Application {
-    port: u16,
+    address: SocketAddr,
+    https: bool,
     server: Server,
+}
+
+/// The connection limits: one worker per core unless `WORKERS` says otherwise, and as
+/// many connections as `RLIMIT_NOFILE` allows (raised towards what the default needs).
+fn limits(settings: &Settings) -> anyhow::Result<Limits> {
+    let mut limits = Limits::default();
+    if let Some(n) = settings.workers {
+        limits.workers = n;
+    }
+    let nofile = raise_nofile_limit(limits.fds_needed()).context("raising RLIMIT_NOFILE")?;
+    limits.max_connections = limits
+        .max_connections
+        .min(limits.max_connections_for(nofile))
+        .max(1);
+    Ok(limits)
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        // What the settings name is read first, so that a bad file stops the start at once.
+        let tls = settings
+            .tls
+            .as_ref()
+            .map(|t| t.server_config())
+            .transpose()?;
+        let tls_set = tls.is_some();
+        let limits = limits(&settings)?;
         files::private_dir(&settings.data_dir)
             .with_context(|| format!("cannot create DATA_DIR {}", settings.data_dir.display()))?;
         let (signer, public_pem) = keys::load_or_create(&settings.signing_key_path())?;
@@ -49,8 +78,7 @@ impl Application {
 
         let listener = TcpListener::bind(&settings.listen)
             .with_context(|| format!("cannot listen on LISTEN={}", settings.listen))?;
-        let port = listener.local_addr()?.port();
-        let workers = settings.workers;
+        let address = listener.local_addr()?;
         let state = web::Data::new(AppState {
             pool,
             backend,
@@ -64,28 +92,46 @@ impl Application {
         });
         first_admin(&state).await?;
 
-        let doc = routes::openapi();
+        let doc = serde_json::to_value(routes::openapi()).context("the OpenAPI document")?;
+        let gate = ConnectionGate::new(limits.max_connections, routes::is_priority);
         let shared = Shared {
             metrics: state.metrics.clone(),
             state: state.clone(),
-            known: web::Data::new(routes::known_routes(&doc)),
-            document: web::Data::new(ApiDocument(
-                doc.to_json().context("cannot write the OpenAPI document")?,
-            )),
+            routes: Arc::new(RouteTable::from_document(&doc)),
+            document: web::Data::new(ApiDocument(doc.to_string())),
+            gate: gate.clone(),
+            body_timeout: limits.body_timeout,
         };
         spawn_housekeeping(state);
-        let mut server = HttpServer::new(move || routes::app(shared.clone())).listen(listener)?;
-        if let Some(w) = workers {
-            server = server.workers(w);
-        }
+        let server = limits.apply(HttpServer::new(move || routes::app(shared.clone())), &gate);
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config)?,
+            None => server.listen(listener)?,
+        };
         Ok(Application {
-            port,
+            address,
+            https: tls_set,
             server: server.run(),
         })
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.address.port()
+    }
+
+    /// The bound address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Whether it serves HTTPS (`TLS_CERT` and `TLS_KEY` set).
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+
+    /// Stops the server from elsewhere (e.g. a test that runs it in-process).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {

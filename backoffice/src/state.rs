@@ -9,7 +9,7 @@ use crate::config::Settings;
 use crate::db::{Backend, DbConn, Pool};
 use crate::domain::throttle::Throttle;
 use crate::error::{AppError, AppResult};
-use crate::http::metrics::Metrics;
+use crate::http::Metrics;
 use crate::passwords::Hasher;
 use crate::writer::{Committed, Writer};
 

@@ -11,6 +11,21 @@ const FILE: &str = include_str!("../../packaging/backoffice/backoffice.toml");
 
 /// Loads `toml` with the back office's own loader; the fingerprint shows the secrets too.
 fn load(toml: &str) -> Result<String, String> {
+    // The certificate and its key go together: a line naming one is loaded with the
+    // file's example of the other.
+    let mut toml = toml.to_owned();
+    for (one, other) in [("TLS_CERT", "TLS_KEY"), ("TLS_KEY", "TLS_CERT")] {
+        if toml.contains(&format!("{one} =")) && !toml.contains(&format!("{other} =")) {
+            let example = FILE
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix('#')
+                        .filter(|l| l.starts_with(&format!("{other} =")))
+                })
+                .expect("the file has an example of each TLS setting");
+            toml.push_str(&format!("\n{example}\n"));
+        }
+    }
     let mut file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
     file.write_all(toml.as_bytes()).map_err(|e| e.to_string())?;
     let s = Settings::load(Some(file.path())).map_err(|e| e.to_string())?;

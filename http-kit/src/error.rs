@@ -12,12 +12,13 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use shared::{ErrorBody, ErrorCode};
 
-/// The code and message of an error answer, left in the response's extensions for the
-/// log line.
+/// The code and message of an error answer, and the cause of a failure (for the log
+/// only), left in the response's extensions for the log line.
 #[derive(Debug, Clone)]
 pub struct Answered {
     pub code: ErrorCode,
     pub message: String,
+    pub cause: Option<String>,
 }
 
 /// The contract's error JSON with `status`.
@@ -26,8 +27,17 @@ pub fn respond(status: StatusCode, body: &ErrorBody) -> HttpResponse {
     res.extensions_mut().insert(Answered {
         code: body.code,
         message: body.message.clone(),
+        cause: None,
     });
     res
+}
+
+/// Adds what went wrong underneath an error answer to its log line (logged at ERROR with
+/// it; the client never sees it).
+pub fn note_cause(res: &mut HttpResponse, cause: &str) {
+    if let Some(answered) = res.extensions_mut().get_mut::<Answered>() {
+        answered.cause = Some(cause.to_owned());
+    }
 }
 
 /// The HTTP status of a code; [`ErrorCode::http_status`] is the contract's table.
@@ -137,10 +147,21 @@ mod tests {
         );
         let answered = res.extensions().get::<Answered>().cloned().unwrap();
         assert_eq!(answered.code, ErrorCode::TooManyRequests);
+        assert_eq!(answered.cause, None);
         let body = res.into_body().try_into_bytes().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["code"], "TOO_MANY_REQUESTS");
         assert_eq!(v["message"], "slow down");
+    }
+
+    #[test]
+    fn a_cause_reaches_the_log_line_and_never_the_body() {
+        let mut res = ApiError::new(ErrorCode::Unavailable, "cannot store now").error_response();
+        note_cause(&mut res, "disk full");
+        let answered = res.extensions().get::<Answered>().cloned().unwrap();
+        assert_eq!(answered.cause.as_deref(), Some("disk full"));
+        let body = res.into_body().try_into_bytes().unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("disk full"));
     }
 
     #[test]

@@ -7,10 +7,13 @@
 //! [`json_config`] as app data (`App::app_data`) with the route's limit on the resource
 //! or scope where it differs.
 
+use std::net::IpAddr;
+
 use actix_web::dev::Payload;
 use actix_web::error::{JsonPayloadError, PayloadError};
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpRequest, web};
+use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
 
@@ -59,6 +62,31 @@ pub fn query_config() -> web::QueryConfig {
     web::QueryConfig::default().error_handler(|err, _req| {
         ApiError::validation("query", format!("the query string does not parse: {err}")).into()
     })
+}
+
+/// The address the connection comes from (the peer's, not a header a client could set).
+pub fn client_ip(req: &HttpRequest) -> Option<IpAddr> {
+    req.peer_addr().map(|a| a.ip())
+}
+
+/// Reads a body of at most `limit` bytes by hand, for a handler that must look at the
+/// request (its token, say) before it takes the body; refused as [`payload_rejection`]
+/// says.
+pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| payload_rejection(&e, limit))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A JSON body read with [`read_body`], parsed; refused as [`json_rejection`] says.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| json_rejection(&JsonPayloadError::Deserialize(e), 0))
 }
 
 /// The contract error for a JSON body that was refused.

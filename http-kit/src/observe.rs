@@ -3,17 +3,21 @@
 //! error JSON for any error answer that was not one already (pages for people,
 //! `text/html`, stay as they are).
 //!
-//! Log levels: a 2xx or 3xx answer at DEBUG, a refusal (4xx, and 5xx other than 500 —
+//! Log levels: a 2xx or 3xx answer at DEBUG; a refusal (4xx, and 5xx other than 500 —
 //! a standby server's `NOT_SERVING`, a full queue's `UNAVAILABLE`) at INFO with its code
-//! and message, a 500 at ERROR. Nothing a client causes is logged at WARN.
+//! and message, or at DEBUG for the codes a service calls quiet; a 500, or any answer
+//! that carries the cause of a failure of ours (a failing disk), at ERROR with the cause.
+//! Nothing a client causes is logged at WARN. The line is logged in the request's span,
+//! which carries the method and the path (and whatever the handlers recorded in it).
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::{Method, header};
 use futures_util::future::{LocalBoxFuture, Ready, ready};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,7 +25,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use shared::{ErrorBody, ErrorCode};
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use crate::error::{Answered, code_for_status, respond};
 
@@ -91,14 +95,50 @@ impl HttpMetrics {
     }
 }
 
-/// The middleware; wrap the whole app with it (outermost, so that it sees every answer).
-pub fn observe(metrics: Arc<HttpMetrics>) -> Observe {
-    Observe { metrics }
+/// The span every request runs in: `request{method path id route}` (`route` recorded once
+/// the router matched). A service that wants more fields (who asked, say) gives its own
+/// with [`Observe::span`].
+pub fn request_span(req: &ServiceRequest, id: u64) -> Span {
+    tracing::info_span!(
+        "request",
+        method = method_label(req.method()),
+        path = %req.path(),
+        id,
+        route = tracing::field::Empty,
+    )
 }
 
+/// The middleware; wrap the whole app with it (outermost, so that it sees every answer).
+pub fn observe(metrics: Arc<HttpMetrics>) -> Observe {
+    Observe {
+        metrics,
+        span: request_span,
+        quiet: &[],
+    }
+}
+
+/// See [`observe`].
 #[derive(Clone)]
 pub struct Observe {
     metrics: Arc<HttpMetrics>,
+    span: fn(&ServiceRequest, u64) -> Span,
+    quiet: &'static [ErrorCode],
+}
+
+impl Observe {
+    /// Each request runs in the span `f` makes of it and its number (declare `route` empty
+    /// in it to have the matched route recorded; handlers record what else it declares).
+    pub fn span(mut self, f: fn(&ServiceRequest, u64) -> Span) -> Observe {
+        self.span = f;
+        self
+    }
+
+    /// Refusals with these codes are logged at DEBUG rather than INFO (e.g. wrong
+    /// passwords, which a throttle reports once per burst anyway).
+    pub fn quiet(mut self, codes: &'static [ErrorCode]) -> Observe {
+        self.quiet = codes;
+        self
+    }
 }
 
 impl<S, B> Transform<S, ServiceRequest> for Observe
@@ -115,14 +155,14 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(ObserveService {
             service: Rc::new(service),
-            metrics: self.metrics.clone(),
+            observe: self.clone(),
         }))
     }
 }
 
 pub struct ObserveService<S> {
     service: Rc<S>,
-    metrics: Arc<HttpMetrics>,
+    observe: Observe,
 }
 
 fn method_label(m: &Method) -> &'static str {
@@ -138,6 +178,9 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
+/// Numbers requests for their spans.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 impl<S, B> Service<ServiceRequest> for ObserveService<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
@@ -152,14 +195,9 @@ where
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let start = Instant::now();
         let method = method_label(req.method());
-        let span = tracing::info_span!(
-            "request",
-            method,
-            path = %req.path(),
-            route = tracing::field::Empty
-        );
+        let span = (self.observe.span)(&req, NEXT_ID.fetch_add(1, Ordering::Relaxed));
         let fut = self.service.call(req).instrument(span.clone());
-        let metrics = self.metrics.clone();
+        let observe = self.observe.clone();
         Box::pin(async move {
             let res = fut.await?;
             let route = res
@@ -174,19 +212,29 @@ where
                 res.map_into_left_body()
             };
             let elapsed = start.elapsed();
-            log_answer(&res, method, status, elapsed.as_micros() as u64);
-            metrics.observe(method, route, status.as_u16(), elapsed.as_secs_f64());
+            span.in_scope(|| log_answer(&res, observe.quiet, elapsed.as_micros() as u64));
+            observe
+                .metrics
+                .observe(method, route, status.as_u16(), elapsed.as_secs_f64());
             Ok(res)
         })
     }
 }
 
-/// An error answer as it is, if it is a contract error; else the contract's JSON for its
-/// status, with the error's own text as the message.
+/// Whether an answer is a page for people (HTML), which keeps its own error pages.
+fn is_page<B>(res: &ServiceResponse<B>) -> bool {
+    res.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"))
+}
+
+/// An error answer as it is, if it is a contract error or a page for people; else the
+/// contract's JSON for its status, with the error's own text as the message.
 fn contract_error<B: MessageBody + 'static>(
     res: ServiceResponse<B>,
 ) -> ServiceResponse<EitherBody<B>> {
-    if res.response().extensions().get::<Answered>().is_some() {
+    if res.response().extensions().get::<Answered>().is_some() || is_page(&res) {
         return res.map_into_left_body();
     }
     let status = res.status();
@@ -206,29 +254,54 @@ fn contract_error<B: MessageBody + 'static>(
     ServiceResponse::new(req, respond(status, &body)).map_into_right_body()
 }
 
-fn log_answer<B>(res: &ServiceResponse<B>, method: &'static str, status: StatusCode, micros: u64) {
-    let path = res.request().path();
-    let status = status.as_u16();
+/// The one line an answer is logged with, in the request's span (which names the method
+/// and path): a failure of ours at ERROR with its cause, a refusal at INFO with its code
+/// and message once (DEBUG for the `quiet` codes), anything else at DEBUG.
+fn log_answer<B>(res: &ServiceResponse<B>, quiet: &[ErrorCode], micros: u64) {
+    let status = res.status().as_u16();
     match res.response().extensions().get::<Answered>() {
-        Some(a) if a.code == ErrorCode::InternalError => tracing::error!(
-            method,
-            path,
+        Some(a) if a.cause.is_some() || a.code == ErrorCode::InternalError => tracing::error!(
             status,
             code = %a.code,
             message = %a.message,
+            cause = a.cause.as_deref().unwrap_or("-"),
             micros,
             "request failed"
         ),
-        Some(a) => tracing::info!(
-            method,
-            path,
+        Some(a) if quiet.contains(&a.code) => tracing::debug!(
             status,
             code = %a.code,
             message = %a.message,
             micros,
             "request refused"
         ),
-        None => tracing::debug!(method, path, status, micros, "answered"),
+        Some(a) => tracing::info!(
+            status,
+            code = %a.code,
+            message = %a.message,
+            micros,
+            "request refused"
+        ),
+        // A page for people: its error's own text.
+        None if status >= 500 => {
+            let cause = res.response().error().map(ToString::to_string);
+            tracing::error!(
+                status,
+                cause = cause.as_deref().unwrap_or("-"),
+                micros,
+                "request failed"
+            )
+        }
+        None if status >= 400 => {
+            let message = res.response().error().map(ToString::to_string);
+            tracing::info!(
+                status,
+                message = message.as_deref().unwrap_or("-"),
+                micros,
+                "request refused"
+            )
+        }
+        None => tracing::debug!(status, micros, "answered"),
     }
 }
 
@@ -276,6 +349,12 @@ mod tests {
         assert_eq!(res.status(), 404);
         let v: serde_json::Value = test::read_body_json(res).await;
         assert_eq!(v["code"], "NOT_FOUND");
+        // A page for people keeps its HTML.
+        let res =
+            test::call_service(&app, test::TestRequest::get().uri("/page").to_request()).await;
+        assert_eq!(res.status(), 404);
+        let body = test::read_body(res).await;
+        assert_eq!(body, "<h1>Not here</h1>");
 
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -293,5 +372,98 @@ mod tests {
             text.contains(r#"http_request_duration_seconds_count{method="GET",route="/teapot"} 1"#),
             "{text}"
         );
+    }
+
+    /// What the log lines are written to in a test.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn span_with_who(req: &ServiceRequest, id: u64) -> Span {
+        tracing::info_span!("request", path = %req.path(), id, who = tracing::field::Empty)
+    }
+
+    #[actix_web::test]
+    async fn each_answer_is_one_line_in_its_span_at_the_level_of_what_happened() {
+        use crate::error::ApiError;
+        use actix_web::ResponseError;
+        let lines = Lines::default();
+        let out = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let mut registry = Registry::default();
+        let app = test::init_service(
+            App::new()
+                .wrap(
+                    observe(HttpMetrics::register(&mut registry))
+                        .span(span_with_who)
+                        .quiet(&[ErrorCode::Unauthorized]),
+                )
+                .route(
+                    "/fail",
+                    web::get().to(|| async {
+                        Span::current().record("who", "acme");
+                        let mut res = ApiError::new(ErrorCode::Unavailable, "cannot store now")
+                            .error_response();
+                        crate::error::note_cause(&mut res, "disk full");
+                        res
+                    }),
+                )
+                .route(
+                    "/refuse",
+                    web::get().to(|| async {
+                        Err::<HttpResponse, _>(ApiError::new(ErrorCode::Forbidden, "not yours"))
+                    }),
+                )
+                .route(
+                    "/quiet",
+                    web::get().to(|| async {
+                        Err::<HttpResponse, _>(ApiError::new(ErrorCode::Unauthorized, "who?"))
+                    }),
+                ),
+        )
+        .await;
+        for path in ["/fail", "/refuse", "/quiet"] {
+            test::call_service(&app, test::TestRequest::get().uri(path).to_request()).await;
+        }
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let line = |path: &str| {
+            let found: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(&format!("path={path}")))
+                .collect();
+            assert_eq!(found.len(), 1, "{text}");
+            found[0].to_owned()
+        };
+        let fail = line("/fail");
+        assert!(
+            fail.contains("ERROR") && fail.contains("cause=\"disk full\""),
+            "{fail}"
+        );
+        assert!(
+            fail.contains("who=\"acme\"") || fail.contains("who=acme"),
+            "{fail}"
+        );
+        let refuse = line("/refuse");
+        assert!(
+            refuse.contains(" INFO ") && refuse.contains("FORBIDDEN"),
+            "{refuse}"
+        );
+        assert_eq!(refuse.matches("not yours").count(), 1, "{refuse}");
+        let quiet = line("/quiet");
+        assert!(quiet.contains("DEBUG"), "{quiet}");
     }
 }

@@ -20,6 +20,20 @@ pub enum TlsError {
     Mismatch(String),
 }
 
+/// `TLS_CERT` and `TLS_KEY`: the files to serve HTTPS with (both set, or neither).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The server configuration these files make (see [`server_config`]).
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        server_config(&self.cert, &self.key)
+    }
+}
+
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }

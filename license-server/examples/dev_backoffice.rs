@@ -1,18 +1,16 @@
 //! A minimal signing back office for development and benchmarks: answers every
 //! `POST /api/v1/capability` with the rights given on the command line, signed with a
 //! fresh Ed25519 key whose public half it writes to `--out-dir/backoffice.pub.pem`.
-//! It does no pairing and no accounting; use the real `backoffice` for that.
+//! It does no pairing and no accounting; use the real `backoffice` for that. It is the
+//! test kit's fake back office (`tests::fake_backoffice`), behaving.
 //!
 //! ```text
 //! cargo run --release -p license-server --example dev_backoffice -- \
 //!     --listen 127.0.0.1:8080 --out-dir /tmp/bo --rights bench:1000 --token dev-token
 //! ```
 
-#[path = "../tests/common/backoffice.rs"]
-#[expect(dead_code, reason = "the tests' misbehaviour modes are not used here")]
-mod backoffice;
-
 use shared::capability::Right;
+use tests::fake_backoffice::FakeBackoffice;
 
 #[tokio::main]
 async fn main() {
@@ -51,11 +49,10 @@ async fn main() {
         })
         .collect();
     let dir = out_dir.clone();
-    let bo = backoffice::FakeBackoffice::start(&listen, &dir, rights, &token, 60, None)
-        .unwrap_or_else(|e| {
-            eprintln!("dev_backoffice: {e}");
-            std::process::exit(1)
-        });
+    let bo = FakeBackoffice::serve(&listen, &dir, rights, &token, 60, None).unwrap_or_else(|e| {
+        eprintln!("dev_backoffice: {e}");
+        std::process::exit(1)
+    });
     eprintln!(
         "dev back office on {}; public key in {}",
         bo.url,

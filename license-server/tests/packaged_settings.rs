@@ -6,9 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use license_server::settings::{NAMES, Settings};
-
-#[path = "common/tls.rs"]
-mod tls;
+use tests::tls;
 
 const FILE: &str = include_str!("../../packaging/license-server/license-server.toml");
 

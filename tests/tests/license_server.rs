@@ -1,7 +1,8 @@
 //! A license server against the real back office, on SQLite and on PostgreSQL: rights
 //! from RIGHTS_IDS at startup, rights mapped later arriving by polling, checkouts until
 //! NO_LICENSE_AVAILABLE, lease expiry, kill -9 after an acknowledged checkout, and the
-//! back office stopped while the server keeps serving.
+//! back office stopped while the server keeps serving; and the back office over HTTPS,
+//! trusted through `BACKOFFICE_CA` and refused under another CA.
 
 use std::time::Duration;
 
@@ -10,7 +11,8 @@ use serde_json::{Value, json};
 use shared::ErrorCode;
 use shared::client::Client;
 use shared::lease::CheckoutRequest;
-use tests::{BackOffice, Backend, LicenseServer, backends, eventually, free_port};
+use tests::tls::TestCa;
+use tests::{BackOffice, Backend, LicenseServer, backends, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -55,8 +57,7 @@ async fn scenario(backend: Backend) -> Result<()> {
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let mut server =
-        LicenseServer::start("lls", &tmp.path().join("lls"), free_port(), &env).await?;
+    let mut server = LicenseServer::start("lls", &tmp.path().join("lls"), 0, &env).await?;
 
     // Rights from RIGHTS_IDS at startup, mapped by the back office in the same request.
     eventually(WAIT, "3 seats from RIGHTS_IDS", || async {
@@ -139,5 +140,79 @@ async fn a_license_server_against_the_real_back_office() -> Result<()> {
     for b in backends() {
         scenario(b).await.with_context(|| format!("on {b:?}"))?;
     }
+    Ok(())
+}
+
+/// The settings of a license server `hostid` polling `bo` with `fx`'s device token.
+fn server_env(bo: &BackOffice, fx: &tests::Fixture, hostid: &str) -> Vec<(String, String)> {
+    [
+        ("HOSTID", hostid.to_owned()),
+        ("BACKOFFICE_URL", bo.url.clone()),
+        ("BACKOFFICE_TOKEN", fx.device_token.clone()),
+        (
+            "BACKOFFICE_PUBLIC_KEY",
+            bo.public_key_path().display().to_string(),
+        ),
+        ("CAPABILITY_POLL_INTERVAL", "500ms".into()),
+        ("BACKOFF_MAX", "500ms".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_a_license_server_trusting_the_back_offices_ca_gets_its_rights_and_another_ca_is_refused()
+-> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let site = TestCa::new(&tmp.path().join("pki"), "site");
+    let other = TestCa::new(&tmp.path().join("other-pki"), "other");
+    let bo = BackOffice::builder(Backend::Sqlite)
+        .tls(&site.issue("backoffice"), &site.cert)
+        .start()
+        .await?;
+    ensure!(bo.url.starts_with("https://"), "{}", bo.url);
+    let fx = bo.fixture(&["cad"], 4).await?;
+    // HTTPS only: plain HTTP on its port gets no answer.
+    let plain = bo.url.replace("https://", "http://");
+    ensure!(
+        reqwest::get(format!("{plain}/healthz")).await.is_err(),
+        "the back office answered plain HTTP"
+    );
+
+    // BACKOFFICE_CA names the CA that issued the back office's certificate: rights arrive.
+    let mut env = server_env(&bo, &fx, "string:lls-tls");
+    env.push(("BACKOFFICE_CA".into(), site.cert.display().to_string()));
+    env.push(("RIGHTS_IDS".into(), format!("{}:3", fx.activation_id)));
+    let server = LicenseServer::start("lls", &tmp.path().join("lls"), 0, &env).await?;
+    eventually(WAIT, "3 seats over HTTPS", || async {
+        (seats(&server).await == Some(3)).then_some(())
+    })
+    .await;
+    let status = server.status().await?;
+    ensure!(status["backoffice"]["state"] == "connected", "{status}");
+
+    // Another CA: the back office is refused, and the status and the log say why.
+    let mut env = server_env(&bo, &fx, "string:lls-lost");
+    env.push(("BACKOFFICE_CA".into(), other.cert.display().to_string()));
+    let lost = LicenseServer::start("lost", &tmp.path().join("lost"), 0, &env).await?;
+    let why = eventually(WAIT, "the back office refused over TLS", || async {
+        let s = lost.status().await.ok()?;
+        (s["backoffice"]["state"] == "unreachable")
+            .then(|| s["backoffice"]["last_error"].as_str().map(str::to_owned))
+            .flatten()
+    })
+    .await;
+    ensure!(why.contains("not issued by a CA this side trusts"), "{why}");
+    ensure!(
+        lost.log_text()
+            .contains("not issued by a CA this side trusts"),
+        "{}",
+        lost.log_text()
+    );
+    ensure!(
+        seats(&lost).await.is_none(),
+        "rights without a trusted back office"
+    );
     Ok(())
 }

@@ -5,19 +5,20 @@ use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::{FromRequest, HttpRequest, HttpResponse, dev::Payload, post, web};
+use http_kit::auth::bearer;
+use http_kit::extract::client_ip;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::doc;
 use crate::access;
 use crate::error::{AppError, AppResult};
-use crate::http::request::{bearer, client_ip};
 use crate::state::{State, run};
 use crate::store::auth::{self, Principal, Session, SessionInfo};
 
 /// The session of a request's bearer token, and the token.
 async fn session_of(req: &HttpRequest) -> AppResult<(SessionInfo, String)> {
-    let token = bearer(req).ok_or_else(|| {
+    let token = bearer(req).map(str::to_owned).ok_or_else(|| {
         AppError::unauthorized(
             "send `Authorization: Bearer TOKEN`; get a token from POST /api/v1/auth/login",
         )
@@ -167,7 +168,9 @@ pub async fn login(
 )]
 #[post("/api/v1/auth/logout")]
 pub async fn logout(state: State, req: HttpRequest) -> AppResult<HttpResponse> {
-    let token = bearer(&req).ok_or_else(|| AppError::unauthorized("not signed in"))?;
+    let token = bearer(&req)
+        .map(str::to_owned)
+        .ok_or_else(|| AppError::unauthorized("not signed in"))?;
     run(&state, move |c| auth::logout(c, &token)).await?;
     Ok(HttpResponse::NoContent().finish())
 }

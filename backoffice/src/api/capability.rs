@@ -1,13 +1,15 @@
 //! `POST /api/v1/capability`: license servers register, poll and get signed rights.
 
 use actix_web::{HttpRequest, HttpResponse, post, web};
+use http_kit::auth::bearer;
+use http_kit::extract::{parse_json, read_body};
 use shared::ErrorCode;
 use shared::capability::{CapabilityClaims, CapabilityRequest, CapabilityResponse, ISSUER};
 
 use super::doc;
 use crate::domain::validate;
 use crate::error::{AppError, AppResult};
-use crate::http::request::{bearer, parse_json, read_body};
+use crate::http::MAX_BODY;
 use crate::state::{AppState, State, run_write};
 use crate::store::capability::{self as registry, CapabilityAnswer};
 use crate::store::tokens;
@@ -28,9 +30,9 @@ pub async fn capability(
     req: HttpRequest,
     body: web::Payload,
 ) -> AppResult<HttpResponse> {
-    let result = match read_body(body).await {
+    let result = match read_body(body, MAX_BODY).await {
         Ok(body) => handle(&state, &req, &body).await,
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     };
     state.metrics.capability_outcome(match &result {
         Ok(_) => "ok",
@@ -40,7 +42,7 @@ pub async fn capability(
 }
 
 async fn handle(state: &AppState, req: &HttpRequest, body: &[u8]) -> AppResult<HttpResponse> {
-    let token = bearer(req).ok_or_else(|| {
+    let token = bearer(req).map(str::to_owned).ok_or_else(|| {
         AppError::unauthorized("send the device token as `Authorization: Bearer dt_…`")
     })?;
     let request: CapabilityRequest = parse_json(body)?;

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::doc;
 use crate::error::AppResult;
-use crate::http::metrics::Metrics;
+use crate::http::Metrics;
 use crate::state::{State, run};
 
 /// The API's OpenAPI document as served, generated once at start from the handlers.

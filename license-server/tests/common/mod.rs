@@ -1,212 +1,73 @@
-//! Test harness: a small but real back office ([`backoffice`]), certificates made in the
-//! test ([`tls`]), and the real `license-server` binary as a child process.
+//! The license server's tests use the workspace's test kit (the `tests` crate): the real
+//! `license-server` binary on a port of its own, the fake back office with its
+//! misbehaviour modes, certificates made in the test, one `eventually`. These are the
+//! names they know it by.
 
-pub mod backoffice;
-pub mod tls;
+use std::path::Path;
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+pub use tests::eventually as wait_for;
+pub use tests::fake_backoffice::{FakeBackoffice, FakeBackoffice as TestBackoffice, Mode, right};
+pub use tests::license_server::{LicenseServer, feature, get_json, http, with};
 
-pub use backoffice::{FakeBackoffice, Mode, right};
-use shared::capability::Right;
-
-pub const BO_TOKEN: &str = "bo-secret-token";
-
-/// The fake back office in a directory of its own.
-pub struct TestBackoffice {
-    bo: FakeBackoffice,
-    _dir: tempfile::TempDir,
+/// Certificates made in the test.
+pub mod tls {
+    pub use tests::tls::TestCa;
 }
 
-impl std::ops::Deref for TestBackoffice {
-    type Target = FakeBackoffice;
-    fn deref(&self) -> &FakeBackoffice {
-        &self.bo
-    }
+/// The settings of a license server `hostid` polling `bo`.
+pub fn base_env(bo: &FakeBackoffice, hostid: &str) -> Vec<(String, String)> {
+    bo.server_env(hostid)
 }
 
-impl std::ops::DerefMut for TestBackoffice {
-    fn deref_mut(&mut self) -> &mut FakeBackoffice {
-        &mut self.bo
-    }
-}
-
-impl TestBackoffice {
-    /// Its public key: the producer's key clients verify grants with.
-    pub fn producer(&self) -> shared::signing::Verifier {
-        let pem = std::fs::read_to_string(&self.public_key).unwrap();
-        shared::signing::Verifier::from_public_pem(&pem).unwrap()
-    }
-
-    pub async fn start(rights: Vec<Right>) -> TestBackoffice {
-        Self::start_with(rights, None)
-    }
-
-    /// Over HTTPS with this certificate and key.
-    pub async fn start_tls(rights: Vec<Right>, cert: &Path, key: &Path) -> TestBackoffice {
-        Self::start_with(rights, Some((cert, key)))
-    }
-
-    fn start_with(rights: Vec<Right>, tls: Option<(&Path, &Path)>) -> TestBackoffice {
-        let dir = tempfile::tempdir().unwrap();
-        let bo = FakeBackoffice::start("127.0.0.1:0", dir.path(), rights, BO_TOKEN, 1, tls)
-            .expect("start the test back office");
-        TestBackoffice { bo, _dir: dir }
-    }
-}
-
-/// A running `license-server serve`.
-pub struct Server {
-    child: Child,
-    pub url: String,
-    pub data_dir: PathBuf,
-    pub env: Vec<(String, String)>,
-}
-
-pub fn base_env(bo: &TestBackoffice, hostid: &str) -> Vec<(String, String)> {
-    [
-        ("HOSTID", hostid),
-        ("BACKOFFICE_URL", bo.url.as_str()),
-        ("BACKOFFICE_TOKEN", BO_TOKEN),
-        ("BACKOFFICE_PUBLIC_KEY", bo.public_key.to_str().unwrap()),
-        ("CAPABILITY_POLL_INTERVAL", "300ms"),
-        ("BACKOFF_MAX", "500ms"),
-        ("LEASE_DURATION", "60s"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
-pub fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    for (k, v) in extra {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.to_string(), v.to_string()));
-    }
-    env
-}
+/// A running `license-server serve` on a port of its own (see
+/// [`tests::license_server::LicenseServer`], which it derefs to).
+pub struct Server(LicenseServer);
 
 impl Server {
+    /// Starts it with `DATA_DIR=data_dir` and `env` (`LISTEN` in `env` picks the port),
+    /// and waits until it answers; panics with its log if it does not.
     pub async fn start(data_dir: &Path, env: Vec<(String, String)>) -> Server {
-        std::fs::create_dir_all(data_dir).unwrap();
-        let addr_file = data_dir.join("listen.addr");
-        let _ = std::fs::remove_file(&addr_file);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.with_extension("log"))
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_license-server"));
-        cmd.arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("LISTEN", "127.0.0.1:0")
-            .env("DATA_DIR", data_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log));
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start license-server");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
-            if let Ok(s) = std::fs::read_to_string(&addr_file)
-                && s.ends_with('\n')
-            {
-                break s.trim().to_owned();
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "license-server exited with {status}; log:\n{}",
-                    std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "license-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let scheme = if env.iter().any(|(k, _)| k == "TLS_CERT") {
-            "https"
-        } else {
-            "http"
-        };
-        Server {
-            child,
-            url: format!("{scheme}://{addr}"),
-            data_dir: data_dir.to_owned(),
-            env,
+        let port = env
+            .iter()
+            .find(|(k, _)| k == "LISTEN")
+            .and_then(|(_, v)| v.rsplit_once(':')?.1.parse().ok())
+            .unwrap_or(0);
+        let env: Vec<_> = env.into_iter().filter(|(k, _)| k != "LISTEN").collect();
+        match LicenseServer::builder(data_dir)
+            .port(port)
+            .envs(&env)
+            .start()
+            .await
+        {
+            Ok(s) => Server(s),
+            Err(e) => panic!("{e:#}"),
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL, no chance to flush anything.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
+    /// Everything it logged.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+        self.0.log_text()
     }
 
-    pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
-    /// SIGTERM and wait for a clean exit.
+    /// SIGTERM and its exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        self.child.wait().unwrap()
+        self.0
+            .terminate()
+            .expect("the license server exits within 10 s of SIGTERM")
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Server {
+    type Target = LicenseServer;
+    fn deref(&self) -> &LicenseServer {
+        &self.0
     }
 }
 
-/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut LicenseServer {
+        &mut self.0
     }
-}
-
-pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-pub async fn get_json(url: &str) -> serde_json::Value {
-    http().get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// `GET url` with `Authorization: Bearer token`, as JSON (`Null` when it is not JSON).
@@ -222,12 +83,6 @@ pub async fn leases_of(server: &Server, feature: &str) -> serde_json::Value {
         &server.admin_token(),
     )
     .await
-}
-
-/// `count` of a feature in `GET /api/v1/features`, `None` if absent.
-pub async fn feature(server: &Server, name: &str) -> Option<serde_json::Value> {
-    let v = get_json(&server.url("/api/v1/features")).await;
-    v.as_array()?.iter().find(|f| f["feature"] == name).cloned()
 }
 
 /// `token` with its claims edited by `edit`, its header and signature kept: what anyone

@@ -5,12 +5,12 @@
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
+use http_kit::extract::client_ip;
 use serde::Deserialize;
 use shared::ErrorCode;
 
 use super::{CsrfForm, PageResult, render};
 use crate::access;
-use crate::http::request::client_ip;
 use crate::portal::cookies::{self, SESSION_COOKIE, SIGNIN, SIGNIN_COOKIE, redirect_with, removal};
 use crate::portal::errors::PortalError;
 use crate::portal::layout::Layout;

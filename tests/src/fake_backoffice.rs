@@ -5,10 +5,10 @@
 //! mains announce (`backup_hostid`) so that both servers' answers name the pair. It can
 //! be told to misbehave (wrong key, wrong hostid, stale, replayed, `MAIN_NOT_REGISTERED`,
 //! and bindings that must be refused: signed by another key, for another hostid,
-//! expired, with an unknown `kid`, or none). It does no accounting; the end-to-end crate
-//! runs the real back office.
+//! expired, with an unknown `kid`, or none). It does no accounting; tests of that run the
+//! real back office ([`crate::backoffice`]).
 //!
-//! Used by the integration tests (`tests/common`) and by `examples/dev_backoffice.rs`.
+//! Used by the license server's tests and by its `examples/dev_backoffice.rs`.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -27,6 +27,11 @@ use shared::capability::{
 use shared::grant::BindingClaims;
 use shared::signing::{Signer, generate_keypair};
 use shared::{ErrorBody, ErrorCode};
+
+use crate::tls::ServerCert;
+
+/// The device token the test back office expects ([`FakeBackoffice::start`]).
+pub const BO_TOKEN: &str = "bo-secret-token";
 
 /// How the back office answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +82,8 @@ pub struct FakeBackoffice {
     pub public_key: PathBuf,
     pub state: Arc<BoState>,
     handle: Option<ServerHandle>,
+    /// Where its key lives, when it chose the place itself.
+    _dir: Option<tempfile::TempDir>,
 }
 
 pub fn right(feature: &str, count: u32) -> Right {
@@ -222,10 +229,55 @@ impl BoState {
 }
 
 impl FakeBackoffice {
+    /// For a test: on a port of its own, in a directory of its own, expecting
+    /// [`BO_TOKEN`], telling servers to poll every second.
+    pub async fn start(rights: Vec<Right>) -> FakeBackoffice {
+        Self::start_in_tempdir(rights, None)
+    }
+
+    /// [`FakeBackoffice::start`] over HTTPS with this certificate and key.
+    pub async fn start_tls(rights: Vec<Right>, cert: &Path, key: &Path) -> FakeBackoffice {
+        Self::start_in_tempdir(rights, Some((cert, key)))
+    }
+
+    /// [`FakeBackoffice::start_tls`] with a certificate from [`crate::tls::TestCa`].
+    pub async fn start_with_cert(rights: Vec<Right>, cert: &ServerCert) -> FakeBackoffice {
+        Self::start_in_tempdir(rights, Some((&cert.cert, &cert.key)))
+    }
+
+    fn start_in_tempdir(rights: Vec<Right>, tls: Option<(&Path, &Path)>) -> FakeBackoffice {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut bo = FakeBackoffice::serve("127.0.0.1:0", dir.path(), rights, BO_TOKEN, 1, tls)
+            .expect("start the test back office");
+        bo._dir = Some(dir);
+        bo
+    }
+
+    /// The settings of a license server `hostid` that polls this back office (every
+    /// 300 ms, retrying within 500 ms), with 60 s leases.
+    pub fn server_env(&self, hostid: &str) -> Vec<(String, String)> {
+        let token = self.state.token.as_str();
+        [
+            ("HOSTID", hostid),
+            ("BACKOFFICE_URL", self.url.as_str()),
+            ("BACKOFFICE_TOKEN", token),
+            (
+                "BACKOFFICE_PUBLIC_KEY",
+                self.public_key.to_str().unwrap_or(""),
+            ),
+            ("CAPABILITY_POLL_INTERVAL", "300ms"),
+            ("BACKOFF_MAX", "500ms"),
+            ("LEASE_DURATION", "60s"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+    }
+
     /// Listens on `listen` (port 0: any), over HTTPS when `tls` names a certificate and
     /// its key; writes its public key to `dir/backoffice.pub.pem`; authenticates servers
-    /// by `token`.
-    pub fn start(
+    /// by `token`. Must be called within a Tokio runtime, which runs it.
+    pub fn serve(
         listen: &str,
         dir: &Path,
         rights: Vec<Right>,
@@ -277,7 +329,14 @@ impl FakeBackoffice {
             public_key,
             state,
             handle: Some(handle),
+            _dir: None,
         })
+    }
+
+    /// Its public key: the producer's key clients verify grants with.
+    pub fn producer(&self) -> shared::signing::Verifier {
+        let pem = std::fs::read_to_string(&self.public_key).expect("its public key file");
+        shared::signing::Verifier::from_public_pem(&pem).expect("an Ed25519 key")
     }
 
     pub fn set_rights(&self, rights: Vec<Right>) {
