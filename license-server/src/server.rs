@@ -1,7 +1,7 @@
 //! `license-server serve`: check what the settings name (keys, certificates, the
-//! descriptors the connection cap needs), recover the store, start the poller, the
-//! reaper and the pair's replicator, serve HTTP or HTTPS (actix-web), shut down cleanly on
-//! SIGTERM or ctrl-c.
+//! descriptors the connection cap needs), load or make the server's own key, recover the
+//! store (its rights verified), start the poller, the reaper and the pair's replicator,
+//! serve HTTP or HTTPS (actix-web), shut down cleanly on SIGTERM or ctrl-c.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use shared::signing::Verifier;
 use tokio::sync::watch;
 
 use crate::http::{self, AppContext};
+use crate::identity::{self, Identity};
 use crate::poller::{Poller, PollerConfig};
 use crate::replication;
 use crate::service::{Peer, Service, ServiceConfig, now_ms};
@@ -111,24 +112,42 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Some(t) => t.clone(),
         None => admin_token_file(&settings.data_dir)?,
     };
+    let identity = Arc::new(Identity::new(
+        settings.hostid.clone(),
+        identity::load_or_create_key(&settings.data_dir)?,
+        verifier,
+        settings.pair_token.clone(),
+        Some(&settings.data_dir),
+    ));
+    identity.load_answer();
 
-    // State is restored before anything is served.
+    // State is restored before anything is served; its rights are verified as they load.
     let dir = settings.data_dir.clone();
-    let (state, store, recovery) =
-        tokio::task::spawn_blocking(move || store::open(&dir, StoreOptions::default()))
-            .await?
-            .context("opening the local store")?;
+    let opts = StoreOptions {
+        rights: Some(identity.rights_check().clone()),
+        ..StoreOptions::default()
+    };
+    let (state, store, recovery) = tokio::task::spawn_blocking(move || store::open(&dir, opts))
+        .await?
+        .context("opening the local store")?;
     tracing::info!(
         seq = state.seq,
         snapshot_seq = recovery.snapshot_seq,
         replayed = recovery.replayed,
         torn_bytes_cut = recovery.truncated_bytes,
         leases = state.lease_count(),
-        rights = state.rights.len(),
+        rights = state.current_rights().len(),
         "local store recovered"
     );
-    if state.rights_updated_at.is_none() {
-        tracing::info!("no rights stored yet: nothing is served until the back office answers");
+    match state.rights.as_ref().and_then(|r| r.claims()) {
+        None => {
+            tracing::info!("no rights stored yet: nothing is served until the back office answers")
+        }
+        Some(c) if c.serve_until <= shared::now_unix() => tracing::warn!(
+            serve_until = %crate::domain::fmt_time(c.serve_until),
+            "the stored rights are past their serve_until: nothing is granted until the back office answers"
+        ),
+        Some(_) => {}
     }
 
     let listener = std::net::TcpListener::bind(&settings.listen)
@@ -142,7 +161,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Clients wait at most this long for a backup that stalls before their change is
     // acknowledged without it; well under the failover timeout.
     let sync_timeout = (settings.failover_timeout / 2).max(settings.heartbeat_interval);
-    let peer = Peer::new(settings.pair_token.clone(), sync_timeout, ca.clone())?;
+    let peer = Peer::new(identity.pair_token().clone(), sync_timeout, ca.clone())?;
     let svc = Service::start(
         ServiceConfig {
             hostid: settings.hostid.clone(),
@@ -158,6 +177,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         state,
         store,
         (role != Role::Standalone).then(|| peer.clone()),
+        identity,
     )
     .await?;
     if role == Role::Main && settings.licensing_backup_uri.is_none() {
@@ -179,7 +199,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             leeway: settings.clock_leeway,
             backoff_max: settings.backoff_max,
         },
-        verifier,
         svc.clone(),
         ca,
     )?;
@@ -208,7 +227,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let ctx = AppContext::new(
         svc.clone(),
         &admin_token,
-        &settings.pair_token,
         svc.metrics.http.clone(),
         gate.clone(),
         limits.body_timeout,

@@ -122,9 +122,9 @@ pub struct Settings {
     pub failover_timeout: Duration,
     /// Main: how often it sends a heartbeat to its backup when nothing changes.
     pub heartbeat_interval: Duration,
-    /// The secret the two servers of a pair authenticate each other with (default:
-    /// `BACKOFFICE_TOKEN`, the account's device token both usually share).
-    pub pair_token: Secret,
+    /// `PAIR_TOKEN`: the secret the two servers of a pair authenticate each other with;
+    /// `None`: the one the back office issues to the pair (never `BACKOFFICE_TOKEN`).
+    pub pair_token: Option<Secret>,
     /// `TLS_CERT` and `TLS_KEY`: serve HTTPS with this certificate chain and key.
     pub tls: Option<TlsFiles>,
     /// `BACKOFFICE_CA`: a PEM bundle trusted besides the system's roots for the back
@@ -315,10 +315,20 @@ impl Settings {
                 shared::duration::format(heartbeat_interval)
             );
         }
-        let pair_token = raw
-            .pair_token
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| backoffice_token.clone());
+        let pair_token = raw.pair_token.filter(|s| !s.is_empty());
+        if pair_token.as_ref().is_some_and(|p| {
+            http_kit::auth::constant_time_eq(
+                p.expose().as_bytes(),
+                backoffice_token.expose().as_bytes(),
+            )
+        }) {
+            bail!(
+                "PAIR_TOKEN must not be BACKOFFICE_TOKEN: the pair's secret lets its holder change \
+                 the backup's copy, and the device token is known to more than the two servers; \
+                 set a secret of its own on both servers, or leave PAIR_TOKEN unset to use the \
+                 one the back office issues to the pair"
+            );
+        }
         let tls = match (
             file_setting("TLS_CERT", raw.tls_cert)?,
             file_setting("TLS_KEY", raw.tls_key)?,
@@ -524,6 +534,31 @@ mod tests {
                 ..raw_min()
             })
             .is_err()
+        );
+    }
+
+    #[test]
+    fn the_pair_secret_is_never_the_device_token() {
+        let s = Settings::from_raw(raw_min()).unwrap();
+        assert!(s.pair_token.is_none(), "unset: the back office's");
+        let e = Settings::from_raw(Raw {
+            pair_token: Some(Secret::new("t")),
+            ..raw_min()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("PAIR_TOKEN must not be BACKOFFICE_TOKEN"),
+            "{e}"
+        );
+        let ok = Settings::from_raw(Raw {
+            pair_token: Some(Secret::new("a secret of the pair's own")),
+            ..raw_min()
+        })
+        .unwrap();
+        assert_eq!(
+            ok.pair_token.unwrap().expose(),
+            "a secret of the pair's own"
         );
     }
 

@@ -54,10 +54,10 @@ fn load(root: &Path, toml: &str) -> Result<String, String> {
     file.write_all(toml.as_bytes()).map_err(|e| e.to_string())?;
     let s = Settings::load(Some(file.path())).map_err(|e| format!("{e:#}"))?;
     Ok(format!(
-        "{s:?} {} {:?} {}",
+        "{s:?} {} {:?} {:?}",
         s.backoffice_token.expose(),
         s.admin_token.as_ref().map(|t| t.expose()),
-        s.pair_token.expose()
+        s.pair_token.as_ref().map(|t| t.expose())
     ))
 }
 
