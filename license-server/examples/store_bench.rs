@@ -31,9 +31,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use license_server::domain::{Event, LeaseRecord, State};
+use license_server::domain::{Event, Holder, LeaseRecord, Rights, State};
+use license_server::identity::{self, Identity};
 use license_server::store::{self, StoreOptions};
-use shared::capability::Right;
+use shared::HostId;
+use shared::signing::Verifier;
 use uuid::Uuid;
 
 fn usage() -> ! {
@@ -86,7 +88,7 @@ fn main() {
             // A store to try by hand: `store_bench populate --leases N` prints its path.
             let n = leases.first().copied().unwrap_or(100_000);
             let data = work.keep().join("data");
-            let (snapshot, journal) = populate(&data, n);
+            let (snapshot, journal) = populate(&data, n, None);
             println!(
                 "{} ({n} leases, snapshot {snapshot} bytes, journal {journal} bytes)",
                 data.display()
@@ -103,7 +105,7 @@ fn main() {
         "load" => {
             for n in leases {
                 let data = work.path().join(format!("load-{n}"));
-                let (snapshot, journal) = populate(&data, n);
+                let (snapshot, journal) = populate(&data, n, None);
                 for _ in 0..runs {
                     let t = Instant::now();
                     let (state, st, rec) =
@@ -402,9 +404,50 @@ fn memory(work: &Path, n: usize, connections: usize, procs: &mut Procs) {
     );
 }
 
+/// The dev back office's signed answer to `string:bench`, whose key (made in `data` if
+/// absent) it binds, taken as the server takes it (kept in `data/capability.jwt`): a
+/// server started on `data` then grants without asking the back office first.
+fn answer_for(data: &Path, bo: &(String, PathBuf)) -> String {
+    store::files::prepare_dir(data).expect("data directory");
+    let key = identity::load_or_create_key(data).expect("server key");
+    let body = serde_json::json!({
+        "request_id": Uuid::new_v4(),
+        "hostid": "string:bench",
+        "role": "standalone",
+        "sent_at": shared::now_unix(),
+        "server_key": key.public_key(),
+    });
+    let token: String = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let answer: serde_json::Value = reqwest::Client::new()
+                .post(format!("{}/api/v1/capability", bo.0))
+                .bearer_auth("bench-token")
+                .json(&body)
+                .send()
+                .await
+                .expect("the dev back office answers")
+                .json()
+                .await
+                .expect("a capability answer");
+            answer["token"].as_str().expect("a token").to_owned()
+        });
+    let producer = Verifier::from_public_pem(&std::fs::read_to_string(&bo.1).expect("key"))
+        .expect("the dev back office's key");
+    let claims = producer.decode_capability(&token).expect("a signed answer");
+    let hostid = HostId::parse("string:bench").expect("hostid");
+    Identity::new(hostid, key, producer, None, Some(data))
+        .take_answer(&token, &claims)
+        .expect("a binding of the bench server's key");
+    token
+}
+
 /// Writes a store with `n` live leases as a server leaves it at its largest: a snapshot,
-/// then renewals in the journal up to just short of the next compaction.
-fn populate(data: &Path, n: usize) -> (u64, u64) {
+/// then renewals in the journal up to just short of the next compaction. `rights`: the
+/// back office's answer to keep as its rights (none: the store has none).
+fn populate(data: &Path, n: usize, rights: Option<&str>) -> (u64, u64) {
     let now = shared::now_unix() * 1000;
     let (mut state, st, _) = store::open(data, StoreOptions::default()).expect("open store");
     let mut wanted = st.compaction_wanted();
@@ -424,21 +467,15 @@ fn populate(data: &Path, n: usize) -> (u64, u64) {
             history: Uuid::new_v4(),
         },
     );
-    submit(
-        &mut state,
-        Event::RightsUpdated {
-            rights: vec![Right {
-                activation_id: "DEV-bench".into(),
-                feature: "bench".into(),
-                version: String::new(),
-                count: (n * 2) as u32,
-                starts_at: 0,
-                expires_at: None,
-            }],
-            at: now,
-            issued_at: now / 1000,
-        },
-    );
+    if let Some(token) = rights {
+        submit(
+            &mut state,
+            Event::RightsUpdated {
+                rights: Rights::unverified(token),
+                at: now,
+            },
+        );
+    }
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let id = Uuid::new_v4();
@@ -457,6 +494,7 @@ fn populate(data: &Path, n: usize) -> (u64, u64) {
                     expires_at: now + 7_200_000,
                     granted_by: "string:bench".into(),
                     granted_seq: 0,
+                    holder: Holder::of_secret(&client_id(i)),
                 },
             },
         );
@@ -536,7 +574,8 @@ fn restart(work: &Path, n: usize, runs: usize, via_http: bool, procs: &mut Procs
         let _ = server.wait();
         (0, dir_bytes(&data))
     } else {
-        populate(&data, n)
+        let answer = answer_for(&data, &bo);
+        populate(&data, n, Some(&answer))
     };
     let mut to_health = Vec::new();
     let mut to_grant = Vec::new();

@@ -328,6 +328,21 @@ fn print_status(url: &str, v: &serde_json::Value) {
         when(&rights["updated_at"]),
         when(&rights["next_expiry"])
     );
+    let trust = &v["trust"];
+    println!(
+        "trust:       key {}, bound until {}; rights served until {}{}",
+        trust["key_id"].as_str().unwrap_or("?"),
+        trust["bound_until"]
+            .as_i64()
+            .map_or_else(|| "- (not bound: grants nothing)".to_owned(), fmt_time),
+        when(&trust["serve_until"]),
+        trust["pair_secret"]
+            .as_str()
+            .map_or_else(String::new, |s| format!(
+                "; pair secret: {}",
+                s.replace('_', " ")
+            ))
+    );
     println!(
         "leases:      {}   journal seq {} (durable {})",
         v["leases"], v["journal_seq"], v["durable_seq"]
@@ -453,12 +468,54 @@ pub fn encode_segment(s: &str) -> String {
     out
 }
 
-/// Where a server's store is.
+/// Where a server's store is, and what its rights are verified with.
 #[derive(Debug, Clone, Args)]
 pub struct StoreDir {
     /// The server's data directory.
     #[arg(long, env = "DATA_DIR", default_value = "license-server-data")]
     pub data_dir: PathBuf,
+    /// The back office's public key (PEM), to verify the stored rights with; without it
+    /// their signatures are not checked.
+    #[arg(long, env = "BACKOFFICE_PUBLIC_KEY")]
+    pub backoffice_public_key: Option<PathBuf>,
+    /// The server's hostid, whose rights these are (default: as the server derives it).
+    #[arg(long, env = "HOSTID")]
+    pub hostid: Option<String>,
+}
+
+impl StoreDir {
+    /// The check of the stored rights, when the back office's key is given.
+    fn rights_check(&self) -> anyhow::Result<Option<crate::domain::RightsCheck>> {
+        let Some(path) = &self.backoffice_public_key else {
+            println!(
+                "note: the rights' signatures are not checked (give --backoffice-public-key or BACKOFFICE_PUBLIC_KEY)"
+            );
+            return Ok(None);
+        };
+        let pem = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "--backoffice-public-key `{}` cannot be read",
+                path.display()
+            )
+        })?;
+        let producer = shared::signing::Verifier::from_public_pem(&pem).with_context(|| {
+            format!(
+                "--backoffice-public-key `{}` is not the back office's Ed25519 public key (PEM)",
+                path.display()
+            )
+        })?;
+        let hostid = match self
+            .hostid
+            .as_deref()
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+        {
+            Some(h) => shared::HostId::parse(h).with_context(|| format!("--hostid `{h}`"))?,
+            None => crate::settings::default_hostid()
+                .context("no --hostid (HOSTID) and no network interface to derive one from")?,
+        };
+        Ok(Some(crate::domain::RightsCheck::new(producer, hostid)))
+    }
 }
 
 /// `store verify`: what the store holds; an error when something is damaged.
@@ -468,7 +525,8 @@ pub fn store_verify(d: &StoreDir) -> anyhow::Result<()> {
             "note: a server is using this store; a record it is writing may show as cut short"
         );
     }
-    let scan = crate::store::repair::verify(&d.data_dir)?;
+    let check = d.rights_check()?;
+    let scan = crate::store::repair::verify(&d.data_dir, check.as_ref())?;
     print!("{}", crate::store::repair::report(&d.data_dir, &scan));
     if crate::store::repair::is_damaged(&scan) {
         bail!("the store is damaged");
@@ -479,7 +537,8 @@ pub fn store_verify(d: &StoreDir) -> anyhow::Result<()> {
 /// `store recover`: keeps what is readable, after asking.
 pub fn store_recover(d: &StoreDir, yes: bool) -> anyhow::Result<()> {
     use crate::store::repair;
-    let scan = repair::verify(&d.data_dir)?;
+    let check = d.rights_check()?;
+    let scan = repair::verify(&d.data_dir, check.as_ref())?;
     print!("{}", repair::report(&d.data_dir, &scan));
     if !repair::is_damaged(&scan) {
         println!("nothing to recover");

@@ -27,6 +27,15 @@ pub enum ServiceError {
     NotServing { serving_url: String },
     #[error("{0}")]
     MaintenanceExpired(String),
+    /// The rights are past their `serve_until`.
+    #[error("{0}")]
+    RightsExpired(String),
+    /// No valid binding of this server's key.
+    #[error("{0}")]
+    NotBound(String),
+    /// The pair partner offered rights that do not verify for this pair.
+    #[error("{0}")]
+    UnverifiedRights(String),
     /// Replication: the copy does not continue from what was sent.
     #[error("{0}")]
     OutOfSync(String),
@@ -60,6 +69,9 @@ impl ServiceError {
             ServiceError::FeatureExpired(_) => ErrorCode::FeatureExpired,
             ServiceError::NotServing { .. } => ErrorCode::NotServing,
             ServiceError::MaintenanceExpired(_) => ErrorCode::MaintenanceIntervalExpired,
+            ServiceError::RightsExpired(_) => ErrorCode::RightsExpired,
+            ServiceError::NotBound(_) => ErrorCode::ServerNotBound,
+            ServiceError::UnverifiedRights(_) => ErrorCode::UnverifiedRights,
             ServiceError::OutOfSync(_) => ErrorCode::OutOfSync,
             ServiceError::RoleConflict(_) => ErrorCode::RoleConflict,
             ServiceError::ClockSkew(_) => ErrorCode::ClockSkew,

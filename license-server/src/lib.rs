@@ -1,8 +1,9 @@
 //! The local license server: rights from the back office, floating licenses for clients.
 //!
 //! Layers: [`domain`] and [`pair`] (pure rules: allocation, the event-sourced state, who
-//! serves), [`store`] (journal, snapshots, group commit), [`service`] (the state behind a
-//! few locks, what handlers call), [`http`] (thin actix-web handlers, documented with
+//! serves), [`store`] (journal, snapshots, group commit), [`identity`] (the server's key,
+//! its binding, the pair's secret), [`service`] (the state behind a few locks, what
+//! handlers call), [`http`] (thin actix-web handlers, documented with
 //! utoipa), [`poller`] (capability requests), [`replication`] (the pair at run time),
 //! [`server`] (wiring), [`settings`] (checked at start), [`cli`] (operator commands),
 //! [`cluster`] (a member of a three-member cluster: raft, its files, its members).
@@ -12,6 +13,7 @@ pub mod cluster;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod metrics;
 pub mod pair;
 pub mod poller;

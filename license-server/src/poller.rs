@@ -1,7 +1,8 @@
 //! Capability requests to the back office: at startup (with backoff and jitter until an
-//! answer verifies) and then every poll interval. Every answer is verified (signature,
-//! addressee, request ID, freshness, not older than the rights held) before its rights
-//! replace the current ones; anything else is logged and changes nothing.
+//! answer verifies) and then every poll interval, each with this server's public key.
+//! Every answer is verified (signature, addressee, request ID, freshness, not older than
+//! the rights held) before it is taken: its binding of this server's key, the pair's
+//! secret, and its rights, kept verbatim; anything else is logged and changes nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,6 @@ use shared::capability::{
 };
 use shared::client::describe_error;
 use shared::secret::Secret;
-use shared::signing::Verifier;
 use shared::{ErrorBody, ErrorCode, HostId};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -66,7 +66,6 @@ pub struct PollerConfig {
 
 pub struct Poller {
     cfg: PollerConfig,
-    verifier: Verifier,
     http: reqwest::Client,
     svc: Arc<Service>,
 }
@@ -93,7 +92,6 @@ impl Poller {
     /// `ca`: certificates trusted besides the system's roots (`BACKOFFICE_CA`).
     pub fn new(
         cfg: PollerConfig,
-        verifier: Verifier,
         svc: Arc<Service>,
         ca: Vec<reqwest::Certificate>,
     ) -> anyhow::Result<Self> {
@@ -105,16 +103,15 @@ impl Poller {
             .map_err(|e| {
                 anyhow::anyhow!("the back office's HTTP client: {}", describe_error(&e))
             })?;
-        Ok(Poller {
-            cfg,
-            verifier,
-            http,
-            svc,
-        })
+        Ok(Poller { cfg, http, svc })
     }
 
-    /// One capability request and its verification.
-    pub async fn request(&self, include_rights: bool) -> Result<CapabilityClaims, PollError> {
+    /// One capability request and its verification: the answer (the token) and its
+    /// claims.
+    pub async fn request(
+        &self,
+        include_rights: bool,
+    ) -> Result<(String, CapabilityClaims), PollError> {
         let request_id = Uuid::new_v4();
         let req = CapabilityRequest {
             request_id,
@@ -128,7 +125,7 @@ impl Poller {
                 Vec::new()
             },
             report: Some(self.svc.report()),
-            server_key: None,
+            server_key: Some(self.svc.identity().public_key()),
         };
         let resp = self
             .http
@@ -164,7 +161,10 @@ impl Poller {
         let answer: CapabilityResponse = serde_json::from_slice(&bytes)
             .map_err(|e| PollError::Rejected(format!("not a capability response: {e}")))?;
         let claims = self
-            .verifier
+            .svc
+            .identity()
+            .rights_check()
+            .producer()
             .verify(
                 &answer.token,
                 &self.cfg.hostid,
@@ -173,41 +173,54 @@ impl Poller {
                 self.cfg.leeway.as_secs() as i64,
             )
             .map_err(|e| PollError::Rejected(e.to_string()))?;
-        Ok(claims)
+        Ok((answer.token, claims))
     }
 
     /// Requests, verifies and applies; returns the poll interval the answer asks for.
     pub async fn poll_once(&self, include_rights: bool) -> Result<Duration, PollError> {
-        let claims = self.request(include_rights).await?;
-        match self.svc.update_rights(&claims).await {
-            Ok(RightsChange::Older) => {
+        let (token, claims) = self.request(include_rights).await?;
+        let (role, poll_interval_secs) = (claims.role, claims.poll_interval_secs);
+        let (rights, seats, server_id) = (
+            claims.rights.len(),
+            claims
+                .rights
+                .iter()
+                .map(|r| u64::from(r.count))
+                .sum::<u64>(),
+            claims.server_id.clone(),
+        );
+        let iat = claims.iat;
+        let outcome = self
+            .svc
+            .take_answer(&token, claims)
+            .await
+            .map_err(|e| PollError::Rejected(e.to_string()))?;
+        match outcome.rights {
+            RightsChange::Older => {
                 return Err(PollError::Rejected(format!(
-                    "the answer was issued at {} , before the answer the current rights came from (replayed?)",
-                    claims.iat
+                    "the answer was issued at {iat}, before the answer the current rights came from (replayed?)"
                 )));
             }
-            Ok(RightsChange::Changed) => {
-                let seats: u64 = claims.rights.iter().map(|r| u64::from(r.count)).sum();
+            RightsChange::Changed => {
                 tracing::info!(
-                    rights = claims.rights.len(),
+                    rights,
                     seats,
-                    server_id = %claims.server_id,
+                    %server_id,
                     "rights updated from the back office"
                 );
             }
-            Ok(RightsChange::Unchanged) => {
+            RightsChange::Unchanged => {
                 tracing::debug!("capability poll: rights unchanged");
             }
-            Err(e) => return Err(PollError::Rejected(e.to_string())),
         }
-        if claims.role != self.cfg.role {
+        if role != self.cfg.role {
             tracing::warn!(
                 ours = %self.cfg.role,
-                theirs = %claims.role,
+                theirs = %role,
                 "the back office registers this server in another role"
             );
         }
-        Ok(Duration::from_secs(claims.poll_interval_secs.max(1)))
+        Ok(Duration::from_secs(poll_interval_secs.max(1)))
     }
 
     /// Polls until `shutdown` turns true.

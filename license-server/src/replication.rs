@@ -114,6 +114,7 @@ pub async fn run_main(
     };
     let started = now_ms();
     let mut unreachable_logged = false;
+    let mut no_secret_logged = false;
     loop {
         if *stop.borrow() || !ring.drain() {
             return;
@@ -133,7 +134,15 @@ pub async fn run_main(
                 lose(&svc, Link::Unreachable).await;
                 // Nobody to take changes back from: serve alone.
                 svc.set_recovering(false);
-                if !unreachable_logged {
+                if matches!(e, PeerError::NoPairToken) {
+                    if !no_secret_logged {
+                        tracing::warn!(
+                            backup = %uri,
+                            "no pair secret yet (PAIR_TOKEN is unset and the back office has sent none): serving alone until it arrives"
+                        );
+                        no_secret_logged = true;
+                    }
+                } else if !unreachable_logged {
                     tracing::warn!(backup = %uri, error = %e, "the backup is unreachable; serving alone");
                     unreachable_logged = true;
                 }
@@ -154,6 +163,7 @@ pub async fn run_main(
             }
         };
         unreachable_logged = false;
+        no_secret_logged = false;
         svc.backup_seen();
         if pos.detached {
             if let Err(e) = svc.detach("the backup left the pair").await {
@@ -217,7 +227,7 @@ async fn failback(svc: &Service, peer: &Peer, uri: &str) -> Result<(), PeerError
     let started = std::time::Instant::now();
     let theirs = peer.handback(uri).await?;
     let report = svc
-        .take_back(&theirs)
+        .take_back(theirs)
         .await
         .map_err(|e| PeerError::Refused(e.body()))?;
     svc.set_recovering(false);
@@ -270,6 +280,7 @@ async fn stream(
                 ack.seq + 1
             }
             Err(PeerError::Unreachable(e)) => return Streamed::Unreachable(e),
+            Err(e @ PeerError::NoPairToken) => return Streamed::Unreachable(e.to_string()),
             Err(PeerError::Refused(body)) => {
                 tracing::warn!(code = %body.code, message = %body.message, "the backup refused the snapshot");
                 return Streamed::Resync;
@@ -329,6 +340,7 @@ async fn stream(
                 svc.metrics.replication_events.inc_by(n);
             }
             Err(PeerError::Unreachable(e)) => return Streamed::Unreachable(e),
+            Err(e @ PeerError::NoPairToken) => return Streamed::Unreachable(e.to_string()),
             Err(PeerError::Refused(body)) => {
                 if body.code != ErrorCode::OutOfSync {
                     tracing::warn!(code = %body.code, message = %body.message, "the backup refused the changes");

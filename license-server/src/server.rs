@@ -1,8 +1,8 @@
 //! `license-server serve`: check what the settings name (keys, certificates, the
-//! descriptors the connection cap needs), recover the store, start the poller, the
-//! reaper and the pair's replicator (or, for a member of a three-member cluster, its raft
-//! node and its hellos), serve HTTP or HTTPS (actix-web), shut down cleanly on SIGTERM or
-//! ctrl-c.
+//! descriptors the connection cap needs), load or make the server's own key, recover the
+//! store (its rights verified), start the poller, the reaper and the pair's replicator
+//! (or, for a member of a three-member cluster, its raft node and its hellos), serve HTTP
+//! or HTTPS (actix-web), shut down cleanly on SIGTERM or ctrl-c.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::http::{self, AppContext};
+use crate::identity::{self, Identity};
 use crate::poller::{Poller, PollerConfig};
 use crate::replication;
 use crate::service::{Peer, Service, ServiceConfig, now_ms};
@@ -113,20 +114,36 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         Some(t) => t.clone(),
         None => admin_token_file(&settings.data_dir)?,
     };
+    let identity = Identity::new(
+        settings.hostid.clone(),
+        identity::load_or_create_key(&settings.data_dir)?,
+        verifier,
+        settings.pair_token.clone(),
+        Some(&settings.data_dir),
+    );
+    // A cluster member also takes the pool's rights from the answers of the other two.
+    let identity = Arc::new(match &settings.cluster {
+        Some(c) => identity.in_cluster(c.members.iter().map(|(h, _)| h.clone()).collect()),
+        None => identity,
+    });
+    identity.load_answer();
 
-    // State is restored before anything is served.
+    // State is restored before anything is served; its rights are verified as they load.
     let dir = settings.data_dir.clone();
-    let (state, store, recovery) =
-        tokio::task::spawn_blocking(move || store::open(&dir, StoreOptions::default()))
-            .await?
-            .context("opening the local store")?;
+    let opts = StoreOptions {
+        rights: Some(identity.rights_check().clone()),
+        ..StoreOptions::default()
+    };
+    let (state, store, recovery) = tokio::task::spawn_blocking(move || store::open(&dir, opts))
+        .await?
+        .context("opening the local store")?;
     tracing::info!(
         seq = state.seq,
         snapshot_seq = recovery.snapshot_seq,
         replayed = recovery.replayed,
         torn_bytes_cut = recovery.truncated_bytes,
         leases = state.lease_count(),
-        rights = state.rights.len(),
+        rights = state.current_rights().len(),
         "local store recovered"
     );
     // A data directory is a cluster member's or a standalone (or pair) server's, for good.
@@ -145,8 +162,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         ),
         _ => {}
     }
-    if settings.cluster.is_none() && state.rights_updated_at.is_none() {
-        tracing::info!("no rights stored yet: nothing is served until the back office answers");
+    // A member's rights are the cluster's, checked as its raft node loads them.
+    if settings.cluster.is_none() {
+        match state.rights.as_ref().and_then(|r| r.claims()) {
+            None => tracing::info!(
+                "no rights stored yet: nothing is served until the back office answers"
+            ),
+            Some(c) if c.serve_until <= shared::now_unix() => tracing::warn!(
+                serve_until = %crate::domain::fmt_time(c.serve_until),
+                "the stored rights are past their serve_until: nothing is granted until the back office answers"
+            ),
+            Some(_) => {}
+        }
     }
 
     let listener = std::net::TcpListener::bind(&settings.listen)
@@ -160,7 +187,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Clients wait at most this long for a backup that stalls before their change is
     // acknowledged without it; well under the failover timeout.
     let sync_timeout = (settings.failover_timeout / 2).max(settings.heartbeat_interval);
-    let peer = Peer::new(settings.pair_token.clone(), sync_timeout, ca.clone())?;
+    let peer = Peer::new(identity.pair_token().clone(), sync_timeout, ca.clone())?;
     let service_config = ServiceConfig {
         hostid: settings.hostid.clone(),
         role,
@@ -181,8 +208,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                     members: c.members.clone(),
                     heartbeat_interval: c.heartbeat_interval,
                     member_timeout: c.member_timeout,
-                    token: settings.pair_token.clone(),
+                    token: c.token.clone(),
                     ca: ca.clone(),
+                    rights: identity.rights_check().clone(),
                 },
                 &settings.data_dir,
             )
@@ -196,7 +224,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                 members = ?settings.cluster.iter().flat_map(|c| c.members.iter().map(|(h, u)| format!("{h} at {u}"))).collect::<Vec<_>>(),
                 "cluster member: serving with the other two members while a majority sees each other"
             );
-            Service::start_member(service_config, c.clone(), store)?
+            Service::start_member(service_config, c.clone(), store, identity)?
         }
         None => {
             Service::start(
@@ -204,6 +232,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                 state,
                 store,
                 (role != Role::Standalone).then(|| peer.clone()),
+                identity,
             )
             .await?
         }
@@ -227,7 +256,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             leeway: settings.clock_leeway,
             backoff_max: settings.backoff_max,
         },
-        verifier,
         svc.clone(),
         ca,
     )?;
@@ -263,7 +291,6 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let ctx = AppContext::new(
         svc.clone(),
         &admin_token,
-        &settings.pair_token,
         svc.metrics.http.clone(),
         gate.clone(),
         limits.body_timeout,

@@ -134,9 +134,9 @@ pub struct Settings {
     pub failover_timeout: Duration,
     /// Main: how often it sends a heartbeat to its backup when nothing changes.
     pub heartbeat_interval: Duration,
-    /// The secret the two servers of a pair authenticate each other with (default:
-    /// `BACKOFFICE_TOKEN`, the account's device token both usually share).
-    pub pair_token: Secret,
+    /// `PAIR_TOKEN`: the secret the two servers of a pair authenticate each other with;
+    /// `None`: the one the back office issues to the pair (never `BACKOFFICE_TOKEN`).
+    pub pair_token: Option<Secret>,
     /// `TLS_CERT` and `TLS_KEY`: serve HTTPS with this certificate chain and key.
     pub tls: Option<TlsFiles>,
     /// `BACKOFFICE_CA`: a PEM bundle trusted besides the system's roots for the back
@@ -163,6 +163,9 @@ pub struct ClusterSettings {
     /// `CLUSTER_MEMBER_TIMEOUT`: a member that has not answered for this long counts as
     /// down (5s).
     pub member_timeout: Duration,
+    /// `PAIR_TOKEN`: the secret the members authenticate each other with (required: the
+    /// back office issues none to a cluster yet; never `BACKOFFICE_TOKEN`).
+    pub token: Secret,
 }
 
 /// The PEM files HTTPS is served with.
@@ -294,28 +297,10 @@ impl Settings {
                 bail!("BACKUP_SERVER_HOSTID must differ from this server's HOSTID {hostid}");
             }
         }
-        let cluster = cluster_settings(
-            ClusterRaw {
-                hostids: raw.cluster_member_hostids,
-                uris: raw.cluster_member_uris,
-                heartbeat_interval: raw.cluster_heartbeat_interval,
-                member_timeout: raw.cluster_member_timeout,
-            },
-            &hostid,
-            backup_server_hostid.is_some(),
-            raw.licensing_backup_uri
-                .as_deref()
-                .is_some_and(|u| !u.trim().is_empty()),
-        )?;
         let licensing_main_uri = url_setting("LICENSING_MAIN_URI", raw.licensing_main_uri)?;
         if backup_server_hostid.is_some() && licensing_main_uri.is_some() {
             bail!(
                 "set BACKUP_SERVER_HOSTID (this server is the main) or LICENSING_MAIN_URI (this server is the backup), not both"
-            );
-        }
-        if cluster.is_some() && licensing_main_uri.is_some() {
-            bail!(
-                "set CLUSTER_MEMBER_HOSTIDS (a member of a three-member cluster) or LICENSING_MAIN_URI (the backup of a pair), not both"
             );
         }
         let rights_ids = match raw.rights_ids {
@@ -361,10 +346,40 @@ impl Settings {
                 shared::duration::format(heartbeat_interval)
             );
         }
-        let pair_token = raw
-            .pair_token
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| backoffice_token.clone());
+        let pair_token = raw.pair_token.filter(|s| !s.is_empty());
+
+        if pair_token.as_ref().is_some_and(|p| {
+            http_kit::auth::constant_time_eq(
+                p.expose().as_bytes(),
+                backoffice_token.expose().as_bytes(),
+            )
+        }) {
+            bail!(
+                "PAIR_TOKEN must not be BACKOFFICE_TOKEN: the pair's secret lets its holder change \
+                 the backup's copy, and the device token is known to more than the two servers; \
+                 set a secret of its own on both servers, or leave PAIR_TOKEN unset to use the \
+                 one the back office issues to the pair"
+            );
+        }
+        let cluster = cluster_settings(
+            ClusterRaw {
+                hostids: raw.cluster_member_hostids,
+                uris: raw.cluster_member_uris,
+                heartbeat_interval: raw.cluster_heartbeat_interval,
+                member_timeout: raw.cluster_member_timeout,
+            },
+            &hostid,
+            backup_server_hostid.is_some(),
+            raw.licensing_backup_uri
+                .as_deref()
+                .is_some_and(|u| !u.trim().is_empty()),
+            pair_token.as_ref(),
+        )?;
+        if cluster.is_some() && licensing_main_uri.is_some() {
+            bail!(
+                "set CLUSTER_MEMBER_HOSTIDS (a member of a three-member cluster) or LICENSING_MAIN_URI (the backup of a pair), not both"
+            );
+        }
         let tls = match (
             file_setting("TLS_CERT", raw.tls_cert)?,
             file_setting("TLS_KEY", raw.tls_key)?,
@@ -447,6 +462,7 @@ fn cluster_settings(
     hostid: &HostId,
     has_backup: bool,
     has_backup_uri: bool,
+    pair_token: Option<&Secret>,
 ) -> anyhow::Result<Option<ClusterSettings>> {
     let hostids = non_empty(raw.hostids);
     let uris = non_empty(raw.uris);
@@ -505,6 +521,13 @@ fn cluster_settings(
             members.len()
         );
     }
+    let Some(token) = pair_token.cloned() else {
+        bail!(
+            "a cluster member (CLUSTER_MEMBER_HOSTIDS) needs PAIR_TOKEN: the secret the three \
+             members authenticate each other with, the same on all three and not \
+             BACKOFFICE_TOKEN (the back office issues none to a cluster yet)"
+        );
+    };
     let Some(uris) = uris else {
         bail!(
             "CLUSTER_MEMBER_HOSTIDS is set but CLUSTER_MEMBER_URIS is not: give the other two members' URLs, in the same order"
@@ -530,6 +553,7 @@ fn cluster_settings(
         members: members.into_iter().zip(urls).collect(),
         heartbeat_interval,
         member_timeout,
+        token,
     }))
 }
 
@@ -680,6 +704,31 @@ mod tests {
     }
 
     #[test]
+    fn the_pair_secret_is_never_the_device_token() {
+        let s = Settings::from_raw(raw_min()).unwrap();
+        assert!(s.pair_token.is_none(), "unset: the back office's");
+        let e = Settings::from_raw(Raw {
+            pair_token: Some(Secret::new("t")),
+            ..raw_min()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("PAIR_TOKEN must not be BACKOFFICE_TOKEN"),
+            "{e}"
+        );
+        let ok = Settings::from_raw(Raw {
+            pair_token: Some(Secret::new("a secret of the pair's own")),
+            ..raw_min()
+        })
+        .unwrap();
+        assert_eq!(
+            ok.pair_token.unwrap().expose(),
+            "a secret of the pair's own"
+        );
+    }
+
+    #[test]
     #[expect(clippy::result_large_err, reason = "figment::Jail's closure type")]
     fn toml_then_environment() {
         let dir = tempfile::tempdir().unwrap();
@@ -782,6 +831,7 @@ mod tests {
         Raw {
             cluster_member_hostids: Some(hostids.into()),
             cluster_member_uris: Some(uris.into()),
+            pair_token: Some(Secret::new("the members' own secret")),
             ..raw_min()
         }
     }
@@ -856,6 +906,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("CLUSTER_MEMBER_TIMEOUT"), "{e}");
+        // The members' secret: required, and never the device token.
+        let e = Settings::from_raw(Raw {
+            pair_token: None,
+            ..cluster_raw("string:lls-2,string:lls-3", "http://b,http://c")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs PAIR_TOKEN"), "{e}");
+        let device = raw_min().backoffice_token.unwrap();
+        let e = Settings::from_raw(Raw {
+            pair_token: Some(device),
+            ..cluster_raw("string:lls-2,string:lls-3", "http://b,http://c")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("PAIR_TOKEN must not be BACKOFFICE_TOKEN"),
+            "{e}"
+        );
+        assert_eq!(c.token.expose(), "the members' own secret");
     }
 
     #[test]

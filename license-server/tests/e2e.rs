@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `license-server` binary against a real (small) back office;
-//! TLS in [`tls`], slow clients, floods and bad settings in [`hardening`]. One test binary,
+//! TLS in [`tls`], slow clients, floods and bad settings in [`hardening`], the chain of
+//! trust (keys, bindings, signed grants and rights) in [`trust`]. One test binary,
 //! so that the harness in `common` is built and linked once.
 
 mod common;
@@ -7,6 +8,8 @@ mod common;
 mod hardening;
 #[path = "e2e/tls.rs"]
 mod tls;
+#[path = "e2e/trust.rs"]
+mod trust;
 
 use std::time::Duration;
 
@@ -406,14 +409,7 @@ async fn an_unrenewed_lease_expires_and_frees_its_seat() {
         (checkout(&server, "cad", "b").await.0 == 201).then_some(())
     })
     .await;
-    let id = lease["lease_id"].as_str().unwrap();
-    let r = http()
-        .put(server.url(&format!("/api/v1/leases/{id}")))
-        .bearer_auth(lease["token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(renew(&server, &lease).await, 404);
     let m = http()
         .get(server.url("/metrics"))
         .send()
@@ -463,14 +459,7 @@ async fn kill_9_after_an_acknowledged_checkout_keeps_the_lease() {
     let (st, again) = checkout(&server, "cad", "survivor").await;
     assert_eq!(st, 201);
     assert_eq!(again["lease_id"], lease["lease_id"]);
-    let id = lease["lease_id"].as_str().unwrap();
-    let r = http()
-        .put(server.url(&format!("/api/v1/leases/{id}")))
-        .bearer_auth(lease["token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(renew(&server, &lease).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,7 +504,7 @@ async fn many_clients_at_once_never_exceed_the_count() {
     // 100 clients at once: exactly 10 seats granted.
     let mut tasks = Vec::new();
     for i in 0..100 {
-        let c = Client::new(&url)
+        let c = Client::new(&url, bo.producer())
             .unwrap()
             .with_client_id(format!("burst-{i}"));
         tasks.push(tokio::spawn(async move {
@@ -524,6 +513,7 @@ async fn many_clients_at_once_never_exceed_the_count() {
                 version: None,
                 count: 1,
                 client_id: c.client_id().to_owned(),
+                client_secret: None,
             })
             .await
         }));
@@ -540,7 +530,7 @@ async fn many_clients_at_once_never_exceed_the_count() {
         }
     }
     assert_eq!((granted.len(), denied), (10, 90));
-    let c = Client::new(&url).unwrap();
+    let c = Client::new(&url, bo.producer()).unwrap();
     for l in &granted {
         c.release(l).await.unwrap();
     }
@@ -549,7 +539,7 @@ async fn many_clients_at_once_never_exceed_the_count() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
     for i in 0..40 {
-        let c = Client::new(&url)
+        let c = Client::new(&url, bo.producer())
             .unwrap()
             .with_client_id(format!("churn-{i}"));
         let stop = stop.clone();
@@ -715,7 +705,9 @@ async fn the_client_library_renews_in_the_background_and_returns_on_drop() {
         (s["server_status"] == "active").then_some(s)
     })
     .await;
-    let client = Client::new(&server.url).unwrap().with_client_id("lib");
+    let client = Client::new(&server.url, bo.producer())
+        .unwrap()
+        .with_client_id("lib");
     let guard = client.checkout("cad", 1).await.unwrap();
     let first = guard.lease();
     assert_eq!(
@@ -732,7 +724,9 @@ async fn the_client_library_renews_in_the_background_and_returns_on_drop() {
     assert!(guard.lease().expires_at > first.expires_at);
     assert!(guard.last_error().is_none());
     assert_eq!(feature(&server, "cad").await.unwrap()["in_use"], 1);
-    let other = Client::new(&server.url).unwrap().with_client_id("other");
+    let other = Client::new(&server.url, bo.producer())
+        .unwrap()
+        .with_client_id("other");
     let err = other.checkout("cad", 1).await.unwrap_err();
     assert_eq!(err.code(), Some(shared::ErrorCode::NoLicenseAvailable));
     assert!(err.body().unwrap().next_free_at.is_some());
@@ -760,6 +754,7 @@ async fn the_client_library_renews_in_the_background_and_returns_on_drop() {
     // The command-line client.
     let bin = env!("CARGO_BIN_EXE_license-client");
     let out = std::process::Command::new(bin)
+        .env("LICENSE_PRODUCER_KEY", &bo.public_key)
         .args([
             "--server",
             &server.url,
@@ -780,6 +775,7 @@ async fn the_client_library_renews_in_the_background_and_returns_on_drop() {
     let id = lease["lease_id"].as_str().unwrap();
     let token = lease["token"].as_str().unwrap();
     let out = std::process::Command::new(bin)
+        .env("LICENSE_PRODUCER_KEY", &bo.public_key)
         .args(["--server", &server.url, "renew", id, "--token", token])
         .output()
         .unwrap();
@@ -789,6 +785,7 @@ async fn the_client_library_renews_in_the_background_and_returns_on_drop() {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = std::process::Command::new(bin)
+        .env("LICENSE_PRODUCER_KEY", &bo.public_key)
         .args(["--server", &server.url, "return", id, "--token", token])
         .output()
         .unwrap();
@@ -798,6 +795,7 @@ async fn the_client_library_renews_in_the_background_and_returns_on_drop() {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = std::process::Command::new(bin)
+        .env("LICENSE_PRODUCER_KEY", &bo.public_key)
         .args(["--server", &server.url, "features"])
         .output()
         .unwrap();

@@ -35,13 +35,16 @@ fn stage_example_files(root: &Path) {
 /// fingerprint shows the secrets too.
 fn load(root: &Path, toml: &str) -> Result<String, String> {
     let mut toml = toml.to_owned();
-    // The certificate and its key go together, and so do a cluster's members and their
-    // URLs: a line naming one is loaded with the file's example of the other.
+    // The certificate and its key go together, and so do a cluster's members, their URLs
+    // and the members' secret: a line naming one is loaded with the file's example of
+    // the other.
     for (one, other) in [
         ("TLS_CERT", "TLS_KEY"),
         ("TLS_KEY", "TLS_CERT"),
         ("CLUSTER_MEMBER_HOSTIDS", "CLUSTER_MEMBER_URIS"),
         ("CLUSTER_MEMBER_URIS", "CLUSTER_MEMBER_HOSTIDS"),
+        ("CLUSTER_MEMBER_HOSTIDS", "PAIR_TOKEN"),
+        ("CLUSTER_MEMBER_URIS", "PAIR_TOKEN"),
     ] {
         if toml.contains(&format!("{one} =")) && !toml.contains(&format!("{other} =")) {
             let example = FILE
@@ -59,10 +62,10 @@ fn load(root: &Path, toml: &str) -> Result<String, String> {
     file.write_all(toml.as_bytes()).map_err(|e| e.to_string())?;
     let s = Settings::load(Some(file.path())).map_err(|e| format!("{e:#}"))?;
     Ok(format!(
-        "{s:?} {} {:?} {}",
+        "{s:?} {} {:?} {:?}",
         s.backoffice_token.expose(),
         s.admin_token.as_ref().map(|t| t.expose()),
-        s.pair_token.expose()
+        s.pair_token.as_ref().map(|t| t.expose())
     ))
 }
 

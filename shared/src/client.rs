@@ -1,30 +1,75 @@
-//! The client library (feature `client`): check licenses out of a license server, renew
-//! them in the background, return them on drop.
+//! The client library (feature `client`): check licenses out of a license server, verify
+//! every grant against the producer's key, renew them in the background, return them on
+//! drop.
+//!
+//! A client is built with the producer's public key (the back office's
+//! `signing-key.pub.pem`, shipped with the application): every lease a server grants or
+//! renews carries a grant signed by that server and the back office's binding of the
+//! server's key, and the client checks the whole chain offline ([`crate::grant`]) before
+//! it accepts the lease. A program that merely answers `POST /api/v1/leases` cannot make
+//! a grant that verifies; the client refuses it with [`ClientError::Untrusted`].
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), shared::client::ClientError> {
-//! let client = shared::client::Client::new("http://127.0.0.1:7070")?;
-//! let guard = client.checkout("cad", 1).await?; // renewed in the background
-//! println!("lease {} until {}", guard.lease().lease_id, guard.lease().expires_at);
-//! guard.release().await?; // or just drop it
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use shared::client::{Client, ClientError};
+//! use shared::signing::Verifier;
+//!
+//! let producer = Verifier::from_public_pem(&std::fs::read_to_string("producer.pub.pem")?)?;
+//! let client = Client::new("http://127.0.0.1:7070", producer)?;
+//! match client.checkout("cad", 1).await {
+//!     // Verified: signed by a server the back office bound, for this client and feature.
+//!     Ok(guard) => {
+//!         println!("lease {} until {}", guard.lease().lease_id, guard.lease().expires_at);
+//!         guard.release().await?; // or just drop it; renewals are verified too
+//!     }
+//!     Err(ClientError::Untrusted { server, reason }) => {
+//!         eprintln!("{server} is not a license server of this producer: {reason}");
+//!     }
+//!     Err(e) => eprintln!("no license: {e}"),
+//! }
 //! # Ok(()) }
+//! ```
+//!
+//! A lease received some other way (from another process, say) is checked with
+//! [`crate::grant::verify_grant`] and the same key:
+//!
+//! ```no_run
+//! # fn demo(lease: &shared::lease::Lease, producer: &shared::signing::Verifier) {
+//! use shared::grant::{Expected, verify_grant};
+//! let asked = Expected {
+//!     client_id: &lease.client_id,
+//!     lease_id: Some(lease.lease_id),
+//!     feature: "cad",
+//!     version: None,
+//!     count: 1,
+//! };
+//! let verified = verify_grant(producer, &lease.grant, &lease.binding, &asked, shared::now_unix(), 60)
+//!     .expect("a grant of a server the producer bound");
+//! println!("granted by {} until {}", verified.grant.iss, verified.grant.exp);
+//! # }
 //! ```
 //!
 //! A client knows an ordered list of servers. Requests go to the first that answers; a
 //! server that does not answer sends the client to the next; `NOT_SERVING` moves the
 //! client to the server named in `serving_url`; the backup URL a main hands out with each
-//! lease (`backup_uri`) is added to the list. A member of a three-member cluster hands out
-//! every member's URL (`members`): they are added too, and a member that answers
-//! `UNAVAILABLE` (cut off from the others) sends the client on to the next, so a client
-//! finds the serving member by itself after a loss.
+//! verified lease (`backup_uri`) is added to the list. A member of a three-member cluster
+//! hands out every member's URL (`members`, with a verified lease): they are added too,
+//! and a member that answers `UNAVAILABLE` (cut off from the others) sends the client on
+//! to the next, so a client finds the serving member by itself after a loss. A member's
+//! grants verify like any server's: signed by that member's key, bound by the producer.
+//!
+//! Each client sends a random secret of its own with its checkouts
+//! ([`crate::lease::CheckoutRequest::client_secret`]): a second checkout of a feature by
+//! the same client gets its lease back, while another program naming the same client ID
+//! is granted a lease of its own and never sees this client's lease token.
 //!
 //! `https://` servers are verified against the system's trusted roots; a server whose
 //! certificate comes from a private CA needs that CA's certificate:
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), shared::client::ClientError> {
+//! # async fn demo(producer: shared::signing::Verifier) -> Result<(), shared::client::ClientError> {
 //! let pem = std::fs::read("/etc/licensing/ca.pem").expect("the CA bundle");
-//! let client = shared::client::Client::builder()
+//! let client = shared::client::Client::builder(producer)
 //!     .server("https://lls-main.example:7070")
 //!     .server("https://lls-backup.example:7070")
 //!     .ca_pem(&pem)?
@@ -39,8 +84,14 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::lease::{CheckoutRequest, FeatureInfo, Lease};
+use crate::grant::{Expected, verify_grant};
+use crate::lease::{CheckoutRequest, ClientSecret, FeatureInfo, Lease};
+use crate::signing::Verifier;
 use crate::{ErrorBody, ErrorCode};
+
+/// How far the client's clock may differ from the servers' and the back office's when a
+/// grant's times are checked, by default.
+pub const DEFAULT_CLOCK_LEEWAY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -53,6 +104,11 @@ pub enum ClientError {
     /// Bad input on the client side or an answer that makes no sense.
     #[error("{0}")]
     Invalid(String),
+    /// A lease whose grant does not verify with the producer's key: not granted by a
+    /// license server the back office bound (a fake server, or one whose binding is
+    /// missing or expired). The lease is not used.
+    #[error("refused the lease from {server}: {reason}")]
+    Untrusted { server: String, reason: String },
 }
 
 impl ClientError {
@@ -84,6 +140,12 @@ struct Inner {
     /// after the configured servers.
     learned_members: Mutex<Vec<String>>,
     client_id: String,
+    /// Sent with every checkout: proves this client holds its leases.
+    secret: ClientSecret,
+    /// The producer's public key: every grant is verified with it.
+    producer: Verifier,
+    /// Seconds.
+    leeway: i64,
 }
 
 /// A handle to one or more license servers. Cheap to clone.
@@ -157,12 +219,15 @@ fn normalise(url: &str) -> Result<String, ClientError> {
     Ok(url.to_owned())
 }
 
-/// Servers, trusted CAs and identity of a [`Client`] to build.
-#[derive(Debug, Default)]
+/// Servers, trusted CAs and identity of a [`Client`] to build; the producer's key is
+/// given first ([`Client::builder`]).
+#[derive(Debug)]
 pub struct ClientBuilder {
+    producer: Verifier,
     servers: Vec<String>,
     ca: Vec<reqwest::Certificate>,
     client_id: Option<String>,
+    leeway: Duration,
 }
 
 impl ClientBuilder {
@@ -182,6 +247,13 @@ impl ClientBuilder {
     /// This client's identity (default: `hostname:pid`).
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.client_id = Some(id.into());
+        self
+    }
+
+    /// How far this machine's clock may differ from the servers' when grants are
+    /// checked (default [`DEFAULT_CLOCK_LEEWAY`]).
+    pub fn clock_leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
         self
     }
 
@@ -209,35 +281,51 @@ impl ClientBuilder {
                 learned_backup: Mutex::new(None),
                 learned_members: Mutex::new(Vec::new()),
                 client_id: self.client_id.unwrap_or_else(default_client_id),
+                secret: ClientSecret::random(),
+                producer: self.producer,
+                leeway: i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX),
             }),
         })
     }
 }
 
+/// What a request's answer was and which server gave it.
+struct Answer<T> {
+    body: Option<T>,
+    server: String,
+}
+
 impl Client {
-    /// One server.
-    pub fn new(url: &str) -> Result<Client, ClientError> {
-        Client::with_servers([url])
+    /// One server; grants are verified with `producer`, the producer's public key.
+    pub fn new(url: &str, producer: Verifier) -> Result<Client, ClientError> {
+        Client::with_servers([url], producer)
     }
 
-    /// An ordered list of servers (the first is preferred).
-    pub fn with_servers<I, S>(urls: I) -> Result<Client, ClientError>
+    /// An ordered list of servers (the first is preferred); grants are verified with
+    /// `producer`.
+    pub fn with_servers<I, S>(urls: I, producer: Verifier) -> Result<Client, ClientError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
         urls.into_iter()
-            .fold(Client::builder(), |b, u| b.server(u))
+            .fold(Client::builder(producer), |b, u| b.server(u))
             .build()
     }
 
-    /// Servers, CA certificates and identity, e.g. for `https://` servers with a private
-    /// CA.
-    pub fn builder() -> ClientBuilder {
-        ClientBuilder::default()
+    /// A client whose grants are verified with `producer` (the producer's public key:
+    /// there is no client without it), then servers, CA certificates and identity.
+    pub fn builder(producer: Verifier) -> ClientBuilder {
+        ClientBuilder {
+            producer,
+            servers: Vec::new(),
+            ca: Vec::new(),
+            client_id: None,
+            leeway: DEFAULT_CLOCK_LEEWAY,
+        }
     }
 
-    /// The same servers, another client identity (default: `hostname:pid`).
+    /// The same servers and producer key, another client (identity and secret).
     pub fn with_client_id(&self, client_id: impl Into<String>) -> Client {
         Client {
             inner: Arc::new(Inner {
@@ -246,6 +334,9 @@ impl Client {
                 learned_backup: Mutex::new(self.learned_backup()),
                 learned_members: Mutex::new(self.learned_members()),
                 client_id: client_id.into(),
+                secret: ClientSecret::random(),
+                producer: self.inner.producer.clone(),
+                leeway: self.inner.leeway,
             }),
         }
     }
@@ -350,7 +441,7 @@ impl Client {
         body: Option<Vec<u8>>,
         bearer: Option<&str>,
         first: Option<&str>,
-    ) -> Result<Option<T>, ClientError> {
+    ) -> Result<Answer<T>, ClientError> {
         let mut order = self.servers();
         if let Some(f) = first.and_then(|f| normalise(f).ok()) {
             order.retain(|u| *u != f);
@@ -396,11 +487,20 @@ impl Client {
             };
             if (200..300).contains(&status) {
                 if status == 204 || bytes.is_empty() {
-                    return Ok(None);
+                    return Ok(Answer {
+                        body: None,
+                        server: base,
+                    });
                 }
-                return serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                    ClientError::Invalid(format!("unexpected answer from {base}: {e}"))
-                });
+                return match serde_json::from_slice(&bytes) {
+                    Ok(body) => Ok(Answer {
+                        body: Some(body),
+                        server: base,
+                    }),
+                    Err(e) => Err(ClientError::Invalid(format!(
+                        "unexpected answer from {base}: {e}"
+                    ))),
+                };
             }
             let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| {
                 ErrorBody::new(
@@ -443,6 +543,7 @@ impl Client {
     pub async fn features(&self) -> Result<Vec<FeatureInfo>, ClientError> {
         self.call(Method::GET, "/api/v1/features", None, None, None)
             .await?
+            .body
             .ok_or_else(|| ClientError::Invalid("empty answer".into()))
     }
 
@@ -454,6 +555,7 @@ impl Client {
             version: None,
             count,
             client_id: self.inner.client_id.clone(),
+            client_secret: None,
         })
         .await
     }
@@ -464,13 +566,31 @@ impl Client {
         Ok(LeaseGuard::new(self.clone(), lease))
     }
 
-    /// Checks out without a guard: the caller renews and returns.
+    /// Checks out without a guard: the caller renews and returns. A request without a
+    /// `client_secret` is sent with this client's.
     pub async fn checkout_lease(&self, req: &CheckoutRequest) -> Result<Lease, ClientError> {
-        let body = serde_json::to_vec(req).map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let lease: Lease = self
+        let mut req = req.clone();
+        if req.client_secret.is_none() {
+            req.client_secret = Some(self.inner.secret.clone());
+        }
+        let body = serde_json::to_vec(&req).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let answer: Answer<Lease> = self
             .call(Method::POST, "/api/v1/leases", Some(body), None, None)
-            .await?
+            .await?;
+        let lease = answer
+            .body
             .ok_or_else(|| ClientError::Invalid("empty answer to a checkout".into()))?;
+        let lease = self.verified(
+            lease,
+            &answer.server,
+            Expected {
+                client_id: &req.client_id,
+                lease_id: None,
+                feature: &req.feature,
+                version: req.version.as_deref(),
+                count: req.count,
+            },
+        )?;
         self.learn(&lease);
         Ok(lease)
     }
@@ -478,7 +598,7 @@ impl Client {
     /// Renews a lease (at the server that granted it first).
     pub async fn renew(&self, lease: &Lease) -> Result<Lease, ClientError> {
         let path = format!("/api/v1/leases/{}", lease.lease_id);
-        let new: Lease = self
+        let answer: Answer<Lease> = self
             .call(
                 Method::PUT,
                 &path,
@@ -486,18 +606,98 @@ impl Client {
                 Some(&lease.token),
                 lease.served_by.as_deref(),
             )
-            .await?
+            .await?;
+        let new = answer
+            .body
             .ok_or_else(|| ClientError::Invalid("empty answer to a renewal".into()))?;
+        let new = self.verified(
+            new,
+            &answer.server,
+            Expected {
+                client_id: &lease.client_id,
+                lease_id: Some(lease.lease_id),
+                feature: &lease.feature,
+                version: Some(&lease.version),
+                count: lease.count,
+            },
+        )?;
         self.learn(&new);
         Ok(new)
     }
 
-    /// Renews by ID and token (e.g. from a command line).
+    /// Renews by ID and token (e.g. from a command line): the answer must be a verified
+    /// grant of that lease.
     pub async fn renew_by_id(&self, id: Uuid, token: &str) -> Result<Lease, ClientError> {
         let path = format!("/api/v1/leases/{id}");
-        self.call(Method::PUT, &path, None, Some(token), None)
-            .await?
-            .ok_or_else(|| ClientError::Invalid("empty answer to a renewal".into()))
+        let answer: Answer<Lease> = self
+            .call(Method::PUT, &path, None, Some(token), None)
+            .await?;
+        let lease = answer
+            .body
+            .ok_or_else(|| ClientError::Invalid("empty answer to a renewal".into()))?;
+        let (client_id, feature, version) = (
+            lease.client_id.clone(),
+            lease.feature.clone(),
+            lease.version.clone(),
+        );
+        let count = lease.count;
+        self.verified(
+            lease,
+            &answer.server,
+            Expected {
+                client_id: &client_id,
+                lease_id: Some(id),
+                feature: &feature,
+                version: Some(&version),
+                count,
+            },
+        )
+    }
+
+    /// The lease if its grant verifies with the producer's key and says what the lease
+    /// says; [`ClientError::Untrusted`] otherwise.
+    fn verified(
+        &self,
+        lease: Lease,
+        server: &str,
+        expected: Expected<'_>,
+    ) -> Result<Lease, ClientError> {
+        let untrusted = |reason: String| {
+            tracing::warn!(server, %reason, "refused a lease that does not verify");
+            ClientError::Untrusted {
+                server: server.to_owned(),
+                reason,
+            }
+        };
+        if lease.grant.is_empty() || lease.binding.is_empty() {
+            return Err(untrusted(
+                "the answer carries no signed grant and binding (not a license server of this \
+                 producer, or one too old to sign its grants)"
+                    .into(),
+            ));
+        }
+        let v = verify_grant(
+            &self.inner.producer,
+            &lease.grant,
+            &lease.binding,
+            &expected,
+            crate::now_unix(),
+            self.inner.leeway,
+        )
+        .map_err(|e| untrusted(e.to_string()))?;
+        let g = &v.grant;
+        let same = g.jti == lease.lease_id
+            && g.sub == lease.client_id
+            && g.feature == lease.feature
+            && g.version == lease.version
+            && g.count == lease.count
+            && g.exp == lease.expires_at;
+        if !same {
+            return Err(untrusted(
+                "the lease's fields differ from what its grant signs".into(),
+            ));
+        }
+        Ok(lease)
     }
 
     /// Returns a lease.
@@ -683,7 +883,13 @@ mod tests {
             backup_uri: Some("http://backup:7070/".into()),
             main_uri: None,
             members: Vec::new(),
+            grant: String::new(),
+            binding: String::new(),
         }
+    }
+
+    fn producer() -> Verifier {
+        Verifier::from_key(&crate::signing::Signer::generate().verifying_key())
     }
 
     #[test]
@@ -706,7 +912,8 @@ mod tests {
 
     #[test]
     fn servers_are_ordered_and_learned() {
-        let c = Client::with_servers(["http://a:1/", "http://b:2", "http://a:1"]).unwrap();
+        let c =
+            Client::with_servers(["http://a:1/", "http://b:2", "http://a:1"], producer()).unwrap();
         assert_eq!(c.servers(), vec!["http://a:1", "http://b:2"]);
         c.learn(&lease(0, 0));
         assert_eq!(c.servers().last().unwrap(), "http://backup:7070");
@@ -729,14 +936,14 @@ mod tests {
         c.learn(&lease(0, 0));
         c.prefer("http://b:2");
         assert_eq!(c.servers()[0], "http://b:2");
-        assert!(Client::new("ftp://x").is_err());
+        assert!(Client::new("ftp://x", producer()).is_err());
         let d = c.with_client_id("me");
         assert_eq!(d.client_id(), "me");
     }
 
     #[test]
     fn cluster_members_are_learned_and_tried_after_the_configured_servers() {
-        let c = Client::new("http://a:1").unwrap();
+        let c = Client::new("http://a:1", producer()).unwrap();
         let mut l = lease(0, 0);
         l.backup_uri = None;
         l.members = vec![
@@ -756,8 +963,82 @@ mod tests {
     #[tokio::test]
     async fn unreachable_servers_are_a_transport_error() {
         // Port 9 on loopback: nothing listens.
-        let c = Client::with_servers(["http://127.0.0.1:9", "http://127.0.0.1:9/x"]).unwrap();
+        let c = Client::with_servers(["http://127.0.0.1:9", "http://127.0.0.1:9/x"], producer())
+            .unwrap();
         let err = c.features().await.unwrap_err();
         assert!(matches!(err, ClientError::Transport(_)), "{err:?}");
+    }
+
+    /// A lease granted by a server the producer bound, signed by `server_key`.
+    fn granted(producer: &crate::signing::Signer, server_key: &crate::signing::Signer) -> Lease {
+        use crate::grant::{BindingClaims, GrantClaims};
+        let now = crate::now_unix();
+        let mut l = lease(now + 300, now + 150);
+        l.client_id = "me".into();
+        l.lease_id = Uuid::new_v4();
+        l.binding = BindingClaims {
+            iss: crate::capability::ISSUER.into(),
+            sub: "string:lls-1".into(),
+            key: server_key.public_key(),
+            pair: None,
+            iat: now - 10,
+            exp: now + 86_400,
+        }
+        .sign(producer);
+        l.grant = GrantClaims {
+            iss: "string:lls-1".into(),
+            sub: l.client_id.clone(),
+            jti: l.lease_id,
+            feature: l.feature.clone(),
+            version: l.version.clone(),
+            count: l.count,
+            iat: now,
+            exp: l.expires_at,
+        }
+        .sign(server_key);
+        l
+    }
+
+    #[test]
+    fn only_leases_whose_grant_verifies_with_the_producer_key_are_accepted() {
+        let producer = crate::signing::Signer::generate();
+        let server = crate::signing::Signer::generate();
+        let c = Client::new("http://a:1", Verifier::from_key(&producer.verifying_key()))
+            .unwrap()
+            .with_client_id("me");
+        let asked = |l: &Lease| Expected {
+            client_id: "me",
+            lease_id: None,
+            feature: "f",
+            version: None,
+            count: l.count,
+        };
+        let good = granted(&producer, &server);
+        assert!(c.verified(good.clone(), "http://a:1", asked(&good)).is_ok());
+
+        // Signed by a server whose key another key bound (a fake server's own "producer").
+        let rogue = granted(&crate::signing::Signer::generate(), &server);
+        // No grant at all.
+        let unsigned = lease(good.expires_at, good.renew_after);
+        // The plain fields say more than the grant signs.
+        let mut inflated = good.clone();
+        inflated.count = 50;
+        // Another client's lease.
+        let mut other = good.clone();
+        other.client_id = "someone-else".into();
+        for (what, l, expected) in [
+            ("rogue", rogue.clone(), asked(&rogue)),
+            ("unsigned", unsigned.clone(), asked(&unsigned)),
+            ("inflated", inflated.clone(), asked(&good)),
+            ("other client", other.clone(), asked(&other)),
+        ] {
+            match c.verified(l, "http://a:1", expected) {
+                Err(ClientError::Untrusted { server, reason }) => {
+                    assert_eq!(server, "http://a:1", "{what}");
+                    assert!(!reason.is_empty(), "{what}");
+                }
+                other => panic!("{what}: {other:?}"),
+            }
+        }
     }
 }

@@ -56,6 +56,15 @@ error_codes! {
     FeatureExpired = "FEATURE_EXPIRED", 410;
     NotServing = "NOT_SERVING", 503;
     MaintenanceIntervalExpired = "MAINTENANCE_INTERVAL_EXPIRED", 503;
+    /// The license server's rights are past their `serve_until`: it grants and renews
+    /// nothing until the back office answers again.
+    RightsExpired = "RIGHTS_EXPIRED", 503;
+    /// The license server holds no valid binding of its key from the back office, so its
+    /// grants could not be verified: it grants and renews nothing until it has one.
+    ServerNotBound = "SERVER_NOT_BOUND", 503;
+    /// Rights offered over the pair's channel are not a capability answer signed by the
+    /// back office for this pair.
+    UnverifiedRights = "UNVERIFIED_RIGHTS", 403;
     /// A pair member's copy does not continue from what was sent (replication).
     OutOfSync = "OUT_OF_SYNC", 409;
     /// Too many requests of this kind now: retry after `Retry-After` seconds.

@@ -10,7 +10,10 @@ use uuid::Uuid;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(
     feature = "openapi",
-    schema(example = json!({"feature": "cad", "count": 1, "client_id": "ws-17:4242"}))
+    schema(example = json!({
+        "feature": "cad", "count": 1, "client_id": "ws-17:4242",
+        "client_secret": "q2V0aGlzIGlzIG5vdCBhIHJlYWwgc2VjcmV0IGF0IGFsbA"
+    }))
 )]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutRequest {
@@ -24,13 +27,48 @@ pub struct CheckoutRequest {
     #[serde(default = "one")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, default = 1))]
     pub count: u32,
-    /// The client's stable identity (1 to 256 printable characters): a second checkout
-    /// of the same feature by the same client while its lease lives returns that lease.
+    /// The client's identity (1 to 256 printable characters).
     pub client_id: String,
+    /// A secret only this client knows (16 to 256 printable characters; the client
+    /// library sends a random one per client). A checkout of a feature that names the
+    /// client ID of a live lease of it gets that lease back, renewed, only with the secret
+    /// the lease was granted with (or with the lease's token as `Authorization: Bearer`);
+    /// otherwise it is another client's checkout and is granted a lease of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, min_length = 16, max_length = 256))]
+    pub client_secret: Option<ClientSecret>,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// A client's secret (see [`CheckoutRequest::client_secret`]): sent as it is, never shown
+/// by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClientSecret(String);
+
+impl ClientSecret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        ClientSecret(secret.into())
+    }
+
+    /// A new random secret (256 bits).
+    pub fn random() -> Self {
+        ClientSecret(crate::random_token::<32>())
+    }
+
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientSecret(***)")
+    }
 }
 
 /// A granted lease (answer to checkout and renew).
@@ -44,7 +82,9 @@ fn one() -> u32 {
         "feature": "cad", "version": "2.0", "count": 1, "client_id": "ws-17:4242",
         "granted_at": 1767225600, "expires_at": 1767225900, "renew_after": 1767225750,
         "served_by": "https://lls-main.example:7070",
-        "backup_uri": "https://lls-backup.example:7070"
+        "backup_uri": "https://lls-backup.example:7070",
+        "grant": "eyJhbGciOiJFZERTQSIsInR5cCI6Imxscy1ncmFudCtqd3QiLCJraWQiOiI…",
+        "binding": "eyJhbGciOiJFZERTQSIsInR5cCI6Imxscy1iaW5kaW5nK2p3dCIsImtpZCI6…"
     }))
 )]
 pub struct Lease {
@@ -74,6 +114,15 @@ pub struct Lease {
     /// Set when a backup answered: the URL of the main it stands in for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub main_uri: Option<String>,
+    /// The grant of this checkout or renewal: a compact JWS (`lls-grant+jwt`, EdDSA) over
+    /// [`crate::grant::GrantClaims`], signed by the serving server's own key. A client
+    /// verifies it with [`crate::grant::verify_grant`] and the producer's public key.
+    #[serde(default)]
+    pub grant: String,
+    /// The back office's binding of the serving server's key to its hostid and pair
+    /// (`lls-binding+jwt`, signed with the producer's key).
+    #[serde(default)]
+    pub binding: String,
     /// Set when a member of a three-member cluster answered: every member's URL, for
     /// clients to find the serving member by themselves after a loss.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

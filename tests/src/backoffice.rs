@@ -327,6 +327,11 @@ impl BackOffice {
         std::fs::read_to_string(self.public_key_path()).expect("public key file")
     }
 
+    /// Its public key as clients hold it: the producer's key every grant is verified with.
+    pub fn producer(&self) -> shared::signing::Verifier {
+        shared::signing::Verifier::from_public_pem(&self.public_key_pem()).expect("an Ed25519 key")
+    }
+
     /// Where its database is.
     pub fn database_url(&self) -> &str {
         &self.database_url

@@ -1,6 +1,7 @@
 //! Three-member clusters for tests and benchmarks: three `license-server` members of
 //! one pool, each registered with the back office as a standalone server of the same
-//! line item (until the back office registers clusters). Member `i` reaches member `j`
+//! line item (until the back office registers clusters), each with its own key and
+//! binding, the three sharing a `PAIR_TOKEN` of their own. Member `i` reaches member `j`
 //! through its own link-cutting proxy, so that a member can be cut off from the other
 //! two while clients still reach it directly.
 
@@ -21,6 +22,10 @@ pub struct ClusterSetup {
     pub common: Vec<(String, String)>,
     /// Extra settings of one member (a clock set off, another cluster's members).
     pub extra: [Vec<(String, String)>; 3],
+    /// The producer's key: clients verify the members' grants with it.
+    pub producer: shared::signing::Verifier,
+    /// The members' secret (`PAIR_TOKEN`).
+    pub member_token: String,
 }
 
 impl ClusterSetup {
@@ -47,7 +52,9 @@ impl ClusterSetup {
             }
             links.push(row);
         }
+        let member_token = shared::random_token::<32>();
         let common = [
+            ("PAIR_TOKEN", member_token.clone()),
             ("BACKOFFICE_URL", bo.url.clone()),
             ("BACKOFFICE_TOKEN", fx.device_token.clone()),
             (
@@ -70,7 +77,14 @@ impl ClusterSetup {
             links,
             common,
             extra: Default::default(),
+            producer: bo.producer(),
+            member_token,
         })
+    }
+
+    /// A client of the cluster that knows member `first` (it learns the others).
+    pub fn client(&self, first: &str) -> Result<shared::client::Client> {
+        Ok(shared::client::Client::new(first, self.producer.clone())?)
     }
 
     pub fn url(&self, i: usize) -> String {

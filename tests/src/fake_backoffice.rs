@@ -1,11 +1,16 @@
 //! A small but real back office for tests and benchmarks (actix-web): it answers
 //! `POST /api/v1/capability` with real capability claims signed by a key of its own, over
-//! HTTP or HTTPS, and can be told to misbehave (wrong key, wrong hostid, stale, replayed,
-//! `MAIN_NOT_REGISTERED`). It does no pairing and no accounting; tests of those run the
+//! HTTP or HTTPS: the rights, `serve_until`, a binding of the server's key (its
+//! `server_key`) to its hostid and pair, and a secret per pair. It remembers the pairs
+//! mains announce (`backup_hostid`) so that both servers' answers name the pair. It can
+//! be told to misbehave (wrong key, wrong hostid, stale, replayed, `MAIN_NOT_REGISTERED`,
+//! and bindings that must be refused: signed by another key, for another hostid,
+//! expired, with an unknown `kid`, or none). It does no accounting; tests of that run the
 //! real back office ([`crate::backoffice`]).
 //!
 //! Used by the license server's tests and by its `examples/dev_backoffice.rs`.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -13,9 +18,13 @@ use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use shared::HostId;
 use shared::capability::{
-    CapabilityClaims, CapabilityRequest, CapabilityResponse, ISSUER, Right, Role,
+    CapabilityClaims, CapabilityRequest, CapabilityResponse, ISSUER, PairInfo, Right, Role,
 };
+use shared::grant::BindingClaims;
 use shared::signing::{Signer, generate_keypair};
 use shared::{ErrorBody, ErrorCode};
 
@@ -38,6 +47,16 @@ pub enum Mode {
     Replay,
     /// `MAIN_NOT_REGISTERED` to backups.
     MainNotRegistered,
+    /// The answer is good; its binding is signed by a key the server does not trust.
+    BindingWrongKey,
+    /// The binding binds the server's key to another hostid.
+    BindingOtherHostid,
+    /// The binding expired an hour ago.
+    BindingExpired,
+    /// The binding's header names a key ID nobody has.
+    BindingUnknownKid,
+    /// No binding at all.
+    NoBinding,
 }
 
 pub struct BoState {
@@ -47,8 +66,12 @@ pub struct BoState {
     pub rights: Mutex<Vec<Right>>,
     pub mode: Mutex<Mode>,
     pub poll_secs: u64,
+    /// How long an answer's rights may be served without a newer one (`serve_until`).
+    pub serve_secs: Mutex<i64>,
     pub requests: Mutex<Vec<CapabilityRequest>>,
     last_good: Mutex<Option<String>>,
+    /// The pairs mains announced: backup hostid → (main hostid, the pair's secret).
+    pairs: Mutex<HashMap<HostId, (HostId, String)>>,
 }
 
 /// A running back office; stopped (every connection closed) on [`FakeBackoffice::stop`]
@@ -97,7 +120,34 @@ async fn capability(
             "start the main first",
         ));
     }
+    let (pair, pair_token) = bo.pair_of(&req);
     let now = shared::now_unix();
+    let serve_until = now + *bo.serve_secs.lock().unwrap();
+    let binding = req.server_key.as_ref().and_then(|key| {
+        let mut b = BindingClaims {
+            iss: ISSUER.into(),
+            sub: req.hostid.to_string(),
+            key: key.clone(),
+            pair: pair.clone(),
+            iat: now,
+            exp: serve_until,
+        };
+        match mode {
+            Mode::NoBinding => None,
+            Mode::BindingWrongKey => Some(b.sign(&bo.wrong_signer)),
+            Mode::BindingOtherHostid => {
+                b.sub = "string:somebody-else".into();
+                Some(b.sign(&bo.signer))
+            }
+            Mode::BindingExpired => {
+                b.iat = now - 7200;
+                b.exp = now - 3600;
+                Some(b.sign(&bo.signer))
+            }
+            Mode::BindingUnknownKid => Some(with_kid(&b.sign(&bo.signer), "not-a-key-id")),
+            _ => Some(b.sign(&bo.signer)),
+        }
+    });
     let mut claims = CapabilityClaims {
         iss: ISSUER.into(),
         sub: req.hostid.to_string(),
@@ -106,12 +156,12 @@ async fn capability(
         exp: now + 300,
         server_id: "srv-1".into(),
         role: req.role,
-        pair: None,
+        pair,
         poll_interval_secs: bo.poll_secs,
         rights: bo.rights.lock().unwrap().clone(),
-        serve_until: now + 30 * 86_400,
-        binding: None,
-        pair_token: None,
+        serve_until,
+        binding,
+        pair_token,
     };
     match mode {
         Mode::WrongHostid => claims.sub = "string:somebody-else".into(),
@@ -135,6 +185,47 @@ async fn capability(
         _ => token,
     };
     HttpResponse::Ok().json(CapabilityResponse { token })
+}
+
+/// The same token with another `kid` in its header (its signature no longer covers it).
+fn with_kid(token: &str, kid: &str) -> String {
+    let (header, rest) = token.split_once('.').expect("a JWS");
+    let mut h: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url")).unwrap();
+    h["kid"] = kid.into();
+    format!(
+        "{}.{rest}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&h).unwrap())
+    )
+}
+
+impl BoState {
+    /// The pair a request belongs to and its secret: a main registers its backup; a
+    /// backup finds the pair its main registered.
+    fn pair_of(&self, req: &CapabilityRequest) -> (Option<PairInfo>, Option<String>) {
+        let mut pairs = self.pairs.lock().unwrap();
+        let (main, backup) = match (req.role, &req.backup_hostid) {
+            (Role::Main, Some(backup)) => {
+                let entry = pairs
+                    .entry(backup.clone())
+                    .or_insert_with(|| (req.hostid.clone(), shared::random_token::<32>()));
+                entry.0 = req.hostid.clone();
+                (req.hostid.clone(), backup.clone())
+            }
+            (Role::Backup, _) => match pairs.get(&req.hostid) {
+                Some((main, _)) => (main.clone(), req.hostid.clone()),
+                None => return (None, None),
+            },
+            _ => return (None, None),
+        };
+        let secret = pairs.get(&backup).map(|(_, s)| s.clone());
+        let pair = PairInfo {
+            id: format!("pair-{main}"),
+            main,
+            backup: Some(backup),
+        };
+        (Some(pair), secret)
+    }
 }
 
 impl FakeBackoffice {
@@ -206,8 +297,10 @@ impl FakeBackoffice {
             rights: Mutex::new(rights),
             mode: Mutex::new(Mode::Normal),
             poll_secs,
+            serve_secs: Mutex::new(30 * 86_400),
             requests: Mutex::new(Vec::new()),
             last_good: Mutex::new(None),
+            pairs: Mutex::new(HashMap::new()),
         });
         let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
@@ -240,12 +333,41 @@ impl FakeBackoffice {
         })
     }
 
+    /// Its public key: the producer's key clients verify grants with.
+    pub fn producer(&self) -> shared::signing::Verifier {
+        let pem = std::fs::read_to_string(&self.public_key).expect("its public key file");
+        shared::signing::Verifier::from_public_pem(&pem).expect("an Ed25519 key")
+    }
+
     pub fn set_rights(&self, rights: Vec<Right>) {
         *self.state.rights.lock().unwrap() = rights;
     }
 
     pub fn set_mode(&self, mode: Mode) {
         *self.state.mode.lock().unwrap() = mode;
+    }
+
+    /// How long answers from now on may be served (`serve_until` = now + this).
+    pub fn set_serve_secs(&self, secs: i64) {
+        *self.state.serve_secs.lock().unwrap() = secs;
+    }
+
+    /// The secret it issued to the pair whose backup is `backup`, if that pair's main has
+    /// registered it.
+    pub fn pair_token(&self, backup: &str) -> Option<String> {
+        let backup = HostId::parse(backup).ok()?;
+        let pairs = self.state.pairs.lock().unwrap();
+        pairs.get(&backup).map(|(_, s)| s.clone())
+    }
+
+    /// Signs `claims` with its key (as an answer of its own, for tests that forge).
+    pub fn sign(&self, claims: &CapabilityClaims) -> String {
+        self.state.signer.sign(claims)
+    }
+
+    /// Signs `claims` with a key the servers do not trust.
+    pub fn sign_wrong(&self, claims: &CapabilityClaims) -> String {
+        self.state.wrong_signer.sign(claims)
     }
 
     pub fn request_count(&self) -> usize {

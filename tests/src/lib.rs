@@ -69,5 +69,6 @@ pub fn checkout_request(feature: &str, client_id: &str) -> shared::lease::Checko
         version: None,
         count: 1,
         client_id: client_id.to_owned(),
+        client_secret: None,
     }
 }

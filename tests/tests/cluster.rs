@@ -70,17 +70,41 @@ fn ids(list: &[Value]) -> HashSet<String> {
 }
 
 /// What the clients were granted: acknowledged leases not returned, and when each grant
-/// came and from whom.
+/// came, from which URL, and which member signed it.
 #[derive(Default)]
 struct Ledger {
     held: BTreeMap<Uuid, Lease>,
-    grants: Vec<(Instant, String)>,
+    grants: Vec<(Instant, String, String)>,
+}
+
+/// The hostid of the member whose key signed `lease`'s grant, its whole chain verified
+/// again with the producer's key alone (the client library verified it already).
+fn signed_by(producer: &shared::signing::Verifier, lease: &Lease) -> String {
+    let expected = shared::grant::Expected {
+        client_id: &lease.client_id,
+        lease_id: Some(lease.lease_id),
+        feature: &lease.feature,
+        version: Some(&lease.version),
+        count: lease.count,
+    };
+    shared::grant::verify_grant(
+        producer,
+        &lease.grant,
+        &lease.binding,
+        &expected,
+        shared::now_unix(),
+        5,
+    )
+    .expect("a member's grant verifies with the producer's key")
+    .grant
+    .iss
 }
 
 /// Clients that find the cluster through one member (they learn the others from its
 /// answers): `holders` keep a lease each, `cyclers` check out and return in a loop;
 /// every error is retried.
 fn start_load(
+    s: &ClusterSetup,
     first: &str,
     holders: usize,
     cyclers: usize,
@@ -89,7 +113,8 @@ fn start_load(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     (0..holders + cyclers)
         .map(|w| {
-            let client = Client::new(first).expect("client");
+            let client = s.client(first).expect("client");
+            let producer = s.producer.clone();
             let (ledger, stop) = (ledger.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut n = 0u32;
@@ -104,9 +129,13 @@ fn start_load(
                         }
                     };
                     {
+                        let by = signed_by(&producer, &lease);
                         let mut l = ledger.lock().unwrap();
-                        l.grants
-                            .push((Instant::now(), lease.served_by.clone().unwrap_or_default()));
+                        l.grants.push((
+                            Instant::now(),
+                            lease.served_by.clone().unwrap_or_default(),
+                            by,
+                        ));
                         l.held.insert(lease.lease_id, lease.clone());
                     }
                     if w < holders {
@@ -165,10 +194,10 @@ struct Load {
 }
 
 impl Load {
-    fn start(members: &[LicenseServer], entry: usize) -> Load {
+    fn start(s: &ClusterSetup, members: &[LicenseServer], entry: usize) -> Load {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let tasks = start_load(&members[entry].url, 4, 8, ledger.clone(), stop.clone());
+        let tasks = start_load(s, &members[entry].url, 4, 8, ledger.clone(), stop.clone());
         let watch_stop = Arc::new(AtomicBool::new(false));
         let watcher = watch_counts(
             members
@@ -206,7 +235,7 @@ async fn kill9_of_the_leader_under_load_loses_no_lease_and_another_member_takes_
     let leader = wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
 
     // Through a member that is not the leader: the client is sent on, and learns all.
-    let load = Load::start(&members, (leader + 1) % 3);
+    let load = Load::start(&s, &members, (leader + 1) % 3);
     let ledger = load.ledger.clone();
     tests::eventually(WAIT, "grants before the kill", || async {
         (ledger.lock().unwrap().grants.len() >= 50).then_some(())
@@ -222,8 +251,8 @@ async fn kill9_of_the_leader_under_load_loses_no_lease_and_another_member_takes_
             .unwrap()
             .grants
             .iter()
-            .find(|(t, by)| *t > killed_at && *by != killed_url)
-            .map(|(t, _)| t.duration_since(killed_at))
+            .find(|(t, by, _)| *t > killed_at && *by != killed_url)
+            .map(|(t, _, _)| t.duration_since(killed_at))
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -260,6 +289,23 @@ async fn kill9_of_the_leader_under_load_loses_no_lease_and_another_member_takes_
         first_after <= TAKEOVER_BOUND,
         "the first grant after the kill came {first_after:?} later"
     );
+    // Each grant is signed by the member that served it, with its own key and binding
+    // (the killed leader's before the kill, the new leader's after it), and every one
+    // verifies with the producer's key alone.
+    let signers: HashSet<String> = {
+        let l = ledger.lock().unwrap();
+        for (_, url, by) in &l.grants {
+            let i = (0..3)
+                .find(|i| s.url(*i).trim_end_matches('/') == url.trim_end_matches('/'))
+                .with_context(|| format!("a grant served by {url}, not a member"))?;
+            ensure!(*by == s.hostids[i], "{url} served a grant signed by {by}");
+        }
+        l.grants.iter().map(|(_, _, by)| by.clone()).collect()
+    };
+    ensure!(
+        signers.contains(&s.hostids[leader]) && signers.contains(&s.hostids[new_leader]),
+        "grants signed by {signers:?}"
+    );
     eprintln!(
         "first grant {first_after:?} after the kill; {} grants; {} held; at most {max_held} seats",
         ledger.lock().unwrap().grants.len(),
@@ -276,7 +322,7 @@ async fn an_isolated_member_grants_nothing_and_catches_up_after_healing() -> Res
     let all: Vec<&LicenseServer> = members.iter().collect();
     let cut = wait_status(&all, "operational").await?;
     // Leases held from before: kept through everything.
-    let before = Client::new(&members[cut].url)?;
+    let before = s.client(&members[cut].url)?;
     let mut kept = Vec::new();
     for n in 0..3 {
         kept.push(
@@ -293,7 +339,10 @@ async fn an_isolated_member_grants_nothing_and_catches_up_after_healing() -> Res
     let http = reqwest::Client::new();
     let mut answers_from_isolated = Vec::new();
     let mut granted: Vec<Lease> = Vec::new();
-    let outside = Client::with_servers(majority.iter().map(|i| members[*i].url.clone()))?;
+    let outside = Client::with_servers(
+        majority.iter().map(|i| members[*i].url.clone()),
+        s.producer.clone(),
+    )?;
     let mut n = 0;
     while cut_at.elapsed() < Duration::from_secs(4) || granted.len() < 3 {
         ensure!(
@@ -379,7 +428,7 @@ async fn two_members_down_is_not_operational_and_restarts_in_every_order_end_ope
     let (_bo, _fx, s) = setup().await?;
     let mut members = s.start_all().await?;
     let first = wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
-    let client = Client::new(&members[first].url)?;
+    let client = s.client(&members[first].url)?;
     let lease = client
         .checkout_lease(&tests::checkout_request(FEATURE, "kept"))
         .await?;
@@ -481,7 +530,7 @@ async fn one_down_grants_within_the_count_two_down_grant_nothing_and_restarted_m
     let first_down = leader;
     let last_up = (leader + 1) % 3;
     let second_down = (leader + 2) % 3;
-    let load = Load::start(&members, last_up);
+    let load = Load::start(&s, &members, last_up);
     let ledger = load.ledger.clone();
     tests::eventually(WAIT, "grants with three members", || async {
         (ledger.lock().unwrap().grants.len() >= 30).then_some(())
@@ -498,11 +547,11 @@ async fn one_down_grants_within_the_count_two_down_grant_nothing_and_restarted_m
         .unwrap()
         .grants
         .iter()
-        .filter(|(t, _)| *t > killed_at)
+        .filter(|(t, _, _)| *t > killed_at)
         .count();
     tests::eventually(WAIT, "30 grants with two members", || async {
         let l = ledger.lock().unwrap();
-        (l.grants.iter().filter(|(t, _)| *t > killed_at).count() >= granted_before + 30)
+        (l.grants.iter().filter(|(t, _, _)| *t > killed_at).count() >= granted_before + 30)
             .then_some(())
     })
     .await;
@@ -520,7 +569,7 @@ async fn one_down_grants_within_the_count_two_down_grant_nothing_and_restarted_m
         .collect();
     ensure!(held.len() >= 4, "the holders hold {held:?}");
     // Two more held leases granted while `first_down` is down: it learns them when back.
-    let client = Client::new(&members[last_up].url)?;
+    let client = s.client(&members[last_up].url)?;
     let mut granted_while_down = HashSet::new();
     for n in 0..2 {
         let l = client
@@ -584,7 +633,7 @@ async fn one_down_grants_within_the_count_two_down_grant_nothing_and_restarted_m
         "the member killed first lacks leases granted while it was down"
     );
     // And the cluster grants again, up to the count and not beyond.
-    let client = Client::new(&members[first_down].url)?;
+    let client = s.client(&members[first_down].url)?;
     for n in truth.len()..SEATS as usize {
         client
             .checkout_lease(&tests::checkout_request(FEATURE, &format!("after-{n}")))
@@ -616,7 +665,7 @@ fn faketime() -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn members_of_another_cluster_and_clocks_two_hours_off_are_refused_by_name() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let (_bo, _fx, mut s) = setup().await?;
+    let (_bo, fx, mut s) = setup().await?;
     let lib = faketime().context("libfaketime is not installed (scripts/test installs it)")?;
     // Member 2 runs two hours ahead; it is refused, the other two form the cluster.
     s.extra[2] = vec![
@@ -667,6 +716,19 @@ async fn members_of_another_cluster_and_clocks_two_hours_off_are_refused_by_name
     let intruder =
         LicenseServer::start("stranger", &s.tmp.path().join("stranger"), port, &env).await?;
     wait_status(&[&a, &b], "partially_operational").await?;
+    // The members' routes take their own secret only: not the device token, not none
+    // (refused before the body is read).
+    let http = reqwest::Client::new();
+    let hello = format!("{}/api/v1/member/hello", a.url);
+    let r = http
+        .post(&hello)
+        .bearer_auth(&fx.device_token)
+        .body("not even JSON")
+        .send()
+        .await?;
+    ensure!(r.status() == 403, "the device token got {}", r.status());
+    let r = http.post(&hello).body("not even JSON").send().await?;
+    ensure!(r.status() == 401, "no token got {}", r.status());
     let view = tests::eventually(WAIT, "the stranger to see it is refused", || async {
         let c = cluster_of(&intruder).await?;
         let errors: Vec<String> = c["members"]

@@ -64,6 +64,7 @@ struct Ledger {
 /// `cyclers` check out and return in a loop. Every error (the main gone, the backup not
 /// serving yet, no seat left) is retried.
 fn start_load(
+    producer: &shared::signing::Verifier,
     main_url: &str,
     holders: usize,
     cyclers: usize,
@@ -72,7 +73,7 @@ fn start_load(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for w in 0..holders + cyclers {
-        let client = Client::new(main_url).expect("client");
+        let client = Client::new(main_url, producer.clone()).expect("client");
         let ledger = ledger.clone();
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -163,7 +164,7 @@ fn watch_counts(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_main_under_load_then_failback() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let (_bo, _fx, pair) = setup(&[]).await?;
+    let (bo, _fx, pair) = setup(&[]).await?;
     let mut main = pair.start_main().await?;
     let backup = pair.start_backup().await?;
     wait_paired(&main, &backup, WAIT).await?;
@@ -171,7 +172,14 @@ async fn kill_9_of_the_main_under_load_then_failback() -> Result<()> {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(AtomicBool::new(false));
     // 4 holders and 8 cyclers want 12 seats of 8: the count is always contended.
-    let load = start_load(&main.url, 4, 8, ledger.clone(), stop.clone());
+    let load = start_load(
+        &bo.producer(),
+        &main.url,
+        4,
+        8,
+        ledger.clone(),
+        stop.clone(),
+    );
     let watcher = watch_counts(
         vec![
             (main.url.clone(), main.admin_token()),
@@ -217,7 +225,7 @@ async fn kill_9_of_the_main_under_load_then_failback() -> Result<()> {
         .find(|l| on_backup.contains(&l.lease_id.to_string()))
         .context("a lease of the main held on the backup")?
         .clone();
-    let direct = Client::new(&backup.url)?;
+    let direct = Client::new(&backup.url, bo.producer())?;
     let renewed = direct.renew(&from_main).await?;
     ensure!(renewed.served_by.as_deref() == Some(backup.url.as_str()));
     ensure!(renewed.main_uri.as_deref() == Some(main.url.as_str()));
@@ -267,10 +275,12 @@ async fn kill_9_of_the_main_under_load_then_failback() -> Result<()> {
         );
     }
     ensure!(on_main.contains(&from_backup.lease_id.to_string()));
-    let renewed = Client::new(&main.url)?.renew(&from_backup).await?;
+    let renewed = Client::new(&main.url, bo.producer())?
+        .renew(&from_backup)
+        .await?;
     ensure!(renewed.served_by.as_deref() == Some(main.url.as_str()));
     // The backup stands by again and sends clients to the main.
-    let via_backup = Client::new(&backup.url)?;
+    let via_backup = Client::new(&backup.url, bo.producer())?;
     let lease = via_backup.checkout_lease(&req("late-client")).await?;
     ensure!(
         lease.served_by.as_deref() == Some(main.url.as_str()),
@@ -283,7 +293,7 @@ async fn kill_9_of_the_main_under_load_then_failback() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_link_then_healed() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let (_bo, _fx, mut pair) = setup(&[]).await?;
+    let (bo, _fx, mut pair) = setup(&[]).await?;
     // The main reaches its backup only through a proxy the test controls; clients reach
     // both directly.
     let proxy = Proxy::start(pair.backup_port).await?;
@@ -293,7 +303,7 @@ async fn a_cut_link_then_healed() -> Result<()> {
     let main = pair.start_main().await?;
     let backup = pair.start_backup().await?;
     wait_paired(&main, &backup, WAIT).await?;
-    let on_main = Client::new(&main.url)?;
+    let on_main = Client::new(&main.url, bo.producer())?;
     let a1 = on_main.checkout_lease(&req("a1")).await?;
 
     proxy.cut();
@@ -309,7 +319,7 @@ async fn a_cut_link_then_healed() -> Result<()> {
     .await;
     let a2 = on_main.checkout_lease(&req("a2")).await?;
     ensure!(a2.served_by.as_deref() == Some(main.url.as_str()));
-    let on_backup = Client::new(&backup.url)?;
+    let on_backup = Client::new(&backup.url, bo.producer())?;
     let b1 = on_backup.checkout_lease(&req("b1")).await?;
     ensure!(b1.served_by.as_deref() == Some(backup.url.as_str()));
     // Each side alone never exceeds the count.
@@ -338,7 +348,7 @@ async fn a_cut_link_then_healed() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_start_order_ends_paired() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let (_bo, _fx, pair) = setup(&[]).await?;
+    let (bo, _fx, pair) = setup(&[]).await?;
 
     // The backup first: the back office refuses it (MAIN_NOT_REGISTERED) until the main
     // has registered the pair; it never serves.
@@ -351,7 +361,9 @@ async fn every_start_order_ends_paired() -> Result<()> {
     ensure!(backup.status().await?["server_status"] == "ready");
     let mut main = pair.start_main().await?;
     wait_paired(&main, &backup, WAIT).await?;
-    let lease = Client::new(&main.url)?.checkout_lease(&req("c1")).await?;
+    let lease = Client::new(&main.url, bo.producer())?
+        .checkout_lease(&req("c1"))
+        .await?;
 
     // Both down, the main first again.
     main.kill9();
@@ -379,7 +391,9 @@ async fn every_start_order_ends_paired() -> Result<()> {
         (main.pair_status().await.as_deref() == Some("backup_not_available")).then_some(())
     })
     .await;
-    let alone = Client::new(&main.url)?.checkout_lease(&req("c2")).await?;
+    let alone = Client::new(&main.url, bo.producer())?
+        .checkout_lease(&req("c2"))
+        .await?;
     backup.restart().await?;
     wait_paired(&main, &backup, WAIT).await?;
     let on_backup = lease_ids(&backup.leases(FEATURE).await?);
@@ -419,12 +433,12 @@ async fn every_start_order_ends_paired() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_interval_ends_the_backups_service() -> Result<()> {
     let _serial = SERIAL.lock().await;
-    let (_bo, _fx, pair) = setup(&[("FAILOVER_MAINTENANCE_INTERVAL", "3s")]).await?;
+    let (bo, _fx, pair) = setup(&[("FAILOVER_MAINTENANCE_INTERVAL", "3s")]).await?;
     let mut main = pair.start_main().await?;
     let backup = pair.start_backup().await?;
     wait_paired(&main, &backup, WAIT).await?;
     main.kill9();
-    let c = Client::new(&backup.url)?;
+    let c = Client::new(&backup.url, bo.producer())?;
     let lease = eventually(WAIT, "a checkout on the backup", || async {
         c.checkout_lease(&req("m1")).await.ok()
     })
@@ -472,7 +486,7 @@ async fn absence_limit_and_operator_changes_reach_everyone() -> Result<()> {
     .await;
 
     // A new backup address reaches clients with their next lease answer.
-    let client = Client::new(&main.url)?;
+    let client = Client::new(&main.url, bo.producer())?;
     let l1 = client.checkout_lease(&req("x1")).await?;
     ensure!(l1.backup_uri.as_deref() == Some(backup.url.as_str()));
     ensure!(client.learned_backup().as_deref() == Some(backup.url.as_str()));
@@ -543,7 +557,9 @@ async fn absence_limit_and_operator_changes_reach_everyone() -> Result<()> {
     let s = main2.status().await?;
     ensure!(s["pair"]["detached"] == true, "main2: {s}");
     ensure!(s["backup_uri"].is_null());
-    let l = Client::new(&main2.url)?.checkout_lease(&req("y1")).await?;
+    let l = Client::new(&main2.url, bo.producer())?
+        .checkout_lease(&req("y1"))
+        .await?;
     ensure!(l.backup_uri.is_none(), "{l:?}");
     eventually(
         WAIT,
@@ -582,12 +598,12 @@ async fn a_new_main_serves_its_first_rights_while_its_backup_does_not_answer() -
             open.push(c);
         }
     });
-    let (_bo, _fx, mut pair) = setup(&[("CAPABILITY_POLL_INTERVAL", "60s")]).await?;
+    let (bo, _fx, mut pair) = setup(&[("CAPABILITY_POLL_INTERVAL", "60s")]).await?;
     pair.main_env.retain(|(k, _)| k != "LICENSING_BACKUP_URI");
     pair.main_env
         .push(("LICENSING_BACKUP_URI".into(), hole_url));
     let main = pair.start_main().await?;
-    let c = Client::new(&main.url)?;
+    let c = Client::new(&main.url, bo.producer())?;
     let started = std::time::Instant::now();
     let lease = loop {
         match c.checkout_lease(&req("first")).await {

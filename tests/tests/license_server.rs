@@ -88,7 +88,7 @@ async fn scenario(backend: Backend) -> Result<()> {
     .await;
 
     // Checkouts until no seat is left; the refusal says when the next one frees.
-    let client = Client::new(&server.url)?;
+    let client = Client::new(&server.url, bo.producer())?;
     let mut leases = Vec::new();
     for i in 0..5 {
         leases.push(client.checkout_lease(&req(&format!("c{i}"))).await?);

@@ -616,7 +616,7 @@ async fn view_server_follows_a_real_pair_through_failover() -> Result<()> {
     let mut main = pair.start_main().await?;
     let backup = pair.start_backup().await?;
     wait_paired(&main, &backup, wait).await?;
-    let client = Client::new(&main.url)?;
+    let client = Client::new(&main.url, bo.producer())?;
     for i in 0..3 {
         client
             .checkout_lease(&CheckoutRequest {
@@ -624,6 +624,7 @@ async fn view_server_follows_a_real_pair_through_failover() -> Result<()> {
                 version: None,
                 count: 1,
                 client_id: format!("desk-{i}"),
+                client_secret: None,
             })
             .await?;
     }

@@ -96,6 +96,9 @@ fn meaning(code: ErrorCode) -> &'static str {
         | NotServing
         | MaintenanceIntervalExpired
         | OutOfSync
+        | RightsExpired
+        | ServerNotBound
+        | UnverifiedRights
         | Unknown => "(not answered by the back office)",
     }
 }
@@ -204,6 +207,9 @@ fn example_message(code: ErrorCode) -> &'static str {
         | NotServing
         | MaintenanceIntervalExpired
         | OutOfSync
+        | RightsExpired
+        | ServerNotBound
+        | UnverifiedRights
         | Unknown => "",
     }
 }

@@ -1,10 +1,12 @@
-//! `license-client`: check licenses out of a license server from the command line.
+//! `license-client`: check licenses out of a license server from the command line; every
+//! grant and renewal is verified with the producer's public key before it is shown.
 
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shared::client::{Client, ClientError};
 use shared::lease::{CheckoutRequest, Lease};
+use shared::signing::Verifier;
 use uuid::Uuid;
 
 /// A command-line client of the license server (built on the `shared` client library).
@@ -20,6 +22,10 @@ struct Cli {
         global = true
     )]
     servers: Vec<String>,
+    /// The producer's public key (PEM: the back office's `signing-key.pub.pem`): every
+    /// grant and renewal must verify with it, offline. Required.
+    #[arg(long, env = "LICENSE_PRODUCER_KEY", global = true)]
+    producer_key: Option<std::path::PathBuf>,
     /// This client's identity (default: hostname:pid).
     #[arg(long, env = "LICENSE_CLIENT_ID", global = true)]
     client_id: Option<String>,
@@ -99,10 +105,29 @@ fn print_lease(lease: &Lease, json: bool) {
 }
 
 async fn run(cli: Cli) -> Result<(), ClientError> {
+    let key = cli.producer_key.as_ref().ok_or_else(|| {
+        ClientError::Invalid(
+            "give the producer's public key (--producer-key FILE or LICENSE_PRODUCER_KEY): \
+             every grant is verified with it"
+                .into(),
+        )
+    })?;
+    let pem = std::fs::read_to_string(key).map_err(|e| {
+        ClientError::Invalid(format!(
+            "--producer-key `{}` cannot be read: {e}",
+            key.display()
+        ))
+    })?;
+    let producer = Verifier::from_public_pem(&pem).map_err(|e| {
+        ClientError::Invalid(format!(
+            "--producer-key `{}` is not the producer's Ed25519 public key (PEM): {e}",
+            key.display()
+        ))
+    })?;
     let mut builder = cli
         .servers
         .iter()
-        .fold(Client::builder(), |b, s| b.server(s));
+        .fold(Client::builder(producer), |b, s| b.server(s));
     if let Some(path) = &cli.ca {
         let pem = std::fs::read(path).map_err(|e| {
             ClientError::Invalid(format!("--ca `{}` cannot be read: {e}", path.display()))
@@ -127,6 +152,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 version: feature_version,
                 count,
                 client_id: client.client_id().to_owned(),
+                client_secret: None,
             };
             match hold {
                 None => {

@@ -608,7 +608,8 @@ mod tests {
         ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
             let dir = tempfile::tempdir().unwrap();
             let log = open(dir.path()).unwrap();
-            let (sm, _) = StateMachine::open(dir.path()).unwrap();
+            let (sm, _) =
+                StateMachine::open(dir.path(), crate::cluster::machine::tests::check()).unwrap();
             Ok((dir, log, sm))
         }
     }

@@ -1,6 +1,10 @@
 //! The pool as a replicated state machine: the commands a cluster's leader proposes and
 //! how every member applies them. Pure: no I/O, no clock; a command carries its time.
 //!
+//! Rights travel as the back office's signed answer, verbatim; every member verifies it
+//! as it applies it ([`RightsCheck`]: the producer's key, addressed to a member of this
+//! cluster), so counts that were not signed never enter any member's pool.
+//!
 //! A command is a request, not its result: "check out this feature for this client at
 //! this time, with this new lease ID". Each member decides it against its own copy of the
 //! [`State`] with the domain's `decide_*` and applies the events they return, in log
@@ -9,10 +13,11 @@
 //! other: the second finds the seat taken.
 
 use serde::{Deserialize, Serialize};
-use shared::capability::Right;
 use uuid::Uuid;
 
-use crate::domain::{CheckoutAsk, Denied, Event, LeaseRecord, Millis, State};
+use crate::domain::{
+    CheckoutAsk, Denied, Event, Holder, LeaseRecord, Millis, Rights, RightsCheck, State,
+};
 
 /// What a leader proposes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,12 +29,11 @@ pub enum Command {
         lease_key: String,
         history: Uuid,
     },
-    /// A verified capability answer's rights (an older answer than the rights held
-    /// changes nothing).
+    /// A capability answer of one of the members (the token): its rights replace the
+    /// pool's once it verified, unless it is older than the answer held.
     Rights {
-        rights: Vec<Right>,
+        rights: Rights,
         at: Millis,
-        issued_at: i64,
     },
     /// Lapsed leases are freed first, as of `at`.
     Checkout {
@@ -37,6 +41,13 @@ pub enum Command {
         version: Option<String>,
         count: u32,
         client_id: String,
+        /// The client's secret, hashed: it gets its own live lease back.
+        #[serde(default, skip_serializing_if = "Holder::is_none")]
+        holder: Holder,
+        /// The lease whose token the client showed (checked by the proposing member):
+        /// it gets that lease back.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shown: Option<Uuid>,
         at: Millis,
         lease_ms: i64,
         /// The ID of the lease if one is granted.
@@ -86,6 +97,10 @@ pub enum Outcome {
     Done,
     /// Refused: older than the rights held.
     Older,
+    /// Refused: the answer does not verify on this member (why).
+    Unverified {
+        error: String,
+    },
     /// The lease after a checkout or a renewal; `renewed` when the client already held it.
     Lease {
         lease: LeaseRecord,
@@ -104,8 +119,10 @@ pub enum Outcome {
     },
 }
 
-/// Applies `cmd` to `st`: decides, applies the events, says what happened.
-pub fn apply(st: &mut State, cmd: &Command) -> Outcome {
+/// Applies `cmd` to `st`: decides, applies the events, says what happened. `check`
+/// verifies rights (every member of a cluster checks alike: one producer key, one
+/// membership).
+pub fn apply(st: &mut State, cmd: &Command, check: &RightsCheck) -> Outcome {
     match cmd {
         Command::Init { lease_key, history } => {
             if st.lease_key.is_none() {
@@ -118,20 +135,18 @@ pub fn apply(st: &mut State, cmd: &Command) -> Outcome {
             }
             Outcome::Done
         }
-        Command::Rights {
-            rights,
-            at,
-            issued_at,
-        } => {
-            if *issued_at < st.rights_issued_at {
+        Command::Rights { rights, at } => {
+            let mut rights = rights.clone();
+            if let Err(e) = check.verify(&mut rights) {
+                return Outcome::Unverified {
+                    error: e.to_string(),
+                };
+            }
+            if rights.issued_at() < st.rights_issued_at() {
                 return Outcome::Older;
             }
-            if *rights != st.rights || st.rights_updated_at.is_none() {
-                st.apply(&Event::RightsUpdated {
-                    rights: rights.clone(),
-                    at: *at,
-                    issued_at: *issued_at,
-                });
+            if st.rights.as_ref() != Some(&rights) {
+                st.apply(&Event::RightsUpdated { rights, at: *at });
             }
             Outcome::Done
         }
@@ -140,6 +155,8 @@ pub fn apply(st: &mut State, cmd: &Command) -> Outcome {
             version,
             count,
             client_id,
+            holder,
+            shown,
             at,
             lease_ms,
             lease_id,
@@ -151,8 +168,10 @@ pub fn apply(st: &mut State, cmd: &Command) -> Outcome {
                 version: version.as_deref(),
                 count: *count,
                 client_id,
+                holder: *holder,
             };
-            match st.decide_checkout(&ask, *at, *lease_ms, *lease_id, granted_by) {
+            let holds = |id: &Uuid| *shown == Some(*id);
+            match st.decide_checkout(&ask, *at, *lease_ms, *lease_id, granted_by, holds) {
                 Ok(ev) => {
                     let (id, renewed) = match &ev {
                         Event::LeaseGranted { lease } => (lease.id, false),
@@ -223,15 +242,33 @@ fn expire(st: &mut State, at: Millis) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::domain::rights::tests::producer;
+    use shared::HostId;
+    use shared::capability::Right;
+    use shared::signing::{Signer, Verifier};
 
     const T0: Millis = 1_700_000_000_000;
     const LEASE: i64 = 60_000;
 
-    fn pool(count: u32) -> State {
-        let mut st = State::default();
-        let rights = vec![Right {
+    fn host(h: &str) -> HostId {
+        HostId::parse(h).unwrap()
+    }
+
+    /// The check of member `string:m2` of the cluster m1, m2, m3.
+    pub(crate) fn check() -> RightsCheck {
+        RightsCheck::new(
+            Verifier::from_key(&producer().verifying_key()),
+            host("string:m2"),
+        )
+        .in_cluster(vec![host("string:m1"), host("string:m3")])
+    }
+
+    /// An answer to `to` of `count` seats of `cad`, signed by `signer` at `iat`.
+    pub(crate) fn answer(signer: &Signer, to: &str, count: u32, iat: i64) -> Rights {
+        let mut c = crate::domain::rights::tests::claims(to, None, 0);
+        c.rights = vec![Right {
             activation_id: "A".into(),
             feature: "cad".into(),
             version: "1.0".into(),
@@ -239,17 +276,25 @@ mod tests {
             starts_at: 0,
             expires_at: None,
         }];
-        assert_eq!(
-            apply(
-                &mut st,
-                &Command::Rights {
-                    rights,
-                    at: T0,
-                    issued_at: T0 / 1000,
-                }
-            ),
-            Outcome::Done
-        );
+        c.iat = iat;
+        Rights::unverified(signer.sign(&c))
+    }
+
+    /// Rights of `count` seats, as a command: the answer to member m1.
+    pub(crate) fn rights(count: u32, iat: i64) -> Command {
+        Command::Rights {
+            rights: answer(producer(), "string:m1", count, iat),
+            at: T0,
+        }
+    }
+
+    fn apply(st: &mut State, cmd: &Command) -> Outcome {
+        super::apply(st, cmd, &check())
+    }
+
+    fn pool(count: u32) -> State {
+        let mut st = State::default();
+        assert_eq!(apply(&mut st, &rights(count, T0 / 1000)), Outcome::Done);
         st
     }
 
@@ -259,6 +304,8 @@ mod tests {
             version: None,
             count: 1,
             client_id: client.into(),
+            holder: Holder::of_secret(&format!("{client}'s secret")),
+            shown: None,
             at,
             lease_ms: LEASE,
             lease_id: Uuid::new_v4(),
@@ -354,12 +401,7 @@ mod tests {
         };
         assert!(matches!(apply(&mut st, &ret), Outcome::Ended { .. }));
         assert!(matches!(apply(&mut st, &ret), Outcome::Denied { .. }));
-        let older = Command::Rights {
-            rights: Vec::new(),
-            at: T0,
-            issued_at: T0 / 1000 - 1,
-        };
-        assert_eq!(apply(&mut st, &older), Outcome::Older);
+        assert_eq!(apply(&mut st, &rights(9, T0 / 1000 - 1)), Outcome::Older);
         assert_eq!(st.features(T0)[0].count, 2);
         // A second Init keeps the first key.
         for key in ["first", "second"] {
@@ -372,5 +414,78 @@ mod tests {
             );
         }
         assert_eq!(st.lease_key.as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn rights_that_do_not_verify_on_a_member_change_nothing() {
+        let mut st = pool(2);
+        // Signed by another key; addressed to a server outside the cluster; counts
+        // edited under the producer's signature.
+        let rogue = Command::Rights {
+            rights: answer(&Signer::generate(), "string:m1", 999, T0 / 1000 + 1),
+            at: T0,
+        };
+        let stranger = Command::Rights {
+            rights: answer(producer(), "string:elsewhere", 999, T0 / 1000 + 1),
+            at: T0,
+        };
+        let good = answer(producer(), "string:m3", 999, T0 / 1000 + 1);
+        let (head, rest) = good.token().split_once('.').unwrap();
+        let (_, sig) = rest.split_once('.').unwrap();
+        let bad_claims = answer(producer(), "string:m3", 5, T0 / 1000 + 1);
+        let body = bad_claims.token().split('.').nth(1).unwrap();
+        let spliced = Command::Rights {
+            rights: Rights::unverified(format!("{head}.{body}.{sig}")),
+            at: T0,
+        };
+        for cmd in [rogue, stranger, spliced] {
+            assert!(
+                matches!(apply(&mut st, &cmd), Outcome::Unverified { .. }),
+                "{cmd:?}"
+            );
+            assert_eq!(st.features(T0)[0].count, 2);
+        }
+        // Another member's answer verifies here: the pool takes it.
+        let other = Command::Rights {
+            rights: good,
+            at: T0,
+        };
+        assert_eq!(apply(&mut st, &other), Outcome::Done);
+        assert_eq!(st.features(T0)[0].count, 999);
+    }
+
+    #[test]
+    fn a_checkout_naming_another_clients_id_gets_a_lease_of_its_own() {
+        let mut st = pool(3);
+        let Outcome::Lease { lease: a, .. } = apply(&mut st, &checkout("a", T0)) else {
+            panic!("granted");
+        };
+        // a's client ID without a's secret: another lease.
+        let mut impostor = checkout("a", T0 + 1);
+        if let Command::Checkout { holder, .. } = &mut impostor {
+            *holder = Holder::of_secret("a guess");
+        }
+        let Outcome::Lease { lease: b, renewed } = apply(&mut st, &impostor) else {
+            panic!("granted");
+        };
+        assert!(!renewed && b.id != a.id);
+        // With a's secret, or showing a's lease (its token checked by the leader): a's.
+        let Outcome::Lease { lease: again, .. } = apply(&mut st, &checkout("a", T0 + 2)) else {
+            panic!("granted");
+        };
+        assert_eq!(again.id, a.id);
+        let mut shows = checkout("a", T0 + 3);
+        if let Command::Checkout { holder, shown, .. } = &mut shows {
+            *holder = Holder::NONE;
+            *shown = Some(a.id);
+        }
+        let Outcome::Lease {
+            lease: shown,
+            renewed,
+        } = apply(&mut st, &shows)
+        else {
+            panic!("granted");
+        };
+        assert!(renewed && shown.id == a.id);
     }
 }

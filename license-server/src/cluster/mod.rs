@@ -18,6 +18,16 @@
 //!   electing) `UNAVAILABLE`, so clients move on to another member by themselves.
 //! - The leader also proposes the pool's lease key once, the rights its back-office
 //!   contact verified (newer answers only) and the expiry of lapsed leases.
+//! - Trust (the chain of the back office's signatures): each member polls the back
+//!   office with its own hostid and key, and holds its own binding. The pool's rights
+//!   are the signed answer of the member that led when it arrived, carried verbatim in
+//!   the log and snapshots and verified by every member as it applies or loads them
+//!   (the producer's key, addressed to one of the three members): a member never counts
+//!   rights that do not verify for it, and a snapshot whose rights do not verify is
+//!   refused. Grants are signed by the member that serves, with its own key and
+//!   binding, so clients verify them as any server's; no lease outlasts that binding
+//!   or the rights' `serve_until`. Members authenticate each other with `PAIR_TOKEN`,
+//!   required in cluster mode and never `BACKOFFICE_TOKEN`.
 //! - Members say hello to each other every `CLUSTER_HEARTBEAT_INTERVAL` and count one
 //!   down after `CLUSTER_MEMBER_TIMEOUT` ([`health`]): the cluster status. Raft keeps
 //!   its own, faster heartbeat (100 ms, elections after 0.5 to 1 s of silence), so that a
@@ -70,11 +80,11 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shared::HostId;
-use shared::capability::{ClusterStatus, Right};
+use shared::capability::ClusterStatus;
 use shared::secret::Secret;
 use tokio::sync::watch;
 
-use crate::domain::{Millis, State};
+use crate::domain::{Millis, Rights, RightsChange, RightsCheck, State};
 use crate::error::ServiceError;
 use health::{Health, Peer};
 use machine::{Command, Outcome};
@@ -164,6 +174,8 @@ pub struct ClusterConfig {
     /// `PAIR_TOKEN`: the secret members authenticate each other with.
     pub token: Secret,
     pub ca: Vec<reqwest::Certificate>,
+    /// Verifies the pool's rights: the producer's key, addressed to a member.
+    pub rights: RightsCheck,
 }
 
 /// A running member.
@@ -179,9 +191,9 @@ pub struct Cluster {
     applied: Arc<Mutex<Applied>>,
     wire: Wire,
     heartbeat_interval: Duration,
-    /// The newest rights this member's back-office contact verified, proposed when it
-    /// leads: (rights, `iat`).
-    rights: Mutex<Option<(Vec<Right>, i64)>>,
+    /// The newest answer this member's back-office contact verified, proposed when it
+    /// leads.
+    rights: Mutex<Option<Rights>>,
     /// Servers of another cluster that said hello (each logged once).
     strangers: Mutex<std::collections::HashSet<String>>,
 }
@@ -199,9 +211,10 @@ impl Cluster {
     /// Loads the member's raft files from `dir` and starts its raft node.
     pub async fn start(cfg: ClusterConfig, dir: &Path) -> anyhow::Result<Arc<Cluster>> {
         let d = dir.to_owned();
+        let rights = cfg.rights.clone();
         let (log, sm) = tokio::task::spawn_blocking(move || {
             let log = log::open(&d).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let (sm, state) = sm::StateMachine::open(&d).map_err(anyhow::Error::msg)?;
+            let (sm, state) = sm::StateMachine::open(&d, rights).map_err(anyhow::Error::msg)?;
             Ok::<_, anyhow::Error>((log, (sm, state)))
         })
         .await?
@@ -373,13 +386,11 @@ impl Cluster {
                 continue;
             }
             let now = now_ms();
-            let (no_key, due, held_iat, held_rights) = {
+            let (no_key, due) = {
                 let st = self.state.lock();
                 (
                     st.lease_key.is_none() || st.history.is_nil(),
                     st.next_expiry().is_some_and(|e| e <= now),
-                    st.rights_issued_at,
-                    st.rights.clone(),
                 )
             };
             if no_key {
@@ -391,16 +402,20 @@ impl Cluster {
                     tracing::debug!(error = %e, "could not create the pool's key yet");
                 }
             }
+            // This member's newest answer, when it changes the pool's rights (or lets
+            // them be served markedly longer).
+            // (The offer is copied first: the two locks are never held together.)
             let offer = self.rights.lock().clone();
-            if let Some((rights, iat)) = offer
-                && (iat > held_iat || (iat == held_iat && rights != held_rights))
-            {
-                let cmd = Command::Rights {
-                    rights,
-                    at: now,
-                    issued_at: iat,
-                };
-                match self.propose(cmd).await {
+            let offer = offer.filter(|r| {
+                r.claims()
+                    .is_some_and(|c| self.state.lock().rights_change(c) == RightsChange::Changed)
+            });
+            if let Some(rights) = offer {
+                let iat = rights.issued_at();
+                match self.propose(Command::Rights { rights, at: now }).await {
+                    Ok(Outcome::Unverified { error }) => {
+                        tracing::error!(problem = %error, "this member's rights do not verify in the cluster");
+                    }
                     Ok(_) => tracing::info!(issued_at = iat, "rights committed to the cluster"),
                     Err(e) => tracing::debug!(error = %e, "could not commit the rights yet"),
                 }
@@ -417,12 +432,14 @@ impl Cluster {
         }
     }
 
-    /// A verified capability answer's rights: proposed by the leader's duties (at once
-    /// when this member leads).
-    pub fn offer_rights(&self, rights: Vec<Right>, issued_at: i64) {
+    /// This member's verified answer: its rights are proposed by the leader's duties
+    /// (at once when this member leads).
+    pub fn offer_rights(&self, rights: Rights) {
         let mut r = self.rights.lock();
-        if r.as_ref().is_none_or(|(_, iat)| issued_at >= *iat) {
-            *r = Some((rights, issued_at));
+        if r.as_ref()
+            .is_none_or(|held| rights.issued_at() >= held.issued_at())
+        {
+            *r = Some(rights);
         }
     }
 

@@ -1,7 +1,9 @@
 //! The state machine ([`openraft::storage::RaftStateMachine`]): the pool's [`State`],
 //! shared with the service that reads it, changed only by applying committed commands
 //! ([`super::machine::apply`]) or by installing a snapshot; and its snapshots, written
-//! in the store's style (format in [`super`]'s documentation).
+//! in the store's style (format in [`super`]'s documentation). The rights of a snapshot,
+//! read from this member's file or sent by the leader, are verified like a command's
+//! ([`RightsCheck`]); a snapshot whose rights do not verify is refused.
 
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use parking_lot::Mutex;
 
 use super::machine::{self, Outcome};
 use super::{Entry, Member, NodeId, TypeConfig};
-use crate::domain::{Frozen, State};
+use crate::domain::{Frozen, RightsCheck, State};
 use crate::store::codec::{self, Section};
 use crate::store::files;
 use crate::store::frame::{self, FileHeader, Reader};
@@ -40,6 +42,8 @@ pub struct StateMachine {
     dir: PathBuf,
     /// The last snapshot written or installed.
     current: Arc<Mutex<Option<Meta>>>,
+    /// Verifies the rights of commands and snapshots.
+    check: RightsCheck,
 }
 
 /// Takes a copy when asked for a builder; encodes and writes it when asked to build.
@@ -63,12 +67,15 @@ fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError<NodeId> {
 impl StateMachine {
     /// Loads the last snapshot in `dir`, if any (anything that does not verify stops
     /// the start); the entries after it are applied again by openraft.
-    pub fn open(dir: &Path) -> Result<(StateMachine, Arc<Mutex<State>>), String> {
+    pub fn open(
+        dir: &Path,
+        check: RightsCheck,
+    ) -> Result<(StateMachine, Arc<Mutex<State>>), String> {
         let path = dir.join(SNAPSHOT_FILE);
         let (state, applied, current) = match std::fs::read(&path) {
             Ok(bytes) => {
                 let (meta, state) =
-                    decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+                    decode(&bytes, &check).map_err(|e| format!("{}: {e}", path.display()))?;
                 let applied = Applied {
                     log_id: meta.last_log_id,
                     membership: meta.last_membership.clone(),
@@ -87,6 +94,7 @@ impl StateMachine {
                 applied: Arc::new(Mutex::new(applied)),
                 dir: dir.to_owned(),
                 current: Arc::new(Mutex::new(current)),
+                check,
             },
             state,
         ))
@@ -119,9 +127,9 @@ pub fn encode(meta: &Meta, frozen: &Frozen) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Reads a snapshot's bytes back; anything that does not verify is an error saying
-/// where.
-pub fn decode(bytes: &[u8]) -> Result<(Meta, State), String> {
+/// Reads a snapshot's bytes back, its rights verified with `check`; anything that does
+/// not verify is an error saying where.
+pub fn decode(bytes: &[u8], check: &RightsCheck) -> Result<(Meta, State), String> {
     FileHeader::decode(bytes, SNAPSHOT_MAGIC)?;
     let mut reader = Reader::new(bytes);
     let mut next = |what: &str| match reader.next_frame() {
@@ -134,10 +142,25 @@ pub fn decode(bytes: &[u8]) -> Result<(Meta, State), String> {
         .map_err(|e| format!("record 0: not a snapshot's meta ({e})"))?;
     let f = next("the pool")?;
     let mut state = match codec::get_section(f.payload) {
-        Ok(Section::Head(head)) => *head,
+        Ok(Section::Head {
+            state,
+            unsigned_rights: 0,
+        }) => *state,
+        Ok(Section::Head { .. }) => {
+            return Err(format!(
+                "record {}: rights kept as counts, not as the back office's signed answer",
+                f.record
+            ));
+        }
         Ok(_) => return Err(format!("record {}: not the pool's head", f.record)),
         Err(e) => return Err(format!("record {} at byte {}: {e}", f.record, f.offset)),
     };
+    if let Some(rights) = state.rights.as_mut() {
+        check
+            .verify(rights)
+            .map_err(|e| format!("record {}: its rights do not verify: {e}", f.record))?;
+        state.rebuild_index();
+    }
     state.begin_load();
     let (mut leases, mut sections) = (0u64, 0u64);
     loop {
@@ -161,7 +184,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Meta, State), String> {
                 }
                 break;
             }
-            Ok(Section::Head(_)) => return Err(format!("record {}: a second head", f.record)),
+            Ok(Section::Head { .. }) => return Err(format!("record {}: a second head", f.record)),
             Err(e) => return Err(format!("record {} at byte {}: {e}", f.record, f.offset)),
         }
     }
@@ -246,7 +269,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied.log_id = Some(entry.log_id);
             out.push(match entry.payload {
                 EntryPayload::Blank => Outcome::Done,
-                EntryPayload::Normal(cmd) => machine::apply(&mut st, &cmd),
+                EntryPayload::Normal(cmd) => {
+                    let outcome = machine::apply(&mut st, &cmd, &self.check);
+                    if let Outcome::Unverified { error } = &outcome {
+                        tracing::error!(
+                            index = entry.log_id.index,
+                            problem = %error,
+                            "the cluster's log holds rights that do not verify on this member: not taken (check BACKOFFICE_PUBLIC_KEY and CLUSTER_MEMBER_HOSTIDS on every member)"
+                        );
+                    }
+                    outcome
+                }
                 EntryPayload::Membership(m) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), m);
                     Outcome::Done
@@ -279,7 +312,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
         let bytes = snapshot.into_inner();
-        let (theirs, state) = decode(&bytes).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let (theirs, state) =
+            decode(&bytes, &self.check).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         if theirs.last_log_id != meta.last_log_id {
             return Err(sm_err(
                 ErrorVerb::Read,
@@ -330,25 +364,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
     use crate::cluster::machine::Command;
-    use shared::capability::Right;
+    use crate::cluster::machine::tests::{answer, check, rights};
+    use crate::domain::Holder;
 
     fn pool_with_leases(n: usize) -> State {
         let mut st = State::default();
-        machine::apply(
-            &mut st,
-            &Command::Rights {
-                rights: vec![Right {
-                    activation_id: "A".into(),
-                    feature: "cad".into(),
-                    version: String::new(),
-                    count: 10_000,
-                    starts_at: 0,
-                    expires_at: None,
-                }],
-                at: 1,
-                issued_at: 1,
-            },
-        );
+        machine::apply(&mut st, &rights(10_000, 1), &check());
         for i in 0..n {
             machine::apply(
                 &mut st,
@@ -357,11 +378,14 @@ mod tests {
                     version: None,
                     count: 1,
                     client_id: format!("c{i}"),
+                    holder: Holder::of_secret(&format!("c{i}'s secret")),
+                    shown: None,
                     at: 1_000,
                     lease_ms: 60_000,
                     lease_id: uuid::Uuid::new_v4(),
                     granted_by: "string:m1".into(),
                 },
+                &check(),
             );
         }
         st
@@ -376,7 +400,7 @@ mod tests {
             snapshot_id: "s".into(),
         };
         let bytes = encode(&meta, &st.frozen()).unwrap();
-        let (m, back) = decode(&bytes).unwrap();
+        let (m, back) = decode(&bytes, &check()).unwrap();
         assert_eq!(m.last_log_id, meta.last_log_id);
         assert_eq!(back.seq, st.seq);
         assert_eq!(back.lease_count(), 1500);
@@ -384,8 +408,30 @@ mod tests {
         for at in [10, 40, bytes.len() / 2, bytes.len() - 1] {
             let mut bad = bytes.clone();
             bad[at] ^= 0x04;
-            assert!(decode(&bad).is_err(), "a flip at byte {at} went unnoticed");
+            assert!(
+                decode(&bad, &check()).is_err(),
+                "a flip at byte {at} went unnoticed"
+            );
         }
-        assert!(decode(&bytes[..bytes.len() - 3]).is_err());
+        assert!(decode(&bytes[..bytes.len() - 3], &check()).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_whose_rights_do_not_verify_is_refused() {
+        let mut st = pool_with_leases(3);
+        // Rights signed by a key that is not the producer's, put in the pool directly
+        // (as an edited file or a rogue leader would).
+        st.apply(&crate::domain::Event::RightsUpdated {
+            rights: answer(&shared::signing::Signer::generate(), "string:m1", 999, 2),
+            at: 2,
+        });
+        let meta = Meta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 7), 9)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "s".into(),
+        };
+        let bytes = encode(&meta, &st.frozen()).unwrap();
+        let e = decode(&bytes, &check()).unwrap_err();
+        assert!(e.contains("rights do not verify"), "{e}");
     }
 }

@@ -6,23 +6,43 @@
 //! event stream is written to the journal and is what a main replicates to its backup.
 //!
 //! The leases themselves are kept compactly in [`table`]; [`wire`] gives the state its JSON
-//! form (the pair's snapshot and handback messages).
+//! form (the pair's snapshot and handback messages). Rights are the back office's signed
+//! answers, counted only once verified ([`rights`]).
 
+pub(crate) mod rights;
 mod table;
 mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use shared::capability::Right;
+use sha2::{Digest, Sha256};
+use shared::capability::{CapabilityClaims, Right};
 use shared::lease::{FeatureInfo, LeaseInfo};
+use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+pub use rights::{Rights, RightsCheck, RightsError, renewal_step};
 use table::LeaseTable;
 pub use table::{CHUNK, FrozenLeases, LeaseRef};
 
 /// Milliseconds since the Unix epoch (internal time unit; the wire uses seconds).
 pub type Millis = i64;
+
+/// A Unix time (seconds) in RFC 3339, for messages.
+pub fn fmt_time(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// How a verified capability answer changes the rights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RightsChange {
+    Unchanged,
+    Changed,
+    /// Issued before the answer the current rights came from: refused.
+    Older,
+}
 
 /// Largest number of seats one checkout may ask for.
 pub const MAX_SEATS_PER_CHECKOUT: u32 = 10_000;
@@ -32,6 +52,74 @@ pub const MAX_SEATS_PER_CHECKOUT: u32 = 10_000;
 pub struct FeatureKey {
     pub feature: String,
     pub version: String,
+}
+
+/// What a client proves it holds its lease with: the first 16 bytes of the SHA-256 of
+/// its secret (all zero: none; a checkout without a secret can reclaim nothing by it).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Holder(pub [u8; 16]);
+
+impl Holder {
+    pub const NONE: Holder = Holder([0; 16]);
+
+    /// The holder of a client secret.
+    pub fn of_secret(secret: &str) -> Holder {
+        let mut h = Sha256::new();
+        h.update(b"lls-client-secret\0");
+        h.update(secret.as_bytes());
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize()[..16]);
+        if out == [0; 16] {
+            out[15] = 1;
+        }
+        Holder(out)
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.0 == [0; 16]
+    }
+
+    /// Whether a checkout by `self` proves it holds a lease granted to `lease`: both are
+    /// known and equal (compared in constant time).
+    pub fn proves(&self, lease: &Holder) -> bool {
+        !self.is_none() && bool::from(self.0.ct_eq(&lease.0))
+    }
+}
+
+impl std::fmt::Debug for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_none() {
+            "Holder(none)"
+        } else {
+            "Holder(***)"
+        })
+    }
+}
+
+/// In JSON (the pair's messages): 32 hex digits, absent for none.
+impl Serialize for Holder {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut hex = String::with_capacity(32);
+        for b in self.0 {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        s.serialize_str(&hex)
+    }
+}
+
+impl<'de> Deserialize<'de> for Holder {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let hex = String::deserialize(d)?;
+        let bad = || serde::de::Error::custom("a holder is 32 hex digits");
+        if hex.len() != 32 || !hex.is_ascii() {
+            return Err(bad());
+        }
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Holder(out))
+    }
 }
 
 /// A lease as the state holds it.
@@ -52,6 +140,9 @@ pub struct LeaseRecord {
     /// failover, whether the lease was granted before or after the two servers diverged.
     #[serde(default)]
     pub granted_seq: u64,
+    /// Who may reclaim it by checking out again ([`Holder`]).
+    #[serde(default, skip_serializing_if = "Holder::is_none")]
+    pub holder: Holder,
 }
 
 impl LeaseRecord {
@@ -77,12 +168,11 @@ pub enum Event {
     LeaseKeyCreated {
         key: String,
     },
-    /// A verified capability answer changed the rights.
+    /// A capability answer changed the rights: the answer itself, verbatim (its counts
+    /// count once it verified, [`RightsCheck`]).
     RightsUpdated {
-        rights: Vec<Right>,
+        rights: Rights,
         at: Millis,
-        /// `iat` of the answer, to refuse older answers later.
-        issued_at: i64,
     },
     LeaseGranted {
         lease: LeaseRecord,
@@ -190,6 +280,8 @@ pub struct CheckoutAsk<'a> {
     pub version: Option<&'a str>,
     pub count: u32,
     pub client_id: &'a str,
+    /// The client's secret, hashed ([`Holder::NONE`] without one).
+    pub holder: Holder,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -267,10 +359,9 @@ pub struct State {
     /// Sequence number of the last applied event.
     pub seq: u64,
     pub lease_key: Option<String>,
-    pub rights: Vec<Right>,
+    /// The capability answer the rights come from (`None` before the first).
+    pub rights: Option<Rights>,
     pub rights_updated_at: Option<Millis>,
-    /// `iat` of the capability answer the rights came from.
-    pub rights_issued_at: i64,
     /// The history these events belong to (nil: none yet). A backup that takes over
     /// starts a new one; a main that takes the backup's changes back starts another.
     pub history: Uuid,
@@ -311,7 +402,34 @@ impl State {
     /// Rebuilds the pools from the rights (after the rights were set directly). The lease
     /// indexes are always current.
     pub fn rebuild_index(&mut self) {
-        self.pools = pools_of(&self.rights);
+        self.pools = pools_of(self.current_rights());
+    }
+
+    /// The rights that count: those of a verified answer, else none.
+    pub fn current_rights(&self) -> &[Right] {
+        self.rights.as_ref().map_or(&[], Rights::rights)
+    }
+
+    /// When the answer the rights come from was signed (`i64::MIN` without verified
+    /// rights).
+    pub fn rights_issued_at(&self) -> i64 {
+        self.rights.as_ref().map_or(i64::MIN, Rights::issued_at)
+    }
+
+    /// What a verified answer's claims would change: nothing when older than the answer
+    /// held (`Older`), or the same rights not to be served markedly longer
+    /// ([`renewal_step`]); else they replace the held ones.
+    pub fn rights_change(&self, claims: &CapabilityClaims) -> RightsChange {
+        if claims.iat < self.rights_issued_at() {
+            return RightsChange::Older;
+        }
+        if let Some(held) = self.rights.as_ref().and_then(Rights::claims)
+            && held.rights == claims.rights
+            && claims.serve_until <= held.serve_until + renewal_step(held.iat, held.serve_until)
+        {
+            return RightsChange::Unchanged;
+        }
+        RightsChange::Changed
     }
 
     /// Adds a lease as it is (loading a snapshot); a lease with the same ID is replaced.
@@ -351,7 +469,6 @@ impl State {
             lease_key: self.lease_key.clone(),
             rights: self.rights.clone(),
             rights_updated_at: self.rights_updated_at,
-            rights_issued_at: self.rights_issued_at,
             history: self.history,
             fork: self.fork,
             active_since: self.active_since,
@@ -368,15 +485,10 @@ impl State {
     pub fn apply(&mut self, event: &Event) -> u64 {
         match event {
             Event::LeaseKeyCreated { key } => self.lease_key = Some(key.clone()),
-            Event::RightsUpdated {
-                rights,
-                at,
-                issued_at,
-            } => {
-                self.rights = rights.clone();
+            Event::RightsUpdated { rights, at } => {
+                self.rights = Some(rights.clone());
                 self.rights_updated_at = Some(*at);
-                self.rights_issued_at = *issued_at;
-                self.pools = pools_of(rights);
+                self.pools = pools_of(rights.rights());
             }
             Event::LeaseGranted { lease } => {
                 self.leases.insert(LeaseRef {
@@ -426,6 +538,14 @@ impl State {
         self.leases.get(id).map(|l| self.leases.record(l))
     }
 
+    /// The IDs of a client's leases of a feature (any version).
+    pub fn client_lease_ids(&self, client_id: &str, feature: &str) -> Vec<Uuid> {
+        self.leases
+            .of_client(client_id, feature)
+            .map(|l| l.id)
+            .collect()
+    }
+
     pub fn has_lease(&self, id: &Uuid) -> bool {
         self.leases.contains(id)
     }
@@ -459,8 +579,9 @@ impl State {
         self.leases.next_expiry()
     }
 
-    /// Checkout: the existing live lease of this client for this feature (renewed), or a
-    /// new lease if seats are free.
+    /// Checkout: the existing live lease of this client for this feature (renewed) when
+    /// the client proves it holds it (its secret, or `holds` says it showed the lease's
+    /// token), or a new lease if seats are free.
     pub fn decide_checkout(
         &self,
         ask: &CheckoutAsk<'_>,
@@ -468,6 +589,7 @@ impl State {
         lease_ms: i64,
         new_id: Uuid,
         granted_by: &str,
+        holds: impl Fn(&Uuid) -> bool,
     ) -> Result<Event, Denied> {
         // Candidate pools: the exact version, or every version of the feature.
         let candidates: Vec<(&FeatureKey, &Pool)> = match ask.version {
@@ -491,16 +613,19 @@ impl State {
             return Err(Denied::UnknownFeature);
         }
 
-        // The same client again while its lease lives: that lease, renewed. Of several
-        // (one per version), the one of the lowest version and ID: the choice must not
-        // depend on the order of a hash table, so that every member of a cluster decides
-        // alike.
+        // The same client again while its lease lives: that lease, renewed, when the
+        // client proves it holds it; another one that only names the client ID is a
+        // client of its own. Of several (one per version), the one of the lowest version
+        // and ID: the choice must not depend on the order of a hash table, so that every
+        // member of a cluster decides alike.
         let own = self
             .leases
             .of_client(ask.client_id, ask.feature)
             .filter(|l| {
                 let version = &self.leases.pool_key(l.pool).version;
-                l.expires_at > now && ask.version.is_none_or(|v| v == version)
+                l.expires_at > now
+                    && ask.version.is_none_or(|v| v == version)
+                    && (ask.holder.proves(&l.holder) || holds(&l.id))
             })
             .min_by(|a, b| {
                 (&self.leases.pool_key(a.pool).version, a.id)
@@ -536,6 +661,7 @@ impl State {
                         expires_at: now + lease_ms,
                         granted_by: granted_by.to_owned(),
                         granted_seq: 0,
+                        holder: ask.holder,
                     },
                 });
             }
@@ -728,9 +854,8 @@ impl State {
                 }
             }
         }
-        if main.rights_issued_at > backup.rights_issued_at {
+        if main.rights_issued_at() > backup.rights_issued_at() {
             out.rights = main.rights.clone();
-            out.rights_issued_at = main.rights_issued_at;
             out.rights_updated_at = main.rights_updated_at;
         }
         if out.lease_key.is_none() {
@@ -801,24 +926,25 @@ mod tests {
     fn state_with(rights: Vec<Right>) -> State {
         let mut s = State::default();
         s.apply(&Event::RightsUpdated {
-            rights,
+            rights: rights::tests::signed(rights, T0 / 1000),
             at: T0,
-            issued_at: T0 / 1000,
         });
         s
     }
 
+    /// A client whose secret is its name.
     fn ask<'a>(feature: &'a str, client: &'a str, count: u32) -> CheckoutAsk<'a> {
         CheckoutAsk {
             feature,
             version: None,
             count,
             client_id: client,
+            holder: Holder::of_secret(&format!("{client}'s own secret")),
         }
     }
 
     fn checkout(s: &mut State, a: &CheckoutAsk<'_>, now: Millis) -> Result<Uuid, Denied> {
-        let ev = s.decide_checkout(a, now, LEASE, Uuid::new_v4(), "string:me")?;
+        let ev = s.decide_checkout(a, now, LEASE, Uuid::new_v4(), "string:me", |_| false)?;
         let id = match &ev {
             Event::LeaseGranted { lease } => lease.id,
             Event::LeaseRenewed { id, .. } => *id,
@@ -859,7 +985,7 @@ mod tests {
 
     #[test]
     fn same_client_gets_its_lease_back_renewed() {
-        let mut s = state_with(vec![right("cad", "", 2, None)]);
+        let mut s = state_with(vec![right("cad", "", 3, None)]);
         let a = checkout(&mut s, &ask("cad", "alice", 1), T0).unwrap();
         let b = checkout(&mut s, &ask("cad", "alice", 1), T0 + 5000).unwrap();
         assert_eq!(a, b);
@@ -868,6 +994,58 @@ mod tests {
         // After it lapsed, a new lease.
         let c = checkout(&mut s, &ask("cad", "alice", 1), T0 + 5000 + LEASE + 1).unwrap();
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn naming_another_clients_id_without_its_secret_is_another_client() {
+        let mut s = state_with(vec![right("cad", "", 3, None)]);
+        let alice = checkout(&mut s, &ask("cad", "alice", 1), T0).unwrap();
+        // Alice's client ID with another secret, and with none: leases of their own.
+        let impostor = CheckoutAsk {
+            holder: Holder::of_secret("a guess"),
+            ..ask("cad", "alice", 1)
+        };
+        let other = checkout(&mut s, &impostor, T0 + 1).unwrap();
+        assert_ne!(other, alice);
+        let anonymous = CheckoutAsk {
+            holder: Holder::NONE,
+            ..ask("cad", "alice", 1)
+        };
+        let third = checkout(&mut s, &anonymous, T0 + 2).unwrap();
+        assert!(third != alice && third != other);
+        // Full now: the impostor gets no seat, and never alice's lease.
+        assert!(matches!(
+            checkout(
+                &mut s,
+                &CheckoutAsk {
+                    holder: Holder::of_secret("another guess"),
+                    ..impostor
+                },
+                T0 + 3
+            ),
+            Err(Denied::NoSeat { .. })
+        ));
+        // A checkout without a secret that shows alice's lease token gets it back.
+        let ev = s
+            .decide_checkout(
+                &anonymous,
+                T0 + 4,
+                LEASE,
+                Uuid::new_v4(),
+                "string:me",
+                |id| *id == alice,
+            )
+            .unwrap();
+        assert!(matches!(ev, Event::LeaseRenewed { id, .. } if id == alice));
+        // Holders: none proves nothing, not even against none.
+        assert!(!Holder::NONE.proves(&Holder::NONE));
+        assert!(Holder::of_secret("x").proves(&Holder::of_secret("x")));
+        assert!(!Holder::of_secret("x").proves(&Holder::of_secret("y")));
+        let json = serde_json::to_string(&Holder::of_secret("x")).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Holder>(&json).unwrap(),
+            Holder::of_secret("x")
+        );
     }
 
     #[test]
@@ -924,9 +1102,8 @@ mod tests {
             .map(|i| checkout(&mut s, &ask("cad", &format!("c{i}"), 1), T0).unwrap())
             .collect();
         s.apply(&Event::RightsUpdated {
-            rights: vec![right("cad", "", 1, None)],
+            rights: rights::tests::signed(vec![right("cad", "", 1, None)], 0),
             at: T0 + 1,
-            issued_at: 0,
         });
         assert_eq!(s.lease_count(), 3);
         assert!(s.decide_renew(&ids[0], T0 + 2, LEASE).is_ok());
@@ -947,9 +1124,8 @@ mod tests {
         assert_eq!((f.count, f.in_use, f.free), (1, 1, 0));
         // Removed entirely: leases remain visible with count 0, renewals refused.
         s.apply(&Event::RightsUpdated {
-            rights: vec![],
+            rights: rights::tests::signed(vec![], 0),
             at: T0 + 7,
-            issued_at: 0,
         });
         let f = &s.features(T0 + 7)[0];
         assert_eq!((f.count, f.in_use), (0, 1));
@@ -992,6 +1168,12 @@ mod tests {
         let id = checkout(&mut s, &ask("cad", "a", 1), T0).unwrap();
         let json = serde_json::to_string(&s).unwrap();
         let mut back: State = serde_json::from_str(&json).unwrap();
+        back.rebuild_index();
+        // Rights read from JSON count for nothing until they verify again.
+        assert_eq!(back.features(T0)[0].count, 0);
+        rights::tests::check()
+            .verify(back.rights.as_mut().unwrap())
+            .unwrap();
         back.rebuild_index();
         assert_eq!(back.seq, s.seq);
         assert_eq!(back.features(T0), s.features(T0));

@@ -2,15 +2,15 @@
 //! indexes allocation needs.
 //!
 //! Memory is the point (100,000 leases in well under 64 MiB, the whole process included).
-//! A lease is one 88-byte [`Lease`]: its ID, its client ID inline when it fits in 24 bytes
-//! ([`CompactString`]; longer ones, up to what a checkout allows, on the heap), its times,
-//! and its pool (feature and version) and granting server as numbers into two small
-//! interned tables. Leases live in chunks of [`CHUNK`] slots behind `Arc`s, so a copy of
+//! A lease is one 104-byte [`Lease`]: its ID, its client ID inline when it fits in 24
+//! bytes ([`CompactString`]; longer ones, up to what a checkout allows, on the heap), its
+//! times, the 16-byte hash of its client's secret ([`Holder`]), and its pool (feature and
+//! version) and granting server as numbers into two small interned tables. Leases live in chunks of [`CHUNK`] slots behind `Arc`s, so a copy of
 //! the table for a snapshot ([`LeaseTable::frozen`]) shares them and costs one pointer per
 //! chunk; the first change to a shared chunk copies that chunk alone (copy on write).
 //! Freed slots are reused. The indexes hold 4-byte slot numbers: by ID and by (client,
 //! feature) in hash tables that keep only the slot (the key is read from the lease), by
-//! expiry and by pool in B-trees of (expiry, slot). About 170 bytes a lease in all.
+//! expiry and by pool in B-trees of (expiry, slot). About 190 bytes a lease in all.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use std::hash::BuildHasher;
 use uuid::Uuid;
 
-use super::{FeatureKey, LeaseRecord, Millis};
+use super::{FeatureKey, Holder, LeaseRecord, Millis};
 
 /// Slots per chunk: a chunk is the unit a snapshot shares and a change copies.
 pub const CHUNK: usize = 1024;
@@ -34,6 +34,7 @@ pub(crate) struct Lease {
     pub renewed_at: Millis,
     pub expires_at: Millis,
     pub granted_seq: u64,
+    pub holder: Holder,
     pub count: u32,
     /// Index into the pool names.
     pub pool: u32,
@@ -55,6 +56,7 @@ pub struct LeaseRef<'a> {
     pub renewed_at: Millis,
     pub expires_at: Millis,
     pub granted_seq: u64,
+    pub holder: Holder,
 }
 
 impl LeaseRef<'_> {
@@ -70,6 +72,7 @@ impl LeaseRef<'_> {
             expires_at: self.expires_at,
             granted_by: self.granted_by.to_owned(),
             granted_seq: self.granted_seq,
+            holder: self.holder,
         }
     }
 }
@@ -87,6 +90,7 @@ impl<'a> From<&'a LeaseRecord> for LeaseRef<'a> {
             renewed_at: l.renewed_at,
             expires_at: l.expires_at,
             granted_seq: l.granted_seq,
+            holder: l.holder,
         }
     }
 }
@@ -238,6 +242,7 @@ impl LeaseTable {
             renewed_at: l.renewed_at,
             expires_at: l.expires_at,
             granted_seq: l.granted_seq,
+            holder: l.holder,
         }
     }
 
@@ -308,6 +313,7 @@ impl LeaseTable {
             renewed_at: l.renewed_at,
             expires_at: l.expires_at,
             granted_seq: l.granted_seq,
+            holder: l.holder,
             count: l.count,
             pool: self.names.intern_pool(l.feature, l.version),
             host: self.names.intern_host(l.granted_by),
@@ -480,6 +486,7 @@ impl FrozenLeases {
                     renewed_at: l.renewed_at,
                     expires_at: l.expires_at,
                     granted_seq: l.granted_seq,
+                    holder: l.holder,
                 }
             })
     }
@@ -501,12 +508,13 @@ mod tests {
             expires_at: exp,
             granted_by: "string:me".into(),
             granted_seq: 1,
+            holder: Holder::of_secret(client),
         }
     }
 
     #[test]
-    fn a_lease_is_88_bytes() {
-        assert_eq!(std::mem::size_of::<Option<Lease>>(), 88);
+    fn a_lease_is_104_bytes() {
+        assert_eq!(std::mem::size_of::<Option<Lease>>(), 104);
     }
 
     #[test]

@@ -1,26 +1,25 @@
 //! The JSON form of [`State`]: what the pair sends as a snapshot (`PUT
-//! /api/v1/pair/snapshot`) and as a handback answer. It is the form the state always had
-//! (`leases` a map from lease ID to [`LeaseRecord`]); the compact table is built while
-//! the leases are read, one at a time.
+//! /api/v1/pair/snapshot`) and as a handback answer: `leases` a map from lease ID to
+//! [`LeaseRecord`] (the compact table is built while the leases are read, one at a time),
+//! and `rights` the capability answer itself, a token (never counts: a state read from
+//! JSON has rights that are not verified until the receiver verifies them).
 
 use std::fmt;
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use shared::capability::Right;
 use uuid::Uuid;
 
 use super::table::LeaseTable;
-use super::{BackupState, Fork, LeaseRecord, LeaseRef, Millis, State, pools_of};
+use super::{BackupState, Fork, LeaseRecord, LeaseRef, Millis, Rights, State, pools_of};
 
 #[derive(Serialize)]
 struct StateOut<'a> {
     seq: u64,
     lease_key: &'a Option<String>,
-    rights: &'a [Right],
+    rights: &'a Option<Rights>,
     rights_updated_at: Option<Millis>,
-    rights_issued_at: i64,
     history: Uuid,
     #[serde(skip_serializing_if = "Option::is_none")]
     fork: Option<Fork>,
@@ -55,7 +54,6 @@ impl Serialize for State {
             lease_key: &self.lease_key,
             rights: &self.rights,
             rights_updated_at: self.rights_updated_at,
-            rights_issued_at: self.rights_issued_at,
             history: self.history,
             fork: self.fork,
             active_since: self.active_since,
@@ -73,9 +71,8 @@ impl Serialize for State {
 struct StateIn {
     seq: u64,
     lease_key: Option<String>,
-    rights: Vec<Right>,
+    rights: Option<Rights>,
     rights_updated_at: Option<Millis>,
-    rights_issued_at: i64,
     #[serde(default)]
     history: Uuid,
     #[serde(default)]
@@ -121,10 +118,9 @@ impl<'de> Deserialize<'de> for State {
         Ok(State {
             seq: s.seq,
             lease_key: s.lease_key,
-            pools: pools_of(&s.rights),
+            pools: pools_of(s.rights.as_ref().map_or(&[], Rights::rights)),
             rights: s.rights,
             rights_updated_at: s.rights_updated_at,
-            rights_issued_at: s.rights_issued_at,
             history: s.history,
             fork: s.fork,
             active_since: s.active_since,

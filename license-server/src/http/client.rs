@@ -39,6 +39,22 @@ pub(super) fn not_durable() -> ErrDoc {
     err(InternalError, "the change could not be made durable")
 }
 
+/// The answers of a server that may not grant now.
+fn not_grantable() -> [ErrDoc; 2] {
+    [
+        err(
+            RightsExpired,
+            "the server's rights are past their `serve_until` and no newer answer of the back \
+             office has arrived",
+        ),
+        err(
+            ServerNotBound,
+            "the server holds no valid binding of its key from the back office, so its grants \
+             could not be verified",
+        ),
+    ]
+}
+
 fn token_errors() -> [ErrDoc; 2] {
     [
         err(Unauthorized, "no lease token was sent"),
@@ -61,18 +77,25 @@ error_responses!(
         ),
         err(FeatureExpired, "every right of the feature has expired"),
         not_serving(),
+        not_grantable(),
         busy(),
         not_durable(),
     ]
 );
 
 /// Checks seats of a feature out. The same client checking the same feature out again
-/// while its lease lives gets that lease back, renewed.
+/// while its lease lives gets that lease back, renewed, when it proves it holds it: the
+/// `client_secret` the lease was granted with, or the lease's token as
+/// `Authorization: Bearer`. A checkout that only names its client ID is another client's
+/// and gets a lease of its own. The answer carries `grant`, signed by this server's key,
+/// and `binding`, the back office's binding of that key: verify them with the producer's
+/// public key.
 #[utoipa::path(
     tag = "client",
     request_body = CheckoutRequest,
+    security((), ("lease_token" = [])),
     responses(
-        (status = 201, description = "The lease, durable (and held by the backup when one is in sync)", body = Lease),
+        (status = 201, description = "The lease, durable (and held by the backup when one is in sync), with its signed grant", body = Lease),
         CheckoutErrors,
     )
 )]
@@ -80,8 +103,9 @@ error_responses!(
 pub async fn checkout(
     svc: web::Data<Service>,
     body: Json<CheckoutRequest, SMALL_BODY_LIMIT>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ServiceError> {
-    let lease = svc.checkout(&body.0).await?;
+    let lease = svc.checkout(&body.0, bearer(&req)).await?;
     Ok(HttpResponse::Created().json(lease))
 }
 
@@ -97,18 +121,20 @@ error_responses!(
             "every right of the lease's feature has expired"
         ),
         not_serving(),
+        not_grantable(),
         busy(),
         not_durable(),
     ]
 );
 
-/// Renews a lease: it lives another `LEASE_DURATION` from now.
+/// Renews a lease: it lives another `LEASE_DURATION` from now (no longer than the
+/// server's binding and rights may be served). The answer carries a new signed grant.
 #[utoipa::path(
     tag = "client",
     params(("id" = Uuid, Path, description = "The lease's ID")),
     security(("lease_token" = [])),
     responses(
-        (status = 200, description = "The lease, renewed and durable", body = Lease),
+        (status = 200, description = "The lease, renewed and durable, with its signed grant", body = Lease),
         RenewErrors,
     )
 )]

@@ -3,9 +3,10 @@
 //!
 //! - client API ([`client`]): `/api/v1/leases`, `/api/v1/features`, `/api/v1/status`;
 //! - operator API ([`admin`]): `/api/v1/admin/*`, `Authorization: Bearer <ADMIN_TOKEN>`;
-//! - pair API ([`pair`]): `/api/v1/pair/*`, `Authorization: Bearer <PAIR_TOKEN>`;
+//! - pair API ([`pair`]): `/api/v1/pair/*`, `Authorization: Bearer <the pair's secret>`
+//!   (`PAIR_TOKEN`, or the back office's `pair_token` when unset);
 //! - cluster API ([`cluster`]): `GET /api/v1/cluster` for anyone, `/api/v1/member/*`
-//!   between the members of a three-member cluster (`PAIR_TOKEN`);
+//!   between the members of a three-member cluster (`PAIR_TOKEN`, required of a member);
 //! - `/healthz`, `/metrics`, `/api/v1/openapi.json` ([`ops`]).
 //!
 //! The operator and pair scopes check their token before anything else runs, the body
@@ -31,7 +32,9 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpResponse, ResponseError};
-use http_kit::auth::{TokenCheck, require_bearer};
+use http_kit::auth::{TokenCheck, bearer, require_bearer};
+use http_kit::error::ApiError;
+use http_kit::middleware::{Before, before};
 use http_kit::observe::{HttpMetrics, observe};
 use http_kit::openapi::{RouteTable, fallback};
 use http_kit::serve::{ConnectionGate, body_deadline};
@@ -43,6 +46,7 @@ use utoipa_actix_web::{AppExt, UtoipaApp, scope};
 use uuid::Uuid;
 
 use crate::error::ServiceError;
+use crate::identity::{PairRefusal, PairToken};
 use crate::service::Service;
 
 /// Largest body of a checkout, an operator's request and a detach: the longest feature
@@ -83,9 +87,8 @@ pub fn is_priority(path: &str) -> bool {
 pub struct AppContext {
     pub svc: Arc<Service>,
     pub admin: TokenCheck,
-    pub pair: TokenCheck,
-    /// The members of a cluster, with the same secret as the pair.
-    pub member: TokenCheck,
+    /// The pair's secret; on a cluster member, the members' (`PAIR_TOKEN`).
+    pub pair: PairToken,
     pub metrics: Arc<HttpMetrics>,
     pub gate: Arc<ConnectionGate>,
     /// How long a client's or an operator's body may take.
@@ -96,33 +99,75 @@ impl AppContext {
     pub fn new(
         svc: Arc<Service>,
         admin_token: &Secret,
-        pair_token: &Secret,
         metrics: Arc<HttpMetrics>,
         gate: Arc<ConnectionGate>,
         body_timeout: Duration,
     ) -> AppContext {
         AppContext {
+            pair: svc.identity().pair_token().clone(),
             svc,
             admin: TokenCheck::new(
                 admin_token,
                 "operator endpoints need `Authorization: Bearer <ADMIN_TOKEN>`",
                 "the operator token is not valid",
             ),
-            pair: TokenCheck::new(
-                pair_token,
-                "pair endpoints need `Authorization: Bearer <PAIR_TOKEN>`",
-                "the pair token is not valid (PAIR_TOKEN, or BACKOFFICE_TOKEN when unset, must be the same on both servers)",
-            ),
-            member: TokenCheck::new(
-                pair_token,
-                "cluster member endpoints need `Authorization: Bearer <PAIR_TOKEN>`",
-                "the member token is not valid (PAIR_TOKEN, or BACKOFFICE_TOKEN when unset, must be the same on the three members)",
-            ),
             metrics,
             gate,
             body_timeout,
         }
     }
+}
+
+/// Middleware: the pair's requests go on only with the pair's secret, checked before
+/// anything else runs (the body is not read). The secret may arrive at run time (from the
+/// back office), so it is read at each request.
+fn require_pair_secret(
+    token: PairToken,
+) -> Before<impl Fn(&mut ServiceRequest) -> Option<HttpResponse> + 'static> {
+    before(move |req| {
+        let refusal = token.check(bearer(req.request())).err()?;
+        let e = match refusal {
+            PairRefusal::Missing => ApiError::new(
+                ErrorCode::Unauthorized,
+                "pair endpoints need `Authorization: Bearer <the pair's secret>`",
+            ),
+            PairRefusal::Wrong => ApiError::new(
+                ErrorCode::Forbidden,
+                "the pair token is not this pair's secret (PAIR_TOKEN, the same on both servers, \
+                 or the back office's when unset)",
+            ),
+            PairRefusal::NoneYet => ApiError::new(
+                ErrorCode::Forbidden,
+                "this server has no pair secret yet: PAIR_TOKEN is unset and the back office has \
+                 not sent the pair's",
+            ),
+        };
+        Some(ResponseError::error_response(&e))
+    })
+}
+
+/// Middleware: the members' requests go on only with their secret (`PAIR_TOKEN`, which
+/// a member must have), checked before anything else runs.
+fn require_member_secret(
+    token: PairToken,
+) -> Before<impl Fn(&mut ServiceRequest) -> Option<HttpResponse> + 'static> {
+    before(move |req| {
+        let e = match token.check(bearer(req.request())).err()? {
+            PairRefusal::Missing => ApiError::new(
+                ErrorCode::Unauthorized,
+                "cluster member endpoints need `Authorization: Bearer <PAIR_TOKEN>`",
+            ),
+            PairRefusal::Wrong => ApiError::new(
+                ErrorCode::Forbidden,
+                "the member token is not valid (PAIR_TOKEN must be the same on the three members)",
+            ),
+            PairRefusal::NoneYet => ApiError::new(
+                ErrorCode::Forbidden,
+                "this server is not a cluster member (a member has PAIR_TOKEN set)",
+            ),
+        };
+        Some(ResponseError::error_response(&e))
+    })
 }
 
 /// The OpenAPI document, as served.
@@ -165,7 +210,8 @@ impl Modify for Security {
             ("admin_token", "`ADMIN_TOKEN` (or `DATA_DIR/admin.token`)"),
             (
                 "pair_token",
-                "`PAIR_TOKEN`, the same on both servers of the pair",
+                "The pair's secret: `PAIR_TOKEN`, the same on both servers, or the back \
+                 office's `pair_token` when unset",
             ),
         ] {
             let mut http = Http::new(HttpAuthScheme::Bearer);
@@ -193,7 +239,7 @@ where
         .service(
             scope::scope("/api/v1/pair")
                 .wrap(body_deadline(PAIR_BODY_TIMEOUT))
-                .wrap(require_bearer(ctx.pair.clone()))
+                .wrap(require_pair_secret(ctx.pair.clone()))
                 .service(pair::position)
                 .service(pair::events)
                 .service(pair::snapshot)
@@ -203,7 +249,7 @@ where
         .service(
             scope::scope("/api/v1/member")
                 .wrap(body_deadline(PAIR_BODY_TIMEOUT))
-                .wrap(require_bearer(ctx.member.clone()))
+                .wrap(require_member_secret(ctx.pair.clone()))
                 .service(cluster::member_hello)
                 .service(cluster::raft_append)
                 .service(cluster::raft_vote)

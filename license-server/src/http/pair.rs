@@ -1,6 +1,7 @@
-//! The pair API: what the other server of a failover pair calls (`PAIR_TOKEN`, checked by
-//! the scope before anything runs, the body included). The main pushes its changes and
-//! snapshots and takes the backup's back; either server tells the other it left.
+//! The pair API: what the other server of a failover pair calls (the pair's secret,
+//! checked by the scope before anything runs, the body included). The main pushes its
+//! changes and snapshots and takes the backup's back; either server tells the other it
+//! left. Rights cross only as the back office's signed answers, verified on arrival.
 
 use actix_web::{HttpResponse, get, post, put, web};
 use http_kit::error_responses;
@@ -17,8 +18,19 @@ use crate::service::{Position, Service};
 fn partner() -> [ErrDoc; 2] {
     [
         err(Unauthorized, "no pair token was sent"),
-        err(Forbidden, "the pair token is not PAIR_TOKEN"),
+        err(
+            Forbidden,
+            "the pair token is not the pair's secret, or this server has none yet",
+        ),
     ]
+}
+
+fn unverified() -> ErrDoc {
+    err(
+        UnverifiedRights,
+        "the rights are not a capability answer of the back office that verifies for this \
+         server's pair (or older than those held); nothing was changed",
+    )
 }
 
 fn follower() -> [ErrDoc; 2] {
@@ -59,6 +71,7 @@ error_responses!(
             OutOfSync,
             "the changes do not continue this backup's copy: send a snapshot"
         ),
+        unverified(),
     ]
 );
 
@@ -89,11 +102,15 @@ pub async fn events(
 
 error_responses!(
     SnapshotErrors = [
-        err(ValidationError, "the body is not a state"),
+        err(
+            ValidationError,
+            "the body is not a state (rights as anything but the back office's token, say)"
+        ),
         too_large(SNAPSHOT_BODY_LIMIT),
         too_slow(),
         partner(),
         follower(),
+        unverified(),
     ]
 );
 

@@ -28,11 +28,11 @@ async fn test_app(
     Error = actix_web::Error,
 > {
     let svc = service(dir, 3).await;
+    svc.identity().pair_token().set(PAIR);
     let mut registry = prometheus_client::registry::Registry::default();
     let ctx = AppContext::new(
         svc,
         &Secret::new(ADMIN),
-        &Secret::new(PAIR),
         HttpMetrics::register(&mut registry),
         ConnectionGate::new(100, is_priority),
         Duration::from_secs(10),

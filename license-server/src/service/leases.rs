@@ -1,21 +1,30 @@
 //! Leases: checkout, renew, return and an operator's release, each decided under the
 //! state lock and answered once durable; lease tokens (HMAC-SHA256 of the lease ID with a
 //! key kept in the state, so a restarted server or a backup fed the same changes verifies
-//! tokens it did not issue); expiry of leases not renewed in time.
+//! tokens it did not issue); grants signed with this server's key, after the lock is
+//! released; expiry of leases not renewed in time.
+//!
+//! A checkout or renewal is granted only while this server holds a valid binding of its
+//! key (else `SERVER_NOT_BOUND`) and its rights are within their `serve_until` (else
+//! `RIGHTS_EXPIRED`); no lease ends later than either.
+
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use shared::capability::Role;
+use shared::grant::GrantClaims;
 use shared::lease::{CheckoutRequest, FeatureInfo, Lease, LeaseInfo};
 use uuid::Uuid;
 
 use super::{Service, fmt_time, now_ms};
 use crate::domain::{
-    CheckoutAsk, Denied, Event, LeaseRecord, MAX_SEATS_PER_CHECKOUT, Millis, State,
+    CheckoutAsk, Denied, Event, Holder, LeaseRecord, MAX_SEATS_PER_CHECKOUT, Millis, State,
 };
 use crate::error::ServiceError;
+use crate::identity::Binding;
 use crate::pair::Serving;
 use crate::store;
 
@@ -29,7 +38,7 @@ impl Service {
         URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
-    fn token_matches(&self, id: &Uuid, token: &str) -> bool {
+    pub(super) fn token_matches(&self, id: &Uuid, token: &str) -> bool {
         let Ok(sig) = URL_SAFE_NO_PAD.decode(token.as_bytes()) else {
             return false;
         };
@@ -41,17 +50,31 @@ impl Service {
         mac.verify_slice(&sig).is_ok()
     }
 
-    pub(super) fn lease_view(&self, r: &LeaseRecord) -> Lease {
-        Lease {
-            lease_id: r.id,
-            token: self.sign_lease(&r.id),
+    /// The lease as its client sees it, with the grant signed by this server's key and
+    /// the binding of that key (called outside the state lock).
+    pub(super) fn lease_view(&self, r: &LeaseRecord, binding: &Binding) -> Lease {
+        let grant = GrantClaims {
+            iss: self.hostid_str.clone(),
+            sub: r.client_id.clone(),
+            jti: r.id,
             feature: r.feature.clone(),
             version: r.version.clone(),
             count: r.count,
-            client_id: r.client_id.clone(),
+            iat: r.renewed_at / 1000,
+            exp: r.expires_at / 1000,
+        };
+        Lease {
+            lease_id: r.id,
+            token: self.sign_lease(&r.id),
+            grant: self.identity.sign_grant(&grant),
+            binding: binding.token.clone(),
+            feature: grant.feature,
+            version: grant.version,
+            count: r.count,
+            client_id: grant.sub,
             granted_at: r.granted_at / 1000,
-            expires_at: r.expires_at / 1000,
-            renew_after: (r.renewed_at + self.cfg.lease_ms / 2) / 1000,
+            expires_at: grant.exp,
+            renew_after: (r.renewed_at + (r.expires_at - r.renewed_at) / 2) / 1000,
             served_by: self.cfg.public_url.clone(),
             backup_uri: self.backup_uri(),
             main_uri: match self.cfg.role {
@@ -60,6 +83,45 @@ impl Service {
             },
             members: self.cluster().map(|c| c.client_urls()).unwrap_or_default(),
         }
+    }
+
+    /// Whether leases may be granted or renewed now (called with the state lock held,
+    /// after [`Service::ensure_serving_locked`]): the binding grants are signed under,
+    /// and how long a lease may last — `LEASE_DURATION`, but never past the binding or
+    /// the rights' `serve_until`.
+    pub(super) fn grantable_locked(
+        &self,
+        st: &State,
+        now: Millis,
+    ) -> Result<(Arc<Binding>, i64), ServiceError> {
+        let Some(claims) = st.rights.as_ref().and_then(|r| r.claims()) else {
+            return Err(ServiceError::NotFound(format!(
+                "no feature is licensed on this server: it holds no rights from the back \
+                 office at {} yet",
+                self.cfg.backoffice_url
+            )));
+        };
+        let until = claims.serve_until.saturating_mul(1000);
+        if until <= now {
+            return Err(ServiceError::RightsExpired(format!(
+                "this server's rights were signed by the back office at {} to be served \
+                 until {}, and no newer answer has arrived: it grants and renews nothing \
+                 until the back office at {} answers again (check that it is reachable)",
+                fmt_time(claims.iat),
+                fmt_time(claims.serve_until),
+                self.cfg.backoffice_url
+            )));
+        }
+        let binding = self.identity.valid_binding(now).map_err(|e| {
+            ServiceError::NotBound(format!(
+                "this server grants nothing until the back office binds its key (key {}): {e}; \
+                 it asks again on its next poll of {}",
+                self.identity.key_id(),
+                self.cfg.backoffice_url
+            ))
+        })?;
+        let until = until.min(binding.until().saturating_mul(1000));
+        Ok((binding, self.cfg.lease_ms.min(until - now)))
     }
 
     pub(super) fn denied(&self, d: Denied, feature: &str) -> ServiceError {
@@ -122,33 +184,47 @@ impl Service {
 
     // ---- client API ----
 
-    pub async fn checkout(&self, req: &CheckoutRequest) -> Result<Lease, ServiceError> {
+    /// Checks seats out. `lease_token`: a lease token the client showed (`Authorization:
+    /// Bearer`), which, like its secret, gets it its own live lease back.
+    pub async fn checkout(
+        &self,
+        req: &CheckoutRequest,
+        lease_token: Option<&str>,
+    ) -> Result<Lease, ServiceError> {
         if let Err(e) = validate_checkout(req) {
             self.metrics.deny(e.code());
             return Err(e);
         }
         if let Some(c) = self.cluster() {
-            return self.checkout_in_cluster(c, req).await;
+            return self.checkout_in_cluster(c, req, lease_token).await;
         }
         let ask = CheckoutAsk {
             feature: &req.feature,
             version: req.version.as_deref(),
             count: req.count,
             client_id: &req.client_id,
+            holder: req
+                .client_secret
+                .as_ref()
+                .map_or(Holder::NONE, |s| Holder::of_secret(s.expose())),
         };
         let now = now_ms();
-        let (rec, renewed, seq, rx) = {
+        let (rec, renewed, seq, rx, binding) = {
             let mut st = self.state.lock();
             self.ensure_serving_locked(&st, now)
+                .inspect_err(|e| self.metrics.deny(e.code()))?;
+            let (binding, lease_ms) = self
+                .grantable_locked(&st, now)
                 .inspect_err(|e| self.metrics.deny(e.code()))?;
             self.reap_locked(&mut st, now);
             let ev = st
                 .decide_checkout(
                     &ask,
                     now,
-                    self.cfg.lease_ms,
+                    lease_ms,
                     Uuid::new_v4(),
                     &self.hostid_str,
+                    |id| lease_token.is_some_and(|t| self.token_matches(id, t)),
                 )
                 .map_err(|d| self.denied(d, &req.feature))?;
             let (id, renewed) = match &ev {
@@ -163,7 +239,7 @@ impl Service {
             };
             let seq = st.apply(&ev);
             let rec = st.lease(&id);
-            (rec, renewed, seq, self.store.submit(seq, ev))
+            (rec, renewed, seq, self.store.submit(seq, ev), binding)
         };
         store::acked(rx).await?;
         self.replicated(seq).await;
@@ -173,7 +249,7 @@ impl Service {
         } else {
             self.metrics.grants.inc();
         }
-        Ok(self.lease_view(&rec))
+        Ok(self.lease_view(&rec, &binding))
     }
 
     /// Checks a lease token; tells "no such lease" from "not your lease".
@@ -207,24 +283,27 @@ impl Service {
         self.refuse_if_not_serving()?;
         self.authorize(id, token)?;
         let now = now_ms();
-        let (rec, seq, rx) = {
+        let (rec, seq, rx, binding) = {
             let mut st = self.state.lock();
             self.ensure_serving_locked(&st, now)
+                .inspect_err(|e| self.metrics.deny(e.code()))?;
+            let (binding, lease_ms) = self
+                .grantable_locked(&st, now)
                 .inspect_err(|e| self.metrics.deny(e.code()))?;
             self.reap_locked(&mut st, now);
             let feature = st.lease(id).map(|l| l.feature).unwrap_or_default();
             let ev = st
-                .decide_renew(id, now, self.cfg.lease_ms)
+                .decide_renew(id, now, lease_ms)
                 .map_err(|d| self.denied(d, &feature))?;
             let seq = st.apply(&ev);
             let rec = st.lease(id);
-            (rec, seq, self.store.submit(seq, ev))
+            (rec, seq, self.store.submit(seq, ev), binding)
         };
         store::acked(rx).await?;
         self.replicated(seq).await;
         self.metrics.renewals.inc();
         let rec = rec.ok_or_else(|| ServiceError::Internal("the lease vanished".into()))?;
-        Ok(self.lease_view(&rec))
+        Ok(self.lease_view(&rec, &binding))
     }
 
     pub async fn return_lease(&self, id: &Uuid, token: Option<&str>) -> Result<(), ServiceError> {
@@ -310,6 +389,16 @@ pub fn validate_checkout(req: &CheckoutRequest) -> Result<(), ServiceError> {
             "client_id must be 1 to 256 printable characters identifying the client",
         ));
     }
+    if let Some(secret) = &req.client_secret {
+        let s = secret.expose();
+        if !(16..=256).contains(&s.len()) || s.chars().any(char::is_control) {
+            return Err(ServiceError::validation(
+                "client_secret",
+                "client_secret must be 16 to 256 printable characters known only to the \
+                 client (the client library sends a random one)",
+            ));
+        }
+    }
     if req.count == 0 || req.count > MAX_SEATS_PER_CHECKOUT {
         return Err(ServiceError::validation(
             "count",
@@ -333,9 +422,12 @@ pub(super) fn key_of(state: &State) -> Result<Option<Hmac<Sha256>>, ServiceError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::ServiceConfig;
-    use crate::service::tests::{service, store_at};
-    use shared::HostId;
+    use crate::service::tests::{answer, claims, producer, service, started};
+    use shared::ErrorCode;
+    use shared::capability::CapabilityClaims;
+    use shared::grant::{Expected, verify_grant};
+    use shared::lease::ClientSecret;
+    use shared::signing::Verifier;
 
     fn req(client: &str) -> CheckoutRequest {
         CheckoutRequest {
@@ -343,7 +435,98 @@ mod tests {
             version: None,
             count: 1,
             client_id: client.into(),
+            client_secret: Some(ClientSecret::new(format!("{client}-secret-0123456789"))),
         }
+    }
+
+    fn verify(l: &Lease) -> Result<shared::grant::VerifiedGrant, shared::grant::GrantError> {
+        let asked = Expected {
+            client_id: &l.client_id,
+            lease_id: Some(l.lease_id),
+            feature: &l.feature,
+            version: Some(&l.version),
+            count: l.count,
+        };
+        let producer = Verifier::from_key(&producer().verifying_key());
+        verify_grant(
+            &producer,
+            &l.grant,
+            &l.binding,
+            &asked,
+            shared::now_unix(),
+            5,
+        )
+    }
+
+    #[tokio::test]
+    async fn every_grant_and_renewal_verifies_with_the_producer_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path(), 2).await;
+        let a = svc.checkout(&req("a"), None).await.unwrap();
+        let v = verify(&a).unwrap();
+        assert_eq!(v.grant.iss, "string:unit");
+        assert_eq!(v.binding.key, svc.identity().public_key());
+        let renewed = svc.renew(&a.lease_id, Some(&a.token)).await.unwrap();
+        verify(&renewed).unwrap();
+        // The same client again (its secret): its lease, renewed and signed again.
+        let again = svc.checkout(&req("a"), None).await.unwrap();
+        assert_eq!(again.lease_id, a.lease_id);
+        verify(&again).unwrap();
+        svc.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn no_lease_outlives_the_rights_serve_until_and_past_it_nothing_is_granted() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path(), 2).await;
+        let key = svc.identity().public_key();
+        let now = shared::now_unix();
+        // Rights to be served two seconds more: the lease ends with them.
+        let short = CapabilityClaims {
+            serve_until: now + 2,
+            ..claims(3, &key)
+        };
+        answer(&svc, short).await;
+        let a = svc.checkout(&req("a"), None).await.unwrap();
+        assert!(a.expires_at <= now + 2, "{} > {}", a.expires_at, now + 2);
+        verify(&a).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        let e = svc.checkout(&req("b"), None).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::RightsExpired, "{e}");
+        assert!(e.to_string().contains("no newer answer"), "{e}");
+        // A returned lease is still taken back.
+        svc.return_lease(&a.lease_id, Some(&a.token)).await.unwrap();
+        // A newer answer: serving again.
+        answer(&svc, claims(3, &key)).await;
+        verify(&svc.checkout(&req("b"), None).await.unwrap()).unwrap();
+        svc.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn without_a_binding_of_its_own_key_a_server_grants_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = started(dir.path()).await;
+        // An answer binding another key, then one binding none: rights, but no grants.
+        let other = shared::signing::Signer::generate().public_key();
+        let outcome = answer(&svc, claims(3, &other)).await;
+        assert!(outcome.identity.is_err());
+        assert_eq!(svc.features()[0].count, 3);
+        let e = svc.checkout(&req("a"), None).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::ServerNotBound, "{e}");
+        let none = CapabilityClaims {
+            binding: None,
+            ..claims(3, &other)
+        };
+        assert!(answer(&svc, none).await.identity.is_err());
+        assert_eq!(
+            svc.checkout(&req("a"), None).await.unwrap_err().code(),
+            ErrorCode::ServerNotBound
+        );
+        // Its own key bound: granted.
+        let key = svc.identity().public_key();
+        assert!(answer(&svc, claims(3, &key)).await.identity.is_ok());
+        verify(&svc.checkout(&req("a"), None).await.unwrap()).unwrap();
+        svc.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -353,7 +536,7 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let svc = svc.clone();
-                tokio::spawn(async move { svc.checkout(&req(&format!("c{i}"))).await })
+                tokio::spawn(async move { svc.checkout(&req(&format!("c{i}")), None).await })
             })
             .collect();
         let mut ok = 0;
@@ -372,8 +555,8 @@ mod tests {
     async fn lease_tokens_bind_to_their_lease_and_survive_restart() {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path(), 2).await;
-        let a = svc.checkout(&req("a")).await.unwrap();
-        let b = svc.checkout(&req("b")).await.unwrap();
+        let a = svc.checkout(&req("a"), None).await.unwrap();
+        let b = svc.checkout(&req("b"), None).await.unwrap();
         assert_eq!(
             svc.renew(&a.lease_id, None).await.unwrap_err().code(),
             shared::ErrorCode::Unauthorized
@@ -397,10 +580,8 @@ mod tests {
         drop(svc);
 
         // Reopened: same key, the old token still verifies.
-        let (state, store) = store_at(dir.path());
-        assert_eq!(state.lease_count(), 2);
-        let cfg = ServiceConfig::standalone(HostId::parse("string:unit").unwrap(), 60_000);
-        let svc = Service::start(cfg, state, store, None).await.unwrap();
+        let svc = started(dir.path()).await;
+        assert_eq!(svc.state.lock().lease_count(), 2);
         svc.return_lease(&a.lease_id, Some(&a.token)).await.unwrap();
         assert_eq!(svc.features()[0].in_use, 1);
         svc.shutdown().await;
@@ -418,6 +599,9 @@ mod tests {
         assert!(validate_checkout(&r).is_err());
         r.client_id = "a".into();
         r.feature = "x\u{0}".into();
+        assert!(validate_checkout(&r).is_err());
+        r.feature = "cad".into();
+        r.client_secret = Some(ClientSecret::new("short"));
         assert!(validate_checkout(&r).is_err());
         assert!(validate_checkout(&req("ok")).is_ok());
     }

@@ -6,12 +6,20 @@
 //! the lock; wait until the event is durable (and, on a main with a backup in sync, until
 //! the backup holds it); answer.
 //!
-//! The parts: [`leases`] (checkout, renew, return, release, tokens, expiry), [`rights`]
-//! (a verified capability answer's rights, the usage report), [`pair`] (who serves,
-//! replication, takeover, failback, detach), [`status`] (what `GET /api/v1/status` and
-//! `/metrics` show), [`peer`] (the HTTP client for the other server of the pair),
-//! [`member`] (the same operations as a member of a three-member cluster: proposed to the
-//! cluster, decided by its state machine, answered once a majority holds them).
+//! The parts: [`leases`] (checkout, renew, return, release, tokens, signed grants,
+//! expiry), [`rights`] (the back office's verified answers: rights, binding, the pair's
+//! secret; the usage report), [`pair`] (who serves, replication, takeover, failback,
+//! detach), [`status`] (what `GET /api/v1/status` and `/metrics` show), [`peer`] (the
+//! HTTP client for the other server of the pair), [`member`] (the same operations as a
+//! member of a three-member cluster: proposed to the cluster, decided by its state
+//! machine, answered once a majority holds them, the grants signed by the member).
+//!
+//! Rights enter the state only verified ([`crate::domain::RightsCheck`]): from the back
+//! office through [`Service::take_answer`], from the pair partner through
+//! [`Service::apply_replicated`], [`Service::install_snapshot`] and
+//! [`Service::take_back`], each of which verifies them first and refuses (or, for a
+//! failback, leaves out) what does not verify; on a cluster member, from the cluster's
+//! log and snapshots, verified by its state machine ([`crate::cluster::sm`]).
 //!
 //! ## Locks
 //!
@@ -24,10 +32,13 @@
 //!   `state`.
 //! - `backoffice` (`Mutex<BackofficeStatus>`): the poller's contact, on its own.
 //! - `repl` (a `watch` channel): how far the backup acknowledged, for waiting clients.
+//! - the identity's binding and pair secret (`RwLock`s in [`Identity`]): replaced by the
+//!   poller alone.
 //!
-//! Order: `state` first, then any of `pair`, `lease_key`, `backup_uri`, `repl`; those
-//! four are never held together, and none is held while taking `state`. `backoffice` is
-//! never held with another. No lock is held across an `.await`.
+//! Order: `state` first, then any of `pair`, `lease_key`, `backup_uri`, `repl`, the
+//! binding; those are never held together, and none is held while taking `state`.
+//! `backoffice` is never held with another. No lock is held across an `.await`. Grants
+//! are signed after the state lock is released.
 
 pub mod leases;
 pub mod member;
@@ -49,16 +60,20 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::cluster::Cluster;
+pub use crate::domain::fmt_time;
 use crate::domain::{Event, Millis, State};
 use crate::error::ServiceError;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::pair::Link;
 use crate::store::{self, Store};
 
 pub use pair::{Position, Replication};
 pub use peer::Peer;
-pub use rights::RightsChange;
-pub use status::{BackofficeStatus, Contact, PairView, RightsSummary, StatusView};
+pub use rights::{AnswerOutcome, RightsChange};
+pub use status::{
+    BackofficeStatus, Contact, PairSecretSource, PairView, RightsSummary, StatusView, TrustView,
+};
 
 use leases::key_of;
 use pair::{PairRuntime, effective_backup_uri};
@@ -123,6 +138,8 @@ pub struct Service {
     repl: watch::Sender<Replication>,
     /// The other server of the pair; `None` for a standalone server.
     peer: Option<Peer>,
+    /// This server's key, binding and pair secret.
+    identity: Arc<Identity>,
     /// A member of a three-member cluster: every change goes through it.
     cluster: Option<Arc<Cluster>>,
 }
@@ -134,13 +151,15 @@ impl std::fmt::Debug for Service {
 }
 
 impl Service {
-    /// Takes the recovered state and its store; creates the lease key on first start.
-    /// `peer` reaches the other server of the pair (`None` for a standalone server).
+    /// Takes the recovered state (its rights verified by the load) and its store; creates
+    /// the lease key on first start. `peer` reaches the other server of the pair (`None`
+    /// for a standalone server).
     pub async fn start(
         cfg: ServiceConfig,
         mut state: State,
         store: Store,
         peer: Option<Peer>,
+        identity: Arc<Identity>,
     ) -> Result<Arc<Service>, ServiceError> {
         // A main or standalone server starts its own history; a backup's comes from its
         // main.
@@ -168,20 +187,28 @@ impl Service {
             let seq = state.apply(&ev);
             store::acked(store.submit(seq, ev)).await?;
         }
-        let svc = Self::assemble(cfg, Arc::new(Mutex::new(state)), store, peer, None)?;
+        let svc = Self::assemble(
+            cfg,
+            Arc::new(Mutex::new(state)),
+            store,
+            peer,
+            identity,
+            None,
+        )?;
         tokio::spawn(compactor(Arc::downgrade(&svc)));
         Ok(svc)
     }
 
     /// A member of a three-member cluster: its pool is the cluster's state machine's
     /// (the key and history come from the cluster's first leader); `store` only holds
-    /// the data directory's lock.
+    /// the data directory's lock. Its grants are signed with its own key and binding.
     pub fn start_member(
         cfg: ServiceConfig,
         cluster: Arc<Cluster>,
         store: Store,
+        identity: Arc<Identity>,
     ) -> Result<Arc<Service>, ServiceError> {
-        Self::assemble(cfg, cluster.state(), store, None, Some(cluster))
+        Self::assemble(cfg, cluster.state(), store, None, identity, Some(cluster))
     }
 
     fn assemble(
@@ -189,6 +216,7 @@ impl Service {
         state: Arc<Mutex<State>>,
         store: Store,
         peer: Option<Peer>,
+        identity: Arc<Identity>,
         cluster: Option<Arc<Cluster>>,
     ) -> Result<Arc<Service>, ServiceError> {
         let (lease_key, backup_uri) = {
@@ -231,6 +259,7 @@ impl Service {
             backup_uri: RwLock::new(backup_uri),
             repl: watch::Sender::new(Replication::default()),
             peer,
+            identity,
             cluster,
         }))
     }
@@ -245,6 +274,11 @@ impl Service {
     fn compact(&self) {
         let st = self.state.lock();
         self.store.compact(st.frozen());
+    }
+
+    /// This server's key, binding and pair secret.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// The durable event stream (for replication to a backup).
@@ -268,12 +302,6 @@ impl Service {
     }
 }
 
-/// RFC 3339 for messages.
-pub fn fmt_time(unix: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 /// Answers the store's requests for a snapshot copy until the store or the service stops.
 async fn compactor(svc: std::sync::Weak<Service>) {
     let Some(mut wanted) = svc.upgrade().map(|s| s.store.compaction_wanted()) else {
@@ -290,52 +318,77 @@ async fn compactor(svc: std::sync::Weak<Service>) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use shared::capability::{CapabilityClaims, Right};
+    use shared::capability::{CapabilityClaims, ISSUER};
+    use shared::grant::BindingClaims;
+    use shared::signing::{Signer, Verifier};
+
+    /// The back office of the unit tests: one producer key for the whole test binary.
+    pub fn producer() -> &'static Signer {
+        static P: std::sync::OnceLock<Signer> = std::sync::OnceLock::new();
+        P.get_or_init(Signer::generate)
+    }
+
+    pub fn unit() -> HostId {
+        HostId::parse("string:unit").unwrap()
+    }
+
+    /// `string:unit`'s identity, with a key of its own kept in `dir`.
+    pub fn identity(dir: &std::path::Path) -> Arc<Identity> {
+        Arc::new(Identity::new(
+            unit(),
+            crate::identity::load_or_create_key(dir).unwrap(),
+            Verifier::from_key(&producer().verifying_key()),
+            None,
+            Some(dir),
+        ))
+    }
 
     pub fn store_at(dir: &std::path::Path) -> (State, Store) {
-        let (state, store, _) = store::open(dir, store::StoreOptions::default()).unwrap();
+        let opts = store::StoreOptions {
+            rights: Some(identity(dir).rights_check().clone()),
+            ..store::StoreOptions::default()
+        };
+        let (state, store, _) = store::open(dir, opts).unwrap();
         (state, store)
     }
 
-    /// A verified capability answer for `string:unit` with `count` seats of `cad`.
-    pub fn claims(count: u32) -> CapabilityClaims {
-        let now = shared::now_unix();
-        CapabilityClaims {
-            iss: "x".into(),
-            sub: "string:unit".into(),
-            request_id: Uuid::new_v4(),
-            iat: now,
-            exp: now + 60,
-            server_id: "s".into(),
-            role: Role::Standalone,
-            pair: None,
-            poll_interval_secs: 60,
-            rights: vec![Right {
-                activation_id: "A".into(),
-                feature: "cad".into(),
-                version: String::new(),
-                count,
-                starts_at: 0,
-                expires_at: None,
-            }],
-            serve_until: now + 86_400,
-            binding: None,
-            pair_token: None,
-        }
+    /// A capability answer for `string:unit` with `count` seats of `cad`, binding `key`.
+    pub fn claims(count: u32, key: &str) -> CapabilityClaims {
+        let mut c = crate::domain::rights::tests::claims("string:unit", None, count);
+        c.binding = Some(
+            BindingClaims {
+                iss: ISSUER.into(),
+                sub: c.sub.clone(),
+                key: key.to_owned(),
+                pair: None,
+                iat: c.iat,
+                exp: c.serve_until,
+            }
+            .sign(producer()),
+        );
+        c
+    }
+
+    /// Signs `claims` as the back office and hands them to `svc` as its poller would.
+    pub async fn answer(svc: &Service, claims: CapabilityClaims) -> AnswerOutcome {
+        let token = producer().sign(&claims);
+        svc.take_answer(&token, claims).await.unwrap()
+    }
+
+    /// A standalone server on the store in `dir`, as it starts (no answer taken yet).
+    pub async fn started(dir: &std::path::Path) -> Arc<Service> {
+        let (state, store) = store_at(dir);
+        let cfg = ServiceConfig::standalone(unit(), 60_000);
+        Service::start(cfg, state, store, None, identity(dir))
+            .await
+            .unwrap()
     }
 
     /// A standalone server in `dir` with `count` seats of `cad`.
     pub async fn service(dir: &std::path::Path, count: u32) -> Arc<Service> {
-        let (state, store) = store_at(dir);
-        let svc = Service::start(
-            ServiceConfig::standalone(HostId::parse("string:unit").unwrap(), 60_000),
-            state,
-            store,
-            None,
-        )
-        .await
-        .unwrap();
-        svc.update_rights(&claims(count)).await.unwrap();
+        let svc = started(dir).await;
+        let key = svc.identity().public_key();
+        answer(&svc, claims(count, &key)).await;
         svc
     }
 }

@@ -2,13 +2,18 @@
 //! rules are [`crate::pair`]'s), the backup's acknowledgements a main waits for, the
 //! changes and snapshots a backup takes from its main, takeover, handback and failback,
 //! detaching, and telling the other server.
+//!
+//! The pair's channel moves leases and returns as they are; rights cross it only as the
+//! back office's signed answers, verified here for this server before anything is taken
+//! (a batch or snapshot whose rights do not verify is refused whole with
+//! `UNVERIFIED_RIGHTS`; a handback's are left out of the merge).
 
 use serde::{Deserialize, Serialize};
 use shared::capability::{PairStatus, Role, ServerStatus};
 use uuid::Uuid;
 
 use super::{Service, ServiceConfig, fmt_time, key_of, now_ms};
-use crate::domain::{Event, MergeReport, Millis, State};
+use crate::domain::{Event, MergeReport, Millis, Rights, State};
 use crate::error::ServiceError;
 use crate::pair::{self, Link, PairFacts, Serving};
 use crate::store;
@@ -272,18 +277,42 @@ impl Service {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Verifies rights offered by the pair partner for this server.
+    fn verify_partner_rights(&self, rights: &mut Rights, what: &str) -> Result<(), ServiceError> {
+        self.identity
+            .rights_check()
+            .verify(rights)
+            .map_err(|e| {
+                self.metrics.deny(shared::ErrorCode::UnverifiedRights);
+                tracing::error!(what, error = %e, "refused rights from the pair's channel that do not verify");
+                ServiceError::UnverifiedRights(format!(
+                    "the rights in {what} are not the back office's answer for this pair: {e}; \
+                     nothing was changed"
+                ))
+            })
+    }
+
     /// Backup: applies changes from the main, in order, durably; heartbeats (no events)
     /// only say the main is alive. `main_seq` is how far the main was when it sent them.
+    /// A change of rights must verify for this server and be no older than the rights
+    /// held, or the whole batch is refused.
     pub async fn apply_replicated(
         &self,
         history: Uuid,
-        events: Vec<store::Committed>,
+        mut events: Vec<store::Committed>,
         main_seq: u64,
     ) -> Result<u64, ServiceError> {
         if self.cfg.role != Role::Backup {
             return Err(ServiceError::RoleConflict(
                 "this server is not a backup; it takes no changes from another".into(),
             ));
+        }
+        // Signatures are checked before the lock is taken (the first event past what is
+        // held is rechecked under it: only new events count).
+        for c in &mut events {
+            if let Event::RightsUpdated { rights, .. } = &mut c.event {
+                self.verify_partner_rights(rights, &format!("change {}", c.seq))?;
+            }
         }
         let (seq, rx) = {
             let mut st = self.state.lock();
@@ -293,6 +322,19 @@ impl Service {
                     "this backup's copy is of another history ({}); send a snapshot",
                     st.history
                 )));
+            }
+            let mut issued = st.rights_issued_at();
+            for c in events.iter().filter(|c| c.seq > st.seq) {
+                if let Event::RightsUpdated { rights, .. } = &c.event {
+                    if rights.issued_at() < issued {
+                        return Err(ServiceError::UnverifiedRights(format!(
+                            "change {} holds rights older than those held (a replay?); \
+                             nothing was changed",
+                            c.seq
+                        )));
+                    }
+                    issued = rights.issued_at();
+                }
             }
             let mut last = None;
             for c in events {
@@ -322,12 +364,16 @@ impl Service {
         Ok(seq)
     }
 
-    /// Backup: replaces its copy with the main's whole state.
+    /// Backup: replaces its copy with the main's whole state, whose rights must verify
+    /// for this server.
     pub async fn install_snapshot(&self, mut state: State) -> Result<u64, ServiceError> {
         if self.cfg.role != Role::Backup {
             return Err(ServiceError::RoleConflict(
                 "this server is not a backup; it takes no snapshot from another".into(),
             ));
+        }
+        if let Some(rights) = state.rights.as_mut() {
+            self.verify_partner_rights(rights, "the snapshot")?;
         }
         let (seq, rx) = {
             let mut st = self.state.lock();
@@ -429,12 +475,23 @@ impl Service {
         Ok(self.snapshot())
     }
 
-    /// Main: serves from the merge of its own state and the backup's (failback).
-    pub async fn take_back(&self, backup: &State) -> Result<MergeReport, ServiceError> {
+    /// Main: serves from the merge of its own state and the backup's (failback). The
+    /// backup's leases are always taken (a granted lease is never lost); its rights only
+    /// if they verify for this server.
+    pub async fn take_back(&self, mut backup: State) -> Result<MergeReport, ServiceError> {
+        if let Some(rights) = backup.rights.as_mut()
+            && self
+                .verify_partner_rights(rights, "the backup's handback")
+                .is_err()
+        {
+            backup.rights = None;
+            backup.rights_updated_at = None;
+        }
+        backup.rebuild_index();
         let (report, rx) = {
             let mut st = self.state.lock();
             let (merged, report) =
-                State::merged_for_failback(&st, backup, Uuid::new_v4(), now_ms());
+                State::merged_for_failback(&st, &backup, Uuid::new_v4(), now_ms());
             *self.lease_key.write() = key_of(&merged)?;
             *st = merged.clone();
             (report, self.store.reset(merged))

@@ -1,18 +1,21 @@
 //! The pair's own protocol: what the two servers send each other (`/api/v1/pair/*`), the
 //! largest message of each route, and the HTTP client one server uses to reach the other
 //! (over `https://` when the URL says so, trusting the system's roots and
-//! `BACKOFFICE_CA`).
+//! `BACKOFFICE_CA`), authenticated with the pair's secret ([`PairToken`]).
+//!
+//! Changes and states carry leases as they are and rights only as the back office's
+//! signed answers (a token), which the receiver verifies.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shared::ErrorBody;
 use shared::client::describe_error;
-use shared::secret::Secret;
 use uuid::Uuid;
 
 use super::pair::Position;
 use crate::domain::State;
+use crate::identity::PairToken;
 use crate::store::Committed;
 
 /// Most changes the main sends in one batch.
@@ -79,13 +82,15 @@ pub enum PeerError {
     Unreachable(String),
     #[error("{0}")]
     Refused(ErrorBody),
+    #[error("no pair secret yet: PAIR_TOKEN is unset and the back office has not sent the pair's")]
+    NoPairToken,
 }
 
 /// HTTP client for the other server of the pair.
 #[derive(Clone)]
 pub struct Peer {
     http: reqwest::Client,
-    token: Secret,
+    token: PairToken,
     sync_timeout: Duration,
 }
 
@@ -100,7 +105,7 @@ impl Peer {
     /// (clients wait at most this long for a backup that stalls); `ca`: certificates
     /// trusted besides the system's roots.
     pub fn new(
-        token: Secret,
+        token: PairToken,
         sync_timeout: Duration,
         ca: Vec<reqwest::Certificate>,
     ) -> anyhow::Result<Peer> {
@@ -123,8 +128,9 @@ impl Peer {
         req: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<T, PeerError> {
+        let token = self.token.get().ok_or(PeerError::NoPairToken)?;
         let resp = req
-            .bearer_auth(self.token.expose())
+            .bearer_auth(token.expose())
             .timeout(timeout)
             .send()
             .await

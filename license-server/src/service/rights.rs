@@ -1,52 +1,75 @@
-//! Rights: a verified capability answer's rights replace the current ones (durably),
-//! unless the answer is older than the one they came from; the usage report the poller
-//! sends with each capability request.
+//! The back office's answers: this server's own (from its polls) brings its binding, the
+//! pair's secret and its rights; rights replace the current ones (durably, the answer
+//! verbatim) unless the answer is older than the one they came from. Also the usage
+//! report the poller sends with each capability request.
 
 use shared::capability::{CapabilityClaims, FeatureUsage, Role, ServerReport};
 
 use super::{Service, now_ms};
-use crate::domain::Event;
+use crate::domain::{Event, Rights};
 use crate::error::ServiceError;
+use crate::identity::{AnswerTaken, BindingError};
 use crate::pair;
 use crate::store;
 
-/// How a verified capability answer changed the rights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RightsChange {
-    Unchanged,
-    Changed,
-    /// Issued before the answer the current rights came from: refused.
-    Older,
+pub use crate::domain::RightsChange;
+
+/// What this server took from one of its own answers.
+#[derive(Debug, Clone)]
+pub struct AnswerOutcome {
+    pub rights: RightsChange,
+    /// The binding and the pair's secret; the error says why the binding was not taken.
+    pub identity: Result<AnswerTaken, BindingError>,
 }
 
 impl Service {
-    /// Applies a verified capability answer's rights (durably) unless it is older than
-    /// the one the current rights came from.
-    pub async fn update_rights(
+    /// Takes this server's own answer from the back office, which the poller verified in
+    /// full (signature, addressee, request, freshness): its binding and the pair's secret,
+    /// then its rights.
+    pub async fn take_answer(
         &self,
-        claims: &CapabilityClaims,
-    ) -> Result<RightsChange, ServiceError> {
+        token: &str,
+        claims: CapabilityClaims,
+    ) -> Result<AnswerOutcome, ServiceError> {
+        let identity = self.identity.take_answer(token, &claims);
+        let rights = self.identity.rights_check().fresh(token, claims);
         if let Some(c) = self.cluster() {
-            // Committed by the cluster's leader (this member's when it leads).
-            c.offer_rights(claims.rights.clone(), claims.iat);
-            return Ok(RightsChange::Unchanged);
+            // The pool's rights are committed by the cluster's leader (this member's
+            // answer when it leads); every member verifies them as it applies them.
+            c.offer_rights(rights);
+            return Ok(AnswerOutcome {
+                rights: RightsChange::Unchanged,
+                identity,
+            });
         }
+        Ok(AnswerOutcome {
+            rights: self.update_rights(rights).await?,
+            identity,
+        })
+    }
+
+    /// Applies verified rights (durably) unless they are older than the ones held. A
+    /// standby backup takes its rights from its main's changes, not from its own answers;
+    /// a backup that serves takes them from its own (so a long takeover does not run out
+    /// of `serve_until`).
+    pub async fn update_rights(&self, rights: Rights) -> Result<RightsChange, ServiceError> {
+        let Some(claims) = rights.claims() else {
+            return Err(ServiceError::Internal(
+                "rights that were not verified were offered".into(),
+            ));
+        };
         let rx = {
             let mut st = self.state.lock();
             if self.cfg.role == Role::Backup && st.active_since.is_none() {
-                // A standby copy takes its rights from its main's changes.
                 return Ok(RightsChange::Unchanged);
             }
-            if claims.iat < st.rights_issued_at {
-                return Ok(RightsChange::Older);
-            }
-            if claims.rights == st.rights && st.rights_updated_at.is_some() {
-                return Ok(RightsChange::Unchanged);
+            match st.rights_change(claims) {
+                RightsChange::Changed => {}
+                unchanged_or_older => return Ok(unchanged_or_older),
             }
             let ev = Event::RightsUpdated {
-                rights: claims.rights.clone(),
+                rights: rights.clone(),
                 at: now_ms(),
-                issued_at: claims.iat,
             };
             let seq = st.apply(&ev);
             self.store.submit(seq, ev)
@@ -86,32 +109,33 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::tests::{claims, service};
+    use crate::service::tests::{answer, claims, service};
 
     #[tokio::test]
     async fn rights_change_once_and_an_older_answer_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path(), 3).await;
-        let same = claims(3);
+        let key = svc.identity().public_key();
         assert_eq!(
-            svc.update_rights(&same).await.unwrap(),
+            answer(&svc, claims(3, &key)).await.rights,
             RightsChange::Unchanged
         );
-        let more = claims(5);
-        assert_eq!(
-            svc.update_rights(&more).await.unwrap(),
-            RightsChange::Changed
-        );
+        let more = claims(5, &key);
+        let iat = more.iat;
+        assert_eq!(answer(&svc, more).await.rights, RightsChange::Changed);
         assert_eq!(svc.features()[0].count, 5);
         let older = CapabilityClaims {
-            iat: more.iat - 10,
-            ..claims(9)
+            iat: iat - 10,
+            ..claims(9, &key)
         };
-        assert_eq!(
-            svc.update_rights(&older).await.unwrap(),
-            RightsChange::Older
-        );
+        assert_eq!(answer(&svc, older).await.rights, RightsChange::Older);
         assert_eq!(svc.features()[0].count, 5);
+        // The same rights, to be served a day longer: recorded.
+        let longer = CapabilityClaims {
+            serve_until: shared::now_unix() + 2 * 86_400,
+            ..claims(5, &key)
+        };
+        assert_eq!(answer(&svc, longer).await.rights, RightsChange::Changed);
         svc.shutdown().await;
     }
 }

@@ -62,7 +62,7 @@ impl Service {
 
     pub fn status(&self) -> StatusView {
         let now = now_ms();
-        let (features, leases, seq, rights_updated_at, rights_count, pair) = {
+        let (features, leases, seq, rights_updated_at, rights_count, serve_until, pair) = {
             let st = self.state.lock();
             let facts = self.facts(&st);
             let p = self.pair.lock().clone();
@@ -94,9 +94,24 @@ impl Service {
                 st.lease_count(),
                 st.seq,
                 st.rights_updated_at,
-                st.rights.len(),
+                st.current_rights().len(),
+                st.rights
+                    .as_ref()
+                    .and_then(|r| r.claims())
+                    .map(|c| c.serve_until),
                 view,
             )
+        };
+        let trust = TrustView {
+            key_id: self.identity.key_id().to_owned(),
+            bound_until: self.identity.binding().map(|b| b.until()),
+            serve_until,
+            pair_secret: match self.cfg.role {
+                Role::Standalone => None,
+                _ if self.identity.pair_token_configured() => Some(PairSecretSource::Configured),
+                _ if self.identity.pair_token().is_set() => Some(PairSecretSource::Backoffice),
+                _ => Some(PairSecretSource::None),
+            },
         };
         let rights = RightsSummary {
             rights: rights_count,
@@ -144,6 +159,7 @@ impl Service {
             main_uri: self.cfg.main_uri.clone(),
             backoffice: self.backoffice(),
             rights,
+            trust,
             leases,
             cluster,
             journal_seq: seq,
@@ -200,6 +216,7 @@ pub struct StatusView {
     pub main_uri: Option<String>,
     pub backoffice: BackofficeStatus,
     pub rights: RightsSummary,
+    pub trust: TrustView,
     /// Leases held now.
     pub leases: usize,
     /// A cluster member: the cluster as it sees it.
@@ -249,6 +266,34 @@ pub struct PairView {
     /// Main: the last change the backup acknowledged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicated_seq: Option<u64>,
+}
+
+/// This server's standing in the chain of trust.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TrustView {
+    /// The ID of this server's own key, which signs every grant.
+    pub key_id: String,
+    /// Until when the back office's binding of that key lets this server grant, in Unix
+    /// seconds; absent without a binding (nothing is granted: `SERVER_NOT_BOUND`).
+    pub bound_until: Option<i64>,
+    /// Until when the rights held may be served without a newer answer, in Unix seconds
+    /// (then `RIGHTS_EXPIRED`).
+    pub serve_until: Option<i64>,
+    /// A pair's server: where the pair's secret comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pair_secret: Option<PairSecretSource>,
+}
+
+/// Where the pair's secret comes from.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PairSecretSource {
+    /// `PAIR_TOKEN`.
+    Configured,
+    /// The back office's answer.
+    Backoffice,
+    /// None yet: the pair has no link.
+    None,
 }
 
 /// The rights this server holds.

@@ -11,8 +11,8 @@
 //! | tag | event | fields |
 //! |---:|---|---|
 //! | 1 | `LeaseKeyCreated` | key: str |
-//! | 2 | `RightsUpdated` | rights: count, right*; at: i64; issued_at: i64 |
-//! | 3 | `LeaseGranted` | lease |
+//! | 2 | (`RightsUpdated` with rights as counts: read as damage, never served) | rights: count, right*; at: i64; issued_at: i64 |
+//! | 3 | `LeaseGranted` (before holders: none) | lease |
 //! | 4 | `LeaseRenewed` | id: uuid; at: i64; expires_at: i64 |
 //! | 5 | `LeaseReturned` | id; at |
 //! | 6 | `LeaseExpired` | id; at |
@@ -24,28 +24,38 @@
 //! | 12 | `Rejoined` | at |
 //! | 13 | `Detached` | at; reason: str |
 //! | 14 | `BackupChanged` | at; dropped: bool; uri: option str; reason: str |
+//! | 15 | `RightsUpdated` | rights: str (the capability answer, verbatim); at: i64 |
+//! | 16 | `LeaseGranted` | lease; holder: 16 bytes (zero: none) |
 //!
 //! `right` = activation_id: str, feature: str, version: str, count: u32, starts_at: i64,
 //! expires_at: option i64. `lease` = id, feature: str, version: str, count: u32,
 //! client_id: str, granted_at: i64, renewed_at: i64, expires_at: i64, granted_by: str,
 //! granted_seq: u64.
 //!
+//! Rights are never stored as counts: only the back office's signed answer is, and it is
+//! verified at every load ([`super::load`]). Tag 2 and head section 1 (counts, from before
+//! signed rights) still decode, so that `store verify` can name them and `store recover`
+//! can drop them, but a load refuses them like rights that do not verify.
+//!
 //! A snapshot's sections are a tag byte and their fields:
 //!
 //! | tag | section | fields |
 //! |---:|---|---|
-//! | 1 | head (first) | seq: u64; lease_key: option str; rights; rights_updated_at: option i64; rights_issued_at: i64; history: uuid; fork: option (history: uuid, seq: u64); active_since: option i64; backup: (dropped: bool, uri: option str, reason: option str, changed_at: option i64); detached: option str; alone_from: option u64; absorbed: option fork |
-//! | 2 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64)* |
+//! | 4 | head (first) | seq: u64; lease_key: option str; rights: option str (the capability answer, verbatim); rights_updated_at: option i64; history: uuid; fork: option (history: uuid, seq: u64); active_since: option i64; backup: (dropped: bool, uri: option str, reason: option str, changed_at: option i64); detached: option str; alone_from: option u64; absorbed: option fork |
+//! | 5 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64, holder: 16 bytes)* |
 //! | 3 | end (last) | leases: u64 (how many in all); sections: u64 (lease sections) |
+//! | 1 | head, before signed rights | as 4, but rights: count, right*; rights_updated_at; rights_issued_at: i64 |
+//! | 2 | leases, before holders | as 5 without holder |
 //!
 //! Each lease section carries its own small name tables, so that a damaged section loses
 //! only its own leases. Every decoder checks every length against the bytes left before
 //! it allocates, rejects trailing bytes, and never panics, whatever the input.
 
-use shared::capability::Right;
 use uuid::Uuid;
 
-use crate::domain::{BackupState, Event, Fork, Frozen, LeaseRecord, LeaseRef, State};
+use crate::domain::{
+    BackupState, Event, Fork, Frozen, Holder, LeaseRecord, LeaseRef, Rights, State,
+};
 
 /// Why a payload could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +74,11 @@ pub enum DecodeError {
     Trailing(usize),
     #[error("its kind {0} is unknown to this version (was it written by a newer one?)")]
     UnknownTag(u8),
+    #[error(
+        "it holds rights as plain counts, without the back office's signature (written \
+         before rights were kept signed, or edited); they are never served"
+    )]
+    UnsignedRights,
 }
 
 pub type Result<T> = std::result::Result<T, DecodeError>;
@@ -99,6 +114,10 @@ impl Enc<'_> {
 
     pub fn uuid(&mut self, v: &Uuid) {
         self.0.extend_from_slice(v.as_bytes());
+    }
+
+    pub fn holder(&mut self, v: &Holder) {
+        self.0.extend_from_slice(&v.0);
     }
 
     pub fn opt<T>(&mut self, v: Option<T>, f: impl FnOnce(&mut Self, T)) {
@@ -186,6 +205,14 @@ impl<'a> Dec<'a> {
         Ok(Uuid::from_bytes(b))
     }
 
+    pub fn holder(&mut self) -> Result<Holder> {
+        let b: [u8; 16] = self
+            .take(16)?
+            .try_into()
+            .map_err(|_| DecodeError::Truncated)?;
+        Ok(Holder(b))
+    }
+
     pub fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<Option<T>> {
         if self.bool()? {
             f(self).map(Some)
@@ -212,32 +239,47 @@ impl<'a> Dec<'a> {
     }
 }
 
-fn put_rights(e: &mut Enc<'_>, rights: &[Right]) {
-    e.u64(rights.len() as u64);
-    for r in rights {
-        e.str(&r.activation_id);
-        e.str(&r.feature);
-        e.str(&r.version);
-        e.u64(u64::from(r.count));
-        e.i64(r.starts_at);
-        e.opt(r.expires_at, Enc::i64);
+/// Reads past rights kept as counts (format before signed rights); returns how many.
+fn skip_unsigned_rights(d: &mut Dec<'_>) -> Result<usize> {
+    let n = d.count(6)?;
+    for _ in 0..n {
+        d.str()?;
+        d.str()?;
+        d.str()?;
+        d.u32()?;
+        d.i64()?;
+        d.opt(Dec::i64)?;
     }
+    Ok(n)
 }
 
-fn get_rights(d: &mut Dec<'_>) -> Result<Vec<Right>> {
-    let n = d.count(6)?;
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(Right {
-            activation_id: d.string()?,
-            feature: d.string()?,
-            version: d.string()?,
-            count: d.u32()?,
-            starts_at: d.i64()?,
-            expires_at: d.opt(Dec::i64)?,
-        });
-    }
-    Ok(out)
+fn put_lease(e: &mut Enc<'_>, l: &LeaseRecord) {
+    e.uuid(&l.id);
+    e.str(&l.feature);
+    e.str(&l.version);
+    e.u64(u64::from(l.count));
+    e.str(&l.client_id);
+    e.i64(l.granted_at);
+    e.i64(l.renewed_at);
+    e.i64(l.expires_at);
+    e.str(&l.granted_by);
+    e.u64(l.granted_seq);
+}
+
+fn get_lease(d: &mut Dec<'_>) -> Result<LeaseRecord> {
+    Ok(LeaseRecord {
+        id: d.uuid()?,
+        feature: d.string()?,
+        version: d.string()?,
+        count: d.u32()?,
+        client_id: d.string()?,
+        granted_at: d.i64()?,
+        renewed_at: d.i64()?,
+        expires_at: d.i64()?,
+        granted_by: d.string()?,
+        granted_seq: d.u64()?,
+        holder: Holder::NONE,
+    })
 }
 
 /// Appends a journal record's payload: the sequence number and the event.
@@ -249,28 +291,15 @@ pub fn put_record(buf: &mut Vec<u8>, seq: u64, event: &Event) {
             e.u8(1);
             e.str(key);
         }
-        Event::RightsUpdated {
-            rights,
-            at,
-            issued_at,
-        } => {
-            e.u8(2);
-            put_rights(e, rights);
+        Event::RightsUpdated { rights, at } => {
+            e.u8(15);
+            e.str(rights.token());
             e.i64(*at);
-            e.i64(*issued_at);
         }
         Event::LeaseGranted { lease: l } => {
-            e.u8(3);
-            e.uuid(&l.id);
-            e.str(&l.feature);
-            e.str(&l.version);
-            e.u64(u64::from(l.count));
-            e.str(&l.client_id);
-            e.i64(l.granted_at);
-            e.i64(l.renewed_at);
-            e.i64(l.expires_at);
-            e.str(&l.granted_by);
-            e.u64(l.granted_seq);
+            e.u8(16);
+            put_lease(e, l);
+            e.holder(&l.holder);
         }
         Event::LeaseRenewed { id, at, expires_at } => {
             e.u8(4);
@@ -341,25 +370,26 @@ pub fn get_record(payload: &[u8]) -> Result<(u64, Event)> {
     let seq = u64::from_le_bytes(d.take(8)?.try_into().map_err(|_| DecodeError::Truncated)?);
     let event = match d.u8()? {
         1 => Event::LeaseKeyCreated { key: d.string()? },
-        2 => Event::RightsUpdated {
-            rights: get_rights(&mut d)?,
-            at: d.i64()?,
-            issued_at: d.i64()?,
-        },
+        2 => {
+            // Checked whole, so that a damaged record is not taken for an old one.
+            skip_unsigned_rights(&mut d)?;
+            d.i64()?;
+            d.i64()?;
+            d.finish()?;
+            return Err(DecodeError::UnsignedRights);
+        }
         3 => Event::LeaseGranted {
-            lease: LeaseRecord {
-                id: d.uuid()?,
-                feature: d.string()?,
-                version: d.string()?,
-                count: d.u32()?,
-                client_id: d.string()?,
-                granted_at: d.i64()?,
-                renewed_at: d.i64()?,
-                expires_at: d.i64()?,
-                granted_by: d.string()?,
-                granted_seq: d.u64()?,
-            },
+            lease: get_lease(&mut d)?,
         },
+        15 => Event::RightsUpdated {
+            rights: Rights::unverified(d.str()?),
+            at: d.i64()?,
+        },
+        16 => {
+            let mut lease = get_lease(&mut d)?;
+            lease.holder = d.holder()?;
+            Event::LeaseGranted { lease }
+        }
         4 => Event::LeaseRenewed {
             id: d.uuid()?,
             at: d.i64()?,
@@ -404,9 +434,13 @@ pub fn get_record(payload: &[u8]) -> Result<(u64, Event)> {
     Ok((seq, event))
 }
 
-pub const SECTION_HEAD: u8 = 1;
-pub const SECTION_LEASES: u8 = 2;
+/// Head before signed rights (rights as counts).
+pub const SECTION_HEAD_V1: u8 = 1;
+/// Leases before holders.
+pub const SECTION_LEASES_V1: u8 = 2;
 pub const SECTION_END: u8 = 3;
+pub const SECTION_HEAD: u8 = 4;
+pub const SECTION_LEASES: u8 = 5;
 
 fn put_fork(e: &mut Enc<'_>, f: Fork) {
     e.uuid(&f.history);
@@ -426,9 +460,8 @@ pub fn put_head(buf: &mut Vec<u8>, s: &State) {
     e.u8(SECTION_HEAD);
     e.u64(s.seq);
     e.opt(s.lease_key.as_deref(), Enc::str);
-    put_rights(e, &s.rights);
+    e.opt(s.rights.as_ref().map(Rights::token), Enc::str);
     e.opt(s.rights_updated_at, Enc::i64);
-    e.i64(s.rights_issued_at);
     e.uuid(&s.history);
     e.opt(s.fork, put_fork);
     e.opt(s.active_since, Enc::i64);
@@ -444,22 +477,36 @@ pub fn put_head(buf: &mut Vec<u8>, s: &State) {
 /// What a snapshot section holds.
 #[derive(Debug)]
 pub enum Section<'a> {
-    Head(Box<State>),
+    /// The state without its leases; `unsigned_rights`: rights kept as counts by a
+    /// version before signed rights (dropped: never served).
+    Head {
+        state: Box<State>,
+        unsigned_rights: usize,
+    },
     Leases(Vec<LeaseRef<'a>>),
-    End { leases: u64, sections: u64 },
+    End {
+        leases: u64,
+        sections: u64,
+    },
 }
 
 /// Decodes a snapshot section; lease sections borrow their strings from the payload.
 pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
     let mut d = Dec::new(payload);
     let section = match d.u8()? {
-        SECTION_HEAD => {
+        tag @ (SECTION_HEAD | SECTION_HEAD_V1) => {
             let mut s = State::default();
+            let mut unsigned_rights = 0;
             s.seq = d.u64()?;
             s.lease_key = d.opt(Dec::string)?;
-            s.rights = get_rights(&mut d)?;
-            s.rights_updated_at = d.opt(Dec::i64)?;
-            s.rights_issued_at = d.i64()?;
+            if tag == SECTION_HEAD {
+                s.rights = d.opt(|d| d.str().map(Rights::unverified))?;
+                s.rights_updated_at = d.opt(Dec::i64)?;
+            } else {
+                unsigned_rights = skip_unsigned_rights(&mut d)?;
+                s.rights_updated_at = d.opt(Dec::i64)?.filter(|_| unsigned_rights == 0);
+                d.i64()?;
+            }
             s.history = d.uuid()?;
             s.fork = d.opt(get_fork)?;
             s.active_since = d.opt(Dec::i64)?;
@@ -473,9 +520,12 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
             s.alone_from = d.opt(Dec::u64)?;
             s.absorbed = d.opt(get_fork)?;
             s.rebuild_index();
-            Section::Head(Box::new(s))
+            Section::Head {
+                state: Box::new(s),
+                unsigned_rights,
+            }
         }
-        SECTION_LEASES => {
+        tag @ (SECTION_LEASES | SECTION_LEASES_V1) => {
             let n = d.count(2)?;
             let mut pools = Vec::with_capacity(n);
             for _ in 0..n {
@@ -497,6 +547,12 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
                 let granted_at = d.i64()?;
                 let renewed_at = granted_at.wrapping_add(d.i64()?);
                 let expires_at = renewed_at.wrapping_add(d.i64()?);
+                let granted_seq = d.u64()?;
+                let holder = if tag == SECTION_LEASES {
+                    d.holder()?
+                } else {
+                    Holder::NONE
+                };
                 leases.push(LeaseRef {
                     id,
                     client_id,
@@ -507,7 +563,8 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
                     granted_at,
                     renewed_at,
                     expires_at,
-                    granted_seq: d.u64()?,
+                    granted_seq,
+                    holder,
                 });
             }
             Section::Leases(leases)
@@ -608,6 +665,7 @@ fn put_leases(buf: &mut Vec<u8>, leases: &[LeaseRef<'_>]) {
         e.i64(l.renewed_at.wrapping_sub(l.granted_at));
         e.i64(l.expires_at.wrapping_sub(l.renewed_at));
         e.u64(l.granted_seq);
+        e.holder(&l.holder);
     }
 }
 
@@ -620,26 +678,8 @@ pub(crate) mod tests {
         vec![
             Event::LeaseKeyCreated { key: "k3y".into() },
             Event::RightsUpdated {
-                rights: vec![
-                    Right {
-                        activation_id: "ACT-1".into(),
-                        feature: "cad".into(),
-                        version: "2.0".into(),
-                        count: 5,
-                        starts_at: -3,
-                        expires_at: Some(1_900_000_000),
-                    },
-                    Right {
-                        activation_id: "ACT-2".into(),
-                        feature: "cäd".into(),
-                        version: String::new(),
-                        count: u32::MAX,
-                        starts_at: 0,
-                        expires_at: None,
-                    },
-                ],
+                rights: Rights::unverified("eyJhbGciOiJFZERTQSJ9.eyJjb3VudCI6NX0.c2ln"),
                 at: 1_700_000_000_123,
-                issued_at: 1_700_000_000,
             },
             Event::LeaseGranted {
                 lease: LeaseRecord {
@@ -653,6 +693,22 @@ pub(crate) mod tests {
                     expires_at: i64::MAX,
                     granted_by: "string:me".into(),
                     granted_seq: u64::MAX,
+                    holder: Holder::of_secret("host:1234's secret"),
+                },
+            },
+            Event::LeaseGranted {
+                lease: LeaseRecord {
+                    id: Uuid::new_v4(),
+                    feature: "cad".into(),
+                    version: String::new(),
+                    count: 1,
+                    client_id: "anonymous".into(),
+                    granted_at: 1,
+                    renewed_at: 1,
+                    expires_at: 2,
+                    granted_by: "string:me".into(),
+                    granted_seq: 7,
+                    holder: Holder::NONE,
                 },
             },
             Event::LeaseRenewed {
@@ -724,6 +780,85 @@ pub(crate) mod tests {
         let mut ten = [0xff; 10];
         ten[9] = 2;
         assert_eq!(Dec::new(&ten).u64(), Err(DecodeError::Overlong));
+    }
+
+    /// Rights kept as counts, as versions before signed rights wrote them (tag 2).
+    fn unsigned_rights_record(count: u32) -> Vec<u8> {
+        let mut buf = 1u64.to_le_bytes().to_vec();
+        let e = &mut Enc(&mut buf);
+        e.u8(2);
+        e.u64(1);
+        for s in ["ACT-1", "cad", ""] {
+            e.str(s);
+        }
+        e.u64(u64::from(count));
+        e.i64(0);
+        e.opt(None::<i64>, Enc::i64);
+        e.i64(1_700_000_000_000);
+        e.i64(1_700_000_000);
+        buf
+    }
+
+    #[test]
+    fn rights_as_counts_are_refused_by_name_and_old_grants_have_no_holder() {
+        let buf = unsigned_rights_record(999_999);
+        assert_eq!(get_record(&buf), Err(DecodeError::UnsignedRights));
+        // Cut short, it is damage of the ordinary kind.
+        assert_eq!(
+            get_record(&buf[..buf.len() - 2]),
+            Err(DecodeError::Truncated)
+        );
+
+        // A grant as tag 3 (before holders) reads with no holder.
+        let Event::LeaseGranted { lease } = every_event().swap_remove(2) else {
+            unreachable!()
+        };
+        let mut buf = 9u64.to_le_bytes().to_vec();
+        let e = &mut Enc(&mut buf);
+        e.u8(3);
+        put_lease(e, &lease);
+        let (_, Event::LeaseGranted { lease: old }) = get_record(&buf).unwrap() else {
+            panic!("not a grant")
+        };
+        assert_eq!(old.holder, Holder::NONE);
+        assert_eq!(old.id, lease.id);
+
+        // A head section as versions before signed rights wrote it: the rights dropped.
+        let mut head = vec![SECTION_HEAD_V1];
+        let e = &mut Enc(&mut head);
+        e.u64(5);
+        e.opt(Some("k3y"), Enc::str);
+        e.u64(1);
+        for s in ["ACT-1", "cad", ""] {
+            e.str(s);
+        }
+        e.u64(50_000);
+        e.i64(0);
+        e.opt(None::<i64>, Enc::i64);
+        e.opt(Some(1_700_000_000_000i64), Enc::i64);
+        e.i64(1_700_000_000);
+        e.uuid(&Uuid::nil());
+        e.opt(None::<Fork>, put_fork);
+        e.opt(None::<i64>, Enc::i64);
+        e.bool(false);
+        e.opt(None::<&str>, Enc::str);
+        e.opt(None::<&str>, Enc::str);
+        e.opt(None::<i64>, Enc::i64);
+        e.opt(None::<&str>, Enc::str);
+        e.opt(None::<u64>, Enc::u64);
+        e.opt(None::<Fork>, put_fork);
+        match get_section(&head).unwrap() {
+            Section::Head {
+                state,
+                unsigned_rights,
+            } => {
+                assert_eq!(unsigned_rights, 1);
+                assert!(state.rights.is_none() && state.current_rights().is_empty());
+                assert_eq!(state.lease_key.as_deref(), Some("k3y"));
+                assert_eq!(state.seq, 5);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -2,11 +2,19 @@
 //! `license-server store verify` and `store recover`. Reading changes nothing; what a
 //! load decides to change (a torn tail to cut, obsolete files to remove) is returned for
 //! [`super::open`] to carry out.
+//!
+//! Rights are verified as they are read ([`RightsCheck`]): the snapshot's and every
+//! change of rights in the journal. Rights that do not verify (edited, signed by another
+//! key, addressed to another server, or kept as counts by an older version) are damage
+//! like any other, named by file and record; a salvage drops them (the rights before
+//! them stay in force) and the server gets its rights again from the back office.
+//! Without a check (`store verify` not given the back office's key) rights are read but
+//! not verified, and count for nothing.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::domain::{Event, State};
+use crate::domain::{Event, RightsCheck, State};
 
 use super::codec::{self, Section};
 use super::frame::{FileHeader, Frame, JOURNAL_MAGIC, Reader, SNAPSHOT_MAGIC, Stop};
@@ -131,9 +139,9 @@ impl Scan {
     }
 }
 
-/// Reads a store. `salvage`: go on past damage, noting each loss (verify, recover);
-/// otherwise the first damage is the error.
-pub fn scan(dir: &Path, salvage: bool) -> Result<Scan, LoadError> {
+/// Reads a store, verifying its rights with `check`. `salvage`: go on past damage, noting
+/// each loss (verify, recover); otherwise the first damage is the error.
+pub fn scan(dir: &Path, salvage: bool, check: Option<&RightsCheck>) -> Result<Scan, LoadError> {
     let mut scan = Scan::default();
     let mut segments: Vec<(u64, PathBuf)> = Vec::new();
     let mut have_snapshot = false;
@@ -190,7 +198,7 @@ pub fn scan(dir: &Path, salvage: bool) -> Result<Scan, LoadError> {
 
     let mut epoch = None;
     if have_snapshot {
-        let info = load_snapshot(&dir.join(SNAPSHOT), &mut scan, &mut loss)?;
+        let info = load_snapshot(&dir.join(SNAPSHOT), &mut scan, check, &mut loss)?;
         epoch = Some(info.epoch);
         scan.snapshot = Some(info);
     }
@@ -245,7 +253,15 @@ pub fn scan(dir: &Path, salvage: bool) -> Result<Scan, LoadError> {
     }
     let n = live.len();
     for (i, (header, path, data)) in live.into_iter().enumerate() {
-        let info = replay_segment(&path, header, &data, i + 1 == n, &mut scan, &mut loss)?;
+        let info = replay_segment(
+            &path,
+            header,
+            &data,
+            i + 1 == n,
+            &mut scan,
+            check,
+            &mut loss,
+        )?;
         scan.segments.push(info);
     }
     scan.state.end_load();
@@ -257,16 +273,22 @@ pub(super) type LossFn<'a> = dyn FnMut(&mut Scan, Damage, String) -> Result<(), 
 fn load_snapshot(
     path: &Path,
     scan: &mut Scan,
+    check: Option<&RightsCheck>,
     loss: &mut LossFn<'_>,
 ) -> Result<SnapshotInfo, LoadError> {
     let data = std::fs::read(path).map_err(io_err(path))?;
-    snapshot_from_bytes(path, &data, scan, loss)
+    snapshot_from_bytes(path, &data, scan, check, loss)
 }
+
+/// What is lost with rights that do not verify.
+const RIGHTS_LOST: &str =
+    "those rights (never served; the server gets its rights again from the back office)";
 
 pub(super) fn snapshot_from_bytes(
     path: &Path,
     data: &[u8],
     scan: &mut Scan,
+    check: Option<&RightsCheck>,
     loss: &mut LossFn<'_>,
 ) -> Result<SnapshotInfo, LoadError> {
     let mut info = SnapshotInfo {
@@ -338,7 +360,42 @@ pub(super) fn snapshot_from_bytes(
             }
         };
         match (section, frame.record) {
-            (Section::Head(head), 0) => {
+            (
+                Section::Head {
+                    state: mut head,
+                    unsigned_rights,
+                },
+                0,
+            ) => {
+                if unsigned_rights > 0 {
+                    info.damaged = true;
+                    loss(
+                        scan,
+                        damage(
+                            frame.offset,
+                            Some(0),
+                            super::codec::DecodeError::UnsignedRights.to_string(),
+                        ),
+                        RIGHTS_LOST.into(),
+                    )?;
+                }
+                if let (Some(check), Some(rights)) = (check, head.rights.as_mut())
+                    && let Err(e) = check.verify(rights)
+                {
+                    info.damaged = true;
+                    loss(
+                        scan,
+                        damage(
+                            frame.offset,
+                            Some(0),
+                            format!("its rights do not verify: {e}"),
+                        ),
+                        RIGHTS_LOST.into(),
+                    )?;
+                    head.rights = None;
+                    head.rights_updated_at = None;
+                }
+                head.rebuild_index();
                 if head.seq != header.base {
                     info.damaged = true;
                     loss(
@@ -432,6 +489,7 @@ pub(super) fn replay_segment(
     data: &[u8],
     last: bool,
     scan: &mut Scan,
+    check: Option<&RightsCheck>,
     loss: &mut LossFn<'_>,
 ) -> Result<SegmentInfo, LoadError> {
     let mut info = SegmentInfo {
@@ -488,19 +546,40 @@ pub(super) fn replay_segment(
                 }
             }
         };
-        let (seq, event) = match codec::get_record(frame.payload) {
+        let (seq, mut event) = match codec::get_record(frame.payload) {
             Ok(r) => r,
             Err(e) => {
                 info.damaged = true;
+                let lost = match e {
+                    codec::DecodeError::UnsignedRights => RIGHTS_LOST,
+                    _ => "one event",
+                };
                 loss(
                     scan,
                     damage(frame.offset, frame.record, format!("its event: {e}")),
-                    "one event".into(),
+                    lost.into(),
                 )?;
                 skipped = true;
                 continue;
             }
         };
+        if let (Some(check), Event::RightsUpdated { rights, .. }) = (check, &mut event)
+            && seq > scan.state.seq
+            && let Err(e) = check.verify(rights)
+        {
+            info.damaged = true;
+            loss(
+                scan,
+                damage(
+                    frame.offset,
+                    frame.record,
+                    format!("its rights do not verify: {e}"),
+                ),
+                RIGHTS_LOST.into(),
+            )?;
+            skipped = true;
+            continue;
+        }
         info.records += 1;
         info.seqs = Some(match info.seqs {
             None => (seq, seq),
@@ -539,6 +618,8 @@ fn apply(
             _ => format!("events {} to {}", have + 1, seq - 1),
         };
         match scan.losses.last_mut() {
+            // Skipped rights are that record's loss; anything else skipped, these events.
+            Some(l) if after_skip && l.lost == RIGHTS_LOST => {}
             Some(l) if after_skip => l.lost = lost,
             _ => loss(
                 scan,
@@ -553,24 +634,46 @@ fn apply(
     Ok(())
 }
 
+/// Rights kept as counts in version 0 JSON (`rights` a list, or an event without the
+/// signed answer): the conversion drops them, since they were never signed; the server
+/// gets its rights again from the back office. Returns whether `v` held such rights.
+fn drop_unsigned_rights(v: &mut serde_json::Value) -> bool {
+    match v.get_mut("rights") {
+        Some(r) if r.is_array() => {
+            *r = serde_json::Value::Null;
+            if let Some(at) = v.get_mut("rights_updated_at") {
+                *at = serde_json::Value::Null;
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Version 0: `snapshot.json` (the state as JSON) and `journal.log` (records
 /// `[len u32][crc32 u32][JSON {seq, event}]`, no file header). Read strictly: only a
-/// record cut off by the end of the file is a torn tail.
+/// record cut off by the end of the file is a torn tail. Its rights were kept as counts:
+/// they are dropped, with a warning.
 fn load_legacy(dir: &Path, scan: &mut Scan) -> Result<(), LoadError> {
     #[derive(serde::Deserialize)]
     struct Record {
         seq: u64,
-        event: Event,
+        event: serde_json::Value,
     }
+    let unreadable = |file: &Path, e: serde_json::Error| Damage {
+        file: file.to_owned(),
+        offset: None,
+        record: None,
+        what: format!("it is not a readable state: {e}"),
+    };
+    let mut dropped = 0u64;
     let snap = dir.join(LEGACY_SNAPSHOT);
     match std::fs::read(&snap) {
         Ok(bytes) => {
-            scan.state = serde_json::from_slice(&bytes).map_err(|e| Damage {
-                file: snap.clone(),
-                offset: None,
-                record: None,
-                what: format!("it is not a readable state: {e}"),
-            })?;
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| unreadable(&snap, e))?;
+            dropped += u64::from(drop_unsigned_rights(&mut v));
+            scan.state = serde_json::from_value(v).map_err(|e| unreadable(&snap, e))?;
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => {
@@ -583,7 +686,7 @@ fn load_legacy(dir: &Path, scan: &mut Scan) -> Result<(), LoadError> {
     let path = dir.join(LEGACY_JOURNAL);
     let data = match std::fs::read(&path) {
         Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(LoadError::Io { path, source: e }),
     };
     scan.state.begin_load();
@@ -607,7 +710,7 @@ fn load_legacy(dir: &Path, scan: &mut Scan) -> Result<(), LoadError> {
         if crc32fast::hash(payload) != crc {
             return Err(damage("its checksum does not match").into());
         }
-        let rec: Record = serde_json::from_slice(payload)
+        let mut rec: Record = serde_json::from_slice(payload)
             .map_err(|e| damage(&format!("its event is unreadable: {e}")))?;
         let have = scan.state.seq;
         if rec.seq > have {
@@ -618,11 +721,24 @@ fn load_legacy(dir: &Path, scan: &mut Scan) -> Result<(), LoadError> {
                 ))
                 .into());
             }
-            scan.state.apply(&rec.event);
-            scan.replayed += 1;
+            if rec.event["type"] == "rights_updated" && drop_unsigned_rights(&mut rec.event) {
+                dropped += 1;
+                scan.state.seq = rec.seq;
+            } else {
+                let event: Event = serde_json::from_value(rec.event)
+                    .map_err(|e| damage(&format!("its event is unreadable: {e}")))?;
+                scan.state.apply(&event);
+                scan.replayed += 1;
+            }
         }
         pos += 8 + len;
         record += 1;
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            changes = dropped,
+            "the version 0 store kept its rights as counts, without the back office's signature: they are dropped, and the server serves nothing until the back office answers"
+        );
     }
     Ok(())
 }

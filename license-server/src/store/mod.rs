@@ -14,6 +14,7 @@
 //! | `snapshot.bin.tmp` | a snapshot being written (removed at start) |
 //! | `store.lock` | locked (`flock`) while a server uses the directory |
 //! | `*.damaged-<time>` | files `store recover` moved aside (never read, never deleted) |
+//! | `server-key.pem`, `capability.jwt` | the server's own key and its latest verified answer (not the store's: [`crate::identity`]) |
 //! | `snapshot.json`, `journal.log` | version 0 (JSON), converted once at start and kept as `*.v0-imported` |
 //!
 //! Both kinds of file are a 36-byte header and then records.
@@ -62,9 +63,11 @@
 //!   nobody was told was durable: it is cut off, with a warning.
 //! * Damaged: anything else that does not verify, anywhere (a checksum, an impossible
 //!   length, an undecodable event, a gap in the sequence numbers, a short snapshot, an
-//!   unknown format version). The start stops with one error naming the file, the byte
-//!   offset and the record, and leaves every file as it was. Because a record header has
-//!   its own checksum, a damaged length is never taken for a torn record.
+//!   unknown format version, rights whose signature does not verify for this server with
+//!   the back office's key, or rights kept as counts). The start stops with one error
+//!   naming the file, the byte offset and the record, and leaves every file as it was.
+//!   Because a record header has its own checksum, a damaged length is never taken for a
+//!   torn record.
 //!
 //! `license-server store verify` reads everything it can and reports it, changing
 //! nothing; `license-server store recover` keeps every record that verifies (skipping a
@@ -88,7 +91,7 @@ use std::sync::mpsc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
-use crate::domain::{Event, Frozen, State};
+use crate::domain::{Event, Frozen, RightsCheck, State};
 use frame::{FileHeader, JOURNAL_MAGIC, SNAPSHOT_MAGIC};
 pub use load::{Damage, LoadError};
 use load::{SNAPSHOT, SNAPSHOT_TMP, segment_name};
@@ -103,12 +106,16 @@ pub struct StoreOptions {
     /// Ask for a snapshot once the journal holds this much, or as much as the last
     /// snapshot if that is more (so compaction costs at most about twice the writes).
     pub snapshot_after_bytes: u64,
+    /// Verifies the rights as they are loaded (rights that do not verify are damage);
+    /// without it they load unverified and count for nothing.
+    pub rights: Option<RightsCheck>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             snapshot_after_bytes: 8 << 20,
+            rights: None,
         }
     }
 }
@@ -199,7 +206,7 @@ fn new_epoch() -> u64 {
 pub fn open(dir: &Path, opts: StoreOptions) -> Result<(State, Store, Recovery), LoadError> {
     files::prepare_dir(dir).map_err(load::io_err(dir))?;
     let lock = files::lock_dir(dir).map_err(load::io_err(dir))?;
-    let mut scan = load::scan(dir, false)?;
+    let mut scan = load::scan(dir, false, opts.rights.as_ref())?;
     let mut rec = Recovery {
         snapshot_seq: scan.snapshot.as_ref().map_or(0, |s| s.seq),
         replayed: scan.replayed,
@@ -786,10 +793,11 @@ pub fn decode_any(data: &[u8]) -> usize {
                     let Ok(header) = FileHeader::decode(bytes, magic) else {
                         continue;
                     };
-                    load::replay_segment(path, header, bytes, true, &mut scan, &mut loss)
+                    load::replay_segment(path, header, bytes, true, &mut scan, None, &mut loss)
                         .map(|i| i.records)
                 } else {
-                    load::snapshot_from_bytes(path, bytes, &mut scan, &mut loss).map(|i| i.leases)
+                    load::snapshot_from_bytes(path, bytes, &mut scan, None, &mut loss)
+                        .map(|i| i.leases)
                 };
                 scan.state.end_load();
                 verified += result.unwrap_or(0) as usize;

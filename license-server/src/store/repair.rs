@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 
 use super::load::{self, LoadError, SNAPSHOT, Scan};
 use super::{files, new_epoch, write_snapshot};
+use crate::domain::RightsCheck;
 
-/// Reads everything readable (changes nothing).
-pub fn verify(dir: &Path) -> Result<Scan, LoadError> {
-    load::scan(dir, true)
+/// Reads everything readable (changes nothing), verifying rights with `check` when given.
+pub fn verify(dir: &Path, check: Option<&RightsCheck>) -> Result<Scan, LoadError> {
+    load::scan(dir, true, check)
 }
 
 /// Whether the store holds damage (a torn tail is not damage).
@@ -71,12 +72,25 @@ pub fn report(dir: &Path, scan: &Scan) -> String {
         );
     }
     let s = &scan.state;
+    let rights = match &s.rights {
+        None => "no rights".to_owned(),
+        Some(r) => match r.claims() {
+            Some(c) => format!(
+                "{} rights (signed by the back office at {}, to be served until {})",
+                c.rights.len(),
+                crate::domain::fmt_time(c.iat),
+                crate::domain::fmt_time(c.serve_until)
+            ),
+            None => "rights whose signature was not checked (give the back office's \
+                     public key, --backoffice-public-key or BACKOFFICE_PUBLIC_KEY)"
+                .to_owned(),
+        },
+    };
     let _ = writeln!(
         out,
-        "readable: state at sequence {}, {} leases, {} rights, lease key {}",
+        "readable: state at sequence {}, {} leases, {rights}, lease key {}",
         s.seq,
         s.lease_count(),
-        s.rights.len(),
         if s.lease_key.is_some() {
             "present"
         } else {

@@ -97,7 +97,7 @@ async fn over_tls_a_pair_serves_replicates_and_refuses_an_unknown_ca() {
 
     // A client with the site's CA checks out; the backup holds the lease.
     let pem = std::fs::read(&site.cert).unwrap();
-    let client = Client::builder()
+    let client = Client::builder(bo.producer())
         .server(&main.url)
         .ca_pem(&pem)
         .unwrap()
@@ -119,6 +119,7 @@ async fn over_tls_a_pair_serves_replicates_and_refuses_an_unknown_ca() {
 
     // The command-line client, given the CA.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_license-client"))
+        .env("LICENSE_PRODUCER_KEY", &bo.public_key)
         .args(["--server", &main.url, "--ca"])
         .arg(&site.cert)
         .args(["--client-id", "tls-cli", "--json", "checkout", "cad"])
@@ -144,14 +145,17 @@ async fn over_tls_a_pair_serves_replicates_and_refuses_an_unknown_ca() {
     for (what, client) in [
         (
             "another CA",
-            Client::builder()
+            Client::builder(bo.producer())
                 .server(&main.url)
                 .ca_pem(&std::fs::read(&other.cert).unwrap())
                 .unwrap()
                 .build()
                 .unwrap(),
         ),
-        ("the system's roots", Client::new(&main.url).unwrap()),
+        (
+            "the system's roots",
+            Client::new(&main.url, bo.producer()).unwrap(),
+        ),
     ] {
         let e = client.checkout("cad", 1).await.unwrap_err();
         let ClientError::Transport(msg) = &e else {

@@ -105,12 +105,12 @@ async fn main() -> Result<()> {
     let mut main = pair.start_main().await?;
     let backup = pair.start_backup().await?;
     wait_paired(&main, &backup, Duration::from_secs(30)).await?;
-    let client = Client::with_servers([main.url.as_str(), backup.url.as_str()])?;
+    let client = Client::with_servers([main.url.as_str(), backup.url.as_str()], bo.producer())?;
 
     let (mut takeover, mut failback) = (Vec::new(), Vec::new());
     let mut lost = 0;
     for run in 0..runs {
-        let held = Client::new(&main.url)?
+        let held = Client::new(&main.url, bo.producer())?
             .checkout_lease(&req(&format!("holder-{run}")))
             .await?;
         let id = held.lease_id.to_string();
@@ -156,7 +156,7 @@ async fn cluster_takeover(runs: usize) -> Result<()> {
     let fx = bo.fixture(&["cad"], 40).await?;
     let setup = ClusterSetup::new(&bo, &fx, SEATS, &[]).await?;
     let mut members = setup.start_all().await?;
-    let client = Client::with_servers(members.iter().map(|m| m.url.clone()))?;
+    let client = Client::with_servers(members.iter().map(|m| m.url.clone()), bo.producer())?;
     let wait = Duration::from_secs(60);
     let (mut takeover, mut lost) = (Vec::new(), 0);
     for run in 0..runs {
