@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use licensing_client::Client;
 use serde_json::{Value, json};
 use shared::ErrorCode;
-use shared::client::Client;
 use shared::lease::CheckoutRequest;
 use tests::{BackOffice, Backend, LicenseServer, backends, eventually, free_port};
 
