@@ -412,32 +412,32 @@ mod tests {
         assert_eq!(status, LicensingStatus::Invalid);
         assert_eq!(message(), "servers is not UTF-8");
 
-        // SAFETY: NULL handles and out-pointers are refused, not followed.
-        unsafe {
-            let mut lease = std::ptr::null_mut();
-            assert_eq!(
-                licensing_checkout(
-                    std::ptr::null(),
-                    c"cad".as_ptr(),
-                    std::ptr::null(),
-                    1,
-                    &mut lease
-                ),
-                LicensingStatus::Invalid
-            );
-            assert_eq!(message(), "client is NULL");
-            assert!(licensing_lease_id(std::ptr::null()).is_null());
-            assert_eq!(
-                licensing_lease_expires_at(std::ptr::null(), std::ptr::null_mut()),
-                LicensingStatus::Invalid
-            );
-            assert_eq!(
-                licensing_lease_return(std::ptr::null()),
-                LicensingStatus::Invalid
-            );
-            licensing_lease_free(std::ptr::null_mut());
-            licensing_client_free(std::ptr::null_mut());
-        }
+        // NULL handles and out-pointers are refused, never followed.
+        let mut lease = std::ptr::null_mut();
+        // SAFETY: a NULL client is an allowed argument; `lease` may be written.
+        let status = unsafe {
+            licensing_checkout(
+                std::ptr::null(),
+                c"cad".as_ptr(),
+                std::ptr::null(),
+                1,
+                &mut lease,
+            )
+        };
+        assert_eq!(status, LicensingStatus::Invalid);
+        assert_eq!(message(), "client is NULL");
+        // SAFETY: NULL is an allowed argument.
+        assert!(unsafe { licensing_lease_id(std::ptr::null()) }.is_null());
+        // SAFETY: NULL is an allowed argument, for both.
+        let status = unsafe { licensing_lease_expires_at(std::ptr::null(), std::ptr::null_mut()) };
+        assert_eq!(status, LicensingStatus::Invalid);
+        // SAFETY: NULL is an allowed argument.
+        let status = unsafe { licensing_lease_return(std::ptr::null()) };
+        assert_eq!(status, LicensingStatus::Invalid);
+        // SAFETY: freeing NULL does nothing.
+        unsafe { licensing_lease_free(std::ptr::null_mut()) };
+        // SAFETY: freeing NULL does nothing.
+        unsafe { licensing_client_free(std::ptr::null_mut()) };
     }
 
     #[test]
@@ -530,9 +530,8 @@ mod tests {
         assert_eq!(status, LicensingStatus::Ok, "{}", message());
         let mut lease = std::ptr::dangling_mut::<LicensingLease>();
         // SAFETY: a live client, valid strings, `lease` may be written.
-        let status = unsafe {
-            licensing_checkout(client, c"cad".as_ptr(), std::ptr::null(), 1, &mut lease)
-        };
+        let status =
+            unsafe { licensing_checkout(client, c"cad".as_ptr(), std::ptr::null(), 1, &mut lease) };
         assert_eq!(status, LicensingStatus::Untrusted, "{}", message());
         assert!(lease.is_null());
         assert!(message().contains("refused the lease"), "{}", message());

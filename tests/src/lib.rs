@@ -35,18 +35,6 @@ pub fn binary(name: &str) -> PathBuf {
     p
 }
 
-/// A file the build makes besides the binaries (the C library, an example), which must
-/// have been built: `how` says how.
-pub fn built(relative: &str, how: &str) -> PathBuf {
-    let p = bin_dir().join(relative);
-    assert!(
-        p.exists(),
-        "{} is not built; run `{how}` first (`cargo test --workspace` builds it)",
-        p.display()
-    );
-    p
-}
-
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -716,41 +704,6 @@ impl LicenseServer {
     pub fn log_text(&self) -> String {
         self.process.log_text()
     }
-}
-
-/// A license server alone (no pair) serving `count` seats of the fixture's line item, its
-/// data in `dir`; `extra` adds or overrides settings.
-pub async fn start_alone(
-    bo: &BackOffice,
-    fx: &Fixture,
-    dir: &Path,
-    count: u32,
-    extra: &[(&str, &str)],
-) -> Result<LicenseServer> {
-    let hostid = format!(
-        "string:lls-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let mut env: Vec<(String, String)> = [
-        ("HOSTID", hostid),
-        ("BACKOFFICE_URL", bo.url.clone()),
-        ("BACKOFFICE_TOKEN", fx.device_token.clone()),
-        (
-            "BACKOFFICE_PUBLIC_KEY",
-            bo.public_key_path().display().to_string(),
-        ),
-        ("RIGHTS_IDS", format!("{}:{count}", fx.activation_id)),
-        ("CAPABILITY_POLL_INTERVAL", "1s".into()),
-        ("BACKOFF_MAX", "500ms".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    for (k, v) in extra {
-        env.retain(|(ek, _)| ek != k);
-        env.push(((*k).to_owned(), (*v).to_owned()));
-    }
-    LicenseServer::start("lls", dir, free_port(), &env).await
 }
 
 /// The leases of `feature` held by the license server at `url` (operator API); usable

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
-use tests::{BackOffice, Backend, LicenseServer, built, eventually, start_alone};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tests::{BackOffice, Backend, LicenseServer, bin_dir, eventually, free_port};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -25,10 +25,22 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// A file the build makes besides the binaries, which must have been built: `how` says
+/// how.
+fn built(relative: &str, how: &str) -> PathBuf {
+    let p = bin_dir().join(relative);
+    assert!(
+        p.exists(),
+        "{} is not built; run `{how}` first (`cargo test --workspace` builds it)",
+        p.display()
+    );
+    p
+}
+
 /// `liblicensing.so` as this test build made it (the tests crate depends on the FFI
 /// crate, which builds it into `deps/`), else as `cargo build` left it.
 fn library() -> PathBuf {
-    let deps = tests::bin_dir().join("deps/liblicensing.so");
+    let deps = bin_dir().join("deps/liblicensing.so");
     if deps.exists() {
         return deps;
     }
@@ -48,17 +60,29 @@ async fn site(features: &[&str], lease: &str) -> Result<Site> {
     let bo = BackOffice::start(Backend::Sqlite).await?;
     let fx = bo.fixture(features, 1).await?;
     let tmp = tempfile::tempdir()?;
-    let server = start_alone(
-        &bo,
-        &fx,
-        &tmp.path().join("lls"),
-        1,
-        &[
-            ("LEASE_DURATION", lease),
-            ("RUST_LOG", "info,http_kit=debug"),
-        ],
-    )
-    .await?;
+    let hostid = format!(
+        "string:lls-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let env: Vec<(String, String)> = [
+        ("HOSTID", hostid),
+        ("BACKOFFICE_URL", bo.url.clone()),
+        ("BACKOFFICE_TOKEN", fx.device_token.clone()),
+        (
+            "BACKOFFICE_PUBLIC_KEY",
+            bo.public_key_path().display().to_string(),
+        ),
+        ("RIGHTS_IDS", format!("{}:1", fx.activation_id)),
+        ("CAPABILITY_POLL_INTERVAL", "1s".into()),
+        ("BACKOFF_MAX", "500ms".into()),
+        ("LEASE_DURATION", lease.into()),
+        // Each answer logged, to see the returns.
+        ("RUST_LOG", "info,http_kit=debug".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let server = LicenseServer::start("lls", &tmp.path().join("lls"), free_port(), &env).await?;
     for feature in features {
         eventually(WAIT, "the seats from the back office", || async {
             let f: Value = reqwest::get(format!("{}/api/v1/features", server.url))
@@ -108,6 +132,12 @@ async fn run_holding(mut cmd: Command, site: &Site) -> Result<Vec<String>> {
         .spawn()
         .context("start the program")?;
     let mut stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let mut stderr = child.stderr.take().context("stderr")?;
+    let errors = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
     let mut lines = Vec::new();
     let held = tokio::time::timeout(Duration::from_secs(90), async {
         while let Some(line) = stdout.next_line().await? {
@@ -122,11 +152,10 @@ async fn run_holding(mut cmd: Command, site: &Site) -> Result<Vec<String>> {
     .await
     .context("the program did not get to `holding` in 90 s")??;
     if !held {
-        let out = child.wait_with_output().await?;
+        let status = child.wait().await?;
         anyhow::bail!(
-            "the program ended before `holding` ({}): {lines:?}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            "the program ended before `holding` ({status}): {lines:?}\n{}",
+            errors.await?
         );
     }
     let printed = leases_printed(&lines);
@@ -145,19 +174,18 @@ async fn run_holding(mut cmd: Command, site: &Site) -> Result<Vec<String>> {
         .context("stdin")?
         .write_all(b"return\n")
         .await?;
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .context("the program did not end in 30 s")??;
-    lines.extend(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned),
-    );
+    let status = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stdout.next_line().await? {
+            lines.push(line);
+        }
+        child.wait().await
+    })
+    .await
+    .context("the program did not end in 30 s")??;
     ensure!(
-        out.status.success(),
-        "the program failed ({}): {lines:?}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        status.success(),
+        "the program failed ({status}): {lines:?}\n{}",
+        errors.await?
     );
     for (feature, id) in &printed {
         ensure!(
