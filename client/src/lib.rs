@@ -30,7 +30,7 @@
 //!
 //! `examples/checkout.rs` is the whole cycle as a program: check out, renew in the
 //! background, verify the grant, return (`cargo run -p licensing-client --example
-//! checkout -- --help`). Programs in C, C++, Python and other languages use the same
+//! checkout -- SERVERS PRODUCER_KEY_PEM FEATURE`). Programs in C, C++, Python and other languages use the same
 //! library through its C ABI (the `licensing-client-ffi` crate, `liblicensing`).
 //!
 //! A lease received some other way (from another process, say) is checked with
