@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use licensing_client::describe_error;
 use shared::ErrorBody;
-use shared::client::describe_error;
 use shared::lease::{FeatureInfo, LeaseInfo};
 
 use crate::service::fmt_time;
@@ -46,7 +46,7 @@ impl Remote {
             Some(path) => {
                 let pem = std::fs::read(path)
                     .with_context(|| format!("--ca `{}` cannot be read", path.display()))?;
-                shared::client::ca_certificates(&pem)
+                licensing_client::ca_certificates(&pem)
                     .map_err(|e| anyhow::anyhow!("--ca `{}`: {e}", path.display()))?
             }
             None => Vec::new(),

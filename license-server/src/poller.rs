@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use licensing_client::describe_error;
 use shared::capability::{
     CapabilityClaims, CapabilityRequest, CapabilityResponse, RightsRequest, Role,
 };
-use shared::client::describe_error;
 use shared::secret::Secret;
 use shared::{ErrorBody, ErrorCode, HostId};
 use tokio::sync::watch;

@@ -64,7 +64,7 @@ fn ca_certificates(settings: &Settings) -> anyhow::Result<Vec<reqwest::Certifica
     };
     let pem = std::fs::read(path)
         .with_context(|| format!("BACKOFFICE_CA `{}` cannot be read", path.display()))?;
-    shared::client::ca_certificates(&pem)
+    licensing_client::ca_certificates(&pem)
         .map_err(|e| anyhow::anyhow!("BACKOFFICE_CA `{}`: {e}", path.display()))
 }
 

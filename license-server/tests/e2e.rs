@@ -14,9 +14,9 @@ mod trust;
 use std::time::Duration;
 
 use common::*;
+use licensing_client::Client;
 use serde_json::{Value, json};
 use shared::capability::Role;
-use shared::client::Client;
 
 const T: Duration = Duration::from_secs(15);
 

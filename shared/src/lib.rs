@@ -2,7 +2,8 @@
 //!
 //! Nothing here knows about HTTP frameworks or SQL: the protocol (hostids, capability
 //! requests and signed responses, leases), the error codes of the contract, signing and
-//! verification, and — behind the `client` feature — the client library.
+//! verification. The client library producers link is a crate of its own,
+//! `licensing-client` (`client/`), built on these types.
 
 pub mod capability;
 pub mod duration;
@@ -12,9 +13,6 @@ pub mod hostid;
 pub mod lease;
 pub mod secret;
 pub mod signing;
-
-#[cfg(feature = "client")]
-pub mod client;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use hostid::{HostId, HostIdType};

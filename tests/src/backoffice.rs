@@ -83,7 +83,7 @@ impl Builder {
         let mut http = reqwest::Client::builder().timeout(Duration::from_secs(30));
         if let Some(ca) = &self.ca {
             let pem = std::fs::read(ca)?;
-            http = http.tls_certs_merge(shared::client::ca_certificates(&pem)?);
+            http = http.tls_certs_merge(licensing_client::ca_certificates(&pem)?);
         }
         let mut bo = BackOffice {
             runner: Runner::Stopped,

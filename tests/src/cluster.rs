@@ -83,8 +83,8 @@ impl ClusterSetup {
     }
 
     /// A client of the cluster that knows member `first` (it learns the others).
-    pub fn client(&self, first: &str) -> Result<shared::client::Client> {
-        Ok(shared::client::Client::new(first, self.producer.clone())?)
+    pub fn client(&self, first: &str) -> Result<licensing_client::Client> {
+        Ok(licensing_client::Client::new(first, self.producer.clone())?)
     }
 
     pub fn url(&self, i: usize) -> String {

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use licensing_client::{Client, ClientError};
 use serde_json::Value;
 use shared::ErrorCode;
-use shared::client::{Client, ClientError};
 use shared::lease::Lease;
 use tests::cluster::{ClusterSetup, cluster_of, wait_cluster};
 use tests::{BackOffice, Backend, Fixture, LicenseServer, free_port};
@@ -433,8 +433,25 @@ async fn two_members_down_is_not_operational_and_restarts_in_every_order_end_ope
         .checkout_lease(&tests::checkout_request(FEATURE, "kept"))
         .await?;
 
-    // Two down: the last one says not_operational, grants nothing, keeps the lease.
+    // Two down: the last one says not_operational, grants nothing, keeps the lease. An
+    // acknowledged lease is on a majority at once; the third member applies it once it
+    // learns it was committed (the leader's next message), so that one is waited for.
     let last = (first + 1) % 3;
+    let id = lease.lease_id.to_string();
+    let applied = Instant::now();
+    tests::eventually(WAIT, "the lease applied on every member", || async {
+        for m in &members {
+            if !ids(&m.leases(FEATURE).await.ok()?).contains(&id) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    eprintln!(
+        "the lease was on every member {:?} after its grant",
+        applied.elapsed()
+    );
     for i in (0..3).filter(|i| *i != last) {
         members[i].kill9();
     }

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use licensing_client::{Client, ClientError};
 use serde_json::Value;
 use shared::ErrorCode;
-use shared::client::{Client, ClientError};
 use shared::lease::{CheckoutRequest, Lease};
 use tests::{BackOffice, Backend, Fixture, PairSetup, Proxy, binary, eventually, wait_paired};
 use uuid::Uuid;

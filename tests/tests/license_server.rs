@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use licensing_client::Client;
 use serde_json::{Value, json};
 use shared::ErrorCode;
-use shared::client::Client;
 use shared::lease::CheckoutRequest;
 use tests::tls::TestCa;
 use tests::{BackOffice, Backend, LicenseServer, backends, eventually};

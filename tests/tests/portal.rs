@@ -603,7 +603,7 @@ async fn portal_in_a_real_browser() -> Result<()> {
 /// the back office) through a failover and back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn view_server_follows_a_real_pair_through_failover() -> Result<()> {
-    use shared::client::Client;
+    use licensing_client::Client;
     use shared::lease::CheckoutRequest;
     use std::time::Duration;
     use tests::{PairSetup, eventually, wait_paired};

@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shared::client::{Client, ClientError};
+use licensing_client::{Client, ClientError};
 use shared::lease::{CheckoutRequest, Lease};
 use shared::signing::Verifier;
 use uuid::Uuid;
 
-/// A command-line client of the license server (built on the `shared` client library).
+/// A command-line client of the license server (built on the `licensing-client` library).
 #[derive(Debug, Parser)]
 #[command(name = "license-client", version = env!("BUILD_VERSION"), propagate_version = true)]
 struct Cli {

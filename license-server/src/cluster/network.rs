@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use licensing_client::describe_error;
 use openraft::AnyError;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -24,7 +25,6 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::ErrorBody;
-use shared::client::describe_error;
 use shared::secret::Secret;
 
 use super::health::Health;

@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
+use licensing_client::describe_error;
 use serde::{Deserialize, Serialize};
 use shared::ErrorBody;
-use shared::client::describe_error;
 use uuid::Uuid;
 
 use super::pair::Position;

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use licensing_client::{Client, ClientError};
 use serde_json::Value;
-use shared::client::{Client, ClientError};
 
 use crate::T;
 use crate::common::tls::TestCa;
@@ -24,7 +24,7 @@ fn https(ca: &Path) -> reqwest::Client {
     let pem = std::fs::read(ca).unwrap();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
-        .tls_certs_merge(shared::client::ca_certificates(&pem).unwrap())
+        .tls_certs_merge(licensing_client::ca_certificates(&pem).unwrap())
         .build()
         .unwrap()
 }

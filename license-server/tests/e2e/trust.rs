@@ -8,9 +8,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use licensing_client::{Client, ClientError};
 use serde_json::{Value, json};
 use shared::capability::{CapabilityClaims, ISSUER, PairInfo, Role};
-use shared::client::{Client, ClientError};
 use shared::grant::{BindingClaims, Expected, GrantClaims, verify_grant};
 use shared::signing::Signer;
 use shared::{HostId, now_unix};

@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use shared::client::Client;
+use licensing_client::Client;
 use shared::lease::CheckoutRequest;
 use tests::cluster::{ClusterSetup, wait_cluster};
 use tests::{BackOffice, Backend, LicenseServer, PairSetup, wait_paired};

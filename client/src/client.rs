@@ -1,81 +1,6 @@
-//! The client library (feature `client`): check licenses out of a license server, verify
-//! every grant against the producer's key, renew them in the background, return them on
-//! drop.
-//!
-//! A client is built with the producer's public key (the back office's
-//! `signing-key.pub.pem`, shipped with the application): every lease a server grants or
-//! renews carries a grant signed by that server and the back office's binding of the
-//! server's key, and the client checks the whole chain offline ([`crate::grant`]) before
-//! it accepts the lease. A program that merely answers `POST /api/v1/leases` cannot make
-//! a grant that verifies; the client refuses it with [`ClientError::Untrusted`].
-//!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use shared::client::{Client, ClientError};
-//! use shared::signing::Verifier;
-//!
-//! let producer = Verifier::from_public_pem(&std::fs::read_to_string("producer.pub.pem")?)?;
-//! let client = Client::new("http://127.0.0.1:7070", producer)?;
-//! match client.checkout("cad", 1).await {
-//!     // Verified: signed by a server the back office bound, for this client and feature.
-//!     Ok(guard) => {
-//!         println!("lease {} until {}", guard.lease().lease_id, guard.lease().expires_at);
-//!         guard.release().await?; // or just drop it; renewals are verified too
-//!     }
-//!     Err(ClientError::Untrusted { server, reason }) => {
-//!         eprintln!("{server} is not a license server of this producer: {reason}");
-//!     }
-//!     Err(e) => eprintln!("no license: {e}"),
-//! }
-//! # Ok(()) }
-//! ```
-//!
-//! A lease received some other way (from another process, say) is checked with
-//! [`crate::grant::verify_grant`] and the same key:
-//!
-//! ```no_run
-//! # fn demo(lease: &shared::lease::Lease, producer: &shared::signing::Verifier) {
-//! use shared::grant::{Expected, verify_grant};
-//! let asked = Expected {
-//!     client_id: &lease.client_id,
-//!     lease_id: Some(lease.lease_id),
-//!     feature: "cad",
-//!     version: None,
-//!     count: 1,
-//! };
-//! let verified = verify_grant(producer, &lease.grant, &lease.binding, &asked, shared::now_unix(), 60)
-//!     .expect("a grant of a server the producer bound");
-//! println!("granted by {} until {}", verified.grant.iss, verified.grant.exp);
-//! # }
-//! ```
-//!
-//! A client knows an ordered list of servers. Requests go to the first that answers; a
-//! server that does not answer sends the client to the next; `NOT_SERVING` moves the
-//! client to the server named in `serving_url`; the backup URL a main hands out with each
-//! verified lease (`backup_uri`) is added to the list. A member of a three-member cluster
-//! hands out every member's URL (`members`, with a verified lease): they are added too,
-//! and a member that answers `UNAVAILABLE` (cut off from the others) sends the client on
-//! to the next, so a client finds the serving member by itself after a loss. A member's
-//! grants verify like any server's: signed by that member's key, bound by the producer.
-//!
-//! Each client sends a random secret of its own with its checkouts
-//! ([`crate::lease::CheckoutRequest::client_secret`]): a second checkout of a feature by
-//! the same client gets its lease back, while another program naming the same client ID
-//! is granted a lease of its own and never sees this client's lease token.
-//!
-//! `https://` servers are verified against the system's trusted roots; a server whose
-//! certificate comes from a private CA needs that CA's certificate:
-//!
-//! ```no_run
-//! # async fn demo(producer: shared::signing::Verifier) -> Result<(), shared::client::ClientError> {
-//! let pem = std::fs::read("/etc/licensing/ca.pem").expect("the CA bundle");
-//! let client = shared::client::Client::builder(producer)
-//!     .server("https://lls-main.example:7070")
-//!     .server("https://lls-backup.example:7070")
-//!     .ca_pem(&pem)?
-//!     .build()?;
-//! # Ok(()) }
-//! ```
+//! The client: servers in order of preference, checkouts whose grants are verified with
+//! the producer's key, renewals and returns, and the guard that renews a lease in the
+//! background and returns it when dropped.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,20 +9,26 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use crate::grant::{Expected, verify_grant};
-use crate::lease::{CheckoutRequest, ClientSecret, FeatureInfo, Lease};
-use crate::signing::Verifier;
-use crate::{ErrorBody, ErrorCode};
+use shared::grant::{Expected, verify_grant};
+use shared::lease::{CheckoutRequest, ClientSecret, FeatureInfo, Lease};
+use shared::signing::Verifier;
+use shared::{ErrorBody, ErrorCode};
 
 /// How far the client's clock may differ from the servers' and the back office's when a
 /// grant's times are checked, by default.
 pub const DEFAULT_CLOCK_LEEWAY: Duration = Duration::from_secs(60);
 
+/// Why a request to the license servers gave no (trusted) answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    /// The server answered with a contract error.
+    /// The server answered with a contract error (`NO_LICENSE_AVAILABLE`, …).
     #[error("{body} (HTTP {status})")]
-    Api { status: u16, body: ErrorBody },
+    Api {
+        /// The HTTP status of the answer.
+        status: u16,
+        /// The contract's error: its code, a message for a person and the details.
+        body: ErrorBody,
+    },
     /// No server could be reached.
     #[error("no license server answered: {0}")]
     Transport(String),
@@ -108,7 +39,12 @@ pub enum ClientError {
     /// license server the back office bound (a fake server, or one whose binding is
     /// missing or expired). The lease is not used.
     #[error("refused the lease from {server}: {reason}")]
-    Untrusted { server: String, reason: String },
+    Untrusted {
+        /// The URL of the server that sent the lease.
+        server: String,
+        /// What did not verify.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -120,6 +56,7 @@ impl ClientError {
         }
     }
 
+    /// The contract error's body (code, message, details), for API errors.
     pub fn body(&self) -> Option<&ErrorBody> {
         match self {
             ClientError::Api { body, .. } => Some(body),
@@ -257,6 +194,8 @@ impl ClientBuilder {
         self
     }
 
+    /// The client; fails when no server is named, a URL is not `http://` or `https://`,
+    /// or the HTTP client cannot be made.
     pub fn build(self) -> Result<Client, ClientError> {
         let mut servers = Vec::new();
         for u in &self.servers {
@@ -341,6 +280,7 @@ impl Client {
         }
     }
 
+    /// This client's identity, sent with every checkout.
     pub fn client_id(&self) -> &str {
         &self.inner.client_id
     }
@@ -681,7 +621,7 @@ impl Client {
             &lease.grant,
             &lease.binding,
             &expected,
-            crate::now_unix(),
+            shared::now_unix(),
             self.inner.leeway,
         )
         .map_err(|e| untrusted(e.to_string()))?;
@@ -889,7 +829,7 @@ mod tests {
     }
 
     fn producer() -> Verifier {
-        Verifier::from_key(&crate::signing::Signer::generate().verifying_key())
+        Verifier::from_key(&shared::signing::Signer::generate().verifying_key())
     }
 
     #[test]
@@ -970,14 +910,14 @@ mod tests {
     }
 
     /// A lease granted by a server the producer bound, signed by `server_key`.
-    fn granted(producer: &crate::signing::Signer, server_key: &crate::signing::Signer) -> Lease {
-        use crate::grant::{BindingClaims, GrantClaims};
-        let now = crate::now_unix();
+    fn granted(producer: &shared::signing::Signer, server_key: &shared::signing::Signer) -> Lease {
+        use shared::grant::{BindingClaims, GrantClaims};
+        let now = shared::now_unix();
         let mut l = lease(now + 300, now + 150);
         l.client_id = "me".into();
         l.lease_id = Uuid::new_v4();
         l.binding = BindingClaims {
-            iss: crate::capability::ISSUER.into(),
+            iss: shared::capability::ISSUER.into(),
             sub: "string:lls-1".into(),
             key: server_key.public_key(),
             pair: None,
@@ -1001,8 +941,8 @@ mod tests {
 
     #[test]
     fn only_leases_whose_grant_verifies_with_the_producer_key_are_accepted() {
-        let producer = crate::signing::Signer::generate();
-        let server = crate::signing::Signer::generate();
+        let producer = shared::signing::Signer::generate();
+        let server = shared::signing::Signer::generate();
         let c = Client::new("http://a:1", Verifier::from_key(&producer.verifying_key()))
             .unwrap()
             .with_client_id("me");
@@ -1017,7 +957,7 @@ mod tests {
         assert!(c.verified(good.clone(), "http://a:1", asked(&good)).is_ok());
 
         // Signed by a server whose key another key bound (a fake server's own "producer").
-        let rogue = granted(&crate::signing::Signer::generate(), &server);
+        let rogue = granted(&shared::signing::Signer::generate(), &server);
         // No grant at all.
         let unsigned = lease(good.expires_at, good.renew_after);
         // The plain fields say more than the grant signs.
