@@ -366,48 +366,47 @@ pub fn create_user(
     Ok(user)
 }
 
-pub fn list_users(conn: &mut DbConn, account_id: &str) -> AppResult<Vec<User>> {
-    let rows: Vec<(String, String, String, i64)> = users::table
-        .filter(users::account_id.eq(account_id))
-        .select((
-            users::id,
-            users::account_id,
-            users::email,
-            users::created_at,
-        ))
-        .order(users::email)
-        .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, account_id, email, created_at)| User {
-            id,
-            account_id,
-            email,
-            created_at,
-        })
-        .collect())
-}
+/// A user's columns, as [`to_user`] reads them.
+const USER: (
+    users::id,
+    users::account_id,
+    users::email,
+    users::created_at,
+) = (
+    users::id,
+    users::account_id,
+    users::email,
+    users::created_at,
+);
 
-/// One of the account's users, or `NOT_FOUND` (another account's user is not found).
-fn account_user(conn: &mut DbConn, account_id: &str, user_id: &str) -> AppResult<User> {
-    let (id, account_id, email, created_at) = users::table
-        .filter(users::id.eq(user_id))
-        .filter(users::account_id.eq(account_id))
-        .select((
-            users::id,
-            users::account_id,
-            users::email,
-            users::created_at,
-        ))
-        .first::<(String, String, String, i64)>(conn)
-        .optional()?
-        .ok_or_else(|| AppError::not_found("user"))?;
-    Ok(User {
+fn to_user((id, account_id, email, created_at): (String, String, String, i64)) -> User {
+    User {
         id,
         account_id,
         email,
         created_at,
-    })
+    }
+}
+
+pub fn list_users(conn: &mut DbConn, account_id: &str) -> AppResult<Vec<User>> {
+    let rows: Vec<(String, String, String, i64)> = users::table
+        .filter(users::account_id.eq(account_id))
+        .select(USER)
+        .order(users::email)
+        .load(conn)?;
+    Ok(rows.into_iter().map(to_user).collect())
+}
+
+/// One of the account's users, or `NOT_FOUND` (another account's user is not found).
+fn account_user(conn: &mut DbConn, account_id: &str, user_id: &str) -> AppResult<User> {
+    users::table
+        .filter(users::id.eq(user_id))
+        .filter(users::account_id.eq(account_id))
+        .select(USER)
+        .first(conn)
+        .optional()?
+        .map(to_user)
+        .ok_or_else(|| AppError::not_found("user"))
 }
 
 /// Changes an account user's e-mail address (validated and normalised here). The user's
