@@ -83,6 +83,8 @@ enum LicensingStatus
   LICENSING_STATUS_UNAVAILABLE = 123,
   // `INTERNAL_ERROR`: the server failed.
   LICENSING_STATUS_INTERNAL_ERROR = 124,
+  // `IN_USE`: the object is held by something else (a producer's change refused).
+  LICENSING_STATUS_IN_USE = 125,
   // A contract code this version of the library does not know (a newer server).
   LICENSING_STATUS_UNKNOWN_SERVER_ERROR = 199,
 };

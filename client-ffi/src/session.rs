@@ -81,6 +81,8 @@ pub enum LicensingStatus {
     Unavailable = 123,
     /// `INTERNAL_ERROR`: the server failed.
     InternalError = 124,
+    /// `IN_USE`: the object is held by something else (a producer's change refused).
+    InUse = 125,
     /// A contract code this version of the library does not know (a newer server).
     UnknownServerError = 199,
 }
@@ -115,6 +117,7 @@ impl LicensingStatus {
             ErrorCode::TooManyRequests => S::TooManyRequests,
             ErrorCode::Unavailable => S::Unavailable,
             ErrorCode::InternalError => S::InternalError,
+            ErrorCode::InUse => S::InUse,
             ErrorCode::Unknown => S::UnknownServerError,
         }
     }

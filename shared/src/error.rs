@@ -50,6 +50,10 @@ error_codes! {
     UnknownRightsId = "UNKNOWN_RIGHTS_ID", 400;
     InsufficientQuantity = "INSUFFICIENT_QUANTITY", 409;
     PairHasActiveRights = "PAIR_HAS_ACTIVE_RIGHTS", 409;
+    /// The object is held by something else (mapped to servers, part of an entitlement,
+    /// an account with servers) and cannot be changed or deleted that way; the message
+    /// names what holds it.
+    InUse = "IN_USE", 409;
     ClockSkew = "CLOCK_SKEW", 400;
     ReplayedRequest = "REPLAYED_REQUEST", 409;
     NoLicenseAvailable = "NO_LICENSE_AVAILABLE", 409;

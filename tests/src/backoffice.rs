@@ -552,6 +552,10 @@ impl Api {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
+    pub async fn patch(&self, path: &str, body: Value) -> Result<Reply> {
+        self.send(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Reply> {
         self.send(reqwest::Method::DELETE, path, None).await
     }

@@ -1715,9 +1715,21 @@ async fn a_full_disk_gives_the_same_code_on_every_write_route() {
         ),
         (
             &fx.admin,
+            reqwest::Method::PATCH,
+            format!("/api/v1/products/{}", fx.product_id),
+            Some(json!({"name": "Renamed on a full disk"})),
+        ),
+        (
+            &fx.admin,
             reqwest::Method::POST,
             "/api/v1/accounts".into(),
             Some(json!({"name": "Full Ltd"})),
+        ),
+        (
+            &fx.admin,
+            reqwest::Method::PATCH,
+            format!("/api/v1/accounts/{acc}"),
+            Some(json!({"name": "Renamed Ltd"})),
         ),
         (
             &fx.admin,

@@ -82,8 +82,11 @@ fn meaning(code: ErrorCode) -> &'static str {
         HostidInUse => "the hostid cannot be registered to this account",
         RoleConflict => "the server is registered in another role",
         UnknownRightsId => "no line item of this account has that activation ID",
-        InsufficientQuantity => "not that many seats are unmapped",
+        InsufficientQuantity => {
+            "not that many seats are unmapped, or a quantity below what is mapped"
+        }
         PairHasActiveRights => "the pair's seats are in use",
+        InUse => "something holds it (servers, an entitlement); the message names what",
         ClockSkew => "the sender's clock is too far off",
         ReplayedRequest => "this request ID was seen before",
         TooManyRequests => {
@@ -195,6 +198,9 @@ fn example_message(code: ErrorCode) -> &'static str {
         UnknownRightsId => "no line item of this account has activation ID ACT-NOPE",
         InsufficientQuantity => "ACT-7K3M-Q9ZD-2WXR-H4TN: 2 of 10 are unmapped; cannot map 5",
         PairHasActiveRights => "3 seats of this pair's rights are in use",
+        InUse => {
+            "line item ACT-7K3M-Q9ZD-2WXR-H4TN is mapped to string:lls-a (4 seats); unmap it first"
+        }
         ClockSkew => "the server's clock is 3600 s off the back office's",
         ReplayedRequest => "this request ID was seen before; send each request with a new ID",
         TooManyRequests => {
@@ -253,6 +259,10 @@ errors! {
     AdminCreate: ValidationError, Unauthorized, Forbidden, NotFound, AlreadyExists, TooManyRequests, Unavailable;
     /// An administrator revoking.
     AdminDelete: ValidationError, Unauthorized, Forbidden, NotFound, Unavailable;
+    /// An administrator changing an object.
+    AdminUpdate: ValidationError, Unauthorized, Forbidden, NotFound, AlreadyExists, InsufficientQuantity, InUse, Unavailable;
+    /// An administrator deleting an object that something may still hold.
+    AdminRemove: ValidationError, Unauthorized, Forbidden, NotFound, InUse, Unavailable;
     /// An account user reading.
     UserRead: Unauthorized, Forbidden, Unavailable;
     /// An account user reading one object.

@@ -1,7 +1,8 @@
 //! The producer API (administrators): products, accounts, users, entitlements, device
-//! tokens.
+//! tokens; creating, reading, changing (PATCH) and deleting them under the rules of
+//! `crate::domain::catalog`.
 
-use actix_web::{HttpResponse, delete, get, post, web};
+use actix_web::{HttpResponse, delete, get, patch, post, web};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -10,9 +11,10 @@ use super::doc;
 use crate::access;
 use crate::error::AppResult;
 use crate::state::{State, run};
-use crate::store::auth::User;
+use crate::store::auth::{self, User};
 use crate::store::catalog::{
-    self, Account, Entitlement, Feature, FeatureSpec, LineItemSpec, Product,
+    self, Account, Entitlement, Feature, FeatureSpec, LineItem, LineItemChange, LineItemSpec,
+    Product,
 };
 use crate::store::registry::{self, ServerSummary};
 use crate::store::tokens::{self, DeviceToken, IssuedToken};
@@ -355,6 +357,342 @@ pub async fn revoke_token(
     let (id, token_id) = path.into_inner();
     run(&state, move |c| {
         tokens::revoke_device_token(c, &id, &token_id)
+    })
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// A change of a product or a feature; fields left out stay.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NameVersionChange {
+    #[serde(default)]
+    #[schema(example = "CAD Suite Pro")]
+    name: Option<String>,
+    #[serde(default)]
+    #[schema(example = "2027")]
+    version: Option<String>,
+}
+
+/// Renames a product or changes its version.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Product ID")),
+    request_body = NameVersionChange,
+    responses((status = 200, description = "The product as it is now", body = Product), doc::AdminUpdate)
+)]
+#[patch("/api/v1/products/{id}")]
+pub async fn update_product(
+    _: Admin,
+    state: State,
+    id: web::Path<String>,
+    body: web::Json<NameVersionChange>,
+) -> AppResult<web::Json<Product>> {
+    let (id, b) = (id.into_inner(), body.into_inner());
+    let p = run(&state, move |c| {
+        catalog::update_product(c, &id, b.name.as_deref(), b.version.as_deref())
+    })
+    .await?;
+    Ok(web::Json(p))
+}
+
+/// Deletes a product with its features; refused with `IN_USE` while line items name it.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Product ID")),
+    responses((status = 204, description = "Deleted"), doc::AdminRemove)
+)]
+#[delete("/api/v1/products/{id}")]
+pub async fn delete_product(
+    _: Admin,
+    state: State,
+    id: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    let id = id.into_inner();
+    run(&state, move |c| catalog::delete_product(c, &id)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Renames a feature or changes its version; refused with `IN_USE` once line items name
+/// its product (servers' signed rights carry the name and version).
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(
+        ("id" = String, Path, description = "Product ID"),
+        ("feature_id" = String, Path, description = "Feature ID"),
+    ),
+    request_body = NameVersionChange,
+    responses((status = 200, description = "The feature as it is now", body = Feature), doc::AdminUpdate)
+)]
+#[patch("/api/v1/products/{id}/features/{feature_id}")]
+pub async fn update_feature(
+    _: Admin,
+    state: State,
+    path: web::Path<(String, String)>,
+    body: web::Json<NameVersionChange>,
+) -> AppResult<web::Json<Feature>> {
+    let ((id, feature_id), b) = (path.into_inner(), body.into_inner());
+    let f = run(&state, move |c| {
+        catalog::update_feature(c, &id, &feature_id, b.name.as_deref(), b.version.as_deref())
+    })
+    .await?;
+    Ok(web::Json(f))
+}
+
+/// Deletes a feature; refused with `IN_USE` while line items name its product.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(
+        ("id" = String, Path, description = "Product ID"),
+        ("feature_id" = String, Path, description = "Feature ID"),
+    ),
+    responses((status = 204, description = "Deleted"), doc::AdminRemove)
+)]
+#[delete("/api/v1/products/{id}/features/{feature_id}")]
+pub async fn delete_feature(
+    _: Admin,
+    state: State,
+    path: web::Path<(String, String)>,
+) -> AppResult<HttpResponse> {
+    let (id, feature_id) = path.into_inner();
+    run(&state, move |c| {
+        catalog::delete_feature(c, &id, &feature_id)
+    })
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Renames a customer account.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Account ID")),
+    request_body = NewAccount,
+    responses((status = 200, description = "The account as it is now", body = Account), doc::AdminUpdate)
+)]
+#[patch("/api/v1/accounts/{id}")]
+pub async fn update_account(
+    _: Admin,
+    state: State,
+    id: web::Path<String>,
+    body: web::Json<NewAccount>,
+) -> AppResult<web::Json<Account>> {
+    let (id, name) = (id.into_inner(), body.into_inner().name);
+    let a = run(&state, move |c| catalog::update_account(c, &id, &name)).await?;
+    Ok(web::Json(a))
+}
+
+/// Deletes a customer account with its users, device tokens and entitlements; refused with
+/// `IN_USE` while license servers are registered to it.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Account ID")),
+    responses((status = 204, description = "Deleted"), doc::AdminRemove)
+)]
+#[delete("/api/v1/accounts/{id}")]
+pub async fn delete_account(
+    _: Admin,
+    state: State,
+    id: web::Path<String>,
+) -> AppResult<HttpResponse> {
+    let id = id.into_inner();
+    run(&state, move |c| catalog::delete_account(c, &id)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserChange {
+    #[schema(example = "ops@customer.example")]
+    email: String,
+}
+
+/// Changes an account user's e-mail address.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(
+        ("id" = String, Path, description = "Account ID"),
+        ("user_id" = String, Path, description = "User ID"),
+    ),
+    request_body = UserChange,
+    responses((status = 200, description = "The user as it is now", body = User), doc::AdminUpdate)
+)]
+#[patch("/api/v1/accounts/{id}/users/{user_id}")]
+pub async fn update_user(
+    _: Admin,
+    state: State,
+    path: web::Path<(String, String)>,
+    body: web::Json<UserChange>,
+) -> AppResult<web::Json<User>> {
+    let ((id, user_id), email) = (path.into_inner(), body.into_inner().email);
+    let u = run(&state, move |c| {
+        auth::update_user_email(c, &id, &user_id, &email)
+    })
+    .await?;
+    Ok(web::Json(u))
+}
+
+/// Deletes an account user and ends its sessions.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(
+        ("id" = String, Path, description = "Account ID"),
+        ("user_id" = String, Path, description = "User ID"),
+    ),
+    responses((status = 204, description = "Deleted"), doc::AdminDelete)
+)]
+#[delete("/api/v1/accounts/{id}/users/{user_id}")]
+pub async fn delete_user(
+    _: Admin,
+    state: State,
+    path: web::Path<(String, String)>,
+) -> AppResult<HttpResponse> {
+    let (id, user_id) = path.into_inner();
+    run(&state, move |c| auth::delete_user(c, &id, &user_id)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EntitlementChange {
+    #[schema(example = "Order 4711 (renewed)")]
+    name: String,
+}
+
+/// Renames an entitlement.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(
+        ("id" = String, Path, description = "Account ID"),
+        ("entitlement_id" = String, Path, description = "Entitlement ID"),
+    ),
+    request_body = EntitlementChange,
+    responses((status = 200, description = "The entitlement as it is now", body = Entitlement), doc::AdminUpdate)
+)]
+#[patch("/api/v1/accounts/{id}/entitlements/{entitlement_id}")]
+pub async fn update_entitlement(
+    _: Admin,
+    state: State,
+    path: web::Path<(String, String)>,
+    body: web::Json<EntitlementChange>,
+) -> AppResult<web::Json<Entitlement>> {
+    let ((id, eid), name) = (path.into_inner(), body.into_inner().name);
+    let e = run(&state, move |c| {
+        catalog::update_entitlement(c, &id, &eid, &name)
+    })
+    .await?;
+    Ok(web::Json(e))
+}
+
+/// Deletes an entitlement with its line items; refused with `IN_USE` while any of them is
+/// mapped to a server.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(
+        ("id" = String, Path, description = "Account ID"),
+        ("entitlement_id" = String, Path, description = "Entitlement ID"),
+    ),
+    responses((status = 204, description = "Deleted"), doc::AdminRemove)
+)]
+#[delete("/api/v1/accounts/{id}/entitlements/{entitlement_id}")]
+pub async fn delete_entitlement(
+    _: Admin,
+    state: State,
+    path: web::Path<(String, String)>,
+) -> AppResult<HttpResponse> {
+    let (id, eid) = path.into_inner();
+    run(&state, move |c| catalog::delete_entitlement(c, &id, &eid)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// A change of a line item; fields left out stay. Times are Unix seconds.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineItemPatch {
+    /// Seats, 1 to 1,000,000, and not below what is mapped to servers.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_000_000, example = 12)]
+    quantity: Option<i64>,
+    /// When the rights start (Unix time, seconds).
+    #[serde(default)]
+    #[schema(format = Int64, minimum = 0, maximum = 253_402_300_799_i64, example = 1798366799)]
+    starts_at: Option<i64>,
+    /// When they end (Unix time, seconds); `null` makes them permanent.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, format = Int64, minimum = 0, maximum = 253_402_300_799_i64, example = 1829902799)]
+    expires_at: Option<Option<i64>>,
+}
+
+/// A field that is present, even as `null` (absent stays `None` by `default`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// Changes a line item's quantity or period. A quantity below what is mapped to servers is
+/// refused with `INSUFFICIENT_QUANTITY` (mapped and asked); servers get the new period at
+/// their next poll.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(
+        ("id" = String, Path, description = "Account ID"),
+        ("entitlement_id" = String, Path, description = "Entitlement ID"),
+        ("line_item_id" = String, Path, description = "Line item ID"),
+    ),
+    request_body = LineItemPatch,
+    responses((status = 200, description = "The line item as it is now", body = LineItem), doc::AdminUpdate)
+)]
+#[patch("/api/v1/accounts/{id}/entitlements/{entitlement_id}/line-items/{line_item_id}")]
+pub async fn update_line_item(
+    _: Admin,
+    state: State,
+    path: web::Path<(String, String, String)>,
+    body: web::Json<LineItemPatch>,
+) -> AppResult<web::Json<LineItem>> {
+    let ((id, eid, lid), b) = (path.into_inner(), body.into_inner());
+    let change = LineItemChange {
+        quantity: b.quantity,
+        starts_at: b.starts_at,
+        expires_at: b.expires_at,
+    };
+    let i = run(&state, move |c| {
+        catalog::update_line_item(c, &id, &eid, &lid, &change)
+    })
+    .await?;
+    Ok(web::Json(i))
+}
+
+/// Deletes a line item; refused with `IN_USE` while it is mapped to a server.
+#[utoipa::path(
+    tag = "producer",
+    security(("session" = [])),
+    params(
+        ("id" = String, Path, description = "Account ID"),
+        ("entitlement_id" = String, Path, description = "Entitlement ID"),
+        ("line_item_id" = String, Path, description = "Line item ID"),
+    ),
+    responses((status = 204, description = "Deleted"), doc::AdminRemove)
+)]
+#[delete("/api/v1/accounts/{id}/entitlements/{entitlement_id}/line-items/{line_item_id}")]
+pub async fn delete_line_item(
+    _: Admin,
+    state: State,
+    path: web::Path<(String, String, String)>,
+) -> AppResult<HttpResponse> {
+    let (id, eid, lid) = path.into_inner();
+    run(&state, move |c| {
+        catalog::delete_line_item(c, &id, &eid, &lid)
     })
     .await?;
     Ok(HttpResponse::NoContent().finish())

@@ -28,6 +28,12 @@ impl DomainError {
         }
     }
 
+    /// The same refusal, about `field`.
+    pub fn with_field(mut self, field: &str) -> Self {
+        self.field = Some(field.to_owned());
+        self
+    }
+
     pub fn code(&self) -> ErrorCode {
         self.code
     }

@@ -1,5 +1,6 @@
 //! Pure domain rules: no HTTP, no SQL.
 
+pub mod catalog;
 pub mod error;
 pub mod registry;
 pub mod status;

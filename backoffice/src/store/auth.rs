@@ -366,24 +366,97 @@ pub fn create_user(
     Ok(user)
 }
 
+/// A user's columns, as [`to_user`] reads them.
+const USER: (
+    users::id,
+    users::account_id,
+    users::email,
+    users::created_at,
+) = (
+    users::id,
+    users::account_id,
+    users::email,
+    users::created_at,
+);
+
+fn to_user((id, account_id, email, created_at): (String, String, String, i64)) -> User {
+    User {
+        id,
+        account_id,
+        email,
+        created_at,
+    }
+}
+
 pub fn list_users(conn: &mut DbConn, account_id: &str) -> AppResult<Vec<User>> {
     let rows: Vec<(String, String, String, i64)> = users::table
         .filter(users::account_id.eq(account_id))
-        .select((
-            users::id,
-            users::account_id,
-            users::email,
-            users::created_at,
-        ))
+        .select(USER)
         .order(users::email)
         .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, account_id, email, created_at)| User {
-            id,
-            account_id,
-            email,
-            created_at,
-        })
-        .collect())
+    Ok(rows.into_iter().map(to_user).collect())
+}
+
+/// One of the account's users, or `NOT_FOUND` (another account's user is not found).
+fn account_user(conn: &mut DbConn, account_id: &str, user_id: &str) -> AppResult<User> {
+    users::table
+        .filter(users::id.eq(user_id))
+        .filter(users::account_id.eq(account_id))
+        .select(USER)
+        .first(conn)
+        .optional()?
+        .map(to_user)
+        .ok_or_else(|| AppError::not_found("user"))
+}
+
+/// Changes an account user's e-mail address (validated and normalised here). The user's
+/// sessions go on: they are the same person.
+pub fn update_user_email(
+    conn: &mut DbConn,
+    account_id: &str,
+    user_id: &str,
+    email: &str,
+) -> AppResult<User> {
+    let email = crate::domain::validate::email(email)?;
+    conn.transaction::<_, AppError, _>(|c| {
+        let user = account_user(c, account_id, user_id)?;
+        if user.email == email {
+            return Ok(user);
+        }
+        if email_in_use(c, &email)? {
+            return Err(email_taken());
+        }
+        diesel::update(users::table.find(user_id))
+            .set(users::email.eq(&email))
+            .execute(c)
+            .map_err(|e| unique_or(e, email_taken))?;
+        Ok(User { email, ..user })
+    })
+}
+
+/// Deletes an account user and ends its sessions.
+pub fn delete_user(conn: &mut DbConn, account_id: &str, user_id: &str) -> AppResult<()> {
+    conn.transaction::<_, AppError, _>(|c| {
+        account_user(c, account_id, user_id)?;
+        diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id))).execute(c)?;
+        diesel::delete(users::table.find(user_id)).execute(c)?;
+        Ok(())
+    })
+}
+
+/// Deletes every user of an account and ends their sessions (the account being deleted).
+pub(super) fn delete_account_users(conn: &mut DbConn, account_id: &str) -> AppResult<()> {
+    let of_account = users::table
+        .filter(users::account_id.eq(account_id))
+        .select(users::id.nullable());
+    diesel::delete(
+        sessions::table.filter(
+            sessions::account_id
+                .eq(account_id)
+                .or(sessions::user_id.eq_any(of_account)),
+        ),
+    )
+    .execute(conn)?;
+    diesel::delete(users::table.filter(users::account_id.eq(account_id))).execute(conn)?;
+    Ok(())
 }

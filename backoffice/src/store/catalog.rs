@@ -4,9 +4,11 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{new_id, unique_or};
+use shared::ErrorCode;
+
+use super::{lock_account, new_id, unique_or};
 use crate::db::DbConn;
-use crate::domain::validate;
+use crate::domain::{catalog as rules, validate};
 use crate::error::{AppError, AppResult};
 use crate::schema::{accounts, entitlements, features, line_items, mappings, products, servers};
 
@@ -36,15 +38,16 @@ pub struct Product {
     pub features: Vec<Feature>,
 }
 
-fn feature_name(value: &str) -> AppResult<String> {
-    let v = validate::name("features.name", value)?;
+/// A feature name, as the input `field` (`features.name` in a product, `name` alone).
+fn feature_name(field: &str, value: &str) -> AppResult<String> {
+    let v = validate::name(field, value)?;
     if v.len() > 64
         || !v
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
     {
         return Err(AppError::validation(
-            "features.name",
+            field,
             "a feature name is 1 to 64 letters, digits, `_`, `-` or `.`",
         ));
     }
@@ -78,7 +81,7 @@ pub fn create_product(
     }
     let mut specs = Vec::with_capacity(feature_specs.len());
     for f in feature_specs {
-        let n = feature_name(&f.name)?;
+        let n = feature_name("features.name", &f.name)?;
         if specs.iter().any(|(m, _): &(String, String)| *m == n) {
             return Err(AppError::validation(
                 "features.name",
@@ -143,7 +146,7 @@ fn insert_feature(conn: &mut DbConn, product_id: &str, f: &Feature) -> AppResult
 pub fn add_feature(conn: &mut DbConn, product_id: &str, spec: &FeatureSpec) -> AppResult<Feature> {
     let f = Feature {
         id: new_id(),
-        name: feature_name(&spec.name)?,
+        name: feature_name("name", &spec.name)?,
         version: version("version", &spec.version)?,
     };
     let exists: i64 = products::table.find(product_id).count().get_result(conn)?;
@@ -521,6 +524,403 @@ pub fn list_entitlements(conn: &mut DbConn, account_id: &str) -> AppResult<Vec<E
             created_at,
         })
         .collect())
+}
+
+// Changing and deleting (the producer's rules: `crate::domain::catalog`).
+
+/// Maps a foreign-key violation (something came to hold the row while it was being
+/// deleted) to `on_held`, anything else as usual.
+fn held_or(e: diesel::result::Error, on_held: impl FnOnce() -> AppError) -> AppError {
+    use diesel::result::{DatabaseErrorKind, Error};
+    if matches!(
+        e,
+        Error::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, _)
+    ) {
+        on_held()
+    } else {
+        e.into()
+    }
+}
+
+/// Takes the product's row for the rest of the transaction, so no line item comes to name
+/// it meanwhile: PostgreSQL's `FOR UPDATE` waits for (and then keeps out) a line item being
+/// inserted for it; on SQLite a write takes the one writer's lock before anything is read.
+fn lock_product(c: &mut DbConn, id: &str) -> AppResult<()> {
+    let found = match c {
+        DbConn::Pg(c) => products::table
+            .find(id)
+            .select(products::id)
+            .for_update()
+            .first::<String>(c)
+            .optional()?
+            .is_some(),
+        DbConn::Sqlite(c) => {
+            diesel::update(products::table.find(id))
+                .set(products::created_at.eq(products::created_at))
+                .execute(c)?
+                == 1
+        }
+    };
+    if found {
+        Ok(())
+    } else {
+        Err(AppError::not_found("product"))
+    }
+}
+
+/// `IN_USE` if line items name the product: it (and its features) are part of what
+/// customers bought. Call with the product locked.
+fn check_product_unused(c: &mut DbConn, product_id: &str, what: &str, then: &str) -> AppResult<()> {
+    let naming = || line_items::table.filter(line_items::product_id.eq(product_id));
+    let total: i64 = naming().count().get_result(c)?;
+    if total == 0 {
+        return Ok(());
+    }
+    let first: Vec<String> = naming()
+        .select(line_items::activation_id)
+        .order(line_items::activation_id)
+        .limit(5)
+        .load(c)?;
+    let holders: Vec<String> = first
+        .into_iter()
+        .map(|a| format!("line item {a}"))
+        .collect();
+    Err(rules::in_use(
+        what,
+        &holders,
+        usize::try_from(total).unwrap_or(usize::MAX),
+        then,
+    )
+    .into())
+}
+
+/// Renames a product or changes its version; fields left out stay.
+pub fn update_product(
+    conn: &mut DbConn,
+    id: &str,
+    name: Option<&str>,
+    product_version: Option<&str>,
+) -> AppResult<Product> {
+    let name = name.map(|n| validate::name("name", n)).transpose()?;
+    let product_version = product_version.map(|v| version("version", v)).transpose()?;
+    conn.transaction::<_, AppError, _>(|c| {
+        let current = get_product(c, id)?;
+        diesel::update(products::table.find(id))
+            .set((
+                products::name.eq(name.unwrap_or(current.name)),
+                products::version.eq(product_version.unwrap_or(current.version)),
+            ))
+            .execute(c)
+            .map_err(|e| {
+                unique_or(e, || {
+                    AppError::already_exists("name", "a product of that name and version exists")
+                })
+            })?;
+        get_product(c, id)
+    })
+}
+
+/// Deletes a product and its features; refused (`IN_USE`) while line items name it.
+pub fn delete_product(conn: &mut DbConn, id: &str) -> AppResult<()> {
+    let held = || AppError::new(ErrorCode::InUse, "line items name this product");
+    conn.transaction::<_, AppError, _>(|c| {
+        lock_product(c, id)?;
+        check_product_unused(
+            c,
+            id,
+            "this product",
+            "delete those line items (or their entitlements) first",
+        )?;
+        diesel::delete(features::table.filter(features::product_id.eq(id))).execute(c)?;
+        diesel::delete(products::table.find(id))
+            .execute(c)
+            .map_err(|e| held_or(e, held))?;
+        Ok(())
+    })
+}
+
+/// One of the product's features, or `NOT_FOUND` (another product's feature is not found).
+fn product_feature(c: &mut DbConn, product_id: &str, feature_id: &str) -> AppResult<Feature> {
+    let (id, name, version) = features::table
+        .filter(features::id.eq(feature_id))
+        .filter(features::product_id.eq(product_id))
+        .select((features::id, features::name, features::version))
+        .first::<(String, String, String)>(c)
+        .optional()?
+        .ok_or_else(|| AppError::not_found("feature"))?;
+    Ok(Feature { id, name, version })
+}
+
+/// Renames a feature or changes its version; refused (`IN_USE`) once line items name its
+/// product, because the servers' signed rights carry the name and version.
+pub fn update_feature(
+    conn: &mut DbConn,
+    product_id: &str,
+    feature_id: &str,
+    name: Option<&str>,
+    feature_version: Option<&str>,
+) -> AppResult<Feature> {
+    let name = name.map(|n| feature_name("name", n)).transpose()?;
+    let feature_version = feature_version.map(|v| version("version", v)).transpose()?;
+    conn.transaction::<_, AppError, _>(|c| {
+        lock_product(c, product_id)?;
+        let current = product_feature(c, product_id, feature_id)?;
+        let next = Feature {
+            name: name.unwrap_or_else(|| current.name.clone()),
+            version: feature_version.unwrap_or_else(|| current.version.clone()),
+            id: current.id.clone(),
+        };
+        if next == current {
+            return Ok(current);
+        }
+        check_product_unused(
+            c,
+            product_id,
+            &format!("feature {}", current.name),
+            "customers' rights carry its name and version: add a new feature or product \
+             version instead",
+        )?;
+        diesel::update(features::table.find(feature_id))
+            .set((
+                features::name.eq(&next.name),
+                features::version.eq(&next.version),
+            ))
+            .execute(c)
+            .map_err(|e| {
+                unique_or(e, || {
+                    AppError::already_exists("name", "the product has a feature of that name")
+                })
+            })?;
+        Ok(next)
+    })
+}
+
+/// Deletes a feature; refused (`IN_USE`) while line items name its product.
+pub fn delete_feature(conn: &mut DbConn, product_id: &str, feature_id: &str) -> AppResult<()> {
+    conn.transaction::<_, AppError, _>(|c| {
+        lock_product(c, product_id)?;
+        let f = product_feature(c, product_id, feature_id)?;
+        check_product_unused(
+            c,
+            product_id,
+            &format!("feature {}", f.name),
+            "servers are given it with those line items; delete them first",
+        )?;
+        diesel::delete(features::table.find(feature_id)).execute(c)?;
+        Ok(())
+    })
+}
+
+/// Renames an account.
+pub fn update_account(conn: &mut DbConn, id: &str, name: &str) -> AppResult<Account> {
+    let name = validate::name("name", name)?;
+    conn.transaction::<_, AppError, _>(|c| {
+        lock_account(c, id)?;
+        diesel::update(accounts::table.find(id))
+            .set(accounts::name.eq(&name))
+            .execute(c)
+            .map_err(|e| {
+                unique_or(e, || {
+                    AppError::already_exists("name", "an account of that name exists")
+                })
+            })?;
+        get_account(c, id)
+    })
+}
+
+/// Deletes an account with its users (and their sessions), device tokens and entitlements;
+/// refused (`IN_USE`) while license servers are registered to it, since they hold its
+/// rights and speak with its device tokens.
+pub fn delete_account(conn: &mut DbConn, id: &str) -> AppResult<()> {
+    conn.transaction::<_, AppError, _>(|c| {
+        lock_account(c, id)?;
+        let of_account = || servers::table.filter(servers::account_id.eq(id));
+        let total: i64 = of_account().count().get_result(c)?;
+        if total > 0 {
+            let first: Vec<String> = of_account()
+                .select(servers::hostid)
+                .order(servers::hostid)
+                .limit(5)
+                .load(c)?;
+            let holders: Vec<String> = first.into_iter().map(|h| format!("server {h}")).collect();
+            return Err(rules::in_use(
+                "this account",
+                &holders,
+                usize::try_from(total).unwrap_or(usize::MAX),
+                "an account is deleted only when no license server is registered to it",
+            )
+            .into());
+        }
+        super::auth::delete_account_users(c, id)?;
+        super::tokens::delete_account_tokens(c, id)?;
+        diesel::delete(line_items::table.filter(line_items::account_id.eq(id))).execute(c)?;
+        diesel::delete(entitlements::table.filter(entitlements::account_id.eq(id))).execute(c)?;
+        diesel::delete(accounts::table.find(id))
+            .execute(c)
+            .map_err(|e| {
+                held_or(e, || {
+                    AppError::new(
+                        ErrorCode::InUse,
+                        "something came to hold this account; try again",
+                    )
+                })
+            })?;
+        Ok(())
+    })
+}
+
+/// The account's entitlement with `id`, or `NOT_FOUND`.
+fn account_entitlement(c: &mut DbConn, account_id: &str, id: &str) -> AppResult<Entitlement> {
+    list_entitlements(c, account_id)?
+        .into_iter()
+        .find(|e| e.id == id)
+        .ok_or_else(|| AppError::not_found("entitlement"))
+}
+
+/// Where a set of line items is mapped, as `IN_USE` holders: "server H (ACT-…, N seats)".
+fn mapped_holders(items: &[&LineItem]) -> Vec<String> {
+    items
+        .iter()
+        .flat_map(|i| {
+            i.mappings.iter().map(|m| {
+                format!(
+                    "server {} ({}, {} seats)",
+                    m.hostid, i.activation_id, m.quantity
+                )
+            })
+        })
+        .collect()
+}
+
+/// Renames an entitlement.
+pub fn update_entitlement(
+    conn: &mut DbConn,
+    account_id: &str,
+    id: &str,
+    name: &str,
+) -> AppResult<Entitlement> {
+    let name = validate::name("name", name)?;
+    conn.transaction::<_, AppError, _>(|c| {
+        lock_account(c, account_id)?;
+        account_entitlement(c, account_id, id)?;
+        diesel::update(entitlements::table.find(id))
+            .set(entitlements::name.eq(&name))
+            .execute(c)?;
+        account_entitlement(c, account_id, id)
+    })
+}
+
+/// Deletes an entitlement and its line items; refused (`IN_USE`) while any of them is
+/// mapped to a server.
+pub fn delete_entitlement(conn: &mut DbConn, account_id: &str, id: &str) -> AppResult<()> {
+    conn.transaction::<_, AppError, _>(|c| {
+        lock_account(c, account_id)?;
+        let e = account_entitlement(c, account_id, id)?;
+        let holders = mapped_holders(&e.line_items.iter().collect::<Vec<_>>());
+        if !holders.is_empty() {
+            return Err(rules::in_use(
+                &format!("entitlement {}", e.name),
+                &holders,
+                holders.len(),
+                "unmap its rights from those servers first",
+            )
+            .into());
+        }
+        diesel::delete(line_items::table.filter(line_items::entitlement_id.eq(id))).execute(c)?;
+        diesel::delete(entitlements::table.find(id)).execute(c)?;
+        Ok(())
+    })
+}
+
+/// What a line item's change asks for; fields left out stay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LineItemChange {
+    pub quantity: Option<i64>,
+    pub starts_at: Option<i64>,
+    /// `Some(None)` makes the right permanent.
+    pub expires_at: Option<Option<i64>>,
+}
+
+/// The account's line item `id` of entitlement `entitlement_id`, or `NOT_FOUND`.
+fn account_line_item(
+    c: &mut DbConn,
+    account_id: &str,
+    entitlement_id: &str,
+    id: &str,
+) -> AppResult<LineItem> {
+    account_entitlement(c, account_id, entitlement_id)?
+        .line_items
+        .into_iter()
+        .find(|i| i.id == id)
+        .ok_or_else(|| AppError::not_found("line item"))
+}
+
+/// Changes a line item's quantity or period. The quantity may not fall below what is
+/// mapped to servers (`INSUFFICIENT_QUANTITY`, with both numbers); servers that hold it get
+/// the new period at their next poll.
+pub fn update_line_item(
+    conn: &mut DbConn,
+    account_id: &str,
+    entitlement_id: &str,
+    id: &str,
+    change: &LineItemChange,
+) -> AppResult<LineItem> {
+    if let Some(q) = change.quantity {
+        validate::quantity("quantity", q)?;
+    }
+    if let Some(s) = change.starts_at {
+        validate::unix_seconds("starts_at", s)?;
+    }
+    if let Some(Some(e)) = change.expires_at {
+        validate::unix_seconds("expires_at", e)?;
+    }
+    conn.transaction::<_, AppError, _>(|c| {
+        lock_account(c, account_id)?;
+        let item = account_line_item(c, account_id, entitlement_id, id)?;
+        let quantity = change.quantity.unwrap_or(item.quantity);
+        let starts_at = change.starts_at.unwrap_or(item.starts_at);
+        let expires_at = change.expires_at.unwrap_or(item.expires_at);
+        rules::check_period(starts_at, expires_at)?;
+        let mapped: Vec<(String, i64)> = item
+            .mappings
+            .iter()
+            .map(|m| (m.hostid.clone(), m.quantity))
+            .collect();
+        rules::check_quantity(&item.activation_id, quantity, &mapped)?;
+        diesel::update(line_items::table.find(id))
+            .set((
+                line_items::quantity.eq(quantity),
+                line_items::starts_at.eq(starts_at),
+                line_items::expires_at.eq(expires_at),
+            ))
+            .execute(c)?;
+        account_line_item(c, account_id, entitlement_id, id)
+    })
+}
+
+/// Deletes a line item; refused (`IN_USE`) while it is mapped to a server.
+pub fn delete_line_item(
+    conn: &mut DbConn,
+    account_id: &str,
+    entitlement_id: &str,
+    id: &str,
+) -> AppResult<()> {
+    conn.transaction::<_, AppError, _>(|c| {
+        lock_account(c, account_id)?;
+        let item = account_line_item(c, account_id, entitlement_id, id)?;
+        let holders = mapped_holders(&[&item]);
+        if !holders.is_empty() {
+            return Err(rules::in_use(
+                &format!("line item {}", item.activation_id),
+                &holders,
+                holders.len(),
+                "unmap it from those servers first",
+            )
+            .into());
+        }
+        diesel::delete(line_items::table.find(id)).execute(c)?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -201,3 +201,10 @@ pub fn authenticate_devices(
         })
         .collect())
 }
+
+/// Deletes every device token of an account (the account being deleted).
+pub(super) fn delete_account_tokens(conn: &mut DbConn, account_id: &str) -> AppResult<()> {
+    diesel::delete(device_tokens::table.filter(device_tokens::account_id.eq(account_id)))
+        .execute(conn)?;
+    Ok(())
+}
