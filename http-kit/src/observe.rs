@@ -310,8 +310,14 @@ mod tests {
     use super::*;
     use actix_web::{App, HttpResponse, test, web};
 
+    /// The tests that answer through `observe` run one at a time: tracing caches each log
+    /// line's interest globally, and a test that met a line first on a thread with no
+    /// subscriber could cache "never" for the line another test captures.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[actix_web::test]
     async fn every_answer_is_counted_by_route_and_errors_are_contract_json() {
+        let _one = ONE_AT_A_TIME.lock().await;
         let mut registry = Registry::default();
         let metrics = HttpMetrics::register(&mut registry);
         let app = test::init_service(
@@ -394,6 +400,7 @@ mod tests {
 
     #[actix_web::test]
     async fn each_answer_is_one_line_in_its_span_at_the_level_of_what_happened() {
+        let _one = ONE_AT_A_TIME.lock().await;
         use crate::error::ApiError;
         use actix_web::ResponseError;
         let lines = Lines::default();
@@ -404,6 +411,8 @@ mod tests {
             .with_ansi(false)
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
+        // Lines met before this subscriber existed had their interest cached without it.
+        tracing::callsite::rebuild_interest_cache();
         let mut registry = Registry::default();
         let app = test::init_service(
             App::new()
