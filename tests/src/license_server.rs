@@ -295,6 +295,24 @@ pub async fn leases_at(url: &str, admin_token: &str, feature: &str) -> Result<Ve
     Ok(v.as_array().cloned().unwrap_or_default())
 }
 
+/// Seats of `feature` a server holds by its own lease list; `None` when it does not answer.
+pub async fn seats_held(url: &str, admin_token: &str, feature: &str) -> Option<u32> {
+    let leases = leases_at(url, admin_token, feature).await.ok()?;
+    Some(
+        leases
+            .iter()
+            .map(|l| l["count"].as_u64().unwrap_or(0) as u32)
+            .sum(),
+    )
+}
+
+/// The lease IDs of a lease list.
+pub fn lease_ids(list: &[Value]) -> std::collections::HashSet<String> {
+    list.iter()
+        .filter_map(|l| l["lease_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// A main and its backup, started from a back office fixture.
 pub struct PairSetup {
     pub tmp: tempfile::TempDir,

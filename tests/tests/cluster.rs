@@ -52,23 +52,6 @@ async fn wait_status(members: &[&LicenseServer], status: &str) -> Result<usize> 
     wait_cluster(members, status, SEATS, WAIT).await
 }
 
-/// Seats held on a member by its own lease list; `None` when it does not answer.
-async fn seats_held(url: &str, token: &str) -> Option<u32> {
-    let leases = tests::leases_at(url, token, FEATURE).await.ok()?;
-    Some(
-        leases
-            .iter()
-            .map(|l| l["count"].as_u64().unwrap_or(0) as u32)
-            .sum(),
-    )
-}
-
-fn ids(list: &[Value]) -> HashSet<String> {
-    list.iter()
-        .filter_map(|l| l["lease_id"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// What the clients were granted: acknowledged leases not returned, and when each grant
 /// came, from which URL, and which member signed it.
 #[derive(Default)]
@@ -173,7 +156,7 @@ fn watch_counts(
         let mut max = 0;
         while !stop.load(Ordering::Relaxed) {
             for (url, token) in &members {
-                if let Some(n) = seats_held(url, token).await {
+                if let Some(n) = tests::seats_held(url, token, FEATURE).await {
                     max = max.max(n);
                 }
             }
@@ -264,7 +247,7 @@ async fn kill9_of_the_leader_under_load_loses_no_lease_and_another_member_takes_
         "partially_operational",
     )
     .await?];
-    let on_leader = ids(&members[new_leader].leases(FEATURE).await?);
+    let on_leader = tests::lease_ids(&members[new_leader].leases(FEATURE).await?);
     let held = ledger
         .lock()
         .unwrap()
@@ -399,7 +382,7 @@ async fn an_isolated_member_grants_nothing_and_catches_up_after_healing() -> Res
     s.isolate(cut, false);
     let serving = wait_status(&all, "operational").await?;
     let token = members[serving].admin_token();
-    let truth = ids(&tests::leases_at(&members[serving].url, &token, FEATURE).await?);
+    let truth = tests::lease_ids(&tests::leases_at(&members[serving].url, &token, FEATURE).await?);
     let want: HashSet<String> = kept
         .iter()
         .chain(&granted)
@@ -413,7 +396,7 @@ async fn an_isolated_member_grants_nothing_and_catches_up_after_healing() -> Res
         WAIT,
         "the healed member to hold the same leases",
         || async {
-            let theirs = ids(&members[cut].leases(FEATURE).await.ok()?);
+            let theirs = tests::lease_ids(&members[cut].leases(FEATURE).await.ok()?);
             (theirs == truth).then_some(())
         },
     )
@@ -441,7 +424,7 @@ async fn two_members_down_is_not_operational_and_restarts_in_every_order_end_ope
     let applied = Instant::now();
     tests::eventually(WAIT, "the lease applied on every member", || async {
         for m in &members {
-            if !ids(&m.leases(FEATURE).await.ok()?).contains(&id) {
+            if !tests::lease_ids(&m.leases(FEATURE).await.ok()?).contains(&id) {
                 return None;
             }
         }
@@ -466,7 +449,10 @@ async fn two_members_down_is_not_operational_and_restarts_in_every_order_end_ope
         .send()
         .await?;
     ensure!(r.status() == 503, "a lone member answered {}", r.status());
-    ensure!(ids(&members[last].leases(FEATURE).await?).contains(&lease.lease_id.to_string()));
+    ensure!(
+        tests::lease_ids(&members[last].leases(FEATURE).await?)
+            .contains(&lease.lease_id.to_string())
+    );
 
     // Every order of starting the three again ends operational, the lease kept.
     let orders = [
@@ -489,7 +475,8 @@ async fn two_members_down_is_not_operational_and_restarts_in_every_order_end_ope
             .await
             .with_context(|| format!("started in the order {order:?}"))?;
         ensure!(
-            ids(&members[serving].leases(FEATURE).await?).contains(&lease.lease_id.to_string()),
+            tests::lease_ids(&members[serving].leases(FEATURE).await?)
+                .contains(&lease.lease_id.to_string()),
             "the lease was lost after starting in the order {order:?}"
         );
     }
@@ -599,7 +586,7 @@ async fn one_down_grants_within_the_count_two_down_grant_nothing_and_restarted_m
     }
     let held: HashSet<String> = held.union(&granted_while_down).cloned().collect();
     let serving = [last_up, second_down][wait_status(&two, "partially_operational").await?];
-    let truth = ids(&members[serving].leases(FEATURE).await?);
+    let truth = tests::lease_ids(&members[serving].leases(FEATURE).await?);
     let lost: Vec<_> = held.difference(&truth).collect();
     ensure!(
         lost.is_empty(),
@@ -624,7 +611,7 @@ async fn one_down_grants_within_the_count_two_down_grant_nothing_and_restarted_m
         answers.iter().all(|(s, c)| *s == 503 && c == "UNAVAILABLE"),
         "answers of the last member: {answers:?}"
     );
-    let kept = ids(&members[last_up].leases(FEATURE).await?);
+    let kept = tests::lease_ids(&members[last_up].leases(FEATURE).await?);
     ensure!(
         kept == truth,
         "the last member holds {kept:?}, the cluster held {truth:?}"
@@ -634,19 +621,21 @@ async fn one_down_grants_within_the_count_two_down_grant_nothing_and_restarted_m
     members[first_down].restart().await?;
     members[second_down].restart().await?;
     let serving = wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
-    let after = ids(&members[serving].leases(FEATURE).await?);
+    let after = tests::lease_ids(&members[serving].leases(FEATURE).await?);
     ensure!(
         after == truth,
         "after the restarts the cluster holds {after:?}, before {truth:?}"
     );
     for (i, m) in members.iter().enumerate() {
         tests::eventually(WAIT, &format!("member {i} to hold every lease"), || async {
-            (ids(&m.leases(FEATURE).await.ok()?) == truth).then_some(())
+            (tests::lease_ids(&m.leases(FEATURE).await.ok()?) == truth).then_some(())
         })
         .await;
     }
     ensure!(
-        granted_while_down.is_subset(&ids(&members[first_down].leases(FEATURE).await?)),
+        granted_while_down.is_subset(&tests::lease_ids(
+            &members[first_down].leases(FEATURE).await?
+        )),
         "the member killed first lacks leases granted while it was down"
     );
     // And the cluster grants again, up to the count and not beyond.

@@ -34,23 +34,6 @@ async fn setup(extra: &[(&str, &str)]) -> Result<(BackOffice, Fixture, PairSetup
     Ok((bo, fx, pair))
 }
 
-/// Seats held on a server by its own lease list; `None` when it does not answer.
-async fn seats_held(url: &str, admin_token: &str) -> Option<u32> {
-    let leases = tests::leases_at(url, admin_token, FEATURE).await.ok()?;
-    Some(
-        leases
-            .iter()
-            .map(|l| l["count"].as_u64().unwrap_or(0) as u32)
-            .sum(),
-    )
-}
-
-fn lease_ids(list: &[Value]) -> HashSet<String> {
-    list.iter()
-        .filter_map(|l| l["lease_id"].as_str().map(str::to_owned))
-        .collect()
-}
-
 /// What the clients hold: acknowledged checkouts not (acknowledged as) returned.
 #[derive(Default)]
 struct Ledger {
@@ -142,7 +125,7 @@ fn watch_counts(
         let mut samples = 0;
         while !stop.load(Ordering::Relaxed) {
             for (i, (url, token)) in servers.iter().enumerate() {
-                if let Some(n) = seats_held(url, token).await {
+                if let Some(n) = tests::seats_held(url, token, FEATURE).await {
                     samples += 1;
                     if i == 0 {
                         max.0 = max.0.max(n);
@@ -211,7 +194,7 @@ async fn kill_9_of_the_main_under_load_then_failback() -> Result<()> {
     ensure!(st["pair_status"] == "main_not_available", "backup: {st}");
 
     // Every lease acknowledged before the kill is held by the backup.
-    let on_backup = lease_ids(&backup.leases(FEATURE).await?);
+    let on_backup = tests::lease_ids(&backup.leases(FEATURE).await?);
     let doubt = ledger.lock().unwrap().in_doubt.clone();
     for id in held_at_kill.keys() {
         ensure!(
@@ -267,7 +250,7 @@ async fn kill_9_of_the_main_under_load_then_failback() -> Result<()> {
     // renews leases the backup granted.
     let held = ledger.lock().unwrap().held.clone();
     let doubt = ledger.lock().unwrap().in_doubt.clone();
-    let on_main = lease_ids(&main.leases(FEATURE).await?);
+    let on_main = tests::lease_ids(&main.leases(FEATURE).await?);
     for id in held.keys() {
         ensure!(
             on_main.contains(&id.to_string()) || doubt.contains(id),
@@ -324,14 +307,16 @@ async fn a_cut_link_then_healed() -> Result<()> {
     ensure!(b1.served_by.as_deref() == Some(backup.url.as_str()));
     // Each side alone never exceeds the count.
     for s in [&main, &backup] {
-        let n = seats_held(&s.url, &s.admin_token()).await.unwrap_or(0);
+        let n = tests::seats_held(&s.url, &s.admin_token(), FEATURE)
+            .await
+            .unwrap_or(0);
         ensure!(n <= SEATS, "{} holds {n} of {SEATS}", s.name);
     }
 
     proxy.heal();
     // The main finds the backup serving, takes its changes back, then both pair again.
     wait_paired(&main, &backup, WAIT).await?;
-    let held = lease_ids(&main.leases(FEATURE).await?);
+    let held = tests::lease_ids(&main.leases(FEATURE).await?);
     for l in [&a1, &a2, &b1] {
         ensure!(
             held.contains(&l.lease_id.to_string()),
@@ -380,7 +365,7 @@ async fn every_start_order_ends_paired() -> Result<()> {
         (s["server_status"] == "active").then_some(())
     })
     .await;
-    ensure!(lease_ids(&backup.leases(FEATURE).await?).contains(&lease.lease_id.to_string()));
+    ensure!(tests::lease_ids(&backup.leases(FEATURE).await?).contains(&lease.lease_id.to_string()));
     main.restart().await?;
     wait_paired(&main, &backup, WAIT).await?;
 
@@ -396,7 +381,7 @@ async fn every_start_order_ends_paired() -> Result<()> {
         .await?;
     backup.restart().await?;
     wait_paired(&main, &backup, WAIT).await?;
-    let on_backup = lease_ids(&backup.leases(FEATURE).await?);
+    let on_backup = tests::lease_ids(&backup.leases(FEATURE).await?);
     for l in [&lease, &alone] {
         ensure!(
             on_backup.contains(&l.lease_id.to_string()),
