@@ -20,6 +20,44 @@ pub enum DbConn {
     Pg(PgConnection),
 }
 
+impl DbConn {
+    /// A transaction that writes; nested in another, a savepoint.
+    ///
+    /// On SQLite it begins with `BEGIN IMMEDIATE`, taking the write lock before its first
+    /// read. A plain (deferred) transaction that reads and then writes cannot wait for the
+    /// lock when another connection wrote meanwhile: SQLite answers `database is locked` at
+    /// once, whatever the busy timeout, and the request would fail with `UNAVAILABLE`.
+    /// Taking the lock first, it waits its turn instead. PostgreSQL needs nothing of this.
+    pub fn write_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConn) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        use diesel::connection::{AnsiTransactionManager, TransactionManager};
+        let DbConn::Sqlite(c) = self else {
+            return self.transaction(f);
+        };
+        if AnsiTransactionManager::transaction_manager_status_mut(c)
+            .transaction_depth()?
+            .is_some()
+        {
+            return self.transaction(f);
+        }
+        AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?;
+        type Manager = <DbConn as Connection>::TransactionManager;
+        match f(self) {
+            Ok(value) => {
+                Manager::commit_transaction(self)?;
+                Ok(value)
+            }
+            Err(e) => match Manager::rollback_transaction(self) {
+                Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(e),
+                Err(rollback) => Err(rollback.into()),
+            },
+        }
+    }
+}
+
 /// Runs a query on the backend's own connection type: `on_backend!(conn, |c| query.load(c))`.
 ///
 /// Through the multi-backend [`DbConn`], diesel walks the query twice more on every call to

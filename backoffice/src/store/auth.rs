@@ -103,7 +103,7 @@ pub fn set_password(
     hash: &str,
     keep: Option<&str>,
 ) -> AppResult<()> {
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         let n = match who {
             Principal::Admin { admin_id } => diesel::update(admins::table.find(admin_id))
                 .set(admins::password_hash.eq(hash))
@@ -284,7 +284,7 @@ pub fn create_admin(conn: &mut DbConn, email: &str, password_hash: &str) -> AppR
         email: email.to_owned(),
         created_at: shared::now_unix(),
     };
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         if email_in_use(c, email)? {
             return Err(email_taken());
         }
@@ -343,7 +343,7 @@ pub fn create_user(
         email: email.to_owned(),
         created_at: shared::now_unix(),
     };
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         let exists: i64 = accounts::table.find(account_id).count().get_result(c)?;
         if exists == 0 {
             return Err(AppError::not_found("account"));
@@ -418,7 +418,7 @@ pub fn update_user_email(
     email: &str,
 ) -> AppResult<User> {
     let email = crate::domain::validate::email(email)?;
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         let user = account_user(c, account_id, user_id)?;
         if user.email == email {
             return Ok(user);
@@ -436,7 +436,7 @@ pub fn update_user_email(
 
 /// Deletes an account user and ends its sessions.
 pub fn delete_user(conn: &mut DbConn, account_id: &str, user_id: &str) -> AppResult<()> {
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         account_user(c, account_id, user_id)?;
         diesel::delete(sessions::table.filter(sessions::user_id.eq(user_id))).execute(c)?;
         diesel::delete(users::table.find(user_id)).execute(c)?;

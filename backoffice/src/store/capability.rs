@@ -378,7 +378,7 @@ pub fn capability(
     key: Option<&ServerKey>,
     now: i64,
 ) -> AppResult<CapabilityAnswer> {
-    let outcome = conn.transaction::<_, AppError, _>(|c| {
+    let outcome = conn.write_transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
         record_request_id(c, &req.request_id, now)?;
         // A main that dropped its backup (absence limit, or an operator on either server)

@@ -104,7 +104,7 @@ pub fn create_product(
             })
             .collect(),
     };
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         diesel::insert_into(products::table)
             .values((
                 products::id.eq(&product.id),
@@ -391,7 +391,7 @@ pub fn create_entitlement(
         }
     }
     let id = new_id();
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         let exists: i64 = accounts::table.find(account_id).count().get_result(c)?;
         if exists == 0 {
             return Err(AppError::not_found("account"));
@@ -603,7 +603,7 @@ pub fn update_product(
 ) -> AppResult<Product> {
     let name = name.map(|n| validate::name("name", n)).transpose()?;
     let product_version = product_version.map(|v| version("version", v)).transpose()?;
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         let current = get_product(c, id)?;
         diesel::update(products::table.find(id))
             .set((
@@ -623,7 +623,7 @@ pub fn update_product(
 /// Deletes a product and its features; refused (`IN_USE`) while line items name it.
 pub fn delete_product(conn: &mut DbConn, id: &str) -> AppResult<()> {
     let held = || AppError::new(ErrorCode::InUse, "line items name this product");
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         lock_product(c, id)?;
         check_product_unused(
             c,
@@ -662,7 +662,7 @@ pub fn update_feature(
 ) -> AppResult<Feature> {
     let name = name.map(|n| feature_name("name", n)).transpose()?;
     let feature_version = feature_version.map(|v| version("version", v)).transpose()?;
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         lock_product(c, product_id)?;
         let current = product_feature(c, product_id, feature_id)?;
         let next = Feature {
@@ -697,7 +697,7 @@ pub fn update_feature(
 
 /// Deletes a feature; refused (`IN_USE`) while line items name its product.
 pub fn delete_feature(conn: &mut DbConn, product_id: &str, feature_id: &str) -> AppResult<()> {
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         lock_product(c, product_id)?;
         let f = product_feature(c, product_id, feature_id)?;
         check_product_unused(
@@ -714,7 +714,7 @@ pub fn delete_feature(conn: &mut DbConn, product_id: &str, feature_id: &str) -> 
 /// Renames an account.
 pub fn update_account(conn: &mut DbConn, id: &str, name: &str) -> AppResult<Account> {
     let name = validate::name("name", name)?;
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         lock_account(c, id)?;
         diesel::update(accounts::table.find(id))
             .set(accounts::name.eq(&name))
@@ -732,7 +732,7 @@ pub fn update_account(conn: &mut DbConn, id: &str, name: &str) -> AppResult<Acco
 /// refused (`IN_USE`) while license servers are registered to it, since they hold its
 /// rights and speak with its device tokens.
 pub fn delete_account(conn: &mut DbConn, id: &str) -> AppResult<()> {
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         lock_account(c, id)?;
         let of_account = || servers::table.filter(servers::account_id.eq(id));
         let total: i64 = of_account().count().get_result(c)?;
@@ -800,7 +800,7 @@ pub fn update_entitlement(
     name: &str,
 ) -> AppResult<Entitlement> {
     let name = validate::name("name", name)?;
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
         account_entitlement(c, account_id, id)?;
         diesel::update(entitlements::table.find(id))
@@ -813,7 +813,7 @@ pub fn update_entitlement(
 /// Deletes an entitlement and its line items; refused (`IN_USE`) while any of them is
 /// mapped to a server.
 pub fn delete_entitlement(conn: &mut DbConn, account_id: &str, id: &str) -> AppResult<()> {
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
         let e = account_entitlement(c, account_id, id)?;
         let holders = mapped_holders(&e.line_items.iter().collect::<Vec<_>>());
@@ -874,7 +874,7 @@ pub fn update_line_item(
     if let Some(Some(e)) = change.expires_at {
         validate::unix_seconds("expires_at", e)?;
     }
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
         let item = account_line_item(c, account_id, entitlement_id, id)?;
         let quantity = change.quantity.unwrap_or(item.quantity);
@@ -905,7 +905,7 @@ pub fn delete_line_item(
     entitlement_id: &str,
     id: &str,
 ) -> AppResult<()> {
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
         let item = account_line_item(c, account_id, entitlement_id, id)?;
         let holders = mapped_holders(&[&item]);
@@ -925,6 +925,48 @@ pub fn delete_line_item(
 
 #[cfg(test)]
 mod tests {
+    use crate::db::{self, testing};
+
+    /// Writers that read first (a rename reads the product, then updates it) on connections
+    /// of their own, all at once: each waits its turn. On SQLite a deferred transaction
+    /// would fail at its write with `database is locked` as soon as another wrote since its
+    /// read, and the request would be answered 503 (the API fuzzer found it).
+    #[test]
+    fn concurrent_writers_that_read_first_all_succeed() {
+        for tdb in testing::databases() {
+            let (pool, _) = db::connect(&tdb.url, 8).unwrap();
+            let product = super::create_product(&mut pool.get().unwrap(), "CAD", "1.0", &[])
+                .unwrap()
+                .id;
+            std::thread::scope(|s| {
+                let workers: Vec<_> = (0..8)
+                    .map(|w| {
+                        let (pool, product) = (&pool, &product);
+                        s.spawn(move || {
+                            let mut c = pool.get().unwrap();
+                            (0..25)
+                                .map(|i| {
+                                    super::update_product(
+                                        &mut c,
+                                        product,
+                                        None,
+                                        Some(&format!("{w}.{i}")),
+                                    )
+                                    .map(|_| ())
+                                })
+                                .collect::<Result<Vec<_>, _>>()
+                        })
+                    })
+                    .collect();
+                for w in workers {
+                    if let Err(e) = w.join().unwrap() {
+                        panic!("{}: a rename failed: {e}", tdb.url);
+                    }
+                }
+            });
+        }
+    }
+
     #[test]
     fn activation_ids_look_right() {
         let a = super::new_activation_id();

@@ -115,7 +115,7 @@ pub fn map_rights(
 ) -> AppResult<Mapping> {
     validate::quantity("quantity", quantity)?;
     let now = shared::now_unix();
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
         let (item_id, total_qty) = line_item(c, account_id, activation_id)?;
         let row = account_server(c, account_id, server_id)?;
@@ -152,7 +152,7 @@ pub fn map_rights(
 
 /// Removes a mapping; the rights leave the servers at their next poll.
 pub fn unmap(conn: &mut DbConn, account_id: &str, mapping_id: &str) -> AppResult<()> {
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
         let n = diesel::delete(
             mappings::table

@@ -227,7 +227,7 @@ pub fn register_pair(
     backup: &HostId,
 ) -> AppResult<PairView> {
     let now = shared::now_unix();
-    let pid = conn.transaction::<_, AppError, _>(|c| {
+    let pid = conn.write_transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
         let k = known(c, account_id, main)?;
         let kb = known(c, account_id, backup)?;
@@ -279,7 +279,7 @@ pub fn remove_backup(
     now: i64,
     timeout: i64,
 ) -> AppResult<()> {
-    conn.transaction::<_, AppError, _>(|c| {
+    conn.write_transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
         let p = pair_by_id(c, pair_id)?
             .filter(|p| p.account_id == account_id)
