@@ -78,6 +78,8 @@ diesel::table! {
         starts_at -> BigInt,
         expires_at -> Nullable<BigInt>,
         created_at -> BigInt,
+        max_borrow_secs -> Nullable<BigInt>,
+        overdraft -> BigInt,
     }
 }
 

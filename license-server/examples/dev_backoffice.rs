@@ -45,6 +45,8 @@ async fn main() {
                 count: c.parse().ok()?,
                 starts_at: 0,
                 expires_at: None,
+                max_borrow_secs: None,
+                overdraft: 0,
             })
         })
         .collect();

@@ -179,6 +179,13 @@ pub struct FeatureUsage {
     pub version: String,
     pub count: u32,
     pub in_use: u32,
+    /// Seats in use beyond `count` (overdraft seats of the line items that allow them):
+    /// the overage the back office shows.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub overdraft: u32,
+    /// Seats borrowed (held offline by clients), part of `in_use`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub borrowed: u32,
 }
 
 /// What a server tells the back office about itself with each request.
@@ -248,6 +255,18 @@ pub struct Right {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1829902799))]
     pub expires_at: Option<i64>,
+    /// The longest a client may borrow these seats (seconds); absent when the line item
+    /// is not borrowable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_borrow_secs: Option<u64>,
+    /// Seats a server may grant beyond `count` once it is used up (marked `overdraft`,
+    /// reported as overage); 0 when absent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub overdraft: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Who is who in a pair.

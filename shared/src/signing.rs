@@ -353,6 +353,8 @@ mod tests {
                 count: 5,
                 starts_at: 0,
                 expires_at: None,
+                max_borrow_secs: None,
+                overdraft: 0,
             }],
             serve_until: now + 86_400,
             binding: None,

@@ -94,6 +94,8 @@ pub fn right(feature: &str, count: u32) -> Right {
         count,
         starts_at: 0,
         expires_at: None,
+        max_borrow_secs: None,
+        overdraft: 0,
     }
 }
 

@@ -41,6 +41,8 @@ async fn poll(
                     version: "1.0".to_owned(),
                     count: *count,
                     in_use: *in_use,
+                    overdraft: 0,
+                    borrowed: 0,
                 })
                 .collect(),
             backup_dropped: false,

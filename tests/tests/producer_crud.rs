@@ -610,3 +610,96 @@ async fn another_accounts_objects_are_not_found_and_account_users_may_change_not
         others(b).await;
     }
 }
+
+async fn lending_policy(backend: Backend) {
+    let bo = BackOffice::start(backend).await.unwrap();
+    let fx = bo.fixture(&["cad"], 5).await.unwrap();
+    let admin = &fx.admin;
+    let (_, item) = line_item_path(&fx).await;
+    let host = "string:lending-server";
+    let act = fx.activation_id.as_str();
+    let before = the_line_item(&fx).await;
+    assert_eq!(
+        (
+            &before["borrowable"],
+            &before["max_borrow_secs"],
+            &before["overdraft"]
+        ),
+        (&json!(false), &Value::Null, &json!(0)),
+        "a line item lends nothing unless told: {before}"
+    );
+
+    // Bad policies: refused, naming the field, changing nothing.
+    for (body, field) in [
+        (json!({"borrowable": true}), "max_borrow_secs"),
+        (
+            json!({"borrowable": true, "max_borrow_secs": 59}),
+            "max_borrow_secs",
+        ),
+        (
+            json!({"borrowable": true, "max_borrow_secs": 366 * 86_400}),
+            "max_borrow_secs",
+        ),
+        (json!({"max_borrow_secs": 600}), "max_borrow_secs"),
+        (json!({"overdraft": -1}), "overdraft"),
+        (json!({"overdraft": 1_000_001}), "overdraft"),
+    ] {
+        let r = admin.patch(&item, body.clone()).await.unwrap();
+        refused(&r, 400, "VALIDATION_ERROR");
+        assert_eq!(r.body["field"], field, "{body}: {r:?}");
+    }
+    assert_eq!(the_line_item(&fx).await, before, "nothing changed");
+    let r = admin
+        .post(
+            &format!("/api/v1/accounts/{}/entitlements", fx.account_id),
+            json!({"name": "Bad", "line_items": [{"product_id": fx.product_id, "quantity": 1, "overdraft": 3, "max_borrow_secs": 600}]}),
+        )
+        .await
+        .unwrap();
+    refused(&r, 400, "VALIDATION_ERROR");
+    assert_eq!(r.body["field"], "line_items.max_borrow_secs", "{r:?}");
+
+    // A policy: shown with the line item and signed into the servers' rights.
+    let r = admin
+        .patch(
+            &item,
+            json!({"borrowable": true, "max_borrow_secs": 86_400, "overdraft": 2}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        (
+            &r.body["borrowable"],
+            &r.body["max_borrow_secs"],
+            &r.body["overdraft"]
+        ),
+        (&json!(true), &json!(86_400), &json!(2))
+    );
+    let claims = answered(
+        &bo,
+        &fx,
+        &capability_request(host, "standalone", None, &[(act, 4)]),
+    )
+    .await;
+    assert_eq!(claims.rights.len(), 1, "{:?}", claims.rights);
+    assert_eq!(claims.rights[0].max_borrow_secs, Some(86_400));
+    assert_eq!(claims.rights[0].overdraft, 2);
+
+    // Not borrowable any more: the maximum goes with it, at the next poll.
+    let r = admin
+        .patch(&item, json!({"borrowable": false}))
+        .await
+        .unwrap();
+    assert_eq!((r.status, &r.body["max_borrow_secs"]), (200, &Value::Null));
+    let claims = answered(&bo, &fx, &capability_request(host, "standalone", None, &[])).await;
+    assert_eq!(claims.rights[0].max_borrow_secs, None);
+    assert_eq!(claims.rights[0].overdraft, 2);
+}
+
+#[tokio::test]
+async fn a_line_items_borrow_policy_and_overdraft_are_checked_shown_and_signed_into_the_rights() {
+    for b in backends() {
+        lending_policy(b).await;
+    }
+}

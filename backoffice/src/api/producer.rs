@@ -630,6 +630,17 @@ pub struct LineItemPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i64>, format = Int64, minimum = 0, maximum = 253_402_300_799_i64, example = 1829902799)]
     expires_at: Option<Option<i64>>,
+    /// Whether clients may borrow its seats; `false` also drops `max_borrow_secs`.
+    #[serde(default)]
+    borrowable: Option<bool>,
+    /// The longest borrow, 60 seconds to 365 days (the line item must be borrowable).
+    #[serde(default)]
+    #[schema(minimum = 60, maximum = 31_536_000, example = 604800)]
+    max_borrow_secs: Option<i64>,
+    /// Seats beyond the count a server may grant, 0 (none) to 1,000,000.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000, example = 2)]
+    overdraft: Option<i64>,
 }
 
 /// A field that is present, even as `null` (absent stays `None` by `default`).
@@ -639,7 +650,7 @@ fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
     T::deserialize(d).map(Some)
 }
 
-/// Changes a line item's quantity or period. A quantity below what is mapped to servers is
+/// Changes a line item's quantity, period, borrow policy or overdraft. A quantity below what is mapped to servers is
 /// refused with `INSUFFICIENT_QUANTITY` (mapped and asked); servers get the new period at
 /// their next poll.
 #[utoipa::path(
@@ -665,6 +676,9 @@ pub async fn update_line_item(
         quantity: b.quantity,
         starts_at: b.starts_at,
         expires_at: b.expires_at,
+        borrowable: b.borrowable,
+        max_borrow_secs: b.max_borrow_secs,
+        overdraft: b.overdraft,
     };
     let i = run(&state, move |c| {
         catalog::update_line_item(c, &id, &eid, &lid, &change)

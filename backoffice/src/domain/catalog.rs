@@ -66,9 +66,120 @@ pub fn check_period(starts_at: i64, expires_at: Option<i64>) -> Result<(), Domai
     }
 }
 
+/// The shortest and the longest borrow period a line item may allow (1 minute, 365 days).
+pub const BORROW_SECS: std::ops::RangeInclusive<i64> = 60..=365 * 86_400;
+
+/// The most overdraft seats a line item may allow (as many as its largest quantity).
+pub const MAX_OVERDRAFT: i64 = 1_000_000;
+
+/// A line item's borrow policy and overdraft, checked as a whole (after a change is
+/// merged with what is kept): `max_borrow_secs` is the longest borrow, `None` when the
+/// line item is not borrowable. `prefix` names the fields (`line_items.` in a new
+/// entitlement).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LendingPolicy {
+    pub max_borrow_secs: Option<i64>,
+    pub overdraft: i64,
+}
+
+impl LendingPolicy {
+    /// From the API's fields: borrowable needs a maximum period within [`BORROW_SECS`], a
+    /// maximum without borrowable is refused (it would be silently ignored), and the
+    /// overdraft is 0 to [`MAX_OVERDRAFT`].
+    pub fn check(
+        prefix: &str,
+        borrowable: bool,
+        max_borrow_secs: Option<i64>,
+        overdraft: i64,
+    ) -> Result<LendingPolicy, DomainError> {
+        let max = match (borrowable, max_borrow_secs) {
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(DomainError::validation(
+                    &format!("{prefix}max_borrow_secs"),
+                    "max_borrow_secs is only for a borrowable line item: set borrowable to true, or leave max_borrow_secs out",
+                ));
+            }
+            (true, None) => {
+                return Err(DomainError::validation(
+                    &format!("{prefix}max_borrow_secs"),
+                    "a borrowable line item needs max_borrow_secs, the longest borrow in seconds",
+                ));
+            }
+            (true, Some(secs)) if !BORROW_SECS.contains(&secs) => {
+                return Err(DomainError::validation(
+                    &format!("{prefix}max_borrow_secs"),
+                    format!(
+                        "max_borrow_secs is {secs}; it must be between {} (a minute) and {} (365 days) seconds",
+                        BORROW_SECS.start(),
+                        BORROW_SECS.end()
+                    ),
+                ));
+            }
+            (true, Some(secs)) => Some(secs),
+        };
+        if !(0..=MAX_OVERDRAFT).contains(&overdraft) {
+            return Err(DomainError::validation(
+                &format!("{prefix}overdraft"),
+                format!(
+                    "overdraft is {overdraft}; it must be between 0 (none) and {MAX_OVERDRAFT} seats"
+                ),
+            ));
+        }
+        Ok(LendingPolicy {
+            max_borrow_secs: max,
+            overdraft,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lending_policy_is_whole_and_within_bounds() {
+        let ok = LendingPolicy::check("", true, Some(7 * 86_400), 3).unwrap();
+        assert_eq!(ok.max_borrow_secs, Some(7 * 86_400));
+        assert_eq!(ok.overdraft, 3);
+        assert_eq!(
+            LendingPolicy::check("", false, None, 0).unwrap(),
+            LendingPolicy {
+                max_borrow_secs: None,
+                overdraft: 0
+            }
+        );
+        let field = |r: Result<LendingPolicy, DomainError>| r.unwrap_err().field.unwrap();
+        assert_eq!(
+            field(LendingPolicy::check("", true, None, 0)),
+            "max_borrow_secs"
+        );
+        assert_eq!(
+            field(LendingPolicy::check("", false, Some(600), 0)),
+            "max_borrow_secs"
+        );
+        assert_eq!(
+            field(LendingPolicy::check("", true, Some(59), 0)),
+            "max_borrow_secs"
+        );
+        assert_eq!(
+            field(LendingPolicy::check(
+                "line_items.",
+                true,
+                Some(366 * 86_400),
+                0
+            )),
+            "line_items.max_borrow_secs"
+        );
+        assert_eq!(
+            field(LendingPolicy::check("", false, None, -1)),
+            "overdraft"
+        );
+        assert_eq!(
+            field(LendingPolicy::check("", false, None, 1_000_001)),
+            "overdraft"
+        );
+    }
 
     #[test]
     fn a_quantity_may_fall_to_what_is_mapped_and_no_lower() {

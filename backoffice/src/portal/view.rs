@@ -111,6 +111,24 @@ pub fn expiry(t: Option<i64>) -> String {
     t.map_or_else(|| "permanent".to_owned(), date)
 }
 
+/// A line item's borrow policy: `no`, or the longest borrow in the largest whole unit
+/// (`up to 7 days`, `up to 36 hours`, `up to 90 minutes`).
+pub fn borrow_policy(max_secs: Option<i64>) -> String {
+    let Some(s) = max_secs else {
+        return "no".to_owned();
+    };
+    let (n, unit) = if s % 86_400 == 0 {
+        (s / 86_400, "day")
+    } else if s % 3_600 == 0 {
+        (s / 3_600, "hour")
+    } else if s % 60 == 0 {
+        (s / 60, "minute")
+    } else {
+        (s, "second")
+    };
+    format!("up to {n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
 /// The field of the pair form an error belongs next to, or `None` for the top of the form.
 pub fn pair_error_field(err: &ErrorBody, main: &str, backup: &str) -> Option<&'static str> {
     let named = |f: &str| match f {
@@ -166,6 +184,11 @@ mod tests {
         assert_eq!(time(0), "1970-01-01 00:00 UTC");
         assert_eq!(iso(0), "1970-01-01T00:00:00Z");
         assert_eq!(expiry(None), "permanent");
+        assert_eq!(borrow_policy(None), "no");
+        assert_eq!(borrow_policy(Some(7 * 86_400)), "up to 7 days");
+        assert_eq!(borrow_policy(Some(3_600)), "up to 1 hour");
+        assert_eq!(borrow_policy(Some(5_400)), "up to 90 minutes");
+        assert_eq!(borrow_policy(Some(61)), "up to 61 seconds");
         assert_eq!(expiry(Some(86_400)), "1970-01-02");
         assert_eq!(ago(100, 95), "just now");
         assert_eq!(ago(100, 50), "50 s ago");

@@ -641,6 +641,9 @@ mod tests {
             quantity: 10,
             starts_at: None,
             expires_at: None,
+            borrowable: true,
+            max_borrow_secs: Some(7 * 86_400),
+            overdraft: 2,
         };
         let e = catalog::create_entitlement(c, &account.id, "Order", &[item]).unwrap();
         let token = tokens::create_device_token(c, &account.id, "servers", None).unwrap();
@@ -777,6 +780,57 @@ mod tests {
             // And the server's key is the new one, which another account could not set.
             let (_, e) = known(c, &acme, &main.hostid).unwrap().unwrap();
             assert_eq!(e.row.server_key_id.as_deref(), Some(k2.id.as_str()));
+        }
+    }
+
+    /// The borrow policy and overdraft are stored with the line item, shown with it, and
+    /// carried in the signed rights of the servers it is mapped to; a change reaches them
+    /// at their next poll.
+    #[test]
+    fn a_line_items_borrow_policy_and_overdraft_are_stored_and_reach_the_rights() {
+        for tdb in testing::databases() {
+            let (pool, backend) = db::connect(&tdb.url, 1).unwrap();
+            let c = &mut *pool.get().unwrap();
+            let (acme, _, activation) = account(c, "Acme");
+            let now = shared::now_unix();
+            let mut start = request("string:m", Role::Standalone, None);
+            start.rights = vec![RightsRequest {
+                activation_id: activation.clone(),
+                count: 4,
+            }];
+            let first = capability(c, &acme, &start, Some(&key()), now).unwrap();
+            assert_eq!(first.rights.len(), 1, "{backend:?}");
+            assert_eq!(first.rights[0].max_borrow_secs, Some(7 * 86_400));
+            assert_eq!(first.rights[0].overdraft, 2);
+
+            let ent = &catalog::list_entitlements(c, &acme).unwrap()[0];
+            let item = &ent.line_items[0];
+            assert!(item.borrowable);
+            assert_eq!((item.max_borrow_secs, item.overdraft), (Some(604_800), 2));
+            let change = catalog::LineItemChange {
+                borrowable: Some(false),
+                overdraft: Some(0),
+                ..Default::default()
+            };
+            let now_item = catalog::update_line_item(c, &acme, &ent.id, &item.id, &change).unwrap();
+            assert!(!now_item.borrowable, "{backend:?}");
+            assert_eq!((now_item.max_borrow_secs, now_item.overdraft), (None, 0));
+
+            // Bad input changes nothing.
+            let bad = catalog::LineItemChange {
+                max_borrow_secs: Some(3_600),
+                overdraft: Some(5),
+                ..Default::default()
+            };
+            let e = catalog::update_line_item(c, &acme, &ent.id, &item.id, &bad).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::ValidationError, "{backend:?}");
+            let kept = &catalog::list_entitlements(c, &acme).unwrap()[0].line_items[0];
+            assert_eq!((kept.max_borrow_secs, kept.overdraft), (None, 0));
+
+            let poll = request("string:m", Role::Standalone, None);
+            let next = capability(c, &acme, &poll, None, now).unwrap();
+            assert_eq!(next.rights[0].max_borrow_secs, None, "{backend:?}");
+            assert_eq!(next.rights[0].overdraft, 0);
         }
     }
 

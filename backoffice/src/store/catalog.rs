@@ -300,6 +300,18 @@ pub struct LineItemSpec {
     #[serde(default)]
     #[schema(format = Int64, minimum = 0, maximum = 253_402_300_799_i64, example = 1829902799)]
     pub expires_at: Option<i64>,
+    /// Clients may borrow its seats (use them offline) for up to `max_borrow_secs`.
+    #[serde(default)]
+    pub borrowable: bool,
+    /// The longest borrow, 60 seconds to 365 days; only with `borrowable`.
+    #[serde(default)]
+    #[schema(minimum = 60, maximum = 31_536_000, example = 604800)]
+    pub max_borrow_secs: Option<i64>,
+    /// Seats a server may grant beyond the count once it is used up, marked as overdraft
+    /// and reported as overage; 0 (none) when absent.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000, example = 2)]
+    pub overdraft: i64,
 }
 
 /// Where some of a line item is mapped.
@@ -327,6 +339,14 @@ pub struct LineItem {
     /// Unix time, seconds; absent for a permanent right.
     #[schema(format = Int64, minimum = 0, example = 1829902799)]
     pub expires_at: Option<i64>,
+    /// Clients may borrow its seats for up to `max_borrow_secs`.
+    pub borrowable: bool,
+    /// The longest borrow in seconds; absent when not borrowable.
+    #[schema(example = 604800)]
+    pub max_borrow_secs: Option<i64>,
+    /// Seats beyond the count a server may grant (0: none).
+    #[schema(example = 2)]
+    pub overdraft: i64,
     pub mappings: Vec<MappedTo>,
 }
 
@@ -374,8 +394,15 @@ pub fn create_entitlement(
         ));
     }
     let now = shared::now_unix();
+    let mut policies = Vec::with_capacity(items.len());
     for item in items {
         validate::quantity("line_items.quantity", item.quantity)?;
+        policies.push(rules::LendingPolicy::check(
+            "line_items.",
+            item.borrowable,
+            item.max_borrow_secs,
+            item.overdraft,
+        )?);
         let starts = match item.starts_at {
             Some(t) => validate::unix_seconds("line_items.starts_at", t)?,
             None => now,
@@ -404,7 +431,7 @@ pub fn create_entitlement(
                 entitlements::created_at.eq(now),
             ))
             .execute(c)?;
-        for item in items {
+        for (item, policy) in items.iter().zip(&policies) {
             let product: i64 = products::table
                 .find(&item.product_id)
                 .count()
@@ -425,6 +452,8 @@ pub fn create_entitlement(
                     line_items::starts_at.eq(item.starts_at.unwrap_or(now)),
                     line_items::expires_at.eq(item.expires_at),
                     line_items::created_at.eq(now),
+                    line_items::max_borrow_secs.eq(policy.max_borrow_secs),
+                    line_items::overdraft.eq(policy.overdraft),
                 ))
                 .execute(c)?;
         }
@@ -446,6 +475,8 @@ type LineItemRow = (
     i64,
     i64,
     Option<i64>,
+    Option<i64>,
+    i64,
 );
 
 /// The account's entitlements with their line items and where each is mapped.
@@ -472,6 +503,8 @@ pub fn list_entitlements(conn: &mut DbConn, account_id: &str) -> AppResult<Vec<E
             line_items::quantity,
             line_items::starts_at,
             line_items::expires_at,
+            line_items::max_borrow_secs,
+            line_items::overdraft,
         ))
         .order(line_items::created_at)
         .load(conn)?;
@@ -514,6 +547,9 @@ pub fn list_entitlements(conn: &mut DbConn, account_id: &str) -> AppResult<Vec<E
                         mapped: mappings.iter().map(|m| m.quantity).sum(),
                         starts_at: i.7,
                         expires_at: i.8,
+                        borrowable: i.9.is_some(),
+                        max_borrow_secs: i.9,
+                        overdraft: i.10,
                         mappings,
                     }
                 })
@@ -839,6 +875,10 @@ pub struct LineItemChange {
     pub starts_at: Option<i64>,
     /// `Some(None)` makes the right permanent.
     pub expires_at: Option<Option<i64>>,
+    /// `Some(false)` makes it not borrowable (and drops its maximum).
+    pub borrowable: Option<bool>,
+    pub max_borrow_secs: Option<i64>,
+    pub overdraft: Option<i64>,
 }
 
 /// The account's line item `id` of entitlement `entitlement_id`, or `NOT_FOUND`.
@@ -881,6 +921,18 @@ pub fn update_line_item(
         let starts_at = change.starts_at.unwrap_or(item.starts_at);
         let expires_at = change.expires_at.unwrap_or(item.expires_at);
         rules::check_period(starts_at, expires_at)?;
+        let borrowable = change.borrowable.unwrap_or(item.borrowable);
+        let max_borrow_secs = match (change.max_borrow_secs, borrowable) {
+            (Some(m), _) => Some(m),
+            (None, true) => item.max_borrow_secs,
+            (None, false) => None,
+        };
+        let policy = rules::LendingPolicy::check(
+            "",
+            borrowable,
+            max_borrow_secs,
+            change.overdraft.unwrap_or(item.overdraft),
+        )?;
         let mapped: Vec<(String, i64)> = item
             .mappings
             .iter()
@@ -892,6 +944,8 @@ pub fn update_line_item(
                 line_items::quantity.eq(quantity),
                 line_items::starts_at.eq(starts_at),
                 line_items::expires_at.eq(expires_at),
+                line_items::max_borrow_secs.eq(policy.max_borrow_secs),
+                line_items::overdraft.eq(policy.overdraft),
             ))
             .execute(c)?;
         account_line_item(c, account_id, entitlement_id, id)

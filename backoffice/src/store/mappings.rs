@@ -279,7 +279,17 @@ pub(super) fn rights_of(
     if holders.is_empty() {
         return Ok(HashMap::new());
     }
-    type Row = (String, String, i64, i64, Option<i64>, String, String);
+    type Row = (
+        String,
+        String,
+        i64,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        i64,
+        String,
+        String,
+    );
     let rows: Vec<Row> = on_backend!(conn, |c| mappings::table
         .inner_join(line_items::table)
         .inner_join(features::table.on(features::product_id.eq(line_items::product_id)))
@@ -290,13 +300,17 @@ pub(super) fn rights_of(
             mappings::quantity,
             line_items::starts_at,
             line_items::expires_at,
+            line_items::max_borrow_secs,
+            line_items::overdraft,
             features::name,
             features::version,
         ))
         .order((line_items::activation_id, features::name))
         .load(c))?;
     let mut by_holder: HashMap<String, Vec<Right>> = HashMap::new();
-    for (holder, activation_id, qty, starts_at, expires_at, feature, version) in rows {
+    for (holder, activation_id, qty, starts_at, expires_at, borrow, overdraft, feature, version) in
+        rows
+    {
         by_holder.entry(holder).or_default().push(Right {
             activation_id,
             feature,
@@ -304,6 +318,8 @@ pub(super) fn rights_of(
             count: u32::try_from(qty).unwrap_or(u32::MAX),
             starts_at,
             expires_at,
+            max_borrow_secs: borrow.and_then(|s| u64::try_from(s).ok()),
+            overdraft: u32::try_from(overdraft).unwrap_or(0),
         });
     }
     Ok(by_holder)

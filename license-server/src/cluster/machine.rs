@@ -275,6 +275,8 @@ pub(crate) mod tests {
             count,
             starts_at: 0,
             expires_at: None,
+            max_borrow_secs: None,
+            overdraft: 0,
         }];
         c.iat = iat;
         Rights::unverified(signer.sign(&c))

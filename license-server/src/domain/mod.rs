@@ -920,6 +920,8 @@ mod tests {
             count,
             starts_at: 0,
             expires_at,
+            max_borrow_secs: None,
+            overdraft: 0,
         }
     }
 

@@ -227,6 +227,8 @@ pub(crate) mod tests {
                 count,
                 starts_at: 0,
                 expires_at: None,
+                max_borrow_secs: None,
+                overdraft: 0,
             }],
             serve_until: now + 86_400,
             binding: None,

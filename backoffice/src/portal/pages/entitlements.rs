@@ -25,6 +25,8 @@ struct ItemView {
     unmapped: i64,
     starts: String,
     expiry: String,
+    borrow: String,
+    overdraft: i64,
     mappings: Vec<MapLink>,
 }
 
@@ -61,6 +63,8 @@ pub async fn entitlements(req: HttpRequest, user: PortalUser, state: State) -> P
                     mapped: li.mapped,
                     starts: view::date(li.starts_at),
                     expiry: view::expiry(li.expires_at),
+                    borrow: view::borrow_policy(li.max_borrow_secs),
+                    overdraft: li.overdraft,
                     mappings: li
                         .mappings
                         .into_iter()

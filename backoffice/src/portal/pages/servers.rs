@@ -104,6 +104,8 @@ struct UsageRow {
     version: String,
     count: u32,
     in_use: u32,
+    overdraft: u32,
+    borrowed: u32,
 }
 
 struct ChartRow {
@@ -213,6 +215,8 @@ async fn server_page(
                 version: u.version.clone(),
                 count: u.count,
                 in_use: u.in_use,
+                overdraft: u.overdraft,
+                borrowed: u.borrowed,
             })
             .collect(),
         usage_reported: v
