@@ -271,6 +271,7 @@ impl LicensingClient {
             return Err(Failure::invalid("check out at least one seat"));
         }
         let req = CheckoutRequest {
+            borrow_secs: None,
             feature: feature.to_owned(),
             version: version.map(str::to_owned),
             count,

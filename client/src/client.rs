@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use shared::grant::{Expected, verify_grant};
+use shared::grant::{Expected, GrantError, VerifiedGrant, verify_grant};
 use shared::lease::{CheckoutRequest, ClientSecret, FeatureInfo, Lease};
 use shared::signing::Verifier;
 use shared::{ErrorBody, ErrorCode};
@@ -491,6 +491,7 @@ impl Client {
     /// the background and returns it when dropped.
     pub async fn checkout(&self, feature: &str, count: u32) -> Result<LeaseGuard, ClientError> {
         self.checkout_with(CheckoutRequest {
+            borrow_secs: None,
             feature: feature.to_owned(),
             version: None,
             count,
@@ -531,8 +532,38 @@ impl Client {
                 count: req.count,
             },
         )?;
+        if req.borrow_secs.is_some() && !lease.borrowed {
+            return Err(ClientError::Invalid(format!(
+                "{} answered a borrow with a lease that is not borrowed",
+                answer.server
+            )));
+        }
         self.learn(&lease);
         Ok(lease)
+    }
+
+    /// Borrows `count` seats of `feature` (a version, or any) for offline use for
+    /// `period`: a lease whose signed grant [`verify_borrowed`] checks later with the
+    /// producer's key alone, no server needed. It is not renewed; it ends at its
+    /// `expires_at` (the period, or sooner when the server's binding or rights end
+    /// sooner), or earlier when given back with [`Client::release`]. Keep it (it holds
+    /// the lease token) where only its user reads it.
+    pub async fn borrow(
+        &self,
+        feature: &str,
+        version: Option<&str>,
+        count: u32,
+        period: Duration,
+    ) -> Result<Lease, ClientError> {
+        self.checkout_lease(&CheckoutRequest {
+            feature: feature.to_owned(),
+            version: version.map(str::to_owned),
+            count,
+            client_id: self.inner.client_id.clone(),
+            client_secret: None,
+            borrow_secs: Some(period.as_secs().max(1)),
+        })
+        .await
     }
 
     /// Renews a lease (at the server that granted it first).
@@ -631,7 +662,8 @@ impl Client {
             && g.feature == lease.feature
             && g.version == lease.version
             && g.count == lease.count
-            && g.exp == lease.expires_at;
+            && g.exp == lease.expires_at
+            && g.borrowed == lease.borrowed;
         if !same {
             return Err(untrusted(
                 "the lease's fields differ from what its grant signs".into(),
@@ -661,6 +693,38 @@ impl Client {
             .await
             .map(|_| ())
     }
+}
+
+/// Checks a borrowed lease offline, with the producer's public key alone: its grant and
+/// binding verify (the chain of trust), the grant is a borrow of this lease, its client,
+/// feature, version and count, and it has not ended at `now` (Unix seconds; `leeway`
+/// seconds of clock difference allowed).
+pub fn verify_borrowed(
+    producer: &Verifier,
+    lease: &Lease,
+    now: i64,
+    leeway: i64,
+) -> Result<VerifiedGrant, GrantError> {
+    let v = verify_grant(
+        producer,
+        &lease.grant,
+        &lease.binding,
+        &Expected {
+            client_id: &lease.client_id,
+            lease_id: Some(lease.lease_id),
+            feature: &lease.feature,
+            version: Some(&lease.version),
+            count: lease.count,
+        },
+        now,
+        leeway,
+    )?;
+    if !v.grant.borrowed {
+        return Err(GrantError::Mismatch(
+            "the grant is for online use, not a borrow: it is valid only while renewed".into(),
+        ));
+    }
+    Ok(v)
 }
 
 fn now_ms() -> i64 {
@@ -810,6 +874,8 @@ mod tests {
 
     fn lease(expires_at: i64, renew_after: i64) -> Lease {
         Lease {
+            borrowed: false,
+            overdraft: false,
             lease_id: Uuid::nil(),
             token: "t".into(),
             feature: "f".into(),
@@ -926,6 +992,7 @@ mod tests {
         }
         .sign(producer);
         l.grant = GrantClaims {
+            borrowed: false,
             iss: "string:lls-1".into(),
             sub: l.client_id.clone(),
             jti: l.lease_id,

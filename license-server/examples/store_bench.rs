@@ -484,6 +484,7 @@ fn populate(data: &Path, n: usize, rights: Option<&str>) -> (u64, u64) {
             &mut state,
             Event::LeaseGranted {
                 lease: LeaseRecord {
+                    kind: license_server::domain::LeaseKind::default(),
                     id,
                     feature: "bench".into(),
                     version: String::new(),

@@ -81,6 +81,9 @@ pub struct GrantClaims {
     pub iat: i64,
     /// The lease ends (Unix time, seconds).
     pub exp: i64,
+    /// Borrowed for offline use until `exp`: the client may use it with no server.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub borrowed: bool,
 }
 
 impl GrantClaims {
@@ -260,6 +263,7 @@ mod tests {
 
     fn grant(iss: &str) -> GrantClaims {
         GrantClaims {
+            borrowed: false,
             iss: iss.into(),
             sub: "alice@ws1".into(),
             jti: Uuid::from_u128(7),

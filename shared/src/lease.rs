@@ -37,10 +37,29 @@ pub struct CheckoutRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, min_length = 16, max_length = 256))]
     pub client_secret: Option<ClientSecret>,
+    /// Borrow the seats for this long (seconds, 1 to 365 days, and at most the line
+    /// item's `max_borrow_secs`): a lease for offline use, granted anew (never an existing
+    /// lease reclaimed), not renewed, ending then (or sooner, at the end of the server's
+    /// binding or rights, shown in `expires_at`) unless returned early. A line item that
+    /// is not borrowable: `FORBIDDEN`; longer than allowed: `VALIDATION_ERROR` (field
+    /// `borrow_secs`, naming the maximum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 31_536_000, example = 604800)
+    )]
+    pub borrow_secs: Option<u64>,
 }
+
+/// The longest borrow a client may ask for (365 days, the back office's limit too).
+pub const MAX_BORROW_SECS: u64 = 365 * 86_400;
 
 fn one() -> u32 {
     1
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A client's secret (see [`CheckoutRequest::client_secret`]): sent as it is, never shown
@@ -100,10 +119,18 @@ pub struct Lease {
     pub client_id: String,
     /// When the lease was first granted, (Unix time, seconds).
     pub granted_at: i64,
-    /// When the lease lapses unless renewed, (Unix time, seconds).
+    /// When the lease lapses unless renewed, (Unix time, seconds); a borrowed lease ends
+    /// then.
     pub expires_at: i64,
     /// Renew after this time and before `expires_at`, (Unix time, seconds).
     pub renew_after: i64,
+    /// Borrowed for offline use: not renewed, ends at `expires_at` or when returned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub borrowed: bool,
+    /// Granted beyond the feature's count, from the line item's overdraft (reported to
+    /// the back office as overage).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overdraft: bool,
     /// The URL of the server that granted or renewed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_by: Option<String>,
@@ -154,6 +181,12 @@ pub struct LeaseInfo {
     /// Hostid of the server that granted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granted_by: Option<String>,
+    /// Borrowed for offline use.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub borrowed: bool,
+    /// An overdraft seat (beyond the count).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overdraft: bool,
 }
 
 /// One feature's pool, `GET /api/v1/features`.
@@ -175,6 +208,12 @@ pub struct FeatureInfo {
     pub in_use: u32,
     /// Seats free now.
     pub free: u32,
+    /// Seats in use beyond `count` (overdraft leases).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub overdraft: u32,
+    /// Seats borrowed, part of `in_use`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub borrowed: u32,
     /// When the earliest right of this pool starts, (Unix time, seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starts_at: Option<i64>,

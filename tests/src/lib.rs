@@ -65,6 +65,7 @@ where
 /// A checkout of one seat of `feature` for `client_id`.
 pub fn checkout_request(feature: &str, client_id: &str) -> shared::lease::CheckoutRequest {
     shared::lease::CheckoutRequest {
+        borrow_secs: None,
         feature: feature.to_owned(),
         version: None,
         count: 1,

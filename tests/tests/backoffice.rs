@@ -753,6 +753,7 @@ fn binding_of(producer: &Verifier, claims: &CapabilityClaims) -> BindingClaims {
 fn grant(hostid: &str, key: &Signer, now: i64) -> (String, uuid::Uuid) {
     let lease = uuid::Uuid::new_v4();
     let g = GrantClaims {
+        borrowed: false,
         iss: hostid.to_owned(),
         sub: "client-1".into(),
         jti: lease,

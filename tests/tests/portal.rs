@@ -622,6 +622,7 @@ async fn view_server_follows_a_real_pair_through_failover() -> Result<()> {
     for i in 0..3 {
         client
             .checkout_lease(&CheckoutRequest {
+                borrow_secs: None,
                 feature: "cad".into(),
                 version: None,
                 count: 1,

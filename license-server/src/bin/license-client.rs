@@ -79,8 +79,73 @@ enum Command {
         )]
         token: String,
     },
+    /// Borrow seats for offline use: the lease (with its grant, binding and token) is
+    /// verified, then written to FILE (mode 0600) for `verify` and `return`.
+    Borrow {
+        feature: String,
+        /// How long to borrow (e.g. `8h`, `7d`), at most the line item's maximum.
+        #[arg(long, value_parser = shared::duration::parse)]
+        period: Duration,
+        /// Where to keep the borrowed lease.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Seats to take.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// A specific version of the feature (any version when absent).
+        #[arg(long = "feature-version")]
+        feature_version: Option<String>,
+    },
+    /// Check a borrowed lease offline, with the producer's key alone (no server): exits 0
+    /// and says until when it is valid, or 1 and why not.
+    Verify {
+        /// The file `borrow` wrote.
+        lease_file: std::path::PathBuf,
+    },
+    /// Give a borrowed lease back before it ends (the seat is free again at once).
+    ReturnBorrowed {
+        /// The file `borrow` wrote; removed once the server took the lease back.
+        lease_file: std::path::PathBuf,
+    },
     /// List the server's features: count, in use, free, expiry.
     Features,
+}
+
+/// Reads a lease file written by `borrow`.
+fn read_lease(path: &std::path::Path) -> Result<Lease, ClientError> {
+    let text = std::fs::read(path).map_err(|e| {
+        ClientError::Invalid(format!(
+            "the lease file `{}` cannot be read: {e}",
+            path.display()
+        ))
+    })?;
+    serde_json::from_slice(&text).map_err(|e| {
+        ClientError::Invalid(format!(
+            "`{}` is not a lease written by `license-client borrow`: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Writes a borrowed lease (it holds the lease token) readable by its owner only.
+fn write_lease(path: &std::path::Path, lease: &Lease) -> Result<(), ClientError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let json = serde_json::to_vec_pretty(lease).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            ClientError::Invalid(format!(
+                "the lease file `{}` cannot be created (it must not exist yet): {e}",
+                path.display()
+            ))
+        })?;
+    f.write_all(&json)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| ClientError::Invalid(format!("writing `{}`: {e}", path.display())))
 }
 
 fn print_lease(lease: &Lease, json: bool) {
@@ -91,12 +156,14 @@ fn print_lease(lease: &Lease, json: bool) {
         );
     } else {
         println!(
-            "lease {} : {} seat(s) of {} {} for {}\ntoken {}\nexpires at {} (renew after {})",
+            "lease {} : {} seat(s) of {} {} for {}{}{}\ntoken {}\nexpires at {} (renew after {})",
             lease.lease_id,
             lease.count,
             lease.feature,
             lease.version,
             lease.client_id,
+            if lease.borrowed { " (borrowed)" } else { "" },
+            if lease.overdraft { " (overdraft)" } else { "" },
             lease.token,
             lease.expires_at,
             lease.renew_after
@@ -127,7 +194,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     let mut builder = cli
         .servers
         .iter()
-        .fold(Client::builder(producer), |b, s| b.server(s));
+        .fold(Client::builder(producer.clone()), |b, s| b.server(s));
     if let Some(path) = &cli.ca {
         let pem = std::fs::read(path).map_err(|e| {
             ClientError::Invalid(format!("--ca `{}` cannot be read: {e}", path.display()))
@@ -148,6 +215,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             hold,
         } => {
             let req = CheckoutRequest {
+                borrow_secs: None,
                 feature,
                 version: feature_version,
                 count,
@@ -181,6 +249,62 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             client.release_by_id(lease_id, &token).await?;
             if !cli.json {
                 println!("returned lease {lease_id}");
+            }
+        }
+        Command::Borrow {
+            feature,
+            period,
+            out,
+            count,
+            feature_version,
+        } => {
+            let lease = client
+                .borrow(&feature, feature_version.as_deref(), count, period)
+                .await?;
+            write_lease(&out, &lease)?;
+            print_lease(&lease, cli.json);
+        }
+        Command::ReturnBorrowed { lease_file } => {
+            let lease = read_lease(&lease_file)?;
+            client.release(&lease).await?;
+            std::fs::remove_file(&lease_file).map_err(|e| {
+                ClientError::Invalid(format!(
+                    "returned lease {}, but `{}` could not be removed: {e}",
+                    lease.lease_id,
+                    lease_file.display()
+                ))
+            })?;
+            if !cli.json {
+                println!("returned lease {}", lease.lease_id);
+            }
+        }
+        Command::Verify { lease_file } => {
+            let lease = read_lease(&lease_file)?;
+            let v = licensing_client::verify_borrowed(
+                &producer,
+                &lease,
+                shared::now_unix(),
+                i64::try_from(licensing_client::DEFAULT_CLOCK_LEEWAY.as_secs()).unwrap_or(60),
+            )
+            .map_err(|e| ClientError::Untrusted {
+                server: lease.served_by.clone().unwrap_or_default(),
+                reason: e.to_string(),
+            })?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": true, "lease_id": lease.lease_id, "feature": v.grant.feature, "count": v.grant.count, "expires_at": v.grant.exp, "granted_by": v.grant.iss})
+                );
+            } else {
+                println!(
+                    "valid: {} seat(s) of {} {} borrowed by {} from {}, until {} (Unix time, seconds)",
+                    v.grant.count,
+                    v.grant.feature,
+                    v.grant.version,
+                    v.grant.sub,
+                    v.grant.iss,
+                    v.grant.exp
+                );
             }
         }
         Command::Features => {

@@ -54,6 +54,10 @@ pub enum Command {
         lease_id: Uuid,
         /// The member that proposed it.
         granted_by: String,
+        /// A borrow for this long (milliseconds; `lease_ms` is then its length, within
+        /// the proposer's binding and rights).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        borrow_ms: Option<i64>,
     },
     Renew {
         id: Uuid,
@@ -161,6 +165,7 @@ pub fn apply(st: &mut State, cmd: &Command, check: &RightsCheck) -> Outcome {
             lease_ms,
             lease_id,
             granted_by,
+            borrow_ms,
         } => {
             expire(st, *at);
             let ask = CheckoutAsk {
@@ -169,6 +174,7 @@ pub fn apply(st: &mut State, cmd: &Command, check: &RightsCheck) -> Outcome {
                 count: *count,
                 client_id,
                 holder: *holder,
+                borrow_ms: *borrow_ms,
             };
             let holds = |id: &Uuid| *shown == Some(*id);
             match st.decide_checkout(&ask, *at, *lease_ms, *lease_id, granted_by, holds) {
@@ -302,6 +308,7 @@ pub(crate) mod tests {
 
     fn checkout(client: &str, at: Millis) -> Command {
         Command::Checkout {
+            borrow_ms: None,
             feature: "cad".into(),
             version: None,
             count: 1,

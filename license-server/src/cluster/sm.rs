@@ -374,6 +374,7 @@ mod tests {
             machine::apply(
                 &mut st,
                 &Command::Checkout {
+                    borrow_ms: None,
                     feature: "cad".into(),
                     version: None,
                     count: 1,

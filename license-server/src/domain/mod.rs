@@ -143,6 +143,38 @@ pub struct LeaseRecord {
     /// Who may reclaim it by checking out again ([`Holder`]).
     #[serde(default, skip_serializing_if = "Holder::is_none")]
     pub holder: Holder,
+    /// Borrowed, or an overdraft seat.
+    #[serde(default, flatten)]
+    pub kind: LeaseKind,
+}
+
+/// What kind of lease: borrowed (held offline for a period the client chose, within the
+/// line item's maximum; not renewed, returned early or ended), and whether its seats are
+/// overdraft (granted beyond the count, within the line item's overdraft).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LeaseKind {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub borrowed: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overdraft: bool,
+}
+
+impl LeaseKind {
+    const BORROWED: u8 = 1;
+    const OVERDRAFT: u8 = 2;
+
+    /// Its byte in the store's records.
+    pub fn bits(self) -> u8 {
+        (u8::from(self.borrowed) * Self::BORROWED) | (u8::from(self.overdraft) * Self::OVERDRAFT)
+    }
+
+    /// From its byte; `None` for bits this version does not know.
+    pub fn from_bits(b: u8) -> Option<LeaseKind> {
+        (b & !(Self::BORROWED | Self::OVERDRAFT) == 0).then_some(LeaseKind {
+            borrowed: b & Self::BORROWED != 0,
+            overdraft: b & Self::OVERDRAFT != 0,
+        })
+    }
 }
 
 impl LeaseRecord {
@@ -156,6 +188,8 @@ impl LeaseRecord {
             granted_at: self.granted_at / 1000,
             expires_at: self.expires_at / 1000,
             granted_by: Some(self.granted_by.clone()),
+            borrowed: self.kind.borrowed,
+            overdraft: self.kind.overdraft,
         }
     }
 }
@@ -271,6 +305,13 @@ pub enum Denied {
         reason: String,
     },
     UnknownLease,
+    /// A borrow of a pool none of whose rights is borrowable.
+    NotBorrowable,
+    /// A borrow longer than the rights allow.
+    BorrowTooLong {
+        /// The longest borrow allowed (seconds).
+        max_secs: u64,
+    },
 }
 
 /// What a checkout asks for (validated by the caller).
@@ -282,12 +323,30 @@ pub struct CheckoutAsk<'a> {
     pub client_id: &'a str,
     /// The client's secret, hashed ([`Holder::NONE`] without one).
     pub holder: Holder,
+    /// A borrow for this long (milliseconds), or an ordinary lease (see
+    /// [`State::decide_checkout`]).
+    pub borrow_ms: Option<i64>,
+}
+
+/// What one right adds to a pool (times in Unix seconds).
+#[derive(Clone, Copy, Debug)]
+struct Part {
+    count: u32,
+    starts_at: i64,
+    expires_at: Option<i64>,
+    overdraft: u32,
+    max_borrow_secs: Option<u64>,
+}
+
+impl Part {
+    fn live(&self, secs: i64) -> bool {
+        self.starts_at <= secs && self.expires_at.is_none_or(|e| secs < e)
+    }
 }
 
 #[derive(Clone, Debug, Default)]
 struct Pool {
-    /// (count, starts_at, expires_at) of each contributing right (Unix time, seconds).
-    parts: Vec<(u32, i64, Option<i64>)>,
+    parts: Vec<Part>,
 }
 
 impl Pool {
@@ -295,19 +354,38 @@ impl Pool {
         let secs = now.div_euclid(1000);
         self.parts
             .iter()
-            .filter(|(_, start, exp)| *start <= secs && exp.is_none_or(|e| secs < e))
-            .fold(0u32, |acc, (c, _, _)| acc.saturating_add(*c))
+            .filter(|p| p.live(secs))
+            .fold(0u32, |acc, p| acc.saturating_add(p.count))
+    }
+
+    /// Seats beyond the count the live rights allow (their overdrafts added up).
+    fn overdraft_at(&self, now: Millis) -> u32 {
+        let secs = now.div_euclid(1000);
+        self.parts
+            .iter()
+            .filter(|p| p.live(secs))
+            .fold(0u32, |acc, p| acc.saturating_add(p.overdraft))
+    }
+
+    /// The longest borrow a live right allows (seconds); `None` when none is borrowable.
+    fn max_borrow_at(&self, now: Millis) -> Option<u64> {
+        let secs = now.div_euclid(1000);
+        self.parts
+            .iter()
+            .filter(|p| p.live(secs))
+            .filter_map(|p| p.max_borrow_secs)
+            .max()
     }
 
     fn starts_at(&self) -> Option<i64> {
-        self.parts.iter().map(|p| p.1).min()
+        self.parts.iter().map(|p| p.starts_at).min()
     }
 
     /// The last expiry, `None` if any part is permanent.
     fn expires_at(&self) -> Option<i64> {
         let mut latest = None;
-        for (_, _, exp) in &self.parts {
-            match exp {
+        for p in &self.parts {
+            match &p.expires_at {
                 None => return None,
                 Some(e) => latest = Some(latest.map_or(*e, |l: i64| l.max(*e))),
             }
@@ -325,8 +403,8 @@ impl Pool {
         let secs = now.div_euclid(1000);
         self.parts
             .iter()
-            .filter(|(_, s, _)| *s > secs)
-            .map(|(_, s, _)| s * 1000)
+            .filter(|p| p.starts_at > secs)
+            .map(|p| p.starts_at * 1000)
             .min()
     }
 }
@@ -612,6 +690,10 @@ impl State {
         if candidates.is_empty() {
             return Err(Denied::UnknownFeature);
         }
+        let candidates = match ask.borrow_ms {
+            Some(ms) => borrowable(candidates, ms, now)?,
+            None => candidates,
+        };
 
         // The same client again while its lease lives: that lease, renewed, when the
         // client proves it holds it; another one that only names the client ID is a
@@ -631,7 +713,9 @@ impl State {
                 (&self.leases.pool_key(a.pool).version, a.id)
                     .cmp(&(&self.leases.pool_key(b.pool).version, b.id))
             });
-        if let Some(l) = own {
+        if let Some(l) = own
+            && ask.borrow_ms.is_none()
+        {
             return self.decide_renew(&l.id, now, lease_ms);
         }
 
@@ -648,7 +732,10 @@ impl State {
                 None => all_expired_at = None,
             }
             let used = self.in_use(key);
-            if used.saturating_add(ask.count) <= cap {
+            let wanted = used.saturating_add(ask.count);
+            // Beyond the count, up to the rights' overdraft: marked as such.
+            let overdraft = wanted > cap && cap > 0 && wanted - cap <= pool.overdraft_at(now);
+            if wanted <= cap || overdraft {
                 return Ok(Event::LeaseGranted {
                     lease: LeaseRecord {
                         id: new_id,
@@ -662,6 +749,10 @@ impl State {
                         granted_by: granted_by.to_owned(),
                         granted_seq: 0,
                         holder: ask.holder,
+                        kind: LeaseKind {
+                            borrowed: ask.borrow_ms.is_some(),
+                            overdraft,
+                        },
                     },
                 });
             }
@@ -719,10 +810,17 @@ impl State {
         if let Some(at) = pool.expired_at(now) {
             return Err(Denied::FeatureExpired { expired_at: at });
         }
+        // A borrowed lease keeps the end it was borrowed until: a renewal neither extends
+        // nor shortens it.
+        let expires_at = if l.kind.borrowed {
+            l.expires_at
+        } else {
+            now + lease_ms
+        };
         Ok(Event::LeaseRenewed {
             id: *id,
             at: now,
-            expires_at: now + lease_ms,
+            expires_at,
         })
     }
 
@@ -749,6 +847,11 @@ impl State {
     pub fn features(&self, now: Millis) -> Vec<FeatureInfo> {
         let mut keys: BTreeSet<&FeatureKey> = self.pools.keys().collect();
         keys.extend(self.leases.pools_in_use().map(|(k, _)| k));
+        let mut borrowed: BTreeMap<&FeatureKey, u32> = BTreeMap::new();
+        for l in self.leases.iter().filter(|l| l.kind.borrowed) {
+            let n = borrowed.entry(self.leases.pool_key(l.pool)).or_default();
+            *n = n.saturating_add(l.count);
+        }
         keys.into_iter()
             .map(|key| {
                 let pool = self.pools.get(key);
@@ -760,6 +863,8 @@ impl State {
                     count,
                     in_use,
                     free: count.saturating_sub(in_use),
+                    overdraft: in_use.saturating_sub(count),
+                    borrowed: borrowed.get(key).copied().unwrap_or(0),
                     starts_at: pool.and_then(Pool::starts_at),
                     expires_at: pool.and_then(Pool::expires_at),
                     expired: pool.is_none_or(|p| p.expired_at(now).is_some()),
@@ -890,6 +995,32 @@ impl State {
     }
 }
 
+/// The pools a borrow of `ms` may come from: those whose rights allow borrowing that
+/// long. None borrowable: [`Denied::NotBorrowable`]; none long enough:
+/// [`Denied::BorrowTooLong`] with the longest allowed.
+fn borrowable<'a>(
+    candidates: Vec<(&'a FeatureKey, &'a Pool)>,
+    ms: i64,
+    now: Millis,
+) -> Result<Vec<(&'a FeatureKey, &'a Pool)>, Denied> {
+    let longest = candidates
+        .iter()
+        .filter_map(|(_, p)| p.max_borrow_at(now))
+        .max()
+        .ok_or(Denied::NotBorrowable)?;
+    let fit: Vec<_> = candidates
+        .into_iter()
+        .filter(|(_, p)| {
+            p.max_borrow_at(now)
+                .is_some_and(|max| i128::from(max) * 1000 >= i128::from(ms))
+        })
+        .collect();
+    if fit.is_empty() {
+        return Err(Denied::BorrowTooLong { max_secs: longest });
+    }
+    Ok(fit)
+}
+
 fn pools_of(rights: &[Right]) -> BTreeMap<FeatureKey, Pool> {
     let mut pools: BTreeMap<FeatureKey, Pool> = BTreeMap::new();
     for r in rights {
@@ -900,7 +1031,13 @@ fn pools_of(rights: &[Right]) -> BTreeMap<FeatureKey, Pool> {
             })
             .or_default()
             .parts
-            .push((r.count, r.starts_at, r.expires_at));
+            .push(Part {
+                count: r.count,
+                starts_at: r.starts_at,
+                expires_at: r.expires_at,
+                overdraft: r.overdraft,
+                max_borrow_secs: r.max_borrow_secs,
+            });
     }
     pools
 }
@@ -937,6 +1074,7 @@ mod tests {
     /// A client whose secret is its name.
     fn ask<'a>(feature: &'a str, client: &'a str, count: u32) -> CheckoutAsk<'a> {
         CheckoutAsk {
+            borrow_ms: None,
             feature,
             version: None,
             count,
@@ -954,6 +1092,125 @@ mod tests {
         };
         s.apply(&ev);
         Ok(id)
+    }
+
+    fn lending(count: u32, max_borrow_secs: Option<u64>, overdraft: u32) -> State {
+        state_with(vec![Right {
+            max_borrow_secs,
+            overdraft,
+            ..right("cad", "1.0", count, None)
+        }])
+    }
+
+    fn granted(s: &mut State, a: &CheckoutAsk<'_>, now: Millis, ms: i64) -> LeaseRecord {
+        match s.decide_checkout(a, now, ms, Uuid::new_v4(), "string:me", |_| false) {
+            Ok(ev @ Event::LeaseGranted { .. }) => {
+                s.apply(&ev);
+                let Event::LeaseGranted { lease } = ev else {
+                    unreachable!()
+                };
+                s.lease(&lease.id).unwrap()
+            }
+            other => panic!("not granted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn overdraft_seats_are_granted_beyond_the_count_marked_and_only_where_allowed() {
+        let mut s = lending(2, None, 1);
+        let key = FeatureKey {
+            feature: "cad".into(),
+            version: "1.0".into(),
+        };
+        for c in ["a", "b"] {
+            assert!(!granted(&mut s, &ask("cad", c, 1), T0, LEASE).kind.overdraft);
+        }
+        let over = granted(&mut s, &ask("cad", "c", 1), T0, LEASE);
+        assert!(over.kind.overdraft && !over.kind.borrowed);
+        assert!(over.info().overdraft);
+        let f = &s.features(T0)[0];
+        assert_eq!((f.count, f.in_use, f.free, f.overdraft), (2, 3, 0, 1));
+        // The overdraft used up: denied as usual.
+        assert!(matches!(
+            checkout(&mut s, &ask("cad", "d", 1), T0),
+            Err(Denied::NoSeat { .. })
+        ));
+        // Two at once where one overdraft seat is left of two: never more than it allows.
+        let mut s = lending(2, None, 1);
+        granted(&mut s, &ask("cad", "a", 1), T0, LEASE);
+        assert!(matches!(
+            checkout(&mut s, &ask("cad", "b", 3), T0),
+            Err(Denied::NoSeat { .. })
+        ));
+        assert!(
+            granted(&mut s, &ask("cad", "b", 2), T0, LEASE)
+                .kind
+                .overdraft
+        );
+        assert_eq!(s.in_use(&key), 3);
+
+        // No overdraft on the line item: none granted.
+        let mut s = lending(1, None, 0);
+        granted(&mut s, &ask("cad", "a", 1), T0, LEASE);
+        assert!(matches!(
+            checkout(&mut s, &ask("cad", "b", 1), T0),
+            Err(Denied::NoSeat { .. })
+        ));
+    }
+
+    #[test]
+    fn a_borrow_within_the_maximum_is_granted_counted_and_kept_to_its_end() {
+        const DAY: i64 = 86_400_000;
+        let mut s = lending(2, Some(7 * 86_400), 0);
+        let borrow = CheckoutAsk {
+            borrow_ms: Some(3 * DAY),
+            ..ask("cad", "laptop", 1)
+        };
+        let b = granted(&mut s, &borrow, T0, 3 * DAY);
+        assert!(b.kind.borrowed && !b.kind.overdraft);
+        assert_eq!(b.expires_at, T0 + 3 * DAY);
+        assert_eq!(s.features(T0)[0].borrowed, 1);
+        // Counted against the pool: one seat left.
+        granted(&mut s, &ask("cad", "desk", 1), T0, LEASE);
+        assert!(checkout(&mut s, &ask("cad", "other", 1), T0).is_err());
+        // The borrower checking out again gets a new borrow, never its old one renewed
+        // short; a renewal keeps the borrow's end.
+        let ev = s.decide_renew(&b.id, T0 + DAY, LEASE).unwrap();
+        assert!(matches!(ev, Event::LeaseRenewed { expires_at, .. } if expires_at == T0 + 3 * DAY));
+        // It ends at its end, not before.
+        assert!(
+            s.expired(T0 + 3 * DAY - 1)
+                .iter()
+                .all(|e| !matches!(e, Event::LeaseExpired { id, .. } if *id == b.id))
+        );
+        assert!(
+            s.expired(T0 + 3 * DAY)
+                .iter()
+                .any(|e| matches!(e, Event::LeaseExpired { id, .. } if *id == b.id))
+        );
+        // Returned early: the seat is free again.
+        s.apply(&s.decide_return(&b.id, T0 + 1).unwrap());
+        granted(&mut s, &ask("cad", "other", 1), T0 + 2, LEASE);
+    }
+
+    #[test]
+    fn a_borrow_is_refused_where_not_borrowable_or_longer_than_allowed() {
+        let borrow = |ms| CheckoutAsk {
+            borrow_ms: Some(ms),
+            ..ask("cad", "laptop", 1)
+        };
+        let mut s = lending(5, None, 2);
+        assert_eq!(
+            checkout(&mut s, &borrow(60_000), T0),
+            Err(Denied::NotBorrowable)
+        );
+        let mut s = lending(5, Some(3_600), 0);
+        assert_eq!(
+            checkout(&mut s, &borrow(3_600_001), T0),
+            Err(Denied::BorrowTooLong { max_secs: 3_600 })
+        );
+        assert!(checkout(&mut s, &borrow(3_600_000), T0).is_ok());
+        assert_eq!(s.lease_count(), 1, "the refusals granted nothing");
     }
 
     #[test]

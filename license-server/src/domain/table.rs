@@ -20,7 +20,7 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use std::hash::BuildHasher;
 use uuid::Uuid;
 
-use super::{FeatureKey, Holder, LeaseRecord, Millis};
+use super::{FeatureKey, Holder, LeaseKind, LeaseRecord, Millis};
 
 /// Slots per chunk: a chunk is the unit a snapshot shares and a change copies.
 pub const CHUNK: usize = 1024;
@@ -35,6 +35,7 @@ pub(crate) struct Lease {
     pub expires_at: Millis,
     pub granted_seq: u64,
     pub holder: Holder,
+    pub kind: LeaseKind,
     pub count: u32,
     /// Index into the pool names.
     pub pool: u32,
@@ -57,6 +58,7 @@ pub struct LeaseRef<'a> {
     pub expires_at: Millis,
     pub granted_seq: u64,
     pub holder: Holder,
+    pub kind: LeaseKind,
 }
 
 impl LeaseRef<'_> {
@@ -73,6 +75,7 @@ impl LeaseRef<'_> {
             granted_by: self.granted_by.to_owned(),
             granted_seq: self.granted_seq,
             holder: self.holder,
+            kind: self.kind,
         }
     }
 }
@@ -91,6 +94,7 @@ impl<'a> From<&'a LeaseRecord> for LeaseRef<'a> {
             expires_at: l.expires_at,
             granted_seq: l.granted_seq,
             holder: l.holder,
+            kind: l.kind,
         }
     }
 }
@@ -243,6 +247,7 @@ impl LeaseTable {
             expires_at: l.expires_at,
             granted_seq: l.granted_seq,
             holder: l.holder,
+            kind: l.kind,
         }
     }
 
@@ -314,6 +319,7 @@ impl LeaseTable {
             expires_at: l.expires_at,
             granted_seq: l.granted_seq,
             holder: l.holder,
+            kind: l.kind,
             count: l.count,
             pool: self.names.intern_pool(l.feature, l.version),
             host: self.names.intern_host(l.granted_by),
@@ -487,6 +493,7 @@ impl FrozenLeases {
                     expires_at: l.expires_at,
                     granted_seq: l.granted_seq,
                     holder: l.holder,
+                    kind: l.kind,
                 }
             })
     }
@@ -509,6 +516,7 @@ mod tests {
             granted_by: "string:me".into(),
             granted_seq: 1,
             holder: Holder::of_secret(client),
+            kind: LeaseKind::default(),
         }
     }
 

@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use shared::capability::Role;
 use shared::grant::GrantClaims;
-use shared::lease::{CheckoutRequest, FeatureInfo, Lease, LeaseInfo};
+use shared::lease::{CheckoutRequest, FeatureInfo, Lease, LeaseInfo, MAX_BORROW_SECS};
 use uuid::Uuid;
 
 use super::{Service, fmt_time, now_ms};
@@ -62,6 +62,7 @@ impl Service {
             count: r.count,
             iat: r.renewed_at / 1000,
             exp: r.expires_at / 1000,
+            borrowed: r.kind.borrowed,
         };
         Lease {
             lease_id: r.id,
@@ -74,7 +75,13 @@ impl Service {
             client_id: grant.sub,
             granted_at: r.granted_at / 1000,
             expires_at: grant.exp,
-            renew_after: (r.renewed_at + (r.expires_at - r.renewed_at) / 2) / 1000,
+            renew_after: if r.kind.borrowed {
+                grant.exp
+            } else {
+                (r.renewed_at + (r.expires_at - r.renewed_at) / 2) / 1000
+            },
+            borrowed: r.kind.borrowed,
+            overdraft: r.kind.overdraft,
             served_by: self.cfg.public_url.clone(),
             backup_uri: self.backup_uri(),
             main_uri: match self.cfg.role {
@@ -87,13 +94,13 @@ impl Service {
 
     /// Whether leases may be granted or renewed now (called with the state lock held,
     /// after [`Service::ensure_serving_locked`]): the binding grants are signed under,
-    /// and how long a lease may last — `LEASE_DURATION`, but never past the binding or
-    /// the rights' `serve_until`.
+    /// how long a lease may last — `LEASE_DURATION`, but never past the binding or the
+    /// rights' `serve_until` — and how long until either ends (the most a borrow gets).
     pub(super) fn grantable_locked(
         &self,
         st: &State,
         now: Millis,
-    ) -> Result<(Arc<Binding>, i64), ServiceError> {
+    ) -> Result<(Arc<Binding>, i64, i64), ServiceError> {
         let Some(claims) = st.rights.as_ref().and_then(|r| r.claims()) else {
             return Err(ServiceError::NotFound(format!(
                 "no feature is licensed on this server: it holds no rights from the back \
@@ -121,7 +128,7 @@ impl Service {
             ))
         })?;
         let until = until.min(binding.until().saturating_mul(1000));
-        Ok((binding, self.cfg.lease_ms.min(until - now)))
+        Ok((binding, self.cfg.lease_ms.min(until - now), until - now))
     }
 
     pub(super) fn denied(&self, d: Denied, feature: &str) -> ServiceError {
@@ -146,6 +153,18 @@ impl Service {
             },
             Denied::UnknownLease => ServiceError::NotFound(
                 "no such lease: it expired, was returned, or never existed".into(),
+            ),
+            Denied::NotBorrowable => ServiceError::Forbidden(format!(
+                "`{feature}` may not be borrowed: its line item is not borrowable (the \
+                 producer sets that per line item); check it out for online use instead"
+            )),
+            Denied::BorrowTooLong { max_secs } => ServiceError::validation(
+                "borrow_secs",
+                format!(
+                    "`{feature}` may be borrowed for at most {max_secs} seconds ({}); ask \
+                     for a shorter period",
+                    humantime::format_duration(std::time::Duration::from_secs(max_secs))
+                ),
             ),
         };
         self.metrics.deny(err.code());
@@ -207,13 +226,14 @@ impl Service {
                 .client_secret
                 .as_ref()
                 .map_or(Holder::NONE, |s| Holder::of_secret(s.expose())),
+            borrow_ms: borrow_ms(req),
         };
         let now = now_ms();
         let (rec, renewed, seq, rx, binding) = {
             let mut st = self.state.lock();
             self.ensure_serving_locked(&st, now)
                 .inspect_err(|e| self.metrics.deny(e.code()))?;
-            let (binding, lease_ms) = self
+            let (binding, lease_ms, room_ms) = self
                 .grantable_locked(&st, now)
                 .inspect_err(|e| self.metrics.deny(e.code()))?;
             self.reap_locked(&mut st, now);
@@ -221,7 +241,7 @@ impl Service {
                 .decide_checkout(
                     &ask,
                     now,
-                    lease_ms,
+                    lease_length(lease_ms, room_ms, ask.borrow_ms),
                     Uuid::new_v4(),
                     &self.hostid_str,
                     |id| lease_token.is_some_and(|t| self.token_matches(id, t)),
@@ -287,7 +307,7 @@ impl Service {
             let mut st = self.state.lock();
             self.ensure_serving_locked(&st, now)
                 .inspect_err(|e| self.metrics.deny(e.code()))?;
-            let (binding, lease_ms) = self
+            let (binding, lease_ms, _) = self
                 .grantable_locked(&st, now)
                 .inspect_err(|e| self.metrics.deny(e.code()))?;
             self.reap_locked(&mut st, now);
@@ -399,6 +419,14 @@ pub fn validate_checkout(req: &CheckoutRequest) -> Result<(), ServiceError> {
             ));
         }
     }
+    if let Some(b) = req.borrow_secs
+        && !(1..=MAX_BORROW_SECS).contains(&b)
+    {
+        return Err(ServiceError::validation(
+            "borrow_secs",
+            format!("borrow_secs must be between 1 and {MAX_BORROW_SECS} (365 days)"),
+        ));
+    }
     if req.count == 0 || req.count > MAX_SEATS_PER_CHECKOUT {
         return Err(ServiceError::validation(
             "count",
@@ -406,6 +434,21 @@ pub fn validate_checkout(req: &CheckoutRequest) -> Result<(), ServiceError> {
         ));
     }
     Ok(())
+}
+
+/// The borrow a checkout asks for, in milliseconds (validated: at most 365 days).
+pub(super) fn borrow_ms(req: &CheckoutRequest) -> Option<i64> {
+    req.borrow_secs.map(|s| {
+        i64::try_from(s)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000)
+    })
+}
+
+/// How long a new lease lasts: an ordinary one `lease_ms` (already within `room_ms`), a
+/// borrowed one its period, but never past the binding or the rights (`room_ms`).
+pub(super) fn lease_length(lease_ms: i64, room_ms: i64, borrow_ms: Option<i64>) -> i64 {
+    borrow_ms.map_or(lease_ms, |b| b.min(room_ms))
 }
 
 pub(super) fn key_of(state: &State) -> Result<Option<Hmac<Sha256>>, ServiceError> {
@@ -431,6 +474,7 @@ mod tests {
 
     fn req(client: &str) -> CheckoutRequest {
         CheckoutRequest {
+            borrow_secs: None,
             feature: "cad".into(),
             version: None,
             count: 1,

@@ -52,7 +52,11 @@ impl Service {
 
     /// This member serves, holds a valid binding and rights within their `serve_until`:
     /// the binding and the longest lease it may grant now (as a standalone server).
-    fn grantable_member(&self, c: &Cluster, now: i64) -> Result<(Arc<Binding>, i64), ServiceError> {
+    fn grantable_member(
+        &self,
+        c: &Cluster,
+        now: i64,
+    ) -> Result<(Arc<Binding>, i64, i64), ServiceError> {
         c.serving().inspect_err(|e| self.metrics.deny(e.code()))?;
         let st = self.state.lock();
         self.grantable_locked(&st, now)
@@ -68,7 +72,8 @@ impl Service {
         lease_token: Option<&str>,
     ) -> Result<Lease, ServiceError> {
         let at = now_ms();
-        let (binding, lease_ms) = self.grantable_member(c, at)?;
+        let (binding, lease_ms, room_ms) = self.grantable_member(c, at)?;
+        let borrow_ms = super::leases::borrow_ms(req);
         let shown = lease_token.and_then(|t| {
             self.state
                 .lock()
@@ -87,9 +92,10 @@ impl Service {
                 .map_or(Holder::NONE, |s| Holder::of_secret(s.expose())),
             shown,
             at,
-            lease_ms,
+            lease_ms: super::leases::lease_length(lease_ms, room_ms, borrow_ms),
             lease_id: Uuid::new_v4(),
             granted_by: self.hostid_str.clone(),
+            borrow_ms,
         };
         let (lease, renewed) = self.lease_of(self.commit(c, cmd).await?, &req.feature)?;
         if renewed {
@@ -109,7 +115,7 @@ impl Service {
         c.serving().inspect_err(|e| self.metrics.deny(e.code()))?;
         self.authorize(id, token)?;
         let at = now_ms();
-        let (binding, lease_ms) = self.grantable_member(c, at)?;
+        let (binding, lease_ms, _) = self.grantable_member(c, at)?;
         let feature = self
             .state
             .lock()

@@ -88,8 +88,8 @@ impl Service {
                 version: f.version,
                 count: f.count,
                 in_use: f.in_use,
-                overdraft: 0,
-                borrowed: 0,
+                overdraft: f.overdraft,
+                borrowed: f.borrowed,
             })
             .collect();
         let ((serving, pair_status), dropped) = {

@@ -25,7 +25,8 @@
 //! | 13 | `Detached` | at; reason: str |
 //! | 14 | `BackupChanged` | at; dropped: bool; uri: option str; reason: str |
 //! | 15 | `RightsUpdated` | rights: str (the capability answer, verbatim); at: i64 |
-//! | 16 | `LeaseGranted` | lease; holder: 16 bytes (zero: none) |
+//! | 16 | `LeaseGranted` (before borrowing and overdraft: neither) | lease; holder: 16 bytes (zero: none) |
+//! | 17 | `LeaseGranted` | lease; holder; kind: u8 (bit 0 borrowed, bit 1 overdraft; other bits refused) |
 //!
 //! `right` = activation_id: str, feature: str, version: str, count: u32, starts_at: i64,
 //! expires_at: option i64. `lease` = id, feature: str, version: str, count: u32,
@@ -42,10 +43,11 @@
 //! | tag | section | fields |
 //! |---:|---|---|
 //! | 4 | head (first) | seq: u64; lease_key: option str; rights: option str (the capability answer, verbatim); rights_updated_at: option i64; history: uuid; fork: option (history: uuid, seq: u64); active_since: option i64; backup: (dropped: bool, uri: option str, reason: option str, changed_at: option i64); detached: option str; alone_from: option u64; absorbed: option fork |
-//! | 5 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64, holder: 16 bytes)* |
+//! | 6 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64, holder: 16 bytes, kind: u8 as in tag 17)* |
 //! | 3 | end (last) | leases: u64 (how many in all); sections: u64 (lease sections) |
 //! | 1 | head, before signed rights | as 4, but rights: count, right*; rights_updated_at; rights_issued_at: i64 |
-//! | 2 | leases, before holders | as 5 without holder |
+//! | 2 | leases, before holders | as 6 without holder and kind |
+//! | 5 | leases, before borrowing and overdraft | as 6 without kind |
 //!
 //! Each lease section carries its own small name tables, so that a damaged section loses
 //! only its own leases. Every decoder checks every length against the bytes left before
@@ -54,7 +56,7 @@
 use uuid::Uuid;
 
 use crate::domain::{
-    BackupState, Event, Fork, Frozen, Holder, LeaseRecord, LeaseRef, Rights, State,
+    BackupState, Event, Fork, Frozen, Holder, LeaseKind, LeaseRecord, LeaseRef, Rights, State,
 };
 
 /// Why a payload could not be decoded.
@@ -70,6 +72,8 @@ pub enum DecodeError {
     Utf8,
     #[error("a yes/no byte is {0}")]
     Bool(u8),
+    #[error("a lease's kind byte is {0}, with bits this version does not know")]
+    LeaseKind(u8),
     #[error("it holds {0} bytes more than its content")]
     Trailing(usize),
     #[error("its kind {0} is unknown to this version (was it written by a newer one?)")]
@@ -205,6 +209,11 @@ impl<'a> Dec<'a> {
         Ok(Uuid::from_bytes(b))
     }
 
+    pub fn lease_kind(&mut self) -> Result<LeaseKind> {
+        let b = self.u8()?;
+        LeaseKind::from_bits(b).ok_or(DecodeError::LeaseKind(b))
+    }
+
     pub fn holder(&mut self) -> Result<Holder> {
         let b: [u8; 16] = self
             .take(16)?
@@ -279,6 +288,7 @@ fn get_lease(d: &mut Dec<'_>) -> Result<LeaseRecord> {
         granted_by: d.string()?,
         granted_seq: d.u64()?,
         holder: Holder::NONE,
+        kind: LeaseKind::default(),
     })
 }
 
@@ -297,9 +307,10 @@ pub fn put_record(buf: &mut Vec<u8>, seq: u64, event: &Event) {
             e.i64(*at);
         }
         Event::LeaseGranted { lease: l } => {
-            e.u8(16);
+            e.u8(17);
             put_lease(e, l);
             e.holder(&l.holder);
+            e.u8(l.kind.bits());
         }
         Event::LeaseRenewed { id, at, expires_at } => {
             e.u8(4);
@@ -385,9 +396,12 @@ pub fn get_record(payload: &[u8]) -> Result<(u64, Event)> {
             rights: Rights::unverified(d.str()?),
             at: d.i64()?,
         },
-        16 => {
+        tag @ (16 | 17) => {
             let mut lease = get_lease(&mut d)?;
             lease.holder = d.holder()?;
+            if tag == 17 {
+                lease.kind = d.lease_kind()?;
+            }
             Event::LeaseGranted { lease }
         }
         4 => Event::LeaseRenewed {
@@ -440,7 +454,9 @@ pub const SECTION_HEAD_V1: u8 = 1;
 pub const SECTION_LEASES_V1: u8 = 2;
 pub const SECTION_END: u8 = 3;
 pub const SECTION_HEAD: u8 = 4;
-pub const SECTION_LEASES: u8 = 5;
+/// Leases before borrowing and overdraft.
+pub const SECTION_LEASES_V2: u8 = 5;
+pub const SECTION_LEASES: u8 = 6;
 
 fn put_fork(e: &mut Enc<'_>, f: Fork) {
     e.uuid(&f.history);
@@ -525,7 +541,7 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
                 unsigned_rights,
             }
         }
-        tag @ (SECTION_LEASES | SECTION_LEASES_V1) => {
+        tag @ (SECTION_LEASES | SECTION_LEASES_V2 | SECTION_LEASES_V1) => {
             let n = d.count(2)?;
             let mut pools = Vec::with_capacity(n);
             for _ in 0..n {
@@ -548,10 +564,15 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
                 let renewed_at = granted_at.wrapping_add(d.i64()?);
                 let expires_at = renewed_at.wrapping_add(d.i64()?);
                 let granted_seq = d.u64()?;
-                let holder = if tag == SECTION_LEASES {
-                    d.holder()?
-                } else {
+                let holder = if tag == SECTION_LEASES_V1 {
                     Holder::NONE
+                } else {
+                    d.holder()?
+                };
+                let kind = if tag == SECTION_LEASES {
+                    d.lease_kind()?
+                } else {
+                    LeaseKind::default()
                 };
                 leases.push(LeaseRef {
                     id,
@@ -565,6 +586,7 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
                     expires_at,
                     granted_seq,
                     holder,
+                    kind,
                 });
             }
             Section::Leases(leases)
@@ -666,6 +688,7 @@ fn put_leases(buf: &mut Vec<u8>, leases: &[LeaseRef<'_>]) {
         e.i64(l.expires_at.wrapping_sub(l.renewed_at));
         e.u64(l.granted_seq);
         e.holder(&l.holder);
+        e.u8(l.kind.bits());
     }
 }
 
@@ -694,6 +717,10 @@ pub(crate) mod tests {
                     granted_by: "string:me".into(),
                     granted_seq: u64::MAX,
                     holder: Holder::of_secret("host:1234's secret"),
+                    kind: LeaseKind {
+                        borrowed: true,
+                        overdraft: true,
+                    },
                 },
             },
             Event::LeaseGranted {
@@ -709,6 +736,7 @@ pub(crate) mod tests {
                     granted_by: "string:me".into(),
                     granted_seq: 7,
                     holder: Holder::NONE,
+                    kind: LeaseKind::default(),
                 },
             },
             Event::LeaseRenewed {

@@ -21,6 +21,7 @@ fn grant(i: u32) -> Event {
             granted_by: "string:me".into(),
             granted_seq: 0,
             holder: crate::domain::Holder::of_secret(&format!("c{i}")),
+            kind: crate::domain::LeaseKind::default(),
         },
     }
 }
@@ -209,10 +210,10 @@ async fn flip_is_refused_then_recovered(which: usize) {
     assert_eq!(back.seq, if which == 29 { 29 } else { 30 });
 }
 
-/// The lease ID in the grant record at `offset` (the payload's bytes 9..25).
+/// The lease ID in the grant record (tag 17) at `offset` (the payload's bytes 9..25).
 fn grant_of(data: &[u8], offset: usize) -> Option<Uuid> {
     let p = offset + frame::RECORD_HEADER;
-    (data[p + 8] == 16).then(|| Uuid::from_slice(&data[p + 9..p + 25]).unwrap())
+    (data[p + 8] == 17).then(|| Uuid::from_slice(&data[p + 9..p + 25]).unwrap())
 }
 
 #[tokio::test]

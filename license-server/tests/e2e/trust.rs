@@ -324,6 +324,7 @@ async fn naming_another_clients_id_gets_a_lease_of_its_own_and_never_its_token()
     // And the library's own client, by its secret: her lease again.
     let again = alice
         .checkout_lease(&shared::lease::CheckoutRequest {
+            borrow_secs: None,
             feature: "cad".into(),
             version: None,
             count: 1,
@@ -349,6 +350,7 @@ async fn a_fake_license_server_cannot_grant_to_the_client_library() {
     let now = now_unix();
     let grant_for = |client: &str, id: &str, iss: &str, key: &Signer| {
         GrantClaims {
+            borrowed: false,
             iss: iss.into(),
             sub: client.into(),
             jti: id.parse().unwrap(),
