@@ -322,6 +322,64 @@ pub(crate) mod tests {
         }
     }
 
+    /// A borrow goes through the log like any grant: each member decides it from the
+    /// signed policy, alike.
+    #[test]
+    fn a_borrow_is_decided_in_log_order_from_the_signed_policy() {
+        let mut st = State::default();
+        let mut c = crate::domain::rights::tests::claims("string:m1", None, 0);
+        c.rights = vec![Right {
+            activation_id: "A".into(),
+            feature: "cad".into(),
+            version: "1.0".into(),
+            count: 1,
+            starts_at: 0,
+            expires_at: None,
+            max_borrow_secs: Some(3_600),
+            overdraft: 0,
+        }];
+        c.iat = T0 / 1000;
+        let rights = Command::Rights {
+            rights: Rights::unverified(producer().sign(&c)),
+            at: T0,
+        };
+        assert_eq!(apply(&mut st, &rights), Outcome::Done);
+        let borrow = |ms: i64| {
+            let mut cmd = checkout("laptop", T0);
+            if let Command::Checkout {
+                borrow_ms,
+                lease_ms,
+                ..
+            } = &mut cmd
+            {
+                (*borrow_ms, *lease_ms) = (Some(ms), ms);
+            }
+            cmd
+        };
+        let cmd = borrow(3_600_000);
+        let logged: Command = serde_json::from_slice(&serde_json::to_vec(&cmd).unwrap()).unwrap();
+        assert_eq!(logged, cmd, "the log keeps the borrow");
+        assert!(matches!(
+            apply(&mut st, &borrow(3_600_001)),
+            Outcome::Denied {
+                denied: Denied::BorrowTooLong { max_secs: 3_600 }
+            }
+        ));
+        match apply(&mut st, &logged) {
+            Outcome::Lease { lease, .. } => {
+                assert!(lease.kind.borrowed);
+                assert_eq!(lease.expires_at, T0 + 3_600_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            apply(&mut st, &checkout("desk", T0)),
+            Outcome::Denied {
+                denied: Denied::NoSeat { .. }
+            }
+        ));
+    }
+
     #[test]
     fn two_checkouts_proposed_at_once_for_the_last_seat_grant_one() {
         let mut st = pool(1);

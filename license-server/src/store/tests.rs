@@ -21,7 +21,11 @@ fn grant(i: u32) -> Event {
             granted_by: "string:me".into(),
             granted_seq: 0,
             holder: crate::domain::Holder::of_secret(&format!("c{i}")),
-            kind: crate::domain::LeaseKind::default(),
+            // Every kind of lease, so that snapshots and journals carry each.
+            kind: crate::domain::LeaseKind {
+                borrowed: i % 3 == 1,
+                overdraft: i % 3 == 2,
+            },
         },
     }
 }
@@ -307,6 +311,13 @@ async fn compaction_snapshots_and_drops_old_segments_while_events_go_on() {
     assert!(rec.snapshot_seq > 0);
     assert_eq!(back.seq, state.seq);
     assert_eq!(lease_ids(&back), lease_ids(&state));
+    for l in state.leases() {
+        assert_eq!(
+            back.lease(&l.id).unwrap().kind,
+            l.kind,
+            "borrowed, overdraft kept"
+        );
+    }
     let a = state
         .leases()
         .find(|l| l.expires_at == 9_000_000)
