@@ -489,6 +489,21 @@ pub struct Fixture {
     pub device_token: String,
 }
 
+impl Fixture {
+    /// The back office's ID of the account's server `hostid` (the account API's list).
+    pub async fn server_id(&self, hostid: &str) -> Result<String> {
+        let servers = self.user.get("/api/v1/account/servers").await?.ok()?;
+        Ok(servers
+            .as_array()
+            .context("servers")?
+            .iter()
+            .find(|s| s["hostid"] == hostid)
+            .and_then(|s| s["id"].as_str())
+            .with_context(|| format!("{hostid} is not among the account's servers"))?
+            .to_owned())
+    }
+}
+
 /// An authenticated JSON client.
 #[derive(Clone)]
 pub struct Api {

@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 pub use backoffice::{
     ADMIN_EMAIL, ADMIN_PASSWORD, Api, BackOffice, Fixture, Reply, capability_request,
 };
-pub use license_server::{LicenseServer, PairSetup, lease_ids, leases_at, seats_held, wait_paired};
+pub use license_server::{
+    LicenseServer, PairSetup, lease_ids, leases_at, seats_held, server_env, wait_paired,
+};
 pub use postgres::{Backend, PgDatabase, backends};
 pub use process::{Process, bin_dir, binary, tail};
 pub use proxy::Proxy;

@@ -313,6 +313,24 @@ pub fn lease_ids(list: &[Value]) -> std::collections::HashSet<String> {
         .collect()
 }
 
+/// The settings of a license server `hostid` polling `bo` with `fx`'s device token.
+pub fn server_env(bo: &BackOffice, fx: &Fixture, hostid: &str) -> Vec<(String, String)> {
+    [
+        ("HOSTID", hostid.to_owned()),
+        ("BACKOFFICE_URL", bo.url.clone()),
+        ("BACKOFFICE_TOKEN", fx.device_token.clone()),
+        (
+            "BACKOFFICE_PUBLIC_KEY",
+            bo.public_key_path().display().to_string(),
+        ),
+        ("CAPABILITY_POLL_INTERVAL", "500ms".into()),
+        ("BACKOFF_MAX", "500ms".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 /// A main and its backup, started from a back office fixture.
 pub struct PairSetup {
     pub tmp: tempfile::TempDir,

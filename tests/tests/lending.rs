@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 use shared::ErrorCode;
 use shared::lease::Lease;
 use tests::{
-    BackOffice, Backend, Fixture, LicenseServer, PairSetup, binary, eventually, wait_paired,
+    BackOffice, Backend, Fixture, LicenseServer, PairSetup, binary, eventually, server_env,
+    wait_paired,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -187,21 +188,10 @@ async fn standalone(
         "string:lls-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let env: Vec<(String, String)> = [
-        ("HOSTID", hostid.clone()),
-        ("BACKOFFICE_URL", bo.url.clone()),
-        ("BACKOFFICE_TOKEN", fx.device_token.clone()),
-        (
-            "BACKOFFICE_PUBLIC_KEY",
-            bo.public_key_path().display().to_string(),
-        ),
-        ("RIGHTS_IDS", format!("{}:2", fx.activation_id)),
-        ("CAPABILITY_POLL_INTERVAL", "500ms".into()),
-        ("BACKOFF_MAX", "500ms".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env = tests::license_server::with(
+        server_env(bo, fx, &hostid),
+        &[("RIGHTS_IDS", &format!("{}:2", fx.activation_id))],
+    );
     Ok((LicenseServer::start("lls", dir, 0, &env).await?, hostid))
 }
 
@@ -242,15 +232,7 @@ async fn overdraft_seats_are_granted_marked_reported_and_shown_and_none_where_no
     );
 
     // Reported with the next poll and shown on the server's page of the account API.
-    let servers = fx.user.get("/api/v1/account/servers").await?.ok()?;
-    let id = servers
-        .as_array()
-        .context("servers")?
-        .iter()
-        .find(|s| s["hostid"] == hostid.as_str())
-        .and_then(|s| s["id"].as_str())
-        .context("the server at the back office")?
-        .to_owned();
+    let id = fx.server_id(&hostid).await?;
     let usage = eventually(WAIT, "the overage reported", || async {
         let v = fx
             .user

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use shared::ErrorCode;
 use shared::lease::CheckoutRequest;
 use tests::tls::TestCa;
-use tests::{BackOffice, Backend, LicenseServer, backends, eventually};
+use tests::{BackOffice, Backend, LicenseServer, backends, eventually, server_env};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -66,15 +66,7 @@ async fn scenario(backend: Backend) -> Result<()> {
     .await;
 
     // 2 more mapped through the account API arrive with the next poll, no restart.
-    let servers = fx.user.get("/api/v1/account/servers").await?.ok()?;
-    let server_id = servers
-        .as_array()
-        .context("servers")?
-        .iter()
-        .find(|s| s["hostid"] == hostid.as_str())
-        .and_then(|s| s["id"].as_str())
-        .context("the server at the back office")?
-        .to_owned();
+    let server_id = fx.server_id(&hostid).await?;
     fx.user
         .post(
             "/api/v1/account/mappings",
@@ -141,24 +133,6 @@ async fn a_license_server_against_the_real_back_office() -> Result<()> {
         scenario(b).await.with_context(|| format!("on {b:?}"))?;
     }
     Ok(())
-}
-
-/// The settings of a license server `hostid` polling `bo` with `fx`'s device token.
-fn server_env(bo: &BackOffice, fx: &tests::Fixture, hostid: &str) -> Vec<(String, String)> {
-    [
-        ("HOSTID", hostid.to_owned()),
-        ("BACKOFFICE_URL", bo.url.clone()),
-        ("BACKOFFICE_TOKEN", fx.device_token.clone()),
-        (
-            "BACKOFFICE_PUBLIC_KEY",
-            bo.public_key_path().display().to_string(),
-        ),
-        ("CAPABILITY_POLL_INTERVAL", "500ms".into()),
-        ("BACKOFF_MAX", "500ms".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,7 +66,12 @@ error_responses!(
     CheckoutErrors = [
         err(
             ValidationError,
-            "the body is not JSON or a field is out of range (`field` names it)"
+            "the body is not JSON or a field is out of range (`field` names it), or a borrow \
+             is longer than the feature's line item allows (`borrow_secs`, naming the maximum)"
+        ),
+        err(
+            Forbidden,
+            "a borrow (`borrow_secs`) of a feature whose line item is not borrowable"
         ),
         too_large(SMALL_BODY_LIMIT),
         too_slow(),
@@ -87,7 +92,9 @@ error_responses!(
 /// while its lease lives gets that lease back, renewed, when it proves it holds it: the
 /// `client_secret` the lease was granted with, or the lease's token as
 /// `Authorization: Bearer`. A checkout that only names its client ID is another client's
-/// and gets a lease of its own. The answer carries `grant`, signed by this server's key,
+/// and gets a lease of its own. With `borrow_secs`, a new borrowed lease for offline use
+/// (see the field). Once the count is used up, seats of the line item's overdraft are
+/// granted, marked `overdraft`. The answer carries `grant`, signed by this server's key,
 /// and `binding`, the back office's binding of that key: verify them with the producer's
 /// public key.
 #[utoipa::path(
