@@ -490,6 +490,33 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// Changes the fixture's line item through the producer API (`PATCH`, the fields of
+    /// `change`); the line item as it is now.
+    pub async fn patch_line_item(&self, change: Value) -> Result<Value> {
+        let ents = self
+            .admin
+            .get(&format!(
+                "/api/v1/accounts/{}/entitlements",
+                self.account_id
+            ))
+            .await?
+            .ok()?;
+        let ent = ents[0]["id"].as_str().context("entitlement")?;
+        let item = ents[0]["line_items"][0]["id"]
+            .as_str()
+            .context("line item")?;
+        self.admin
+            .patch(
+                &format!(
+                    "/api/v1/accounts/{}/entitlements/{ent}/line-items/{item}",
+                    self.account_id
+                ),
+                change,
+            )
+            .await?
+            .ok()
+    }
+
     /// The back office's ID of the account's server `hostid` (the account API's list).
     pub async fn server_id(&self, hostid: &str) -> Result<String> {
         let servers = self.user.get("/api/v1/account/servers").await?.ok()?;

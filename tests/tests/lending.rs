@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use licensing_client::{Client, ClientError, verify_borrowed};
-use serde_json::{Value, json};
+use serde_json::json;
 use shared::ErrorCode;
 use shared::lease::Lease;
 use tests::{
@@ -21,29 +21,6 @@ use tests::{
 
 const WAIT: Duration = Duration::from_secs(30);
 const HOUR: Duration = Duration::from_secs(3_600);
-
-/// Sets the fixture's line item's policy through the producer API.
-async fn set_policy(fx: &Fixture, policy: Value) -> Result<Value> {
-    let ents = fx
-        .admin
-        .get(&format!("/api/v1/accounts/{}/entitlements", fx.account_id))
-        .await?
-        .ok()?;
-    let ent = ents[0]["id"].as_str().context("entitlement")?;
-    let item = ents[0]["line_items"][0]["id"]
-        .as_str()
-        .context("line item")?;
-    fx.admin
-        .patch(
-            &format!(
-                "/api/v1/accounts/{}/entitlements/{ent}/line-items/{item}",
-                fx.account_id
-            ),
-            policy,
-        )
-        .await?
-        .ok()
-}
 
 fn code(r: &Result<Lease, ClientError>) -> Option<ErrorCode> {
     r.as_ref().err().and_then(ClientError::code)
@@ -66,7 +43,8 @@ async fn a_borrowed_seat_counts_survives_kill_9_and_failback_returns_early_and_v
 -> Result<()> {
     let bo = BackOffice::start(Backend::Sqlite).await?;
     let fx = bo.fixture(&["cad"], 20).await?;
-    set_policy(&fx, json!({"borrowable": true, "max_borrow_secs": 86_400})).await?;
+    fx.patch_line_item(json!({"borrowable": true, "max_borrow_secs": 86_400}))
+        .await?;
     let pair = PairSetup::new(&bo, &fx, 2, &[])?;
     let mut main = pair.start_main().await?;
     let mut backup = pair.start_backup().await?;
@@ -145,7 +123,7 @@ async fn a_borrowed_seat_counts_survives_kill_9_and_failback_returns_early_and_v
     ensure!(code(&r) == Some(ErrorCode::NoLicenseAvailable), "{r:?}");
 
     // No longer borrowable (at the servers' next poll): a new borrow is refused.
-    set_policy(&fx, json!({"borrowable": false})).await?;
+    fx.patch_line_item(json!({"borrowable": false})).await?;
     eventually(WAIT, "a borrow refused as not borrowable", || async {
         let r = Client::new(&main.url, producer.clone())
             .ok()?
@@ -200,7 +178,7 @@ async fn overdraft_seats_are_granted_marked_reported_and_shown_and_none_where_no
 -> Result<()> {
     let bo = BackOffice::start(Backend::Sqlite).await?;
     let fx = bo.fixture(&["cad"], 10).await?;
-    set_policy(&fx, json!({"overdraft": 1})).await?;
+    fx.patch_line_item(json!({"overdraft": 1})).await?;
     let tmp = tempfile::tempdir()?;
     let (server, hostid) = standalone(&bo, &fx, &tmp.path().join("lls")).await?;
     let client = Client::new(&server.url, bo.producer())?;
@@ -253,7 +231,7 @@ async fn overdraft_seats_are_granted_marked_reported_and_shown_and_none_where_no
 
     // No overdraft on the line item (at the next poll): the seat given back is not
     // granted beyond the count again.
-    set_policy(&fx, json!({"overdraft": 0})).await?;
+    fx.patch_line_item(json!({"overdraft": 0})).await?;
     client.release(&c).await?;
     eventually(WAIT, "no overdraft any more", || async {
         let r = checkout("e").await;

@@ -114,6 +114,8 @@ async fn scenario(b: &Browser, backend: Backend) -> Result<()> {
     let shot = |name: &str| format!("{tag}-{name}");
     let bo = BackOffice::start(backend).await?;
     let fx: Fixture = bo.fixture(&["cad", "sim"], 10).await?;
+    fx.patch_line_item(json!({"borrowable": true, "max_borrow_secs": 7 * 86_400, "overdraft": 2}))
+        .await?;
     let other: Fixture = bo.fixture(&["cad"], 5).await?;
     let base = bo.url.clone();
     b.client.delete_all_cookies().await.ok();
@@ -453,6 +455,10 @@ async fn scenario(b: &Browser, backend: Backend) -> Result<()> {
         .text(&format!("tr[data-activation-id='{}']", fx.activation_id))
         .await?;
     ensure!(row.contains(&main_hostid), "entitlement row: {row}");
+    // And the line item's borrow policy and overdraft.
+    let cell = |class: &str| format!("tr[data-activation-id='{}'] .{class}", fx.activation_id);
+    ensure!(b.text(&cell("borrow")).await? == "up to 7 days");
+    ensure!(b.text(&cell("overdraft")).await? == "2");
     ensure!(
         b.exists(&format!(
             "tr[data-activation-id='{}'] a[href='{main_path}']",
