@@ -26,7 +26,7 @@
 //! | 14 | `BackupChanged` | at; dropped: bool; uri: option str; reason: str |
 //! | 15 | `RightsUpdated` | rights: str (the capability answer, verbatim); at: i64 |
 //! | 16 | `LeaseGranted` (before borrowing and overdraft: neither) | lease; holder: 16 bytes (zero: none) |
-//! | 17 | `LeaseGranted` | lease; holder; kind: u8 (bit 0 borrowed, bit 1 overdraft; other bits refused) |
+//! | 19 | `LeaseGranted` | lease; holder; kind: u8 (bit 0 borrowed, bit 1 overdraft; other bits refused) |
 //!
 //! `right` = activation_id: str, feature: str, version: str, count: u32, starts_at: i64,
 //! expires_at: option i64. `lease` = id, feature: str, version: str, count: u32,
@@ -43,11 +43,11 @@
 //! | tag | section | fields |
 //! |---:|---|---|
 //! | 4 | head (first) | seq: u64; lease_key: option str; rights: option str (the capability answer, verbatim); rights_updated_at: option i64; history: uuid; fork: option (history: uuid, seq: u64); active_since: option i64; backup: (dropped: bool, uri: option str, reason: option str, changed_at: option i64); detached: option str; alone_from: option u64; absorbed: option fork |
-//! | 6 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64, holder: 16 bytes, kind: u8 as in tag 17)* |
+//! | 8 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64, holder: 16 bytes, kind: u8 as in tag 19)* |
 //! | 3 | end (last) | leases: u64 (how many in all); sections: u64 (lease sections) |
 //! | 1 | head, before signed rights | as 4, but rights: count, right*; rights_updated_at; rights_issued_at: i64 |
-//! | 2 | leases, before holders | as 6 without holder and kind |
-//! | 5 | leases, before borrowing and overdraft | as 6 without kind |
+//! | 2 | leases, before holders | as 8 without holder and kind |
+//! | 5 | leases, before borrowing and overdraft | as 8 without kind |
 //!
 //! Each lease section carries its own small name tables, so that a damaged section loses
 //! only its own leases. Every decoder checks every length against the bytes left before
@@ -307,7 +307,7 @@ pub fn put_record(buf: &mut Vec<u8>, seq: u64, event: &Event) {
             e.i64(*at);
         }
         Event::LeaseGranted { lease: l } => {
-            e.u8(17);
+            e.u8(19);
             put_lease(e, l);
             e.holder(&l.holder);
             e.u8(l.kind.bits());
@@ -396,10 +396,10 @@ pub fn get_record(payload: &[u8]) -> Result<(u64, Event)> {
             rights: Rights::unverified(d.str()?),
             at: d.i64()?,
         },
-        tag @ (16 | 17) => {
+        tag @ (16 | 19) => {
             let mut lease = get_lease(&mut d)?;
             lease.holder = d.holder()?;
-            if tag == 17 {
+            if tag == 19 {
                 lease.kind = d.lease_kind()?;
             }
             Event::LeaseGranted { lease }
@@ -456,7 +456,7 @@ pub const SECTION_END: u8 = 3;
 pub const SECTION_HEAD: u8 = 4;
 /// Leases before borrowing and overdraft.
 pub const SECTION_LEASES_V2: u8 = 5;
-pub const SECTION_LEASES: u8 = 6;
+pub const SECTION_LEASES: u8 = 8;
 
 fn put_fork(e: &mut Enc<'_>, f: Fork) {
     e.uuid(&f.history);

@@ -214,10 +214,10 @@ async fn flip_is_refused_then_recovered(which: usize) {
     assert_eq!(back.seq, if which == 29 { 29 } else { 30 });
 }
 
-/// The lease ID in the grant record (tag 17) at `offset` (the payload's bytes 9..25).
+/// The lease ID in the grant record (tag 19) at `offset` (the payload's bytes 9..25).
 fn grant_of(data: &[u8], offset: usize) -> Option<Uuid> {
     let p = offset + frame::RECORD_HEADER;
-    (data[p + 8] == 17).then(|| Uuid::from_slice(&data[p + 9..p + 25]).unwrap())
+    (data[p + 8] == 19).then(|| Uuid::from_slice(&data[p + 9..p + 25]).unwrap())
 }
 
 #[tokio::test]
