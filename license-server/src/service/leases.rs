@@ -1,5 +1,6 @@
 //! Leases: checkout, renew, return and an operator's release, each decided under the
-//! state lock and answered once durable; lease tokens (HMAC-SHA256 of the lease ID with a
+//! state lock and answered once durable (a return as soon as it is queued: see
+//! [`Service::return_lease`]); lease tokens (HMAC-SHA256 of the lease ID with a
 //! key kept in the state, so a restarted server or a backup fed the same changes verifies
 //! tokens it did not issue); grants signed with this server's key, after the lock is
 //! released; expiry of leases not renewed in time.
@@ -306,6 +307,13 @@ impl Service {
         Ok(self.lease_view(&rec, &binding))
     }
 
+    /// Returns a lease. Answered as soon as it is applied and queued to the store, without
+    /// waiting for its `fdatasync` or the backup: a return lost in a crash can only keep
+    /// its seat held until the lease would have lapsed, never hand it out twice. The
+    /// journal and the pair's stream are ordered, so any change that hands the freed seat
+    /// to someone else comes after the return, and that change is answered only once it
+    /// is durable (and on the backup) — with the return before it. (A cluster member
+    /// commits returns through the cluster like any change.)
     pub async fn return_lease(&self, id: &Uuid, token: Option<&str>) -> Result<(), ServiceError> {
         if let Some(c) = self.cluster() {
             return self.return_in_cluster(c, id, token).await;
@@ -313,16 +321,14 @@ impl Service {
         self.refuse_if_not_serving()?;
         self.authorize(id, token)?;
         let now = now_ms();
-        let (seq, rx) = {
+        {
             let mut st = self.state.lock();
             self.ensure_serving_locked(&st, now)
                 .inspect_err(|e| self.metrics.deny(e.code()))?;
             let ev = st.decide_return(id, now).map_err(|d| self.denied(d, ""))?;
             let seq = st.apply(&ev);
-            (seq, self.store.submit(seq, ev))
-        };
-        store::acked(rx).await?;
-        self.replicated(seq).await;
+            self.store.submit_nowait(seq, ev);
+        }
         self.metrics.returns.inc();
         Ok(())
     }

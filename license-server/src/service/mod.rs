@@ -4,7 +4,9 @@
 //! Every change follows the same path: under the state lock, decide (pure domain), apply
 //! to the in-memory state and queue the event to the store (in sequence order); release
 //! the lock; wait until the event is durable (and, on a main with a backup in sync, until
-//! the backup holds it); answer.
+//! the backup holds it); answer. Returns (and expiries) alone do not wait: losing one in a
+//! crash keeps a seat held a little longer, never hands it out twice (see
+//! [`Service::return_lease`]).
 //!
 //! The parts: [`leases`] (checkout, renew, return, release, tokens, signed grants,
 //! expiry), [`rights`] (the back office's verified answers: rights, binding, the pair's
