@@ -22,6 +22,7 @@ use shared::lease::{FeatureInfo, LeaseInfo};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::options::{Options, RuleDenial, Seats, Who};
 pub use rights::{Rights, RightsCheck, RightsError, renewal_step};
 use table::LeaseTable;
 pub use table::{CHUNK, FrozenLeases, LeaseRef};
@@ -143,6 +144,12 @@ pub struct LeaseRecord {
     /// Who may reclaim it by checking out again ([`Holder`]).
     #[serde(default, skip_serializing_if = "Holder::is_none")]
     pub holder: Holder,
+    /// The user and host the checkout named ("" when it named none): what the options
+    /// file's `MAX` and `RESERVE` rules count.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 impl LeaseRecord {
@@ -153,6 +160,8 @@ impl LeaseRecord {
             version: self.version.clone(),
             count: self.count,
             client_id: self.client_id.clone(),
+            user: Some(self.user.clone()).filter(|u| !u.is_empty()),
+            host: Some(self.host.clone()).filter(|h| !h.is_empty()),
             granted_at: self.granted_at / 1000,
             expires_at: self.expires_at / 1000,
             granted_by: Some(self.granted_by.clone()),
@@ -271,6 +280,8 @@ pub enum Denied {
         reason: String,
     },
     UnknownLease,
+    /// A rule of the options file refused.
+    Rule(RuleDenial),
 }
 
 /// What a checkout asks for (validated by the caller).
@@ -282,6 +293,10 @@ pub struct CheckoutAsk<'a> {
     pub client_id: &'a str,
     /// The client's secret, hashed ([`Holder::NONE`] without one).
     pub holder: Holder,
+    /// The user and host the checkout named.
+    pub who: Who<'a>,
+    /// The options file's rules a new grant must pass (none: every client may).
+    pub options: Option<&'a Options>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -635,6 +650,10 @@ impl State {
             return self.decide_renew(&l.id, now, lease_ms);
         }
 
+        if let Some(options) = ask.options {
+            self.decide_rules(options, ask, now).map_err(Denied::Rule)?;
+        }
+
         let mut all_expired_at: Option<Millis> = Some(0);
         let mut next_free: Option<Millis> = None;
         let mut reasons = Vec::new();
@@ -662,6 +681,8 @@ impl State {
                         granted_by: granted_by.to_owned(),
                         granted_seq: 0,
                         holder: ask.holder,
+                        user: ask.who.user.to_owned(),
+                        host: ask.who.host.to_owned(),
                     },
                 });
             }
@@ -692,6 +713,52 @@ impl State {
             next_free_at: next_free,
             reason: reasons.join("; "),
         })
+    }
+
+    /// The options file's say on a new grant: seats and live leases of every version of
+    /// the feature.
+    fn decide_rules(
+        &self,
+        options: &Options,
+        ask: &CheckoutAsk<'_>,
+        now: Millis,
+    ) -> Result<(), RuleDenial> {
+        if options.is_open(ask.feature) {
+            return Ok(());
+        }
+        let pools: Vec<&FeatureKey> = self
+            .pools
+            .range(
+                FeatureKey {
+                    feature: ask.feature.to_owned(),
+                    version: String::new(),
+                }..,
+            )
+            .take_while(|(k, _)| k.feature == ask.feature)
+            .filter(|(_, p)| p.expired_at(now).is_none())
+            .map(|(k, _)| k)
+            .collect();
+        let seats = Seats {
+            count: pools
+                .iter()
+                .fold(0u32, |a, k| a.saturating_add(self.count_at(k, now))),
+            used: pools
+                .iter()
+                .fold(0u32, |a, k| a.saturating_add(self.in_use(k))),
+        };
+        let leases = pools
+            .iter()
+            .filter_map(|k| self.leases.pool_id(k))
+            .flat_map(|p| self.leases.by_pool_expiry(p))
+            .filter(|(exp, _)| *exp > now)
+            .map(|(_, l)| {
+                let who = Who {
+                    user: self.leases.who(l.user),
+                    host: self.leases.who(l.client_host),
+                };
+                (who, l.count)
+            });
+        options.decide(ask.feature, ask.who, ask.count, seats, leases)
     }
 
     /// When enough leases of a pool will have expired for `want` more seats.
@@ -940,6 +1007,8 @@ mod tests {
             count,
             client_id: client,
             holder: Holder::of_secret(&format!("{client}'s own secret")),
+            who: Who::default(),
+            options: None,
         }
     }
 

@@ -42,6 +42,7 @@
 
 pub mod leases;
 pub mod member;
+pub mod options;
 pub mod pair;
 pub mod peer;
 pub mod rights;
@@ -102,6 +103,8 @@ pub struct ServiceConfig {
     pub failover_timeout_ms: i64,
     /// Backup: the longest it serves alone (`FAILOVER_MAINTENANCE_INTERVAL`).
     pub maintenance_ms: i64,
+    /// `LICENSING_OPTIONS_FILE`.
+    pub options_file: Option<std::path::PathBuf>,
 }
 
 impl ServiceConfig {
@@ -117,6 +120,7 @@ impl ServiceConfig {
             backoffice_url: String::new(),
             failover_timeout_ms: 1_000,
             maintenance_ms: 21 * 86_400_000,
+            options_file: None,
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct Service {
     identity: Arc<Identity>,
     /// A member of a three-member cluster: every change goes through it.
     cluster: Option<Arc<Cluster>>,
+    /// The options file's rules in force ([`Service::reload_options`]).
+    options: RwLock<Option<Arc<crate::options::Options>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -261,6 +267,7 @@ impl Service {
             peer,
             identity,
             cluster,
+            options: RwLock::new(None),
         }))
     }
 

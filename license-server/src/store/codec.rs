@@ -25,7 +25,8 @@
 //! | 13 | `Detached` | at; reason: str |
 //! | 14 | `BackupChanged` | at; dropped: bool; uri: option str; reason: str |
 //! | 15 | `RightsUpdated` | rights: str (the capability answer, verbatim); at: i64 |
-//! | 16 | `LeaseGranted` | lease; holder: 16 bytes (zero: none) |
+//! | 16 | `LeaseGranted` (a checkout that named no user and no host) | lease; holder: 16 bytes (zero: none) |
+//! | 17 | `LeaseGranted` | lease; holder: 16 bytes; user: str; host: str (empty: none) |
 //!
 //! `right` = activation_id: str, feature: str, version: str, count: u32, starts_at: i64,
 //! expires_at: option i64. `lease` = id, feature: str, version: str, count: u32,
@@ -42,14 +43,17 @@
 //! | tag | section | fields |
 //! |---:|---|---|
 //! | 4 | head (first) | seq: u64; lease_key: option str; rights: option str (the capability answer, verbatim); rights_updated_at: option i64; history: uuid; fork: option (history: uuid, seq: u64); active_since: option i64; backup: (dropped: bool, uri: option str, reason: option str, changed_at: option i64); detached: option str; alone_from: option u64; absorbed: option fork |
-//! | 5 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64, holder: 16 bytes)* |
+//! | 6 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; names: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64, holder: 16 bytes, user: u32, client host: u32)* (user and client host: 0 none, n the n-th name) |
 //! | 3 | end (last) | leases: u64 (how many in all); sections: u64 (lease sections) |
 //! | 1 | head, before signed rights | as 4, but rights: count, right*; rights_updated_at; rights_issued_at: i64 |
+//! | 5 | leases, before users and hosts | as 6 without names, user and client host |
 //! | 2 | leases, before holders | as 5 without holder |
 //!
 //! Each lease section carries its own small name tables, so that a damaged section loses
 //! only its own leases. Every decoder checks every length against the bytes left before
 //! it allocates, rejects trailing bytes, and never panics, whatever the input.
+
+use std::collections::HashMap;
 
 use uuid::Uuid;
 
@@ -279,6 +283,8 @@ fn get_lease(d: &mut Dec<'_>) -> Result<LeaseRecord> {
         granted_by: d.string()?,
         granted_seq: d.u64()?,
         holder: Holder::NONE,
+        user: String::new(),
+        host: String::new(),
     })
 }
 
@@ -296,10 +302,17 @@ pub fn put_record(buf: &mut Vec<u8>, seq: u64, event: &Event) {
             e.str(rights.token());
             e.i64(*at);
         }
-        Event::LeaseGranted { lease: l } => {
+        Event::LeaseGranted { lease: l } if l.user.is_empty() && l.host.is_empty() => {
             e.u8(16);
             put_lease(e, l);
             e.holder(&l.holder);
+        }
+        Event::LeaseGranted { lease: l } => {
+            e.u8(17);
+            put_lease(e, l);
+            e.holder(&l.holder);
+            e.str(&l.user);
+            e.str(&l.host);
         }
         Event::LeaseRenewed { id, at, expires_at } => {
             e.u8(4);
@@ -390,6 +403,13 @@ pub fn get_record(payload: &[u8]) -> Result<(u64, Event)> {
             lease.holder = d.holder()?;
             Event::LeaseGranted { lease }
         }
+        17 => {
+            let mut lease = get_lease(&mut d)?;
+            lease.holder = d.holder()?;
+            lease.user = d.string()?;
+            lease.host = d.string()?;
+            Event::LeaseGranted { lease }
+        }
         4 => Event::LeaseRenewed {
             id: d.uuid()?,
             at: d.i64()?,
@@ -440,7 +460,9 @@ pub const SECTION_HEAD_V1: u8 = 1;
 pub const SECTION_LEASES_V1: u8 = 2;
 pub const SECTION_END: u8 = 3;
 pub const SECTION_HEAD: u8 = 4;
-pub const SECTION_LEASES: u8 = 5;
+/// Leases before users and hosts.
+pub const SECTION_LEASES_V2: u8 = 5;
+pub const SECTION_LEASES: u8 = 6;
 
 fn put_fork(e: &mut Enc<'_>, f: Fork) {
     e.uuid(&f.history);
@@ -525,7 +547,7 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
                 unsigned_rights,
             }
         }
-        tag @ (SECTION_LEASES | SECTION_LEASES_V1) => {
+        tag @ (SECTION_LEASES | SECTION_LEASES_V2 | SECTION_LEASES_V1) => {
             let n = d.count(2)?;
             let mut pools = Vec::with_capacity(n);
             for _ in 0..n {
@@ -536,6 +558,18 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
             for _ in 0..n {
                 hosts.push(d.str()?);
             }
+            let mut names = Vec::new();
+            if tag == SECTION_LEASES {
+                let n = d.count(1)?;
+                names.reserve(n);
+                for _ in 0..n {
+                    names.push(d.str()?);
+                }
+            }
+            let name = |i: u32| match i {
+                0 => Ok(""),
+                i => names.get(i as usize - 1).copied().ok_or(DecodeError::Range),
+            };
             let n = d.count(16 + 8)?;
             let mut leases = Vec::with_capacity(n);
             for _ in 0..n {
@@ -548,10 +582,15 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
                 let renewed_at = granted_at.wrapping_add(d.i64()?);
                 let expires_at = renewed_at.wrapping_add(d.i64()?);
                 let granted_seq = d.u64()?;
-                let holder = if tag == SECTION_LEASES {
-                    d.holder()?
-                } else {
+                let holder = if tag == SECTION_LEASES_V1 {
                     Holder::NONE
+                } else {
+                    d.holder()?
+                };
+                let (user, host) = if tag == SECTION_LEASES {
+                    (name(d.u32()?)?, name(d.u32()?)?)
+                } else {
+                    ("", "")
                 };
                 leases.push(LeaseRef {
                     id,
@@ -565,6 +604,8 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
                     expires_at,
                     granted_seq,
                     holder,
+                    user,
+                    host,
                 });
             }
             Section::Leases(leases)
@@ -609,9 +650,22 @@ pub fn put_snapshot(
     out(buf)
 }
 
-fn put_leases(buf: &mut Vec<u8>, leases: &[LeaseRef<'_>]) {
+fn put_leases<'a>(buf: &mut Vec<u8>, leases: &[LeaseRef<'a>]) {
     let mut pools: Vec<(&str, &str)> = Vec::new();
     let mut hosts: Vec<&str> = Vec::new();
+    // Users and hosts clients named: 0 is none, n the n-th name.
+    let mut names: Vec<&str> = Vec::new();
+    let mut name_ids: HashMap<&str, u64> = HashMap::new();
+    let mut name_of = |n: &'a str| -> u64 {
+        if n.is_empty() {
+            return 0;
+        }
+        *name_ids.entry(n).or_insert_with(|| {
+            names.push(n);
+            names.len() as u64
+        })
+    };
+    let mut who = Vec::with_capacity(leases.len());
     let mut refs = Vec::with_capacity(leases.len());
     // Names of a section are few (the pools and hosts its leases use): a linear search
     // with a one-entry cache is the fastest index.
@@ -642,6 +696,7 @@ fn put_leases(buf: &mut Vec<u8>, leases: &[LeaseRef<'_>]) {
         };
         (last_pool, last_host) = (p, h);
         refs.push((p, h));
+        who.push((name_of(l.user), name_of(l.host)));
     }
     let e = &mut Enc(buf);
     e.u8(SECTION_LEASES);
@@ -654,8 +709,12 @@ fn put_leases(buf: &mut Vec<u8>, leases: &[LeaseRef<'_>]) {
     for h in &hosts {
         e.str(h);
     }
+    e.u64(names.len() as u64);
+    for n in &names {
+        e.str(n);
+    }
     e.u64(leases.len() as u64);
-    for (l, (p, h)) in leases.iter().zip(refs) {
+    for ((l, (p, h)), (user, host)) in leases.iter().zip(refs).zip(who) {
         e.uuid(&l.id);
         e.str(l.client_id);
         e.u64(p as u64);
@@ -666,6 +725,8 @@ fn put_leases(buf: &mut Vec<u8>, leases: &[LeaseRef<'_>]) {
         e.i64(l.expires_at.wrapping_sub(l.renewed_at));
         e.u64(l.granted_seq);
         e.holder(&l.holder);
+        e.u64(user);
+        e.u64(host);
     }
 }
 
@@ -694,6 +755,8 @@ pub(crate) mod tests {
                     granted_by: "string:me".into(),
                     granted_seq: u64::MAX,
                     holder: Holder::of_secret("host:1234's secret"),
+                    user: "alice".into(),
+                    host: "ws-17".into(),
                 },
             },
             Event::LeaseGranted {
@@ -709,6 +772,8 @@ pub(crate) mod tests {
                     granted_by: "string:me".into(),
                     granted_seq: 7,
                     holder: Holder::NONE,
+                    user: String::new(),
+                    host: String::new(),
                 },
             },
             Event::LeaseRenewed {
