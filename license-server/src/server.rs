@@ -238,8 +238,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             .await?
         }
     };
-    if settings.licensing_options_file.is_some() {
-        svc.reload_options()
+    if member.is_none() {
+        svc.start_options()
+            .await
             .context("LICENSING_OPTIONS_FILE: the server does not start with this options file")?;
     }
     if role == Role::Main && settings.licensing_backup_uri.is_none() {
@@ -301,7 +302,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         limits.body_timeout,
     );
     #[cfg(unix)]
-    if settings.licensing_options_file.is_some() {
+    if settings.licensing_options_file.is_some() && role != Role::Backup {
         tokio::spawn(reload_on_hangup(svc.clone(), stop_rx.clone()));
     }
     let server = limits
@@ -377,7 +378,7 @@ async fn reload_on_hangup(svc: Arc<Service>, mut stop: watch::Receiver<bool>) {
                 }
                 tracing::info!("SIGHUP: reading the options file again");
                 // A refusal is logged by the reload itself.
-                let _ = svc.reload_options();
+                let _ = svc.reload_options().await;
             }
             _ = stop.changed() => return,
         }

@@ -260,14 +260,25 @@ async fn rules_refuse_naming_their_line_and_reloads_change_them_without_a_restar
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reserved_seats_are_kept_by_the_backup_through_a_kill_9_and_the_failback() -> Result<()> {
+async fn the_mains_options_reach_its_backup_which_honours_them_through_a_kill_9_and_the_failback()
+-> Result<()> {
     let bo = BackOffice::start(Backend::Sqlite).await?;
     let fx = bo.fixture(&["cad"], 10).await?;
     let dir = tempfile::tempdir()?;
-    let options = dir.path().join("options");
-    write(&options, "# alice's seats\nRESERVE 2 cad USER alice\n")?;
-    let file = options.display().to_string();
-    let pair = PairSetup::new(&bo, &fx, 3, &[("LICENSING_OPTIONS_FILE", &file)])?;
+    let main_options = dir.path().join("main-options");
+    let backup_options = dir.path().join("backup-options");
+    write(&main_options, "# alice's seats\nRESERVE 2 cad USER alice\n")?;
+    // The backup's own file is not used: it follows its main's.
+    write(&backup_options, "EXCLUDE cad USER alice\n")?;
+    let mut pair = PairSetup::new(&bo, &fx, 3, &[])?;
+    pair.main_env.push((
+        "LICENSING_OPTIONS_FILE".into(),
+        main_options.display().to_string(),
+    ));
+    pair.backup_env.push((
+        "LICENSING_OPTIONS_FILE".into(),
+        backup_options.display().to_string(),
+    ));
     let mut main = pair.start_main().await?;
     let backup = pair.start_backup().await?;
     wait_paired(&main, &backup, WAIT).await?;
@@ -277,6 +288,16 @@ async fn reserved_seats_are_kept_by_the_backup_through_a_kill_9_and_the_failback
         (f["count"] == 3).then_some(())
     })
     .await;
+    ensure!(
+        backup.log_text().contains("not used on a backup"),
+        "the backup did not say its file is not used"
+    );
+    // A backup's options are its main's: it reloads none of its own.
+    let (status, body) = reload_api(&backup).await?;
+    ensure!(
+        status == 409 && body["code"] == "ROLE_CONFLICT",
+        "{status} {body}"
+    );
 
     on_main.checkout_lease(&ask("bob", "bob", "ws-2")).await?;
     let line = refused(
@@ -289,8 +310,20 @@ async fn reserved_seats_are_kept_by_the_backup_through_a_kill_9_and_the_failback
     let alice_1 = on_main
         .checkout_lease(&ask("alice-1", "alice", "ws-1"))
         .await?;
+    // A reload on the main reaches the backup too (answered once the backup holds it).
+    write(
+        &main_options,
+        "# alice's seats\nRESERVE 2 cad USER alice\nEXCLUDE cad HOST kiosk\n",
+    )?;
+    let out = reload_cli(&main)?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    // The main dies: the backup takes over and keeps alice's second seat from others.
+    // The main dies: the backup takes over, keeps alice's second seat from others and
+    // excludes the kiosk, by the main's lines.
     main.kill9();
     let on_backup = Client::new(&backup.url, bo.producer())?;
     eventually(
@@ -309,6 +342,8 @@ async fn reserved_seats_are_kept_by_the_backup_through_a_kill_9_and_the_failback
         },
     )
     .await;
+    let line = refused(&on_backup, &ask("k", "dave", "kiosk"), ErrorCode::Excluded).await?;
+    ensure!(line == Some(3), "{line:?}");
     let alice_2 = on_backup
         .checkout_lease(&ask("alice-2", "alice", "ws-1"))
         .await?;
@@ -341,6 +376,8 @@ async fn reserved_seats_are_kept_by_the_backup_through_a_kill_9_and_the_failback
     )
     .await?;
     ensure!(line == Some(2), "{line:?}");
+    let line = refused(&on_main, &ask("k", "dave", "kiosk"), ErrorCode::Excluded).await?;
+    ensure!(line == Some(3), "{line:?}");
     on_main
         .checkout_lease(&ask("alice-3", "alice", "ws-9"))
         .await?;

@@ -173,7 +173,6 @@ pub fn apply(st: &mut State, cmd: &Command, check: &RightsCheck) -> Outcome {
                 // A cluster's members decide alike from the log alone: no member's
                 // options file has a say (docs/design.md, "Options file").
                 who: Who::default(),
-                options: None,
             };
             let holds = |id: &Uuid| *shown == Some(*id);
             match st.decide_checkout(&ask, *at, *lease_ms, *lease_id, granted_by, holds) {

@@ -14,6 +14,7 @@ mod table;
 mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -227,6 +228,13 @@ pub enum Event {
     Rejoined {
         at: Millis,
     },
+    /// The options file in force changed (read at start or reloaded by the main or a
+    /// standalone server): its text, verbatim (empty: no options). A backup follows its
+    /// main's, so that it honours them when it takes over.
+    OptionsChanged {
+        text: String,
+        at: Millis,
+    },
     /// A backup was removed from its pair (by an operator on either side): it never takes
     /// over again.
     Detached {
@@ -261,6 +269,7 @@ impl Event {
             Event::WentAlone { .. } => "went_alone",
             Event::Detached { .. } => "detached",
             Event::Rejoined { .. } => "rejoined",
+            Event::OptionsChanged { .. } => "options_changed",
         }
     }
 }
@@ -295,8 +304,25 @@ pub struct CheckoutAsk<'a> {
     pub holder: Holder,
     /// The user and host the checkout named.
     pub who: Who<'a>,
-    /// The options file's rules a new grant must pass (none: every client may).
-    pub options: Option<&'a Options>,
+}
+
+/// The options file in force: its text as the event carried it, and its rules.
+#[derive(Clone, Debug, Default)]
+pub struct OptionsInForce {
+    pub text: Arc<str>,
+    pub rules: Arc<Options>,
+}
+
+impl OptionsInForce {
+    /// The options of a text (an empty text: none). A text that does not parse (written
+    /// by a newer version) puts no rules in force; the service checks every text before
+    /// it makes an event of it.
+    pub fn of(text: &str) -> Option<OptionsInForce> {
+        (!text.is_empty()).then(|| OptionsInForce {
+            text: text.into(),
+            rules: Arc::new(crate::options::parse(text).unwrap_or_default()),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -393,6 +419,8 @@ pub struct State {
     pub alone_from: Option<u64>,
     /// Set by a failback: the backup's history and sequence number this state took in.
     pub absorbed: Option<Fork>,
+    /// The options file in force (a backup: its main's).
+    pub options: Option<OptionsInForce>,
     leases: LeaseTable,
     /// The pools the rights make (derived from `rights`).
     pools: BTreeMap<FeatureKey, Pool>,
@@ -491,6 +519,7 @@ impl State {
             detached: self.detached.clone(),
             alone_from: self.alone_from,
             absorbed: self.absorbed,
+            options: self.options.clone(),
             leases: LeaseTable::default(),
             pools: self.pools.clone(),
         }
@@ -530,6 +559,7 @@ impl State {
             Event::WentAlone { from_seq, .. } => self.alone_from = Some(*from_seq),
             Event::Detached { reason, .. } => self.detached = Some(reason.clone()),
             Event::Rejoined { .. } => self.alone_from = None,
+            Event::OptionsChanged { text, .. } => self.options = OptionsInForce::of(text),
             Event::BackupChanged {
                 at,
                 dropped,
@@ -650,8 +680,9 @@ impl State {
             return self.decide_renew(&l.id, now, lease_ms);
         }
 
-        if let Some(options) = ask.options {
-            self.decide_rules(options, ask, now).map_err(Denied::Rule)?;
+        if let Some(options) = &self.options {
+            self.decide_rules(&options.rules, ask, now)
+                .map_err(Denied::Rule)?;
         }
 
         let mut all_expired_at: Option<Millis> = Some(0);
@@ -937,6 +968,8 @@ impl State {
         out.active_since = None;
         out.alone_from = Some(next_seq);
         out.backup = main.backup.clone();
+        // The main's options: it read its file at this start, after the backup's copy.
+        out.options = main.options.clone();
         out.detached = None;
         out.seq = next_seq;
         out.rebuild_index();
@@ -975,6 +1008,7 @@ fn pools_of(rights: &[Right]) -> BTreeMap<FeatureKey, Pool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::options::RuleKind;
 
     const LEASE: i64 = 60_000;
     const T0: Millis = 1_700_000_000_000;
@@ -1008,8 +1042,48 @@ mod tests {
             client_id: client,
             holder: Holder::of_secret(&format!("{client}'s own secret")),
             who: Who::default(),
-            options: None,
         }
+    }
+
+    #[test]
+    fn reserved_seats_count_across_versions_and_the_rules_follow_their_event() {
+        // 2 seats of 1.0 and 2 of 2.0; alice's group reserves 2 of the feature.
+        let mut s = state_with(vec![
+            right("cad", "1.0", 2, None),
+            right("cad", "2.0", 2, None),
+        ]);
+        s.apply(&Event::OptionsChanged {
+            text: "GROUP eng alice\nRESERVE 2 cad GROUP eng\n".into(),
+            at: T0,
+        });
+        let as_ = |client: &'static str, user: &'static str| CheckoutAsk {
+            who: Who { user, host: "h" },
+            ..ask("cad", client, 1)
+        };
+        checkout(&mut s, &as_("b1", "bob"), T0).unwrap();
+        checkout(&mut s, &as_("b2", "bob"), T0).unwrap();
+        match checkout(&mut s, &as_("b3", "bob"), T0) {
+            Err(Denied::Rule(r)) => assert_eq!((r.kind, r.line), (RuleKind::Reserved, 2)),
+            other => panic!("{other:?}"),
+        }
+        checkout(&mut s, &as_("a1", "alice"), T0).unwrap();
+        // The rules end with an empty text: bob takes the last seat.
+        s.apply(&Event::OptionsChanged {
+            text: String::new(),
+            at: T0,
+        });
+        assert!(s.options.is_none());
+        checkout(&mut s, &as_("b3", "bob"), T0).unwrap();
+        // A copy for the pair (JSON) carries the options.
+        s.apply(&Event::OptionsChanged {
+            text: "EXCLUDE cad USER bob\n".into(),
+            at: T0,
+        });
+        let copy: State = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(
+            copy.options.map(|o| o.text),
+            Some("EXCLUDE cad USER bob\n".into())
+        );
     }
 
     fn checkout(s: &mut State, a: &CheckoutAsk<'_>, now: Millis) -> Result<Uuid, Denied> {

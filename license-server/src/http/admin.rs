@@ -156,6 +156,11 @@ error_responses!(
             ValidationError,
             "no options file is set, or the file is refused (`options_line` names the line; the options in force are kept)"
         ),
+        err(
+            RoleConflict,
+            "this server is a backup: it honours its main's options"
+        ),
+        not_durable(),
     ]
 );
 
@@ -171,5 +176,5 @@ error_responses!(
 )]
 #[post("/options/reload")]
 pub async fn reload_options(svc: web::Data<Service>) -> Result<HttpResponse, ServiceError> {
-    Ok(HttpResponse::Ok().json(svc.reload_options()?))
+    Ok(HttpResponse::Ok().json(svc.reload_options().await?))
 }

@@ -206,7 +206,6 @@ impl Service {
         if let Some(c) = self.cluster() {
             return self.checkout_in_cluster(c, req, lease_token).await;
         }
-        let options = self.options();
         let ask = CheckoutAsk {
             feature: &req.feature,
             version: req.version.as_deref(),
@@ -220,7 +219,6 @@ impl Service {
                 user: req.user.as_deref().unwrap_or_default(),
                 host: req.host.as_deref().unwrap_or_default(),
             },
-            options: options.as_deref(),
         };
         let now = now_ms();
         let (rec, renewed, seq, rx, binding) = {

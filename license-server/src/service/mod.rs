@@ -146,8 +146,6 @@ pub struct Service {
     identity: Arc<Identity>,
     /// A member of a three-member cluster: every change goes through it.
     cluster: Option<Arc<Cluster>>,
-    /// The options file's rules in force ([`Service::reload_options`]).
-    options: RwLock<Option<Arc<crate::options::Options>>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -267,7 +265,6 @@ impl Service {
             peer,
             identity,
             cluster,
-            options: RwLock::new(None),
         }))
     }
 

@@ -27,6 +27,7 @@
 //! | 15 | `RightsUpdated` | rights: str (the capability answer, verbatim); at: i64 |
 //! | 16 | `LeaseGranted` (a checkout that named no user and no host) | lease; holder: 16 bytes (zero: none) |
 //! | 17 | `LeaseGranted` | lease; holder: 16 bytes; user: str; host: str (empty: none) |
+//! | 18 | `OptionsChanged` | text: str (the options file, verbatim; empty: none); at: i64 |
 //!
 //! `right` = activation_id: str, feature: str, version: str, count: u32, starts_at: i64,
 //! expires_at: option i64. `lease` = id, feature: str, version: str, count: u32,
@@ -42,7 +43,8 @@
 //!
 //! | tag | section | fields |
 //! |---:|---|---|
-//! | 4 | head (first) | seq: u64; lease_key: option str; rights: option str (the capability answer, verbatim); rights_updated_at: option i64; history: uuid; fork: option (history: uuid, seq: u64); active_since: option i64; backup: (dropped: bool, uri: option str, reason: option str, changed_at: option i64); detached: option str; alone_from: option u64; absorbed: option fork |
+//! | 7 | head (first) | as 4, then options: option str (the options file in force, verbatim) |
+//! | 4 | head, before options | seq: u64; lease_key: option str; rights: option str (the capability answer, verbatim); rights_updated_at: option i64; history: uuid; fork: option (history: uuid, seq: u64); active_since: option i64; backup: (dropped: bool, uri: option str, reason: option str, changed_at: option i64); detached: option str; alone_from: option u64; absorbed: option fork |
 //! | 6 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; names: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64, holder: 16 bytes, user: u32, client host: u32)* (user and client host: 0 none, n the n-th name) |
 //! | 3 | end (last) | leases: u64 (how many in all); sections: u64 (lease sections) |
 //! | 1 | head, before signed rights | as 4, but rights: count, right*; rights_updated_at; rights_issued_at: i64 |
@@ -58,7 +60,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::domain::{
-    BackupState, Event, Fork, Frozen, Holder, LeaseRecord, LeaseRef, Rights, State,
+    BackupState, Event, Fork, Frozen, Holder, LeaseRecord, LeaseRef, OptionsInForce, Rights, State,
 };
 
 /// Why a payload could not be decoded.
@@ -357,6 +359,11 @@ pub fn put_record(buf: &mut Vec<u8>, seq: u64, event: &Event) {
             e.u8(12);
             e.i64(*at);
         }
+        Event::OptionsChanged { text, at } => {
+            e.u8(18);
+            e.str(text);
+            e.i64(*at);
+        }
         Event::Detached { at, reason } => {
             e.u8(13);
             e.i64(*at);
@@ -438,6 +445,10 @@ pub fn get_record(payload: &[u8]) -> Result<(u64, Event)> {
             from_seq: d.u64()?,
         },
         12 => Event::Rejoined { at: d.i64()? },
+        18 => Event::OptionsChanged {
+            text: d.string()?,
+            at: d.i64()?,
+        },
         13 => Event::Detached {
             at: d.i64()?,
             reason: d.string()?,
@@ -459,7 +470,9 @@ pub const SECTION_HEAD_V1: u8 = 1;
 /// Leases before holders.
 pub const SECTION_LEASES_V1: u8 = 2;
 pub const SECTION_END: u8 = 3;
-pub const SECTION_HEAD: u8 = 4;
+/// Head before options.
+pub const SECTION_HEAD_V2: u8 = 4;
+pub const SECTION_HEAD: u8 = 7;
 /// Leases before users and hosts.
 pub const SECTION_LEASES_V2: u8 = 5;
 pub const SECTION_LEASES: u8 = 6;
@@ -494,6 +507,7 @@ pub fn put_head(buf: &mut Vec<u8>, s: &State) {
     e.opt(s.detached.as_deref(), Enc::str);
     e.opt(s.alone_from, Enc::u64);
     e.opt(s.absorbed, put_fork);
+    e.opt(s.options.as_ref().map(|o| &*o.text), Enc::str);
 }
 
 /// What a snapshot section holds.
@@ -516,12 +530,12 @@ pub enum Section<'a> {
 pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
     let mut d = Dec::new(payload);
     let section = match d.u8()? {
-        tag @ (SECTION_HEAD | SECTION_HEAD_V1) => {
+        tag @ (SECTION_HEAD | SECTION_HEAD_V2 | SECTION_HEAD_V1) => {
             let mut s = State::default();
             let mut unsigned_rights = 0;
             s.seq = d.u64()?;
             s.lease_key = d.opt(Dec::string)?;
-            if tag == SECTION_HEAD {
+            if tag != SECTION_HEAD_V1 {
                 s.rights = d.opt(|d| d.str().map(Rights::unverified))?;
                 s.rights_updated_at = d.opt(Dec::i64)?;
             } else {
@@ -541,6 +555,9 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
             s.detached = d.opt(Dec::string)?;
             s.alone_from = d.opt(Dec::u64)?;
             s.absorbed = d.opt(get_fork)?;
+            if tag == SECTION_HEAD {
+                s.options = d.opt(Dec::str)?.and_then(OptionsInForce::of);
+            }
             s.rebuild_index();
             Section::Head {
                 state: Box::new(s),
@@ -797,6 +814,10 @@ pub(crate) mod tests {
                 from_seq: 11,
             },
             Event::Rejoined { at: 12 },
+            Event::OptionsChanged {
+                text: "GROUP eng alice\nRESERVE 1 cad GROUP eng\n".into(),
+                at: 14,
+            },
             Event::Detached {
                 at: 13,
                 reason: "gone".into(),
@@ -924,6 +945,23 @@ pub(crate) mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_head_keeps_the_options_in_force() {
+        let mut s = State::default();
+        s.apply(&Event::OptionsChanged {
+            text: "MAX 1 cad USER bob\n".into(),
+            at: 1,
+        });
+        let mut buf = Vec::new();
+        put_head(&mut buf, &s);
+        let Section::Head { state, .. } = get_section(&buf).unwrap() else {
+            panic!("not a head")
+        };
+        let options = state.options.expect("the options");
+        assert_eq!(&*options.text, "MAX 1 cad USER bob\n");
+        assert_eq!(options.rules.rules.len(), 1);
     }
 
     #[test]
