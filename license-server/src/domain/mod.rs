@@ -643,16 +643,7 @@ impl State {
                 .iter()
                 .filter(|(k, _)| k.feature == ask.feature && k.version == v)
                 .collect(),
-            None => self
-                .pools
-                .range(
-                    FeatureKey {
-                        feature: ask.feature.to_owned(),
-                        version: String::new(),
-                    }..,
-                )
-                .take_while(|(k, _)| k.feature == ask.feature)
-                .collect(),
+            None => self.pools_of_feature(ask.feature).collect(),
         };
         if candidates.is_empty() {
             return Err(Denied::UnknownFeature);
@@ -746,6 +737,21 @@ impl State {
         })
     }
 
+    /// Every version's pool of a feature, in version order.
+    fn pools_of_feature<'a>(
+        &'a self,
+        feature: &'a str,
+    ) -> impl Iterator<Item = (&'a FeatureKey, &'a Pool)> {
+        self.pools
+            .range(
+                FeatureKey {
+                    feature: feature.to_owned(),
+                    version: String::new(),
+                }..,
+            )
+            .take_while(move |(k, _)| k.feature == feature)
+    }
+
     /// The options file's say on a new grant: seats and live leases of every version of
     /// the feature.
     fn decide_rules(
@@ -758,14 +764,7 @@ impl State {
             return Ok(());
         }
         let pools: Vec<&FeatureKey> = self
-            .pools
-            .range(
-                FeatureKey {
-                    feature: ask.feature.to_owned(),
-                    version: String::new(),
-                }..,
-            )
-            .take_while(|(k, _)| k.feature == ask.feature)
+            .pools_of_feature(ask.feature)
             .filter(|(_, p)| p.expired_at(now).is_none())
             .map(|(k, _)| k)
             .collect();

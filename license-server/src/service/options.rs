@@ -12,7 +12,7 @@ use shared::capability::Role;
 
 use crate::domain::Event;
 use crate::error::ServiceError;
-use crate::options::{self, ParseError};
+use crate::options::{self, Options, ParseError};
 use crate::store;
 
 use super::{Service, now_ms};
@@ -35,16 +35,7 @@ impl Service {
     pub async fn start_options(&self) -> Result<(), ServiceError> {
         match (&self.cfg.options_file, self.cfg.role) {
             (Some(path), Role::Backup) => {
-                let text = read_capped(path).map_err(|m| {
-                    refused(
-                        path,
-                        ParseError {
-                            line: 0,
-                            message: m,
-                        },
-                    )
-                })?;
-                options::parse(&text).map_err(|e| refused(path, e))?;
+                read_options(path)?;
                 tracing::warn!(
                     file = %path.display(),
                     "LICENSING_OPTIONS_FILE is not used on a backup: it honours the options its main replicates (set it on the main)"
@@ -82,16 +73,7 @@ impl Service {
                 "this server has no options file: set LICENSING_OPTIONS_FILE and restart it",
             ));
         };
-        let text = read_capped(path).map_err(|m| {
-            refused(
-                path,
-                ParseError {
-                    line: 0,
-                    message: m,
-                },
-            )
-        })?;
-        let parsed = options::parse(&text).map_err(|e| refused(path, e))?;
+        let (text, parsed) = read_options(path)?;
         let counts = {
             let st = self.state.lock();
             st.rights.is_some().then(|| {
@@ -136,6 +118,14 @@ impl Service {
         self.replicated(seq).await;
         Ok(())
     }
+}
+
+/// The file's text and rules, or its refusal.
+fn read_options(path: &Path) -> Result<(String, Options), ServiceError> {
+    let text =
+        read_capped(path).map_err(|message| refused(path, ParseError { line: 0, message }))?;
+    let parsed = options::parse(&text).map_err(|e| refused(path, e))?;
+    Ok((text, parsed))
 }
 
 /// The refusal of a file: its line, logged for the operator.
