@@ -455,6 +455,27 @@ pub async fn release(r: &Remote, lease_id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes the server read its options file again (as `SIGHUP` does).
+pub async fn reload_options(r: &Remote) -> anyhow::Result<()> {
+    let token = r.admin_token()?;
+    let v = send(
+        r.http()?
+            .post(r.url("/api/v1/admin/options/reload"))
+            .bearer_auth(token),
+    )
+    .await?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "options file {} in force: {} rule(s)",
+            v["file"].as_str().unwrap_or("?"),
+            v["rules"]
+        );
+    }
+    Ok(())
+}
+
 /// Percent-encodes a path segment.
 pub fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

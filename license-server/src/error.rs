@@ -3,6 +3,8 @@
 
 use shared::{ErrorBody, ErrorCode};
 
+use crate::options::RuleKind;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServiceError {
     #[error("{message}")]
@@ -42,6 +44,16 @@ pub enum ServiceError {
     /// Replication: the other server holds a role that contradicts the request.
     #[error("{0}")]
     RoleConflict(String),
+    /// The options file refused a grant: which kind of rule, its line.
+    #[error("{message}")]
+    Rule {
+        kind: RuleKind,
+        line: u32,
+        message: String,
+    },
+    /// An options file that cannot be put in force (at start or reload): its line.
+    #[error("{message}")]
+    BadOptions { line: u32, message: String },
     /// A cluster member's clock is too far from this one's.
     #[error("{0}")]
     ClockSkew(String),
@@ -75,6 +87,12 @@ impl ServiceError {
             ServiceError::OutOfSync(_) => ErrorCode::OutOfSync,
             ServiceError::RoleConflict(_) => ErrorCode::RoleConflict,
             ServiceError::ClockSkew(_) => ErrorCode::ClockSkew,
+            ServiceError::Rule { kind, .. } => match kind {
+                RuleKind::Excluded => ErrorCode::Excluded,
+                RuleKind::OverMax => ErrorCode::OverMax,
+                RuleKind::Reserved => ErrorCode::Reserved,
+            },
+            ServiceError::BadOptions { .. } => ErrorCode::ValidationError,
             ServiceError::Unavailable(_) => ErrorCode::Unavailable,
             ServiceError::Internal(_) => ErrorCode::InternalError,
         }
@@ -87,6 +105,9 @@ impl ServiceError {
             ServiceError::NoLicense { next_free_at, .. } => body.next_free_at = *next_free_at,
             ServiceError::NotServing { serving_url } => {
                 body.serving_url = Some(serving_url.clone())
+            }
+            ServiceError::Rule { line, .. } | ServiceError::BadOptions { line, .. } => {
+                body.options_line = std::num::NonZeroU32::new(*line)
             }
             _ => {}
         }

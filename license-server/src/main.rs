@@ -59,6 +59,9 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Make a running server read its options file again (as SIGHUP does; operator token
+    /// needed). A bad file is refused with its line; the options in force stay.
+    ReloadOptions(#[command(flatten)] Remote),
     /// The local store's files: check them, or keep what is readable of damaged ones
     /// (on the server's machine; `recover` needs the server stopped).
     #[command(subcommand)]
@@ -134,6 +137,7 @@ fn main() -> std::process::ExitCode {
             Command::Features(r) => cli::features(&r).await,
             Command::Leases { feature, remote } => cli::leases(&remote, &feature).await,
             Command::Release { lease_id, remote } => cli::release(&remote, &lease_id).await,
+            Command::ReloadOptions(r) => cli::reload_options(&r).await,
             Command::Store(StoreCommand::Verify(d)) => cli::store_verify(&d),
             Command::Store(StoreCommand::Recover { dir, yes }) => cli::store_recover(&dir, yes),
         }

@@ -46,6 +46,7 @@ pub const NAMES: &[&str] = &[
     "CLUSTER_MEMBER_URIS",
     "CLUSTER_HEARTBEAT_INTERVAL",
     "CLUSTER_MEMBER_TIMEOUT",
+    "LICENSING_OPTIONS_FILE",
 ];
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -102,6 +103,7 @@ struct Raw {
     cluster_heartbeat_interval: Option<Duration>,
     #[serde(default, deserialize_with = "duration_like")]
     cluster_member_timeout: Option<Duration>,
+    licensing_options_file: Option<PathBuf>,
 }
 
 /// Checked settings of `license-server serve`.
@@ -116,6 +118,8 @@ pub struct Settings {
     pub backup_server_hostid: Option<HostId>,
     pub licensing_backup_uri: Option<String>,
     pub licensing_main_uri: Option<String>,
+    /// The options file (`RESERVE`, `MAX`, `INCLUDE`, `EXCLUDE`…), if any.
+    pub licensing_options_file: Option<PathBuf>,
     pub rights_ids: Vec<RightsRequest>,
     /// `None`: use the interval the back office sends.
     pub capability_poll_interval: Option<Duration>,
@@ -375,6 +379,16 @@ impl Settings {
                 .is_some_and(|u| !u.trim().is_empty()),
             pair_token.as_ref(),
         )?;
+        if cluster.is_some()
+            && raw
+                .licensing_options_file
+                .as_ref()
+                .is_some_and(|p| !p.as_os_str().is_empty())
+        {
+            bail!(
+                "LICENSING_OPTIONS_FILE is for a standalone server or a pair: the members of a three-member cluster decide from their shared log alone and apply no options file"
+            );
+        }
         if cluster.is_some() && licensing_main_uri.is_some() {
             bail!(
                 "set CLUSTER_MEMBER_HOSTIDS (a member of a three-member cluster) or LICENSING_MAIN_URI (the backup of a pair), not both"
@@ -407,6 +421,9 @@ impl Settings {
             backup_server_hostid,
             licensing_backup_uri: url_setting("LICENSING_BACKUP_URI", raw.licensing_backup_uri)?,
             licensing_main_uri,
+            licensing_options_file: raw
+                .licensing_options_file
+                .filter(|p| !p.as_os_str().is_empty()),
             rights_ids,
             capability_poll_interval: raw.capability_poll_interval,
             failover_maintenance_interval: raw

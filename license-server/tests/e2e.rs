@@ -588,6 +588,8 @@ async fn many_clients_at_once_never_exceed_the_count() {
                 version: None,
                 count: 1,
                 client_id: c.client_id().to_owned(),
+                user: None,
+                host: None,
                 client_secret: None,
             })
             .await

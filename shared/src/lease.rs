@@ -12,6 +12,7 @@ use uuid::Uuid;
     feature = "openapi",
     schema(example = json!({
         "feature": "cad", "count": 1, "client_id": "ws-17:4242",
+        "user": "alice", "host": "ws-17",
         "client_secret": "q2V0aGlzIGlzIG5vdCBhIHJlYWwgc2VjcmV0IGF0IGFsbA"
     }))
 )]
@@ -29,6 +30,16 @@ pub struct CheckoutRequest {
     pub count: u32,
     /// The client's identity (1 to 256 printable characters).
     pub client_id: String,
+    /// The operating-system user the client runs as (1 to 256 printable characters; the
+    /// client library sends the OS's). What `USER` and `GROUP` rules of the server's
+    /// options file match; a checkout without one matches none of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The host the client runs on (1 to 256 printable characters; the client library
+    /// sends the OS's host name). What `HOST` and `HOST_GROUP` rules match (ignoring ASCII
+    /// case); a checkout without one matches none of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// A secret only this client knows (16 to 256 printable characters; the client
     /// library sends a random one per client). A checkout of a feature that names the
     /// client ID of a live lease of it gets that lease back, renewed, only with the secret
@@ -98,6 +109,12 @@ pub struct Lease {
     /// Seats held.
     pub count: u32,
     pub client_id: String,
+    /// The user the checkout named (absent when it named none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The host the checkout named (absent when it named none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// When the lease was first granted, (Unix time, seconds).
     pub granted_at: i64,
     /// When the lease lapses unless renewed, (Unix time, seconds).
@@ -147,6 +164,12 @@ pub struct LeaseInfo {
     /// Seats held.
     pub count: u32,
     pub client_id: String,
+    /// The user the checkout named (absent when it named none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The host the checkout named (absent when it named none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// When the lease was first granted, (Unix time, seconds).
     pub granted_at: i64,
     /// When the lease lapses unless renewed, (Unix time, seconds).

@@ -624,6 +624,8 @@ async fn view_server_follows_a_real_pair_through_failover() -> Result<()> {
                 version: None,
                 count: 1,
                 client_id: format!("desk-{i}"),
+                user: None,
+                host: None,
                 client_secret: None,
             })
             .await?;

@@ -29,6 +29,14 @@ struct Cli {
     /// This client's identity (default: hostname:pid).
     #[arg(long, env = "LICENSE_CLIENT_ID", global = true)]
     client_id: Option<String>,
+    /// The user checkouts name, what the server's options file matches (default: the
+    /// OS's, `USER`).
+    #[arg(long, env = "LICENSE_CLIENT_USER", global = true)]
+    user: Option<String>,
+    /// The host checkouts name, what the server's options file matches (default: the
+    /// OS's host name).
+    #[arg(long, env = "LICENSE_CLIENT_HOST", global = true)]
+    host: Option<String>,
     /// PEM bundle of the CA that issued the servers' certificates (https:// servers with a
     /// private CA); the system's roots are trusted too.
     #[arg(long, env = "LICENSE_SERVER_CA", global = true)]
@@ -139,6 +147,12 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     if let Some(id) = &cli.client_id {
         builder = builder.client_id(id.clone());
     }
+    if let Some(user) = &cli.user {
+        builder = builder.user(user.clone());
+    }
+    if let Some(host) = &cli.host {
+        builder = builder.host(host.clone());
+    }
     let client = builder.build()?;
     match cli.command {
         Command::Checkout {
@@ -152,6 +166,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 version: feature_version,
                 count,
                 client_id: client.client_id().to_owned(),
+                user: None,
+                host: None,
                 client_secret: None,
             };
             match hold {

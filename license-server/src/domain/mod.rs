@@ -14,6 +14,7 @@ mod table;
 mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -22,6 +23,7 @@ use shared::lease::{FeatureInfo, LeaseInfo};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::options::{Options, RuleDenial, Seats, Who};
 pub use rights::{Rights, RightsCheck, RightsError, renewal_step};
 use table::LeaseTable;
 pub use table::{CHUNK, FrozenLeases, LeaseRef};
@@ -143,6 +145,12 @@ pub struct LeaseRecord {
     /// Who may reclaim it by checking out again ([`Holder`]).
     #[serde(default, skip_serializing_if = "Holder::is_none")]
     pub holder: Holder,
+    /// The user and host the checkout named ("" when it named none): what the options
+    /// file's `MAX` and `RESERVE` rules count.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
 }
 
 impl LeaseRecord {
@@ -153,6 +161,8 @@ impl LeaseRecord {
             version: self.version.clone(),
             count: self.count,
             client_id: self.client_id.clone(),
+            user: Some(self.user.clone()).filter(|u| !u.is_empty()),
+            host: Some(self.host.clone()).filter(|h| !h.is_empty()),
             granted_at: self.granted_at / 1000,
             expires_at: self.expires_at / 1000,
             granted_by: Some(self.granted_by.clone()),
@@ -218,6 +228,13 @@ pub enum Event {
     Rejoined {
         at: Millis,
     },
+    /// The options file in force changed (read at start or reloaded by the main or a
+    /// standalone server): its text, verbatim (empty: no options). A backup follows its
+    /// main's, so that it honours them when it takes over.
+    OptionsChanged {
+        text: String,
+        at: Millis,
+    },
     /// A backup was removed from its pair (by an operator on either side): it never takes
     /// over again.
     Detached {
@@ -252,6 +269,7 @@ impl Event {
             Event::WentAlone { .. } => "went_alone",
             Event::Detached { .. } => "detached",
             Event::Rejoined { .. } => "rejoined",
+            Event::OptionsChanged { .. } => "options_changed",
         }
     }
 }
@@ -271,6 +289,8 @@ pub enum Denied {
         reason: String,
     },
     UnknownLease,
+    /// A rule of the options file refused.
+    Rule(RuleDenial),
 }
 
 /// What a checkout asks for (validated by the caller).
@@ -282,6 +302,27 @@ pub struct CheckoutAsk<'a> {
     pub client_id: &'a str,
     /// The client's secret, hashed ([`Holder::NONE`] without one).
     pub holder: Holder,
+    /// The user and host the checkout named.
+    pub who: Who<'a>,
+}
+
+/// The options file in force: its text as the event carried it, and its rules.
+#[derive(Clone, Debug, Default)]
+pub struct OptionsInForce {
+    pub text: Arc<str>,
+    pub rules: Arc<Options>,
+}
+
+impl OptionsInForce {
+    /// The options of a text (an empty text: none). A text that does not parse (written
+    /// by a newer version) puts no rules in force; the service checks every text before
+    /// it makes an event of it.
+    pub fn of(text: &str) -> Option<OptionsInForce> {
+        (!text.is_empty()).then(|| OptionsInForce {
+            text: text.into(),
+            rules: Arc::new(crate::options::parse(text).unwrap_or_default()),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -378,6 +419,8 @@ pub struct State {
     pub alone_from: Option<u64>,
     /// Set by a failback: the backup's history and sequence number this state took in.
     pub absorbed: Option<Fork>,
+    /// The options file in force (a backup: its main's).
+    pub options: Option<OptionsInForce>,
     leases: LeaseTable,
     /// The pools the rights make (derived from `rights`).
     pools: BTreeMap<FeatureKey, Pool>,
@@ -476,6 +519,7 @@ impl State {
             detached: self.detached.clone(),
             alone_from: self.alone_from,
             absorbed: self.absorbed,
+            options: self.options.clone(),
             leases: LeaseTable::default(),
             pools: self.pools.clone(),
         }
@@ -515,6 +559,7 @@ impl State {
             Event::WentAlone { from_seq, .. } => self.alone_from = Some(*from_seq),
             Event::Detached { reason, .. } => self.detached = Some(reason.clone()),
             Event::Rejoined { .. } => self.alone_from = None,
+            Event::OptionsChanged { text, .. } => self.options = OptionsInForce::of(text),
             Event::BackupChanged {
                 at,
                 dropped,
@@ -598,16 +643,7 @@ impl State {
                 .iter()
                 .filter(|(k, _)| k.feature == ask.feature && k.version == v)
                 .collect(),
-            None => self
-                .pools
-                .range(
-                    FeatureKey {
-                        feature: ask.feature.to_owned(),
-                        version: String::new(),
-                    }..,
-                )
-                .take_while(|(k, _)| k.feature == ask.feature)
-                .collect(),
+            None => self.pools_of_feature(ask.feature).collect(),
         };
         if candidates.is_empty() {
             return Err(Denied::UnknownFeature);
@@ -633,6 +669,11 @@ impl State {
             });
         if let Some(l) = own {
             return self.decide_renew(&l.id, now, lease_ms);
+        }
+
+        if let Some(options) = &self.options {
+            self.decide_rules(&options.rules, ask, now)
+                .map_err(Denied::Rule)?;
         }
 
         let mut all_expired_at: Option<Millis> = Some(0);
@@ -662,6 +703,8 @@ impl State {
                         granted_by: granted_by.to_owned(),
                         granted_seq: 0,
                         holder: ask.holder,
+                        user: ask.who.user.to_owned(),
+                        host: ask.who.host.to_owned(),
                     },
                 });
             }
@@ -692,6 +735,60 @@ impl State {
             next_free_at: next_free,
             reason: reasons.join("; "),
         })
+    }
+
+    /// Every version's pool of a feature, in version order.
+    fn pools_of_feature<'a>(
+        &'a self,
+        feature: &'a str,
+    ) -> impl Iterator<Item = (&'a FeatureKey, &'a Pool)> {
+        self.pools
+            .range(
+                FeatureKey {
+                    feature: feature.to_owned(),
+                    version: String::new(),
+                }..,
+            )
+            .take_while(move |(k, _)| k.feature == feature)
+    }
+
+    /// The options file's say on a new grant: seats and live leases of every version of
+    /// the feature.
+    fn decide_rules(
+        &self,
+        options: &Options,
+        ask: &CheckoutAsk<'_>,
+        now: Millis,
+    ) -> Result<(), RuleDenial> {
+        if options.is_open(ask.feature) {
+            return Ok(());
+        }
+        let pools: Vec<&FeatureKey> = self
+            .pools_of_feature(ask.feature)
+            .filter(|(_, p)| p.expired_at(now).is_none())
+            .map(|(k, _)| k)
+            .collect();
+        let seats = Seats {
+            count: pools
+                .iter()
+                .fold(0u32, |a, k| a.saturating_add(self.count_at(k, now))),
+            used: pools
+                .iter()
+                .fold(0u32, |a, k| a.saturating_add(self.in_use(k))),
+        };
+        let leases = pools
+            .iter()
+            .filter_map(|k| self.leases.pool_id(k))
+            .flat_map(|p| self.leases.by_pool_expiry(p))
+            .filter(|(exp, _)| *exp > now)
+            .map(|(_, l)| {
+                let who = Who {
+                    user: self.leases.who(l.user),
+                    host: self.leases.who(l.client_host),
+                };
+                (who, l.count)
+            });
+        options.decide(ask.feature, ask.who, ask.count, seats, leases)
     }
 
     /// When enough leases of a pool will have expired for `want` more seats.
@@ -870,6 +967,8 @@ impl State {
         out.active_since = None;
         out.alone_from = Some(next_seq);
         out.backup = main.backup.clone();
+        // The main's options: it read its file at this start, after the backup's copy.
+        out.options = main.options.clone();
         out.detached = None;
         out.seq = next_seq;
         out.rebuild_index();
@@ -908,6 +1007,7 @@ fn pools_of(rights: &[Right]) -> BTreeMap<FeatureKey, Pool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::options::RuleKind;
 
     const LEASE: i64 = 60_000;
     const T0: Millis = 1_700_000_000_000;
@@ -940,7 +1040,49 @@ mod tests {
             count,
             client_id: client,
             holder: Holder::of_secret(&format!("{client}'s own secret")),
+            who: Who::default(),
         }
+    }
+
+    #[test]
+    fn reserved_seats_count_across_versions_and_the_rules_follow_their_event() {
+        // 2 seats of 1.0 and 2 of 2.0; alice's group reserves 2 of the feature.
+        let mut s = state_with(vec![
+            right("cad", "1.0", 2, None),
+            right("cad", "2.0", 2, None),
+        ]);
+        s.apply(&Event::OptionsChanged {
+            text: "GROUP eng alice\nRESERVE 2 cad GROUP eng\n".into(),
+            at: T0,
+        });
+        let as_ = |client: &'static str, user: &'static str| CheckoutAsk {
+            who: Who { user, host: "h" },
+            ..ask("cad", client, 1)
+        };
+        checkout(&mut s, &as_("b1", "bob"), T0).unwrap();
+        checkout(&mut s, &as_("b2", "bob"), T0).unwrap();
+        match checkout(&mut s, &as_("b3", "bob"), T0) {
+            Err(Denied::Rule(r)) => assert_eq!((r.kind, r.line), (RuleKind::Reserved, 2)),
+            other => panic!("{other:?}"),
+        }
+        checkout(&mut s, &as_("a1", "alice"), T0).unwrap();
+        // The rules end with an empty text: bob takes the last seat.
+        s.apply(&Event::OptionsChanged {
+            text: String::new(),
+            at: T0,
+        });
+        assert!(s.options.is_none());
+        checkout(&mut s, &as_("b3", "bob"), T0).unwrap();
+        // A copy for the pair (JSON) carries the options.
+        s.apply(&Event::OptionsChanged {
+            text: "EXCLUDE cad USER bob\n".into(),
+            at: T0,
+        });
+        let copy: State = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(
+            copy.options.map(|o| o.text),
+            Some("EXCLUDE cad USER bob\n".into())
+        );
     }
 
     fn checkout(s: &mut State, a: &CheckoutAsk<'_>, now: Millis) -> Result<Uuid, Denied> {

@@ -12,6 +12,7 @@ use shared::lease::LeaseInfo;
 use super::client::{not_durable, not_serving};
 use super::{SMALL_BODY_LIMIT, lease_id};
 use crate::error::ServiceError;
+use crate::service::options::OptionsLoaded;
 use crate::service::{Service, StatusView};
 
 fn operator() -> [ErrDoc; 2] {
@@ -146,4 +147,34 @@ pub async fn pair_backup(
         .map_err(|why| ServiceError::validation("url", format!("the backup's URL {why}")))?;
     svc.set_backup(url).await?;
     Ok(HttpResponse::Ok().json(svc.status()))
+}
+
+error_responses!(
+    ReloadOptionsErrors = [
+        operator(),
+        err(
+            ValidationError,
+            "no options file is set, or the file is refused (`options_line` names the line; the options in force are kept)"
+        ),
+        err(
+            RoleConflict,
+            "this server is a backup: it honours its main's options"
+        ),
+        not_durable(),
+    ]
+);
+
+/// Reads the options file (`LICENSING_OPTIONS_FILE`) again and puts it in force, as
+/// `SIGHUP` does; a bad file is refused with its line and the options in force stay.
+#[utoipa::path(
+    tag = "operator",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The options file now in force", body = OptionsLoaded),
+        ReloadOptionsErrors,
+    )
+)]
+#[post("/options/reload")]
+pub async fn reload_options(svc: web::Data<Service>) -> Result<HttpResponse, ServiceError> {
+    Ok(HttpResponse::Ok().json(svc.reload_options().await?))
 }

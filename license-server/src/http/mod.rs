@@ -234,7 +234,8 @@ where
                 .service(admin::leases)
                 .service(admin::release)
                 .service(admin::pair_detach)
-                .service(admin::pair_backup),
+                .service(admin::pair_backup)
+                .service(admin::reload_options),
         )
         .service(
             scope::scope("/api/v1/pair")

@@ -26,6 +26,7 @@ use crate::domain::{
 };
 use crate::error::ServiceError;
 use crate::identity::Binding;
+use crate::options::Who;
 use crate::pair::Serving;
 use crate::store;
 
@@ -73,6 +74,8 @@ impl Service {
             version: grant.version,
             count: r.count,
             client_id: grant.sub,
+            user: Some(r.user.clone()).filter(|u| !u.is_empty()),
+            host: Some(r.host.clone()).filter(|h| !h.is_empty()),
             granted_at: r.granted_at / 1000,
             expires_at: grant.exp,
             renew_after: (r.renewed_at + (r.expires_at - r.renewed_at) / 2) / 1000,
@@ -148,6 +151,11 @@ impl Service {
             Denied::UnknownLease => ServiceError::NotFound(
                 "no such lease: it expired, was returned, or never existed".into(),
             ),
+            Denied::Rule(r) => ServiceError::Rule {
+                kind: r.kind,
+                line: r.line,
+                message: r.message,
+            },
         };
         self.metrics.deny(err.code());
         err
@@ -208,6 +216,10 @@ impl Service {
                 .client_secret
                 .as_ref()
                 .map_or(Holder::NONE, |s| Holder::of_secret(s.expose())),
+            who: Who {
+                user: req.user.as_deref().unwrap_or_default(),
+                host: req.host.as_deref().unwrap_or_default(),
+            },
         };
         let now = now_ms();
         let (rec, renewed, seq, rx, binding) = {
@@ -395,6 +407,23 @@ pub fn validate_checkout(req: &CheckoutRequest) -> Result<(), ServiceError> {
             "client_id must be 1 to 256 printable characters identifying the client",
         ));
     }
+    let word_ok = |s: &str| name_ok(s) && !s.chars().any(char::is_whitespace);
+    if let Some(user) = &req.user
+        && !word_ok(user)
+    {
+        return Err(ServiceError::validation(
+            "user",
+            "user must be 1 to 256 printable characters without spaces (the OS user name)",
+        ));
+    }
+    if let Some(host) = &req.host
+        && !word_ok(host)
+    {
+        return Err(ServiceError::validation(
+            "host",
+            "host must be 1 to 256 printable characters without spaces (the host name)",
+        ));
+    }
     if let Some(secret) = &req.client_secret {
         let s = secret.expose();
         if !(16..=256).contains(&s.len()) || s.chars().any(char::is_control) {
@@ -441,6 +470,8 @@ mod tests {
             version: None,
             count: 1,
             client_id: client.into(),
+            user: None,
+            host: None,
             client_secret: Some(ClientSecret::new(format!("{client}-secret-0123456789"))),
         }
     }

@@ -44,6 +44,7 @@
 
 pub mod leases;
 pub mod member;
+pub mod options;
 pub mod pair;
 pub mod peer;
 pub mod rights;
@@ -104,6 +105,8 @@ pub struct ServiceConfig {
     pub failover_timeout_ms: i64,
     /// Backup: the longest it serves alone (`FAILOVER_MAINTENANCE_INTERVAL`).
     pub maintenance_ms: i64,
+    /// `LICENSING_OPTIONS_FILE`.
+    pub options_file: Option<std::path::PathBuf>,
 }
 
 impl ServiceConfig {
@@ -119,6 +122,7 @@ impl ServiceConfig {
             backoffice_url: String::new(),
             failover_timeout_ms: 1_000,
             maintenance_ms: 21 * 86_400_000,
+            options_file: None,
         }
     }
 }

@@ -21,6 +21,8 @@ fn grant(i: u32) -> Event {
             granted_by: "string:me".into(),
             granted_seq: 0,
             holder: crate::domain::Holder::of_secret(&format!("c{i}")),
+            user: format!("u{}", i % 7),
+            host: String::new(),
         },
     }
 }
@@ -212,7 +214,7 @@ async fn flip_is_refused_then_recovered(which: usize) {
 /// The lease ID in the grant record at `offset` (the payload's bytes 9..25).
 fn grant_of(data: &[u8], offset: usize) -> Option<Uuid> {
     let p = offset + frame::RECORD_HEADER;
-    (data[p + 8] == 16).then(|| Uuid::from_slice(&data[p + 9..p + 25]).unwrap())
+    matches!(data[p + 8], 16 | 17).then(|| Uuid::from_slice(&data[p + 9..p + 25]).unwrap())
 }
 
 #[tokio::test]
