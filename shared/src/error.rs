@@ -107,7 +107,7 @@ impl std::fmt::Display for ErrorCode {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(
     feature = "openapi",
-    schema(example = json!({"code": "NO_LICENSE_AVAILABLE", "message": "no seat of `cad` is free: 3 of 3 in use", "next_free_at": 1767225600}))
+    schema(example = json!({"code": "NO_LICENSE_AVAILABLE", "message": "no license of `cad` available: 7 seats of cad 1.0 asked, 5 of 10 free", "asked": 7, "free": 5, "count": 10, "next_free_at": 1767225600}))
 )]
 pub struct ErrorBody {
     pub code: ErrorCode,
@@ -123,6 +123,16 @@ pub struct ErrorBody {
     /// seconds since 1970-01-01T00:00:00Z).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_free_at: Option<i64>,
+    /// For `NO_LICENSE_AVAILABLE`: the seats the checkout asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<u32>,
+    /// For `NO_LICENSE_AVAILABLE`: the seats free now in the pool that came closest (the
+    /// asked version, or of every version the one with the most free seats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free: Option<u32>,
+    /// For `NO_LICENSE_AVAILABLE`: the seats licensed now in that pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
 }
 
 impl ErrorBody {
@@ -133,6 +143,9 @@ impl ErrorBody {
             field: None,
             serving_url: None,
             next_free_at: None,
+            asked: None,
+            free: None,
+            count: None,
         }
     }
 

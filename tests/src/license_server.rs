@@ -3,7 +3,7 @@
 //! `DATA_DIR/listen.addr`) or on a given one, waits until it answers, and restarts it on
 //! the same data and port; [`PairSetup`] makes the settings of a main and its backup
 //! against a back office; and a few calls every test makes (status, features, checkout,
-//! the operator's lease list).
+//! the operator's lease list, an operator command).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -235,6 +235,19 @@ impl LicenseServer {
     /// The leases of `feature` as this server holds them (operator API).
     pub async fn leases(&self, feature: &str) -> Result<Vec<Value>> {
         leases_at(&self.url, &self.admin_token(), feature).await
+    }
+
+    /// Runs an operator command against it, `license-server ARGS --url URL`, in an
+    /// environment holding no token or data directory (`args` name them when they mean
+    /// to).
+    pub fn operator(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new(binary("license-server"))
+            .args(args)
+            .args(["--url", &self.url])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .current_dir(self.data_dir.parent().unwrap_or(Path::new("/")))
+            .output()?)
     }
 }
 

@@ -70,7 +70,7 @@ use crate::store::{self, Store};
 
 pub use pair::{Position, Replication};
 pub use peer::Peer;
-pub use rights::{AnswerOutcome, RightsChange};
+pub use rights::{AnswerOutcome, PollOutcome, RightsChange};
 pub use status::{
     BackofficeStatus, Contact, PairSecretSource, PairView, RightsSummary, StatusView, TrustView,
 };
@@ -142,6 +142,8 @@ pub struct Service {
     identity: Arc<Identity>,
     /// A member of a three-member cluster: every change goes through it.
     cluster: Option<Arc<Cluster>>,
+    /// Operators' requests to poll the back office now.
+    poll_now: rights::PollNow,
 }
 
 impl std::fmt::Debug for Service {
@@ -261,6 +263,7 @@ impl Service {
             peer,
             identity,
             cluster,
+            poll_now: rights::PollNow::new(),
         }))
     }
 
