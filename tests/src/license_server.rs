@@ -99,6 +99,19 @@ fn spawn(name: &str, data_dir: &Path, port: u16, env: &[(String, String)]) -> Re
 }
 
 impl LicenseServer {
+    /// A license server `hostid` of `fx`'s account, polling `bo` with its device token
+    /// and trusting its key; more settings to add.
+    pub fn of_account(bo: &BackOffice, fx: &Fixture, data_dir: &Path, hostid: &str) -> Builder {
+        Self::builder(data_dir)
+            .env("HOSTID", hostid)
+            .env("BACKOFFICE_URL", bo.url.clone())
+            .env("BACKOFFICE_TOKEN", fx.device_token.clone())
+            .env(
+                "BACKOFFICE_PUBLIC_KEY",
+                bo.public_key_path().display().to_string(),
+            )
+    }
+
     /// A license server keeping its state in `data_dir`.
     pub fn builder(data_dir: &Path) -> Builder {
         Builder {

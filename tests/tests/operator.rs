@@ -38,15 +38,8 @@ async fn start_server(
     hostid: &str,
     rights: &str,
 ) -> Result<LicenseServer> {
-    LicenseServer::builder(dir)
+    LicenseServer::of_account(bo, fx, dir, hostid)
         .name("lls")
-        .env("HOSTID", hostid)
-        .env("BACKOFFICE_URL", bo.url.clone())
-        .env("BACKOFFICE_TOKEN", fx.device_token.clone())
-        .env(
-            "BACKOFFICE_PUBLIC_KEY",
-            bo.public_key_path().display().to_string(),
-        )
         .env("RIGHTS_IDS", rights)
         .env("CAPABILITY_POLL_INTERVAL", "10m")
         .env("BACKOFF_MAX", "500ms")
@@ -176,19 +169,7 @@ async fn status_shows_who_holds_each_seat_and_each_line_items_end_to_the_operato
     let bo = BackOffice::start(Backend::Sqlite).await?;
     let fx = bo.fixture(&["cad"], 10).await?;
     // A second line item of 4 seats that ends in 2030.
-    let ent = fx
-        .admin
-        .post(
-            &format!("/api/v1/accounts/{}/entitlements", fx.account_id),
-            json!({"name": "Order 2", "line_items": [
-                {"product_id": fx.product_id, "quantity": 4, "expires_at": ENDS}
-            ]}),
-        )
-        .await?
-        .ok()?;
-    let dated = ent["line_items"][0]["activation_id"]
-        .as_str()
-        .context("activation id")?;
+    let dated = fx.add_line_item(4, Some(ENDS)).await?;
     let tmp = tempfile::tempdir()?;
     let server = start_server(
         &bo,

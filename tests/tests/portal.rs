@@ -718,29 +718,10 @@ async fn view_server_shows_one_truth_for_usage_from_the_servers_readings() -> Re
     let wait = Duration::from_secs(30);
     let bo = BackOffice::start(Backend::Sqlite).await?;
     let fx = bo.fixture(&["cad"], 10).await?;
-    let dated = fx
-        .admin
-        .post(
-            &format!("/api/v1/accounts/{}/entitlements", fx.account_id),
-            json!({"name": "Order 2", "line_items": [
-                {"product_id": fx.product_id, "quantity": 4, "expires_at": ENDS}
-            ]}),
-        )
-        .await?
-        .ok()?["line_items"][0]["activation_id"]
-        .as_str()
-        .context("activation id")?
-        .to_owned();
+    let dated = fx.add_line_item(4, Some(ENDS)).await?;
     let tmp = tempfile::tempdir()?;
     let hostid = "string:lls-readings";
-    let server = LicenseServer::builder(&tmp.path().join("lls"))
-        .env("HOSTID", hostid)
-        .env("BACKOFFICE_URL", bo.url.clone())
-        .env("BACKOFFICE_TOKEN", fx.device_token.clone())
-        .env(
-            "BACKOFFICE_PUBLIC_KEY",
-            bo.public_key_path().display().to_string(),
-        )
+    let server = LicenseServer::of_account(&bo, &fx, &tmp.path().join("lls"), hostid)
         .env("RIGHTS_IDS", format!("{}:10,{dated}:4", fx.activation_id))
         .env("CAPABILITY_POLL_INTERVAL", "10m")
         .start()
@@ -817,7 +798,10 @@ async fn view_server_shows_one_truth_for_usage_from_the_servers_readings() -> Re
         );
         b.screenshot("usage-01-one-reading").await?;
 
-        // Three seats taken and read again: the newest reading is current usage.
+        // Three seats taken and read again (a second later: readings are whole seconds,
+        // and a server's second reading in one second replaces its first): the newest
+        // reading is current usage.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         let client = Client::new(&server.url, bo.producer())?;
         let mut held = Vec::new();
         for i in 0..3 {

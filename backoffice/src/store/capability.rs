@@ -596,7 +596,13 @@ fn touch(
         && sample
         && updated == 1
     {
-        usage::record(conn, &row.id, &r.usage, now)?;
+        usage::record(
+            conn,
+            &row.id,
+            &r.usage,
+            now,
+            row.last_sample_at == Some(now),
+        )?;
     }
     Ok(new_key.map(|k| KeyChange {
         old: row.server_key_id.clone(),
@@ -806,7 +812,8 @@ mod tests {
             let t0 = shared::now_unix();
             // (seconds after t0, in use): a change a second later is read; the same usage
             // again is not, until a minute has passed.
-            for (dt, in_use) in [(0, 1), (1, 4), (2, 4), (61, 4)] {
+            // Two within one second: the later is that second's reading.
+            for (dt, in_use) in [(0, 2), (0, 1), (1, 4), (2, 4), (61, 4)] {
                 let mut r = request("string:solo", Role::Standalone, None);
                 r.report = Some(report(in_use));
                 capability(c, &acme, &r, None, t0 + dt).unwrap();

@@ -34,13 +34,23 @@ pub struct UsagePoint {
     pub in_use: i64,
 }
 
-/// Keeps one sample of each feature a server reported.
+/// Keeps one sample of each feature a server reported; a second report within the same
+/// second replaces that second's (times are whole seconds: the later one is the truth).
 pub(super) fn record(
     conn: &mut DbConn,
     server_id: &str,
     usage: &[FeatureUsage],
     now: i64,
+    same_second: bool,
 ) -> AppResult<()> {
+    if same_second {
+        diesel::delete(
+            usage_samples::table
+                .filter(usage_samples::server_id.eq(server_id))
+                .filter(usage_samples::sampled_at.eq(now)),
+        )
+        .execute(conn)?;
+    }
     // One statement a row: batch inserts are not portable across the backends.
     for u in usage {
         diesel::insert_into(usage_samples::table)
