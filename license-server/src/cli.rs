@@ -199,13 +199,15 @@ pub async fn status(r: &Remote, which: Which) -> anyhow::Result<()> {
         .map_or_else(|| this.clone(), |u| u.trim_end_matches('/').to_owned());
     let by = format!("{url} ({})", serving["hostid"].as_str().unwrap_or("?"));
     match r.admin_token() {
+        // The token is the server's at --url: the holders as it holds them (a backup in
+        // step holds its main's leases).
         Ok(token) => {
             let v = send(
-                http.get(format!("{url}/api/v1/admin/usage"))
+                http.get(format!("{this}/api/v1/admin/usage"))
                     .bearer_auth(token),
             )
             .await
-            .with_context(|| format!("who holds the seats, from {url}"))?;
+            .with_context(|| format!("who holds the seats, from {this}"))?;
             let pools: Vec<PoolHolders> = serde_json::from_value(v)?;
             print_pools(
                 &by,
