@@ -54,7 +54,7 @@ impl ResponseError for AppError {
 /// What http-kit's helpers refuse (a body over its limit, JSON that does not parse).
 impl From<ApiError> for AppError {
     fn from(e: ApiError) -> Self {
-        let mut out = AppError::from(e.body);
+        let mut out = AppError::from(*e.body);
         if let Some(secs) = e.retry_after {
             out = out.with_retry_after(secs);
         }

@@ -22,6 +22,10 @@ pub enum ServiceError {
     NoLicense {
         message: String,
         next_free_at: Option<i64>,
+        /// Seats asked for, seats free and seats licensed in the pool that came closest.
+        asked: u32,
+        free: u32,
+        count: u32,
     },
     #[error("{0}")]
     FeatureExpired(String),
@@ -102,7 +106,18 @@ impl ServiceError {
         let mut body = ErrorBody::new(self.code(), self.to_string());
         match self {
             ServiceError::Validation { field: Some(f), .. } => body.field = Some(f.clone()),
-            ServiceError::NoLicense { next_free_at, .. } => body.next_free_at = *next_free_at,
+            ServiceError::NoLicense {
+                next_free_at,
+                asked,
+                free,
+                count,
+                ..
+            } => {
+                body.next_free_at = *next_free_at;
+                body.asked = Some(*asked);
+                body.free = Some(*free);
+                body.count = Some(*count);
+            }
             ServiceError::NotServing { serving_url } => {
                 body.serving_url = Some(serving_url.clone())
             }

@@ -3,6 +3,8 @@
 //! Every answer is verified (signature, addressee, request ID, freshness, not older than
 //! the rights held) before it is taken: its binding of this server's key, the pair's
 //! secret, and its rights, kept verbatim; anything else is logged and changes nothing.
+//! An operator's "poll now" (`license-server reread`) wakes the loop at once and is
+//! answered with that poll's outcome.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use shared::{ErrorBody, ErrorCode, HostId};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::service::{Contact, RightsChange, Service};
+use crate::service::{Contact, PollOutcome, RightsChange, Service};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PollError {
@@ -223,16 +225,24 @@ impl Poller {
         Ok(Duration::from_secs(poll_interval_secs.max(1)))
     }
 
-    /// Polls until `shutdown` turns true.
+    /// Polls until `shutdown` turns true; at once when an operator asks.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut attempt: u32 = 0;
         let mut interval: Option<Duration> = self.cfg.poll_interval;
         let mut include_rights = true;
+        let mut asked = self.svc.poll_requests();
+        // Operators waiting for the poll about to be made.
+        let mut waiting: Vec<tokio::sync::oneshot::Sender<PollOutcome>> = Vec::new();
         loop {
             let started = shared::now_unix();
             self.svc
                 .set_backoffice(|b| b.last_attempt_at = Some(started));
-            let wait = match self.poll_once(include_rights).await {
+            let result = self.poll_once(include_rights).await;
+            let outcome: PollOutcome = match &result {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
+            let wait = match result {
                 Ok(theirs) => {
                     include_rights = false;
                     attempt = 0;
@@ -293,9 +303,26 @@ impl Poller {
             };
             let next = shared::now_unix() + wait.as_secs() as i64;
             self.svc.set_backoffice(|b| b.next_attempt_at = Some(next));
+            for reply in waiting.drain(..) {
+                let _ = reply.send(outcome.clone());
+            }
+            let asked_now = async {
+                match asked.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
+                Some(reply) = asked_now => {
+                    tracing::info!("an operator asked for a poll of the back office now (reread)");
+                    waiting.push(reply);
+                    // Others who asked meanwhile share it.
+                    while let Some(more) = asked.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                        waiting.push(more);
+                    }
+                }
             }
             if *shutdown.borrow() {
                 return;

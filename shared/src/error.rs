@@ -116,7 +116,7 @@ impl std::fmt::Display for ErrorCode {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(
     feature = "openapi",
-    schema(example = json!({"code": "NO_LICENSE_AVAILABLE", "message": "no seat of `cad` is free: 3 of 3 in use", "next_free_at": 1767225600}))
+    schema(example = json!({"code": "NO_LICENSE_AVAILABLE", "message": "no license of `cad` available: 7 seats of cad 1.0 asked, 5 of 10 free", "asked": 7, "free": 5, "count": 10, "next_free_at": 1767225600}))
 )]
 pub struct ErrorBody {
     pub code: ErrorCode,
@@ -138,6 +138,16 @@ pub struct ErrorBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u32>, minimum = 1))]
     pub options_line: Option<std::num::NonZeroU32>,
+    /// For `NO_LICENSE_AVAILABLE`: the seats the checkout asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<u32>,
+    /// For `NO_LICENSE_AVAILABLE`: the seats free now in the pool that came closest (the
+    /// asked version, or of every version the one with the most free seats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free: Option<u32>,
+    /// For `NO_LICENSE_AVAILABLE`: the seats licensed now in that pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
 }
 
 impl ErrorBody {
@@ -149,6 +159,9 @@ impl ErrorBody {
             serving_url: None,
             next_free_at: None,
             options_line: None,
+            asked: None,
+            free: None,
+            count: None,
         }
     }
 

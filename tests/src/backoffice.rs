@@ -489,6 +489,27 @@ pub struct Fixture {
     pub device_token: String,
 }
 
+impl Fixture {
+    /// Adds an entitlement with one line item of the fixture's product, `quantity` seats
+    /// ending at `expires_at` (Unix seconds; `None`: permanent); its activation ID.
+    pub async fn add_line_item(&self, quantity: i64, expires_at: Option<i64>) -> Result<String> {
+        let ent = self
+            .admin
+            .post(
+                &format!("/api/v1/accounts/{}/entitlements", self.account_id),
+                json!({"name": "Another order", "line_items": [
+                    {"product_id": self.product_id, "quantity": quantity, "expires_at": expires_at}
+                ]}),
+            )
+            .await?
+            .ok()?;
+        Ok(ent["line_items"][0]["activation_id"]
+            .as_str()
+            .context("activation id")?
+            .to_owned())
+    }
+}
+
 /// An authenticated JSON client.
 #[derive(Clone)]
 pub struct Api {

@@ -495,6 +495,26 @@ async fn every_start_order_ends_paired() -> Result<()> {
             "who serves cad:\n{text}"
         );
     }
+    // With each server's own operator token: who holds the seats, the backup holding its
+    // main's leases.
+    for server in [&main, &backup] {
+        let dir = server.data_dir.display().to_string();
+        let out = server.operator(&["status", "--pair", "all", "--data-dir", &dir])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for l in [&lease, &alone] {
+            ensure!(
+                text.contains(&l.lease_id.to_string()),
+                "{} not shown by {}:\n{text}",
+                l.client_id,
+                server.url
+            );
+        }
+    }
     Ok(())
 }
 

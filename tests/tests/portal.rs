@@ -704,3 +704,142 @@ async fn view_server_follows_a_real_pair_through_failover() -> Result<()> {
     b.close().await?;
     result
 }
+
+/// View Server's usage is one truth: current usage, its Seats column, the chart and its
+/// table are the same readings of a real license server (polling every 10 minutes, so
+/// each reading here is one `license-server reread`); a window with one reading says so
+/// in words; the time labels carry dates; counts name each line item's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_server_shows_one_truth_for_usage_from_the_servers_readings() -> Result<()> {
+    use licensing_client::Client;
+    use std::time::Duration;
+    use tests::{LicenseServer, eventually};
+
+    /// 2030-03-31T12:00:00Z.
+    const ENDS: i64 = 1_901_188_800;
+    let wait = Duration::from_secs(30);
+    let bo = BackOffice::start(Backend::Sqlite).await?;
+    let fx = bo.fixture(&["cad"], 10).await?;
+    let dated = fx.add_line_item(4, Some(ENDS)).await?;
+    let tmp = tempfile::tempdir()?;
+    let hostid = "string:lls-readings";
+    let server = LicenseServer::of_account(&bo, &fx, &tmp.path().join("lls"), hostid)
+        .env("RIGHTS_IDS", format!("{}:10,{dated}:4", fx.activation_id))
+        .env("CAPABILITY_POLL_INTERVAL", "10m")
+        .start()
+        .await?;
+    eventually(wait, "the server's rights", || async {
+        let f = tests::license_server::feature(&server, "cad").await?;
+        (f["count"] == 14).then_some(())
+    })
+    .await;
+    let data_dir = server.data_dir.display().to_string();
+    let reread = || -> Result<()> {
+        let out = server.operator(&["reread", "--data-dir", &data_dir])?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let servers = fx.user.get("/api/v1/account/servers").await?.ok()?;
+    let id = servers
+        .as_array()
+        .context("servers")?
+        .iter()
+        .find(|s| s["hostid"] == hostid)
+        .and_then(|s| s["id"].as_str())
+        .context("the server at the back office")?
+        .to_owned();
+    let page = format!("{}/portal/servers/{id}", bo.url);
+
+    let b = Browser::start().await?;
+    let result = async {
+        sign_in(&b, &bo.url, &fx.user_email, ADMIN_PASSWORD).await?;
+        // (in use, seats) of current usage, and of every row of the readings table.
+        let shown = || async {
+            b.goto(&page).await?;
+            b.execute(
+                "document.querySelectorAll('details').forEach(d => d.open = true);",
+                vec![],
+            )
+            .await?;
+            let row = "#usage-table tr[data-feature='cad']";
+            let current = (
+                b.text(&format!("{row} .in-use")).await?,
+                b.text(&format!("{row} .seats")).await?,
+            );
+            let readings = b
+                .execute(
+                    "return [...document.querySelectorAll('figure[data-feature=\"cad 1.0\"] table.readings tbody tr')]
+                        .map(r => [r.cells[1].textContent, r.cells[2].textContent]);",
+                    vec![],
+                )
+                .await?;
+            let readings: Vec<(String, String)> = serde_json::from_value(readings)?;
+            anyhow::Ok((current, readings))
+        };
+
+        // The first reading: the chart says it in words, no lonely dot.
+        reread()?;
+        let (current, readings) = shown().await?;
+        let one = ("0".to_owned(), "14".to_owned());
+        ensure!(current == one, "current usage {current:?}");
+        ensure!(readings == vec![one.clone()], "readings {readings:?}");
+        let chart = b.text("figure[data-feature='cad 1.0'] svg").await?;
+        ensure!(
+            chart.contains("One reading in this period: 0 of 14 seats in use"),
+            "{chart}"
+        );
+        ensure!(!b.exists("figure svg circle").await?, "a dot for one reading");
+        ensure!(
+            b.text("#usage-table tr[data-feature='cad'] .line-items").await?
+                == "14 (10 permanent, 4 until 2030-03-31)",
+            "line items"
+        );
+        b.screenshot("usage-01-one-reading").await?;
+
+        // Three seats taken and read again (a second later: readings are whole seconds,
+        // and a server's second reading in one second replaces its first): the newest
+        // reading is current usage.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let client = Client::new(&server.url, bo.producer())?;
+        let mut held = Vec::new();
+        for i in 0..3 {
+            held.push(
+                client
+                    .checkout_lease(&tests::checkout_request("cad", &format!("desk-{i}")))
+                    .await?,
+            );
+        }
+        reread()?;
+        let (current, readings) = shown().await?;
+        let now = ("3".to_owned(), "14".to_owned());
+        ensure!(current == now, "current usage {current:?}");
+        ensure!(readings == vec![now, one], "readings, newest first: {readings:?}");
+        ensure!(b.exists("figure svg .line-in-use").await?, "no line");
+        // Every time label carries its date (a day's window: time over date).
+        let labels = b
+            .execute(
+                "return [...document.querySelectorAll('figure svg .time-label')].map(t => t.textContent);",
+                vec![],
+            )
+            .await?;
+        let labels: Vec<String> = serde_json::from_value(labels)?;
+        let month = |l: &String| {
+            ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+                .iter()
+                .any(|m| l.contains(m))
+        };
+        ensure!(labels.len() == 5 && labels.iter().all(month), "{labels:?}");
+        b.screenshot("usage-02-readings").await?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        let _ = b.screenshot("failure-usage").await;
+    }
+    b.close().await?;
+    result
+}

@@ -564,20 +564,25 @@ fn touch(
     now: i64,
 ) -> AppResult<Option<KeyChange>> {
     let new_key = key.filter(|k| row.server_key.as_deref() != Some(k.key.as_str()));
-    let sample = report.is_some()
-        && row
-            .last_sample_at
-            .is_none_or(|t| now - t >= usage::SAMPLE_EVERY);
+    let usage_json = report
+        .map(|r| serde_json::to_string(&r.usage))
+        .transpose()
+        .map_err(AppError::internal)?;
+    // A reading when the usage changed (so the latest reading is what the server said
+    // last: View Server's current usage, its chart and table are the same readings), and
+    // at least once a minute otherwise.
+    let sample = usage_json.is_some()
+        && (usage_json != row.usage_json
+            || row
+                .last_sample_at
+                .is_none_or(|t| now - t >= usage::SAMPLE_EVERY));
     let contact = Contact {
         last_contact_at: now,
         first_contact_at: row.first_contact_at.is_none().then_some(now),
         state: ServerState::Registered.as_str(),
         reported_status: report.map(|r| r.server_status.as_str()),
         reported_pair_status: report.map(|r| r.pair_status.map(PairStatus::as_str)),
-        usage_json: report
-            .map(|r| serde_json::to_string(&r.usage))
-            .transpose()
-            .map_err(AppError::internal)?,
+        usage_json,
         last_sample_at: sample.then_some(now),
         server_key: new_key.map(|k| k.key.as_str()),
         server_key_id: new_key.map(|k| k.id.as_str()),
@@ -591,7 +596,13 @@ fn touch(
         && sample
         && updated == 1
     {
-        usage::record(conn, &row.id, &r.usage, now)?;
+        usage::record(
+            conn,
+            &row.id,
+            &r.usage,
+            now,
+            row.last_sample_at == Some(now),
+        )?;
     }
     Ok(new_key.map(|k| KeyChange {
         old: row.server_key_id.clone(),
@@ -777,6 +788,44 @@ mod tests {
             // And the server's key is the new one, which another account could not set.
             let (_, e) = known(c, &acme, &main.hostid).unwrap().unwrap();
             assert_eq!(e.row.server_key_id.as_deref(), Some(k2.id.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_reading_is_kept_when_the_usage_changes_and_once_a_minute_otherwise() {
+        use shared::capability::{FeatureUsage, ServerReport, ServerStatus};
+        for tdb in testing::databases() {
+            let (pool, _) = db::connect(&tdb.url, 1).unwrap();
+            let c = &mut *pool.get().unwrap();
+            let (acme, _, _) = account(c, "Acme");
+            let report = |in_use| ServerReport {
+                server_status: ServerStatus::Active,
+                pair_status: None,
+                usage: vec![FeatureUsage {
+                    feature: "cad".into(),
+                    version: "1.0".into(),
+                    count: 10,
+                    in_use,
+                }],
+                backup_dropped: false,
+            };
+            let t0 = shared::now_unix();
+            // (seconds after t0, in use): a change a second later is read; the same usage
+            // again is not, until a minute has passed.
+            // Two within one second: the later is that second's reading.
+            for (dt, in_use) in [(0, 2), (0, 1), (1, 4), (2, 4), (61, 4)] {
+                let mut r = request("string:solo", Role::Standalone, None);
+                r.report = Some(report(in_use));
+                capability(c, &acme, &r, None, t0 + dt).unwrap();
+            }
+            let servers = crate::store::registry::list_servers(c, &acme, t0 + 61, 600).unwrap();
+            let id = servers[0].server.id.clone();
+            let readings = usage::usage_history(c, &acme, &id, t0).unwrap();
+            let got: Vec<(i64, i64)> = readings.iter().map(|p| (p.at - t0, p.in_use)).collect();
+            assert_eq!(got, vec![(0, 1), (1, 4), (61, 4)], "{}", tdb.url);
+            let latest = usage::latest_readings(c, &acme, &id).unwrap();
+            assert_eq!(latest.len(), 1);
+            assert_eq!((latest[0].at - t0, latest[0].in_use), (61, 4));
         }
     }
 

@@ -87,7 +87,7 @@ enum Command {
         )]
         token: String,
     },
-    /// List the server's features: count, in use, free, expiry.
+    /// List the server's features: count, in use, free, each line item's end.
     Features,
 }
 
@@ -208,18 +208,18 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 );
             } else {
                 println!(
-                    "{:<24} {:<10} {:>7} {:>7} {:>7}",
+                    "{:<24} {:<10} {:>7} {:>7} {:>7}  EXPIRY",
                     "FEATURE", "VERSION", "COUNT", "IN USE", "FREE"
                 );
                 for f in list {
+                    let ends = if f.expired {
+                        "expired".to_owned()
+                    } else {
+                        shared::lease::describe_ends(&f.rights)
+                    };
                     println!(
-                        "{:<24} {:<10} {:>7} {:>7} {:>7}{}",
-                        f.feature,
-                        f.version,
-                        f.count,
-                        f.in_use,
-                        f.free,
-                        if f.expired { "  (expired)" } else { "" }
+                        "{:<24} {:<10} {:>7} {:>7} {:>7}  {ends}",
+                        f.feature, f.version, f.count, f.in_use, f.free,
                     );
                 }
             }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shared::capability::{CapabilityClaims, Right};
-use shared::lease::{FeatureInfo, LeaseInfo};
+use shared::lease::{FeatureInfo, FeatureRight, LeaseInfo};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -54,6 +54,17 @@ pub const MAX_SEATS_PER_CHECKOUT: u32 = 10_000;
 pub struct FeatureKey {
     pub feature: String,
     pub version: String,
+}
+
+impl FeatureKey {
+    /// `cad 1.0`, or `cad` for an unversioned pool.
+    pub fn display(&self) -> String {
+        if self.version.is_empty() {
+            self.feature.clone()
+        } else {
+            format!("{} {}", self.feature, self.version)
+        }
+    }
 }
 
 /// What a client proves it holds its lease with: the first 16 bytes of the SHA-256 of
@@ -287,6 +298,15 @@ pub enum Denied {
         /// When enough seats free for this request, if any lease freeing would do it.
         next_free_at: Option<Millis>,
         reason: String,
+        /// Seats asked for.
+        #[serde(default)]
+        asked: u32,
+        /// Seats free now in the pool that came closest (the most free).
+        #[serde(default)]
+        free: u32,
+        /// Seats licensed now in that pool.
+        #[serde(default)]
+        count: u32,
     },
     UnknownLease,
     /// A rule of the options file refused.
@@ -327,8 +347,23 @@ impl OptionsInForce {
 
 #[derive(Clone, Debug, Default)]
 struct Pool {
-    /// (count, starts_at, expires_at) of each contributing right (Unix time, seconds).
-    parts: Vec<(u32, i64, Option<i64>)>,
+    /// Each contributing right (times in Unix seconds).
+    parts: Vec<Part>,
+}
+
+/// One right of a pool: a line item's count.
+#[derive(Clone, Debug)]
+struct Part {
+    activation_id: String,
+    count: u32,
+    starts_at: i64,
+    expires_at: Option<i64>,
+}
+
+impl Part {
+    fn in_force(&self, secs: i64) -> bool {
+        self.starts_at <= secs && self.expires_at.is_none_or(|e| secs < e)
+    }
 }
 
 impl Pool {
@@ -336,21 +371,21 @@ impl Pool {
         let secs = now.div_euclid(1000);
         self.parts
             .iter()
-            .filter(|(_, start, exp)| *start <= secs && exp.is_none_or(|e| secs < e))
-            .fold(0u32, |acc, (c, _, _)| acc.saturating_add(*c))
+            .filter(|p| p.in_force(secs))
+            .fold(0u32, |acc, p| acc.saturating_add(p.count))
     }
 
     fn starts_at(&self) -> Option<i64> {
-        self.parts.iter().map(|p| p.1).min()
+        self.parts.iter().map(|p| p.starts_at).min()
     }
 
     /// The last expiry, `None` if any part is permanent.
     fn expires_at(&self) -> Option<i64> {
         let mut latest = None;
-        for (_, _, exp) in &self.parts {
-            match exp {
+        for p in &self.parts {
+            match p.expires_at {
                 None => return None,
-                Some(e) => latest = Some(latest.map_or(*e, |l: i64| l.max(*e))),
+                Some(e) => latest = Some(latest.map_or(e, |l: i64| l.max(e))),
             }
         }
         latest
@@ -366,9 +401,35 @@ impl Pool {
         let secs = now.div_euclid(1000);
         self.parts
             .iter()
-            .filter(|(_, s, _)| *s > secs)
-            .map(|(_, s, _)| s * 1000)
+            .filter(|p| p.starts_at > secs)
+            .map(|p| p.starts_at * 1000)
             .min()
+    }
+
+    /// Its rights one by one, in force now or later (not the expired), soonest end
+    /// first, permanent last.
+    fn rights(&self, now: Millis) -> Vec<FeatureRight> {
+        let secs = now.div_euclid(1000);
+        let mut out: Vec<FeatureRight> = self
+            .parts
+            .iter()
+            .filter(|p| p.expires_at.is_none_or(|e| secs < e))
+            .map(|p| FeatureRight {
+                activation_id: p.activation_id.clone(),
+                count: p.count,
+                starts_at: p.starts_at,
+                expires_at: p.expires_at,
+                started: p.starts_at <= secs,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (a.expires_at.is_none(), a.expires_at, &a.activation_id).cmp(&(
+                b.expires_at.is_none(),
+                b.expires_at,
+                &b.activation_id,
+            ))
+        });
+        out
     }
 }
 
@@ -679,6 +740,8 @@ impl State {
         let mut all_expired_at: Option<Millis> = Some(0);
         let mut next_free: Option<Millis> = None;
         let mut reasons = Vec::new();
+        // The pool that came closest: the most seats free (the first of equals).
+        let mut closest: Option<(u32, u32)> = None;
         for (key, pool) in &candidates {
             let cap = pool.count_at(now);
             match pool.expired_at(now) {
@@ -708,21 +771,30 @@ impl State {
                     },
                 });
             }
+            let free = cap.saturating_sub(used);
+            if closest.is_none_or(|(f, _)| free > f) {
+                closest = Some((free, cap));
+            }
+            let name = key.display();
             let when = if cap == 0 {
-                reasons.push(format!("{} {} has not started", key.feature, key.version));
+                reasons.push(format!("{name} has not started"));
                 pool.next_start(now)
-            } else if ask.count > cap {
-                reasons.push(format!(
-                    "{} {} has {cap} seats in all, {} asked for",
-                    key.feature, key.version, ask.count
-                ));
-                None
             } else {
+                let seats = if ask.count == 1 { "seat" } else { "seats" };
+                let beyond = if ask.count > cap {
+                    format!(", more than the {cap} licensed")
+                } else {
+                    String::new()
+                };
                 reasons.push(format!(
-                    "all {cap} seats of {} {} are in use",
-                    key.feature, key.version
+                    "{} {seats} of {name} asked, {free} of {cap} free{beyond}",
+                    ask.count
                 ));
-                self.when_free(key, used, cap, ask.count)
+                if ask.count > cap {
+                    None
+                } else {
+                    self.when_free(key, used, cap, ask.count)
+                }
             };
             if let Some(w) = when {
                 next_free = Some(next_free.map_or(w, |n: Millis| n.min(w)));
@@ -731,9 +803,13 @@ impl State {
         if let Some(at) = all_expired_at {
             return Err(Denied::FeatureExpired { expired_at: at });
         }
+        let (free, count) = closest.unwrap_or_default();
         Err(Denied::NoSeat {
             next_free_at: next_free,
             reason: reasons.join("; "),
+            asked: ask.count,
+            free,
+            count,
         })
     }
 
@@ -860,6 +936,7 @@ impl State {
                     starts_at: pool.and_then(Pool::starts_at),
                     expires_at: pool.and_then(Pool::expires_at),
                     expired: pool.is_none_or(|p| p.expired_at(now).is_some()),
+                    rights: pool.map_or_else(Vec::new, |p| p.rights(now)),
                 }
             })
             .collect()
@@ -999,7 +1076,12 @@ fn pools_of(rights: &[Right]) -> BTreeMap<FeatureKey, Pool> {
             })
             .or_default()
             .parts
-            .push((r.count, r.starts_at, r.expires_at));
+            .push(Part {
+                activation_id: r.activation_id.clone(),
+                count: r.count,
+                starts_at: r.starts_at,
+                expires_at: r.expires_at,
+            });
     }
     pools
 }
@@ -1094,6 +1176,64 @@ mod tests {
         };
         s.apply(&ev);
         Ok(id)
+    }
+
+    #[test]
+    fn a_denial_says_how_many_seats_were_asked_and_how_many_are_free() {
+        let mut s = state_with(vec![right("cad", "1.0", 10, None)]);
+        checkout(&mut s, &ask("cad", "holder", 5), T0).unwrap();
+        match checkout(&mut s, &ask("cad", "big", 7), T0 + 1) {
+            Err(Denied::NoSeat {
+                reason,
+                asked,
+                free,
+                count,
+                ..
+            }) => {
+                assert_eq!(reason, "7 seats of cad 1.0 asked, 5 of 10 free");
+                assert_eq!((asked, free, count), (7, 5, 10));
+            }
+            other => panic!("{other:?}"),
+        }
+        // More than the pool has in all: said so, and no time it would free.
+        match checkout(&mut s, &ask("cad", "huge", 11), T0 + 1) {
+            Err(Denied::NoSeat {
+                reason,
+                next_free_at,
+                ..
+            }) => {
+                assert_eq!(
+                    reason,
+                    "11 seats of cad 1.0 asked, 5 of 10 free, more than the 10 licensed"
+                );
+                assert_eq!(next_free_at, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Of several versions, the numbers are the closest pool's (the most free).
+        let mut s = state_with(vec![
+            right("cad", "1.0", 2, None),
+            right("cad", "2.0", 4, None),
+        ]);
+        checkout(&mut s, &ask("cad", "a", 2), T0).unwrap();
+        checkout(&mut s, &ask("cad", "b", 1), T0).unwrap();
+        match checkout(&mut s, &ask("cad", "c", 4), T0 + 1) {
+            Err(Denied::NoSeat {
+                reason,
+                asked,
+                free,
+                count,
+                ..
+            }) => {
+                assert_eq!(
+                    reason,
+                    "4 seats of cad 1.0 asked, 0 of 2 free, more than the 2 licensed; \
+                     4 seats of cad 2.0 asked, 3 of 4 free"
+                );
+                assert_eq!((asked, free, count), (4, 3, 4));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

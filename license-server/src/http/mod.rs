@@ -232,6 +232,8 @@ where
                 .wrap(body_deadline(ctx.body_timeout))
                 .wrap(require_bearer(ctx.admin.clone()))
                 .service(admin::leases)
+                .service(admin::usage)
+                .service(admin::reread)
                 .service(admin::release)
                 .service(admin::pair_detach)
                 .service(admin::pair_backup)

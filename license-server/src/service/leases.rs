@@ -17,7 +17,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use shared::capability::Role;
 use shared::grant::GrantClaims;
-use shared::lease::{CheckoutRequest, FeatureInfo, Lease, LeaseInfo};
+use shared::lease::{CheckoutRequest, FeatureInfo, Lease, LeaseInfo, PoolHolders};
 use uuid::Uuid;
 
 use super::{Service, fmt_time, now_ms};
@@ -143,10 +143,16 @@ impl Service {
             Denied::NoSeat {
                 next_free_at,
                 reason,
+                asked,
+                free,
+                count,
             } => ServiceError::NoLicense {
-                message: format!("no seat of `{feature}` is free: {reason}"),
+                message: format!("no license of `{feature}` available: {reason}"),
                 // Round up: the seat is free at that second at the latest.
                 next_free_at: next_free_at.map(|ms| (ms + 999) / 1000),
+                asked,
+                free,
+                count,
             },
             Denied::UnknownLease => ServiceError::NotFound(
                 "no such lease: it expired, was returned, or never existed".into(),
@@ -370,6 +376,31 @@ impl Service {
 
     pub fn features(&self) -> Vec<FeatureInfo> {
         self.state.lock().features(now_ms())
+    }
+
+    /// Every pool with its leases (oldest first), read at one instant.
+    pub fn holders(&self) -> Vec<PoolHolders> {
+        let st = self.state.lock();
+        let features = st.features(now_ms());
+        let mut leases: Vec<LeaseInfo> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &features {
+            if seen.insert(f.feature.as_str()) {
+                leases.extend(st.leases_of(&f.feature));
+            }
+        }
+        drop(st);
+        features
+            .into_iter()
+            .map(|pool| PoolHolders {
+                leases: leases
+                    .iter()
+                    .filter(|l| l.feature == pool.feature && l.version == pool.version)
+                    .cloned()
+                    .collect(),
+                pool,
+            })
+            .collect()
     }
 
     pub fn leases_of(&self, feature: &str) -> Result<Vec<LeaseInfo>, ServiceError> {

@@ -73,7 +73,7 @@ use crate::store::{self, Store};
 
 pub use pair::{Position, Replication};
 pub use peer::Peer;
-pub use rights::{AnswerOutcome, RightsChange};
+pub use rights::{AnswerOutcome, PollOutcome, RightsChange};
 pub use status::{
     BackofficeStatus, Contact, PairSecretSource, PairView, RightsSummary, StatusView, TrustView,
 };
@@ -148,6 +148,8 @@ pub struct Service {
     identity: Arc<Identity>,
     /// A member of a three-member cluster: every change goes through it.
     cluster: Option<Arc<Cluster>>,
+    /// Operators' requests to poll the back office now.
+    poll_now: rights::PollNow,
 }
 
 impl std::fmt::Debug for Service {
@@ -267,6 +269,7 @@ impl Service {
             peer,
             identity,
             cluster,
+            poll_now: rights::PollNow::new(),
         }))
     }
 

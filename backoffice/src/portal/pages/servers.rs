@@ -7,6 +7,7 @@ use actix_web::{HttpRequest, web};
 use askama::Template;
 use serde::Deserialize;
 use shared::ErrorCode;
+use shared::lease::{FeatureRight, describe_rights};
 
 use super::{CsrfForm, PageResult, render, server_url, status_of};
 use crate::error::AppError;
@@ -102,8 +103,11 @@ struct RightView {
 struct UsageRow {
     feature: String,
     version: String,
-    count: u32,
-    in_use: u32,
+    count: i64,
+    in_use: i64,
+    /// The line items mapped here that grant the feature, with their ends:
+    /// `14 (10 permanent, 4 until 2027-03-31)`.
+    line_items: String,
 }
 
 struct ChartRow {
@@ -115,8 +119,8 @@ struct ChartRow {
 struct ChartView {
     feature: String,
     svg: String,
+    /// Every reading of the window, newest first.
     rows: Vec<ChartRow>,
-    more: usize,
 }
 
 struct ItemOption {
@@ -192,32 +196,35 @@ async fn server_page(
     let (account, t) = (user.account_id.clone(), state.server_timeout());
     let now = shared::now_unix();
     let since = now - window;
-    let (v, ents, history) = run(state, move |c| {
+    let (v, ents, history, latest) = run(state, move |c| {
         let v = registry::view_server(c, &account, &id, now, t)?;
         let ents = catalog::list_entitlements(c, &account)?;
         let h = usage::usage_history(c, &account, &id, since)?;
-        Ok((v, ents, h))
+        let latest = usage::latest_readings(c, &account, &id)?;
+        Ok((v, ents, h, latest))
     })
     .await?;
+    // Current usage is the latest reading, the one the charts end with.
+    let latest = chart::merge_latest(&latest);
     let title = format!("Server {}", v.server.hostid);
     let page = ServerPage {
         layout: Layout::page(req, user.bar(), &title, "servers"),
         server: member(&v.server, now),
         pair: v.pair.as_ref().map(|p| pair_block(p, now)),
         rights: rights(&v),
-        usage: v
-            .usage
+        usage: latest
             .iter()
             .map(|u| UsageRow {
                 feature: u.feature.clone(),
                 version: u.version.clone(),
                 count: u.count,
                 in_use: u.in_use,
+                line_items: line_items_of(&v, &u.feature, &u.version, now),
             })
             .collect(),
-        usage_reported: v
-            .usage_reported_at
-            .map(|t| view::last_contact(now, Some(t))),
+        usage_reported: latest
+            .first()
+            .map(|u| format!("{} ({})", view::time(u.at), view::ago(now, u.at))),
         charts: charts(&history, range_label, since, now),
         ranges: RANGES
             .iter()
@@ -234,6 +241,36 @@ async fn server_page(
         csrf: user.csrf_token.clone(),
     };
     render(req, status, &page)
+}
+
+/// The line items mapped here that grant `feature` `version`, with their ends, as
+/// `license-server features` shows them: `14 (10 permanent, 4 until 2027-03-31)`.
+fn line_items_of(v: &ServerView, feature: &str, version: &str, now: i64) -> String {
+    let rights: Vec<FeatureRight> = v
+        .rights
+        .iter()
+        .filter(|r| {
+            r.features
+                .iter()
+                .any(|f| f.name == feature && f.version == version)
+                && r.expires_at.is_none_or(|e| now < e)
+        })
+        .map(|r| FeatureRight {
+            activation_id: r.activation_id.clone(),
+            count: u32::try_from(r.quantity).unwrap_or(u32::MAX),
+            starts_at: r.starts_at,
+            expires_at: r.expires_at,
+            started: r.starts_at <= now,
+        })
+        .collect();
+    if rights.is_empty() {
+        return "none mapped".to_owned();
+    }
+    let now_count = rights
+        .iter()
+        .filter(|r| r.started)
+        .fold(0u32, |a, r| a.saturating_add(r.count));
+    describe_rights(now_count, &rights)
 }
 
 fn pair_block(p: &PairView, now: i64) -> PairBlock {
@@ -268,7 +305,7 @@ fn rights(v: &ServerView) -> Vec<RightView> {
         .collect()
 }
 
-/// One chart per feature (and version), with its latest hundred samples as a table.
+/// One chart per feature (and version), with every reading of the window as a table.
 fn charts(history: &[UsagePoint], range_label: &str, since: i64, now: i64) -> Vec<ChartView> {
     let mut keys: Vec<(&str, &str)> = history
         .iter()
@@ -298,8 +335,7 @@ fn charts(history: &[UsagePoint], range_label: &str, since: i64, now: i64) -> Ve
                 since,
                 now,
             );
-            let shown = samples.len().min(100);
-            let rows = samples[samples.len() - shown..]
+            let rows = samples
                 .iter()
                 .rev()
                 .map(|s| ChartRow {
@@ -312,7 +348,6 @@ fn charts(history: &[UsagePoint], range_label: &str, since: i64, now: i64) -> Ve
                 feature: name,
                 svg,
                 rows,
-                more: samples.len() - shown,
             }
         })
         .collect()
