@@ -46,6 +46,7 @@ async fn poll(
             backup_dropped: false,
         }),
         server_key: None,
+        link: None,
     };
     let r = bo
         .http

@@ -429,15 +429,19 @@ pub async fn map_rights(
     })
     .await
     {
-        Ok(m) => Ok(redirect_with(
-            &req,
-            &server_url(&id),
-            "ok",
-            &format!(
-                "Mapped {quantity} of {} here (now {} in all). The servers receive it at their next poll.",
-                m.activation_id, m.quantity
-            ),
-        )),
+        Ok(m) => {
+            state.links.changed(&user.account_id);
+            Ok(redirect_with(
+                &req,
+                &server_url(&id),
+                "ok",
+                &format!(
+                    "Mapped {quantity} of {} here (now {} in all). Running servers receive it \
+                     within seconds, others when they start.",
+                    m.activation_id, m.quantity
+                ),
+            ))
+        }
         Err(e) if e.code() == ErrorCode::NotFound => Err(PortalError::NotFound),
         Err(e) => map_failed(&req, &user, &state, id, map, e).await,
     }
@@ -473,11 +477,12 @@ pub async fn unmap(
         ))
     })
     .await?;
+    state.links.changed(&user.account_id);
     Ok(redirect_with(
         &req,
         &server_url(&id),
         "ok",
-        &format!("Unmapped {activation}. The servers drop these rights at their next poll."),
+        &format!("Unmapped {activation}. Running servers drop these rights within seconds."),
     ))
 }
 
@@ -504,6 +509,9 @@ pub async fn remove_backup(
         Ok((p.main.id, p.main.hostid, backup.hostid))
     })
     .await;
+    if result.is_ok() {
+        state.links.changed(&user.account_id);
+    }
     match result {
         Ok((main_id, main, backup)) => Ok(redirect_with(
             &req,
