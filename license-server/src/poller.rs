@@ -85,6 +85,9 @@ pub const LINK_WAIT_SECS: u32 = 60;
 /// The longest wait before the live link is opened again after a failure.
 pub const LINK_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// The least time between two openings of the live link after a change came through it.
+pub const LINK_LEAST_CHANGED: Duration = Duration::from_millis(200);
+
 /// How often this server's report is compared with the one the back office has.
 pub const REPORT_TICK: Duration = Duration::from_millis(250);
 
@@ -359,12 +362,15 @@ impl Poller {
                                 b.link_up = true;
                             });
                             // Answered at once without a change (the server left the
-                            // registry, say): not more than once a second.
-                            if changed {
-                                Duration::ZERO
+                            // registry, say): not more than once a second; with one, not
+                            // more than five times (a back office that answers every link
+                            // at once would otherwise be asked without pause).
+                            let least = if changed {
+                                LINK_LEAST_CHANGED
                             } else {
-                                Duration::from_secs(1).saturating_sub(started.elapsed())
-                            }
+                                Duration::from_secs(1)
+                            };
+                            least.saturating_sub(started.elapsed())
                         }
                         Err(e) => {
                             let wait = backoff(attempt, LINK_BACKOFF_MAX);

@@ -41,7 +41,7 @@ fn member(s: &ServerInfo, now: i64) -> MemberView {
         id: s.id.clone(),
         hostid: s.hostid.clone(),
         role: view::role(s.role),
-        status: view::server_status(s.status),
+        status: view::member_status(s.status, s.first_contact_at.is_some()),
         last_contact: view::last_contact(now, s.last_contact_at),
         last_contact_iso: s.last_contact_at.map(view::iso).unwrap_or_default(),
         note: view::registration_note(&s.registration),
@@ -70,7 +70,9 @@ pub async fn servers(req: HttpRequest, user: PortalUser, state: State) -> PageRe
         .iter()
         .map(|s| ServerRow {
             server: member(&s.server, now),
-            pair_status: s.pair_status.map(view::pair_status),
+            pair_status: s
+                .pair_status
+                .map(|p| view::pair_status_of(p, s.server.first_contact_at.is_some())),
             partner: s.partner_hostid.clone(),
         })
         .collect();
@@ -239,7 +241,7 @@ async fn server_page(
 fn pair_block(p: &PairView, now: i64) -> PairBlock {
     PairBlock {
         id: p.id.clone(),
-        status: view::pair_status(p.status),
+        status: view::pair_status_of(p.status, p.main.first_contact_at.is_some()),
         registered_by: p.registered_by.clone(),
         main: member(&p.main, now),
         backup: p.backup.as_ref().map(|b| member(b, now)),
