@@ -62,8 +62,8 @@ pub struct Settings {
     pub session_lifetime: Duration,
     /// A server whose live link has been down this long (nothing heard from it) is
     /// `inaccessible`; a link is held for a third of it, so a live server is heard from
-    /// three times as often. Unset means 60 s.
-    pub server_timeout: Option<Duration>,
+    /// three times as often.
+    pub server_timeout: Duration,
     /// Live links held open at once, in all (`MAX_LINKS`) and per account
     /// (`MAX_LINKS_PER_ACCOUNT`); one more is refused with `TOO_MANY_REQUESTS`.
     pub max_links: usize,
@@ -175,10 +175,7 @@ impl Settings {
             )));
         }
         let session_lifetime = duration("SESSION_LIFETIME", "12h", 60, 90 * DAY)?;
-        let server_timeout = match get("SERVER_TIMEOUT") {
-            Some(v) => Some(v.duration(Duration::from_secs(1), Duration::from_secs(90 * DAY))?),
-            None => None,
-        };
+        let server_timeout = duration("SERVER_TIMEOUT", "60s", 1, 90 * DAY)?;
         let max_links = match get("MAX_LINKS") {
             Some(v) => v.number(1, 1_000_000)? as usize,
             None => 10_000,
@@ -262,7 +259,7 @@ impl Settings {
     }
 
     pub fn server_timeout(&self) -> Duration {
-        self.server_timeout.unwrap_or(Duration::from_secs(60))
+        self.server_timeout
     }
 
     /// How long a live link is held when nothing changes: a third of `SERVER_TIMEOUT`
