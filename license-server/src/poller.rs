@@ -524,6 +524,61 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_report_is_due_on_a_change_of_state_or_of_usage_by_more_than_a_tenth() {
+        use shared::capability::{FeatureUsage, PairStatus, ServerStatus};
+        let report = |status, pair, in_use| ServerReport {
+            server_status: status,
+            pair_status: Some(pair),
+            usage: vec![FeatureUsage {
+                feature: "cad".into(),
+                version: "1.0".into(),
+                count: 20,
+                in_use,
+            }],
+            backup_dropped: false,
+        };
+        let sent = report(ServerStatus::Active, PairStatus::Recovering, 10);
+        let same = |r: &ServerReport| !report_changed(&sent, r);
+        assert!(same(&report(
+            ServerStatus::Active,
+            PairStatus::Recovering,
+            10
+        )));
+        // 2 of 20 is a tenth, not more: the minute's report takes it.
+        assert!(same(&report(
+            ServerStatus::Active,
+            PairStatus::Recovering,
+            12
+        )));
+        assert!(!same(&report(
+            ServerStatus::Active,
+            PairStatus::Recovering,
+            13
+        )));
+        assert!(!same(&report(
+            ServerStatus::Active,
+            PairStatus::Recovering,
+            7
+        )));
+        assert!(!same(&report(
+            ServerStatus::Active,
+            PairStatus::PairedAvailable,
+            10
+        )));
+        assert!(!same(&report(
+            ServerStatus::Ready,
+            PairStatus::Recovering,
+            10
+        )));
+        let mut dropped = sent.clone();
+        dropped.backup_dropped = true;
+        assert!(!same(&dropped));
+        let mut more = sent.clone();
+        more.usage.push(more.usage[0].clone());
+        assert!(!same(&more));
+    }
+
+    #[test]
     fn backoff_grows_is_capped_and_jittered() {
         let cap = Duration::from_secs(8);
         for attempt in 0..20 {

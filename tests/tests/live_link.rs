@@ -93,6 +93,29 @@ async fn pair(
     Ok((setup, main, backup))
 }
 
+/// Two back-office processes on one PostgreSQL database and a pair started against the
+/// first; `None` when PostgreSQL is not configured for tests.
+async fn two_processes() -> Result<
+    Option<(
+        BackOffice,
+        BackOffice,
+        Fixture,
+        PairSetup,
+        LicenseServer,
+        LicenseServer,
+    )>,
+> {
+    if !tests::backends().contains(&Backend::Postgres) {
+        eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+        return Ok(None);
+    }
+    let bo = BackOffice::start_process(Backend::Postgres, &[]).await?;
+    let other = bo.sibling(&[]).await?;
+    let fx = bo.fixture(&["cad"], 40).await?;
+    let (setup, main, backup) = pair(&bo, &fx, 4, &[]).await?;
+    Ok(Some((bo, other, fx, setup, main, backup)))
+}
+
 /// Maps 2 more seats through `via` and returns how long until both servers serve them.
 async fn mapping_in_force(
     via: &BackOffice,
@@ -131,17 +154,9 @@ async fn a_mapping_through_the_account_api_is_in_force_on_both_servers_of_a_pair
 async fn a_mapping_made_on_another_back_office_process_is_in_force_on_both_servers_within_2s_on_postgres()
 -> Result<()> {
     let _one = SERIAL.lock().await;
-    let Some(backend) = tests::backends()
-        .into_iter()
-        .find(|b| *b == Backend::Postgres)
-    else {
-        eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL not tested");
+    let Some((_bo, other, fx, setup, main, backup)) = two_processes().await? else {
         return Ok(());
     };
-    let bo = BackOffice::start_process(backend, &[]).await?;
-    let other = bo.sibling(&[]).await?;
-    let fx = bo.fixture(&["cad"], 40).await?;
-    let (setup, main, backup) = pair(&bo, &fx, 4, &[]).await?;
     for round in 0..3 {
         let took = mapping_in_force(&other, &fx, &setup, &main, &backup).await?;
         eprintln!(
@@ -149,6 +164,55 @@ async fn a_mapping_made_on_another_back_office_process_is_in_force_on_both_serve
         );
         ensure!(took < IN_FORCE, "round {round}: {took:?}");
     }
+    Ok(())
+}
+
+/// The back offices' listener connections to `database_url` (their `pid`s), as
+/// PostgreSQL sees them; with `terminate`, they are cut first.
+fn listeners(database_url: &str, terminate: bool) -> Result<Vec<i32>> {
+    use diesel::sql_types::Integer;
+    use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
+    #[derive(QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = Integer)]
+        pid: i32,
+    }
+    let mut c = PgConnection::establish(database_url)?;
+    // Materialised first: only these are terminated, whatever order the planner picks.
+    let sql = format!(
+        "WITH l AS MATERIALIZED (SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'backoffice-listener') \
+         SELECT pid FROM l{}",
+        if terminate {
+            " WHERE pg_terminate_backend(pid)"
+        } else {
+            ""
+        }
+    );
+    let rows: Vec<Pid> = diesel::sql_query(sql).load(&mut c)?;
+    Ok(rows.into_iter().map(|r| r.pid).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_back_offices_listen_again_after_postgresql_cuts_their_listener_connections()
+-> Result<()> {
+    let _one = SERIAL.lock().await;
+    let Some((bo, other, fx, setup, main, backup)) = two_processes().await? else {
+        return Ok(());
+    };
+    let url = bo.database_url().to_owned();
+    let before = listeners(&url, false)?;
+    ensure!(before.len() == 2, "one listener a process: {before:?}");
+    let cut = listeners(&url, true)?;
+    ensure!(cut == before, "cut {cut:?} of {before:?}");
+    let again = eventually(WAIT, "both listening again", || async {
+        let now = listeners(&url, false).ok()?;
+        (now.len() == 2 && now.iter().all(|p| !before.contains(p))).then_some(now)
+    })
+    .await;
+    eprintln!("listeners {before:?} cut, listening again as {again:?}");
+    let took = mapping_in_force(&other, &fx, &setup, &main, &backup).await?;
+    ensure!(took < IN_FORCE, "{took:?}");
     Ok(())
 }
 

@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 
@@ -21,6 +22,9 @@ use crate::error::AppResult;
 
 /// The channel.
 pub const CHANNEL: &str = "lls_rights";
+
+/// The listener's connection's `application_name`.
+pub const APPLICATION_NAME: &str = "backoffice-listener";
 
 /// How often the listener reads what arrived.
 pub const LISTEN_TICK: Duration = Duration::from_millis(50);
@@ -88,9 +92,11 @@ fn listen_once(url: &str, to: &impl Listener, after_failure: bool) -> Result<(),
         DbConn::Pg(c) => c,
         DbConn::Sqlite(_) => return Err("not a PostgreSQL database".into()),
     };
-    diesel::sql_query(format!("LISTEN {CHANNEL}"))
-        .execute(&mut conn)
-        .map_err(|e| e.to_string())?;
+    // Named, for an operator reading pg_stat_activity.
+    conn.batch_execute(&format!(
+        "SET application_name = '{APPLICATION_NAME}'; LISTEN {CHANNEL}"
+    ))
+    .map_err(|e| e.to_string())?;
     if after_failure {
         tracing::info!("listening again to the database's notifications of changed rights");
         to.changed_all();
