@@ -46,6 +46,7 @@ async fn poll(
             backup_dropped: false,
         }),
         server_key: None,
+        link: None,
     };
     let r = bo
         .http
@@ -599,20 +600,67 @@ async fn portal_in_a_real_browser() -> Result<()> {
     result
 }
 
-/// The View Server page follows a real pair (the real license-server binaries polling
-/// the back office) through a failover and back.
+/// The View Server page of a registered pair that has not started says so, neutral; then
+/// it follows the real pair (the real license-server binaries, polling ten minutes apart
+/// as by default, reporting over their live link) within 2 s of each change: right after
+/// the pair starts (paired, serving, usage shown), after a takeover, and after the
+/// failback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn view_server_follows_a_real_pair_through_failover() -> Result<()> {
+async fn view_server_shows_a_pair_not_started_yet_then_is_right_within_2s_of_its_start_takeover_and_failback()
+-> Result<()> {
     use licensing_client::Client;
     use shared::lease::CheckoutRequest;
     use std::time::Duration;
     use tests::{PairSetup, eventually, wait_paired};
 
     let wait = Duration::from_secs(30);
-    // A silent server is `inaccessible` after 3 s (license servers poll every second).
+    // The target: the page is right within 2 s of a change.
+    let right = Duration::from_secs(2);
+    // A server whose link is down 3 s is `inaccessible`.
     let bo = BackOffice::start_with(Backend::Sqlite, &[("SERVER_TIMEOUT", "3s")]).await?;
     let fx = bo.fixture(&["cad"], 10).await?;
-    let pair = PairSetup::new(&bo, &fx, 6, &[])?;
+    let pair = PairSetup::new(&bo, &fx, 6, &[("CAPABILITY_POLL_INTERVAL", "10m")])?;
+    fx.user
+        .post(
+            "/api/v1/account/pairs",
+            json!({"main_hostid": pair.main_hostid, "backup_hostid": pair.backup_hostid}),
+        )
+        .await?
+        .ok()?;
+    let servers = fx.user.get("/api/v1/account/servers").await?.ok()?;
+    let main_id = servers
+        .as_array()
+        .context("servers")?
+        .iter()
+        .find(|s| s["hostid"] == pair.main_hostid.as_str())
+        .and_then(|s| s["id"].as_str())
+        .context("the main at the back office")?
+        .to_owned();
+    let page = format!("{}/portal/servers/{main_id}", bo.url);
+
+    let b = Browser::start().await?;
+    sign_in(&b, &bo.url, &fx.user_email, ADMIN_PASSWORD).await?;
+    // Registered, never started: said so, in neutral grey, not as an alarm.
+    b.goto(&page).await?;
+    ensure!(b.text("#pair-status").await? == "Not started yet");
+    ensure!(
+        b.attr("#pair-status", "class").await?.as_deref() == Some("badge muted"),
+        "the pair's badge is not neutral"
+    );
+    for role in ["main", "backup"] {
+        let badge = format!("#members tr[data-role='{role}'] .badge");
+        ensure!(b.text(&badge).await? == "Not started yet", "{role}");
+        ensure!(b.attr(&badge, "class").await?.as_deref() == Some("badge muted"));
+    }
+    b.screenshot("live-pair-00-not-started").await?;
+    b.goto(&format!("{}/portal/servers", bo.url)).await?;
+    ensure!(
+        !b.source().await?.contains("badge bad"),
+        "the servers list shows a pair not started in red"
+    );
+    b.screenshot("live-pair-00-not-started-list").await?;
+
+    let started = Instant::now();
     let mut main = pair.start_main().await?;
     let backup = pair.start_backup().await?;
     wait_paired(&main, &backup, wait).await?;
@@ -630,21 +678,9 @@ async fn view_server_follows_a_real_pair_through_failover() -> Result<()> {
             })
             .await?;
     }
-    let servers = fx.user.get("/api/v1/account/servers").await?.ok()?;
-    let main_id = servers
-        .as_array()
-        .context("servers")?
-        .iter()
-        .find(|s| s["hostid"] == pair.main_hostid.as_str())
-        .and_then(|s| s["id"].as_str())
-        .context("the main at the back office")?
-        .to_owned();
-    let page = format!("{}/portal/servers/{main_id}", bo.url);
-
-    let b = Browser::start().await?;
+    eprintln!("pair started and 3 seats out after {:?}", started.elapsed());
     let result = async {
-        sign_in(&b, &bo.url, &fx.user_email, ADMIN_PASSWORD).await?;
-        // What the page shows once the servers have polled.
+        // What the page shows.
         let shows = |status: &'static str, backup_badge: &'static str, in_use: &'static str| {
             let (b, page) = (&b, page.clone());
             async move {
@@ -661,16 +697,21 @@ async fn view_server_follows_a_real_pair_through_failover() -> Result<()> {
                 (st == status && badge == backup_badge && used == in_use).then_some(())
             }
         };
-        eventually(wait, "View Server: paired, 3 in use", || {
+        eventually(right, "View Server: paired, 3 in use", || {
             shows("paired_available", "ready", "3")
         })
         .await;
         b.screenshot("live-pair-01-paired").await?;
 
-        // The main dies: the backup takes over and says so with its polls.
+        // The main dies: the backup takes over and says so at once.
         main.kill9();
+        eventually(wait, "the backup serving", || async {
+            let s = backup.status().await.ok()?;
+            (s["server_status"] == "active").then_some(())
+        })
+        .await;
         eventually(
-            wait,
+            right,
             "View Server: main not available, backup active",
             || shows("main_not_available", "active", "3"),
         )
@@ -690,7 +731,7 @@ async fn view_server_follows_a_real_pair_through_failover() -> Result<()> {
         // The main returns and takes the pool back.
         main.restart().await?;
         wait_paired(&main, &backup, wait).await?;
-        eventually(wait, "View Server: paired again", || {
+        eventually(right, "View Server: paired again", || {
             shows("paired_available", "ready", "3")
         })
         .await;

@@ -666,10 +666,12 @@ pub async fn update_line_item(
         starts_at: b.starts_at,
         expires_at: b.expires_at,
     };
+    let account = id.clone();
     let i = run(&state, move |c| {
         catalog::update_line_item(c, &id, &eid, &lid, &change)
     })
     .await?;
+    state.links.changed(&account);
     Ok(web::Json(i))
 }
 

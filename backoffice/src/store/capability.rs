@@ -40,6 +40,35 @@ pub struct CapabilityAnswer {
     pub key_change: Option<KeyChange>,
 }
 
+impl CapabilityAnswer {
+    /// Its revision ([`shared::capability::revision`]): what a live link compares.
+    pub fn revision(&self) -> String {
+        shared::capability::revision(
+            &self.server_id,
+            self.role,
+            self.pair.as_ref(),
+            &self.rights,
+            self.pair_token.as_ref().map(Secret::expose),
+        )
+    }
+}
+
+/// What a known server of `account_id` would be answered with now, read without writing
+/// anything (a live link looking again); `None` when it is not (or no longer) the
+/// account's.
+pub fn current_answer(
+    conn: &mut DbConn,
+    account_id: &str,
+    hostid: &shared::HostId,
+) -> AppResult<Option<CapabilityAnswer>> {
+    let Some((k, e)) = known(conn, account_id, hostid)? else {
+        return Ok(None);
+    };
+    let h = holder(&k);
+    let rights = rights_of(conn, &[h])?.remove(h).unwrap_or_default();
+    Ok(Some(answer_of(&k, &e, rights, None)))
+}
+
 /// A server's public key changed: the key IDs before (none the first time) and after.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyChange {
@@ -631,6 +660,7 @@ mod tests {
             rights: Vec::new(),
             report: None,
             server_key: None,
+            link: None,
         }
     }
 

@@ -253,6 +253,7 @@ impl Service {
             last_error: None,
             poll_interval_secs: None,
             next_attempt_at: None,
+            link_up: false,
         };
         Ok(Arc::new(Service {
             hostid_str: cfg.hostid.to_string(),

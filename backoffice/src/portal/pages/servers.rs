@@ -42,7 +42,7 @@ fn member(s: &ServerInfo, now: i64) -> MemberView {
         id: s.id.clone(),
         hostid: s.hostid.clone(),
         role: view::role(s.role),
-        status: view::server_status(s.status),
+        status: view::member_status(s.status, s.first_contact_at.is_some()),
         last_contact: view::last_contact(now, s.last_contact_at),
         last_contact_iso: s.last_contact_at.map(view::iso).unwrap_or_default(),
         note: view::registration_note(&s.registration),
@@ -71,7 +71,9 @@ pub async fn servers(req: HttpRequest, user: PortalUser, state: State) -> PageRe
         .iter()
         .map(|s| ServerRow {
             server: member(&s.server, now),
-            pair_status: s.pair_status.map(view::pair_status),
+            pair_status: s
+                .pair_status
+                .map(|p| view::pair_status_of(p, s.server.first_contact_at.is_some())),
             partner: s.partner_hostid.clone(),
         })
         .collect();
@@ -276,7 +278,7 @@ fn line_items_of(v: &ServerView, feature: &str, version: &str, now: i64) -> Stri
 fn pair_block(p: &PairView, now: i64) -> PairBlock {
     PairBlock {
         id: p.id.clone(),
-        status: view::pair_status(p.status),
+        status: view::pair_status_of(p.status, p.main.first_contact_at.is_some()),
         registered_by: p.registered_by.clone(),
         main: member(&p.main, now),
         backup: p.backup.as_ref().map(|b| member(b, now)),
@@ -464,15 +466,19 @@ pub async fn map_rights(
     })
     .await
     {
-        Ok(m) => Ok(redirect_with(
-            &req,
-            &server_url(&id),
-            "ok",
-            &format!(
-                "Mapped {quantity} of {} here (now {} in all). The servers receive it at their next poll.",
-                m.activation_id, m.quantity
-            ),
-        )),
+        Ok(m) => {
+            state.links.changed(&user.account_id);
+            Ok(redirect_with(
+                &req,
+                &server_url(&id),
+                "ok",
+                &format!(
+                    "Mapped {quantity} of {} here (now {} in all). Running servers receive it \
+                     within seconds, others when they start.",
+                    m.activation_id, m.quantity
+                ),
+            ))
+        }
         Err(e) if e.code() == ErrorCode::NotFound => Err(PortalError::NotFound),
         Err(e) => map_failed(&req, &user, &state, id, map, e).await,
     }
@@ -508,11 +514,12 @@ pub async fn unmap(
         ))
     })
     .await?;
+    state.links.changed(&user.account_id);
     Ok(redirect_with(
         &req,
         &server_url(&id),
         "ok",
-        &format!("Unmapped {activation}. The servers drop these rights at their next poll."),
+        &format!("Unmapped {activation}. Running servers drop these rights within seconds."),
     ))
 }
 
@@ -539,6 +546,9 @@ pub async fn remove_backup(
         Ok((p.main.id, p.main.hostid, backup.hostid))
     })
     .await;
+    if result.is_ok() {
+        state.links.changed(&user.account_id);
+    }
     match result {
         Ok((main_id, main, backup)) => Ok(redirect_with(
             &req,
