@@ -77,6 +77,8 @@ pub struct PollerConfig {
     pub rights: Vec<RightsRequest>,
     /// `CAPABILITY_POLL_INTERVAL`; `None`: the back office's `poll_interval_secs`.
     pub poll_interval: Option<Duration>,
+    /// `LIVE_LINK`: hold the live link besides the polls.
+    pub live_link: bool,
     pub leeway: Duration,
     pub backoff_max: Duration,
 }
@@ -320,9 +322,14 @@ impl Poller {
     /// Polls, holds the live link and reports until `shutdown` turns true.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
-        let link = tokio::spawn(this.clone().hold_link(shutdown.clone()));
+        let link = this
+            .cfg
+            .live_link
+            .then(|| tokio::spawn(this.clone().hold_link(shutdown.clone())));
         this.poll(shutdown).await;
-        let _ = link.await;
+        if let Some(link) = link {
+            let _ = link.await;
+        }
     }
 
     /// Whether the report differs from what the back office has enough to send it now.

@@ -259,6 +259,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             backup_hostid: settings.backup_server_hostid.clone(),
             rights: settings.rights_ids.clone(),
             poll_interval: settings.capability_poll_interval,
+            live_link: settings.live_link,
             leeway: settings.clock_leeway,
             backoff_max: settings.backoff_max,
         },

@@ -27,6 +27,7 @@ pub const NAMES: &[&str] = &[
     "LICENSING_MAIN_URI",
     "RIGHTS_IDS",
     "CAPABILITY_POLL_INTERVAL",
+    "LIVE_LINK",
     "FAILOVER_MAINTENANCE_INTERVAL",
     "BACKUP_ABSENCE_LIMIT",
     "LEASE_DURATION",
@@ -69,6 +70,7 @@ struct Raw {
     rights_ids: Option<String>,
     #[serde(default, deserialize_with = "duration_like")]
     capability_poll_interval: Option<Duration>,
+    live_link: Option<bool>,
     #[serde(default, deserialize_with = "duration_like")]
     failover_maintenance_interval: Option<Duration>,
     #[serde(default, deserialize_with = "duration_like")]
@@ -123,6 +125,9 @@ pub struct Settings {
     pub rights_ids: Vec<RightsRequest>,
     /// `None`: use the interval the back office sends.
     pub capability_poll_interval: Option<Duration>,
+    /// `LIVE_LINK` (default true): hold the live link to the back office besides the
+    /// polls; false where something between cuts long requests (the polls alone then).
+    pub live_link: bool,
     pub failover_maintenance_interval: Duration,
     pub backup_absence_limit: Duration,
     pub lease_duration: Duration,
@@ -426,6 +431,7 @@ impl Settings {
                 .filter(|p| !p.as_os_str().is_empty()),
             rights_ids,
             capability_poll_interval: raw.capability_poll_interval,
+            live_link: raw.live_link.unwrap_or(true),
             failover_maintenance_interval: raw
                 .failover_maintenance_interval
                 .unwrap_or(Duration::from_secs(21 * 86_400)),
@@ -759,6 +765,7 @@ mod tests {
         let mut loaded = None;
         figment::Jail::expect_with(|jail| {
             jail.set_env("LEASE_DURATION", "5m");
+            jail.set_env("LIVE_LINK", "false");
             jail.set_env("UNRELATED_VARIABLE", "ignored");
             loaded = Some(Settings::load(Some(&file)).map_err(|e| e.to_string()));
             Ok(())
@@ -768,6 +775,7 @@ mod tests {
         assert_eq!(s.lease_duration, Duration::from_secs(300));
         assert_eq!(s.rights_ids.len(), 2);
         assert_eq!(s.capability_poll_interval, Some(Duration::from_secs(30)));
+        assert!(!s.live_link, "LIVE_LINK=false: the polls alone");
         // Unknown names in the file are refused (typos must not pass silently).
         std::fs::write(&file, "HOSTID = \"string:a\"\nLEASE_DURATON = \"5m\"\n").unwrap();
         assert!(Settings::load(Some(&file)).is_err());

@@ -42,6 +42,8 @@ async fn start_server(
         .name("lls")
         .env("RIGHTS_IDS", rights)
         .env("CAPABILITY_POLL_INTERVAL", "10m")
+        // The polls alone: what reaches the server, reaches it because an operator asked.
+        .env("LIVE_LINK", "false")
         .env("BACKOFF_MAX", "500ms")
         .start()
         .await
@@ -82,6 +84,28 @@ async fn reread_scenario(backend: Backend) -> Result<()> {
     })
     .await;
     let id = server_id(&fx, hostid).await?;
+    // Its start reported (a report is a poll, and would bring the mapping below): once
+    // its polls stop for a second (four report ticks), nothing changes on the server and
+    // nothing is reported until a minute is up.
+    let polls = || async {
+        let m = http()
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        m.lines()
+            .find(|l| l.starts_with("lls_capability_polls_total{result=\"ok\"}"))
+            .map(str::to_owned)
+    };
+    eventually(WAIT, "the server's polls to settle", || async {
+        let before = polls().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        (polls().await? == before).then_some(())
+    })
+    .await;
     let map = |quantity: u32| {
         fx.user.post(
             "/api/v1/account/mappings",
