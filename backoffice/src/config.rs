@@ -26,6 +26,8 @@ pub const NAMES: &[&str] = &[
     "RIGHTS_VALIDITY",
     "SESSION_LIFETIME",
     "SERVER_TIMEOUT",
+    "MAX_LINKS",
+    "MAX_LINKS_PER_ACCOUNT",
     "DB_POOL_SIZE",
     "WORKERS",
     "LOG_FORMAT",
@@ -58,8 +60,14 @@ pub struct Settings {
     pub rights_validity: Duration,
     /// How long a sign-in lasts.
     pub session_lifetime: Duration,
-    /// A server not heard from this long is `inaccessible`; unset means three poll intervals.
-    pub server_timeout: Option<Duration>,
+    /// A server whose live link has been down this long (nothing heard from it) is
+    /// `inaccessible`; a link is held for a third of it, so a live server is heard from
+    /// three times as often.
+    pub server_timeout: Duration,
+    /// Live links held open at once, in all (`MAX_LINKS`) and per account
+    /// (`MAX_LINKS_PER_ACCOUNT`); one more is refused with `TOO_MANY_REQUESTS`.
+    pub max_links: usize,
+    pub max_links_per_account: usize,
     /// Database connections.
     pub db_pool_size: u32,
     /// HTTP worker threads; unset means one per core.
@@ -167,9 +175,14 @@ impl Settings {
             )));
         }
         let session_lifetime = duration("SESSION_LIFETIME", "12h", 60, 90 * DAY)?;
-        let server_timeout = match get("SERVER_TIMEOUT") {
-            Some(v) => Some(v.duration(Duration::from_secs(1), Duration::from_secs(90 * DAY))?),
-            None => None,
+        let server_timeout = duration("SERVER_TIMEOUT", "60s", 1, 90 * DAY)?;
+        let max_links = match get("MAX_LINKS") {
+            Some(v) => v.number(1, 1_000_000)? as usize,
+            None => 10_000,
+        };
+        let max_links_per_account = match get("MAX_LINKS_PER_ACCOUNT") {
+            Some(v) => v.number(1, 1_000_000)? as usize,
+            None => 1_000,
         };
         let db_pool_size = match get("DB_POOL_SIZE") {
             Some(v) => v.number(1, 1000)? as u32,
@@ -223,6 +236,8 @@ impl Settings {
             rights_validity,
             session_lifetime,
             server_timeout,
+            max_links,
+            max_links_per_account,
             db_pool_size,
             workers,
             log_format,
@@ -244,7 +259,13 @@ impl Settings {
     }
 
     pub fn server_timeout(&self) -> Duration {
-        self.server_timeout.unwrap_or(self.poll_interval * 3)
+        self.server_timeout
+    }
+
+    /// How long a live link is held when nothing changes: a third of `SERVER_TIMEOUT`
+    /// (within 1 s and 60 s), so that a live server is heard from well within it.
+    pub fn link_hold(&self) -> Duration {
+        (self.server_timeout() / 3).clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 }
 
@@ -404,7 +425,9 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:8080");
         assert_eq!(s.db_pool_size, 8);
         assert_eq!(s.log_format, LogFormat::Text);
-        assert_eq!(s.server_timeout(), Duration::from_secs(1800));
+        assert_eq!(s.server_timeout(), Duration::from_secs(60));
+        assert_eq!(s.link_hold(), Duration::from_secs(20));
+        assert_eq!((s.max_links, s.max_links_per_account), (10_000, 1_000));
         assert!(s.database_url().ends_with("data/backoffice.db"));
     }
 
@@ -423,6 +446,8 @@ mod tests {
             ("RIGHTS_VALIDITY", "30s", "duration"),
             ("RIGHTS_VALIDITY", "2y", "duration"),
             ("SERVER_TIMEOUT", "-1s", "duration"),
+            ("MAX_LINKS", "0", "whole number"),
+            ("MAX_LINKS_PER_ACCOUNT", "many", "whole number"),
             ("DB_POOL_SIZE", "0", "whole number"),
             ("DB_POOL_SIZE", "eight", "whole number"),
             ("WORKERS", "-2", "whole number"),

@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use shared::ErrorCode;
 use std::sync::Arc;
@@ -54,7 +55,7 @@ impl ResponseError for AppError {
 /// What http-kit's helpers refuse (a body over its limit, JSON that does not parse).
 impl From<ApiError> for AppError {
     fn from(e: ApiError) -> Self {
-        let mut out = AppError::from(e.body);
+        let mut out = AppError::from(*e.body);
         if let Some(secs) = e.retry_after {
             out = out.with_retry_after(secs);
         }
@@ -88,6 +89,8 @@ pub struct Metrics {
     pub http: Arc<HttpMetrics>,
     /// Capability requests by outcome (`ok` or the error code).
     pub capability: Family<OutcomeLabels, Counter>,
+    /// Live links held open now (set when the metrics are read).
+    pub links: Gauge,
 }
 
 impl Default for Metrics {
@@ -100,10 +103,13 @@ impl Default for Metrics {
             "Capability requests by outcome (ok or error code)",
             capability.clone(),
         );
+        let links = Gauge::default();
+        registry.register("live_links", "Live links held open now", links.clone());
         Metrics {
             registry: Mutex::new(registry),
             http,
             capability,
+            links,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! pairs, the capability protocol and the end-user portal.
 //!
 //! Layers, each importing only those below it: `domain` (pure rules) · `store` (storage
-//! behind functions) · `access`, `passwords` (the sign-in flows) · `api`, `portal` (thin
+//! behind functions) · `access`, `passwords` (the sign-in flows), `links` (the live links' waiters) · `api`, `portal` (thin
 //! handlers) · `routes` (every route) · `startup` (building the service); `state` is what
 //! requests share, `http` the edge over the shared plumbing (`http-kit`), `error` the one
 //! error type.
@@ -17,6 +17,7 @@ pub mod error;
 pub mod files;
 pub mod http;
 pub mod keys;
+pub mod links;
 pub mod passwords;
 pub mod portal;
 pub mod routes;

@@ -21,6 +21,7 @@ use crate::db;
 use crate::domain::throttle::Throttle;
 use crate::error::AppResult;
 use crate::http::Metrics;
+use crate::links::Links;
 use crate::passwords::Hasher;
 use crate::routes::{self, Shared};
 use crate::state::{AppState, run, run_write};
@@ -71,6 +72,9 @@ impl Application {
                 .context("the blocking pool")??
         };
         let writer = Writer::start(&url)?;
+        let links = Links::new(settings.max_links, settings.max_links_per_account);
+        store::links::listen(&url, Arc::downgrade(&links))
+            .context("cannot start the database's listener")?;
         tracing::info!(?backend, "storage ready");
 
         let listener = TcpListener::bind(&settings.listen)
@@ -84,6 +88,7 @@ impl Application {
             settings,
             metrics: web::Data::new(Metrics::default()),
             writer,
+            links,
             hasher: Hasher::for_this_machine().context("cannot start the password threads")?,
             throttle: Mutex::new(Throttle::default()),
         });

@@ -10,6 +10,7 @@ use crate::db::{Backend, DbConn, Pool};
 use crate::domain::throttle::Throttle;
 use crate::error::{AppError, AppResult};
 use crate::http::Metrics;
+use crate::links::Links;
 use crate::passwords::Hasher;
 use crate::writer::{Committed, Writer};
 
@@ -22,6 +23,9 @@ pub struct AppState {
     pub metrics: web::Data<Metrics>,
     /// The thread that carries out capability requests in batches (see [`crate::writer`]).
     pub writer: Writer,
+    /// The live links held open, woken when their account's rights change (see
+    /// [`crate::links`]).
+    pub links: std::sync::Arc<Links>,
     /// Password hashing, bounded (see [`crate::passwords`]).
     pub hasher: Hasher,
     /// Failed sign-ins per account and address (see [`crate::domain::throttle`]).

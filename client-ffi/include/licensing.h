@@ -85,6 +85,12 @@ enum LicensingStatus
   LICENSING_STATUS_INTERNAL_ERROR = 124,
   // `IN_USE`: the object is held by something else (a producer's change refused).
   LICENSING_STATUS_IN_USE = 125,
+  // `EXCLUDED`: the server's options file keeps this client from the feature.
+  LICENSING_STATUS_EXCLUDED = 126,
+  // `OVER_MAX`: a `MAX` rule of the server's options file would be exceeded.
+  LICENSING_STATUS_OVER_MAX = 127,
+  // `RESERVED`: the seats left are reserved for other users, hosts or groups.
+  LICENSING_STATUS_RESERVED = 128,
   // A contract code this version of the library does not know (a newer server).
   LICENSING_STATUS_UNKNOWN_SERVER_ERROR = 199,
 };

@@ -83,6 +83,12 @@ pub enum LicensingStatus {
     InternalError = 124,
     /// `IN_USE`: the object is held by something else (a producer's change refused).
     InUse = 125,
+    /// `EXCLUDED`: the server's options file keeps this client from the feature.
+    Excluded = 126,
+    /// `OVER_MAX`: a `MAX` rule of the server's options file would be exceeded.
+    OverMax = 127,
+    /// `RESERVED`: the seats left are reserved for other users, hosts or groups.
+    Reserved = 128,
     /// A contract code this version of the library does not know (a newer server).
     UnknownServerError = 199,
 }
@@ -118,6 +124,9 @@ impl LicensingStatus {
             ErrorCode::Unavailable => S::Unavailable,
             ErrorCode::InternalError => S::InternalError,
             ErrorCode::InUse => S::InUse,
+            ErrorCode::Excluded => S::Excluded,
+            ErrorCode::OverMax => S::OverMax,
+            ErrorCode::Reserved => S::Reserved,
             ErrorCode::Unknown => S::UnknownServerError,
         }
     }
@@ -276,6 +285,8 @@ impl LicensingClient {
             version: version.map(str::to_owned),
             count,
             client_id: self.client.client_id().to_owned(),
+            user: None,
+            host: None,
             client_secret: None,
         };
         // The guard's renewer is spawned on the runtime it is made on: this one.

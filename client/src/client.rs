@@ -77,6 +77,9 @@ struct Inner {
     /// after the configured servers.
     learned_members: Mutex<Vec<String>>,
     client_id: String,
+    /// The user and host sent with every checkout that names none (default: the OS's).
+    user: Option<String>,
+    host: Option<String>,
     /// Sent with every checkout: proves this client holds its leases.
     secret: ClientSecret,
     /// The producer's public key: every grant is verified with it.
@@ -96,18 +99,41 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("servers", &self.servers())
             .field("client_id", &self.inner.client_id)
+            .field("user", &self.inner.user)
+            .field("host", &self.inner.host)
             .finish()
     }
 }
 
 fn default_client_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "client".to_owned());
+    let host = os_host().unwrap_or_else(|| "client".to_owned());
     format!("{host}:{}", std::process::id())
+}
+
+/// A name the server accepts: 1 to 256 printable characters, no spaces (the options
+/// file's names are words).
+fn usable(name: String) -> Option<String> {
+    let name = name.trim().to_owned();
+    (!name.is_empty()
+        && name.len() <= 256
+        && !name.chars().any(|c| c.is_control() || c.is_whitespace()))
+    .then_some(name)
+}
+
+/// The host this process runs on: `HOSTNAME`, else `/etc/hostname`.
+pub fn os_host() -> Option<String> {
+    std::env::var("HOSTNAME").ok().and_then(usable).or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .and_then(usable)
+    })
+}
+
+/// The user this process runs as: `USER`, else `LOGNAME`, else `USERNAME` (Windows).
+pub fn os_user() -> Option<String> {
+    ["USER", "LOGNAME", "USERNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().and_then(usable))
 }
 
 /// The certificates of a PEM bundle, to trust besides the system's roots.
@@ -164,6 +190,8 @@ pub struct ClientBuilder {
     servers: Vec<String>,
     ca: Vec<reqwest::Certificate>,
     client_id: Option<String>,
+    user: Option<String>,
+    host: Option<String>,
     leeway: Duration,
 }
 
@@ -184,6 +212,20 @@ impl ClientBuilder {
     /// This client's identity (default: `hostname:pid`).
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.client_id = Some(id.into());
+        self
+    }
+
+    /// The user sent with checkouts (default: the OS's, [`os_user`]); what the server's
+    /// options file rules (`USER`, `GROUP`) match.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// The host sent with checkouts (default: the OS's host name, [`os_host`]); what the
+    /// server's options file rules (`HOST`, `HOST_GROUP`) match.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
         self
     }
 
@@ -220,6 +262,8 @@ impl ClientBuilder {
                 learned_backup: Mutex::new(None),
                 learned_members: Mutex::new(Vec::new()),
                 client_id: self.client_id.unwrap_or_else(default_client_id),
+                user: self.user.or_else(os_user),
+                host: self.host.or_else(os_host),
                 secret: ClientSecret::random(),
                 producer: self.producer,
                 leeway: i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX),
@@ -260,6 +304,8 @@ impl Client {
             servers: Vec::new(),
             ca: Vec::new(),
             client_id: None,
+            user: None,
+            host: None,
             leeway: DEFAULT_CLOCK_LEEWAY,
         }
     }
@@ -273,6 +319,8 @@ impl Client {
                 learned_backup: Mutex::new(self.learned_backup()),
                 learned_members: Mutex::new(self.learned_members()),
                 client_id: client_id.into(),
+                user: self.inner.user.clone(),
+                host: self.inner.host.clone(),
                 secret: ClientSecret::random(),
                 producer: self.inner.producer.clone(),
                 leeway: self.inner.leeway,
@@ -496,6 +544,8 @@ impl Client {
             version: None,
             count,
             client_id: self.inner.client_id.clone(),
+            user: None,
+            host: None,
             client_secret: None,
         })
         .await
@@ -508,11 +558,17 @@ impl Client {
     }
 
     /// Checks out without a guard: the caller renews and returns. A request without a
-    /// `client_secret` is sent with this client's.
+    /// `client_secret`, `user` or `host` is sent with this client's.
     pub async fn checkout_lease(&self, req: &CheckoutRequest) -> Result<Lease, ClientError> {
         let mut req = req.clone();
         if req.client_secret.is_none() {
             req.client_secret = Some(self.inner.secret.clone());
+        }
+        if req.user.is_none() {
+            req.user = self.inner.user.clone();
+        }
+        if req.host.is_none() {
+            req.host = self.inner.host.clone();
         }
         let body = serde_json::to_vec(&req).map_err(|e| ClientError::Invalid(e.to_string()))?;
         let answer: Answer<Lease> = self
@@ -560,6 +616,8 @@ impl Client {
             version: version.map(str::to_owned),
             count,
             client_id: self.inner.client_id.clone(),
+            user: None,
+            host: None,
             client_secret: None,
             borrow_secs: Some(period.as_secs().max(1)),
         })
@@ -882,6 +940,8 @@ mod tests {
             version: String::new(),
             count: 1,
             client_id: "c".into(),
+            user: None,
+            host: None,
             granted_at: 0,
             expires_at,
             renew_after,

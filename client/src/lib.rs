@@ -90,7 +90,7 @@ mod client;
 
 pub use client::{
     Client, ClientBuilder, ClientError, DEFAULT_CLOCK_LEEWAY, LeaseGuard, ca_certificates,
-    describe_error, renew_delay, verify_borrowed,
+    describe_error, os_host, os_user, renew_delay, verify_borrowed,
 };
 pub use shared::grant::{Expected, GrantClaims, GrantError, VerifiedGrant, verify_grant};
 pub use shared::lease::{CheckoutRequest, ClientSecret, FeatureInfo, Lease};

@@ -50,7 +50,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub body: ErrorBody,
+    /// Boxed: the error travels in every handler's `Result`, the body's details are many.
+    pub body: Box<ErrorBody>,
     /// Seconds, sent as `Retry-After`.
     pub retry_after: Option<u64>,
 }
@@ -89,7 +90,7 @@ impl From<ErrorBody> for ApiError {
     fn from(body: ErrorBody) -> Self {
         ApiError {
             status: status_of(body.code),
-            body,
+            body: Box::new(body),
             retry_after: None,
         }
     }

@@ -496,6 +496,8 @@ fn populate(data: &Path, n: usize, rights: Option<&str>) -> (u64, u64) {
                     granted_by: "string:bench".into(),
                     granted_seq: 0,
                     holder: Holder::of_secret(&client_id(i)),
+                    user: String::new(),
+                    host: String::new(),
                 },
             },
         );

@@ -6,8 +6,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use licensing_client::describe_error;
 use shared::ErrorBody;
-use shared::lease::{FeatureInfo, LeaseInfo};
+use shared::lease::{FeatureInfo, LeaseInfo, PoolHolders, describe_ends};
 
+use crate::http::admin::Reread;
 use crate::service::fmt_time;
 
 #[derive(Debug, Clone, Args)]
@@ -186,40 +187,118 @@ pub async fn status(r: &Remote, which: Which) -> anyhow::Result<()> {
             ),
         }
     }
-    // Who serves each license: the server that serves the pool now.
+    // Who serves each license and who holds its seats: the server that serves the pool
+    // now (or the one asked, when none does).
     let serving = shown
         .iter()
         .filter_map(|s| s.get("status"))
-        .find(|v| v["pair"]["serving"].as_bool() == Some(true));
-    if let Some(v) = serving {
-        let url = v["public_url"].as_str().unwrap_or("?").to_owned();
-        if let Ok(list) = send(http.get(format!("{url}/api/v1/features"))).await
-            && let Ok(list) = serde_json::from_value::<Vec<FeatureInfo>>(list)
-            && !list.is_empty()
-        {
-            println!();
-            println!(
-                "{:<24} {:>6} {:>6}  served by",
-                "license", "in use", "count"
+        .find(|v| v["pair"]["serving"].as_bool() == Some(true))
+        .unwrap_or(&here);
+    let url = serving["public_url"]
+        .as_str()
+        .map_or_else(|| this.clone(), |u| u.trim_end_matches('/').to_owned());
+    let by = format!("{url} ({})", serving["hostid"].as_str().unwrap_or("?"));
+    match r.admin_token() {
+        // The token is the server's at --url: the holders as it holds them (a backup in
+        // step holds its main's leases).
+        Ok(token) => {
+            let v = send(
+                http.get(format!("{this}/api/v1/admin/usage"))
+                    .bearer_auth(token),
+            )
+            .await
+            .with_context(|| format!("who holds the seats, from {this}"))?;
+            let pools: Vec<PoolHolders> = serde_json::from_value(v)?;
+            print_pools(
+                &by,
+                pools.iter().map(|p| (&p.pool, Some(p.leases.as_slice()))),
             );
-            for f in list {
-                let name = if f.version.is_empty() {
-                    f.feature
-                } else {
-                    format!("{} {}", f.feature, f.version)
-                };
-                println!(
-                    "{:<24} {:>6} {:>6}  {} ({})",
-                    name,
-                    f.in_use,
-                    f.count,
-                    url,
-                    v["hostid"].as_str().unwrap_or("?")
-                );
+        }
+        Err(why) => {
+            if let Ok(list) = send(http.get(format!("{url}/api/v1/features"))).await
+                && let Ok(list) = serde_json::from_value::<Vec<FeatureInfo>>(list)
+            {
+                print_pools(&by, list.iter().map(|f| (f, None)));
             }
+            println!();
+            println!("seat holders not shown: {why:#}");
         }
     }
     Ok(())
+}
+
+/// The columns of the seat holders' table, in order: a heading and the cell of a lease.
+/// A column more (the client's user and host) is one line here.
+type Column = (&'static str, fn(&LeaseInfo) -> String);
+const HOLDER_COLUMNS: &[Column] = &[
+    ("CLIENT", |l| l.client_id.clone()),
+    ("SEATS", |l| l.count.to_string()),
+    ("SINCE", |l| fmt_time(l.granted_at)),
+    ("UNTIL", |l| fmt_time(l.expires_at)),
+    ("SERVED BY", |l| {
+        l.granted_by.clone().unwrap_or_else(|| "-".to_owned())
+    }),
+    ("LEASE", |l| l.lease_id.to_string()),
+];
+
+/// Rows under headings, each column as wide as its widest cell, indented.
+fn table(indent: &str, headings: &[&str], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = headings
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([h.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let row: Vec<String> = cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        format!("{indent}{}\n", row.join("  ").trim_end())
+    };
+    let mut out = line(&mut headings.iter().copied());
+    for r in rows {
+        out.push_str(&line(&mut r.iter().map(String::as_str)));
+    }
+    out
+}
+
+/// The `lmstat -a` view: per pool its counts with the ends of its rights, who serves
+/// it, and (with the operator token) who holds its seats.
+fn print_pools<'a>(
+    served_by: &str,
+    pools: impl Iterator<Item = (&'a FeatureInfo, Option<&'a [LeaseInfo]>)>,
+) {
+    for (f, leases) in pools {
+        println!();
+        println!(
+            "{}: {} in use of {}, {} free  served by {served_by}",
+            f.name(),
+            f.in_use,
+            if f.expired {
+                format!("{} (expired)", f.count)
+            } else {
+                f.count_with_expiry()
+            },
+            f.free
+        );
+        let Some(leases) = leases else { continue };
+        if leases.is_empty() {
+            println!("    no seat held");
+            continue;
+        }
+        let headings: Vec<&str> = HOLDER_COLUMNS.iter().map(|c| c.0).collect();
+        let rows: Vec<Vec<String>> = leases
+            .iter()
+            .map(|l| HOLDER_COLUMNS.iter().map(|c| (c.1)(l)).collect())
+            .collect();
+        print!("{}", table("    ", &headings, &rows));
+    }
 }
 
 /// A cluster member's view of its cluster: the status, then one line per member.
@@ -394,22 +473,91 @@ pub async fn features(r: &Remote) -> anyhow::Result<()> {
         return Ok(());
     }
     let list: Vec<FeatureInfo> = serde_json::from_value(v)?;
-    println!(
-        "{:<24} {:<10} {:>7} {:>7} {:>7}  EXPIRES",
-        "FEATURE", "VERSION", "COUNT", "IN USE", "FREE"
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|f| {
+            let ends = match (f.expired, f.expires_at) {
+                (true, _) => "expired".to_owned(),
+                // A server of before per-right ends: the pool's last end.
+                _ if f.rights.is_empty() => f
+                    .expires_at
+                    .map_or_else(|| "permanent".to_owned(), fmt_time),
+                _ => describe_ends(&f.rights),
+            };
+            vec![
+                f.feature.clone(),
+                f.version.clone(),
+                f.count.to_string(),
+                f.in_use.to_string(),
+                f.free.to_string(),
+                ends,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            "",
+            &["FEATURE", "VERSION", "COUNT", "IN USE", "FREE", "EXPIRY"],
+            &rows
+        )
     );
-    for f in list {
-        let exp = match (f.expires_at, f.expired) {
-            (_, true) => "expired".to_owned(),
-            (Some(e), false) => fmt_time(e),
-            (None, false) => "permanent".to_owned(),
-        };
-        println!(
-            "{:<24} {:<10} {:>7} {:>7} {:>7}  {exp}",
-            f.feature, f.version, f.count, f.in_use, f.free
-        );
+    Ok(())
+}
+
+/// `reread`: the server polls the back office now; what changed, feature by feature.
+pub async fn reread(r: &Remote) -> anyhow::Result<()> {
+    let token = r.admin_token()?;
+    let v = send(
+        r.http()?
+            .post(r.url("/api/v1/admin/reread"))
+            .bearer_auth(token),
+    )
+    .await?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let Reread { before, after } = serde_json::from_value(v)?;
+    let changes = reread_changes(&before, &after);
+    if changes.is_empty() {
+        println!("rights unchanged: the back office's answer grants what was held");
+    } else {
+        println!("rights changed:");
+        for c in changes {
+            println!("  {c}");
+        }
     }
     Ok(())
+}
+
+/// One line per pool whose count or rights changed: `cad 1.0: 4 until 2027-03-31 ->
+/// 14 (10 permanent, 4 until 2027-03-31)`; a pool added or gone says so.
+pub fn reread_changes(before: &[FeatureInfo], after: &[FeatureInfo]) -> Vec<String> {
+    let key = |f: &FeatureInfo| (f.feature.clone(), f.version.clone());
+    let mut out = Vec::new();
+    for a in after {
+        match before.iter().find(|b| key(b) == key(a)) {
+            None => out.push(format!("{}: new, {}", a.name(), a.count_with_expiry())),
+            Some(b) if b.count != a.count || b.rights != a.rights => out.push(format!(
+                "{}: {} -> {}",
+                a.name(),
+                b.count_with_expiry(),
+                a.count_with_expiry()
+            )),
+            Some(_) => {}
+        }
+    }
+    for b in before {
+        if !after.iter().any(|a| key(a) == key(b)) {
+            out.push(format!(
+                "{}: gone (was {})",
+                b.name(),
+                b.count_with_expiry()
+            ));
+        }
+    }
+    out
 }
 
 pub async fn leases(r: &Remote, feature: &str) -> anyhow::Result<()> {
@@ -452,6 +600,27 @@ pub async fn release(r: &Remote, lease_id: &str) -> anyhow::Result<()> {
         "released lease {} ({} seat(s) of {} held by {})",
         l.lease_id, l.count, l.feature, l.client_id
     );
+    Ok(())
+}
+
+/// Makes the server read its options file again (as `SIGHUP` does).
+pub async fn reload_options(r: &Remote) -> anyhow::Result<()> {
+    let token = r.admin_token()?;
+    let v = send(
+        r.http()?
+            .post(r.url("/api/v1/admin/options/reload"))
+            .bearer_auth(token),
+    )
+    .await?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "options file {} in force: {} rule(s)",
+            v["file"].as_str().unwrap_or("?"),
+            v["rules"]
+        );
+    }
     Ok(())
 }
 

@@ -3,6 +3,8 @@
 
 use shared::{ErrorBody, ErrorCode};
 
+use crate::options::RuleKind;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ServiceError {
     #[error("{message}")]
@@ -20,6 +22,10 @@ pub enum ServiceError {
     NoLicense {
         message: String,
         next_free_at: Option<i64>,
+        /// Seats asked for, seats free and seats licensed in the pool that came closest.
+        asked: u32,
+        free: u32,
+        count: u32,
     },
     #[error("{0}")]
     FeatureExpired(String),
@@ -42,6 +48,16 @@ pub enum ServiceError {
     /// Replication: the other server holds a role that contradicts the request.
     #[error("{0}")]
     RoleConflict(String),
+    /// The options file refused a grant: which kind of rule, its line.
+    #[error("{message}")]
+    Rule {
+        kind: RuleKind,
+        line: u32,
+        message: String,
+    },
+    /// An options file that cannot be put in force (at start or reload): its line.
+    #[error("{message}")]
+    BadOptions { line: u32, message: String },
     /// A cluster member's clock is too far from this one's.
     #[error("{0}")]
     ClockSkew(String),
@@ -75,6 +91,12 @@ impl ServiceError {
             ServiceError::OutOfSync(_) => ErrorCode::OutOfSync,
             ServiceError::RoleConflict(_) => ErrorCode::RoleConflict,
             ServiceError::ClockSkew(_) => ErrorCode::ClockSkew,
+            ServiceError::Rule { kind, .. } => match kind {
+                RuleKind::Excluded => ErrorCode::Excluded,
+                RuleKind::OverMax => ErrorCode::OverMax,
+                RuleKind::Reserved => ErrorCode::Reserved,
+            },
+            ServiceError::BadOptions { .. } => ErrorCode::ValidationError,
             ServiceError::Unavailable(_) => ErrorCode::Unavailable,
             ServiceError::Internal(_) => ErrorCode::InternalError,
         }
@@ -84,9 +106,23 @@ impl ServiceError {
         let mut body = ErrorBody::new(self.code(), self.to_string());
         match self {
             ServiceError::Validation { field: Some(f), .. } => body.field = Some(f.clone()),
-            ServiceError::NoLicense { next_free_at, .. } => body.next_free_at = *next_free_at,
+            ServiceError::NoLicense {
+                next_free_at,
+                asked,
+                free,
+                count,
+                ..
+            } => {
+                body.next_free_at = *next_free_at;
+                body.asked = Some(*asked);
+                body.free = Some(*free);
+                body.count = Some(*count);
+            }
             ServiceError::NotServing { serving_url } => {
                 body.serving_url = Some(serving_url.clone())
+            }
+            ServiceError::Rule { line, .. } | ServiceError::BadOptions { line, .. } => {
+                body.options_line = std::num::NonZeroU32::new(*line)
             }
             _ => {}
         }

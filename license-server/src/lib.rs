@@ -15,6 +15,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod options;
 pub mod pair;
 pub mod poller;
 pub mod replication;

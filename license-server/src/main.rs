@@ -32,7 +32,9 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Show a running server's status: role, pair or cluster, back-office contact, rights, leases;
-    /// with --pair, the main's, the backup's or both, and who serves each license.
+    /// with --pair, the main's, the backup's or both; then per feature its count (with
+    /// each line item's end), who serves it and, with the operator token, who holds each
+    /// seat (the `lmstat -a` view).
     Status {
         #[command(flatten)]
         remote: Remote,
@@ -43,8 +45,11 @@ enum Command {
     /// Failover pair operations (operator token needed).
     #[command(subcommand)]
     Pair(PairCommand),
-    /// List the features of a running server: count, in use, free, expiry.
+    /// List the features of a running server: count, in use, free, each line item's end.
     Features(#[command(flatten)] Remote),
+    /// Make a running server poll the back office now (`lmreread`) and say what changed
+    /// (operator token needed).
+    Reread(#[command(flatten)] Remote),
     /// List the leases of a feature (operator token needed).
     Leases {
         /// The feature name.
@@ -59,6 +64,9 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Make a running server read its options file again (as SIGHUP does; operator token
+    /// needed). A bad file is refused with its line; the options in force stay.
+    ReloadOptions(#[command(flatten)] Remote),
     /// The local store's files: check them, or keep what is readable of damaged ones
     /// (on the server's machine; `recover` needs the server stopped).
     #[command(subcommand)]
@@ -132,8 +140,10 @@ fn main() -> std::process::ExitCode {
                 cli::pair_set_backup(&remote, &backup_url).await
             }
             Command::Features(r) => cli::features(&r).await,
+            Command::Reread(r) => cli::reread(&r).await,
             Command::Leases { feature, remote } => cli::leases(&remote, &feature).await,
             Command::Release { lease_id, remote } => cli::release(&remote, &lease_id).await,
+            Command::ReloadOptions(r) => cli::reload_options(&r).await,
             Command::Store(StoreCommand::Verify(d)) => cli::store_verify(&d),
             Command::Store(StoreCommand::Recover { dir, yes }) => cli::store_recover(&dir, yes),
         }

@@ -1,22 +1,39 @@
 //! Capability requests to the back office: at startup (with backoff and jitter until an
-//! answer verifies) and then every poll interval, each with this server's public key.
-//! Every answer is verified (signature, addressee, request ID, freshness, not older than
-//! the rights held) before it is taken: its binding of this server's key, the pair's
-//! secret, and its rights, kept verbatim; anything else is logged and changes nothing.
+//! answer verifies) and then every poll interval, each with this server's public key and
+//! its report. Every answer is verified (signature, addressee, request ID, freshness, not
+//! older than the rights held) before it is taken: its binding of this server's key, the
+//! pair's secret, and its rights, kept verbatim; anything else is logged and changes
+//! nothing.
+//!
+//! Beside the polls, the live link: one capability request held open by the back office
+//! (`link`, with the revision of the answer held) and answered as soon as this server's
+//! rights change, verified and taken like any answer, or `204` when its time is up; then
+//! opened again at once. A link that fails is opened again with backoff and jitter (at
+//! most [`LINK_BACKOFF_MAX`] apart); meanwhile the polls go on as before.
+//!
+//! And the report: a poll goes out within [`REPORT_TICK`] of a change of this server's
+//! serving state or its pair's status, or of a feature's seats in use by more than a
+//! [`USAGE_FRACTION`] of its count, and every [`REPORT_EVERY`] at least (each opening of
+//! the link carries the report too).
+//!
+//! An operator's "poll now" (`license-server reread`) wakes the polls at once and is
+//! answered with that poll's outcome.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use licensing_client::describe_error;
+use parking_lot::Mutex;
 use shared::capability::{
-    CapabilityClaims, CapabilityRequest, CapabilityResponse, RightsRequest, Role,
+    CapabilityClaims, CapabilityRequest, CapabilityResponse, LinkWait, RightsRequest, Role,
+    ServerReport,
 };
 use shared::secret::Secret;
 use shared::{ErrorBody, ErrorCode, HostId};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::service::{Contact, RightsChange, Service};
+use crate::service::{Contact, PollOutcome, RightsChange, Service};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PollError {
@@ -60,14 +77,66 @@ pub struct PollerConfig {
     pub rights: Vec<RightsRequest>,
     /// `CAPABILITY_POLL_INTERVAL`; `None`: the back office's `poll_interval_secs`.
     pub poll_interval: Option<Duration>,
+    /// `LIVE_LINK`: hold the live link besides the polls.
+    pub live_link: bool,
     pub leeway: Duration,
     pub backoff_max: Duration,
 }
+
+/// How long the back office is asked to hold the live link when nothing changes (it holds
+/// it for less when its `SERVER_TIMEOUT` asks for more frequent contact).
+pub const LINK_WAIT_SECS: u32 = 60;
+
+/// The longest wait before the live link is opened again after a failure.
+pub const LINK_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The least time between two openings of the live link after a change came through it.
+pub const LINK_LEAST_CHANGED: Duration = Duration::from_millis(200);
+
+/// How often this server's report is compared with the one the back office has.
+pub const REPORT_TICK: Duration = Duration::from_millis(250);
+
+/// A change of a feature's seats in use by more than this fraction of its count is
+/// reported at once.
+pub const USAGE_FRACTION: f64 = 0.1;
+
+/// The back office hears this server's report at least this often.
+pub const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Poller {
     cfg: PollerConfig,
     http: reqwest::Client,
     svc: Arc<Service>,
+    held: Mutex<Held>,
+}
+
+/// What the back office and this server last agreed on.
+#[derive(Default)]
+struct Held {
+    /// The revision of the last answer taken ([`CapabilityClaims::revision`]).
+    revision: Option<String>,
+    /// The last report the back office received, and when.
+    report: Option<(ServerReport, Instant)>,
+}
+
+/// Whether `now` differs from `sent` enough to be reported at once: another serving state
+/// or pair status, a dropped backup, other features, or a feature's seats in use changed
+/// by more than [`USAGE_FRACTION`] of its count.
+pub fn report_changed(sent: &ServerReport, now: &ServerReport) -> bool {
+    if sent.server_status != now.server_status
+        || sent.pair_status != now.pair_status
+        || sent.backup_dropped != now.backup_dropped
+        || sent.usage.len() != now.usage.len()
+    {
+        return true;
+    }
+    sent.usage.iter().zip(&now.usage).any(|(a, b)| {
+        let moved = f64::from(a.in_use.abs_diff(b.in_use));
+        a.feature != b.feature
+            || a.version != b.version
+            || a.count != b.count
+            || moved > USAGE_FRACTION * f64::from(b.count)
+    })
 }
 
 impl std::fmt::Debug for Poller {
@@ -103,16 +172,26 @@ impl Poller {
             .map_err(|e| {
                 anyhow::anyhow!("the back office's HTTP client: {}", describe_error(&e))
             })?;
-        Ok(Poller { cfg, http, svc })
+        Ok(Poller {
+            cfg,
+            http,
+            svc,
+            held: Mutex::new(Held::default()),
+        })
     }
 
     /// One capability request and its verification: the answer (the token) and its
-    /// claims.
+    /// claims; `None` when a live link's time was up with nothing changed.
     pub async fn request(
         &self,
         include_rights: bool,
-    ) -> Result<(String, CapabilityClaims), PollError> {
+        link: Option<LinkWait>,
+    ) -> Result<Option<(String, CapabilityClaims)>, PollError> {
         let request_id = Uuid::new_v4();
+        let report = self.svc.report();
+        let timeout = link.as_ref().map_or(Duration::from_secs(10), |l| {
+            Duration::from_secs(u64::from(l.wait_secs) + 10)
+        });
         let req = CapabilityRequest {
             request_id,
             hostid: self.cfg.hostid.clone(),
@@ -124,18 +203,24 @@ impl Poller {
             } else {
                 Vec::new()
             },
-            report: Some(self.svc.report()),
+            report: Some(report.clone()),
             server_key: Some(self.svc.identity().public_key()),
+            link,
         };
         let resp = self
             .http
             .post(format!("{}/api/v1/capability", self.cfg.url))
             .bearer_auth(self.cfg.token.expose())
+            .timeout(timeout)
             .json(&req)
             .send()
             .await
             .map_err(|e| PollError::Unreachable(describe_error(&e)))?;
         let status = resp.status().as_u16();
+        if status == 204 && req.link.is_some() {
+            self.held.lock().report = Some((report, Instant::now()));
+            return Ok(None);
+        }
         let bytes = resp
             .bytes()
             .await
@@ -173,13 +258,23 @@ impl Poller {
                 self.cfg.leeway.as_secs() as i64,
             )
             .map_err(|e| PollError::Rejected(e.to_string()))?;
-        Ok((answer.token, claims))
+        self.held.lock().report = Some((report, Instant::now()));
+        Ok(Some((answer.token, claims)))
     }
 
     /// Requests, verifies and applies; returns the poll interval the answer asks for.
     pub async fn poll_once(&self, include_rights: bool) -> Result<Duration, PollError> {
-        let (token, claims) = self.request(include_rights).await?;
+        let (token, claims) = self
+            .request(include_rights, None)
+            .await?
+            .ok_or_else(|| PollError::Rejected("an empty answer to a poll".into()))?;
+        self.take(token, claims).await
+    }
+
+    /// Takes a verified answer; returns the poll interval it asks for.
+    async fn take(&self, token: String, claims: CapabilityClaims) -> Result<Duration, PollError> {
         let (role, poll_interval_secs) = (claims.role, claims.poll_interval_secs);
+        let revision = claims.revision();
         let (rights, seats, server_id) = (
             claims.rights.len(),
             claims
@@ -210,9 +305,10 @@ impl Poller {
                 );
             }
             RightsChange::Unchanged => {
-                tracing::debug!("capability poll: rights unchanged");
+                tracing::debug!("capability answer: rights unchanged");
             }
         }
+        self.held.lock().revision = Some(revision);
         if role != self.cfg.role {
             tracing::warn!(
                 ours = %self.cfg.role,
@@ -223,16 +319,140 @@ impl Poller {
         Ok(Duration::from_secs(poll_interval_secs.max(1)))
     }
 
-    /// Polls until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    /// Polls, holds the live link and reports until `shutdown` turns true.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let link = this
+            .cfg
+            .live_link
+            .then(|| tokio::spawn(this.clone().hold_link(shutdown.clone())));
+        this.poll(shutdown).await;
+        if let Some(link) = link {
+            let _ = link.await;
+        }
+    }
+
+    /// Whether the report differs from what the back office has enough to send it now.
+    fn report_due(&self) -> bool {
+        let held = self.held.lock();
+        match &held.report {
+            None => true,
+            Some((sent, at)) => {
+                at.elapsed() >= REPORT_EVERY || report_changed(sent, &self.svc.report())
+            }
+        }
+    }
+
+    /// The live link: held open, taken when answered, opened again at once (after a failure,
+    /// with backoff).
+    async fn hold_link(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut attempt: u32 = 0;
+        loop {
+            let revision = self.held.lock().revision.clone();
+            let started = Instant::now();
+            let pause = match revision {
+                // No verified answer yet: the polls get one first.
+                None => REPORT_TICK,
+                Some(revision) => {
+                    let link = LinkWait {
+                        revision: revision.clone(),
+                        wait_secs: LINK_WAIT_SECS,
+                    };
+                    let outcome = tokio::select! {
+                        o = self.request(false, Some(link)) => o,
+                        _ = shutdown.changed() => return,
+                    };
+                    match self.link_answered(outcome, &revision).await {
+                        Ok(changed) => {
+                            attempt = 0;
+                            self.svc.set_backoffice(|b| {
+                                if !b.link_up {
+                                    tracing::info!(url = %b.url, "live link to the back office open");
+                                }
+                                b.link_up = true;
+                            });
+                            // Answered at once without a change (the server left the
+                            // registry, say): not more than once a second; with one, not
+                            // more than five times (a back office that answers every link
+                            // at once would otherwise be asked without pause).
+                            let least = if changed {
+                                LINK_LEAST_CHANGED
+                            } else {
+                                Duration::from_secs(1)
+                            };
+                            least.saturating_sub(started.elapsed())
+                        }
+                        Err(e) => {
+                            let wait = backoff(attempt, LINK_BACKOFF_MAX);
+                            attempt = attempt.saturating_add(1);
+                            self.svc.set_backoffice(|b| {
+                                if b.link_up {
+                                    tracing::warn!(
+                                        error = %e,
+                                        retry_in_secs = wait.as_secs_f64(),
+                                        "live link to the back office lost; polling meanwhile"
+                                    );
+                                } else {
+                                    tracing::debug!(error = %e, retry_in_secs = wait.as_secs_f64(), "live link not open");
+                                }
+                                b.link_up = false;
+                            });
+                            wait
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// Takes what the live link was answered with: `true` when its rights changed.
+    async fn link_answered(
+        &self,
+        outcome: Result<Option<(String, CapabilityClaims)>, PollError>,
+        sent: &str,
+    ) -> Result<bool, PollError> {
+        let Some((token, claims)) = outcome? else {
+            return Ok(false);
+        };
+        if claims.revision() == *sent {
+            // Answered as changed with what this server holds: a back office that computes
+            // revisions otherwise (another version). Backing off keeps this from spinning.
+            return Err(PollError::Rejected(
+                "the back office answered the live link with the rights held".into(),
+            ));
+        }
+        self.take(token, claims).await?;
+        self.svc.metrics.poll("link");
+        Ok(true)
+    }
+
+    /// Polls until `shutdown` turns true: every poll interval, when the report is due,
+    /// and at once when an operator asks.
+    async fn poll(&self, mut shutdown: watch::Receiver<bool>) {
         let mut attempt: u32 = 0;
         let mut interval: Option<Duration> = self.cfg.poll_interval;
         let mut include_rights = true;
+        let mut asked = self.svc.poll_requests();
+        // Operators waiting for the poll about to be made.
+        let mut waiting: Vec<tokio::sync::oneshot::Sender<PollOutcome>> = Vec::new();
         loop {
             let started = shared::now_unix();
             self.svc
                 .set_backoffice(|b| b.last_attempt_at = Some(started));
-            let wait = match self.poll_once(include_rights).await {
+            let result = self.poll_once(include_rights).await;
+            let outcome: PollOutcome = match &result {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
+            let reporting = result.is_ok();
+            let wait = match result {
                 Ok(theirs) => {
                     include_rights = false;
                     attempt = 0;
@@ -293,9 +513,40 @@ impl Poller {
             };
             let next = shared::now_unix() + wait.as_secs() as i64;
             self.svc.set_backoffice(|b| b.next_attempt_at = Some(next));
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = shutdown.changed() => return,
+            for reply in waiting.drain(..) {
+                let _ = reply.send(outcome.clone());
+            }
+            // Until the next poll, unless the report is due first (after a success: a
+            // back office that is failing gets its backoff) or an operator asks.
+            let due = tokio::time::Instant::now() + wait;
+            loop {
+                let asked_now = async {
+                    match asked.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => break,
+                    () = tokio::time::sleep(REPORT_TICK), if reporting => {
+                        if self.report_due() {
+                            break;
+                        }
+                    }
+                    _ = shutdown.changed() => return,
+                    Some(reply) = asked_now => {
+                        tracing::info!("an operator asked for a poll of the back office now (reread)");
+                        waiting.push(reply);
+                        // Others who asked meanwhile share it.
+                        while let Some(more) = asked.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                            waiting.push(more);
+                        }
+                        break;
+                    }
+                }
+                if *shutdown.borrow() {
+                    return;
+                }
             }
             if *shutdown.borrow() {
                 return;
@@ -307,6 +558,63 @@ impl Poller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_is_due_on_a_change_of_state_or_of_usage_by_more_than_a_tenth() {
+        use shared::capability::{FeatureUsage, PairStatus, ServerStatus};
+        let report = |status, pair, in_use| ServerReport {
+            server_status: status,
+            pair_status: Some(pair),
+            usage: vec![FeatureUsage {
+                feature: "cad".into(),
+                version: "1.0".into(),
+                count: 20,
+                in_use,
+                overdraft: 0,
+                borrowed: 0,
+            }],
+            backup_dropped: false,
+        };
+        let sent = report(ServerStatus::Active, PairStatus::Recovering, 10);
+        let same = |r: &ServerReport| !report_changed(&sent, r);
+        assert!(same(&report(
+            ServerStatus::Active,
+            PairStatus::Recovering,
+            10
+        )));
+        // 2 of 20 is a tenth, not more: the minute's report takes it.
+        assert!(same(&report(
+            ServerStatus::Active,
+            PairStatus::Recovering,
+            12
+        )));
+        assert!(!same(&report(
+            ServerStatus::Active,
+            PairStatus::Recovering,
+            13
+        )));
+        assert!(!same(&report(
+            ServerStatus::Active,
+            PairStatus::Recovering,
+            7
+        )));
+        assert!(!same(&report(
+            ServerStatus::Active,
+            PairStatus::PairedAvailable,
+            10
+        )));
+        assert!(!same(&report(
+            ServerStatus::Ready,
+            PairStatus::Recovering,
+            10
+        )));
+        let mut dropped = sent.clone();
+        dropped.backup_dropped = true;
+        assert!(!same(&dropped));
+        let mut more = sent.clone();
+        more.usage.push(more.usage[0].clone());
+        assert!(!same(&more));
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {

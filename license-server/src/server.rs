@@ -198,6 +198,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         backoffice_url: settings.backoffice_url.clone(),
         failover_timeout_ms: settings.failover_timeout.as_millis() as i64,
         maintenance_ms: settings.failover_maintenance_interval.as_millis() as i64,
+        options_file: settings.licensing_options_file.clone(),
     };
     let member = match &settings.cluster {
         Some(c) => Some(
@@ -237,6 +238,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             .await?
         }
     };
+    if member.is_none() {
+        svc.start_options()
+            .await
+            .context("LICENSING_OPTIONS_FILE: the server does not start with this options file")?;
+    }
     if role == Role::Main && settings.licensing_backup_uri.is_none() {
         tracing::warn!(
             "BACKUP_SERVER_HOSTID is set but LICENSING_BACKUP_URI is not: nothing is replicated and clients get no backup to fail over to"
@@ -253,6 +259,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             backup_hostid: settings.backup_server_hostid.clone(),
             rights: settings.rights_ids.clone(),
             poll_interval: settings.capability_poll_interval,
+            live_link: settings.live_link,
             leeway: settings.clock_leeway,
             backoff_max: settings.backoff_max,
         },
@@ -295,6 +302,10 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         gate.clone(),
         limits.body_timeout,
     );
+    #[cfg(unix)]
+    if settings.licensing_options_file.is_some() && role != Role::Backup {
+        tokio::spawn(reload_on_hangup(svc.clone(), stop_rx.clone()));
+    }
     let server = limits
         .apply(HttpServer::new(move || http::app(ctx.clone())), &gate)
         .shutdown_signal(shutdown_signal());
@@ -343,6 +354,33 @@ async fn reaper(svc: Arc<Service>, mut stop: watch::Receiver<bool>) {
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Reads the options file again on every `SIGHUP` (a bad file is refused and logged; the
+/// options in force stay).
+#[cfg(unix)]
+async fn reload_on_hangup(svc: Arc<Service>, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGHUP cannot be caught: reload the options file with `license-server reload-options`");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: reading the options file again");
+                // A refusal is logged by the reload itself.
+                let _ = svc.reload_options().await;
+            }
             _ = stop.changed() => return,
         }
     }

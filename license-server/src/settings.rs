@@ -27,6 +27,7 @@ pub const NAMES: &[&str] = &[
     "LICENSING_MAIN_URI",
     "RIGHTS_IDS",
     "CAPABILITY_POLL_INTERVAL",
+    "LIVE_LINK",
     "FAILOVER_MAINTENANCE_INTERVAL",
     "BACKUP_ABSENCE_LIMIT",
     "LEASE_DURATION",
@@ -46,6 +47,7 @@ pub const NAMES: &[&str] = &[
     "CLUSTER_MEMBER_URIS",
     "CLUSTER_HEARTBEAT_INTERVAL",
     "CLUSTER_MEMBER_TIMEOUT",
+    "LICENSING_OPTIONS_FILE",
 ];
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -68,6 +70,7 @@ struct Raw {
     rights_ids: Option<String>,
     #[serde(default, deserialize_with = "duration_like")]
     capability_poll_interval: Option<Duration>,
+    live_link: Option<bool>,
     #[serde(default, deserialize_with = "duration_like")]
     failover_maintenance_interval: Option<Duration>,
     #[serde(default, deserialize_with = "duration_like")]
@@ -102,6 +105,7 @@ struct Raw {
     cluster_heartbeat_interval: Option<Duration>,
     #[serde(default, deserialize_with = "duration_like")]
     cluster_member_timeout: Option<Duration>,
+    licensing_options_file: Option<PathBuf>,
 }
 
 /// Checked settings of `license-server serve`.
@@ -116,9 +120,14 @@ pub struct Settings {
     pub backup_server_hostid: Option<HostId>,
     pub licensing_backup_uri: Option<String>,
     pub licensing_main_uri: Option<String>,
+    /// The options file (`RESERVE`, `MAX`, `INCLUDE`, `EXCLUDE`…), if any.
+    pub licensing_options_file: Option<PathBuf>,
     pub rights_ids: Vec<RightsRequest>,
     /// `None`: use the interval the back office sends.
     pub capability_poll_interval: Option<Duration>,
+    /// `LIVE_LINK` (default true): hold the live link to the back office besides the
+    /// polls; false where something between cuts long requests (the polls alone then).
+    pub live_link: bool,
     pub failover_maintenance_interval: Duration,
     pub backup_absence_limit: Duration,
     pub lease_duration: Duration,
@@ -375,6 +384,16 @@ impl Settings {
                 .is_some_and(|u| !u.trim().is_empty()),
             pair_token.as_ref(),
         )?;
+        if cluster.is_some()
+            && raw
+                .licensing_options_file
+                .as_ref()
+                .is_some_and(|p| !p.as_os_str().is_empty())
+        {
+            bail!(
+                "LICENSING_OPTIONS_FILE is for a standalone server or a pair: the members of a three-member cluster decide from their shared log alone and apply no options file"
+            );
+        }
         if cluster.is_some() && licensing_main_uri.is_some() {
             bail!(
                 "set CLUSTER_MEMBER_HOSTIDS (a member of a three-member cluster) or LICENSING_MAIN_URI (the backup of a pair), not both"
@@ -407,8 +426,12 @@ impl Settings {
             backup_server_hostid,
             licensing_backup_uri: url_setting("LICENSING_BACKUP_URI", raw.licensing_backup_uri)?,
             licensing_main_uri,
+            licensing_options_file: raw
+                .licensing_options_file
+                .filter(|p| !p.as_os_str().is_empty()),
             rights_ids,
             capability_poll_interval: raw.capability_poll_interval,
+            live_link: raw.live_link.unwrap_or(true),
             failover_maintenance_interval: raw
                 .failover_maintenance_interval
                 .unwrap_or(Duration::from_secs(21 * 86_400)),
@@ -742,6 +765,7 @@ mod tests {
         let mut loaded = None;
         figment::Jail::expect_with(|jail| {
             jail.set_env("LEASE_DURATION", "5m");
+            jail.set_env("LIVE_LINK", "false");
             jail.set_env("UNRELATED_VARIABLE", "ignored");
             loaded = Some(Settings::load(Some(&file)).map_err(|e| e.to_string()));
             Ok(())
@@ -751,6 +775,7 @@ mod tests {
         assert_eq!(s.lease_duration, Duration::from_secs(300));
         assert_eq!(s.rights_ids.len(), 2);
         assert_eq!(s.capability_poll_interval, Some(Duration::from_secs(30)));
+        assert!(!s.live_link, "LIVE_LINK=false: the polls alone");
         // Unknown names in the file are refused (typos must not pass silently).
         std::fs::write(&file, "HOSTID = \"string:a\"\nLEASE_DURATON = \"5m\"\n").unwrap();
         assert!(Settings::load(Some(&file)).is_err());

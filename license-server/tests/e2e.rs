@@ -462,6 +462,81 @@ async fn kill_9_after_an_acknowledged_checkout_keeps_the_lease() {
     assert_eq!(renew(&server, &lease).await, 200);
 }
 
+/// Returns are answered before their own sync. Attack: return, hand the seat to another
+/// client at once, kill -9, several times over. The later grant was acknowledged, so it
+/// is on disk, and with it the return before it: the seat is never held twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_right_after_a_return_never_hands_its_seat_out_twice() {
+    let mut bo = TestBackoffice::start(vec![right("cad", 1)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("lls");
+    let mut server = Server::start(&data, base_env(&bo, "string:lls-ret")).await;
+    rights_arrived(&server, "cad", 1).await;
+    bo.stop().await;
+    for round in 0..3 {
+        let (st, lease) = checkout(&server, "cad", &format!("first-{round}")).await;
+        assert_eq!(st, 201, "{lease}");
+        let id = lease["lease_id"].as_str().unwrap();
+        let returned = http()
+            .delete(server.url(&format!("/api/v1/leases/{id}")))
+            .bearer_auth(lease["token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(returned.status(), 204);
+        let (st, second) = checkout(&server, "cad", &format!("second-{round}")).await;
+        assert_eq!(st, 201, "the returned seat is free at once: {second}");
+        server.kill9();
+        let env = server.env.clone();
+        drop(server);
+        server = Server::start(&data, env).await;
+        let list: Value = http()
+            .get(server.url("/api/v1/admin/features/cad/leases"))
+            .bearer_auth(server.admin_token())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let held: Vec<&Value> = list.as_array().unwrap().iter().collect();
+        assert_eq!(held.len(), 1, "round {round}: one seat, held once: {list}");
+        assert_eq!(held[0]["lease_id"], second["lease_id"]);
+        // The next round starts from a free seat.
+        let sid = second["lease_id"].as_str().unwrap();
+        let back = http()
+            .delete(server.url(&format!("/api/v1/leases/{sid}")))
+            .bearer_auth(second["token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(back.status(), 204);
+    }
+    // A return with nothing after it, then kill -9: it may be lost (the seat held until the
+    // lease lapses) or kept, but the seat is never held by two.
+    let (st, last) = checkout(&server, "cad", "last").await;
+    assert_eq!(st, 201);
+    let lid = last["lease_id"].as_str().unwrap();
+    let back = http()
+        .delete(server.url(&format!("/api/v1/leases/{lid}")))
+        .bearer_auth(last["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 204);
+    server.kill9();
+    let env = server.env.clone();
+    drop(server);
+    let server = Server::start(&data, env).await;
+    let f = feature(&server, "cad").await.expect("rights restored");
+    assert!(f["in_use"].as_u64().unwrap() <= 1, "{f}");
+    let (st, other) = checkout(&server, "cad", "other").await;
+    assert!(
+        (st == 201) == (f["in_use"] == 0),
+        "a seat is granted exactly when none is held: {st} {other} {f}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backoffice_stopped_the_server_keeps_serving_and_says_so() {
     let mut bo = TestBackoffice::start(vec![right("cad", 2)]).await;
@@ -514,6 +589,8 @@ async fn many_clients_at_once_never_exceed_the_count() {
                 version: None,
                 count: 1,
                 client_id: c.client_id().to_owned(),
+                user: None,
+                host: None,
                 client_secret: None,
             })
             .await

@@ -229,6 +229,23 @@ pub struct CapabilityRequest {
     /// ([`CapabilityClaims::binding`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_key: Option<String>,
+    /// Makes this request the server's live link: the back office holds it open until
+    /// the server's rights differ from `revision` (answered then, signed like any answer)
+    /// or `wait_secs` pass (answered `204 No Content`: nothing changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkWait>,
+}
+
+/// The live link's part of a capability request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LinkWait {
+    /// The [`CapabilityClaims::revision`] of the answer the server holds.
+    pub revision: String,
+    /// How long to hold the request when nothing changes, in seconds (the back office
+    /// holds it for less when its `SERVER_TIMEOUT` asks for more frequent contact).
+    pub wait_secs: u32,
 }
 
 /// `POST /api/v1/capability` answer.
@@ -316,6 +333,39 @@ pub struct CapabilityClaims {
     pub pair_token: Option<String>,
 }
 
+impl CapabilityClaims {
+    /// What the live link compares: see [`revision`].
+    pub fn revision(&self) -> String {
+        revision(
+            &self.server_id,
+            self.role,
+            self.pair.as_ref(),
+            &self.rights,
+            self.pair_token.as_deref(),
+        )
+    }
+}
+
+/// The revision of an answer: a digest of what in it is the server's rights and place
+/// (its ID and role, its pair, its rights, the pair's secret), not of what every answer
+/// renews (times, binding, request ID). Two answers with the same revision change nothing
+/// on the server; the back office computes it from the answer it would sign, the server
+/// from the answer it holds.
+pub fn revision(
+    server_id: &str,
+    role: Role,
+    pair: Option<&PairInfo>,
+    rights: &[Right],
+    pair_token: Option<&str>,
+) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    // Serialising these types cannot fail (no maps with non-string keys, no custom code).
+    let json = serde_json::to_vec(&(server_id, role, pair, rights, pair_token)).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
+}
+
 pub const ISSUER: &str = "licensing-backoffice";
 
 #[cfg(test)]
@@ -338,5 +388,24 @@ mod tests {
     fn unknown_fields_are_refused() {
         let json = r#"{"request_id":"67e55044-10b1-426f-9247-bb680e5fe0c8","hostid":"string:a","role":"main","sent_at":1,"extra":1}"#;
         assert!(serde_json::from_str::<CapabilityRequest>(json).is_err());
+    }
+
+    #[test]
+    fn a_revision_changes_with_the_rights_and_not_with_the_times() {
+        let right = |count| Right {
+            activation_id: "ACT".into(),
+            feature: "cad".into(),
+            version: String::new(),
+            count,
+            starts_at: 0,
+            expires_at: None,
+            max_borrow_secs: None,
+            overdraft: 0,
+        };
+        let r = |count, token| revision("srv", Role::Main, None, &[right(count)], token);
+        assert_eq!(r(5, None), r(5, None));
+        assert_ne!(r(5, None), r(6, None));
+        assert_ne!(r(5, None), r(5, Some("secret")));
+        assert_eq!(r(5, None).len(), 22);
     }
 }

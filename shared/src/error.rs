@@ -55,6 +55,15 @@ error_codes! {
     /// names what holds it.
     InUse = "IN_USE", 409;
     ClockSkew = "CLOCK_SKEW", 400;
+    /// The server's options file keeps this client from the feature (an `EXCLUDE` rule
+    /// names it, or `INCLUDE` rules exist and none names it); `options_line` says which.
+    Excluded = "EXCLUDED", 403;
+    /// The options file's `MAX` rule for this client's user, host or group would be
+    /// exceeded; `options_line` says which.
+    OverMax = "OVER_MAX", 409;
+    /// The seats left are reserved for others by the options file's `RESERVE` rules;
+    /// `options_line` names one of them.
+    Reserved = "RESERVED", 409;
     ReplayedRequest = "REPLAYED_REQUEST", 409;
     NoLicenseAvailable = "NO_LICENSE_AVAILABLE", 409;
     FeatureExpired = "FEATURE_EXPIRED", 410;
@@ -107,7 +116,7 @@ impl std::fmt::Display for ErrorCode {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(
     feature = "openapi",
-    schema(example = json!({"code": "NO_LICENSE_AVAILABLE", "message": "no seat of `cad` is free: 3 of 3 in use", "next_free_at": 1767225600}))
+    schema(example = json!({"code": "NO_LICENSE_AVAILABLE", "message": "no license of `cad` available: 7 seats of cad 1.0 asked, 5 of 10 free", "asked": 7, "free": 5, "count": 10, "next_free_at": 1767225600}))
 )]
 pub struct ErrorBody {
     pub code: ErrorCode,
@@ -123,6 +132,22 @@ pub struct ErrorBody {
     /// seconds since 1970-01-01T00:00:00Z).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_free_at: Option<i64>,
+    /// For `EXCLUDED`, `OVER_MAX` and `RESERVED`, and for an options file refused: the
+    /// line of the license server's options file that decided (absent when the file as
+    /// a whole is refused: too large, unreadable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u32>, minimum = 1))]
+    pub options_line: Option<std::num::NonZeroU32>,
+    /// For `NO_LICENSE_AVAILABLE`: the seats the checkout asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<u32>,
+    /// For `NO_LICENSE_AVAILABLE`: the seats free now in the pool that came closest (the
+    /// asked version, or of every version the one with the most free seats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free: Option<u32>,
+    /// For `NO_LICENSE_AVAILABLE`: the seats licensed now in that pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
 }
 
 impl ErrorBody {
@@ -133,6 +158,10 @@ impl ErrorBody {
             field: None,
             serving_url: None,
             next_free_at: None,
+            options_line: None,
+            asked: None,
+            free: None,
+            count: None,
         }
     }
 

@@ -12,6 +12,7 @@ use uuid::Uuid;
     feature = "openapi",
     schema(example = json!({
         "feature": "cad", "count": 1, "client_id": "ws-17:4242",
+        "user": "alice", "host": "ws-17",
         "client_secret": "q2V0aGlzIGlzIG5vdCBhIHJlYWwgc2VjcmV0IGF0IGFsbA"
     }))
 )]
@@ -29,6 +30,16 @@ pub struct CheckoutRequest {
     pub count: u32,
     /// The client's identity (1 to 256 printable characters).
     pub client_id: String,
+    /// The operating-system user the client runs as (1 to 256 printable characters; the
+    /// client library sends the OS's). What `USER` and `GROUP` rules of the server's
+    /// options file match; a checkout without one matches none of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The host the client runs on (1 to 256 printable characters; the client library
+    /// sends the OS's host name). What `HOST` and `HOST_GROUP` rules match (ignoring ASCII
+    /// case); a checkout without one matches none of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// A secret only this client knows (16 to 256 printable characters; the client
     /// library sends a random one per client). A checkout of a feature that names the
     /// client ID of a live lease of it gets that lease back, renewed, only with the secret
@@ -117,6 +128,12 @@ pub struct Lease {
     /// Seats held.
     pub count: u32,
     pub client_id: String,
+    /// The user the checkout named (absent when it named none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The host the checkout named (absent when it named none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// When the lease was first granted, (Unix time, seconds).
     pub granted_at: i64,
     /// When the lease lapses unless renewed, (Unix time, seconds); a borrowed lease ends
@@ -174,6 +191,12 @@ pub struct LeaseInfo {
     /// Seats held.
     pub count: u32,
     pub client_id: String,
+    /// The user the checkout named (absent when it named none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The host the checkout named (absent when it named none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// When the lease was first granted, (Unix time, seconds).
     pub granted_at: i64,
     /// When the lease lapses unless renewed, (Unix time, seconds).
@@ -196,7 +219,11 @@ pub struct LeaseInfo {
     feature = "openapi",
     schema(example = json!({
         "feature": "cad", "version": "2.0", "count": 10, "in_use": 3, "free": 7,
-        "starts_at": 1767225600, "expires_at": 1798761599, "expired": false
+        "starts_at": 1767225600, "expired": false,
+        "rights": [
+            {"activation_id": "ACT-2027", "count": 4, "starts_at": 1767225600, "expires_at": 1806451199, "started": true},
+            {"activation_id": "ACT-PERM", "count": 6, "starts_at": 1767225600, "started": true}
+        ]
     }))
 )]
 pub struct FeatureInfo {
@@ -223,4 +250,185 @@ pub struct FeatureInfo {
     pub expires_at: Option<i64>,
     /// Every right of this pool has expired: checkouts get `FEATURE_EXPIRED`.
     pub expired: bool,
+    /// The pool's rights one by one (a line item each), in force now or later, the
+    /// soonest to end first and permanent ones last; expired ones are left out.
+    #[serde(default)]
+    pub rights: Vec<FeatureRight>,
+}
+
+impl FeatureInfo {
+    /// `cad 1.0`, or `cad` for an unversioned pool.
+    pub fn name(&self) -> String {
+        if self.version.is_empty() {
+            self.feature.clone()
+        } else {
+            format!("{} {}", self.feature, self.version)
+        }
+    }
+
+    /// The count with its rights' ends, e.g. `14 (10 permanent, 4 until 2027-03-31)`;
+    /// just `10 permanent` or `4 until 2027-03-31` with one kind of end. Rights not
+    /// started yet are named with their start.
+    pub fn count_with_expiry(&self) -> String {
+        describe_rights(self.count, &self.rights)
+    }
+}
+
+/// One pool and who holds its seats: the operator's `GET /api/v1/admin/usage` (the
+/// `lmstat -a` view).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PoolHolders {
+    /// The pool: count, in use, free, its rights and their ends.
+    pub pool: FeatureInfo,
+    /// Its leases, oldest first.
+    pub leases: Vec<LeaseInfo>,
+}
+
+/// One right of a pool, a line item's seats: [`FeatureInfo::rights`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FeatureRight {
+    /// The line item's activation ID.
+    pub activation_id: String,
+    /// Its seats.
+    pub count: u32,
+    /// When it starts, (Unix time, seconds).
+    pub starts_at: i64,
+    /// When it ends, (Unix time, seconds); absent for a permanent right.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+    /// It has started (counts now).
+    pub started: bool,
+}
+
+/// The date (UTC) of a Unix time, `2027-03-31`.
+pub fn date_of(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    let mut s = humantime::format_rfc3339_seconds(t).to_string();
+    s.truncate(10);
+    s
+}
+
+/// The ends of a pool's rights, seats of the same end (day) summed, permanent first:
+/// `10 permanent, 4 until 2027-03-31`; rights not started yet follow as
+/// `+ 5 from 2026-12-01`. Empty without rights.
+pub fn describe_ends(rights: &[FeatureRight]) -> String {
+    let (ends, later) = ends_of(rights);
+    let mut out = ends.iter().map(end_part).collect::<Vec<_>>().join(", ");
+    for (s, c) in later {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&format!("+ {c} from {}", date_of(s)));
+    }
+    out
+}
+
+/// `14 (10 permanent, 4 until 2027-03-31)`: a count with the ends of the rights it is
+/// made of; one kind of end reads `10 permanent`. `count` is the seats licensed now;
+/// rights not started yet follow as `+ 5 from DATE`.
+pub fn describe_rights(count: u32, rights: &[FeatureRight]) -> String {
+    let (ends, later) = ends_of(rights);
+    let mut out = match ends.as_slice() {
+        [] => count.to_string(),
+        [one] if one.1 == count => end_part(one),
+        many => format!(
+            "{count} ({})",
+            many.iter().map(end_part).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    for (s, c) in later {
+        out.push_str(&format!(" + {c} from {}", date_of(s)));
+    }
+    out
+}
+
+/// Seats by end (started rights; permanent first, then by day) and by start (the
+/// others, by day).
+#[expect(clippy::type_complexity, reason = "two small lists of pairs, local")]
+fn ends_of(rights: &[FeatureRight]) -> (Vec<(Option<i64>, u32)>, Vec<(i64, u32)>) {
+    let mut ends: Vec<(Option<i64>, u32)> = Vec::new();
+    let mut later: Vec<(i64, u32)> = Vec::new();
+    for r in rights {
+        if !r.started {
+            match later
+                .iter_mut()
+                .find(|(s, _)| date_of(*s) == date_of(r.starts_at))
+            {
+                Some((_, c)) => *c = c.saturating_add(r.count),
+                None => later.push((r.starts_at, r.count)),
+            }
+            continue;
+        }
+        let day = r.expires_at.map(date_of);
+        match ends.iter_mut().find(|(e, _)| e.map(date_of) == day) {
+            Some((_, c)) => *c = c.saturating_add(r.count),
+            None => ends.push((r.expires_at, r.count)),
+        }
+    }
+    ends.sort_by_key(|(e, _)| (e.is_some(), *e));
+    later.sort_unstable();
+    (ends, later)
+}
+
+fn end_part((end, count): &(Option<i64>, u32)) -> String {
+    match end {
+        None => format!("{count} permanent"),
+        Some(e) => format!("{count} until {}", date_of(*e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2027-03-31T12:00:00Z and 2026-12-01T00:00:00Z.
+    const MAR_2027: i64 = 1_806_494_400;
+    const DEC_2026: i64 = 1_796_083_200;
+
+    fn right(id: &str, count: u32, expires_at: Option<i64>, started: bool) -> FeatureRight {
+        FeatureRight {
+            activation_id: id.into(),
+            count,
+            starts_at: if started { 0 } else { DEC_2026 },
+            expires_at,
+            started,
+        }
+    }
+
+    #[test]
+    fn a_count_names_the_end_of_each_line_item() {
+        let mixed = [
+            right("A", 4, Some(MAR_2027), true),
+            right("B", 10, None, true),
+        ];
+        assert_eq!(
+            describe_rights(14, &mixed),
+            "14 (10 permanent, 4 until 2027-03-31)"
+        );
+        assert_eq!(
+            describe_rights(10, &[right("B", 10, None, true)]),
+            "10 permanent"
+        );
+        // Two line items ending the same day read as one.
+        let same = [
+            right("A", 4, Some(MAR_2027), true),
+            right("C", 1, Some(MAR_2027 + 3600), true),
+        ];
+        assert_eq!(describe_rights(5, &same), "5 until 2027-03-31");
+        // Not started yet: after the count, with its start.
+        let later = [
+            right("B", 10, None, true),
+            right("D", 5, Some(MAR_2027), false),
+        ];
+        assert_eq!(
+            describe_rights(10, &later),
+            "10 permanent + 5 from 2026-12-01"
+        );
+        assert_eq!(describe_rights(0, &[]), "0");
+        assert_eq!(describe_ends(&mixed), "10 permanent, 4 until 2027-03-31");
+        assert_eq!(describe_ends(&later), "10 permanent + 5 from 2026-12-01");
+        assert_eq!(date_of(MAR_2027), "2027-03-31");
+    }
 }

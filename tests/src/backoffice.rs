@@ -285,6 +285,39 @@ impl BackOffice {
         }
     }
 
+    /// Another back office on the same database with the same signing key (the production
+    /// shape on PostgreSQL: several processes behind a load balancer), with this one's
+    /// settings and `env`; a process when this one is. Its data directory is its own.
+    pub async fn sibling(&self, env: &[(&str, &str)]) -> Result<BackOffice> {
+        let tmp = tempfile::tempdir()?;
+        let mut settings = self.env.clone();
+        settings.retain(|(k, _)| k != "SIGNING_KEY");
+        settings.push((
+            "SIGNING_KEY".to_owned(),
+            self.data_dir.join("signing-key.pem").display().to_string(),
+        ));
+        let mut bo = BackOffice {
+            runner: Runner::Stopped,
+            url: String::new(),
+            data_dir: tmp.path().join("data"),
+            backend: self.backend,
+            database_url: self.database_url.clone(),
+            port: 0,
+            https: self.https,
+            env: settings,
+            in_process: self.in_process,
+            http: self.http.clone(),
+            _pg: None,
+            _tmp: tmp,
+        };
+        for (k, v) in env {
+            bo.env.retain(|(ek, _)| ek != k);
+            bo.env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        bo.run().await?;
+        Ok(bo)
+    }
+
     /// Its process; what needs one panics on an in-process back office, saying so.
     pub fn process(&self) -> &Process {
         match &self.runner {
@@ -527,6 +560,25 @@ impl Fixture {
             .find(|s| s["hostid"] == hostid)
             .and_then(|s| s["id"].as_str())
             .with_context(|| format!("{hostid} is not among the account's servers"))?
+            .to_owned())
+    }
+
+    /// Adds an entitlement with one line item of the fixture's product, `quantity` seats
+    /// ending at `expires_at` (Unix seconds; `None`: permanent); its activation ID.
+    pub async fn add_line_item(&self, quantity: i64, expires_at: Option<i64>) -> Result<String> {
+        let ent = self
+            .admin
+            .post(
+                &format!("/api/v1/accounts/{}/entitlements", self.account_id),
+                json!({"name": "Another order", "line_items": [
+                    {"product_id": self.product_id, "quantity": quantity, "expires_at": expires_at}
+                ]}),
+            )
+            .await?
+            .ok()?;
+        Ok(ent["line_items"][0]["activation_id"]
+            .as_str()
+            .context("activation id")?
             .to_owned())
     }
 }

@@ -72,6 +72,8 @@ pub fn checkout_request(feature: &str, client_id: &str) -> shared::lease::Checko
         version: None,
         count: 1,
         client_id: client_id.to_owned(),
+        user: None,
+        host: None,
         client_secret: None,
     }
 }

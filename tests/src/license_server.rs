@@ -3,7 +3,7 @@
 //! `DATA_DIR/listen.addr`) or on a given one, waits until it answers, and restarts it on
 //! the same data and port; [`PairSetup`] makes the settings of a main and its backup
 //! against a back office; and a few calls every test makes (status, features, checkout,
-//! the operator's lease list).
+//! the operator's lease list, an operator command).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -99,6 +99,19 @@ fn spawn(name: &str, data_dir: &Path, port: u16, env: &[(String, String)]) -> Re
 }
 
 impl LicenseServer {
+    /// A license server `hostid` of `fx`'s account, polling `bo` with its device token
+    /// and trusting its key; more settings to add.
+    pub fn of_account(bo: &BackOffice, fx: &Fixture, data_dir: &Path, hostid: &str) -> Builder {
+        Self::builder(data_dir)
+            .env("HOSTID", hostid)
+            .env("BACKOFFICE_URL", bo.url.clone())
+            .env("BACKOFFICE_TOKEN", fx.device_token.clone())
+            .env(
+                "BACKOFFICE_PUBLIC_KEY",
+                bo.public_key_path().display().to_string(),
+            )
+    }
+
     /// A license server keeping its state in `data_dir`.
     pub fn builder(data_dir: &Path) -> Builder {
         Builder {
@@ -235,6 +248,19 @@ impl LicenseServer {
     /// The leases of `feature` as this server holds them (operator API).
     pub async fn leases(&self, feature: &str) -> Result<Vec<Value>> {
         leases_at(&self.url, &self.admin_token(), feature).await
+    }
+
+    /// Runs an operator command against it, `license-server ARGS --url URL`, in an
+    /// environment holding no token or data directory (`args` name them when they mean
+    /// to).
+    pub fn operator(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new(binary("license-server"))
+            .args(args)
+            .args(["--url", &self.url])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .current_dir(self.data_dir.parent().unwrap_or(Path::new("/")))
+            .output()?)
     }
 }
 

@@ -102,7 +102,9 @@ fn start_load(
             tokio::spawn(async move {
                 let mut n = 0u32;
                 while !stop.load(Ordering::Relaxed) {
-                    n += 1;
+                    // A failed checkout is retried as the same client (ID and secret): one
+                    // granted whose answer was lost in a takeover comes back, rather than
+                    // staying held by nobody until it lapses.
                     let req = tests::checkout_request(FEATURE, &format!("w{w}-{n}"));
                     let lease = match client.checkout_lease(&req).await {
                         Ok(l) => l,
@@ -111,6 +113,7 @@ fn start_load(
                             continue;
                         }
                     };
+                    n += 1;
                     {
                         let by = signed_by(&producer, &lease);
                         let mut l = ledger.lock().unwrap();
@@ -128,6 +131,9 @@ fn start_load(
                         return;
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
+                    // Returned for sure, even when stopping (for up to 10 s after): a seat
+                    // left held would be missing from what the test checks out next.
+                    let mut stopping_tries = 0;
                     loop {
                         match client.release(&lease).await {
                             Ok(()) => break,
@@ -136,8 +142,13 @@ fn start_load(
                             {
                                 break;
                             }
-                            Err(_) if stop.load(Ordering::Relaxed) => break,
-                            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                            Err(_) if stop.load(Ordering::Relaxed) && stopping_tries >= 500 => {
+                                break;
+                            }
+                            Err(_) => {
+                                stopping_tries += u32::from(stop.load(Ordering::Relaxed));
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
                         }
                     }
                     ledger.lock().unwrap().held.remove(&lease.lease_id);
@@ -327,10 +338,19 @@ async fn an_isolated_member_grants_nothing_and_catches_up_after_healing() -> Res
         s.producer.clone(),
     )?;
     let mut n = 0;
-    while cut_at.elapsed() < Duration::from_secs(4) || granted.len() < 3 {
+    let refused =
+        |answers: &[(u16, String)]| answers.iter().any(|(s, c)| *s == 503 && c == "UNAVAILABLE");
+    // At least 4 s of asking (four member timeouts), until the majority granted three and
+    // the isolated member said it cannot serve: once cut off, it answers UNAVAILABLE (the
+    // client moves on), never a grant.
+    while cut_at.elapsed() < Duration::from_secs(4)
+        || granted.len() < 3
+        || !refused(&answers_from_isolated)
+    {
         ensure!(
             cut_at.elapsed() < WAIT,
-            "the majority did not serve: {granted:?}"
+            "the majority did not serve ({granted:?}) or the isolated member never said \
+             UNAVAILABLE ({answers_from_isolated:?})"
         );
         n += 1;
         // A client that reaches the isolated member only (raw HTTP: no other member).
@@ -352,33 +372,25 @@ async fn an_isolated_member_grants_nothing_and_catches_up_after_healing() -> Res
             granted.push(l);
         }
     }
-    let st = members[cut].status().await?;
-    ensure!(
-        st["cluster_status"] == "not_operational",
-        "isolated: {}",
-        st["cluster"]
-    );
-    ensure!(
-        st["cluster"]["serving"] == false,
-        "isolated and serving: {}",
-        st["cluster"]
-    );
+    // Each side says what it is (heartbeats are counted every 250 ms; on a loaded machine
+    // the verdict may come a little after the majority's first grants, so it is waited for).
+    tests::eventually(
+        WAIT,
+        "the isolated member to be not_operational, not serving",
+        || async {
+            let st = members[cut].status().await.ok()?;
+            (st["cluster_status"] == "not_operational" && st["cluster"]["serving"] == false)
+                .then_some(())
+        },
+    )
+    .await;
     for m in &majority {
-        let st = members[*m].status().await?;
-        ensure!(
-            st["cluster_status"] == "partially_operational",
-            "majority: {}",
-            st["cluster"]
-        );
+        tests::eventually(WAIT, "the majority to be partially_operational", || async {
+            let st = members[*m].status().await.ok()?;
+            (st["cluster_status"] == "partially_operational").then_some(())
+        })
+        .await;
     }
-    // Once cut off, it says so: UNAVAILABLE (the client moves on), never a grant.
-    ensure!(
-        answers_from_isolated
-            .iter()
-            .any(|(s, c)| *s == 503 && c == "UNAVAILABLE"),
-        "answers of the isolated member: {answers_from_isolated:?}"
-    );
-
     s.isolate(cut, false);
     let serving = wait_status(&all, "operational").await?;
     let token = members[serving].admin_token();

@@ -141,10 +141,12 @@ pub async fn register_pair(
 ) -> AppResult<HttpResponse> {
     let main = hostid("main_hostid", &body.main_hostid)?;
     let backup = hostid("backup_hostid", &body.backup_hostid)?;
+    let account = user.account_id.clone();
     let p = run(&state, move |c| {
         registry::register_pair(c, &user.account_id, &main, &backup)
     })
     .await?;
+    state.links.changed(&account);
     Ok(HttpResponse::Created().json(p))
 }
 
@@ -162,10 +164,12 @@ pub async fn remove_backup(
     id: web::Path<String>,
 ) -> AppResult<HttpResponse> {
     let (id, t) = (id.into_inner(), state.server_timeout());
+    let account = user.account_id.clone();
     run(&state, move |c| {
         registry::remove_backup(c, &user.account_id, &id, shared::now_unix(), t)
     })
     .await?;
+    state.links.changed(&account);
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -215,6 +219,7 @@ pub async fn map_rights(
     body: web::Json<NewMapping>,
 ) -> AppResult<HttpResponse> {
     let b = body.into_inner();
+    let account = user.account_id.clone();
     let m = run(&state, move |c| {
         mappings::map_rights(
             c,
@@ -225,10 +230,12 @@ pub async fn map_rights(
         )
     })
     .await?;
+    state.links.changed(&account);
     Ok(HttpResponse::Created().json(m))
 }
 
-/// Removes a mapping; the servers drop the rights at their next poll.
+/// Removes a mapping; the servers holding their live link drop the rights at once, the
+/// others at their next poll.
 #[utoipa::path(
     tag = "account",
     security(("session" = [])),
@@ -241,8 +248,9 @@ pub async fn unmap(
     state: State,
     id: web::Path<String>,
 ) -> AppResult<HttpResponse> {
-    let id = id.into_inner();
+    let (id, account) = (id.into_inner(), user.account_id.clone());
     run(&state, move |c| mappings::unmap(c, &user.account_id, &id)).await?;
+    state.links.changed(&account);
     Ok(HttpResponse::NoContent().finish())
 }
 

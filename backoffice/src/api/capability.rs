@@ -1,7 +1,9 @@
 //! `POST /api/v1/capability`: license servers register, poll and get signed rights, a
-//! binding of their own key, and their pair's secret.
+//! binding of their own key, and their pair's secret; and hold their live link (a poll
+//! with `link`, answered when their rights change).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, post, web};
 use http_kit::auth::bearer;
@@ -14,7 +16,8 @@ use super::doc;
 use crate::domain::validate::{self, ServerKey};
 use crate::error::{AppError, AppResult};
 use crate::http::MAX_BODY;
-use crate::state::{AppState, State, run_write};
+use crate::links::Refused;
+use crate::state::{AppState, State, run, run_write};
 use crate::store::capability::{self as registry, CapabilityAnswer, Polled};
 use crate::store::tokens;
 use crate::writer::{Committed, PollInput};
@@ -26,11 +29,21 @@ use crate::writer::{Committed, PollInput};
 /// gets `binding`, a token signed with the same key that binds that key to the hostid and
 /// the pair until `serve_until`. Either server of a pair gets the pair's secret
 /// (`pair_token`). The answer is sent only once what the request changed is committed.
+///
+/// A request with `link` is the server's live link: when the rights it would be answered
+/// with have the revision the server holds, it is held until they change (answered then,
+/// signed like any answer) or for `wait_secs` at most (a third of `SERVER_TIMEOUT` at
+/// most), then answered `204` (nothing changed). `MAX_LINKS` links are held at once, and
+/// `MAX_LINKS_PER_ACCOUNT` of one account; one more is `TOO_MANY_REQUESTS`.
 #[utoipa::path(
     tag = "capability",
     security(("device_token" = [])),
     request_body = CapabilityRequest,
-    responses((status = 200, description = "Signed rights", body = CapabilityResponse), doc::Capability)
+    responses(
+        (status = 200, description = "Signed rights", body = CapabilityResponse),
+        (status = 204, description = "A live link held until its time was up: nothing changed"),
+        doc::Capability
+    )
 )]
 #[post("/api/v1/capability")]
 pub async fn capability(
@@ -81,13 +94,22 @@ async fn handle(state: &AppState, req: &HttpRequest, body: &[u8]) -> AppResult<H
     if let Some(a) = &account {
         span.record("account", a.as_str());
     }
-    let (answer, committed) = match polled? {
-        Polled::Answered(answer) => (*answer, committed),
-        Polled::Slow => slow_path(state, input.clone()).await?,
+    let (answer, committed, changed) = match polled? {
+        Polled::Answered(answer) => (*answer, committed, false),
+        Polled::Slow => {
+            let (answer, committed) = slow_path(state, input.clone()).await?;
+            (answer, committed, true)
+        }
+    };
+    let hold = match (&input.request.link, &account) {
+        (Some(link), Some(account)) if !changed && link.revision == answer.revision() => {
+            Some((account.clone(), link.wait_secs))
+        }
+        _ => None,
     };
     // Signed while the rest of the batch is carried out; sent once it is committed.
     let key_change = answer.key_change.clone();
-    let response = sign(state, &input, answer);
+    let response = hold.is_none().then(|| sign(state, &input, answer));
     committed.wait().await?;
     if let Some(change) = key_change {
         tracing::info!(
@@ -96,7 +118,72 @@ async fn handle(state: &AppState, req: &HttpRequest, body: &[u8]) -> AppResult<H
             "the server's public key changed; answers bind the new one"
         );
     }
-    Ok(response)
+    if changed && let Some(account) = &account {
+        // The registry changed: the pair's other server looks again.
+        state.links.changed(account);
+    }
+    match (response, hold) {
+        (Some(response), _) => Ok(response),
+        (None, Some((account, wait_secs))) => hold_link(state, input, &account, wait_secs).await,
+        (None, None) => Err(AppError::internal(
+            "a request was neither answered nor held",
+        )),
+    }
+}
+
+/// Holds a live link until the rights of its server differ from those it holds (answered
+/// then) or its time is up (`204`). Opened before its rights are read again, so that a
+/// change committed at any moment after is seen. (A right's start and end are in the
+/// signed rights: the server keeps them itself, nothing needs telling then.)
+async fn hold_link(
+    state: &AppState,
+    input: PollInput,
+    account: &str,
+    wait_secs: u32,
+) -> AppResult<HttpResponse> {
+    let mut link = state.links.open(account).map_err(|refused| {
+        let (limit, what) = match refused {
+            Refused::Full(n) => (n, "MAX_LINKS"),
+            Refused::AccountFull(n) => (n, "MAX_LINKS_PER_ACCOUNT"),
+        };
+        AppError::too_many_requests(
+            format!(
+                "{limit} live links are open ({what}); this server keeps its rights by \
+                 polling and opens its link again later"
+            ),
+            state.settings.link_hold().as_secs(),
+        )
+    })?;
+    let held = Duration::from_secs(u64::from(wait_secs)).min(state.settings.link_hold());
+    let deadline = Instant::now() + held;
+    let revision = input
+        .request
+        .link
+        .as_ref()
+        .map(|l| l.revision.clone())
+        .unwrap_or_default();
+    loop {
+        let (hostid, account_id) = (input.request.hostid.clone(), account.to_owned());
+        let answer = run(state, move |c| {
+            registry::current_answer(c, &account_id, &hostid)
+        })
+        .await?;
+        let Some(answer) = answer else {
+            // The server left the registry: its next poll hears why.
+            return Ok(HttpResponse::NoContent().finish());
+        };
+        if answer.revision() != revision {
+            tracing::debug!("rights changed; answering the live link");
+            let now = shared::now_unix();
+            return Ok(sign(state, &PollInput { now, ..input }, answer));
+        }
+        tokio::select! {
+            () = link.changed() => {}
+            () = tokio::time::sleep_until(deadline.into()) => {
+                return Ok(HttpResponse::NoContent().finish());
+            }
+        }
+    }
 }
 
 /// A request that changes the registry, under the account's lock.

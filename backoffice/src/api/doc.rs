@@ -95,6 +95,9 @@ fn meaning(code: ErrorCode) -> &'static str {
         Unavailable => "the database cannot store or cannot be reached right now; try again later",
         InternalError => "a failure of the back office; it logged the cause",
         NoLicenseAvailable
+        | Excluded
+        | OverMax
+        | Reserved
         | FeatureExpired
         | NotServing
         | MaintenanceIntervalExpired
@@ -209,6 +212,9 @@ fn example_message(code: ErrorCode) -> &'static str {
         Unavailable => crate::error::STORAGE_FAILING,
         InternalError => "internal error; the back office logged the cause",
         NoLicenseAvailable
+        | Excluded
+        | OverMax
+        | Reserved
         | FeatureExpired
         | NotServing
         | MaintenanceIntervalExpired

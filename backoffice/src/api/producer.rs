@@ -680,10 +680,12 @@ pub async fn update_line_item(
         max_borrow_secs: b.max_borrow_secs,
         overdraft: b.overdraft,
     };
+    let account = id.clone();
     let i = run(&state, move |c| {
         catalog::update_line_item(c, &id, &eid, &lid, &change)
     })
     .await?;
+    state.links.changed(&account);
     Ok(web::Json(i))
 }
 

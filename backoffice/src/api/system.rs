@@ -46,7 +46,9 @@ pub async fn healthz(state: State) -> AppResult<web::Json<Health>> {
     ), doc::Static)
 )]
 #[get("/metrics")]
-pub async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+pub async fn metrics(metrics: web::Data<Metrics>, state: State) -> HttpResponse {
+    let open = i64::try_from(state.links.open_count()).unwrap_or(i64::MAX);
+    metrics.links.set(open);
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(metrics.render())

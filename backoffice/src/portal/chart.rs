@@ -13,11 +13,12 @@ pub struct Sample {
 }
 
 pub const WIDTH: f64 = 640.0;
-pub const HEIGHT: f64 = 260.0;
+pub const HEIGHT: f64 = 280.0;
 const LEFT: f64 = 48.0;
 const RIGHT: f64 = 16.0;
 const TOP: f64 = 16.0;
-const BOTTOM: f64 = 56.0;
+/// Room for the time labels (time and date on two lines), the axis' name and the legend.
+const BOTTOM: f64 = 76.0;
 
 /// Maps `v` from the domain `[d0, d1]` onto the range `[r0, r1]`; a zero-width domain maps
 /// to the middle of the range.
@@ -61,6 +62,28 @@ pub fn merge(samples: impl IntoIterator<Item = Sample>) -> Vec<Sample> {
     by_time.into_values().collect()
 }
 
+/// The latest reading of each feature and version (both members of a pair reporting at
+/// once: the larger figures), by feature.
+pub fn merge_latest(
+    readings: &[crate::store::usage::UsagePoint],
+) -> Vec<crate::store::usage::UsagePoint> {
+    let mut by_key: BTreeMap<(&str, &str), crate::store::usage::UsagePoint> = BTreeMap::new();
+    for r in readings {
+        by_key
+            .entry((&r.feature, &r.version))
+            .and_modify(|e| {
+                if r.at > e.at {
+                    *e = r.clone();
+                } else if r.at == e.at {
+                    e.count = e.count.max(r.count);
+                    e.in_use = e.in_use.max(r.in_use);
+                }
+            })
+            .or_insert_with(|| r.clone());
+    }
+    by_key.into_values().collect()
+}
+
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -92,22 +115,39 @@ fn step_path(
             let _ = write!(d, " H{px:.1} V{py:.1}");
         }
     }
-    if samples.len() == 1 {
-        // A single reading: a short mark so that it is visible.
-        let _ = write!(d, " h4");
-    }
     d
 }
 
-fn time_label(t: i64, span: i64) -> String {
-    let fmt = if span <= 2 * 86_400 {
-        time::macros::format_description!("[hour]:[minute]")
-    } else {
-        time::macros::format_description!("[month]-[day]")
+/// A time axis label: `18:05` over `Nov 27` for windows of up to two days (every label
+/// with its date, so a window across midnight reads right), `Nov 27` for longer ones.
+fn time_label(t: i64, span: i64) -> (String, Option<String>) {
+    let at = time::OffsetDateTime::from_unix_timestamp(t).ok();
+    let fmt = |f: &[time::format_description::BorrowedFormatItem<'_>]| {
+        at.and_then(|d| d.format(f).ok()).unwrap_or_default()
     };
+    let date = fmt(time::macros::format_description!(
+        "[month repr:short] [day padding:none]"
+    ));
+    if span <= 2 * 86_400 {
+        (
+            fmt(time::macros::format_description!("[hour]:[minute]")),
+            Some(date),
+        )
+    } else {
+        (date, None)
+    }
+}
+
+/// `Nov 27, 18:05 UTC`, for the sentence of a chart with one reading.
+fn moment(t: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(t)
         .ok()
-        .and_then(|d| d.format(&fmt).ok())
+        .and_then(|d| {
+            d.format(time::macros::format_description!(
+                "[month repr:short] [day padding:none], [hour]:[minute] UTC"
+            ))
+            .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -170,12 +210,15 @@ pub fn render(
             4 => "end",
             _ => "middle",
         };
+        let (label, date) = time_label(t, span);
+        let date = date.map_or_else(String::new, |d| {
+            format!(r#"<tspan x="{px:.1}" dy="14">{d}</tspan>"#)
+        });
         let _ = write!(
             svg,
-            r##"<line class="tick-mark" x1="{px:.1}" y1="{y0}" x2="{px:.1}" y2="{ty}" stroke="#444" stroke-width="1"/><text class="tick" x="{px:.1}" y="{ly}" text-anchor="{anchor}" font-size="12" fill="#444">{label}</text>"##,
+            r##"<line class="tick-mark" x1="{px:.1}" y1="{y0}" x2="{px:.1}" y2="{ty}" stroke="#444" stroke-width="1"/><text class="tick time-label" x="{px:.1}" y="{ly}" text-anchor="{anchor}" font-size="12" fill="#444">{label}{date}</text>"##,
             ty = y0 + 5.0,
             ly = y0 + 18.0,
-            label = time_label(t, span)
         );
     }
     // Axes.
@@ -183,10 +226,22 @@ pub fn render(
         svg,
         r##"<line class="axis" x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="#444" stroke-width="1.5"/><line class="axis" x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="#444" stroke-width="1.5"/><text class="axis-label" x="{cx}" y="{ay}" text-anchor="middle" font-size="12" fill="#444">Time (UTC)</text><text class="axis-label" x="12" y="{cy}" text-anchor="middle" font-size="12" fill="#444" transform="rotate(-90 12 {cy})">Seats</text>"##,
         cx = (x0 + x1) / 2.0,
-        ay = y0 + 34.0,
+        ay = y0 + 50.0,
         cy = (y0 + y1) / 2.0,
     );
-    if samples.is_empty() {
+    if let [one] = samples {
+        // One reading draws no line: it is said in words, in the chart's middle.
+        let _ = write!(
+            svg,
+            r##"<text class="one-reading" x="{cx}" y="{cy}" text-anchor="middle" font-size="14" fill="#222" stroke="#fff" stroke-width="4" paint-order="stroke">One reading in this period: {} of {} seats in use</text><text class="one-reading" x="{cx}" y="{cy2}" text-anchor="middle" font-size="14" fill="#222" stroke="#fff" stroke-width="4" paint-order="stroke">at {}</text>"##,
+            one.in_use,
+            one.count,
+            moment(one.at),
+            cx = (x0 + x1) / 2.0,
+            cy = (y0 + y1) / 2.0 - 8.0,
+            cy2 = (y0 + y1) / 2.0 + 12.0,
+        );
+    } else if samples.is_empty() {
         let _ = write!(
             svg,
             r##"<text x="{cx}" y="{cy}" text-anchor="middle" font-size="14" fill="#444">No readings in this period</text>"##,
@@ -200,7 +255,7 @@ pub fn render(
             svg,
             r##"<path class="line-count" d="{count}" fill="none" stroke="#1f5fa8" stroke-width="2" stroke-dasharray="6 4"/><path class="line-in-use" d="{used}" fill="none" stroke="#c0392b" stroke-width="2.5"/>"##
         );
-        // Few readings: mark each, so that a single one is visible too.
+        // Few readings: mark each (many make a line dense enough to see them all).
         if samples.len() <= 60 {
             for s in samples {
                 let _ = write!(
@@ -292,6 +347,58 @@ mod tests {
         assert!(svg.contains(r#"d="M192.0,16.0 H336.0 V16.0""#), "{svg}");
         assert!(svg.contains(r#"d="M192.0,166.4 H336.0 V72.4""#), "{svg}");
         assert!(!svg.contains("cad<1>"));
+    }
+
+    #[test]
+    fn time_labels_carry_their_date_and_one_reading_is_said_in_words() {
+        // 2026-11-27 23:00 to 2026-11-28 01:00 UTC: across midnight, each label dated.
+        let from = 1_795_820_400;
+        let reading = Sample {
+            at: from + 3600,
+            count: 10,
+            in_use: 3,
+        };
+        let svg = render("c3", "cad", "hour", &[reading], from, from + 7200);
+        assert!(svg.contains(">23:00<tspan"), "{svg}");
+        assert!(svg.contains(">Nov 27</tspan>"), "{svg}");
+        assert!(svg.contains(">Nov 28</tspan>"), "{svg}");
+        assert!(
+            svg.contains("One reading in this period: 3 of 10 seats in use"),
+            "{svg}"
+        );
+        assert!(svg.contains("at Nov 28, 00:00 UTC"), "{svg}");
+        // No line and no dot for a single reading.
+        assert!(
+            !svg.contains("line-in-use") && !svg.contains("<circle"),
+            "{svg}"
+        );
+        // A week: dates only.
+        let svg = render("c4", "cad", "week", &[], from, from + 7 * 86_400);
+        assert!(
+            svg.contains(">Nov 27</text>") && !svg.contains("<tspan"),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn the_latest_reading_of_each_feature_takes_the_larger_figures_of_a_pair() {
+        use crate::store::usage::UsagePoint;
+        let p = |feature: &str, at, count, in_use| UsagePoint {
+            feature: feature.into(),
+            version: "1.0".into(),
+            at,
+            count,
+            in_use,
+        };
+        assert_eq!(
+            merge_latest(&[
+                p("cad", 5, 10, 2),
+                p("cad", 5, 10, 3),
+                p("sim", 4, 2, 1),
+                p("cad", 3, 10, 9)
+            ]),
+            vec![p("cad", 5, 10, 3), p("sim", 4, 2, 1)]
+        );
     }
 
     #[test]

@@ -41,6 +41,33 @@ pub fn pair_status(p: PairStatus) -> StatusView {
     }
 }
 
+/// A server's status, or "Not started yet" (neutral, not an alarm) for a server that has
+/// never contacted the back office: registered by hand or as a pair's backup, and not
+/// started since. The code stays the contract's.
+pub fn member_status(s: ServerStatus, started: bool) -> StatusView {
+    match s {
+        ServerStatus::Inaccessible if !started => not_started(s.as_str()),
+        _ => server_status(s),
+    }
+}
+
+/// A pair's status, or "Not started yet" (neutral) while its main has never contacted the
+/// back office. The code stays the contract's.
+pub fn pair_status_of(p: PairStatus, main_started: bool) -> StatusView {
+    match p {
+        PairStatus::MainNotAvailable if !main_started => not_started(p.as_str()),
+        _ => pair_status(p),
+    }
+}
+
+fn not_started(code: &'static str) -> StatusView {
+    StatusView {
+        code,
+        label: "Not started yet",
+        class: "muted",
+    }
+}
+
 pub fn role(r: Role) -> &'static str {
     match r {
         Role::Main => "Main",
@@ -174,6 +201,19 @@ mod tests {
             "Inaccessible"
         );
         assert_eq!(server_status(ServerStatus::Ready).code, "ready");
+        // Never started: said so, neutral, with the contract's code.
+        let n = member_status(ServerStatus::Inaccessible, false);
+        assert_eq!(
+            (n.label, n.class, n.code),
+            ("Not started yet", "muted", "inaccessible")
+        );
+        assert_eq!(member_status(ServerStatus::Inaccessible, true).class, "bad");
+        let p = pair_status_of(PairStatus::MainNotAvailable, false);
+        assert_eq!((p.label, p.class), ("Not started yet", "muted"));
+        assert_eq!(
+            pair_status_of(PairStatus::MainNotAvailable, true).class,
+            "bad"
+        );
         assert_eq!(role(Role::Backup), "Backup");
         assert!(registration_note("expected").is_some());
         assert!(registration_note("registered").is_none());

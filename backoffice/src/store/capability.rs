@@ -40,6 +40,35 @@ pub struct CapabilityAnswer {
     pub key_change: Option<KeyChange>,
 }
 
+impl CapabilityAnswer {
+    /// Its revision ([`shared::capability::revision`]): what a live link compares.
+    pub fn revision(&self) -> String {
+        shared::capability::revision(
+            &self.server_id,
+            self.role,
+            self.pair.as_ref(),
+            &self.rights,
+            self.pair_token.as_ref().map(Secret::expose),
+        )
+    }
+}
+
+/// What a known server of `account_id` would be answered with now, read without writing
+/// anything (a live link looking again); `None` when it is not (or no longer) the
+/// account's.
+pub fn current_answer(
+    conn: &mut DbConn,
+    account_id: &str,
+    hostid: &shared::HostId,
+) -> AppResult<Option<CapabilityAnswer>> {
+    let Some((k, e)) = known(conn, account_id, hostid)? else {
+        return Ok(None);
+    };
+    let h = holder(&k);
+    let rights = rights_of(conn, &[h])?.remove(h).unwrap_or_default();
+    Ok(Some(answer_of(&k, &e, rights, None)))
+}
+
 /// A server's public key changed: the key IDs before (none the first time) and after.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyChange {
@@ -564,20 +593,25 @@ fn touch(
     now: i64,
 ) -> AppResult<Option<KeyChange>> {
     let new_key = key.filter(|k| row.server_key.as_deref() != Some(k.key.as_str()));
-    let sample = report.is_some()
-        && row
-            .last_sample_at
-            .is_none_or(|t| now - t >= usage::SAMPLE_EVERY);
+    let usage_json = report
+        .map(|r| serde_json::to_string(&r.usage))
+        .transpose()
+        .map_err(AppError::internal)?;
+    // A reading when the usage changed (so the latest reading is what the server said
+    // last: View Server's current usage, its chart and table are the same readings), and
+    // at least once a minute otherwise.
+    let sample = usage_json.is_some()
+        && (usage_json != row.usage_json
+            || row
+                .last_sample_at
+                .is_none_or(|t| now - t >= usage::SAMPLE_EVERY));
     let contact = Contact {
         last_contact_at: now,
         first_contact_at: row.first_contact_at.is_none().then_some(now),
         state: ServerState::Registered.as_str(),
         reported_status: report.map(|r| r.server_status.as_str()),
         reported_pair_status: report.map(|r| r.pair_status.map(PairStatus::as_str)),
-        usage_json: report
-            .map(|r| serde_json::to_string(&r.usage))
-            .transpose()
-            .map_err(AppError::internal)?,
+        usage_json,
         last_sample_at: sample.then_some(now),
         server_key: new_key.map(|k| k.key.as_str()),
         server_key_id: new_key.map(|k| k.id.as_str()),
@@ -591,7 +625,13 @@ fn touch(
         && sample
         && updated == 1
     {
-        usage::record(conn, &row.id, &r.usage, now)?;
+        usage::record(
+            conn,
+            &row.id,
+            &r.usage,
+            now,
+            row.last_sample_at == Some(now),
+        )?;
     }
     Ok(new_key.map(|k| KeyChange {
         old: row.server_key_id.clone(),
@@ -620,6 +660,7 @@ mod tests {
             rights: Vec::new(),
             report: None,
             server_key: None,
+            link: None,
         }
     }
 
@@ -831,6 +872,46 @@ mod tests {
             let next = capability(c, &acme, &poll, None, now).unwrap();
             assert_eq!(next.rights[0].max_borrow_secs, None, "{backend:?}");
             assert_eq!(next.rights[0].overdraft, 0);
+        }
+    }
+
+    #[test]
+    fn a_reading_is_kept_when_the_usage_changes_and_once_a_minute_otherwise() {
+        use shared::capability::{FeatureUsage, ServerReport, ServerStatus};
+        for tdb in testing::databases() {
+            let (pool, _) = db::connect(&tdb.url, 1).unwrap();
+            let c = &mut *pool.get().unwrap();
+            let (acme, _, _) = account(c, "Acme");
+            let report = |in_use| ServerReport {
+                server_status: ServerStatus::Active,
+                pair_status: None,
+                usage: vec![FeatureUsage {
+                    feature: "cad".into(),
+                    version: "1.0".into(),
+                    count: 10,
+                    in_use,
+                    overdraft: 0,
+                    borrowed: 0,
+                }],
+                backup_dropped: false,
+            };
+            let t0 = shared::now_unix();
+            // (seconds after t0, in use): a change a second later is read; the same usage
+            // again is not, until a minute has passed.
+            // Two within one second: the later is that second's reading.
+            for (dt, in_use) in [(0, 2), (0, 1), (1, 4), (2, 4), (61, 4)] {
+                let mut r = request("string:solo", Role::Standalone, None);
+                r.report = Some(report(in_use));
+                capability(c, &acme, &r, None, t0 + dt).unwrap();
+            }
+            let servers = crate::store::registry::list_servers(c, &acme, t0 + 61, 600).unwrap();
+            let id = servers[0].server.id.clone();
+            let readings = usage::usage_history(c, &acme, &id, t0).unwrap();
+            let got: Vec<(i64, i64)> = readings.iter().map(|p| (p.at - t0, p.in_use)).collect();
+            assert_eq!(got, vec![(0, 1), (1, 4), (61, 4)], "{}", tdb.url);
+            let latest = usage::latest_readings(c, &acme, &id).unwrap();
+            assert_eq!(latest.len(), 1);
+            assert_eq!((latest[0].at - t0, latest[0].in_use), (61, 4));
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod capability;
 pub mod catalog;
+pub mod links;
 pub mod mappings;
 pub mod registry;
 pub mod servers;
@@ -21,7 +22,9 @@ pub fn new_id() -> String {
 
 /// Serialises registry writers of one account on both backends: the first statement of the
 /// transaction is a write to the account's row, which takes PostgreSQL's row lock and
-/// SQLite's write lock before anything is read.
+/// SQLite's write lock before anything is read. Every change of an account's rights is
+/// such a write: on PostgreSQL it also tells every back-office process, once committed
+/// ([`links::announce`]), so that they wake the account's live links.
 pub fn lock_account(conn: &mut DbConn, account_id: &str) -> AppResult<()> {
     let n = diesel::update(accounts::table.find(account_id))
         .set(accounts::lock_version.eq(accounts::lock_version + 1))
@@ -29,7 +32,7 @@ pub fn lock_account(conn: &mut DbConn, account_id: &str) -> AppResult<()> {
     if n == 0 {
         return Err(AppError::not_found("account"));
     }
-    Ok(())
+    links::announce(conn, account_id)
 }
 
 /// Whether a diesel error is a unique-constraint violation.

@@ -29,6 +29,14 @@ struct Cli {
     /// This client's identity (default: hostname:pid).
     #[arg(long, env = "LICENSE_CLIENT_ID", global = true)]
     client_id: Option<String>,
+    /// The user checkouts name, what the server's options file matches (default: the
+    /// OS's, `USER`).
+    #[arg(long, env = "LICENSE_CLIENT_USER", global = true)]
+    user: Option<String>,
+    /// The host checkouts name, what the server's options file matches (default: the
+    /// OS's host name).
+    #[arg(long, env = "LICENSE_CLIENT_HOST", global = true)]
+    host: Option<String>,
     /// PEM bundle of the CA that issued the servers' certificates (https:// servers with a
     /// private CA); the system's roots are trusted too.
     #[arg(long, env = "LICENSE_SERVER_CA", global = true)]
@@ -107,45 +115,41 @@ enum Command {
         /// The file `borrow` wrote; removed once the server took the lease back.
         lease_file: std::path::PathBuf,
     },
-    /// List the server's features: count, in use, free, expiry.
+    /// List the server's features: count, in use, free, each line item's end.
     Features,
 }
 
 /// Reads a lease file written by `borrow`.
-fn read_lease(path: &std::path::Path) -> Result<Lease, ClientError> {
-    let text = std::fs::read(path).map_err(|e| {
-        ClientError::Invalid(format!(
-            "the lease file `{}` cannot be read: {e}",
-            path.display()
-        ))
-    })?;
+fn read_lease(path: &std::path::Path) -> Result<Lease, String> {
+    let text = std::fs::read(path)
+        .map_err(|e| format!("the lease file `{}` cannot be read: {e}", path.display()))?;
     serde_json::from_slice(&text).map_err(|e| {
-        ClientError::Invalid(format!(
+        format!(
             "`{}` is not a lease written by `license-client borrow`: {e}",
             path.display()
-        ))
+        )
     })
 }
 
 /// Writes a borrowed lease (it holds the lease token) readable by its owner only.
-fn write_lease(path: &std::path::Path, lease: &Lease) -> Result<(), ClientError> {
+fn write_lease(path: &std::path::Path, lease: &Lease) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let json = serde_json::to_vec_pretty(lease).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(lease).map_err(|e| e.to_string())?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .map_err(|e| {
-            ClientError::Invalid(format!(
+            format!(
                 "the lease file `{}` cannot be created (it must not exist yet): {e}",
                 path.display()
-            ))
+            )
         })?;
     f.write_all(&json)
         .and_then(|()| f.sync_all())
-        .map_err(|e| ClientError::Invalid(format!("writing `{}`: {e}", path.display())))
+        .map_err(|e| format!("writing `{}`: {e}", path.display()))
 }
 
 fn print_lease(lease: &Lease, json: bool) {
@@ -206,6 +210,12 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     if let Some(id) = &cli.client_id {
         builder = builder.client_id(id.clone());
     }
+    if let Some(user) = &cli.user {
+        builder = builder.user(user.clone());
+    }
+    if let Some(host) = &cli.host {
+        builder = builder.host(host.clone());
+    }
     let client = builder.build()?;
     match cli.command {
         Command::Checkout {
@@ -220,6 +230,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 version: feature_version,
                 count,
                 client_id: client.client_id().to_owned(),
+                user: None,
+                host: None,
                 client_secret: None,
             };
             match hold {
@@ -261,11 +273,11 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let lease = client
                 .borrow(&feature, feature_version.as_deref(), count, period)
                 .await?;
-            write_lease(&out, &lease)?;
+            write_lease(&out, &lease).map_err(ClientError::Invalid)?;
             print_lease(&lease, cli.json);
         }
         Command::ReturnBorrowed { lease_file } => {
-            let lease = read_lease(&lease_file)?;
+            let lease = read_lease(&lease_file).map_err(ClientError::Invalid)?;
             client.release(&lease).await?;
             std::fs::remove_file(&lease_file).map_err(|e| {
                 ClientError::Invalid(format!(
@@ -279,7 +291,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             }
         }
         Command::Verify { lease_file } => {
-            let lease = read_lease(&lease_file)?;
+            let lease = read_lease(&lease_file).map_err(ClientError::Invalid)?;
             let v = licensing_client::verify_borrowed(
                 &producer,
                 &lease,
@@ -316,18 +328,18 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 );
             } else {
                 println!(
-                    "{:<24} {:<10} {:>7} {:>7} {:>7}",
+                    "{:<24} {:<10} {:>7} {:>7} {:>7}  EXPIRY",
                     "FEATURE", "VERSION", "COUNT", "IN USE", "FREE"
                 );
                 for f in list {
+                    let ends = if f.expired {
+                        "expired".to_owned()
+                    } else {
+                        shared::lease::describe_ends(&f.rights)
+                    };
                     println!(
-                        "{:<24} {:<10} {:>7} {:>7} {:>7}{}",
-                        f.feature,
-                        f.version,
-                        f.count,
-                        f.in_use,
-                        f.free,
-                        if f.expired { "  (expired)" } else { "" }
+                        "{:<24} {:<10} {:>7} {:>7} {:>7}  {ends}",
+                        f.feature, f.version, f.count, f.in_use, f.free,
                     );
                 }
             }

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::domain::{
     CheckoutAsk, Denied, Event, Holder, LeaseRecord, Millis, Rights, RightsCheck, State,
 };
+use crate::options::Who;
 
 /// What a leader proposes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +176,9 @@ pub fn apply(st: &mut State, cmd: &Command, check: &RightsCheck) -> Outcome {
                 client_id,
                 holder: *holder,
                 borrow_ms: *borrow_ms,
+                // A cluster's members decide alike from the log alone: no member's
+                // options file has a say (docs/design.md, "Options file").
+                who: Who::default(),
             };
             let holds = |id: &Uuid| *shown == Some(*id);
             match st.decide_checkout(&ask, *at, *lease_ms, *lease_id, granted_by, holds) {

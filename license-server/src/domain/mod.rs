@@ -14,14 +14,16 @@ mod table;
 mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shared::capability::{CapabilityClaims, Right};
-use shared::lease::{FeatureInfo, LeaseInfo};
+use shared::lease::{FeatureInfo, FeatureRight, LeaseInfo};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::options::{Options, RuleDenial, Seats, Who};
 pub use rights::{Rights, RightsCheck, RightsError, renewal_step};
 use table::LeaseTable;
 pub use table::{CHUNK, FrozenLeases, LeaseRef};
@@ -52,6 +54,17 @@ pub const MAX_SEATS_PER_CHECKOUT: u32 = 10_000;
 pub struct FeatureKey {
     pub feature: String,
     pub version: String,
+}
+
+impl FeatureKey {
+    /// `cad 1.0`, or `cad` for an unversioned pool.
+    pub fn display(&self) -> String {
+        if self.version.is_empty() {
+            self.feature.clone()
+        } else {
+            format!("{} {}", self.feature, self.version)
+        }
+    }
 }
 
 /// What a client proves it holds its lease with: the first 16 bytes of the SHA-256 of
@@ -143,6 +156,12 @@ pub struct LeaseRecord {
     /// Who may reclaim it by checking out again ([`Holder`]).
     #[serde(default, skip_serializing_if = "Holder::is_none")]
     pub holder: Holder,
+    /// The user and host the checkout named ("" when it named none): what the options
+    /// file's `MAX` and `RESERVE` rules count.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
     /// Borrowed, or an overdraft seat.
     #[serde(default, flatten)]
     pub kind: LeaseKind,
@@ -185,6 +204,8 @@ impl LeaseRecord {
             version: self.version.clone(),
             count: self.count,
             client_id: self.client_id.clone(),
+            user: Some(self.user.clone()).filter(|u| !u.is_empty()),
+            host: Some(self.host.clone()).filter(|h| !h.is_empty()),
             granted_at: self.granted_at / 1000,
             expires_at: self.expires_at / 1000,
             granted_by: Some(self.granted_by.clone()),
@@ -252,6 +273,13 @@ pub enum Event {
     Rejoined {
         at: Millis,
     },
+    /// The options file in force changed (read at start or reloaded by the main or a
+    /// standalone server): its text, verbatim (empty: no options). A backup follows its
+    /// main's, so that it honours them when it takes over.
+    OptionsChanged {
+        text: String,
+        at: Millis,
+    },
     /// A backup was removed from its pair (by an operator on either side): it never takes
     /// over again.
     Detached {
@@ -286,6 +314,7 @@ impl Event {
             Event::WentAlone { .. } => "went_alone",
             Event::Detached { .. } => "detached",
             Event::Rejoined { .. } => "rejoined",
+            Event::OptionsChanged { .. } => "options_changed",
         }
     }
 }
@@ -303,6 +332,15 @@ pub enum Denied {
         /// When enough seats free for this request, if any lease freeing would do it.
         next_free_at: Option<Millis>,
         reason: String,
+        /// Seats asked for.
+        #[serde(default)]
+        asked: u32,
+        /// Seats free now in the pool that came closest (the most free).
+        #[serde(default)]
+        free: u32,
+        /// Seats licensed now in that pool.
+        #[serde(default)]
+        count: u32,
     },
     UnknownLease,
     /// A borrow of a pool none of whose rights is borrowable.
@@ -312,6 +350,8 @@ pub enum Denied {
         /// The longest borrow allowed (seconds).
         max_secs: u64,
     },
+    /// A rule of the options file refused.
+    Rule(RuleDenial),
 }
 
 /// What a checkout asks for (validated by the caller).
@@ -326,11 +366,39 @@ pub struct CheckoutAsk<'a> {
     /// A borrow for this long (milliseconds), or an ordinary lease (see
     /// [`State::decide_checkout`]).
     pub borrow_ms: Option<i64>,
+    /// The user and host the checkout named.
+    pub who: Who<'a>,
 }
 
-/// What one right adds to a pool (times in Unix seconds).
-#[derive(Clone, Copy, Debug)]
+/// The options file in force: its text as the event carried it, and its rules.
+#[derive(Clone, Debug, Default)]
+pub struct OptionsInForce {
+    pub text: Arc<str>,
+    pub rules: Arc<Options>,
+}
+
+impl OptionsInForce {
+    /// The options of a text (an empty text: none). A text that does not parse (written
+    /// by a newer version) puts no rules in force; the service checks every text before
+    /// it makes an event of it.
+    pub fn of(text: &str) -> Option<OptionsInForce> {
+        (!text.is_empty()).then(|| OptionsInForce {
+            text: text.into(),
+            rules: Arc::new(crate::options::parse(text).unwrap_or_default()),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Pool {
+    /// Each contributing right (times in Unix seconds).
+    parts: Vec<Part>,
+}
+
+/// One right of a pool: a line item's count, overdraft and borrow policy.
+#[derive(Clone, Debug)]
 struct Part {
+    activation_id: String,
     count: u32,
     starts_at: i64,
     expires_at: Option<i64>,
@@ -339,14 +407,9 @@ struct Part {
 }
 
 impl Part {
-    fn live(&self, secs: i64) -> bool {
+    fn in_force(&self, secs: i64) -> bool {
         self.starts_at <= secs && self.expires_at.is_none_or(|e| secs < e)
     }
-}
-
-#[derive(Clone, Debug, Default)]
-struct Pool {
-    parts: Vec<Part>,
 }
 
 impl Pool {
@@ -354,7 +417,7 @@ impl Pool {
         let secs = now.div_euclid(1000);
         self.parts
             .iter()
-            .filter(|p| p.live(secs))
+            .filter(|p| p.in_force(secs))
             .fold(0u32, |acc, p| acc.saturating_add(p.count))
     }
 
@@ -363,7 +426,7 @@ impl Pool {
         let secs = now.div_euclid(1000);
         self.parts
             .iter()
-            .filter(|p| p.live(secs))
+            .filter(|p| p.in_force(secs))
             .fold(0u32, |acc, p| acc.saturating_add(p.overdraft))
     }
 
@@ -372,7 +435,7 @@ impl Pool {
         let secs = now.div_euclid(1000);
         self.parts
             .iter()
-            .filter(|p| p.live(secs))
+            .filter(|p| p.in_force(secs))
             .filter_map(|p| p.max_borrow_secs)
             .max()
     }
@@ -385,9 +448,9 @@ impl Pool {
     fn expires_at(&self) -> Option<i64> {
         let mut latest = None;
         for p in &self.parts {
-            match &p.expires_at {
+            match p.expires_at {
                 None => return None,
-                Some(e) => latest = Some(latest.map_or(*e, |l: i64| l.max(*e))),
+                Some(e) => latest = Some(latest.map_or(e, |l: i64| l.max(e))),
             }
         }
         latest
@@ -406,6 +469,32 @@ impl Pool {
             .filter(|p| p.starts_at > secs)
             .map(|p| p.starts_at * 1000)
             .min()
+    }
+
+    /// Its rights one by one, in force now or later (not the expired), soonest end
+    /// first, permanent last.
+    fn rights(&self, now: Millis) -> Vec<FeatureRight> {
+        let secs = now.div_euclid(1000);
+        let mut out: Vec<FeatureRight> = self
+            .parts
+            .iter()
+            .filter(|p| p.expires_at.is_none_or(|e| secs < e))
+            .map(|p| FeatureRight {
+                activation_id: p.activation_id.clone(),
+                count: p.count,
+                starts_at: p.starts_at,
+                expires_at: p.expires_at,
+                started: p.starts_at <= secs,
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (a.expires_at.is_none(), a.expires_at, &a.activation_id).cmp(&(
+                b.expires_at.is_none(),
+                b.expires_at,
+                &b.activation_id,
+            ))
+        });
+        out
     }
 }
 
@@ -456,6 +545,8 @@ pub struct State {
     pub alone_from: Option<u64>,
     /// Set by a failback: the backup's history and sequence number this state took in.
     pub absorbed: Option<Fork>,
+    /// The options file in force (a backup: its main's).
+    pub options: Option<OptionsInForce>,
     leases: LeaseTable,
     /// The pools the rights make (derived from `rights`).
     pools: BTreeMap<FeatureKey, Pool>,
@@ -554,6 +645,7 @@ impl State {
             detached: self.detached.clone(),
             alone_from: self.alone_from,
             absorbed: self.absorbed,
+            options: self.options.clone(),
             leases: LeaseTable::default(),
             pools: self.pools.clone(),
         }
@@ -593,6 +685,7 @@ impl State {
             Event::WentAlone { from_seq, .. } => self.alone_from = Some(*from_seq),
             Event::Detached { reason, .. } => self.detached = Some(reason.clone()),
             Event::Rejoined { .. } => self.alone_from = None,
+            Event::OptionsChanged { text, .. } => self.options = OptionsInForce::of(text),
             Event::BackupChanged {
                 at,
                 dropped,
@@ -676,16 +769,7 @@ impl State {
                 .iter()
                 .filter(|(k, _)| k.feature == ask.feature && k.version == v)
                 .collect(),
-            None => self
-                .pools
-                .range(
-                    FeatureKey {
-                        feature: ask.feature.to_owned(),
-                        version: String::new(),
-                    }..,
-                )
-                .take_while(|(k, _)| k.feature == ask.feature)
-                .collect(),
+            None => self.pools_of_feature(ask.feature).collect(),
         };
         if candidates.is_empty() {
             return Err(Denied::UnknownFeature);
@@ -719,9 +803,16 @@ impl State {
             return self.decide_renew(&l.id, now, lease_ms);
         }
 
+        if let Some(options) = &self.options {
+            self.decide_rules(&options.rules, ask, now)
+                .map_err(Denied::Rule)?;
+        }
+
         let mut all_expired_at: Option<Millis> = Some(0);
         let mut next_free: Option<Millis> = None;
         let mut reasons = Vec::new();
+        // The pool that came closest: the most seats free (the first of equals).
+        let mut closest: Option<(u32, u32)> = None;
         for (key, pool) in &candidates {
             let cap = pool.count_at(now);
             match pool.expired_at(now) {
@@ -753,24 +844,35 @@ impl State {
                             borrowed: ask.borrow_ms.is_some(),
                             overdraft,
                         },
+                        user: ask.who.user.to_owned(),
+                        host: ask.who.host.to_owned(),
                     },
                 });
             }
+            let free = cap.saturating_sub(used);
+            if closest.is_none_or(|(f, _)| free > f) {
+                closest = Some((free, cap));
+            }
+            let name = key.display();
             let when = if cap == 0 {
-                reasons.push(format!("{} {} has not started", key.feature, key.version));
+                reasons.push(format!("{name} has not started"));
                 pool.next_start(now)
-            } else if ask.count > cap {
-                reasons.push(format!(
-                    "{} {} has {cap} seats in all, {} asked for",
-                    key.feature, key.version, ask.count
-                ));
-                None
             } else {
+                let seats = if ask.count == 1 { "seat" } else { "seats" };
+                let beyond = if ask.count > cap {
+                    format!(", more than the {cap} licensed")
+                } else {
+                    String::new()
+                };
                 reasons.push(format!(
-                    "all {cap} seats of {} {} are in use",
-                    key.feature, key.version
+                    "{} {seats} of {name} asked, {free} of {cap} free{beyond}",
+                    ask.count
                 ));
-                self.when_free(key, used, cap, ask.count)
+                if ask.count > cap {
+                    None
+                } else {
+                    self.when_free(key, used, cap, ask.count)
+                }
             };
             if let Some(w) = when {
                 next_free = Some(next_free.map_or(w, |n: Millis| n.min(w)));
@@ -779,10 +881,68 @@ impl State {
         if let Some(at) = all_expired_at {
             return Err(Denied::FeatureExpired { expired_at: at });
         }
+        let (free, count) = closest.unwrap_or_default();
         Err(Denied::NoSeat {
             next_free_at: next_free,
             reason: reasons.join("; "),
+            asked: ask.count,
+            free,
+            count,
         })
+    }
+
+    /// Every version's pool of a feature, in version order.
+    fn pools_of_feature<'a>(
+        &'a self,
+        feature: &'a str,
+    ) -> impl Iterator<Item = (&'a FeatureKey, &'a Pool)> {
+        self.pools
+            .range(
+                FeatureKey {
+                    feature: feature.to_owned(),
+                    version: String::new(),
+                }..,
+            )
+            .take_while(move |(k, _)| k.feature == feature)
+    }
+
+    /// The options file's say on a new grant: seats and live leases of every version of
+    /// the feature.
+    fn decide_rules(
+        &self,
+        options: &Options,
+        ask: &CheckoutAsk<'_>,
+        now: Millis,
+    ) -> Result<(), RuleDenial> {
+        if options.is_open(ask.feature) {
+            return Ok(());
+        }
+        let pools: Vec<&FeatureKey> = self
+            .pools_of_feature(ask.feature)
+            .filter(|(_, p)| p.expired_at(now).is_none())
+            .map(|(k, _)| k)
+            .collect();
+        let seats = Seats {
+            count: pools
+                .iter()
+                .fold(0u32, |a, k| a.saturating_add(self.count_at(k, now))),
+            used: pools
+                .iter()
+                .fold(0u32, |a, k| a.saturating_add(self.in_use(k))),
+        };
+        let leases = pools
+            .iter()
+            .filter_map(|k| self.leases.pool_id(k))
+            .flat_map(|p| self.leases.by_pool_expiry(p))
+            .filter(|(exp, _)| *exp > now)
+            .map(|(_, l)| {
+                let who = Who {
+                    user: self.leases.who(l.user),
+                    host: self.leases.who(l.client_host),
+                };
+                (who, l.count)
+            });
+        options.decide(ask.feature, ask.who, ask.count, seats, leases)
     }
 
     /// When enough leases of a pool will have expired for `want` more seats.
@@ -868,6 +1028,7 @@ impl State {
                     starts_at: pool.and_then(Pool::starts_at),
                     expires_at: pool.and_then(Pool::expires_at),
                     expired: pool.is_none_or(|p| p.expired_at(now).is_some()),
+                    rights: pool.map_or_else(Vec::new, |p| p.rights(now)),
                 }
             })
             .collect()
@@ -975,6 +1136,8 @@ impl State {
         out.active_since = None;
         out.alone_from = Some(next_seq);
         out.backup = main.backup.clone();
+        // The main's options: it read its file at this start, after the backup's copy.
+        out.options = main.options.clone();
         out.detached = None;
         out.seq = next_seq;
         out.rebuild_index();
@@ -1032,6 +1195,7 @@ fn pools_of(rights: &[Right]) -> BTreeMap<FeatureKey, Pool> {
             .or_default()
             .parts
             .push(Part {
+                activation_id: r.activation_id.clone(),
                 count: r.count,
                 starts_at: r.starts_at,
                 expires_at: r.expires_at,
@@ -1045,6 +1209,7 @@ fn pools_of(rights: &[Right]) -> BTreeMap<FeatureKey, Pool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::options::RuleKind;
 
     const LEASE: i64 = 60_000;
     const T0: Millis = 1_700_000_000_000;
@@ -1080,7 +1245,49 @@ mod tests {
             count,
             client_id: client,
             holder: Holder::of_secret(&format!("{client}'s own secret")),
+            who: Who::default(),
         }
+    }
+
+    #[test]
+    fn reserved_seats_count_across_versions_and_the_rules_follow_their_event() {
+        // 2 seats of 1.0 and 2 of 2.0; alice's group reserves 2 of the feature.
+        let mut s = state_with(vec![
+            right("cad", "1.0", 2, None),
+            right("cad", "2.0", 2, None),
+        ]);
+        s.apply(&Event::OptionsChanged {
+            text: "GROUP eng alice\nRESERVE 2 cad GROUP eng\n".into(),
+            at: T0,
+        });
+        let as_ = |client: &'static str, user: &'static str| CheckoutAsk {
+            who: Who { user, host: "h" },
+            ..ask("cad", client, 1)
+        };
+        checkout(&mut s, &as_("b1", "bob"), T0).unwrap();
+        checkout(&mut s, &as_("b2", "bob"), T0).unwrap();
+        match checkout(&mut s, &as_("b3", "bob"), T0) {
+            Err(Denied::Rule(r)) => assert_eq!((r.kind, r.line), (RuleKind::Reserved, 2)),
+            other => panic!("{other:?}"),
+        }
+        checkout(&mut s, &as_("a1", "alice"), T0).unwrap();
+        // The rules end with an empty text: bob takes the last seat.
+        s.apply(&Event::OptionsChanged {
+            text: String::new(),
+            at: T0,
+        });
+        assert!(s.options.is_none());
+        checkout(&mut s, &as_("b3", "bob"), T0).unwrap();
+        // A copy for the pair (JSON) carries the options.
+        s.apply(&Event::OptionsChanged {
+            text: "EXCLUDE cad USER bob\n".into(),
+            at: T0,
+        });
+        let copy: State = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(
+            copy.options.map(|o| o.text),
+            Some("EXCLUDE cad USER bob\n".into())
+        );
     }
 
     fn checkout(s: &mut State, a: &CheckoutAsk<'_>, now: Millis) -> Result<Uuid, Denied> {
@@ -1211,6 +1418,64 @@ mod tests {
         );
         assert!(checkout(&mut s, &borrow(3_600_000), T0).is_ok());
         assert_eq!(s.lease_count(), 1, "the refusals granted nothing");
+    }
+
+    #[test]
+    fn a_denial_says_how_many_seats_were_asked_and_how_many_are_free() {
+        let mut s = state_with(vec![right("cad", "1.0", 10, None)]);
+        checkout(&mut s, &ask("cad", "holder", 5), T0).unwrap();
+        match checkout(&mut s, &ask("cad", "big", 7), T0 + 1) {
+            Err(Denied::NoSeat {
+                reason,
+                asked,
+                free,
+                count,
+                ..
+            }) => {
+                assert_eq!(reason, "7 seats of cad 1.0 asked, 5 of 10 free");
+                assert_eq!((asked, free, count), (7, 5, 10));
+            }
+            other => panic!("{other:?}"),
+        }
+        // More than the pool has in all: said so, and no time it would free.
+        match checkout(&mut s, &ask("cad", "huge", 11), T0 + 1) {
+            Err(Denied::NoSeat {
+                reason,
+                next_free_at,
+                ..
+            }) => {
+                assert_eq!(
+                    reason,
+                    "11 seats of cad 1.0 asked, 5 of 10 free, more than the 10 licensed"
+                );
+                assert_eq!(next_free_at, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Of several versions, the numbers are the closest pool's (the most free).
+        let mut s = state_with(vec![
+            right("cad", "1.0", 2, None),
+            right("cad", "2.0", 4, None),
+        ]);
+        checkout(&mut s, &ask("cad", "a", 2), T0).unwrap();
+        checkout(&mut s, &ask("cad", "b", 1), T0).unwrap();
+        match checkout(&mut s, &ask("cad", "c", 4), T0 + 1) {
+            Err(Denied::NoSeat {
+                reason,
+                asked,
+                free,
+                count,
+                ..
+            }) => {
+                assert_eq!(
+                    reason,
+                    "4 seats of cad 1.0 asked, 0 of 2 free, more than the 2 licensed; \
+                     4 seats of cad 2.0 asked, 3 of 4 free"
+                );
+                assert_eq!((asked, free, count), (4, 3, 4));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

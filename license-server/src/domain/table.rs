@@ -2,7 +2,7 @@
 //! indexes allocation needs.
 //!
 //! Memory is the point (100,000 leases in well under 64 MiB, the whole process included).
-//! A lease is one 104-byte [`Lease`]: its ID, its client ID inline when it fits in 24
+//! A lease is one 112-byte [`Lease`]: its ID, its client ID inline when it fits in 24
 //! bytes ([`CompactString`]; longer ones, up to what a checkout allows, on the heap), its
 //! times, the 16-byte hash of its client's secret ([`Holder`]), and its pool (feature and
 //! version) and granting server as numbers into two small interned tables. Leases live in chunks of [`CHUNK`] slots behind `Arc`s, so a copy of
@@ -41,6 +41,9 @@ pub(crate) struct Lease {
     pub pool: u32,
     /// Index into the host names.
     pub host: u32,
+    /// The checkout's user and host: indexes into the client names (0: none).
+    pub user: u32,
+    pub client_host: u32,
 }
 
 /// A lease with its names resolved, borrowed from a table or from a decoder: what the
@@ -58,6 +61,9 @@ pub struct LeaseRef<'a> {
     pub expires_at: Millis,
     pub granted_seq: u64,
     pub holder: Holder,
+    /// The checkout's user and host ("" when it named none).
+    pub user: &'a str,
+    pub host: &'a str,
     pub kind: LeaseKind,
 }
 
@@ -75,6 +81,8 @@ impl LeaseRef<'_> {
             granted_by: self.granted_by.to_owned(),
             granted_seq: self.granted_seq,
             holder: self.holder,
+            user: self.user.to_owned(),
+            host: self.host.to_owned(),
             kind: self.kind,
         }
     }
@@ -94,6 +102,8 @@ impl<'a> From<&'a LeaseRecord> for LeaseRef<'a> {
             expires_at: l.expires_at,
             granted_seq: l.granted_seq,
             holder: l.holder,
+            user: &l.user,
+            host: &l.host,
             kind: l.kind,
         }
     }
@@ -102,13 +112,16 @@ impl<'a> From<&'a LeaseRecord> for LeaseRef<'a> {
 type Chunk = Arc<Vec<Option<Lease>>>;
 
 /// Interned names: pools (feature and version) and granting hosts. They are few (what the
-/// rights name, the servers of a pair) and never forgotten.
+/// rights name, the servers of a pair) and never forgotten. The users and hosts clients
+/// named are interned too (as many as the site has; number 0 is none).
 #[derive(Clone, Debug, Default)]
 struct Names {
     pools: Vec<FeatureKey>,
     pool_ids: HashMap<FeatureKey, u32>,
     hosts: Vec<Box<str>>,
     host_ids: HashMap<Box<str>, u32>,
+    who: Vec<Box<str>>,
+    who_ids: HashMap<Box<str>, u32>,
 }
 
 /// A borrowed pool key, to look a pool up without allocating.
@@ -140,6 +153,19 @@ impl Names {
         };
         self.pools.push(key.clone());
         self.pool_ids.insert(key, id);
+        id
+    }
+
+    fn intern_who(&mut self, name: &str) -> u32 {
+        if name.is_empty() {
+            return 0;
+        }
+        if let Some(id) = self.who_ids.get(name) {
+            return *id;
+        }
+        self.who.push(name.into());
+        let id = self.who.len() as u32;
+        self.who_ids.insert(name.into(), id);
         id
     }
 
@@ -232,6 +258,11 @@ impl LeaseTable {
         &self.names.hosts[host as usize]
     }
 
+    /// A user or host a client named ("" for none).
+    pub fn who(&self, id: u32) -> &str {
+        who(&self.names.who, id)
+    }
+
     /// The lease with its names.
     pub fn view<'a>(&'a self, l: &'a Lease) -> LeaseRef<'a> {
         let key = self.pool_key(l.pool);
@@ -247,6 +278,8 @@ impl LeaseTable {
             expires_at: l.expires_at,
             granted_seq: l.granted_seq,
             holder: l.holder,
+            user: self.who(l.user),
+            host: self.who(l.client_host),
             kind: l.kind,
         }
     }
@@ -323,6 +356,8 @@ impl LeaseTable {
             count: l.count,
             pool: self.names.intern_pool(l.feature, l.version),
             host: self.names.intern_host(l.granted_by),
+            user: self.names.intern_who(l.user),
+            client_host: self.names.intern_who(l.host),
         };
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -453,6 +488,7 @@ impl LeaseTable {
             len: self.len,
             pools: self.names.pools.clone(),
             hosts: self.names.hosts.clone(),
+            who: self.names.who.clone(),
         }
     }
 }
@@ -464,6 +500,14 @@ pub struct FrozenLeases {
     len: usize,
     pools: Vec<FeatureKey>,
     hosts: Vec<Box<str>>,
+    who: Vec<Box<str>>,
+}
+
+fn who(names: &[Box<str>], id: u32) -> &str {
+    match id {
+        0 => "",
+        n => &names[n as usize - 1],
+    }
 }
 
 impl FrozenLeases {
@@ -493,6 +537,8 @@ impl FrozenLeases {
                     expires_at: l.expires_at,
                     granted_seq: l.granted_seq,
                     holder: l.holder,
+                    user: who(&self.who, l.user),
+                    host: who(&self.who, l.client_host),
                     kind: l.kind,
                 }
             })
@@ -516,13 +562,15 @@ mod tests {
             granted_by: "string:me".into(),
             granted_seq: 1,
             holder: Holder::of_secret(client),
+            user: String::new(),
+            host: String::new(),
             kind: LeaseKind::default(),
         }
     }
 
     #[test]
-    fn a_lease_is_104_bytes() {
-        assert_eq!(std::mem::size_of::<Option<Lease>>(), 104);
+    fn a_lease_is_112_bytes() {
+        assert_eq!(std::mem::size_of::<Option<Lease>>(), 112);
     }
 
     #[test]

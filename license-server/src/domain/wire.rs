@@ -12,7 +12,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
 use super::table::LeaseTable;
-use super::{BackupState, Fork, LeaseRecord, LeaseRef, Millis, Rights, State, pools_of};
+use super::{
+    BackupState, Fork, LeaseRecord, LeaseRef, Millis, OptionsInForce, Rights, State, pools_of,
+};
 
 #[derive(Serialize)]
 struct StateOut<'a> {
@@ -32,6 +34,8 @@ struct StateOut<'a> {
     alone_from: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     absorbed: Option<Fork>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    options: Option<&'a str>,
     leases: LeasesOut<'a>,
 }
 
@@ -61,6 +65,7 @@ impl Serialize for State {
             detached: &self.detached,
             alone_from: self.alone_from,
             absorbed: self.absorbed,
+            options: self.options.as_ref().map(|o| &*o.text),
             leases: LeasesOut(&self.leases),
         }
         .serialize(s)
@@ -87,6 +92,8 @@ struct StateIn {
     alone_from: Option<u64>,
     #[serde(default)]
     absorbed: Option<Fork>,
+    #[serde(default)]
+    options: Option<String>,
     leases: LeasesIn,
 }
 
@@ -128,6 +135,7 @@ impl<'de> Deserialize<'de> for State {
             detached: s.detached,
             alone_from: s.alone_from,
             absorbed: s.absorbed,
+            options: s.options.as_deref().and_then(OptionsInForce::of),
             leases: s.leases.0,
         })
     }

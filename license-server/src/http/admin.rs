@@ -1,17 +1,18 @@
 //! The operator API (`ADMIN_TOKEN`, checked by the scope before anything runs): who
-//! holds what, force-release, and the pair's membership.
+//! holds what, force-release, the pair's membership, and a poll of the back office now.
 
 use actix_web::{HttpResponse, delete, get, post, put, web};
 use http_kit::error_responses;
 use http_kit::extract::Json;
 use http_kit::openapi::{ErrDoc, err, too_large, too_slow};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use shared::ErrorCode::*;
-use shared::lease::LeaseInfo;
+use shared::lease::{FeatureInfo, LeaseInfo, PoolHolders};
 
 use super::client::{not_durable, not_serving};
 use super::{SMALL_BODY_LIMIT, lease_id};
 use crate::error::ServiceError;
+use crate::service::options::OptionsLoaded;
 use crate::service::{Service, StatusView};
 
 fn operator() -> [ErrDoc; 2] {
@@ -44,6 +45,64 @@ pub async fn leases(
     feature: web::Path<String>,
 ) -> Result<HttpResponse, ServiceError> {
     Ok(HttpResponse::Ok().json(svc.leases_of(&feature)?))
+}
+
+error_responses!(UsageErrors = [operator()]);
+
+/// Every feature's pool (count, in use, free, its rights one by one with their ends) and
+/// who holds its seats (client, seats, since, until, granting server): the `lmstat -a`
+/// view.
+#[utoipa::path(
+    tag = "operator",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The pools and their leases", body = Vec<PoolHolders>),
+        UsageErrors,
+    )
+)]
+#[get("/usage")]
+pub async fn usage(svc: web::Data<Service>) -> HttpResponse {
+    HttpResponse::Ok().json(svc.holders())
+}
+
+/// `POST /api/v1/admin/reread` answer: the features before and after the poll.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Reread {
+    /// The features before the poll.
+    pub before: Vec<FeatureInfo>,
+    /// The features once the back office's answer was taken.
+    pub after: Vec<FeatureInfo>,
+}
+
+error_responses!(
+    RereadErrors = [
+        operator(),
+        err(
+            Unavailable,
+            "the back office gave no new rights: it is unreachable, refused the request or sent an answer that does not verify (the message says which)"
+        ),
+    ]
+);
+
+/// Polls the back office now (`lmreread`) and answers once its answer is verified and
+/// taken, with the features before and after. A poll under way is let finish and
+/// another is made; operators asking at once share one.
+#[utoipa::path(
+    tag = "operator",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The features before and after the poll", body = Reread),
+        RereadErrors,
+    )
+)]
+#[post("/reread")]
+pub async fn reread(svc: web::Data<Service>) -> Result<HttpResponse, ServiceError> {
+    let before = svc.features();
+    svc.poll_now().await?;
+    Ok(HttpResponse::Ok().json(Reread {
+        before,
+        after: svc.features(),
+    }))
 }
 
 error_responses!(
@@ -146,4 +205,34 @@ pub async fn pair_backup(
         .map_err(|why| ServiceError::validation("url", format!("the backup's URL {why}")))?;
     svc.set_backup(url).await?;
     Ok(HttpResponse::Ok().json(svc.status()))
+}
+
+error_responses!(
+    ReloadOptionsErrors = [
+        operator(),
+        err(
+            ValidationError,
+            "no options file is set, or the file is refused (`options_line` names the line; the options in force are kept)"
+        ),
+        err(
+            RoleConflict,
+            "this server is a backup: it honours its main's options"
+        ),
+        not_durable(),
+    ]
+);
+
+/// Reads the options file (`LICENSING_OPTIONS_FILE`) again and puts it in force, as
+/// `SIGHUP` does; a bad file is refused with its line and the options in force stay.
+#[utoipa::path(
+    tag = "operator",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The options file now in force", body = OptionsLoaded),
+        ReloadOptionsErrors,
+    )
+)]
+#[post("/options/reload")]
+pub async fn reload_options(svc: web::Data<Service>) -> Result<HttpResponse, ServiceError> {
+    Ok(HttpResponse::Ok().json(svc.reload_options().await?))
 }

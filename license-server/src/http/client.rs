@@ -81,6 +81,18 @@ error_responses!(
             "every seat is taken; `next_free_at` says when one frees at the latest"
         ),
         err(FeatureExpired, "every right of the feature has expired"),
+        err(
+            Excluded,
+            "the options file keeps this client's user or host from the feature (`options_line`)"
+        ),
+        err(
+            OverMax,
+            "the options file's MAX for this client's user, host or group would pass (`options_line`)"
+        ),
+        err(
+            Reserved,
+            "the seats left are reserved for others by the options file (`options_line`)"
+        ),
         not_serving(),
         not_grantable(),
         busy(),

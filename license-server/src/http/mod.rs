@@ -232,9 +232,12 @@ where
                 .wrap(body_deadline(ctx.body_timeout))
                 .wrap(require_bearer(ctx.admin.clone()))
                 .service(admin::leases)
+                .service(admin::usage)
+                .service(admin::reread)
                 .service(admin::release)
                 .service(admin::pair_detach)
-                .service(admin::pair_backup),
+                .service(admin::pair_backup)
+                .service(admin::reload_options),
         )
         .service(
             scope::scope("/api/v1/pair")

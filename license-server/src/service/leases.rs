@@ -1,5 +1,6 @@
 //! Leases: checkout, renew, return and an operator's release, each decided under the
-//! state lock and answered once durable; lease tokens (HMAC-SHA256 of the lease ID with a
+//! state lock and answered once durable (a return as soon as it is queued: see
+//! [`Service::return_lease`]); lease tokens (HMAC-SHA256 of the lease ID with a
 //! key kept in the state, so a restarted server or a backup fed the same changes verifies
 //! tokens it did not issue); grants signed with this server's key, after the lock is
 //! released; expiry of leases not renewed in time.
@@ -16,7 +17,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use shared::capability::Role;
 use shared::grant::GrantClaims;
-use shared::lease::{CheckoutRequest, FeatureInfo, Lease, LeaseInfo, MAX_BORROW_SECS};
+use shared::lease::{CheckoutRequest, FeatureInfo, Lease, LeaseInfo, MAX_BORROW_SECS, PoolHolders};
 use uuid::Uuid;
 
 use super::{Service, fmt_time, now_ms};
@@ -25,6 +26,7 @@ use crate::domain::{
 };
 use crate::error::ServiceError;
 use crate::identity::Binding;
+use crate::options::Who;
 use crate::pair::Serving;
 use crate::store;
 
@@ -73,6 +75,8 @@ impl Service {
             version: grant.version,
             count: r.count,
             client_id: grant.sub,
+            user: Some(r.user.clone()).filter(|u| !u.is_empty()),
+            host: Some(r.host.clone()).filter(|h| !h.is_empty()),
             granted_at: r.granted_at / 1000,
             expires_at: grant.exp,
             renew_after: if r.kind.borrowed {
@@ -146,10 +150,16 @@ impl Service {
             Denied::NoSeat {
                 next_free_at,
                 reason,
+                asked,
+                free,
+                count,
             } => ServiceError::NoLicense {
-                message: format!("no seat of `{feature}` is free: {reason}"),
+                message: format!("no license of `{feature}` available: {reason}"),
                 // Round up: the seat is free at that second at the latest.
                 next_free_at: next_free_at.map(|ms| (ms + 999) / 1000),
+                asked,
+                free,
+                count,
             },
             Denied::UnknownLease => ServiceError::NotFound(
                 "no such lease: it expired, was returned, or never existed".into(),
@@ -166,6 +176,11 @@ impl Service {
                     humantime::format_duration(std::time::Duration::from_secs(max_secs))
                 ),
             ),
+            Denied::Rule(r) => ServiceError::Rule {
+                kind: r.kind,
+                line: r.line,
+                message: r.message,
+            },
         };
         self.metrics.deny(err.code());
         err
@@ -227,6 +242,10 @@ impl Service {
                 .as_ref()
                 .map_or(Holder::NONE, |s| Holder::of_secret(s.expose())),
             borrow_ms: borrow_ms(req),
+            who: Who {
+                user: req.user.as_deref().unwrap_or_default(),
+                host: req.host.as_deref().unwrap_or_default(),
+            },
         };
         let now = now_ms();
         let (rec, renewed, seq, rx, binding) = {
@@ -326,6 +345,13 @@ impl Service {
         Ok(self.lease_view(&rec, &binding))
     }
 
+    /// Returns a lease. Answered as soon as it is applied and queued to the store, without
+    /// waiting for its `fdatasync` or the backup: a return lost in a crash can only keep
+    /// its seat held until the lease would have lapsed, never hand it out twice. The
+    /// journal and the pair's stream are ordered, so any change that hands the freed seat
+    /// to someone else comes after the return, and that change is answered only once it
+    /// is durable (and on the backup) — with the return before it. (A cluster member
+    /// commits returns through the cluster like any change.)
     pub async fn return_lease(&self, id: &Uuid, token: Option<&str>) -> Result<(), ServiceError> {
         if let Some(c) = self.cluster() {
             return self.return_in_cluster(c, id, token).await;
@@ -333,16 +359,14 @@ impl Service {
         self.refuse_if_not_serving()?;
         self.authorize(id, token)?;
         let now = now_ms();
-        let (seq, rx) = {
+        {
             let mut st = self.state.lock();
             self.ensure_serving_locked(&st, now)
                 .inspect_err(|e| self.metrics.deny(e.code()))?;
             let ev = st.decide_return(id, now).map_err(|d| self.denied(d, ""))?;
             let seq = st.apply(&ev);
-            (seq, self.store.submit(seq, ev))
-        };
-        store::acked(rx).await?;
-        self.replicated(seq).await;
+            self.store.submit_nowait(seq, ev);
+        }
         self.metrics.returns.inc();
         Ok(())
     }
@@ -372,6 +396,31 @@ impl Service {
 
     pub fn features(&self) -> Vec<FeatureInfo> {
         self.state.lock().features(now_ms())
+    }
+
+    /// Every pool with its leases (oldest first), read at one instant.
+    pub fn holders(&self) -> Vec<PoolHolders> {
+        let st = self.state.lock();
+        let features = st.features(now_ms());
+        let mut leases: Vec<LeaseInfo> = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for f in &features {
+            if seen.insert(f.feature.as_str()) {
+                leases.extend(st.leases_of(&f.feature));
+            }
+        }
+        drop(st);
+        features
+            .into_iter()
+            .map(|pool| PoolHolders {
+                leases: leases
+                    .iter()
+                    .filter(|l| l.feature == pool.feature && l.version == pool.version)
+                    .cloned()
+                    .collect(),
+                pool,
+            })
+            .collect()
     }
 
     pub fn leases_of(&self, feature: &str) -> Result<Vec<LeaseInfo>, ServiceError> {
@@ -407,6 +456,23 @@ pub fn validate_checkout(req: &CheckoutRequest) -> Result<(), ServiceError> {
         return Err(ServiceError::validation(
             "client_id",
             "client_id must be 1 to 256 printable characters identifying the client",
+        ));
+    }
+    let word_ok = |s: &str| name_ok(s) && !s.chars().any(char::is_whitespace);
+    if let Some(user) = &req.user
+        && !word_ok(user)
+    {
+        return Err(ServiceError::validation(
+            "user",
+            "user must be 1 to 256 printable characters without spaces (the OS user name)",
+        ));
+    }
+    if let Some(host) = &req.host
+        && !word_ok(host)
+    {
+        return Err(ServiceError::validation(
+            "host",
+            "host must be 1 to 256 printable characters without spaces (the host name)",
         ));
     }
     if let Some(secret) = &req.client_secret {
@@ -479,6 +545,8 @@ mod tests {
             version: None,
             count: 1,
             client_id: client.into(),
+            user: None,
+            host: None,
             client_secret: Some(ClientSecret::new(format!("{client}-secret-0123456789"))),
         }
     }

@@ -4,7 +4,9 @@
 //! Every change follows the same path: under the state lock, decide (pure domain), apply
 //! to the in-memory state and queue the event to the store (in sequence order); release
 //! the lock; wait until the event is durable (and, on a main with a backup in sync, until
-//! the backup holds it); answer.
+//! the backup holds it); answer. Returns (and expiries) alone do not wait: losing one in a
+//! crash keeps a seat held a little longer, never hands it out twice (see
+//! [`Service::return_lease`]).
 //!
 //! The parts: [`leases`] (checkout, renew, return, release, tokens, signed grants,
 //! expiry), [`rights`] (the back office's verified answers: rights, binding, the pair's
@@ -42,6 +44,7 @@
 
 pub mod leases;
 pub mod member;
+pub mod options;
 pub mod pair;
 pub mod peer;
 pub mod rights;
@@ -70,7 +73,7 @@ use crate::store::{self, Store};
 
 pub use pair::{Position, Replication};
 pub use peer::Peer;
-pub use rights::{AnswerOutcome, RightsChange};
+pub use rights::{AnswerOutcome, PollOutcome, RightsChange};
 pub use status::{
     BackofficeStatus, Contact, PairSecretSource, PairView, RightsSummary, StatusView, TrustView,
 };
@@ -102,6 +105,8 @@ pub struct ServiceConfig {
     pub failover_timeout_ms: i64,
     /// Backup: the longest it serves alone (`FAILOVER_MAINTENANCE_INTERVAL`).
     pub maintenance_ms: i64,
+    /// `LICENSING_OPTIONS_FILE`.
+    pub options_file: Option<std::path::PathBuf>,
 }
 
 impl ServiceConfig {
@@ -117,6 +122,7 @@ impl ServiceConfig {
             backoffice_url: String::new(),
             failover_timeout_ms: 1_000,
             maintenance_ms: 21 * 86_400_000,
+            options_file: None,
         }
     }
 }
@@ -142,6 +148,8 @@ pub struct Service {
     identity: Arc<Identity>,
     /// A member of a three-member cluster: every change goes through it.
     cluster: Option<Arc<Cluster>>,
+    /// Operators' requests to poll the back office now.
+    poll_now: rights::PollNow,
 }
 
 impl std::fmt::Debug for Service {
@@ -245,6 +253,7 @@ impl Service {
             last_error: None,
             poll_interval_secs: None,
             next_attempt_at: None,
+            link_up: false,
         };
         Ok(Arc::new(Service {
             hostid_str: cfg.hostid.to_string(),
@@ -261,6 +270,7 @@ impl Service {
             peer,
             identity,
             cluster,
+            poll_now: rights::PollNow::new(),
         }))
     }
 

@@ -1,9 +1,14 @@
 //! The back office's answers: this server's own (from its polls) brings its binding, the
 //! pair's secret and its rights; rights replace the current ones (durably, the answer
 //! verbatim) unless the answer is older than the one they came from. Also the usage
-//! report the poller sends with each capability request.
+//! report the poller sends with each capability request, and an operator's "poll now"
+//! ([`PollNow`], `license-server reread`).
 
+use std::time::Duration;
+
+use parking_lot::Mutex;
 use shared::capability::{CapabilityClaims, FeatureUsage, Role, ServerReport};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Service, now_ms};
 use crate::domain::{Event, Rights};
@@ -22,7 +27,78 @@ pub struct AnswerOutcome {
     pub identity: Result<AnswerTaken, BindingError>,
 }
 
+/// How a poll asked for by an operator ended: `Err` says why the back office gave no
+/// verified answer.
+pub type PollOutcome = Result<(), String>;
+
+/// Operators' requests to poll the back office now (`lmreread`), each answered with the
+/// outcome of the poll that served it; requests made while a poll is under way share
+/// the next one. The poller takes the receiving side once ([`PollNow::take`]).
+pub struct PollNow {
+    tx: mpsc::Sender<oneshot::Sender<PollOutcome>>,
+    rx: Mutex<Option<mpsc::Receiver<oneshot::Sender<PollOutcome>>>>,
+}
+
+/// The longest an operator waits for a poll asked for: the poller's request times out
+/// after 10 s, and one under way may have to end first.
+const POLL_NOW_WAIT: Duration = Duration::from_secs(30);
+
+impl PollNow {
+    pub fn new() -> PollNow {
+        // A few operators at once at most; more wait for room.
+        let (tx, rx) = mpsc::channel(16);
+        PollNow {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// The requests, for the poller (once; `None` after).
+    pub fn take(&self) -> Option<mpsc::Receiver<oneshot::Sender<PollOutcome>>> {
+        self.rx.lock().take()
+    }
+}
+
+impl Default for PollNow {
+    fn default() -> Self {
+        PollNow::new()
+    }
+}
+
 impl Service {
+    /// Makes the poller ask the back office now and waits for the outcome: `Ok` once a
+    /// verified answer was taken (rights changed or not); `UNAVAILABLE` with the back
+    /// office's error otherwise.
+    pub async fn poll_now(&self) -> Result<(), ServiceError> {
+        let not_running =
+            || ServiceError::Unavailable("this server's poller is not running".to_owned());
+        let (reply, outcome) = oneshot::channel();
+        let asked = async {
+            self.poll_now
+                .tx
+                .send(reply)
+                .await
+                .map_err(|_| not_running())?;
+            outcome.await.map_err(|_| not_running())
+        };
+        match tokio::time::timeout(POLL_NOW_WAIT, asked).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(why))) => Err(ServiceError::Unavailable(format!(
+                "the back office gave no new rights: {why}"
+            ))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ServiceError::Unavailable(format!(
+                "the back office did not answer within {} s",
+                POLL_NOW_WAIT.as_secs()
+            ))),
+        }
+    }
+
+    /// The operators' requests to poll now, for the poller (once).
+    pub fn poll_requests(&self) -> Option<mpsc::Receiver<oneshot::Sender<PollOutcome>>> {
+        self.poll_now.take()
+    }
+
     /// Takes this server's own answer from the back office, which the poller verified in
     /// full (signature, addressee, request, freshness): its binding and the pair's secret,
     /// then its rights.

@@ -44,6 +44,9 @@ pub struct BackofficeStatus {
     pub poll_interval_secs: Option<u64>,
     /// When the next capability request is due (Unix time, seconds).
     pub next_attempt_at: Option<i64>,
+    /// The live link is open: a change of rights arrives within a second, not at the next
+    /// poll.
+    pub link_up: bool,
 }
 
 impl Service {

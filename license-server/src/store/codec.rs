@@ -25,8 +25,10 @@
 //! | 13 | `Detached` | at; reason: str |
 //! | 14 | `BackupChanged` | at; dropped: bool; uri: option str; reason: str |
 //! | 15 | `RightsUpdated` | rights: str (the capability answer, verbatim); at: i64 |
-//! | 16 | `LeaseGranted` (before borrowing and overdraft: neither) | lease; holder: 16 bytes (zero: none) |
-//! | 19 | `LeaseGranted` | lease; holder; kind: u8 (bit 0 borrowed, bit 1 overdraft; other bits refused) |
+//! | 16 | `LeaseGranted` (before users, hosts, borrowing and overdraft: none of them) | lease; holder: 16 bytes (zero: none) |
+//! | 17 | `LeaseGranted` (before borrowing and overdraft: neither) | lease; holder: 16 bytes; user: str; host: str (empty: none) |
+//! | 18 | `OptionsChanged` | text: str (the options file, verbatim; empty: none); at: i64 |
+//! | 19 | `LeaseGranted` | lease; holder: 16 bytes; user: str; host: str (empty: none); kind: u8 (bit 0 borrowed, bit 1 overdraft; other bits refused) |
 //!
 //! `right` = activation_id: str, feature: str, version: str, count: u32, starts_at: i64,
 //! expires_at: option i64. `lease` = id, feature: str, version: str, count: u32,
@@ -42,21 +44,26 @@
 //!
 //! | tag | section | fields |
 //! |---:|---|---|
-//! | 4 | head (first) | seq: u64; lease_key: option str; rights: option str (the capability answer, verbatim); rights_updated_at: option i64; history: uuid; fork: option (history: uuid, seq: u64); active_since: option i64; backup: (dropped: bool, uri: option str, reason: option str, changed_at: option i64); detached: option str; alone_from: option u64; absorbed: option fork |
-//! | 8 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64, holder: 16 bytes, kind: u8 as in tag 19)* |
+//! | 7 | head (first) | as 4, then options: option str (the options file in force, verbatim) |
+//! | 4 | head, before options | seq: u64; lease_key: option str; rights: option str (the capability answer, verbatim); rights_updated_at: option i64; history: uuid; fork: option (history: uuid, seq: u64); active_since: option i64; backup: (dropped: bool, uri: option str, reason: option str, changed_at: option i64); detached: option str; alone_from: option u64; absorbed: option fork |
+//! | 8 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; names: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64, holder: 16 bytes, user: u32, client host: u32, kind: u8 as in tag 19)* (user and client host: 0 none, n the n-th name) |
 //! | 3 | end (last) | leases: u64 (how many in all); sections: u64 (lease sections) |
 //! | 1 | head, before signed rights | as 4, but rights: count, right*; rights_updated_at; rights_issued_at: i64 |
-//! | 2 | leases, before holders | as 8 without holder and kind |
-//! | 5 | leases, before borrowing and overdraft | as 8 without kind |
+//! | 6 | leases, before borrowing and overdraft | as 8 without kind |
+//! | 5 | leases, before users and hosts | as 6 without names, user and client host |
+//! | 2 | leases, before holders | as 5 without holder |
 //!
 //! Each lease section carries its own small name tables, so that a damaged section loses
 //! only its own leases. Every decoder checks every length against the bytes left before
 //! it allocates, rejects trailing bytes, and never panics, whatever the input.
 
+use std::collections::HashMap;
+
 use uuid::Uuid;
 
 use crate::domain::{
-    BackupState, Event, Fork, Frozen, Holder, LeaseKind, LeaseRecord, LeaseRef, Rights, State,
+    BackupState, Event, Fork, Frozen, Holder, LeaseKind, LeaseRecord, LeaseRef, OptionsInForce,
+    Rights, State,
 };
 
 /// Why a payload could not be decoded.
@@ -288,6 +295,8 @@ fn get_lease(d: &mut Dec<'_>) -> Result<LeaseRecord> {
         granted_by: d.string()?,
         granted_seq: d.u64()?,
         holder: Holder::NONE,
+        user: String::new(),
+        host: String::new(),
         kind: LeaseKind::default(),
     })
 }
@@ -310,6 +319,8 @@ pub fn put_record(buf: &mut Vec<u8>, seq: u64, event: &Event) {
             e.u8(19);
             put_lease(e, l);
             e.holder(&l.holder);
+            e.str(&l.user);
+            e.str(&l.host);
             e.u8(l.kind.bits());
         }
         Event::LeaseRenewed { id, at, expires_at } => {
@@ -355,6 +366,11 @@ pub fn put_record(buf: &mut Vec<u8>, seq: u64, event: &Event) {
             e.u8(12);
             e.i64(*at);
         }
+        Event::OptionsChanged { text, at } => {
+            e.u8(18);
+            e.str(text);
+            e.i64(*at);
+        }
         Event::Detached { at, reason } => {
             e.u8(13);
             e.i64(*at);
@@ -396,9 +412,13 @@ pub fn get_record(payload: &[u8]) -> Result<(u64, Event)> {
             rights: Rights::unverified(d.str()?),
             at: d.i64()?,
         },
-        tag @ (16 | 19) => {
+        tag @ (16 | 17 | 19) => {
             let mut lease = get_lease(&mut d)?;
             lease.holder = d.holder()?;
+            if tag != 16 {
+                lease.user = d.string()?;
+                lease.host = d.string()?;
+            }
             if tag == 19 {
                 lease.kind = d.lease_kind()?;
             }
@@ -432,6 +452,10 @@ pub fn get_record(payload: &[u8]) -> Result<(u64, Event)> {
             from_seq: d.u64()?,
         },
         12 => Event::Rejoined { at: d.i64()? },
+        18 => Event::OptionsChanged {
+            text: d.string()?,
+            at: d.i64()?,
+        },
         13 => Event::Detached {
             at: d.i64()?,
             reason: d.string()?,
@@ -453,9 +477,13 @@ pub const SECTION_HEAD_V1: u8 = 1;
 /// Leases before holders.
 pub const SECTION_LEASES_V1: u8 = 2;
 pub const SECTION_END: u8 = 3;
-pub const SECTION_HEAD: u8 = 4;
-/// Leases before borrowing and overdraft.
+/// Head before options.
+pub const SECTION_HEAD_V2: u8 = 4;
+pub const SECTION_HEAD: u8 = 7;
+/// Leases before users and hosts.
 pub const SECTION_LEASES_V2: u8 = 5;
+/// Leases before borrowing and overdraft.
+pub const SECTION_LEASES_V3: u8 = 6;
 pub const SECTION_LEASES: u8 = 8;
 
 fn put_fork(e: &mut Enc<'_>, f: Fork) {
@@ -488,6 +516,7 @@ pub fn put_head(buf: &mut Vec<u8>, s: &State) {
     e.opt(s.detached.as_deref(), Enc::str);
     e.opt(s.alone_from, Enc::u64);
     e.opt(s.absorbed, put_fork);
+    e.opt(s.options.as_ref().map(|o| &*o.text), Enc::str);
 }
 
 /// What a snapshot section holds.
@@ -510,12 +539,12 @@ pub enum Section<'a> {
 pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
     let mut d = Dec::new(payload);
     let section = match d.u8()? {
-        tag @ (SECTION_HEAD | SECTION_HEAD_V1) => {
+        tag @ (SECTION_HEAD | SECTION_HEAD_V2 | SECTION_HEAD_V1) => {
             let mut s = State::default();
             let mut unsigned_rights = 0;
             s.seq = d.u64()?;
             s.lease_key = d.opt(Dec::string)?;
-            if tag == SECTION_HEAD {
+            if tag != SECTION_HEAD_V1 {
                 s.rights = d.opt(|d| d.str().map(Rights::unverified))?;
                 s.rights_updated_at = d.opt(Dec::i64)?;
             } else {
@@ -535,13 +564,16 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
             s.detached = d.opt(Dec::string)?;
             s.alone_from = d.opt(Dec::u64)?;
             s.absorbed = d.opt(get_fork)?;
+            if tag == SECTION_HEAD {
+                s.options = d.opt(Dec::str)?.and_then(OptionsInForce::of);
+            }
             s.rebuild_index();
             Section::Head {
                 state: Box::new(s),
                 unsigned_rights,
             }
         }
-        tag @ (SECTION_LEASES | SECTION_LEASES_V2 | SECTION_LEASES_V1) => {
+        tag @ (SECTION_LEASES | SECTION_LEASES_V3 | SECTION_LEASES_V2 | SECTION_LEASES_V1) => {
             let n = d.count(2)?;
             let mut pools = Vec::with_capacity(n);
             for _ in 0..n {
@@ -552,6 +584,18 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
             for _ in 0..n {
                 hosts.push(d.str()?);
             }
+            let mut names = Vec::new();
+            if tag == SECTION_LEASES || tag == SECTION_LEASES_V3 {
+                let n = d.count(1)?;
+                names.reserve(n);
+                for _ in 0..n {
+                    names.push(d.str()?);
+                }
+            }
+            let name = |i: u32| match i {
+                0 => Ok(""),
+                i => names.get(i as usize - 1).copied().ok_or(DecodeError::Range),
+            };
             let n = d.count(16 + 8)?;
             let mut leases = Vec::with_capacity(n);
             for _ in 0..n {
@@ -568,6 +612,11 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
                     Holder::NONE
                 } else {
                     d.holder()?
+                };
+                let (user, host) = if tag == SECTION_LEASES || tag == SECTION_LEASES_V3 {
+                    (name(d.u32()?)?, name(d.u32()?)?)
+                } else {
+                    ("", "")
                 };
                 let kind = if tag == SECTION_LEASES {
                     d.lease_kind()?
@@ -587,6 +636,8 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
                     granted_seq,
                     holder,
                     kind,
+                    user,
+                    host,
                 });
             }
             Section::Leases(leases)
@@ -631,9 +682,22 @@ pub fn put_snapshot(
     out(buf)
 }
 
-fn put_leases(buf: &mut Vec<u8>, leases: &[LeaseRef<'_>]) {
+fn put_leases<'a>(buf: &mut Vec<u8>, leases: &[LeaseRef<'a>]) {
     let mut pools: Vec<(&str, &str)> = Vec::new();
     let mut hosts: Vec<&str> = Vec::new();
+    // Users and hosts clients named: 0 is none, n the n-th name.
+    let mut names: Vec<&str> = Vec::new();
+    let mut name_ids: HashMap<&str, u64> = HashMap::new();
+    let mut name_of = |n: &'a str| -> u64 {
+        if n.is_empty() {
+            return 0;
+        }
+        *name_ids.entry(n).or_insert_with(|| {
+            names.push(n);
+            names.len() as u64
+        })
+    };
+    let mut who = Vec::with_capacity(leases.len());
     let mut refs = Vec::with_capacity(leases.len());
     // Names of a section are few (the pools and hosts its leases use): a linear search
     // with a one-entry cache is the fastest index.
@@ -664,6 +728,7 @@ fn put_leases(buf: &mut Vec<u8>, leases: &[LeaseRef<'_>]) {
         };
         (last_pool, last_host) = (p, h);
         refs.push((p, h));
+        who.push((name_of(l.user), name_of(l.host)));
     }
     let e = &mut Enc(buf);
     e.u8(SECTION_LEASES);
@@ -676,8 +741,12 @@ fn put_leases(buf: &mut Vec<u8>, leases: &[LeaseRef<'_>]) {
     for h in &hosts {
         e.str(h);
     }
+    e.u64(names.len() as u64);
+    for n in &names {
+        e.str(n);
+    }
     e.u64(leases.len() as u64);
-    for (l, (p, h)) in leases.iter().zip(refs) {
+    for ((l, (p, h)), (user, host)) in leases.iter().zip(refs).zip(who) {
         e.uuid(&l.id);
         e.str(l.client_id);
         e.u64(p as u64);
@@ -688,6 +757,8 @@ fn put_leases(buf: &mut Vec<u8>, leases: &[LeaseRef<'_>]) {
         e.i64(l.expires_at.wrapping_sub(l.renewed_at));
         e.u64(l.granted_seq);
         e.holder(&l.holder);
+        e.u64(user);
+        e.u64(host);
         e.u8(l.kind.bits());
     }
 }
@@ -717,6 +788,8 @@ pub(crate) mod tests {
                     granted_by: "string:me".into(),
                     granted_seq: u64::MAX,
                     holder: Holder::of_secret("host:1234's secret"),
+                    user: "alice".into(),
+                    host: "ws-17".into(),
                     kind: LeaseKind {
                         borrowed: true,
                         overdraft: true,
@@ -736,6 +809,8 @@ pub(crate) mod tests {
                     granted_by: "string:me".into(),
                     granted_seq: 7,
                     holder: Holder::NONE,
+                    user: String::new(),
+                    host: String::new(),
                     kind: LeaseKind::default(),
                 },
             },
@@ -760,6 +835,10 @@ pub(crate) mod tests {
                 from_seq: 11,
             },
             Event::Rejoined { at: 12 },
+            Event::OptionsChanged {
+                text: "GROUP eng alice\nRESERVE 1 cad GROUP eng\n".into(),
+                at: 14,
+            },
             Event::Detached {
                 at: 13,
                 reason: "gone".into(),
@@ -887,6 +966,23 @@ pub(crate) mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_head_keeps_the_options_in_force() {
+        let mut s = State::default();
+        s.apply(&Event::OptionsChanged {
+            text: "MAX 1 cad USER bob\n".into(),
+            at: 1,
+        });
+        let mut buf = Vec::new();
+        put_head(&mut buf, &s);
+        let Section::Head { state, .. } = get_section(&buf).unwrap() else {
+            panic!("not a head")
+        };
+        let options = state.options.expect("the options");
+        assert_eq!(&*options.text, "MAX 1 cad USER bob\n");
+        assert_eq!(options.rules.rules.len(), 1);
     }
 
     #[test]

@@ -26,6 +26,8 @@ fn grant(i: u32) -> Event {
                 borrowed: i % 3 == 1,
                 overdraft: i % 3 == 2,
             },
+            user: format!("u{}", i % 7),
+            host: String::new(),
         },
     }
 }
@@ -121,7 +123,7 @@ async fn group_commit_batches_concurrent_events() {
 }
 
 #[tokio::test]
-async fn durable_events_are_published_in_order() {
+async fn queued_events_are_published_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let (mut state, store, _) = open(dir.path(), StoreOptions::default()).unwrap();
     let mut sub = store.subscribe();
@@ -214,10 +216,10 @@ async fn flip_is_refused_then_recovered(which: usize) {
     assert_eq!(back.seq, if which == 29 { 29 } else { 30 });
 }
 
-/// The lease ID in the grant record (tag 19) at `offset` (the payload's bytes 9..25).
+/// The lease ID in the grant record (tag 16, 17 or 19) at `offset` (the payload's bytes 9..25).
 fn grant_of(data: &[u8], offset: usize) -> Option<Uuid> {
     let p = offset + frame::RECORD_HEADER;
-    (data[p + 8] == 19).then(|| Uuid::from_slice(&data[p + 9..p + 25]).unwrap())
+    matches!(data[p + 8], 16 | 17 | 19).then(|| Uuid::from_slice(&data[p + 9..p + 25]).unwrap())
 }
 
 #[tokio::test]

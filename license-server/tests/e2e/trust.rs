@@ -329,6 +329,8 @@ async fn naming_another_clients_id_gets_a_lease_of_its_own_and_never_its_token()
             version: None,
             count: 1,
             client_id: "alice".into(),
+            user: None,
+            host: None,
             client_secret: None,
         })
         .await

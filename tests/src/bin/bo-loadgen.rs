@@ -20,8 +20,16 @@
 //! it shares the machine with the back office, and a full client (reqwest) cost about as
 //! much CPU per request as the back office's storage work.
 //!
+//! With `--links` it measures the live link instead: every server holds its link (one
+//! connection each), the back office's memory and CPU are measured at rest for
+//! `--seconds`, then one change of the line item every server holds (its expiry) is made
+//! through the producer API, and the time until every link has its signed answer is
+//! measured. With `--processes 2` (PostgreSQL) the links are spread over two back-office
+//! processes on the one database, and the change is made through the first.
+//!
 //! cargo build --release -p backoffice -p tests --bins
 //! target/release/bo-loadgen --backend sqlite --baseline-seconds 5
+//! target/release/bo-loadgen --backend postgres --links --processes 2 --servers 1000
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +48,10 @@ struct Args {
     seconds: u64,
     baseline_seconds: u64,
     report: bool,
+    /// Measure the live link instead of polls.
+    links: bool,
+    /// Back-office processes on the one database (`--links` only).
+    processes: usize,
     /// Back-office settings besides the tool's own (`--set NAME=VALUE`).
     settings: Vec<(String, String)>,
 }
@@ -52,6 +64,8 @@ fn args() -> Result<Args> {
         seconds: 10,
         baseline_seconds: 0,
         report: false,
+        links: false,
+        processes: 1,
         settings: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -70,6 +84,8 @@ fn args() -> Result<Args> {
             "--seconds" => a.seconds = val()?.parse()?,
             "--baseline-seconds" => a.baseline_seconds = val()?.parse()?,
             "--report" => a.report = true,
+            "--links" => a.links = true,
+            "--processes" => a.processes = val()?.parse()?,
             "--set" => {
                 let v = val()?;
                 let (name, value) = v.split_once('=').context("--set NAME=VALUE")?;
@@ -78,7 +94,8 @@ fn args() -> Result<Args> {
             "-h" | "--help" => {
                 println!(
                     "bo-loadgen [--backend sqlite|postgres] [--servers 1000] [--concurrency 32] \
-                     [--seconds 10] [--baseline-seconds 0] [--report] [--set NAME=VALUE]…\n\
+                     [--seconds 10] [--baseline-seconds 0] [--report] [--links [--processes 2]] \
+                     [--set NAME=VALUE]…\n\
                      PostgreSQL needs TEST_POSTGRES_URL (scripts/test prints how it is set)."
                 );
                 std::process::exit(0);
@@ -269,7 +286,10 @@ impl Conn {
                         }
                     }
                 }
-                let length = length.context("a response without Content-Length")?;
+                let length = match status {
+                    204 => 0,
+                    _ => length.context("a response without Content-Length")?,
+                };
                 let total = end + 4 + length;
                 while buf.len() < total {
                     if stream.read_buf(buf).await? == 0 {
@@ -555,6 +575,14 @@ async fn main() -> Result<()> {
     let a = args()?;
     let load_before = loadavg();
     let mut settings = vec![("RUST_LOG", "warn"), ("DB_POOL_SIZE", "8")];
+    // Links held a minute (a third of SERVER_TIMEOUT), all of one account.
+    let cap = a.servers.to_string();
+    if a.links {
+        settings.extend([
+            ("SERVER_TIMEOUT", "180s"),
+            ("MAX_LINKS_PER_ACCOUNT", cap.as_str()),
+        ]);
+    }
     settings.extend(a.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     // A process of its own, so that its CPU time is its own.
     let bo = BackOffice::start_process(a.backend, &settings).await?;
@@ -617,11 +645,20 @@ async fn main() -> Result<()> {
             None,
         ));
     }
+    let mut revisions = Vec::with_capacity(bodies.len());
     for body in bodies {
         let r = api.post("/api/v1/capability", body.clone()).await?;
         if r.status != 200 {
             bail!("registering {}: {}", body["hostid"], r.body);
         }
+        let claims = verifier.verify(
+            r.body["token"].as_str().context("token")?,
+            &shared::HostId::parse(body["hostid"].as_str().context("hostid")?)?,
+            body["request_id"].as_str().context("id")?.parse()?,
+            shared::now_unix(),
+            5,
+        )?;
+        revisions.push(claims.revision());
     }
     println!(
         "registered {} servers ({} failover pairs) on {:?} in {:.1} s",
@@ -631,6 +668,15 @@ async fn main() -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
 
+    if a.links {
+        let mut result = links(&a, &bo, &fx, &hosts, &revisions).await?;
+        result["loadavg_before"] = json!(load_before);
+        result["loadavg_after"] = json!(loadavg());
+        result["fdatasync_before"] = fsync_before;
+        result["fdatasync_after"] = fsync_latency(&bo.data_dir)?;
+        println!("{result}");
+        return Ok(());
+    }
     let head = format!("Host: {addr}\r\n");
     let baseline = if a.baseline_seconds > 0 {
         let trivial = Arc::new(Trivial {
@@ -693,4 +739,153 @@ async fn main() -> Result<()> {
     }
     println!("{result}");
     Ok(())
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The live link: every server holds its link; memory and CPU at rest; then the time from
+/// one change of what every server holds to the last signed answer.
+async fn links(
+    a: &Args,
+    bo: &BackOffice,
+    fx: &tests::Fixture,
+    hosts: &[Arc<Host>],
+    revisions: &[String],
+) -> Result<Value> {
+    let mut others = Vec::new();
+    for _ in 1..a.processes.max(1) {
+        others.push(bo.sibling(&[]).await?);
+    }
+    let all: Vec<&BackOffice> = std::iter::once(bo).chain(&others).collect();
+    let pids: Vec<String> = all.iter().map(|b| b.pid().to_string()).collect();
+    let rss_before: Vec<u64> = pids.iter().map(|p| rss_kib(p)).collect();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (i, (host, revision)) in hosts.iter().zip(revisions).enumerate() {
+        let office = all[i % all.len()];
+        let addr = office
+            .url
+            .strip_prefix("http://")
+            .context("http URL")?
+            .to_owned();
+        let mut body = capability_request(&host.hostid, host.role, host.backup.as_deref(), &[]);
+        body["server_key"] = json!(host.key);
+        body["link"] = json!({"revision": revision, "wait_secs": 60});
+        let body = serde_json::to_vec(&body)?;
+        let mut request = format!(
+            "POST /api/v1/capability HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            fx.device_token,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut conn = Conn::new(&addr);
+            let outcome = conn
+                .exchange(&request)
+                .await
+                .map(|(status, _)| (status, Instant::now()));
+            let _ = tx.send(outcome.map_err(|e| e.to_string()));
+        });
+    }
+    drop(tx);
+    // All held (the first ones answered 204 only after a minute).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held: usize = links_held(&all).await;
+    let cpu0: Vec<Duration> = pids.iter().map(|p| cpu_time(p)).collect();
+    let rest = Instant::now();
+    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    let rest = rest.elapsed();
+    let cpu_at_rest: Vec<f64> = pids
+        .iter()
+        .zip(&cpu0)
+        .map(|(p, c0)| (cpu_time(p) - *c0).as_secs_f64() / rest.as_secs_f64() * 100.0)
+        .collect();
+    let rss_held: Vec<u64> = pids.iter().map(|p| rss_kib(p)).collect();
+
+    // One change of what every server holds: the line item's expiry.
+    let ents = fx
+        .admin
+        .get(&format!("/api/v1/accounts/{}/entitlements", fx.account_id))
+        .await?
+        .ok()?;
+    let (eid, lid) = ents
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|e| {
+            let item = e["line_items"]
+                .as_array()?
+                .iter()
+                .find(|l| l["activation_id"] == fx.activation_id.as_str())?;
+            Some((
+                e["id"].as_str()?.to_owned(),
+                item["id"].as_str()?.to_owned(),
+            ))
+        })
+        .context("the fixture's line item")?;
+    let changed = Instant::now();
+    fx.admin
+        .patch(
+            &format!(
+                "/api/v1/accounts/{}/entitlements/{eid}/line-items/{lid}",
+                fx.account_id
+            ),
+            json!({"expires_at": shared::now_unix() + 365 * 86_400}),
+        )
+        .await?
+        .ok()?;
+    let mut took = Vec::with_capacity(hosts.len());
+    let mut errors = 0u64;
+    while let Some(outcome) = rx.recv().await {
+        match outcome {
+            Ok((200, at)) => took.push(at.saturating_duration_since(changed)),
+            _ => errors += 1,
+        }
+    }
+    took.sort_unstable();
+    let ms = |d: Option<&Duration>| d.map_or(0.0, |d| (d.as_secs_f64() * 1e5).round() / 100.0);
+    Ok(json!({
+        "backend": format!("{:?}", a.backend),
+        "processes": all.len(),
+        "links": hosts.len(),
+        "links_held_after_3s": held,
+        "rss_kib_before_links": rss_before,
+        "rss_kib_with_links": rss_held,
+        "cpu_pct_at_rest": cpu_at_rest,
+        "rest_seconds": rest.as_secs(),
+        "answered": took.len(),
+        "errors": errors,
+        "change_to_first_answer_ms": ms(took.first()),
+        "change_to_median_answer_ms": ms(took.get(took.len() / 2)),
+        "change_to_last_answer_ms": ms(took.last()),
+    }))
+}
+
+/// Links held by the back offices now, from their metrics.
+async fn links_held(all: &[&BackOffice]) -> usize {
+    let mut n = 0;
+    for b in all {
+        let text = reqwest::get(format!("{}/metrics", b.url))
+            .await
+            .ok()
+            .map(|r| r.text());
+        let Some(text) = text else { continue };
+        let text = text.await.unwrap_or_default();
+        n += text
+            .lines()
+            .find_map(|l| l.strip_prefix("backoffice_live_links "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as usize;
+    }
+    n
 }

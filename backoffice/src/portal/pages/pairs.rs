@@ -85,15 +85,18 @@ pub async fn register_pair(
     })
     .await
     {
-        Ok(p) => Ok(redirect_with(
-            &req,
-            &server_url(&p.main.id),
-            "ok",
-            &format!(
-                "Registered the failover pair: main {main}, backup {backup}. Start the main with \
+        Ok(p) => {
+            state.links.changed(&user.account_id);
+            Ok(redirect_with(
+                &req,
+                &server_url(&p.main.id),
+                "ok",
+                &format!(
+                    "Registered the failover pair: main {main}, backup {backup}. Start the main with \
                  BACKUP_SERVER_HOSTID={backup}, then the backup."
-            ),
-        )),
+                ),
+            ))
+        }
         Err(e) => {
             let status = status_of(&e);
             let e = e.body().clone();

@@ -7,6 +7,8 @@ use actix_web::{HttpRequest, web};
 use askama::Template;
 use serde::Deserialize;
 use shared::ErrorCode;
+use shared::capability::FeatureUsage;
+use shared::lease::{FeatureRight, describe_rights};
 
 use super::{CsrfForm, PageResult, render, server_url, status_of};
 use crate::error::AppError;
@@ -41,7 +43,7 @@ fn member(s: &ServerInfo, now: i64) -> MemberView {
         id: s.id.clone(),
         hostid: s.hostid.clone(),
         role: view::role(s.role),
-        status: view::server_status(s.status),
+        status: view::member_status(s.status, s.first_contact_at.is_some()),
         last_contact: view::last_contact(now, s.last_contact_at),
         last_contact_iso: s.last_contact_at.map(view::iso).unwrap_or_default(),
         note: view::registration_note(&s.registration),
@@ -70,7 +72,9 @@ pub async fn servers(req: HttpRequest, user: PortalUser, state: State) -> PageRe
         .iter()
         .map(|s| ServerRow {
             server: member(&s.server, now),
-            pair_status: s.pair_status.map(view::pair_status),
+            pair_status: s
+                .pair_status
+                .map(|p| view::pair_status_of(p, s.server.first_contact_at.is_some())),
             partner: s.partner_hostid.clone(),
         })
         .collect();
@@ -102,10 +106,14 @@ struct RightView {
 struct UsageRow {
     feature: String,
     version: String,
-    count: u32,
-    in_use: u32,
+    count: i64,
+    in_use: i64,
+    /// Overdraft seats and borrowed seats among those in use (the server's last report).
     overdraft: u32,
     borrowed: u32,
+    /// The line items mapped here that grant the feature, with their ends:
+    /// `14 (10 permanent, 4 until 2027-03-31)`.
+    line_items: String,
 }
 
 struct ChartRow {
@@ -117,8 +125,8 @@ struct ChartRow {
 struct ChartView {
     feature: String,
     svg: String,
+    /// Every reading of the window, newest first.
     rows: Vec<ChartRow>,
-    more: usize,
 }
 
 struct ItemOption {
@@ -194,34 +202,37 @@ async fn server_page(
     let (account, t) = (user.account_id.clone(), state.server_timeout());
     let now = shared::now_unix();
     let since = now - window;
-    let (v, ents, history) = run(state, move |c| {
+    let (v, ents, history, latest) = run(state, move |c| {
         let v = registry::view_server(c, &account, &id, now, t)?;
         let ents = catalog::list_entitlements(c, &account)?;
         let h = usage::usage_history(c, &account, &id, since)?;
-        Ok((v, ents, h))
+        let latest = usage::latest_readings(c, &account, &id)?;
+        Ok((v, ents, h, latest))
     })
     .await?;
+    // Current usage is the latest reading, the one the charts end with.
+    let latest = chart::merge_latest(&latest);
     let title = format!("Server {}", v.server.hostid);
     let page = ServerPage {
         layout: Layout::page(req, user.bar(), &title, "servers"),
         server: member(&v.server, now),
         pair: v.pair.as_ref().map(|p| pair_block(p, now)),
         rights: rights(&v),
-        usage: v
-            .usage
+        usage: latest
             .iter()
             .map(|u| UsageRow {
                 feature: u.feature.clone(),
                 version: u.version.clone(),
                 count: u.count,
                 in_use: u.in_use,
-                overdraft: u.overdraft,
-                borrowed: u.borrowed,
+                overdraft: reported(&v, u, |r| r.overdraft),
+                borrowed: reported(&v, u, |r| r.borrowed),
+                line_items: line_items_of(&v, &u.feature, &u.version, now),
             })
             .collect(),
-        usage_reported: v
-            .usage_reported_at
-            .map(|t| view::last_contact(now, Some(t))),
+        usage_reported: latest
+            .first()
+            .map(|u| format!("{} ({})", view::time(u.at), view::ago(now, u.at))),
         charts: charts(&history, range_label, since, now),
         ranges: RANGES
             .iter()
@@ -240,10 +251,49 @@ async fn server_page(
     render(req, status, &page)
 }
 
+/// The line items mapped here that grant `feature` `version`, with their ends, as
+/// `license-server features` shows them: `14 (10 permanent, 4 until 2027-03-31)`.
+/// A figure of the server's last usage report for the reading's feature and version (0 when
+/// the report does not name it).
+fn reported(v: &ServerView, u: &UsagePoint, f: impl Fn(&FeatureUsage) -> u32) -> u32 {
+    v.usage
+        .iter()
+        .find(|r| r.feature == u.feature && r.version == u.version)
+        .map_or(0, f)
+}
+
+fn line_items_of(v: &ServerView, feature: &str, version: &str, now: i64) -> String {
+    let rights: Vec<FeatureRight> = v
+        .rights
+        .iter()
+        .filter(|r| {
+            r.features
+                .iter()
+                .any(|f| f.name == feature && f.version == version)
+                && r.expires_at.is_none_or(|e| now < e)
+        })
+        .map(|r| FeatureRight {
+            activation_id: r.activation_id.clone(),
+            count: u32::try_from(r.quantity).unwrap_or(u32::MAX),
+            starts_at: r.starts_at,
+            expires_at: r.expires_at,
+            started: r.starts_at <= now,
+        })
+        .collect();
+    if rights.is_empty() {
+        return "none mapped".to_owned();
+    }
+    let now_count = rights
+        .iter()
+        .filter(|r| r.started)
+        .fold(0u32, |a, r| a.saturating_add(r.count));
+    describe_rights(now_count, &rights)
+}
+
 fn pair_block(p: &PairView, now: i64) -> PairBlock {
     PairBlock {
         id: p.id.clone(),
-        status: view::pair_status(p.status),
+        status: view::pair_status_of(p.status, p.main.first_contact_at.is_some()),
         registered_by: p.registered_by.clone(),
         main: member(&p.main, now),
         backup: p.backup.as_ref().map(|b| member(b, now)),
@@ -272,7 +322,7 @@ fn rights(v: &ServerView) -> Vec<RightView> {
         .collect()
 }
 
-/// One chart per feature (and version), with its latest hundred samples as a table.
+/// One chart per feature (and version), with every reading of the window as a table.
 fn charts(history: &[UsagePoint], range_label: &str, since: i64, now: i64) -> Vec<ChartView> {
     let mut keys: Vec<(&str, &str)> = history
         .iter()
@@ -302,8 +352,7 @@ fn charts(history: &[UsagePoint], range_label: &str, since: i64, now: i64) -> Ve
                 since,
                 now,
             );
-            let shown = samples.len().min(100);
-            let rows = samples[samples.len() - shown..]
+            let rows = samples
                 .iter()
                 .rev()
                 .map(|s| ChartRow {
@@ -316,7 +365,6 @@ fn charts(history: &[UsagePoint], range_label: &str, since: i64, now: i64) -> Ve
                 feature: name,
                 svg,
                 rows,
-                more: samples.len() - shown,
             }
         })
         .collect()
@@ -433,15 +481,19 @@ pub async fn map_rights(
     })
     .await
     {
-        Ok(m) => Ok(redirect_with(
-            &req,
-            &server_url(&id),
-            "ok",
-            &format!(
-                "Mapped {quantity} of {} here (now {} in all). The servers receive it at their next poll.",
-                m.activation_id, m.quantity
-            ),
-        )),
+        Ok(m) => {
+            state.links.changed(&user.account_id);
+            Ok(redirect_with(
+                &req,
+                &server_url(&id),
+                "ok",
+                &format!(
+                    "Mapped {quantity} of {} here (now {} in all). Running servers receive it \
+                     within seconds, others when they start.",
+                    m.activation_id, m.quantity
+                ),
+            ))
+        }
         Err(e) if e.code() == ErrorCode::NotFound => Err(PortalError::NotFound),
         Err(e) => map_failed(&req, &user, &state, id, map, e).await,
     }
@@ -477,11 +529,12 @@ pub async fn unmap(
         ))
     })
     .await?;
+    state.links.changed(&user.account_id);
     Ok(redirect_with(
         &req,
         &server_url(&id),
         "ok",
-        &format!("Unmapped {activation}. The servers drop these rights at their next poll."),
+        &format!("Unmapped {activation}. Running servers drop these rights within seconds."),
     ))
 }
 
@@ -508,6 +561,9 @@ pub async fn remove_backup(
         Ok((p.main.id, p.main.hostid, backup.hostid))
     })
     .await;
+    if result.is_ok() {
+        state.links.changed(&user.account_id);
+    }
     match result {
         Ok((main_id, main, backup)) => Ok(redirect_with(
             &req,
