@@ -67,7 +67,9 @@ fn start_load(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
-                n += 1;
+                // A failed checkout is retried as the same client (ID and secret): one
+                // granted whose answer was lost to a kill comes back, rather than staying
+                // held by nobody until it lapses.
                 let lease = match client.checkout_lease(&req(&format!("w{w}-{n}"))).await {
                     Ok(l) => l,
                     Err(_) => {
@@ -75,6 +77,7 @@ fn start_load(
                         continue;
                     }
                 };
+                n += 1;
                 {
                     let mut l = ledger.lock().unwrap();
                     l.grants += 1;
