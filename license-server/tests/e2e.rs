@@ -476,14 +476,7 @@ async fn kill_9_right_after_a_return_never_hands_its_seat_out_twice() {
     for round in 0..3 {
         let (st, lease) = checkout(&server, "cad", &format!("first-{round}")).await;
         assert_eq!(st, 201, "{lease}");
-        let id = lease["lease_id"].as_str().unwrap();
-        let returned = http()
-            .delete(server.url(&format!("/api/v1/leases/{id}")))
-            .bearer_auth(lease["token"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(returned.status(), 204);
+        assert_eq!(give_back(&server, &lease).await, 204);
         let (st, second) = checkout(&server, "cad", &format!("second-{round}")).await;
         assert_eq!(st, 201, "the returned seat is free at once: {second}");
         server.kill9();
@@ -503,27 +496,13 @@ async fn kill_9_right_after_a_return_never_hands_its_seat_out_twice() {
         assert_eq!(held.len(), 1, "round {round}: one seat, held once: {list}");
         assert_eq!(held[0]["lease_id"], second["lease_id"]);
         // The next round starts from a free seat.
-        let sid = second["lease_id"].as_str().unwrap();
-        let back = http()
-            .delete(server.url(&format!("/api/v1/leases/{sid}")))
-            .bearer_auth(second["token"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(back.status(), 204);
+        assert_eq!(give_back(&server, &second).await, 204);
     }
     // A return with nothing after it, then kill -9: it may be lost (the seat held until the
     // lease lapses) or kept, but the seat is never held by two.
     let (st, last) = checkout(&server, "cad", "last").await;
     assert_eq!(st, 201);
-    let lid = last["lease_id"].as_str().unwrap();
-    let back = http()
-        .delete(server.url(&format!("/api/v1/leases/{lid}")))
-        .bearer_auth(last["token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(back.status(), 204);
+    assert_eq!(give_back(&server, &last).await, 204);
     server.kill9();
     let env = server.env.clone();
     drop(server);

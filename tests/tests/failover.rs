@@ -12,7 +12,9 @@ use licensing_client::{Client, ClientError};
 use serde_json::Value;
 use shared::ErrorCode;
 use shared::lease::{CheckoutRequest, Lease};
-use tests::{BackOffice, Backend, Fixture, PairSetup, Proxy, binary, eventually, wait_paired};
+use tests::{
+    BackOffice, Backend, Fixture, LicenseServer, PairSetup, Proxy, binary, eventually, wait_paired,
+};
 use uuid::Uuid;
 
 /// One failover test at a time: they time silences of a second, and several at once on
@@ -38,7 +40,8 @@ async fn setup(extra: &[(&str, &str)]) -> Result<(BackOffice, Fixture, PairSetup
 #[derive(Default)]
 struct Ledger {
     held: BTreeMap<Uuid, Lease>,
-    /// Returns whose answer was lost: the server may or may not have taken them.
+    /// Returns under way, or whose answer was lost: the server may or may not have taken
+    /// them (a kill can fall between a return taken and its answer).
     in_doubt: HashSet<Uuid>,
     grants: u64,
 }
@@ -88,8 +91,14 @@ fn start_load(
                     continue;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                // A return that fails is tried again (the main may have died under it)
-                // until a server takes it; a lost answer leaves it in doubt.
+                // In doubt from the moment it is sent until its answer comes. A return that
+                // fails is tried again (the main may have died under it) until a server
+                // takes it; a lost answer leaves it in doubt.
+                {
+                    let mut l = ledger.lock().unwrap();
+                    l.held.remove(&lease.lease_id);
+                    l.in_doubt.insert(lease.lease_id);
+                }
                 let mut failed = false;
                 loop {
                     match client.release(&lease).await {
@@ -106,10 +115,8 @@ fn start_load(
                         Err(_) => break,
                     }
                 }
-                let mut l = ledger.lock().unwrap();
-                l.held.remove(&lease.lease_id);
-                if failed {
-                    l.in_doubt.insert(lease.lease_id);
+                if !failed {
+                    ledger.lock().unwrap().in_doubt.remove(&lease.lease_id);
                 }
             }
         }));
@@ -147,6 +154,58 @@ fn watch_counts(
     })
 }
 
+/// 4 holders and 8 cyclers wanting 12 seats of 8 (the count always contended) through the
+/// main, and a watch on both servers' own lease lists.
+struct Load {
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    watcher: tokio::task::JoinHandle<(u32, u32)>,
+}
+
+impl Load {
+    fn start(bo: &BackOffice, main: &LicenseServer, backup: &LicenseServer) -> Load {
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = start_load(
+            &bo.producer(),
+            &main.url,
+            4,
+            8,
+            ledger.clone(),
+            stop.clone(),
+        );
+        let watcher = watch_counts(
+            vec![
+                (main.url.clone(), main.admin_token()),
+                (backup.url.clone(), backup.admin_token()),
+            ],
+            stop.clone(),
+        );
+        Load {
+            ledger,
+            stop,
+            tasks,
+            watcher,
+        }
+    }
+
+    /// Stops the clients and the watch: an error if either server ever held more than
+    /// the count.
+    async fn finish(self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await?;
+        }
+        let (max_main, max_backup) = self.watcher.await?;
+        ensure!(
+            max_main <= SEATS && max_backup <= SEATS,
+            "over-allocation: main held {max_main}, backup {max_backup} of {SEATS}"
+        );
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_main_under_load_then_failback() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -155,24 +214,8 @@ async fn kill_9_of_the_main_under_load_then_failback() -> Result<()> {
     let backup = pair.start_backup().await?;
     wait_paired(&main, &backup, WAIT).await?;
 
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    // 4 holders and 8 cyclers want 12 seats of 8: the count is always contended.
-    let load = start_load(
-        &bo.producer(),
-        &main.url,
-        4,
-        8,
-        ledger.clone(),
-        stop.clone(),
-    );
-    let watcher = watch_counts(
-        vec![
-            (main.url.clone(), main.admin_token()),
-            (backup.url.clone(), backup.admin_token()),
-        ],
-        stop.clone(),
-    );
+    let load = Load::start(&bo, &main, &backup);
+    let ledger = load.ledger.clone();
     eventually(WAIT, "grants under load", || async {
         (ledger.lock().unwrap().grants > 100).then_some(())
     })
@@ -239,15 +282,7 @@ async fn kill_9_of_the_main_under_load_then_failback() -> Result<()> {
         (ledger.lock().unwrap().grants > grants_before_failback + 20).then_some(())
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await?;
-    }
-    let (max_main, max_backup) = watcher.await?;
-    ensure!(
-        max_main <= SEATS && max_backup <= SEATS,
-        "over-allocation: main held {max_main}, backup {max_backup} of {SEATS}"
-    );
+    load.finish().await?;
 
     // Nothing lost in either move: every lease the clients hold is on the main, which
     // renews leases the backup granted.
@@ -288,23 +323,8 @@ async fn kill_9_of_the_main_under_load_and_an_immediate_restart_lose_nothing() -
     let mut main = pair.start_main().await?;
     let backup = pair.start_backup().await?;
     wait_paired(&main, &backup, WAIT).await?;
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = start_load(
-        &bo.producer(),
-        &main.url,
-        4,
-        8,
-        ledger.clone(),
-        stop.clone(),
-    );
-    let watcher = watch_counts(
-        vec![
-            (main.url.clone(), main.admin_token()),
-            (backup.url.clone(), backup.admin_token()),
-        ],
-        stop.clone(),
-    );
+    let load = Load::start(&bo, &main, &backup);
+    let ledger = load.ledger.clone();
     let mut took_back = 0;
     for round in 0..3 {
         let before = ledger.lock().unwrap().grants;
@@ -342,15 +362,7 @@ async fn kill_9_of_the_main_under_load_and_an_immediate_restart_lose_nothing() -
         (ledger.lock().unwrap().grants > before + 20).then_some(())
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await?;
-    }
-    let (max_main, max_backup) = watcher.await?;
-    ensure!(
-        max_main <= SEATS && max_backup <= SEATS,
-        "over-allocation: main held {max_main}, backup {max_backup} of {SEATS}"
-    );
+    load.finish().await?;
     let held = ledger.lock().unwrap().held.clone();
     let on_main = tests::lease_ids(&main.leases(FEATURE).await?);
     for id in held.keys() {

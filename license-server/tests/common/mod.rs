@@ -127,6 +127,19 @@ pub async fn checkout(server: &Server, feature: &str, client: &str) -> (u16, ser
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// Returns `lease` (a checkout's answer) on `server` with its token; the HTTP status.
+pub async fn give_back(server: &Server, lease: &serde_json::Value) -> u16 {
+    let id = lease["lease_id"].as_str().unwrap();
+    http()
+        .delete(server.url(&format!("/api/v1/leases/{id}")))
+        .bearer_auth(lease["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Renews `lease` (a checkout's answer) on `server` with its token; the HTTP status.
 pub async fn renew(server: &Server, lease: &serde_json::Value) -> u16 {
     let id = lease["lease_id"].as_str().unwrap();
