@@ -7,14 +7,6 @@
 //! answers, and takes over when the main has been silent for the failover timeout
 //! ([`run_backup`]). The rules (who serves, when to take over, pair status) are in
 //! [`crate::pair`]; the merge of a failback is [`crate::domain::State::merged_for_failback`].
-//!
-//! The main sends a change as soon as it is applied and queued to its journal, while its
-//! own `fdatasync` runs, and a client waiting for the change is answered once both are
-//! done (its own sync, then the backup's acknowledgement). So the backup may hold a change
-//! the main loses in a crash; nobody was told of it. If the backup takes over, it serves
-//! with that change (a lease granted there comes back to its client, who retries with the
-//! same ID and secret); if the main comes back first, it finds the backup ahead in the
-//! same history and takes the backup's changes back before serving ([`Service::must_absorb`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -40,7 +32,7 @@ pub struct MainConfig {
     pub absence_limit: Duration,
 }
 
-/// Changes received from the store as they are queued, kept for a backup's catch-up.
+/// Committed changes received from the store, kept for a backup's catch-up.
 struct Ring {
     sub: tokio::sync::broadcast::Receiver<Arc<Committed>>,
     events: VecDeque<Arc<Committed>>,
@@ -77,11 +69,11 @@ impl Ring {
     }
 
     /// Whether every change from `from` on is here (or none is needed).
-    fn covers(&self, from: u64, last: u64) -> bool {
+    fn covers(&self, from: u64, durable: u64) -> bool {
         !self.lagged
-            && (from > last
+            && (from > durable
                 || self.events.front().is_some_and(|f| {
-                    f.seq <= from && self.events.back().is_some_and(|b| b.seq >= last)
+                    f.seq <= from && self.events.back().is_some_and(|b| b.seq >= durable)
                 }))
     }
 
@@ -266,12 +258,10 @@ async fn stream(
     stop: &mut watch::Receiver<bool>,
 ) -> Streamed {
     let history = svc.history();
-    // How far this server's changes go (applied and queued; durable a little later: the
-    // backup gets them while the journal syncs, and clients wait for both).
-    let applied = svc.applied_seq();
+    let durable = svc.durable_seq();
     let mut next = if pos.history == history
-        && pos.seq <= applied
-        && ring.covers(pos.seq + 1, applied)
+        && pos.seq <= durable
+        && ring.covers(pos.seq + 1, durable)
     {
         pos.seq + 1
     } else {
@@ -297,8 +287,8 @@ async fn stream(
             }
         }
     };
-    if next <= applied + 1 && next > 1 {
-        svc.set_acked(next - 1, next > applied).await;
+    if next <= durable + 1 && next > 1 {
+        svc.set_acked(next - 1, next > durable).await;
     }
     loop {
         if !ring.drain() {
@@ -307,7 +297,7 @@ async fn stream(
         if ring.lagged || svc.history() != history || svc.backup_uri().as_deref() != Some(uri) {
             return Streamed::Resync;
         }
-        let applied = svc.applied_seq();
+        let durable = svc.durable_seq();
         let batch = if next <= ring.events.back().map_or(0, |c| c.seq) {
             let b = ring.batch_from(next);
             if b.first().is_none_or(|c| c.seq != next) {
@@ -339,7 +329,7 @@ async fn stream(
         let keeps_up = batch.len() < MAX_BATCH;
         let body = BatchOut {
             history,
-            main_seq: applied,
+            main_seq: durable,
             events: batch,
         };
         match peer.push(uri, &body).await {

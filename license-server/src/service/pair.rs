@@ -145,7 +145,7 @@ impl Service {
     }
 
     /// Records the backup's acknowledgement of `acked`; `in_sync` when the backup had
-    /// everything that was applied here when the changes were sent.
+    /// everything that was durable here when the changes were sent.
     pub async fn set_acked(&self, acked: u64, in_sync: bool) {
         self.pair.lock().backup_last_seen = Some(now_ms());
         if in_sync {
@@ -270,9 +270,11 @@ impl Service {
         self.state.lock().must_absorb(history, seq)
     }
 
-    /// The last change applied (and queued to the store; durable a little later).
-    pub fn applied_seq(&self) -> u64 {
-        self.state.lock().seq
+    pub fn durable_seq(&self) -> u64 {
+        self.store
+            .stats
+            .durable_seq
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Verifies rights offered by the pair partner for this server.

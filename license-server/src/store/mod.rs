@@ -177,8 +177,8 @@ pub struct Recovery {
     pub imported_legacy: bool,
 }
 
-/// An event committed to the journal's queue, in sequence order (durable once the store
-/// acknowledges it): the stream a main replicates to its backup.
+/// An event once it is durable, in sequence order: the stream a main replicates to its
+/// backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Committed {
     pub seq: u64,
@@ -320,9 +320,10 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<(State, Store, Recovery), 
     };
     let (tx, rx) = mpsc::channel();
     let (committed, _) = tokio::sync::broadcast::channel(65_536);
+    let thread_committed = committed.clone();
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer.run(rx))
+        .spawn(move || writer.run(rx, &thread_committed))
         .map_err(load::io_err(dir))?;
     Ok((
         state,
@@ -361,24 +362,14 @@ impl Store {
     }
 
     fn send(&self, msg: Msg) {
-        if let Msg::Event { seq, event, .. } = &msg
-            && self.committed.receiver_count() > 0
-        {
-            let _ = self.committed.send(Arc::new(Committed {
-                seq: *seq,
-                event: event.clone(),
-            }));
-        }
         if let Some(tx) = &*self.tx.lock() {
             // A send error drops the acknowledgement, which its receiver sees as closed.
             let _ = tx.send(msg);
         }
     }
 
-    /// Every event from now on, in order, as it is queued: before it is durable, so that a
-    /// main replicates a change while its own `fdatasync` runs (whoever answers a client
-    /// waits for both). A receiver that falls more than 65,536 events behind gets `Lagged`
-    /// and must resynchronise from a snapshot.
+    /// Every event from now on, once durable, in order. A receiver that falls more than
+    /// 65,536 events behind gets `Lagged` and must resynchronise from a snapshot.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Committed>> {
         self.committed.subscribe()
     }
@@ -459,7 +450,11 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+    fn run(
+        mut self,
+        rx: mpsc::Receiver<Msg>,
+        committed: &tokio::sync::broadcast::Sender<Arc<Committed>>,
+    ) {
         let mut batch: Vec<Msg> = Vec::with_capacity(1024);
         while let Ok(first) = rx.recv() {
             batch.push(first);
@@ -488,6 +483,16 @@ impl Writer {
                 stats
                     .journal_bytes
                     .store(self.journal_bytes(), Ordering::Relaxed);
+                if committed.receiver_count() > 0 {
+                    for m in &batch {
+                        if let Msg::Event { seq, event, .. } = m {
+                            let _ = committed.send(Arc::new(Committed {
+                                seq: *seq,
+                                event: event.clone(),
+                            }));
+                        }
+                    }
+                }
             }
             let reply = result.clone().map_err(|e| StoreError::Io(e.clone()));
             for m in batch.drain(..) {

@@ -123,7 +123,7 @@ async fn group_commit_batches_concurrent_events() {
 }
 
 #[tokio::test]
-async fn queued_events_are_published_in_order() {
+async fn durable_events_are_published_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let (mut state, store, _) = open(dir.path(), StoreOptions::default()).unwrap();
     let mut sub = store.subscribe();
