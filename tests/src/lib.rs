@@ -39,11 +39,33 @@ pub use proxy::Proxy;
 
 /// A free TCP port on loopback (for servers that must know each other's port before
 /// either starts; anything else listens on port 0).
+///
+/// The port is taken from below Linux's ephemeral range (32768–60999), which the kernel
+/// hands out as the local port of every outgoing connection and of every `bind` to port
+/// 0: a port from that range, free when checked, was now and then the local port of some
+/// client's connection by the time the server bound it ("Address already in use"). Below
+/// it only another `free_port` competes; each test process starts at its own offset and
+/// walks on, and every candidate is checked by binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let start = (std::process::id().wrapping_mul(7_919) ^ nanos) % SPAN;
+        let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..SPAN {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let port = u16::try_from(port).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {}", FIRST + SPAN)
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics naming `what` after `timeout`.
