@@ -7,6 +7,20 @@
 //! answers, and takes over when the main has been silent for the failover timeout
 //! ([`run_backup`]). The rules (who serves, when to take over, pair status) are in
 //! [`crate::pair`]; the merge of a failback is [`crate::domain::State::merged_for_failback`].
+//!
+//! The main sends a change as soon as it is applied and queued to its journal, while its
+//! own `fdatasync` runs, and a client waiting for the change is answered once both are
+//! done (its own sync, then the backup's acknowledgement). So the backup may hold a change
+//! the main loses in a crash; nobody was told of it. If the backup takes over, it serves
+//! with that change (a lease granted there comes back to its client, who retries with the
+//! same ID and secret); if the main comes back first, it finds the backup ahead in the
+//! same history and takes the backup's changes back before serving ([`Service::must_absorb`]).
+//! "Ahead" is measured from where the main's copy stood when it started (the store's
+//! restart point), not from its copy now: what the main records at its start (that it
+//! acknowledges alone, rights that changed) takes the same sequence numbers as the
+//! changes it lost, and a backup holding those must be taken back, never continued.
+//! The merge then takes the backup's copy as it is (it holds all the main kept, and a
+//! lease the main alone still holds was ended there): see `merged_for_failback`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,7 +46,7 @@ pub struct MainConfig {
     pub absence_limit: Duration,
 }
 
-/// Committed changes received from the store, kept for a backup's catch-up.
+/// Changes received from the store as they are queued, kept for a backup's catch-up.
 struct Ring {
     sub: tokio::sync::broadcast::Receiver<Arc<Committed>>,
     events: VecDeque<Arc<Committed>>,
@@ -69,11 +83,11 @@ impl Ring {
     }
 
     /// Whether every change from `from` on is here (or none is needed).
-    fn covers(&self, from: u64, durable: u64) -> bool {
+    fn covers(&self, from: u64, last: u64) -> bool {
         !self.lagged
-            && (from > durable
+            && (from > last
                 || self.events.front().is_some_and(|f| {
-                    f.seq <= from && self.events.back().is_some_and(|b| b.seq >= durable)
+                    f.seq <= from && self.events.back().is_some_and(|b| b.seq >= last)
                 }))
     }
 
@@ -195,6 +209,7 @@ pub async fn run_main(
             }
             continue;
         }
+        svc.backup_compared();
         svc.set_recovering(false);
         match stream(&svc, &peer, &uri, &pos, &mut ring, cfg, &mut stop).await {
             Streamed::Stop => return,
@@ -258,10 +273,12 @@ async fn stream(
     stop: &mut watch::Receiver<bool>,
 ) -> Streamed {
     let history = svc.history();
-    let durable = svc.durable_seq();
+    // How far this server's changes go (applied and queued; durable a little later: the
+    // backup gets them while the journal syncs, and clients wait for both).
+    let applied = svc.applied_seq();
     let mut next = if pos.history == history
-        && pos.seq <= durable
-        && ring.covers(pos.seq + 1, durable)
+        && pos.seq <= applied
+        && ring.covers(pos.seq + 1, applied)
     {
         pos.seq + 1
     } else {
@@ -287,8 +304,8 @@ async fn stream(
             }
         }
     };
-    if next <= durable + 1 && next > 1 {
-        svc.set_acked(next - 1, next > durable).await;
+    if next <= applied + 1 && next > 1 {
+        svc.set_acked(next - 1, next > applied).await;
     }
     loop {
         if !ring.drain() {
@@ -297,7 +314,7 @@ async fn stream(
         if ring.lagged || svc.history() != history || svc.backup_uri().as_deref() != Some(uri) {
             return Streamed::Resync;
         }
-        let durable = svc.durable_seq();
+        let applied = svc.applied_seq();
         let batch = if next <= ring.events.back().map_or(0, |c| c.seq) {
             let b = ring.batch_from(next);
             if b.first().is_none_or(|c| c.seq != next) {
@@ -329,7 +346,7 @@ async fn stream(
         let keeps_up = batch.len() < MAX_BATCH;
         let body = BatchOut {
             history,
-            main_seq: durable,
+            main_seq: applied,
             events: batch,
         };
         match peer.push(uri, &body).await {

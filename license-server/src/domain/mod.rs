@@ -1078,6 +1078,12 @@ impl State {
     /// never answered. Without a common history nothing tells
     /// the two apart, and every live lease is kept (a lease is never lost; a returned one
     /// at worst holds its seat until it expires). Both sides' expiries are honoured.
+    ///
+    /// A backup that stood by and is ahead in the main's own history (the main lost in a
+    /// crash changes it had sent while its own sync ran) holds everything the main held up
+    /// to its own last change, and more: there the fork is the backup's last change. A
+    /// lease only the main holds was ended on the backup (returned or expired there, its
+    /// seat perhaps granted again), unless the main granted it after that point.
     pub fn merged_for_failback(
         main: &State,
         backup: &State,
@@ -1091,7 +1097,13 @@ impl State {
         };
         let fork = backup
             .fork
-            .filter(|f| !main.history.is_nil() && f.history == main.history);
+            .filter(|f| !main.history.is_nil() && f.history == main.history)
+            .or_else(|| {
+                (!main.history.is_nil() && backup.history == main.history).then_some(Fork {
+                    history: main.history,
+                    seq: backup.seq,
+                })
+            });
         let next_seq = main.seq.max(backup.seq) + 1;
         for l in main.leases.iter() {
             match out.leases.get(&l.id) {
@@ -1788,6 +1800,46 @@ mod tests {
         assert!(m.must_absorb(backup.history, backup.seq + 1));
         assert!(!m.must_absorb(h3, m.seq));
         assert!(!m.must_absorb(Uuid::nil(), 0));
+    }
+
+    #[test]
+    fn a_standby_backup_ahead_in_the_mains_history_is_taken_as_it_is() {
+        let mut main = state_with(vec![right("cad", "", 2, None)]);
+        main.apply(&Event::HistoryStarted {
+            history: Uuid::new_v4(),
+        });
+        let kept = grant_to(&mut main, "a", T0);
+        let returned = grant_to(&mut main, "b", T0);
+        // The backup got more than the main kept through a crash: a return, and the seat
+        // granted again (the pool full again).
+        let mut backup = main.clone();
+        backup.rebuild_index();
+        let ev = backup.decide_return(&returned, T0 + 1).unwrap();
+        backup.apply(&ev);
+        let again = grant_to(&mut backup, "c", T0 + 2);
+        // The restarted main records, before it compares, that it acknowledges alone:
+        // its sequence numbers reach the backup's, with other changes.
+        main.apply(&Event::WentAlone {
+            at: T0 + 3,
+            from_seq: main.seq + 1,
+        });
+        main.apply(&Event::WentAlone {
+            at: T0 + 3,
+            from_seq: main.seq + 1,
+        });
+        assert!(main.seq >= backup.seq);
+        let (m, report) = State::merged_for_failback(&main, &backup, Uuid::new_v4(), T0 + 4);
+        assert!(m.lease(&kept).is_some() && m.lease(&again).is_some());
+        assert!(
+            m.lease(&returned).is_none(),
+            "returned on the backup: its seat is taken again"
+        );
+        let key = FeatureKey {
+            feature: "cad".into(),
+            version: String::new(),
+        };
+        assert_eq!(m.in_use(&key), 2, "never more than the count");
+        assert_eq!(report.from_main, 0);
     }
 
     #[test]

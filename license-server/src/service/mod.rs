@@ -169,6 +169,19 @@ impl Service {
         peer: Option<Peer>,
         identity: Arc<Identity>,
     ) -> Result<Arc<Service>, ServiceError> {
+        // A main's copy as it stands before this start changes anything (the earliest
+        // such point since its backup was last compared: see `hold_restart_point`).
+        let restart_point = if cfg.role == Role::Main {
+            let now = crate::store::RestartPoint {
+                history: state.history,
+                seq: state.seq,
+            };
+            Some(store.hold_restart_point(now).map_err(|e| {
+                ServiceError::Unavailable(format!("could not keep the restart point: {e}"))
+            })?)
+        } else {
+            None
+        };
         // A main or standalone server starts its own history; a backup's comes from its
         // main.
         if cfg.role != Role::Backup {
@@ -203,6 +216,7 @@ impl Service {
             identity,
             None,
         )?;
+        svc.pair.lock().restart_point = restart_point;
         tokio::spawn(compactor(Arc::downgrade(&svc)));
         Ok(svc)
     }
@@ -233,6 +247,7 @@ impl Service {
         };
         let pair = PairRuntime {
             recovering: cfg.role == Role::Main && backup_uri.is_some(),
+            restart_point: None,
             link: if backup_uri.is_some() {
                 Link::Unknown
             } else {

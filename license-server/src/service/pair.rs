@@ -36,6 +36,15 @@ pub(super) struct PairRuntime {
     /// Main: taking the backup's changes before it serves again (also at start, until
     /// the backup has been asked).
     pub(super) recovering: bool,
+    /// Main: where its own copy stood when it started (history, last change; the
+    /// earliest start since the backup's copy was last compared, kept by the store),
+    /// until its backup's copy has been compared with it. The main sends changes while
+    /// its own sync runs, so a crash can leave the backup holding changes past that point
+    /// that this server lost (none of them acknowledged to a client: that waits for this
+    /// server's sync too). They are taken back before serving, even once the changes
+    /// made since have numbers as high (the same numbers, other changes). After the
+    /// comparison the backup holds only what this server sent.
+    pub(super) restart_point: Option<crate::store::RestartPoint>,
     pub(super) link: Link,
     /// Main: when the backup last answered.
     pub(super) backup_last_seen: Option<Millis>,
@@ -145,7 +154,7 @@ impl Service {
     }
 
     /// Records the backup's acknowledgement of `acked`; `in_sync` when the backup had
-    /// everything that was durable here when the changes were sent.
+    /// everything that was applied here when the changes were sent.
     pub async fn set_acked(&self, acked: u64, in_sync: bool) {
         self.pair.lock().backup_last_seen = Some(now_ms());
         if in_sync {
@@ -267,14 +276,27 @@ impl Service {
     /// Whether a standby backup at (`history`, `seq`) holds changes this server must take
     /// in before it overwrites the backup's copy.
     pub fn must_absorb(&self, history: Uuid, seq: u64) -> bool {
-        self.state.lock().must_absorb(history, seq)
+        let lost_in_crash = self
+            .pair
+            .lock()
+            .restart_point
+            .is_some_and(|p| !p.history.is_nil() && p.history == history && seq > p.seq);
+        lost_in_crash || self.state.lock().must_absorb(history, seq)
     }
 
-    pub fn durable_seq(&self) -> u64 {
-        self.store
-            .stats
-            .durable_seq
-            .load(std::sync::atomic::Ordering::Acquire)
+    /// Main: the backup's copy has been compared with this server's (it continues this
+    /// run's changes, or was taken back): see `PairRuntime::restart_point`.
+    pub fn backup_compared(&self) {
+        if self.pair.lock().restart_point.take().is_some()
+            && let Err(e) = self.store.clear_restart_point()
+        {
+            tracing::error!(error = %e, "could not forget the restart point (pair-restart.json)");
+        }
+    }
+
+    /// The last change applied (and queued to the store; durable a little later).
+    pub fn applied_seq(&self) -> u64 {
+        self.state.lock().seq
     }
 
     /// Verifies rights offered by the pair partner for this server.
@@ -497,6 +519,7 @@ impl Service {
             (report, self.store.reset(merged))
         };
         store::acked(rx).await?;
+        self.backup_compared();
         // The backup now follows again: it has to catch up first.
         self.repl.send_modify(|r| r.in_sync = false);
         self.metrics.failbacks.inc();

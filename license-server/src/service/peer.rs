@@ -36,7 +36,8 @@ pub const SNAPSHOT_BODY_LIMIT: usize = 256 << 20;
 pub struct Batch {
     /// The history the changes belong to.
     pub history: Uuid,
-    /// How far the main's durable changes went when it sent this.
+    /// How far the main's changes went (applied, not necessarily durable yet) when it
+    /// sent this.
     pub main_seq: u64,
     /// The changes, in order, each `{seq, event}` in the journal's own form (both
     /// servers of a pair run the same version).

@@ -13,6 +13,7 @@
 //! | `journal-<B>.log` | a journal segment: the events B, B+1, … (B in 20 digits) |
 //! | `snapshot.bin.tmp` | a snapshot being written (removed at start) |
 //! | `store.lock` | locked (`flock`) while a server uses the directory |
+//! | `pair-restart.json` | a main's `{"history", "seq"}` at its earliest start since its backup's copy was last compared with its own ([`Store::hold_restart_point`]) |
 //! | `*.damaged-<time>` | files `store recover` moved aside (never read, never deleted) |
 //! | `server-key.pem`, `capability.jwt` | the server's own key and its latest verified answer (not the store's: [`crate::identity`]) |
 //! | `snapshot.json`, `journal.log` | version 0 (JSON), converted once at start and kept as `*.v0-imported` |
@@ -177,8 +178,8 @@ pub struct Recovery {
     pub imported_legacy: bool,
 }
 
-/// An event once it is durable, in sequence order: the stream a main replicates to its
-/// backup.
+/// An event committed to the journal's queue, in sequence order (durable once the store
+/// acknowledges it): the stream a main replicates to its backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Committed {
     pub seq: u64,
@@ -194,7 +195,17 @@ pub struct Store {
     pub stats: Arc<StoreStats>,
     /// Held until shut down: one process at a time uses a data directory.
     lock: parking_lot::Mutex<Option<File>>,
+    dir: PathBuf,
 }
+
+/// Where a main's own copy stood when it started: see [`Store::hold_restart_point`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPoint {
+    pub history: uuid::Uuid,
+    pub seq: u64,
+}
+
+const RESTART_POINT: &str = "pair-restart.json";
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -320,10 +331,9 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<(State, Store, Recovery), 
     };
     let (tx, rx) = mpsc::channel();
     let (committed, _) = tokio::sync::broadcast::channel(65_536);
-    let thread_committed = committed.clone();
     let thread = std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || writer.run(rx, &thread_committed))
+        .spawn(move || writer.run(rx))
         .map_err(load::io_err(dir))?;
     Ok((
         state,
@@ -334,12 +344,51 @@ pub fn open(dir: &Path, opts: StoreOptions) -> Result<(State, Store, Recovery), 
             wanted,
             stats,
             lock: parking_lot::Mutex::new(Some(lock)),
+            dir: dir.to_path_buf(),
         },
         rec,
     ))
 }
 
 impl Store {
+    /// A main's restart point: where its own copy stood (`now`) when it started, or, when
+    /// it has started before without its backup's copy compared since, where it stood
+    /// then (kept in `pair-restart.json`, synced). A main sends changes to its backup while
+    /// its own sync runs, so a crash can leave the backup with changes past that point
+    /// that the main lost, and the main's later changes reuse their numbers: whatever
+    /// the backup holds past the earliest such point is not the main's and must be taken
+    /// back, not continued. [`Store::clear_restart_point`] once compared.
+    pub fn hold_restart_point(&self, now: RestartPoint) -> io::Result<RestartPoint> {
+        let path = self.dir.join(RESTART_POINT);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is damaged ({e}): remove it to start", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let bytes = serde_json::to_vec(&now).map_err(io::Error::other)?;
+                let mut f = files::create_private(&path, true)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                files::fsync_dir(&self.dir)?;
+                Ok(now)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The backup's copy has been compared with this server's: the restart point is
+    /// forgotten.
+    pub fn clear_restart_point(&self) -> io::Result<()> {
+        match std::fs::remove_file(self.dir.join(RESTART_POINT)) {
+            Ok(()) => files::fsync_dir(&self.dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Queues an event (already applied in memory with `seq`); the receiver completes once
     /// it is durable. Call in sequence order (under the state lock).
     pub fn submit(&self, seq: u64, event: Event) -> oneshot::Receiver<Result<(), StoreError>> {
@@ -362,14 +411,24 @@ impl Store {
     }
 
     fn send(&self, msg: Msg) {
+        if let Msg::Event { seq, event, .. } = &msg
+            && self.committed.receiver_count() > 0
+        {
+            let _ = self.committed.send(Arc::new(Committed {
+                seq: *seq,
+                event: event.clone(),
+            }));
+        }
         if let Some(tx) = &*self.tx.lock() {
             // A send error drops the acknowledgement, which its receiver sees as closed.
             let _ = tx.send(msg);
         }
     }
 
-    /// Every event from now on, once durable, in order. A receiver that falls more than
-    /// 65,536 events behind gets `Lagged` and must resynchronise from a snapshot.
+    /// Every event from now on, in order, as it is queued: before it is durable, so that a
+    /// main replicates a change while its own `fdatasync` runs (whoever answers a client
+    /// waits for both). A receiver that falls more than 65,536 events behind gets `Lagged`
+    /// and must resynchronise from a snapshot.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Committed>> {
         self.committed.subscribe()
     }
@@ -450,11 +509,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(
-        mut self,
-        rx: mpsc::Receiver<Msg>,
-        committed: &tokio::sync::broadcast::Sender<Arc<Committed>>,
-    ) {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut batch: Vec<Msg> = Vec::with_capacity(1024);
         while let Ok(first) = rx.recv() {
             batch.push(first);
@@ -483,16 +538,6 @@ impl Writer {
                 stats
                     .journal_bytes
                     .store(self.journal_bytes(), Ordering::Relaxed);
-                if committed.receiver_count() > 0 {
-                    for m in &batch {
-                        if let Msg::Event { seq, event, .. } = m {
-                            let _ = committed.send(Arc::new(Committed {
-                                seq: *seq,
-                                event: event.clone(),
-                            }));
-                        }
-                    }
-                }
             }
             let reply = result.clone().map_err(|e| StoreError::Io(e.clone()));
             for m in batch.drain(..) {

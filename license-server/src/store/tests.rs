@@ -123,7 +123,7 @@ async fn group_commit_batches_concurrent_events() {
 }
 
 #[tokio::test]
-async fn durable_events_are_published_in_order() {
+async fn queued_events_are_published_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let (mut state, store, _) = open(dir.path(), StoreOptions::default()).unwrap();
     let mut sub = store.subscribe();
@@ -763,4 +763,40 @@ fn decoding_never_panics_whatever_the_bytes() {
         let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         decode_any(&bytes);
     }
+}
+
+#[tokio::test]
+async fn the_earliest_restart_point_is_kept_until_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = RestartPoint {
+        history: Uuid::new_v4(),
+        seq: 10,
+    };
+    let later = RestartPoint {
+        history: first.history,
+        seq: 50,
+    };
+    {
+        let (_, store, _) = open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(store.hold_restart_point(first).unwrap(), first);
+    }
+    // Started again without a comparison: the first point holds, through a reopen.
+    let (_, store, _) = open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(store.hold_restart_point(later).unwrap(), first);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("pair-restart.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    store.clear_restart_point().unwrap();
+    store.clear_restart_point().unwrap();
+    assert_eq!(store.hold_restart_point(later).unwrap(), later);
+    // A damaged file stops the start with its name rather than being guessed at.
+    std::fs::write(dir.path().join("pair-restart.json"), b"{").unwrap();
+    let e = store.hold_restart_point(first).unwrap_err();
+    assert!(e.to_string().contains("pair-restart.json"), "{e}");
 }
