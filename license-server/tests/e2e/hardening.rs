@@ -97,9 +97,13 @@ async fn slow_clients_cannot_starve_health_or_checkouts() {
     })
     .await;
     let connected = Instant::now();
-    // Meanwhile health and checkouts answer within a second, over 7 s (past the head
-    // timeout of the slow ones).
+    // Meanwhile health and checkouts answer, over 7 s (past the head timeout of the slow
+    // ones): every one within 3 s and half of them within 250 ms. Starved, they would
+    // wait for the slow connections' head timeout (5 s) or not be answered at all; a
+    // single answer past a second is what a machine busy with other builds does to a
+    // debug build holding 2,000 connections, and is not what this test is about.
     let mut probes = 0;
+    let (mut health_times, mut checkout_times) = (Vec::new(), Vec::new());
     while connected.elapsed() < Duration::from_secs(7) {
         let (health, took) = timed(raw(
             &target,
@@ -107,12 +111,22 @@ async fn slow_clients_cannot_starve_health_or_checkouts() {
         ))
         .await;
         assert!(health.0.starts_with("HTTP/1.1 200"), "{health:?}");
-        assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
+        assert!(took < Duration::from_secs(3), "/healthz took {took:?}");
+        health_times.push(took);
         let ((st, lease), took) = timed(checkout(&server, "cad", &format!("probe-{probes}"))).await;
         assert_eq!(st, 201, "{lease}");
-        assert!(took < Duration::from_secs(1), "a checkout took {took:?}");
+        assert!(took < Duration::from_secs(3), "a checkout took {took:?}");
+        checkout_times.push(took);
         probes += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for (what, mut times) in [("/healthz", health_times), ("checkout", checkout_times)] {
+        times.sort();
+        let median = times[times.len() / 2];
+        assert!(
+            median < Duration::from_millis(250),
+            "{what}: median {median:?} of {times:?}"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let mut ok = 0;
