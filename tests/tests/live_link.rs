@@ -27,6 +27,10 @@ const WAIT: Duration = Duration::from_secs(30);
 const IN_FORCE: Duration = Duration::from_secs(2);
 /// Polls as far apart as the default: only the live link can be quick.
 const POLL: (&str, &str) = ("CAPABILITY_POLL_INTERVAL", "10m");
+/// The back office holds a link for a third of `SERVER_TIMEOUT`, and a server counts its
+/// link up once the back office has answered one: with the default (60 s) that is 20 s
+/// after a start, with this 2 s. Nothing here depends on how long a link is held.
+const LINK_HOLD: (&str, &str) = ("SERVER_TIMEOUT", "6s");
 
 /// Seats of `cad` a server serves from its rights (`None` when it does not answer).
 async fn seats(server: &LicenseServer) -> Option<u64> {
@@ -109,7 +113,7 @@ async fn two_processes() -> Result<
         eprintln!("TEST_POSTGRES_URL is not set: PostgreSQL not tested");
         return Ok(None);
     }
-    let bo = BackOffice::start_process(Backend::Postgres, &[]).await?;
+    let bo = BackOffice::start_process(Backend::Postgres, &[LINK_HOLD]).await?;
     let other = bo.sibling(&[]).await?;
     let fx = bo.fixture(&["cad"], 40).await?;
     let (setup, main, backup) = pair(&bo, &fx, 4, &[]).await?;
@@ -139,7 +143,7 @@ async fn mapping_in_force(
 async fn a_mapping_through_the_account_api_is_in_force_on_both_servers_of_a_pair_within_2s_on_sqlite()
 -> Result<()> {
     let _one = SERIAL.lock().await;
-    let bo = BackOffice::start_process(Backend::Sqlite, &[]).await?;
+    let bo = BackOffice::start_process(Backend::Sqlite, &[LINK_HOLD]).await?;
     let fx = bo.fixture(&["cad"], 40).await?;
     let (setup, main, backup) = pair(&bo, &fx, 4, &[]).await?;
     for round in 0..3 {
@@ -220,7 +224,7 @@ async fn the_back_offices_listen_again_after_postgresql_cuts_their_listener_conn
 async fn kill_9_of_the_main_shows_in_the_account_api_as_the_backup_serving_within_3s() -> Result<()>
 {
     let _one = SERIAL.lock().await;
-    let bo = BackOffice::start(Backend::Sqlite).await?;
+    let bo = BackOffice::start_with(Backend::Sqlite, &[LINK_HOLD]).await?;
     let fx = bo.fixture(&["cad"], 10).await?;
     let (setup, mut main, _backup) = pair(&bo, &fx, 4, &[("FAILOVER_TIMEOUT", "1s")]).await?;
     eventually(WAIT, "the backup ready at the back office", || async {
@@ -279,7 +283,7 @@ async fn a_stopped_server_is_inaccessible_within_server_timeout_and_a_running_on
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_cut_by_the_proxy_is_opened_again_and_brings_what_changed_meanwhile() -> Result<()> {
     let _one = SERIAL.lock().await;
-    let bo = BackOffice::start(Backend::Sqlite).await?;
+    let bo = BackOffice::start_with(Backend::Sqlite, &[LINK_HOLD]).await?;
     let fx = bo.fixture(&["cad"], 10).await?;
     let port: u16 = bo.url.rsplit(':').next().context("port")?.parse()?;
     let proxy = Proxy::start(port).await?;
