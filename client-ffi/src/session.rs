@@ -281,6 +281,7 @@ impl LicensingClient {
         }
         let req = CheckoutRequest {
             borrow_secs: None,
+            queue_secs: None,
             feature: feature.to_owned(),
             version: version.map(str::to_owned),
             count,
