@@ -332,6 +332,36 @@ pub async fn seats_held(url: &str, admin_token: &str, feature: &str) -> Option<u
     )
 }
 
+/// The clients in line for `feature` at the server at `url`, in order (operator API:
+/// the admin usage, each `{queue_id, client_id, position, ...}`).
+pub async fn queue_at(url: &str, admin_token: &str, feature: &str) -> Result<Vec<Value>> {
+    let v: Value = http()
+        .get(format!("{url}/api/v1/admin/usage"))
+        .bearer_auth(admin_token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let mut out: Vec<Value> = Vec::new();
+    for pool in v.as_array().into_iter().flatten() {
+        for q in pool["queued"].as_array().into_iter().flatten() {
+            if q["feature"] == feature && !out.iter().any(|o| o["queue_id"] == q["queue_id"]) {
+                out.push(q.clone());
+            }
+        }
+    }
+    out.sort_by_key(|q| q["position"].as_u64());
+    Ok(out)
+}
+
+/// The client IDs of a line, in order.
+pub fn queued_clients(line: &[Value]) -> Vec<String> {
+    line.iter()
+        .filter_map(|q| q["client_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// The lease IDs of a lease list.
 pub fn lease_ids(list: &[Value]) -> std::collections::HashSet<String> {
     list.iter()
