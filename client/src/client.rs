@@ -572,7 +572,12 @@ impl Client {
     /// Checks out `count` seats of `feature` (any version); the guard renews the lease in
     /// the background and returns it when dropped.
     pub async fn checkout(&self, feature: &str, count: u32) -> Result<LeaseGuard, ClientError> {
-        self.checkout_with(CheckoutRequest {
+        self.checkout_with(self.request(feature, count)).await
+    }
+
+    /// A checkout of `count` seats of `feature` (any version) as this client.
+    fn request(&self, feature: &str, count: u32) -> CheckoutRequest {
+        CheckoutRequest {
             borrow_secs: None,
             queue_secs: None,
             feature: feature.to_owned(),
@@ -582,8 +587,7 @@ impl Client {
             user: None,
             host: None,
             client_secret: None,
-        })
-        .await
+        }
     }
 
     /// Checks out with a full request (a version, another client ID).
@@ -633,18 +637,8 @@ impl Client {
         count: u32,
         wait: Duration,
     ) -> Result<LeaseGuard, ClientError> {
-        let req = CheckoutRequest {
-            borrow_secs: None,
-            queue_secs: None,
-            feature: feature.to_owned(),
-            version: None,
-            count,
-            client_id: self.inner.client_id.clone(),
-            user: None,
-            host: None,
-            client_secret: None,
-        };
-        self.checkout_with_queued(req, wait).await
+        self.checkout_with_queued(self.request(feature, count), wait)
+            .await
     }
 
     /// A guard for a lease checked out without one: it renews the lease in the

@@ -309,7 +309,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let server = limits
         .apply(HttpServer::new(move || http::app(ctx.clone())), &gate)
-        .shutdown_signal(shutdown_signal());
+        .shutdown_signal({
+            // Queued checkouts held open answer their place at once, not at the cut-off.
+            let svc = svc.clone();
+            async move {
+                shutdown_signal().await;
+                svc.stop_holding_queued();
+            }
+        });
     let server = match tls {
         Some(config) => server.listen_rustls_0_23(listener, config)?,
         None => server.listen(listener)?,

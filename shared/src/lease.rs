@@ -96,8 +96,9 @@ pub struct QueuePlace {
     pub position: u32,
     /// Clients in line for the feature in all.
     pub queued: u32,
+    /// When the client joined the line, (Unix time, seconds).
     pub queued_at: i64,
-    /// When the place lapses unless a seat was granted.
+    /// When the place lapses unless a seat was granted, (Unix time, seconds).
     pub queued_until: i64,
     /// Why no seat was granted at once.
     pub reason: String,
@@ -126,7 +127,9 @@ pub struct QueuedInfo {
     pub host: Option<String>,
     /// 1: next in its feature's line.
     pub position: u32,
+    /// When the client joined the line, (Unix time, seconds).
     pub queued_at: i64,
+    /// When the client gives up unless granted a seat, (Unix time, seconds).
     pub queued_until: i64,
 }
 

@@ -135,6 +135,22 @@ impl Service {
         Ok((binding, self.cfg.lease_ms.min(until - now), until - now))
     }
 
+    /// Before a checkout decides (the state lock held): serving, grantable (see
+    /// [`Service::grantable_locked`]), lapsed leases freed and the line served first.
+    pub(super) fn ready_to_grant_locked(
+        &self,
+        st: &mut State,
+        now: Millis,
+    ) -> Result<(Arc<Binding>, i64, i64), ServiceError> {
+        self.ensure_serving_locked(st, now)
+            .inspect_err(|e| self.metrics.deny(e.code()))?;
+        let ready = self
+            .grantable_locked(st, now)
+            .inspect_err(|e| self.metrics.deny(e.code()))?;
+        self.reap_locked(st, now);
+        Ok(ready)
+    }
+
     /// A denial as the client's error, counted in the metrics.
     pub(super) fn denied(&self, d: Denied, feature: &str) -> ServiceError {
         let err = self.denial(d, feature);
@@ -263,12 +279,7 @@ impl Service {
         let now = now_ms();
         let (rec, renewed, seq, rx, binding) = {
             let mut st = self.state.lock();
-            self.ensure_serving_locked(&st, now)
-                .inspect_err(|e| self.metrics.deny(e.code()))?;
-            let (binding, lease_ms, room_ms) = self
-                .grantable_locked(&st, now)
-                .inspect_err(|e| self.metrics.deny(e.code()))?;
-            self.reap_locked(&mut st, now);
+            let (binding, lease_ms, room_ms) = self.ready_to_grant_locked(&mut st, now)?;
             let ev = st
                 .decide_checkout(
                     &ask,

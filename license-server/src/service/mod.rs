@@ -157,6 +157,8 @@ pub struct Service {
     /// Woken when the line changes (a seat granted from it, a wait ended): queued
     /// checkouts held open look again.
     queue_changed: tokio::sync::Notify,
+    /// Set when the server stops: queued checkouts are no longer held open.
+    queue_stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Service {
@@ -279,6 +281,7 @@ impl Service {
             cluster,
             poll_now: rights::PollNow::new(),
             queue_changed: tokio::sync::Notify::new(),
+            queue_stopping: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 

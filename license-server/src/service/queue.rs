@@ -9,6 +9,7 @@
 //! its own lease and renews it, answered once that renewal is durable (and on the backup)
 //! — and with it the grant before it.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shared::capability::Role;
@@ -79,7 +80,7 @@ impl Service {
                 Step::Joined(p) => return Ok(Checkout::Queued(Box::new(p))),
                 Step::Waiting(p, until) => {
                     let now = tokio::time::Instant::now();
-                    if now >= poll_until {
+                    if now >= poll_until || self.queue_stopping.load(Ordering::Relaxed) {
                         return Ok(Checkout::Queued(Box::new(p)));
                     }
                     had_place = true;
@@ -93,6 +94,13 @@ impl Service {
                 }
             }
         }
+    }
+
+    /// The server stops: queued checkouts held open answer their place now (their
+    /// clients repeat them, at the partner or once this server is back).
+    pub fn stop_holding_queued(&self) {
+        self.queue_stopping.store(true, Ordering::Relaxed);
+        self.queue_changed.notify_waiters();
     }
 
     /// `queue_secs` within `QUEUE_MAX_WAIT`, and not with a borrow.
@@ -127,12 +135,7 @@ impl Service {
         // Decided under the lock; waited for (durable, on the backup) after it.
         let (granted, seq, rx, binding, joined) = {
             let mut st = self.state.lock();
-            self.ensure_serving_locked(&st, now)
-                .inspect_err(|e| self.metrics.deny(e.code()))?;
-            let (binding, lease_ms, room_ms) = self
-                .grantable_locked(&st, now)
-                .inspect_err(|e| self.metrics.deny(e.code()))?;
-            self.reap_locked(&mut st, now);
+            let (binding, lease_ms, room_ms) = self.ready_to_grant_locked(&mut st, now)?;
             if let Some(e) = st.own_queue_entry(&ask, holds) {
                 if e.until <= now {
                     return Err(self.wait_ended(e));
