@@ -208,7 +208,44 @@ pub unsafe extern "C" fn licensing_checkout(
         let feature = unsafe { required(feature, "feature") }?;
         // SAFETY: the caller promises a NUL-terminated string or NULL.
         let version = unsafe { text(version, "version") }?;
-        let lease = client.checkout(feature, version, count)?;
+        let lease = client.checkout(feature, version, count, None)?;
+        // SAFETY: checked by `clear` above.
+        unsafe { hand_out(out, lease) };
+        Ok(())
+    })
+}
+
+/// Checks out like `licensing_checkout`, but when no seat is free waits in line up to
+/// `wait_secs` seconds (at least 1, at most the server's `QUEUE_MAX_WAIT`) for one: seats
+/// go to those in line first come, first served, and the call returns once one is
+/// granted (following the pair across a takeover). When the wait ends without a seat the
+/// client leaves the line and the status is `LICENSING_STATUS_NO_LICENSE_AVAILABLE`.
+///
+/// # Safety
+/// As `licensing_checkout`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn licensing_checkout_queued(
+    client: *const LicensingClient,
+    feature: *const c_char,
+    version: *const c_char,
+    count: u32,
+    wait_secs: u32,
+    out: *mut *mut LicensingLease,
+) -> LicensingStatus {
+    call(|| {
+        // SAFETY: the caller promises `out` may be written.
+        unsafe { clear(out, "out") }?;
+        // SAFETY: the caller promises a live client.
+        let client = unsafe { object(client, "client") }?;
+        // SAFETY: the caller promises a NUL-terminated string.
+        let feature = unsafe { required(feature, "feature") }?;
+        // SAFETY: the caller promises a NUL-terminated string or NULL.
+        let version = unsafe { text(version, "version") }?;
+        if wait_secs == 0 {
+            return Err(Failure::invalid("wait at least one second in line"));
+        }
+        let wait = std::time::Duration::from_secs(u64::from(wait_secs));
+        let lease = client.checkout(feature, version, count, Some(wait))?;
         // SAFETY: checked by `clear` above.
         unsafe { hand_out(out, lease) };
         Ok(())

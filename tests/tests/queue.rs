@@ -362,3 +362,70 @@ async fn the_line_is_intact_on_the_backup_after_a_kill_9_of_the_main_and_again_a
     line_is(&backup.url, &backup_token, &[]).await;
     Ok(())
 }
+
+/// Runs `f` on a thread of its own, outside the test's runtime (as a C program would).
+/// Started at once; the answer is awaited.
+fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> impl std::future::Future<Output = Result<T>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    async move { rx.await.context("the thread ended without an answer") }
+}
+
+/// The C ABI's `licensing_checkout_queued` is this call behind its pointer checks (the
+/// tests crate forbids `unsafe`, so it calls the safe layer the ABI wraps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_c_abi_waits_in_line_until_granted_or_its_wait_ends() -> Result<()> {
+    use licensing::{LicensingClient, LicensingStatus, Settings};
+
+    let bo = BackOffice::start(Backend::Sqlite).await?;
+    let tmp = tempfile::tempdir()?;
+    let server = standalone(&bo, tmp.path(), 1, &[]).await?;
+    let token = server.admin_token();
+    let client = Client::new(&server.url, bo.producer())?;
+    let holder = client.checkout_lease(&ask("holder", "ann")).await?;
+
+    let key = std::fs::read_to_string(bo.public_key_path())?;
+    let c_client = |id: &str| -> Result<std::sync::Arc<LicensingClient>> {
+        let client = LicensingClient::new(Settings {
+            servers: &server.url,
+            producer_key_pem: &key,
+            ca_pem: None,
+            client_id: Some(id),
+        })
+        .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+        Ok(std::sync::Arc::new(client))
+    };
+    let (first, second) = (c_client("c-program")?, c_client("c-other")?);
+    // The C call blocks its thread (a thread of C's own, outside any runtime) until
+    // granted or its wait ends.
+    let checkout = |c: &std::sync::Arc<LicensingClient>, wait_secs: u64| {
+        let c = c.clone();
+        off_runtime(move || c.checkout("cad", None, 1, Some(Duration::from_secs(wait_secs))))
+    };
+    let waiting = checkout(&first, 120);
+    line_is(&server.url, &token, &["c-program"]).await;
+    client.release(&holder).await?;
+    let lease = tokio::time::timeout(WAIT, waiting)
+        .await??
+        .map_err(|f| anyhow::anyhow!("{}", f.message))?;
+    ensure!(lease.lease().is_some_and(|l| l.client_id == "c-program"));
+    // Held now: another client's wait of one second ends without a seat, out of line.
+    let other = tokio::time::timeout(WAIT, checkout(&second, 1)).await??;
+    let status = other.as_ref().err().map(|f| f.status);
+    // Whatever it got is let go off the runtime (a lease would be returned on drop).
+    off_runtime(move || drop(other)).await?;
+    ensure!(
+        status == Some(LicensingStatus::NoLicenseAvailable),
+        "{status:?}"
+    );
+    ensure!(queue_at(&server.url, &token, "cad").await?.is_empty());
+    within_count(&server, 1).await?;
+    // The lease is returned and the client's runtime stopped where blocking is allowed.
+    off_runtime(move || drop((lease, first, second))).await?;
+    within_count(&server, 0).await?;
+    Ok(())
+}
