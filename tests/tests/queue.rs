@@ -162,6 +162,23 @@ async fn three_clients_queued_in_order_are_granted_in_order_as_seats_free() -> R
         .text()
         .await?;
     ensure!(metrics.contains("lls_queued 3"), "{metrics}");
+    // `license-server status` with the operator token: how many wait, and who.
+    let out = server.operator(&["status", "--token", &token])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(text.contains("3 waiting in line"), "{text}");
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" q1 ") || l.contains(" q2 ") || l.contains(" q3 "))
+        .collect();
+    ensure!(
+        rows.len() == 3 && rows[0].contains("bob") && rows[2].trim_start().starts_with('3'),
+        "{text}"
+    );
     // A newcomer without a wait does not jump the line, even when a seat frees.
     let (status, err) = raw_checkout(&server, json!({"feature": "cad", "client_id": "n"})).await?;
     ensure!(
