@@ -2036,6 +2036,25 @@ mod tests {
     }
 
     #[test]
+    fn naming_a_queued_clients_id_without_its_secret_or_token_finds_no_place() {
+        let mut s = state_with(vec![right("cad", "", 1, None)]);
+        checkout(&mut s, &ask("cad", "h", 1), T0).unwrap();
+        let alice = ask("cad", "alice", 1);
+        let place = join(&mut s, &alice, T0, 600);
+        assert_eq!(s.own_queue_entry(&alice, |_| false).map(|e| e.id), Some(place));
+        // Her client ID with another secret, or none: not her place, whatever it shows.
+        for holder in [Holder::of_secret("a guess"), Holder::NONE] {
+            let impostor = CheckoutAsk { holder, ..alice };
+            assert!(s.own_queue_entry(&impostor, |_| false).is_none());
+            assert!(s.own_queue_entry(&impostor, |id| *id != place).is_none());
+            // The place's token (what `holds` checks) proves it.
+            assert!(s.own_queue_entry(&impostor, |id| *id == place).is_some());
+        }
+        // Another client's own secret and ID do not find her place either.
+        assert!(s.own_queue_entry(&ask("cad", "bob", 1), |_| false).is_none());
+    }
+
+    #[test]
     fn a_request_the_pool_can_never_hold_neither_waits_nor_blocks() {
         let mut s = state_with(vec![right("cad", "", 2, None)]);
         let a = checkout(&mut s, &ask("cad", "a", 2), T0).unwrap();
