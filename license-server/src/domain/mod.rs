@@ -2041,7 +2041,10 @@ mod tests {
         checkout(&mut s, &ask("cad", "h", 1), T0).unwrap();
         let alice = ask("cad", "alice", 1);
         let place = join(&mut s, &alice, T0, 600);
-        assert_eq!(s.own_queue_entry(&alice, |_| false).map(|e| e.id), Some(place));
+        assert_eq!(
+            s.own_queue_entry(&alice, |_| false).map(|e| e.id),
+            Some(place)
+        );
         // Her client ID with another secret, or none: not her place, whatever it shows.
         for holder in [Holder::of_secret("a guess"), Holder::NONE] {
             let impostor = CheckoutAsk { holder, ..alice };
@@ -2051,7 +2054,25 @@ mod tests {
             assert!(s.own_queue_entry(&impostor, |id| *id == place).is_some());
         }
         // Another client's own secret and ID do not find her place either.
-        assert!(s.own_queue_entry(&ask("cad", "bob", 1), |_| false).is_none());
+        assert!(
+            s.own_queue_entry(&ask("cad", "bob", 1), |_| false)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn rights_that_grow_serve_the_line() {
+        let mut s = state_with(vec![right("cad", "", 1, None)]);
+        checkout(&mut s, &ask("cad", "h", 1), T0).unwrap();
+        join(&mut s, &ask("cad", "q1", 1), T0, 600);
+        join(&mut s, &ask("cad", "q2", 1), T0 + 1, 600);
+        assert!(serve(&mut s, T0 + 2).is_empty());
+        s.apply(&Event::RightsUpdated {
+            rights: rights::tests::signed(vec![right("cad", "", 2, None)], 0),
+            at: T0 + 3,
+        });
+        assert_eq!(serve(&mut s, T0 + 3), ["q1"]);
+        assert_eq!(s.queued("cad"), 1);
     }
 
     #[test]
