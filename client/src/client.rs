@@ -694,6 +694,10 @@ impl Client {
                     tokio::time::sleep(Duration::from_millis(500).min(left)).await;
                     continue;
                 }
+                // The place lapsed as the wait ended.
+                Err(e) if place.is_some() && e.code() == Some(ErrorCode::NoLicenseAvailable) => {
+                    return Err(self.gave_up(place.as_ref(), wait).await);
+                }
                 Err(e) => return Err(e),
             };
             let value = answer

@@ -313,6 +313,26 @@ async fn a_queued_client_that_gives_up_gets_no_seat_and_does_not_block_the_next(
             .bearer_auth(bearer)
             .send()
     };
+    // `license-client checkout --queue`: shows its place, gives up after its wait.
+    let out = tokio::process::Command::new(tests::binary("license-client"))
+        .args([
+            "--server",
+            &server.url,
+            "--client-id",
+            "cli",
+            "--producer-key",
+        ])
+        .arg(bo.public_key_path())
+        .args(["checkout", "cad", "--queue", "1"])
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success()
+            && stderr.contains("waiting in line for cad: place 2 of 2")
+            && stderr.contains("waited in line 1s without a free seat"),
+        "{stderr}"
+    );
     ensure!(leave(lease.token.clone()).await?.status() == 403);
     ensure!(
         leave(place["token"].as_str().unwrap_or_default().to_owned())

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::leases::{ask_of, borrow_ms};
 use super::{Service, fmt_time, now_ms};
-use crate::domain::{Event, Millis, QueueEntry, State};
+use crate::domain::{Denied, Event, Millis, QueueEntry, State};
 use crate::error::ServiceError;
 use crate::store;
 
@@ -138,7 +138,7 @@ impl Service {
             let (binding, lease_ms, room_ms) = self.ready_to_grant_locked(&mut st, now)?;
             if let Some(e) = st.own_queue_entry(&ask, holds) {
                 if e.until <= now {
-                    return Err(self.wait_ended(e));
+                    return Err(self.wait_over(&e.feature, e.count, Some(e.until)));
                 }
                 let place = self.place(&st, e, "waiting for a seat".into());
                 return Ok(Step::Waiting(place, e.until));
@@ -154,6 +154,9 @@ impl Service {
             let (ev, joined) = match decided {
                 Ok(ev) => (ev, None),
                 // Its place lapsed or was left while it waited: the wait is over.
+                Err(Denied::NoSeat { .. }) if had_place => {
+                    return Err(self.wait_over(&req.feature, req.count, None));
+                }
                 Err(d) if had_place => return Err(self.denied(d, &req.feature)),
                 Err(d) => {
                     let reason = self.denial(d.clone(), &req.feature).to_string();
@@ -234,15 +237,16 @@ impl Service {
         }
     }
 
-    fn wait_ended(&self, e: &QueueEntry) -> ServiceError {
+    /// A client's wait in line ended (at `until`, when known) without a seat.
+    fn wait_over(&self, feature: &str, asked: u32, until: Option<Millis>) -> ServiceError {
+        let at = until.map_or_else(String::new, |u| format!(" at {}", fmt_time(u / 1000)));
         let err = ServiceError::NoLicense {
             message: format!(
-                "no license of `{}` available: the wait in line ended at {} without a free seat",
-                e.feature,
-                fmt_time(e.until / 1000)
+                "no license of `{feature}` available: the wait in line ended{at} without a \
+                 free seat"
             ),
             next_free_at: None,
-            asked: e.count,
+            asked,
             free: 0,
             count: 0,
         };
