@@ -162,6 +162,21 @@ LicensingStatus licensing_checkout(const struct LicensingClient *client,
                                    uint32_t count,
                                    struct LicensingLease **out);
 
+// Checks out like `licensing_checkout`, but when no seat is free waits in line up to
+// `wait_secs` seconds (at least 1, at most the server's `QUEUE_MAX_WAIT`) for one: seats
+// go to those in line first come, first served, and the call returns once one is
+// granted (following the pair across a takeover). When the wait ends without a seat the
+// client leaves the line and the status is `LICENSING_STATUS_NO_LICENSE_AVAILABLE`.
+//
+// # Safety
+// As `licensing_checkout`.
+LicensingStatus licensing_checkout_queued(const struct LicensingClient *client,
+                                          const char *feature,
+                                          const char *version,
+                                          uint32_t count,
+                                          uint32_t wait_secs,
+                                          struct LicensingLease **out);
+
 // The lease's ID (a UUID as text), valid until the lease is freed; NULL for a NULL
 // lease.
 //

@@ -199,6 +199,43 @@ pub unsafe extern "C" fn licensing_checkout(
     count: u32,
     out: *mut *mut LicensingLease,
 ) -> LicensingStatus {
+    // SAFETY: the caller's promises are `checkout_into`'s.
+    unsafe { checkout_into(client, feature, version, count, None, out) }
+}
+
+/// Checks out like `licensing_checkout`, but when no seat is free waits in line up to
+/// `wait_secs` seconds (at least 1, at most the server's `QUEUE_MAX_WAIT`) for one: seats
+/// go to those in line first come, first served, and the call returns once one is
+/// granted (following the pair across a takeover). When the wait ends without a seat the
+/// client leaves the line and the status is `LICENSING_STATUS_NO_LICENSE_AVAILABLE`.
+///
+/// # Safety
+/// As `licensing_checkout`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn licensing_checkout_queued(
+    client: *const LicensingClient,
+    feature: *const c_char,
+    version: *const c_char,
+    count: u32,
+    wait_secs: u32,
+    out: *mut *mut LicensingLease,
+) -> LicensingStatus {
+    // SAFETY: the caller's promises are `checkout_into`'s.
+    unsafe { checkout_into(client, feature, version, count, Some(wait_secs), out) }
+}
+
+/// Both checkouts: the arguments checked, the lease handed out through `out`.
+///
+/// # Safety
+/// As `licensing_checkout`.
+unsafe fn checkout_into(
+    client: *const LicensingClient,
+    feature: *const c_char,
+    version: *const c_char,
+    count: u32,
+    wait_secs: Option<u32>,
+    out: *mut *mut LicensingLease,
+) -> LicensingStatus {
     call(|| {
         // SAFETY: the caller promises `out` may be written.
         unsafe { clear(out, "out") }?;
@@ -208,7 +245,11 @@ pub unsafe extern "C" fn licensing_checkout(
         let feature = unsafe { required(feature, "feature") }?;
         // SAFETY: the caller promises a NUL-terminated string or NULL.
         let version = unsafe { text(version, "version") }?;
-        let lease = client.checkout(feature, version, count)?;
+        let wait = match wait_secs {
+            Some(0) => return Err(Failure::invalid("wait at least one second in line")),
+            w => w.map(|s| std::time::Duration::from_secs(u64::from(s))),
+        };
+        let lease = client.checkout(feature, version, count, wait)?;
         // SAFETY: checked by `clear` above.
         unsafe { hand_out(out, lease) };
         Ok(())
@@ -482,6 +523,33 @@ mod tests {
         }
         // This thread made no failing call: its message is empty.
         assert_eq!(message(), "");
+        // SAFETY: made above, freed once.
+        unsafe { licensing_client_free(client) };
+    }
+
+    #[test]
+    fn a_wait_in_line_of_zero_seconds_is_refused_before_anything_is_sent() {
+        let key = key();
+        let mut client = std::ptr::null_mut();
+        // SAFETY: valid strings; `client` may be written.
+        let status = unsafe {
+            licensing_client_new(
+                c"http://127.0.0.1:9".as_ptr(),
+                key.as_ptr(),
+                std::ptr::null(),
+                c"ffi-test".as_ptr(),
+                &mut client,
+            )
+        };
+        assert_eq!(status, LicensingStatus::Ok, "{}", message());
+        let mut lease = std::ptr::dangling_mut::<LicensingLease>();
+        // SAFETY: a live client, valid strings, `lease` may be written.
+        let status = unsafe {
+            licensing_checkout_queued(client, c"cad".as_ptr(), std::ptr::null(), 1, 0, &mut lease)
+        };
+        assert_eq!(status, LicensingStatus::Invalid);
+        assert!(lease.is_null());
+        assert_eq!(message(), "wait at least one second in line");
         // SAFETY: made above, freed once.
         unsafe { licensing_client_free(client) };
     }

@@ -265,13 +265,15 @@ impl LicensingClient {
         })
     }
 
-    /// Checks out `count` seats of `feature` (`version`: any when `None`); the lease is
-    /// renewed in the background until it is returned.
+    /// Checks out `count` seats of `feature` (`version`: any when `None`), waiting in
+    /// line up to `wait` when one is given and no seat is free; the lease is renewed in
+    /// the background until it is returned.
     pub fn checkout(
         &self,
         feature: &str,
         version: Option<&str>,
         count: u32,
+        wait: Option<std::time::Duration>,
     ) -> Result<LicensingLease, Failure> {
         if feature.is_empty() {
             return Err(Failure::invalid("name the feature to check out"));
@@ -281,6 +283,7 @@ impl LicensingClient {
         }
         let req = CheckoutRequest {
             borrow_secs: None,
+            queue_secs: None,
             feature: feature.to_owned(),
             version: version.map(str::to_owned),
             count,
@@ -290,9 +293,12 @@ impl LicensingClient {
             client_secret: None,
         };
         // The guard's renewer is spawned on the runtime it is made on: this one.
-        let guard = self
-            .runtime
-            .block_on(async { self.client.checkout_with(req).await })?;
+        let guard = self.runtime.block_on(async {
+            match wait {
+                Some(wait) => self.client.checkout_with_queued(req, wait).await,
+                None => self.client.checkout_with(req).await,
+            }
+        })?;
         let lease = guard.lease();
         let id = CString::new(lease.lease_id.to_string())
             .map_err(|_| Failure::invalid("the lease ID holds a NUL byte"))?;

@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use shared::grant::{Expected, GrantError, VerifiedGrant, verify_grant};
-use shared::lease::{CheckoutRequest, ClientSecret, FeatureInfo, Lease};
+use shared::lease::{
+    CheckoutRequest, ClientSecret, FeatureInfo, Lease, QUEUE_POLL_SECS, QueuePlace,
+};
 use shared::signing::Verifier;
 use shared::{ErrorBody, ErrorCode};
 
@@ -48,6 +50,16 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether another try may succeed: no server answered, or none serves right now
+    /// (a takeover or failback under way).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ClientError::Transport(_))
+            || matches!(
+                self.code(),
+                Some(ErrorCode::NotServing | ErrorCode::Unavailable)
+            )
+    }
+
     /// The contract error code, for API errors.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
@@ -276,6 +288,8 @@ impl ClientBuilder {
 struct Answer<T> {
     body: Option<T>,
     server: String,
+    /// The HTTP status (2xx).
+    status: u16,
 }
 
 impl Client {
@@ -430,6 +444,21 @@ impl Client {
         bearer: Option<&str>,
         first: Option<&str>,
     ) -> Result<Answer<T>, ClientError> {
+        self.call_timed(method, path, body, bearer, first, None)
+            .await
+    }
+
+    /// [`Client::call`], each request allowed `timeout` instead of the client's (a
+    /// server that holds the request, as a queued checkout's).
+    async fn call_timed<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        bearer: Option<&str>,
+        first: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<Answer<T>, ClientError> {
         let mut order = self.servers();
         if let Some(f) = first.and_then(|f| normalise(f).ok()) {
             order.retain(|u| *u != f);
@@ -452,6 +481,9 @@ impl Client {
             }
             if let Some(t) = bearer {
                 req = req.bearer_auth(t);
+            }
+            if let Some(t) = timeout {
+                req = req.timeout(t);
             }
             let resp = match req.send().await {
                 Ok(r) => r,
@@ -478,12 +510,14 @@ impl Client {
                     return Ok(Answer {
                         body: None,
                         server: base,
+                        status,
                     });
                 }
                 return match serde_json::from_slice(&bytes) {
                     Ok(body) => Ok(Answer {
                         body: Some(body),
                         server: base,
+                        status,
                     }),
                     Err(e) => Err(ClientError::Invalid(format!(
                         "unexpected answer from {base}: {e}"
@@ -538,8 +572,14 @@ impl Client {
     /// Checks out `count` seats of `feature` (any version); the guard renews the lease in
     /// the background and returns it when dropped.
     pub async fn checkout(&self, feature: &str, count: u32) -> Result<LeaseGuard, ClientError> {
-        self.checkout_with(CheckoutRequest {
+        self.checkout_with(self.request(feature, count)).await
+    }
+
+    /// A checkout of `count` seats of `feature` (any version) as this client.
+    fn request(&self, feature: &str, count: u32) -> CheckoutRequest {
+        CheckoutRequest {
             borrow_secs: None,
+            queue_secs: None,
             feature: feature.to_owned(),
             version: None,
             count,
@@ -547,8 +587,7 @@ impl Client {
             user: None,
             host: None,
             client_secret: None,
-        })
-        .await
+        }
     }
 
     /// Checks out with a full request (a version, another client ID).
@@ -560,6 +599,19 @@ impl Client {
     /// Checks out without a guard: the caller renews and returns. A request without a
     /// `client_secret`, `user` or `host` is sent with this client's.
     pub async fn checkout_lease(&self, req: &CheckoutRequest) -> Result<Lease, ClientError> {
+        let req = self.completed(req);
+        let body = serde_json::to_vec(&req).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let answer: Answer<Lease> = self
+            .call(Method::POST, "/api/v1/leases", Some(body), None, None)
+            .await?;
+        let lease = answer
+            .body
+            .ok_or_else(|| ClientError::Invalid("empty answer to a checkout".into()))?;
+        self.checked_out(&req, lease, &answer.server)
+    }
+
+    /// The request with this client's secret, user and host where it names none.
+    fn completed(&self, req: &CheckoutRequest) -> CheckoutRequest {
         let mut req = req.clone();
         if req.client_secret.is_none() {
             req.client_secret = Some(self.inner.secret.clone());
@@ -570,16 +622,133 @@ impl Client {
         if req.host.is_none() {
             req.host = self.inner.host.clone();
         }
-        let body = serde_json::to_vec(&req).map_err(|e| ClientError::Invalid(e.to_string()))?;
-        let answer: Answer<Lease> = self
-            .call(Method::POST, "/api/v1/leases", Some(body), None, None)
-            .await?;
-        let lease = answer
-            .body
-            .ok_or_else(|| ClientError::Invalid("empty answer to a checkout".into()))?;
+        req
+    }
+
+    /// Checks out `count` seats of `feature` (any version), waiting in line up to `wait`
+    /// when none is free: seats go to those in line first come, first served. The guard
+    /// renews and returns the lease like [`Client::checkout`]'s. When the wait ends
+    /// without a seat the client leaves the line and the error is
+    /// `NO_LICENSE_AVAILABLE`. A server that stops answering meanwhile is followed to its
+    /// partner, which holds the same line.
+    pub async fn checkout_queued(
+        &self,
+        feature: &str,
+        count: u32,
+        wait: Duration,
+    ) -> Result<LeaseGuard, ClientError> {
+        self.checkout_with_queued(self.request(feature, count), wait)
+            .await
+    }
+
+    /// A guard for a lease checked out without one: it renews the lease in the
+    /// background and returns it when dropped.
+    pub fn guard(&self, lease: Lease) -> LeaseGuard {
+        LeaseGuard::new(self.clone(), lease)
+    }
+
+    /// [`Client::checkout_queued`] with a full request (a version, another client ID).
+    pub async fn checkout_with_queued(
+        &self,
+        req: CheckoutRequest,
+        wait: Duration,
+    ) -> Result<LeaseGuard, ClientError> {
+        let lease = self.checkout_lease_queued(&req, wait, |_| {}).await?;
+        Ok(LeaseGuard::new(self.clone(), lease))
+    }
+
+    /// [`Client::checkout_queued`] with a full request and without a guard; `on_place`
+    /// hears every place in line the server answers (the first, then each new look).
+    pub async fn checkout_lease_queued(
+        &self,
+        req: &CheckoutRequest,
+        wait: Duration,
+        mut on_place: impl FnMut(&QueuePlace),
+    ) -> Result<Lease, ClientError> {
+        let mut req = self.completed(req);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut place: Option<QueuePlace> = None;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(self.gave_up(place.as_ref(), wait).await);
+            }
+            // Only the time left: a place that lapsed is not taken again for longer.
+            req.queue_secs = Some(left.as_secs().max(1));
+            let body = serde_json::to_vec(&req).map_err(|e| ClientError::Invalid(e.to_string()))?;
+            let answer: Answer<serde_json::Value> = match self
+                .call_timed(
+                    Method::POST,
+                    "/api/v1/leases",
+                    Some(body),
+                    place.as_ref().map(|p| p.token.as_str()),
+                    None,
+                    Some(Duration::from_secs(QUEUE_POLL_SECS + 10)),
+                )
+                .await
+            {
+                Ok(a) => a,
+                // No server serves for a moment (a takeover, a failback): try again.
+                Err(e) if place.is_some() && e.is_transient() => {
+                    tracing::debug!(error = %e, "no server holds the line now; trying again");
+                    tokio::time::sleep(Duration::from_millis(500).min(left)).await;
+                    continue;
+                }
+                // The place lapsed as the wait ended.
+                Err(e) if place.is_some() && e.code() == Some(ErrorCode::NoLicenseAvailable) => {
+                    return Err(self.gave_up(place.as_ref(), wait).await);
+                }
+                Err(e) => return Err(e),
+            };
+            let value = answer
+                .body
+                .ok_or_else(|| ClientError::Invalid("empty answer to a checkout".into()))?;
+            let invalid = |e: serde_json::Error| {
+                ClientError::Invalid(format!("unexpected answer from {}: {e}", answer.server))
+            };
+            if answer.status == 202 {
+                let p: QueuePlace = serde_json::from_value(value).map_err(invalid)?;
+                on_place(&p);
+                place = Some(p);
+                continue;
+            }
+            let lease: Lease = serde_json::from_value(value).map_err(invalid)?;
+            return self.checked_out(&req, lease, &answer.server);
+        }
+    }
+
+    /// Leaves the line after a wait that ended without a seat; the error to return.
+    async fn gave_up(&self, place: Option<&QueuePlace>, wait: Duration) -> ClientError {
+        let mut message = format!(
+            "no license available: waited in line {}s without a free seat",
+            wait.as_secs()
+        );
+        if let Some(p) = place {
+            message.push_str(&format!(" (last place: {} of {})", p.position, p.queued));
+            let path = format!("/api/v1/queue/{}", p.queue_id);
+            if let Err(e) = self
+                .call::<serde_json::Value>(Method::DELETE, &path, None, Some(&p.token), None)
+                .await
+            {
+                tracing::debug!(error = %e, "could not leave the line (its place lapses by itself)");
+            }
+        }
+        ClientError::Api {
+            status: 409,
+            body: ErrorBody::new(ErrorCode::NoLicenseAvailable, message),
+        }
+    }
+
+    /// A checkout's lease, once its grant verifies and says what was asked.
+    fn checked_out(
+        &self,
+        req: &CheckoutRequest,
+        lease: Lease,
+        server: &str,
+    ) -> Result<Lease, ClientError> {
         let lease = self.verified(
             lease,
-            &answer.server,
+            server,
             Expected {
                 client_id: &req.client_id,
                 lease_id: None,
@@ -590,8 +759,7 @@ impl Client {
         )?;
         if req.borrow_secs.is_some() && !lease.borrowed {
             return Err(ClientError::Invalid(format!(
-                "{} answered a borrow with a lease that is not borrowed",
-                answer.server
+                "{server} answered a borrow with a lease that is not borrowed"
             )));
         }
         self.learn(&lease);
@@ -620,6 +788,7 @@ impl Client {
             host: None,
             client_secret: None,
             borrow_secs: Some(period.as_secs().max(1)),
+            queue_secs: None,
         })
         .await
     }

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use licensing_client::describe_error;
 use shared::ErrorBody;
-use shared::lease::{FeatureInfo, LeaseInfo, PoolHolders, describe_ends};
+use shared::lease::{FeatureInfo, LeaseInfo, PoolHolders, QueuedInfo, describe_ends};
 
 use crate::http::admin::Reread;
 use crate::service::fmt_time;
@@ -211,7 +211,9 @@ pub async fn status(r: &Remote, which: Which) -> anyhow::Result<()> {
             let pools: Vec<PoolHolders> = serde_json::from_value(v)?;
             print_pools(
                 &by,
-                pools.iter().map(|p| (&p.pool, Some(p.leases.as_slice()))),
+                pools
+                    .iter()
+                    .map(|p| (&p.pool, Some((p.leases.as_slice(), p.queued.as_slice())))),
             );
         }
         Err(why) => {
@@ -239,6 +241,18 @@ const HOLDER_COLUMNS: &[Column] = &[
         l.granted_by.clone().unwrap_or_else(|| "-".to_owned())
     }),
     ("LEASE", |l| l.lease_id.to_string()),
+];
+
+/// The columns of the line of waiting clients (`IN LINE` is the place in its feature's).
+type QueueColumn = (&'static str, fn(&QueuedInfo) -> String);
+const QUEUE_COLUMNS: &[QueueColumn] = &[
+    ("IN LINE", |q| q.position.to_string()),
+    ("CLIENT", |q| q.client_id.clone()),
+    ("USER", |q| q.user.clone().unwrap_or_else(|| "-".to_owned())),
+    ("HOST", |q| q.host.clone().unwrap_or_else(|| "-".to_owned())),
+    ("SEATS", |q| q.count.to_string()),
+    ("SINCE", |q| fmt_time(q.queued_at)),
+    ("GIVES UP", |q| fmt_time(q.queued_until)),
 ];
 
 /// Rows under headings, each column as wide as its widest cell, indented.
@@ -272,7 +286,7 @@ fn table(indent: &str, headings: &[&str], rows: &[Vec<String>]) -> String {
 /// it, and (with the operator token) who holds its seats.
 fn print_pools<'a>(
     served_by: &str,
-    pools: impl Iterator<Item = (&'a FeatureInfo, Option<&'a [LeaseInfo]>)>,
+    pools: impl Iterator<Item = (&'a FeatureInfo, Option<(&'a [LeaseInfo], &'a [QueuedInfo])>)>,
 ) {
     for (f, leases) in pools {
         println!();
@@ -287,17 +301,30 @@ fn print_pools<'a>(
             },
             f.free
         );
-        let Some(leases) = leases else { continue };
+        if f.queued > 0 {
+            println!("    {} waiting in line", f.queued);
+        }
+        let Some((leases, queued)) = leases else {
+            continue;
+        };
         if leases.is_empty() {
             println!("    no seat held");
-            continue;
+        } else {
+            let headings: Vec<&str> = HOLDER_COLUMNS.iter().map(|c| c.0).collect();
+            let rows: Vec<Vec<String>> = leases
+                .iter()
+                .map(|l| HOLDER_COLUMNS.iter().map(|c| (c.1)(l)).collect())
+                .collect();
+            print!("{}", table("    ", &headings, &rows));
         }
-        let headings: Vec<&str> = HOLDER_COLUMNS.iter().map(|c| c.0).collect();
-        let rows: Vec<Vec<String>> = leases
-            .iter()
-            .map(|l| HOLDER_COLUMNS.iter().map(|c| (c.1)(l)).collect())
-            .collect();
-        print!("{}", table("    ", &headings, &rows));
+        if !queued.is_empty() {
+            let headings: Vec<&str> = QUEUE_COLUMNS.iter().map(|c| c.0).collect();
+            let rows: Vec<Vec<String>> = queued
+                .iter()
+                .map(|q| QUEUE_COLUMNS.iter().map(|c| (c.1)(q)).collect())
+                .collect();
+            print!("{}", table("    ", &headings, &rows));
+        }
     }
 }
 

@@ -27,6 +27,13 @@ pub struct Metrics {
     pub returns: Counter,
     pub expirations: Counter,
     pub releases: Counter,
+    /// Clients that joined a line, were granted a seat from it, whose wait lapsed, or
+    /// that left it.
+    pub queue_joins: Counter,
+    pub queue_grants: Counter,
+    pub queue_lapses: Counter,
+    pub queue_leaves: Counter,
+    pub queued: Gauge,
     pub denials: Family<CodeLabel, Counter>,
     pub polls: Family<ResultLabel, Counter>,
     pub http: Arc<HttpMetrics>,
@@ -64,6 +71,11 @@ impl Metrics {
             returns: Counter::default(),
             expirations: Counter::default(),
             releases: Counter::default(),
+            queue_joins: Counter::default(),
+            queue_grants: Counter::default(),
+            queue_lapses: Counter::default(),
+            queue_leaves: Counter::default(),
+            queued: Gauge::default(),
             denials: Family::default(),
             polls: Family::default(),
             http: HttpMetrics::register(&mut registry),
@@ -104,6 +116,31 @@ impl Metrics {
             "lease_releases",
             "Leases force-released by an operator",
             m.releases.clone(),
+        );
+        registry.register(
+            "queue_joins",
+            "Checkouts that joined the line for a seat (queue_secs)",
+            m.queue_joins.clone(),
+        );
+        registry.register(
+            "queue_grants",
+            "Seats granted to clients in line",
+            m.queue_grants.clone(),
+        );
+        registry.register(
+            "queue_lapses",
+            "Clients in line whose wait ended without a seat",
+            m.queue_lapses.clone(),
+        );
+        registry.register(
+            "queue_leaves",
+            "Clients that left the line themselves",
+            m.queue_leaves.clone(),
+        );
+        registry.register(
+            "queued",
+            "Clients waiting in line now (all features)",
+            m.queued.clone(),
         );
         registry.register(
             "denials",

@@ -199,6 +199,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         failover_timeout_ms: settings.failover_timeout.as_millis() as i64,
         maintenance_ms: settings.failover_maintenance_interval.as_millis() as i64,
         options_file: settings.licensing_options_file.clone(),
+        queue_max_ms: settings.queue_max_wait.as_millis() as i64,
     };
     let member = match &settings.cluster {
         Some(c) => Some(
@@ -308,7 +309,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let server = limits
         .apply(HttpServer::new(move || http::app(ctx.clone())), &gate)
-        .shutdown_signal(shutdown_signal());
+        .shutdown_signal({
+            // Queued checkouts held open answer their place at once, not at the cut-off.
+            let svc = svc.clone();
+            async move {
+                shutdown_signal().await;
+                svc.stop_holding_queued();
+            }
+        });
     let server = match tls {
         Some(config) => server.listen_rustls_0_23(listener, config)?,
         None => server.listen(listener)?,

@@ -31,6 +31,7 @@ pub const NAMES: &[&str] = &[
     "FAILOVER_MAINTENANCE_INTERVAL",
     "BACKUP_ABSENCE_LIMIT",
     "LEASE_DURATION",
+    "QUEUE_MAX_WAIT",
     "ADMIN_TOKEN",
     "PUBLIC_URL",
     "CLOCK_LEEWAY",
@@ -77,6 +78,8 @@ struct Raw {
     backup_absence_limit: Option<Duration>,
     #[serde(default, deserialize_with = "duration_like")]
     lease_duration: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_like")]
+    queue_max_wait: Option<Duration>,
     #[serde(default, deserialize_with = "secret_like")]
     admin_token: Option<Secret>,
     public_url: Option<String>,
@@ -131,6 +134,9 @@ pub struct Settings {
     pub failover_maintenance_interval: Duration,
     pub backup_absence_limit: Duration,
     pub lease_duration: Duration,
+    /// `QUEUE_MAX_WAIT` (default 1h, 1s to 7 days): the longest `queue_secs` a checkout
+    /// may ask to wait in line.
+    pub queue_max_wait: Duration,
     /// `None`: read or generate `DATA_DIR/admin.token`.
     pub admin_token: Option<Secret>,
     /// This server's URL as clients reach it (`served_by` in leases).
@@ -338,6 +344,12 @@ impl Settings {
         if lease_duration < Duration::from_secs(1) {
             bail!("LEASE_DURATION must be at least 1s");
         }
+        let queue_max_wait = raw.queue_max_wait.unwrap_or(Duration::from_secs(3600));
+        if !(Duration::from_secs(1)..=Duration::from_secs(7 * 86_400)).contains(&queue_max_wait) {
+            bail!(
+                "QUEUE_MAX_WAIT must be between 1s and 7 days (the longest a client may wait in line)"
+            );
+        }
         if let Some(p) = raw.capability_poll_interval
             && p < Duration::from_millis(100)
         {
@@ -439,6 +451,7 @@ impl Settings {
                 .backup_absence_limit
                 .unwrap_or(Duration::from_secs(7 * 86_400)),
             lease_duration,
+            queue_max_wait,
             admin_token: raw.admin_token.filter(|s| !s.is_empty()),
             public_url: url_setting("PUBLIC_URL", raw.public_url)?,
             clock_leeway: raw.clock_leeway.unwrap_or(Duration::from_secs(60)),

@@ -564,6 +564,7 @@ async fn many_clients_at_once_never_exceed_the_count() {
         tasks.push(tokio::spawn(async move {
             c.checkout_lease(&shared::lease::CheckoutRequest {
                 borrow_secs: None,
+                queue_secs: None,
                 feature: "cad".into(),
                 version: None,
                 count: 1,

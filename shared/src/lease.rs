@@ -60,6 +60,77 @@ pub struct CheckoutRequest {
         schema(minimum = 1, maximum = 31_536_000, example = 604800)
     )]
     pub borrow_secs: Option<u64>,
+    /// Wait in line this long (seconds, 1 to the server's `QUEUE_MAX_WAIT`, 3,600 by
+    /// default) when no seat is free: the answer is then `202` with the client's place
+    /// ([`QueuePlace`]), and seats are granted to those in line first come, first served
+    /// as they free. The client repeats the same checkout (same client ID and secret, or
+    /// the place's token as `Authorization: Bearer`) to pick its seat up: the server
+    /// holds that request until the seat is granted (`201`, the lease) or for at most
+    /// [`QUEUE_POLL_SECS`] (`202` again, the place now). Out of range:
+    /// `VALIDATION_ERROR` (field `queue_secs`); not with `borrow_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, example = 600))]
+    pub queue_secs: Option<u64>,
+}
+
+/// How long a server holds a queued client's repeated checkout before it answers its
+/// place again (seconds).
+pub const QUEUE_POLL_SECS: u64 = 20;
+
+/// A client's place in line (`202` answer to a checkout with `queue_secs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueuePlace {
+    /// The place's ID: the ID the lease will have once granted.
+    pub queue_id: Uuid,
+    /// Proves the place (and then the lease): `Authorization: Bearer` to pick the seat up
+    /// or to leave the line (`DELETE /api/v1/queue/{queue_id}`).
+    pub token: String,
+    pub feature: String,
+    /// The version asked for; any when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub count: u32,
+    pub client_id: String,
+    /// 1: the next of this feature's line to be granted a seat.
+    pub position: u32,
+    /// Clients in line for the feature in all.
+    pub queued: u32,
+    /// When the client joined the line, (Unix time, seconds).
+    pub queued_at: i64,
+    /// When the place lapses unless a seat was granted, (Unix time, seconds).
+    pub queued_until: i64,
+    /// Why no seat was granted at once.
+    pub reason: String,
+    /// The server holding the place; the backup of a pair when the main is away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_uri: Option<String>,
+}
+
+/// A client in line, as an operator sees it (`GET /api/v1/status`, the admin usage).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueuedInfo {
+    pub queue_id: Uuid,
+    pub feature: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub count: u32,
+    pub client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// 1: next in its feature's line.
+    pub position: u32,
+    /// When the client joined the line, (Unix time, seconds).
+    pub queued_at: i64,
+    /// When the client gives up unless granted a seat, (Unix time, seconds).
+    pub queued_until: i64,
 }
 
 /// The longest borrow a client may ask for (365 days, the back office's limit too).
@@ -241,6 +312,10 @@ pub struct FeatureInfo {
     /// Seats borrowed, part of `in_use`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub borrowed: u32,
+    /// Clients waiting in line for a seat of this pool (those that asked for this
+    /// version or any).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queued: u32,
     /// When the earliest right of this pool starts, (Unix time, seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starts_at: Option<i64>,
@@ -283,6 +358,9 @@ pub struct PoolHolders {
     pub pool: FeatureInfo,
     /// Its leases, oldest first.
     pub leases: Vec<LeaseInfo>,
+    /// Clients waiting in line for its seats, in their order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queued: Vec<QueuedInfo>,
 }
 
 /// One right of a pool, a line item's seats: [`FeatureInfo::rights`].

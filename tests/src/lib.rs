@@ -90,6 +90,7 @@ where
 pub fn checkout_request(feature: &str, client_id: &str) -> shared::lease::CheckoutRequest {
     shared::lease::CheckoutRequest {
         borrow_secs: None,
+        queue_secs: None,
         feature: feature.to_owned(),
         version: None,
         count: 1,

@@ -310,15 +310,20 @@ pub fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(Stri
 /// The leases of `feature` held by the license server at `url` (operator API); usable
 /// from a task that does not own the server.
 pub async fn leases_at(url: &str, admin_token: &str, feature: &str) -> Result<Vec<Value>> {
-    let v: Value = http()
-        .get(format!("{url}/api/v1/admin/features/{feature}/leases"))
+    let v = admin_get(url, admin_token, &format!("features/{feature}/leases")).await?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// `GET {url}/api/v1/admin/{path}` with the operator token, as JSON.
+async fn admin_get(url: &str, admin_token: &str, path: &str) -> Result<Value> {
+    Ok(http()
+        .get(format!("{url}/api/v1/admin/{path}"))
         .bearer_auth(admin_token)
         .send()
         .await?
         .error_for_status()?
         .json()
-        .await?;
-    Ok(v.as_array().cloned().unwrap_or_default())
+        .await?)
 }
 
 /// Seats of `feature` a server holds by its own lease list; `None` when it does not answer.
@@ -330,6 +335,29 @@ pub async fn seats_held(url: &str, admin_token: &str, feature: &str) -> Option<u
             .map(|l| l["count"].as_u64().unwrap_or(0) as u32)
             .sum(),
     )
+}
+
+/// The clients in line for `feature` at the server at `url`, in order (operator API:
+/// the admin usage, each `{queue_id, client_id, position, ...}`).
+pub async fn queue_at(url: &str, admin_token: &str, feature: &str) -> Result<Vec<Value>> {
+    let v = admin_get(url, admin_token, "usage").await?;
+    let mut out: Vec<Value> = Vec::new();
+    for pool in v.as_array().into_iter().flatten() {
+        for q in pool["queued"].as_array().into_iter().flatten() {
+            if q["feature"] == feature && !out.iter().any(|o| o["queue_id"] == q["queue_id"]) {
+                out.push(q.clone());
+            }
+        }
+    }
+    out.sort_by_key(|q| q["position"].as_u64());
+    Ok(out)
+}
+
+/// The client IDs of a line, in order.
+pub fn queued_clients(line: &[Value]) -> Vec<String> {
+    line.iter()
+        .filter_map(|q| q["client_id"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// The lease IDs of a lease list.

@@ -677,6 +677,7 @@ async fn view_server_shows_a_pair_not_started_yet_then_is_right_within_2s_of_its
         client
             .checkout_lease(&CheckoutRequest {
                 borrow_secs: None,
+                queue_secs: None,
                 feature: "cad".into(),
                 version: None,
                 count: 1,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use licensing_client::{Client, ClientError};
-use shared::lease::{CheckoutRequest, Lease};
+use shared::lease::{CheckoutRequest, Lease, QueuePlace};
 use shared::signing::Verifier;
 use uuid::Uuid;
 
@@ -62,6 +62,11 @@ enum Command {
         /// Hold the lease this long (renewing it in the background), then return it.
         #[arg(long, value_parser = shared::duration::parse)]
         hold: Option<Duration>,
+        /// When no seat is free, wait in line up to SECS seconds for one (first come,
+        /// first served; at most the server's QUEUE_MAX_WAIT); the place in line is
+        /// printed to standard error as it changes.
+        #[arg(long = "queue", value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        queue: Option<u64>,
     },
     /// Renew a lease.
     Renew {
@@ -223,9 +228,11 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             count,
             feature_version,
             hold,
+            queue,
         } => {
             let req = CheckoutRequest {
                 borrow_secs: None,
+                queue_secs: None,
                 feature,
                 version: feature_version,
                 count,
@@ -234,13 +241,28 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 host: None,
                 client_secret: None,
             };
-            match hold {
-                None => {
-                    let lease = client.checkout_lease(&req).await?;
-                    print_lease(&lease, cli.json);
+            let lease = match queue {
+                None => client.checkout_lease(&req).await?,
+                Some(secs) => {
+                    let mut last = None;
+                    let show = |p: &QueuePlace| {
+                        if last != Some(p.position) {
+                            last = Some(p.position);
+                            eprintln!(
+                                "waiting in line for {}: place {} of {} (gives up at {})",
+                                p.feature, p.position, p.queued, p.queued_until
+                            );
+                        }
+                    };
+                    client
+                        .checkout_lease_queued(&req, Duration::from_secs(secs), show)
+                        .await?
                 }
+            };
+            match hold {
+                None => print_lease(&lease, cli.json),
                 Some(d) => {
-                    let guard = client.checkout_with(req).await?;
+                    let guard = client.guard(lease);
                     print_lease(&guard.lease(), cli.json);
                     tokio::select! {
                         () = tokio::time::sleep(d) => {}

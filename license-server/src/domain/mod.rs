@@ -9,6 +9,7 @@
 //! form (the pair's snapshot and handback messages). Rights are the back office's signed
 //! answers, counted only once verified ([`rights`]).
 
+mod queue;
 pub(crate) mod rights;
 mod table;
 mod wire;
@@ -24,6 +25,7 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use crate::options::{Options, RuleDenial, Seats, Who};
+pub use queue::{MAX_QUEUED, QueueEntry};
 pub use rights::{Rights, RightsCheck, RightsError, renewal_step};
 use table::LeaseTable;
 pub use table::{CHUNK, FrozenLeases, LeaseRef};
@@ -295,6 +297,16 @@ pub enum Event {
         uri: Option<String>,
         reason: String,
     },
+    /// A client joined the line for a seat ([`queue`]).
+    QueueJoined {
+        entry: QueueEntry,
+    },
+    /// A client left the line without a seat: its time was up (`lapsed`) or it left.
+    QueueLeft {
+        id: Uuid,
+        at: Millis,
+        lapsed: bool,
+    },
 }
 
 impl Event {
@@ -315,6 +327,8 @@ impl Event {
             Event::Detached { .. } => "detached",
             Event::Rejoined { .. } => "rejoined",
             Event::OptionsChanged { .. } => "options_changed",
+            Event::QueueJoined { .. } => "queue_joined",
+            Event::QueueLeft { .. } => "queue_left",
         }
     }
 }
@@ -352,6 +366,12 @@ pub enum Denied {
     },
     /// A rule of the options file refused.
     Rule(RuleDenial),
+    /// The line is as long as it may be ([`MAX_QUEUED`]).
+    QueueFull {
+        max: usize,
+    },
+    /// No such place in line (granted, lapsed, left, or never queued).
+    NotQueued,
 }
 
 /// What a checkout asks for (validated by the caller).
@@ -547,6 +567,8 @@ pub struct State {
     pub absorbed: Option<Fork>,
     /// The options file in force (a backup: its main's).
     pub options: Option<OptionsInForce>,
+    /// Clients waiting for a seat, in the order they joined ([`queue`]).
+    queue: Vec<QueueEntry>,
     leases: LeaseTable,
     /// The pools the rights make (derived from `rights`).
     pools: BTreeMap<FeatureKey, Pool>,
@@ -646,6 +668,7 @@ impl State {
             alone_from: self.alone_from,
             absorbed: self.absorbed,
             options: self.options.clone(),
+            queue: self.queue.clone(),
             leases: LeaseTable::default(),
             pools: self.pools.clone(),
         }
@@ -665,7 +688,9 @@ impl State {
                     granted_seq: self.seq + 1,
                     ..LeaseRef::from(lease)
                 });
+                self.apply_queue(event);
             }
+            Event::QueueJoined { .. } | Event::QueueLeft { .. } => self.apply_queue(event),
             Event::LeaseRenewed { id, at, expires_at } => self.leases.renew(id, *at, *expires_at),
             Event::LeaseReturned { id, .. }
             | Event::LeaseExpired { id, .. }
@@ -762,22 +787,7 @@ impl State {
         granted_by: &str,
         holds: impl Fn(&Uuid) -> bool,
     ) -> Result<Event, Denied> {
-        // Candidate pools: the exact version, or every version of the feature.
-        let candidates: Vec<(&FeatureKey, &Pool)> = match ask.version {
-            Some(v) => self
-                .pools
-                .iter()
-                .filter(|(k, _)| k.feature == ask.feature && k.version == v)
-                .collect(),
-            None => self.pools_of_feature(ask.feature).collect(),
-        };
-        if candidates.is_empty() {
-            return Err(Denied::UnknownFeature);
-        }
-        let candidates = match ask.borrow_ms {
-            Some(ms) => borrowable(candidates, ms, now)?,
-            None => candidates,
-        };
+        let candidates = self.candidates(ask, now)?;
 
         // The same client again while its lease lives: that lease, renewed, when the
         // client proves it holds it; another one that only names the client ID is a
@@ -803,6 +813,73 @@ impl State {
             return self.decide_renew(&l.id, now, lease_ms);
         }
 
+        let granted = self.decide_new(&candidates, ask, now, lease_ms, new_id, granted_by)?;
+        // Seats free, but clients queued earlier wait for them: first come, first served.
+        let waiting = self.waiting_in_line(ask.feature, self.queue.len(), now);
+        if waiting > 0
+            && let Event::LeaseGranted { lease } = &granted
+        {
+            let key = FeatureKey {
+                feature: lease.feature.clone(),
+                version: lease.version.clone(),
+            };
+            let count = self.count_at(&key, now);
+            let clients = if waiting == 1 {
+                "client waits"
+            } else {
+                "clients wait"
+            };
+            return Err(Denied::NoSeat {
+                next_free_at: None,
+                reason: format!(
+                    "{waiting} {clients} in line for {} before this checkout",
+                    ask.feature
+                ),
+                asked: ask.count,
+                free: count.saturating_sub(self.in_use(&key)),
+                count,
+            });
+        }
+        Ok(granted)
+    }
+
+    /// The pools a checkout may take its seats from: the exact version, or every version
+    /// of the feature (a borrow: those that allow borrowing that long).
+    fn candidates(
+        &self,
+        ask: &CheckoutAsk<'_>,
+        now: Millis,
+    ) -> Result<Vec<(&FeatureKey, &Pool)>, Denied> {
+        let first = FeatureKey {
+            feature: ask.feature.to_owned(),
+            version: ask.version.unwrap_or_default().to_owned(),
+        };
+        let candidates: Vec<(&FeatureKey, &Pool)> = self
+            .pools
+            .range(first..)
+            .take_while(|(k, _)| k.feature == ask.feature)
+            .filter(|(k, _)| ask.version.is_none_or(|v| k.version == v))
+            .collect();
+        if candidates.is_empty() {
+            return Err(Denied::UnknownFeature);
+        }
+        match ask.borrow_ms {
+            Some(ms) => borrowable(candidates, ms, now),
+            None => Ok(candidates),
+        }
+    }
+
+    /// A new lease from the first of `candidates` with room for it, if the options
+    /// file's rules allow it; the queue is not consulted.
+    fn decide_new(
+        &self,
+        candidates: &[(&FeatureKey, &Pool)],
+        ask: &CheckoutAsk<'_>,
+        now: Millis,
+        lease_ms: i64,
+        new_id: Uuid,
+        granted_by: &str,
+    ) -> Result<Event, Denied> {
         if let Some(options) = &self.options {
             self.decide_rules(&options.rules, ask, now)
                 .map_err(Denied::Rule)?;
@@ -813,7 +890,7 @@ impl State {
         let mut reasons = Vec::new();
         // The pool that came closest: the most seats free (the first of equals).
         let mut closest: Option<(u32, u32)> = None;
-        for (key, pool) in &candidates {
+        for (key, pool) in candidates {
             let cap = pool.count_at(now);
             match pool.expired_at(now) {
                 Some(at) => {
@@ -1025,6 +1102,7 @@ impl State {
                     free: count.saturating_sub(in_use),
                     overdraft: in_use.saturating_sub(count),
                     borrowed: borrowed.get(key).copied().unwrap_or(0),
+                    queued: self.queued_for(key) as u32,
                     starts_at: pool.and_then(Pool::starts_at),
                     expires_at: pool.and_then(Pool::expires_at),
                     expired: pool.is_none_or(|p| p.expired_at(now).is_some()),
@@ -1151,6 +1229,7 @@ impl State {
         // The main's options: it read its file at this start, after the backup's copy.
         out.options = main.options.clone();
         out.detached = None;
+        out.merge_queue(main, fork, next_seq, now);
         out.seq = next_seq;
         out.rebuild_index();
         (out, report)
@@ -1859,6 +1938,241 @@ mod tests {
         // Lapsed leases of the main are not brought back.
         let (m, _) = State::merged_for_failback(&main, &backup, Uuid::new_v4(), T0 + LEASE + 1);
         assert!(m.lease(&live).is_none());
+    }
+
+    /// Joins the line for `secs` seconds after a checkout was denied.
+    fn join(s: &mut State, a: &CheckoutAsk<'_>, now: Millis, secs: i64) -> Uuid {
+        let denied = checkout(s, a, now).expect_err("a seat was free");
+        let ev = s
+            .decide_queue_join(a, now, now + secs * 1000, Uuid::new_v4(), denied)
+            .unwrap();
+        let Event::QueueJoined { entry } = &ev else {
+            panic!("{ev:?}")
+        };
+        let id = entry.id;
+        s.apply(&ev);
+        id
+    }
+
+    /// Grants what the line is owed; the clients granted, in order.
+    fn serve(s: &mut State, now: Millis) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(ev) = s.next_queue_grant(now, LEASE, "string:me") {
+            let Event::LeaseGranted { lease } = &ev else {
+                panic!("{ev:?}")
+            };
+            out.push(lease.client_id.clone());
+            s.apply(&ev);
+        }
+        out
+    }
+
+    fn give_back(s: &mut State, id: &Uuid, now: Millis) {
+        let ev = s.decide_return(id, now).unwrap();
+        s.apply(&ev);
+    }
+
+    #[test]
+    fn three_queued_clients_are_granted_in_order_as_seats_free() {
+        let mut s = state_with(vec![right("cad", "", 2, None)]);
+        let held: Vec<Uuid> = ["h1", "h2"]
+            .iter()
+            .map(|c| checkout(&mut s, &ask("cad", c, 1), T0).unwrap())
+            .collect();
+        let places: Vec<Uuid> = ["q1", "q2", "q3"]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| join(&mut s, &ask("cad", c, 1), T0 + i as i64, 600))
+            .collect();
+        assert_eq!(s.queued("cad"), 3);
+        assert_eq!(s.queue_position(&places[2]), Some(3));
+        assert!(serve(&mut s, T0 + 10).is_empty(), "no seat free yet");
+        give_back(&mut s, &held[1], T0 + 20);
+        assert_eq!(serve(&mut s, T0 + 20), ["q1"]);
+        // The seat is a lease with the place's ID; the place is gone, the next moves up.
+        assert_eq!(s.lease(&places[0]).unwrap().client_id, "q1");
+        assert_eq!(s.queue_position(&places[1]), Some(1));
+        // A newcomer does not jump the line, even for a seat that is free.
+        give_back(&mut s, &held[0], T0 + 30);
+        match checkout(&mut s, &ask("cad", "newcomer", 1), T0 + 30) {
+            Err(Denied::NoSeat { reason, .. }) => {
+                assert!(reason.contains("2 clients wait in line"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(serve(&mut s, T0 + 30), ["q2"]);
+        give_back(&mut s, &places[0], T0 + 40);
+        assert_eq!(serve(&mut s, T0 + 40), ["q3"]);
+        assert_eq!(s.queued("cad"), 0);
+        let key = FeatureKey {
+            feature: "cad".into(),
+            version: String::new(),
+        };
+        assert_eq!(s.in_use(&key), 2, "never more than the count");
+        // Every member applying the same events holds the same line and leases.
+        let copy: State = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(copy.queue(), s.queue());
+    }
+
+    #[test]
+    fn a_reserved_seat_goes_past_a_queued_client_it_is_not_reserved_for() {
+        let mut s = state_with(vec![right("cad", "", 2, None)]);
+        s.apply(&Event::OptionsChanged {
+            text: "RESERVE 1 cad USER alice\n".into(),
+            at: T0,
+        });
+        let as_ = |client: &'static str, user: &'static str| CheckoutAsk {
+            who: Who { user, host: "h" },
+            ..ask("cad", client, 1)
+        };
+        let bob1 = checkout(&mut s, &as_("bob1", "bob"), T0).unwrap();
+        let alice1 = checkout(&mut s, &as_("alice1", "alice"), T0).unwrap();
+        join(&mut s, &as_("bob2", "bob"), T0 + 1, 600);
+        join(&mut s, &as_("alice2", "alice"), T0 + 2, 600);
+        // Alice's seat frees: it is reserved, bob2 may not have it and does not hold
+        // back alice2 behind him.
+        give_back(&mut s, &alice1, T0 + 3);
+        assert_eq!(serve(&mut s, T0 + 3), ["alice2"]);
+        assert_eq!(s.queued("cad"), 1);
+        // Bob's own seat frees: bob2's turn.
+        give_back(&mut s, &bob1, T0 + 4);
+        assert_eq!(serve(&mut s, T0 + 4), ["bob2"]);
+        // An excluded client never joins the line.
+        s.apply(&Event::OptionsChanged {
+            text: "EXCLUDE cad USER eve\n".into(),
+            at: T0 + 5,
+        });
+        let eve = as_("eve", "eve");
+        let denied = checkout(&mut s, &eve, T0 + 5).unwrap_err();
+        assert!(matches!(
+            s.decide_queue_join(&eve, T0 + 5, T0 + 60_000, Uuid::new_v4(), denied),
+            Err(Denied::Rule(_))
+        ));
+    }
+
+    #[test]
+    fn a_client_that_gave_up_gets_no_seat_and_blocks_nobody() {
+        let mut s = state_with(vec![right("cad", "", 1, None)]);
+        let held = checkout(&mut s, &ask("cad", "h", 1), T0).unwrap();
+        let quitter = join(&mut s, &ask("cad", "quitter", 1), T0, 5);
+        let leaver = join(&mut s, &ask("cad", "leaver", 1), T0 + 1, 600);
+        join(&mut s, &ask("cad", "patient", 1), T0 + 2, 600);
+        assert_eq!(s.next_queue_deadline(), Some(T0 + 5000));
+        let lapsed = s.lapsed_in_queue(T0 + 5000);
+        assert_eq!(
+            lapsed,
+            vec![Event::QueueLeft {
+                id: quitter,
+                at: T0 + 5000,
+                lapsed: true
+            }]
+        );
+        for ev in &lapsed {
+            s.apply(ev);
+        }
+        let ev = s.decide_queue_leave(&leaver, T0 + 6000).unwrap();
+        s.apply(&ev);
+        assert_eq!(
+            s.decide_queue_leave(&leaver, T0 + 6000),
+            Err(Denied::NotQueued)
+        );
+        give_back(&mut s, &held, T0 + 7000);
+        assert_eq!(serve(&mut s, T0 + 7000), ["patient"]);
+        assert!(s.lease(&quitter).is_none() && s.lease(&leaver).is_none());
+        // A place whose time is up is not served even before it is lapsed.
+        let mut s = state_with(vec![right("cad", "", 1, None)]);
+        let held = checkout(&mut s, &ask("cad", "h", 1), T0).unwrap();
+        join(&mut s, &ask("cad", "late", 1), T0, 1);
+        give_back(&mut s, &held, T0 + 1000);
+        assert!(serve(&mut s, T0 + 1000).is_empty());
+    }
+
+    #[test]
+    fn naming_a_queued_clients_id_without_its_secret_or_token_finds_no_place() {
+        let mut s = state_with(vec![right("cad", "", 1, None)]);
+        checkout(&mut s, &ask("cad", "h", 1), T0).unwrap();
+        let alice = ask("cad", "alice", 1);
+        let place = join(&mut s, &alice, T0, 600);
+        assert_eq!(
+            s.own_queue_entry(&alice, |_| false).map(|e| e.id),
+            Some(place)
+        );
+        // Her client ID with another secret, or none: not her place, whatever it shows.
+        for holder in [Holder::of_secret("a guess"), Holder::NONE] {
+            let impostor = CheckoutAsk { holder, ..alice };
+            assert!(s.own_queue_entry(&impostor, |_| false).is_none());
+            assert!(s.own_queue_entry(&impostor, |id| *id != place).is_none());
+            // The place's token (what `holds` checks) proves it.
+            assert!(s.own_queue_entry(&impostor, |id| *id == place).is_some());
+        }
+        // Another client's own secret and ID do not find her place either.
+        assert!(
+            s.own_queue_entry(&ask("cad", "bob", 1), |_| false)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn rights_that_grow_serve_the_line() {
+        let mut s = state_with(vec![right("cad", "", 1, None)]);
+        checkout(&mut s, &ask("cad", "h", 1), T0).unwrap();
+        join(&mut s, &ask("cad", "q1", 1), T0, 600);
+        join(&mut s, &ask("cad", "q2", 1), T0 + 1, 600);
+        assert!(serve(&mut s, T0 + 2).is_empty());
+        s.apply(&Event::RightsUpdated {
+            rights: rights::tests::signed(vec![right("cad", "", 2, None)], 0),
+            at: T0 + 3,
+        });
+        assert_eq!(serve(&mut s, T0 + 3), ["q1"]);
+        assert_eq!(s.queued("cad"), 1);
+    }
+
+    #[test]
+    fn a_request_the_pool_can_never_hold_neither_waits_nor_blocks() {
+        let mut s = state_with(vec![right("cad", "", 2, None)]);
+        let a = checkout(&mut s, &ask("cad", "a", 2), T0).unwrap();
+        let too_big = ask("cad", "greedy", 3);
+        let denied = checkout(&mut s, &too_big, T0).unwrap_err();
+        assert!(matches!(
+            s.decide_queue_join(&too_big, T0, T0 + 60_000, Uuid::new_v4(), denied),
+            Err(Denied::NoSeat { .. })
+        ));
+        // Two seats asked at the head: a one-seat client behind waits its turn (first
+        // come, first served), and both are served once the seats free.
+        join(&mut s, &ask("cad", "two", 2), T0, 600);
+        join(&mut s, &ask("cad", "one", 1), T0 + 1, 600);
+        give_back(&mut s, &a, T0 + 2);
+        assert_eq!(serve(&mut s, T0 + 2), ["two"]);
+        assert_eq!(s.queued("cad"), 1);
+    }
+
+    #[test]
+    fn failback_keeps_the_backups_line_and_the_mains_own_later_places() {
+        let h1 = Uuid::new_v4();
+        let mut main = state_with(vec![right("cad", "", 1, None)]);
+        main.apply(&Event::HistoryStarted { history: h1 });
+        let held = grant_to(&mut main, "holder", T0);
+        let before = join(&mut main, &ask("cad", "before", 1), T0 + 1, 600);
+        let granted_on_backup = join(&mut main, &ask("cad", "served", 1), T0 + 2, 600);
+        let mut backup = main.clone();
+        backup.rebuild_index();
+        backup.apply(&Event::TookOver {
+            at: T0 + 10,
+            history: Uuid::new_v4(),
+        });
+        // The backup serves: the holder returns, "before" is granted; "served" waits.
+        give_back(&mut backup, &held, T0 + 11);
+        assert_eq!(serve(&mut backup, T0 + 11), ["before"]);
+        // The main, alone, took one more place the backup never saw.
+        main.apply(&Event::WentAlone {
+            at: T0 + 4,
+            from_seq: main.seq + 1,
+        });
+        let alone = join(&mut main, &ask("cad", "alone", 1), T0 + 5, 600);
+        let (m, _) = State::merged_for_failback(&main, &backup, Uuid::new_v4(), T0 + 20);
+        let order: Vec<Uuid> = m.queue().iter().map(|e| e.id).collect();
+        assert_eq!(order, [granted_on_backup, alone]);
+        assert!(m.lease(&before).is_some() && m.queue_entry(&before).is_none());
     }
 
     #[test]

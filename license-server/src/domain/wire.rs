@@ -1,6 +1,7 @@
 //! The JSON form of [`State`]: what the pair sends as a snapshot (`PUT
 //! /api/v1/pair/snapshot`) and as a handback answer: `leases` a map from lease ID to
 //! [`LeaseRecord`] (the compact table is built while the leases are read, one at a time),
+//! `queue` the clients in line in the order they joined (absent: none),
 //! and `rights` the capability answer itself, a token (never counts: a state read from
 //! JSON has rights that are not verified until the receiver verifies them).
 
@@ -13,7 +14,8 @@ use uuid::Uuid;
 
 use super::table::LeaseTable;
 use super::{
-    BackupState, Fork, LeaseRecord, LeaseRef, Millis, OptionsInForce, Rights, State, pools_of,
+    BackupState, Fork, LeaseRecord, LeaseRef, Millis, OptionsInForce, QueueEntry, Rights, State,
+    pools_of,
 };
 
 #[derive(Serialize)]
@@ -36,6 +38,8 @@ struct StateOut<'a> {
     absorbed: Option<Fork>,
     #[serde(skip_serializing_if = "Option::is_none")]
     options: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    queue: &'a [QueueEntry],
     leases: LeasesOut<'a>,
 }
 
@@ -66,6 +70,7 @@ impl Serialize for State {
             alone_from: self.alone_from,
             absorbed: self.absorbed,
             options: self.options.as_ref().map(|o| &*o.text),
+            queue: &self.queue,
             leases: LeasesOut(&self.leases),
         }
         .serialize(s)
@@ -94,6 +99,8 @@ struct StateIn {
     absorbed: Option<Fork>,
     #[serde(default)]
     options: Option<String>,
+    #[serde(default)]
+    queue: Vec<QueueEntry>,
     leases: LeasesIn,
 }
 
@@ -136,6 +143,7 @@ impl<'de> Deserialize<'de> for State {
             alone_from: s.alone_from,
             absorbed: s.absorbed,
             options: s.options.as_deref().and_then(OptionsInForce::of),
+            queue: s.queue,
             leases: s.leases.0,
         })
     }

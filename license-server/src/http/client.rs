@@ -7,10 +7,11 @@ use http_kit::error_responses;
 use http_kit::extract::Json;
 use http_kit::openapi::{ErrDoc, err, too_large, too_slow};
 use shared::ErrorCode::*;
-use shared::lease::{CheckoutRequest, FeatureInfo, Lease};
+use shared::lease::{CheckoutRequest, FeatureInfo, Lease, QueuePlace};
 
 use super::{SMALL_BODY_LIMIT, lease_id};
 use crate::error::ServiceError;
+use crate::service::queue::Checkout;
 use crate::service::{Service, StatusView};
 
 /// The answers of a server that does not serve now.
@@ -66,8 +67,10 @@ error_responses!(
     CheckoutErrors = [
         err(
             ValidationError,
-            "the body is not JSON or a field is out of range (`field` names it), or a borrow \
-             is longer than the feature's line item allows (`borrow_secs`, naming the maximum)"
+            "the body is not JSON or a field is out of range (`field` names it), a borrow \
+             is longer than the feature's line item allows (`borrow_secs`, naming the maximum), \
+             or `queue_secs` is past this server's QUEUE_MAX_WAIT (or sent with a borrow, or \
+             to a cluster member)"
         ),
         err(
             Forbidden,
@@ -78,7 +81,9 @@ error_responses!(
         err(NotFound, "no such feature is licensed on this server"),
         err(
             NoLicenseAvailable,
-            "every seat is taken; `next_free_at` says when one frees at the latest"
+            "every seat is taken (`next_free_at` says when one frees at the latest); with \
+             `queue_secs`: more seats than licensed, the line is full, or the client's wait \
+             in line ended without a seat"
         ),
         err(FeatureExpired, "every right of the feature has expired"),
         err(
@@ -115,6 +120,7 @@ error_responses!(
     security((), ("lease_token" = [])),
     responses(
         (status = 201, description = "The lease, durable (and held by the backup when one is in sync), with its signed grant", body = Lease),
+        (status = 202, description = "With `queue_secs`, no seat free: the client's place in line, durable (and on the backup). Repeat the checkout to pick the seat up", body = QueuePlace),
         CheckoutErrors,
     )
 )]
@@ -124,8 +130,45 @@ pub async fn checkout(
     body: Json<CheckoutRequest, SMALL_BODY_LIMIT>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ServiceError> {
-    let lease = svc.checkout(&body.0, bearer(&req)).await?;
-    Ok(HttpResponse::Created().json(lease))
+    Ok(match svc.checkout_or_queue(&body.0, bearer(&req)).await? {
+        Checkout::Granted(lease) => HttpResponse::Created().json(lease),
+        Checkout::Queued(place) => HttpResponse::Accepted().json(place),
+    })
+}
+
+error_responses!(
+    LeaveErrors = [
+        err(Unauthorized, "no token was sent"),
+        err(Forbidden, "the token is not this place's"),
+        err(
+            NotFound,
+            "no such place in line (granted a seat, its wait ended, left, or never queued)"
+        ),
+        not_serving(),
+        busy(),
+        not_durable(),
+    ]
+);
+
+/// Leaves the line: the client no longer waits for a seat (those behind it move up).
+#[utoipa::path(
+    tag = "client",
+    params(("id" = Uuid, Path, description = "The place's `queue_id`")),
+    security(("lease_token" = [])),
+    responses(
+        (status = 204, description = "Left the line, durably"),
+        LeaveErrors,
+    )
+)]
+#[delete("/queue/{id}")]
+pub async fn leave_queue(
+    svc: web::Data<Service>,
+    id: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ServiceError> {
+    let id = lease_id(&id)?;
+    svc.leave_queue(&id, bearer(&req)).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 error_responses!(

@@ -267,7 +267,8 @@ where
                 .service(client::features)
                 .service(client::checkout)
                 .service(client::renew)
-                .service(client::return_lease),
+                .service(client::return_lease)
+                .service(client::leave_queue),
         )
 }
 

@@ -135,8 +135,32 @@ impl Service {
         Ok((binding, self.cfg.lease_ms.min(until - now), until - now))
     }
 
+    /// Before a checkout decides (the state lock held): serving, grantable (see
+    /// [`Service::grantable_locked`]), lapsed leases freed and the line served first.
+    pub(super) fn ready_to_grant_locked(
+        &self,
+        st: &mut State,
+        now: Millis,
+    ) -> Result<(Arc<Binding>, i64, i64), ServiceError> {
+        self.ensure_serving_locked(st, now)
+            .inspect_err(|e| self.metrics.deny(e.code()))?;
+        let ready = self
+            .grantable_locked(st, now)
+            .inspect_err(|e| self.metrics.deny(e.code()))?;
+        self.reap_locked(st, now);
+        Ok(ready)
+    }
+
+    /// A denial as the client's error, counted in the metrics.
     pub(super) fn denied(&self, d: Denied, feature: &str) -> ServiceError {
-        let err = match d {
+        let err = self.denial(d, feature);
+        self.metrics.deny(err.code());
+        err
+    }
+
+    /// A denial as the client's error.
+    pub(super) fn denial(&self, d: Denied, feature: &str) -> ServiceError {
+        match d {
             Denied::UnknownFeature => {
                 ServiceError::NotFound(format!("no feature `{feature}` is licensed on this server"))
             }
@@ -181,14 +205,28 @@ impl Service {
                 line: r.line,
                 message: r.message,
             },
-        };
-        self.metrics.deny(err.code());
-        err
+            Denied::QueueFull { max } => ServiceError::NoLicense {
+                message: format!(
+                    "no license of `{feature}` available, and the line of waiting clients is \
+                     full ({max} on this server): retry later"
+                ),
+                next_free_at: None,
+                asked: 0,
+                free: 0,
+                count: 0,
+            },
+            Denied::NotQueued => ServiceError::NotFound(
+                "no such place in line: it was granted a seat, its wait ended, it left, or it \
+                 never existed"
+                    .into(),
+            ),
+        }
     }
 
-    /// Frees lapsed leases (called with the lock held).
-    fn reap_locked(&self, st: &mut State, now: Millis) -> usize {
+    /// Frees lapsed leases, then serves the line (called with the lock held).
+    pub(super) fn reap_locked(&self, st: &mut State, now: Millis) -> usize {
         if st.next_expiry().is_none_or(|e| e > now) {
+            self.serve_queue_locked(st, now);
             return 0;
         }
         let events = st.expired(now);
@@ -198,6 +236,7 @@ impl Service {
             self.store.submit_nowait(seq, ev);
         }
         self.metrics.expirations.inc_by(n as u64);
+        self.serve_queue_locked(st, now);
         n
     }
 
@@ -213,7 +252,11 @@ impl Service {
         if n > 0 {
             tracing::info!(freed = n, "leases expired (not renewed in time)");
         }
-        (n, st.next_expiry())
+        let next = match (st.next_expiry(), st.next_queue_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        (n, next)
     }
 
     // ---- client API ----
@@ -232,30 +275,11 @@ impl Service {
         if let Some(c) = self.cluster() {
             return self.checkout_in_cluster(c, req, lease_token).await;
         }
-        let ask = CheckoutAsk {
-            feature: &req.feature,
-            version: req.version.as_deref(),
-            count: req.count,
-            client_id: &req.client_id,
-            holder: req
-                .client_secret
-                .as_ref()
-                .map_or(Holder::NONE, |s| Holder::of_secret(s.expose())),
-            borrow_ms: borrow_ms(req),
-            who: Who {
-                user: req.user.as_deref().unwrap_or_default(),
-                host: req.host.as_deref().unwrap_or_default(),
-            },
-        };
+        let ask = ask_of(req);
         let now = now_ms();
         let (rec, renewed, seq, rx, binding) = {
             let mut st = self.state.lock();
-            self.ensure_serving_locked(&st, now)
-                .inspect_err(|e| self.metrics.deny(e.code()))?;
-            let (binding, lease_ms, room_ms) = self
-                .grantable_locked(&st, now)
-                .inspect_err(|e| self.metrics.deny(e.code()))?;
-            self.reap_locked(&mut st, now);
+            let (binding, lease_ms, room_ms) = self.ready_to_grant_locked(&mut st, now)?;
             let ev = st
                 .decide_checkout(
                     &ask,
@@ -366,6 +390,7 @@ impl Service {
             let ev = st.decide_return(id, now).map_err(|d| self.denied(d, ""))?;
             let seq = st.apply(&ev);
             self.store.submit_nowait(seq, ev);
+            self.serve_queue_locked(&mut st, now);
         }
         self.metrics.returns.inc();
         Ok(())
@@ -384,7 +409,9 @@ impl Service {
             let info = st.lease(id).as_ref().map(LeaseRecord::info);
             let ev = st.decide_release(id, now).map_err(|d| self.denied(d, ""))?;
             let seq = st.apply(&ev);
-            (info, seq, self.store.submit(seq, ev))
+            let rx = self.store.submit(seq, ev);
+            self.serve_queue_locked(&mut st, now);
+            (info, seq, rx)
         };
         store::acked(rx).await?;
         self.replicated(seq).await;
@@ -409,6 +436,7 @@ impl Service {
                 leases.extend(st.leases_of(&f.feature));
             }
         }
+        let queued = super::queue::queued_infos(&st);
         drop(st);
         features
             .into_iter()
@@ -416,6 +444,14 @@ impl Service {
                 leases: leases
                     .iter()
                     .filter(|l| l.feature == pool.feature && l.version == pool.version)
+                    .cloned()
+                    .collect(),
+                queued: queued
+                    .iter()
+                    .filter(|q| {
+                        q.feature == pool.feature
+                            && q.version.as_ref().is_none_or(|v| *v == pool.version)
+                    })
                     .cloned()
                     .collect(),
                 pool,
@@ -502,6 +538,25 @@ pub fn validate_checkout(req: &CheckoutRequest) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// What a (validated) checkout request asks the domain for.
+pub(super) fn ask_of(req: &CheckoutRequest) -> CheckoutAsk<'_> {
+    CheckoutAsk {
+        feature: &req.feature,
+        version: req.version.as_deref(),
+        count: req.count,
+        client_id: &req.client_id,
+        holder: req
+            .client_secret
+            .as_ref()
+            .map_or(Holder::NONE, |s| Holder::of_secret(s.expose())),
+        borrow_ms: borrow_ms(req),
+        who: Who {
+            user: req.user.as_deref().unwrap_or_default(),
+            host: req.host.as_deref().unwrap_or_default(),
+        },
+    }
+}
+
 /// The borrow a checkout asks for, in milliseconds (validated: at most 365 days).
 pub(super) fn borrow_ms(req: &CheckoutRequest) -> Option<i64> {
     req.borrow_secs.map(|s| {
@@ -541,6 +596,7 @@ mod tests {
     fn req(client: &str) -> CheckoutRequest {
         CheckoutRequest {
             borrow_secs: None,
+            queue_secs: None,
             feature: "cad".into(),
             version: None,
             count: 1,

@@ -47,6 +47,7 @@ pub mod member;
 pub mod options;
 pub mod pair;
 pub mod peer;
+pub mod queue;
 pub mod rights;
 pub mod status;
 
@@ -107,6 +108,8 @@ pub struct ServiceConfig {
     pub maintenance_ms: i64,
     /// `LICENSING_OPTIONS_FILE`.
     pub options_file: Option<std::path::PathBuf>,
+    /// `QUEUE_MAX_WAIT`: the longest a checkout may wait in line.
+    pub queue_max_ms: i64,
 }
 
 impl ServiceConfig {
@@ -123,6 +126,7 @@ impl ServiceConfig {
             failover_timeout_ms: 1_000,
             maintenance_ms: 21 * 86_400_000,
             options_file: None,
+            queue_max_ms: 3_600_000,
         }
     }
 }
@@ -150,6 +154,11 @@ pub struct Service {
     cluster: Option<Arc<Cluster>>,
     /// Operators' requests to poll the back office now.
     poll_now: rights::PollNow,
+    /// Woken when the line changes (a seat granted from it, a wait ended): queued
+    /// checkouts held open look again.
+    queue_changed: tokio::sync::Notify,
+    /// Set when the server stops: queued checkouts are no longer held open.
+    queue_stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Service {
@@ -286,6 +295,8 @@ impl Service {
             identity,
             cluster,
             poll_now: rights::PollNow::new(),
+            queue_changed: tokio::sync::Notify::new(),
+            queue_stopping: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 

@@ -65,7 +65,7 @@ impl Service {
 
     pub fn status(&self) -> StatusView {
         let now = now_ms();
-        let (features, leases, seq, rights_updated_at, rights_count, serve_until, pair) = {
+        let (features, leases, seq, rights_updated_at, rights_count, serve_until, pair, queued) = {
             let st = self.state.lock();
             let facts = self.facts(&st);
             let p = self.pair.lock().clone();
@@ -92,6 +92,10 @@ impl Service {
                 history: st.history,
                 replicated_seq: (self.cfg.role == Role::Main).then(|| self.repl.borrow().acked),
             };
+            let mut queued = std::collections::BTreeMap::new();
+            for e in st.queue() {
+                *queued.entry(e.feature.clone()).or_insert(0) += 1;
+            }
             (
                 st.features(now),
                 st.lease_count(),
@@ -103,6 +107,7 @@ impl Service {
                     .and_then(|r| r.claims())
                     .map(|c| c.serve_until),
                 view,
+                queued,
             )
         };
         let trust = TrustView {
@@ -164,6 +169,7 @@ impl Service {
             rights,
             trust,
             leases,
+            queued,
             cluster,
             journal_seq: seq,
             durable_seq: self
@@ -180,9 +186,13 @@ impl Service {
     /// Refreshes the gauges and store counters, then renders the metrics.
     pub fn render_metrics(&self) -> String {
         let features = self.features();
-        let leases = self.state.lock().lease_count();
+        let (leases, queued) = {
+            let st = self.state.lock();
+            (st.lease_count(), st.queue().len())
+        };
         let m = &self.metrics;
         m.leases.set(leases as i64);
+        m.queued.set(queued as i64);
         m.seats_in_use
             .set(features.iter().map(|f| i64::from(f.in_use)).sum());
         m.seats_licensed
@@ -222,6 +232,10 @@ pub struct StatusView {
     pub trust: TrustView,
     /// Leases held now.
     pub leases: usize,
+    /// Clients waiting in line for a seat, by feature (absent: none); who they are is
+    /// the operator's `GET /api/v1/admin/usage`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub queued: std::collections::BTreeMap<String, usize>,
     /// A cluster member: the cluster as it sees it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterView>,

@@ -29,11 +29,15 @@
 //! | 17 | `LeaseGranted` (before borrowing and overdraft: neither) | lease; holder: 16 bytes; user: str; host: str (empty: none) |
 //! | 18 | `OptionsChanged` | text: str (the options file, verbatim; empty: none); at: i64 |
 //! | 19 | `LeaseGranted` | lease; holder: 16 bytes; user: str; host: str (empty: none); kind: u8 (bit 0 borrowed, bit 1 overdraft; other bits refused) |
+//! | 20 | `QueueJoined` | queued (below) |
+//! | 21 | `QueueLeft` | id; at; lapsed: bool (its time was up; false: the client left) |
 //!
 //! `right` = activation_id: str, feature: str, version: str, count: u32, starts_at: i64,
 //! expires_at: option i64. `lease` = id, feature: str, version: str, count: u32,
 //! client_id: str, granted_at: i64, renewed_at: i64, expires_at: i64, granted_by: str,
-//! granted_seq: u64.
+//! granted_seq: u64. `queued` = id: uuid, feature: str, version: option str (none: any),
+//! count: u32, client_id: str, holder: 16 bytes, user: str, host: str, queued_at: i64,
+//! until: i64, queued_seq: u64.
 //!
 //! Rights are never stored as counts: only the back office's signed answer is, and it is
 //! verified at every load ([`super::load`]). Tag 2 and head section 1 (counts, from before
@@ -44,7 +48,8 @@
 //!
 //! | tag | section | fields |
 //! |---:|---|---|
-//! | 7 | head (first) | as 4, then options: option str (the options file in force, verbatim) |
+//! | 9 | head (first) | as 7, then queue: count, queued* (in the order they joined) |
+//! | 7 | head, before the queue | as 4, then options: option str (the options file in force, verbatim) |
 //! | 4 | head, before options | seq: u64; lease_key: option str; rights: option str (the capability answer, verbatim); rights_updated_at: option i64; history: uuid; fork: option (history: uuid, seq: u64); active_since: option i64; backup: (dropped: bool, uri: option str, reason: option str, changed_at: option i64); detached: option str; alone_from: option u64; absorbed: option fork |
 //! | 8 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; names: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64, holder: 16 bytes, user: u32, client host: u32, kind: u8 as in tag 19)* (user and client host: 0 none, n the n-th name) |
 //! | 3 | end (last) | leases: u64 (how many in all); sections: u64 (lease sections) |
@@ -63,7 +68,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     BackupState, Event, Fork, Frozen, Holder, LeaseKind, LeaseRecord, LeaseRef, OptionsInForce,
-    Rights, State,
+    QueueEntry, Rights, State,
 };
 
 /// Why a payload could not be decoded.
@@ -301,6 +306,36 @@ fn get_lease(d: &mut Dec<'_>) -> Result<LeaseRecord> {
     })
 }
 
+fn put_queued(e: &mut Enc<'_>, q: &QueueEntry) {
+    e.uuid(&q.id);
+    e.str(&q.feature);
+    e.opt(q.version.as_deref(), Enc::str);
+    e.u64(u64::from(q.count));
+    e.str(&q.client_id);
+    e.holder(&q.holder);
+    e.str(&q.user);
+    e.str(&q.host);
+    e.i64(q.queued_at);
+    e.i64(q.until);
+    e.u64(q.queued_seq);
+}
+
+fn get_queued(d: &mut Dec<'_>) -> Result<QueueEntry> {
+    Ok(QueueEntry {
+        id: d.uuid()?,
+        feature: d.string()?,
+        version: d.opt(Dec::string)?,
+        count: d.u32()?,
+        client_id: d.string()?,
+        holder: d.holder()?,
+        user: d.string()?,
+        host: d.string()?,
+        queued_at: d.i64()?,
+        until: d.i64()?,
+        queued_seq: d.u64()?,
+    })
+}
+
 /// Appends a journal record's payload: the sequence number and the event.
 pub fn put_record(buf: &mut Vec<u8>, seq: u64, event: &Event) {
     buf.extend_from_slice(&seq.to_le_bytes());
@@ -370,6 +405,16 @@ pub fn put_record(buf: &mut Vec<u8>, seq: u64, event: &Event) {
             e.u8(18);
             e.str(text);
             e.i64(*at);
+        }
+        Event::QueueJoined { entry } => {
+            e.u8(20);
+            put_queued(e, entry);
+        }
+        Event::QueueLeft { id, at, lapsed } => {
+            e.u8(21);
+            e.uuid(id);
+            e.i64(*at);
+            e.bool(*lapsed);
         }
         Event::Detached { at, reason } => {
             e.u8(13);
@@ -460,6 +505,14 @@ pub fn get_record(payload: &[u8]) -> Result<(u64, Event)> {
             at: d.i64()?,
             reason: d.string()?,
         },
+        20 => Event::QueueJoined {
+            entry: get_queued(&mut d)?,
+        },
+        21 => Event::QueueLeft {
+            id: d.uuid()?,
+            at: d.i64()?,
+            lapsed: d.bool()?,
+        },
         14 => Event::BackupChanged {
             at: d.i64()?,
             dropped: d.bool()?,
@@ -479,7 +532,9 @@ pub const SECTION_LEASES_V1: u8 = 2;
 pub const SECTION_END: u8 = 3;
 /// Head before options.
 pub const SECTION_HEAD_V2: u8 = 4;
-pub const SECTION_HEAD: u8 = 7;
+/// Head before the queue.
+pub const SECTION_HEAD_V3: u8 = 7;
+pub const SECTION_HEAD: u8 = 9;
 /// Leases before users and hosts.
 pub const SECTION_LEASES_V2: u8 = 5;
 /// Leases before borrowing and overdraft.
@@ -517,6 +572,10 @@ pub fn put_head(buf: &mut Vec<u8>, s: &State) {
     e.opt(s.alone_from, Enc::u64);
     e.opt(s.absorbed, put_fork);
     e.opt(s.options.as_ref().map(|o| &*o.text), Enc::str);
+    e.u64(s.queue().len() as u64);
+    for q in s.queue() {
+        put_queued(e, q);
+    }
 }
 
 /// What a snapshot section holds.
@@ -539,7 +598,7 @@ pub enum Section<'a> {
 pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
     let mut d = Dec::new(payload);
     let section = match d.u8()? {
-        tag @ (SECTION_HEAD | SECTION_HEAD_V2 | SECTION_HEAD_V1) => {
+        tag @ (SECTION_HEAD | SECTION_HEAD_V3 | SECTION_HEAD_V2 | SECTION_HEAD_V1) => {
             let mut s = State::default();
             let mut unsigned_rights = 0;
             s.seq = d.u64()?;
@@ -564,8 +623,17 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
             s.detached = d.opt(Dec::string)?;
             s.alone_from = d.opt(Dec::u64)?;
             s.absorbed = d.opt(get_fork)?;
-            if tag == SECTION_HEAD {
+            if tag == SECTION_HEAD || tag == SECTION_HEAD_V3 {
                 s.options = d.opt(Dec::str)?.and_then(OptionsInForce::of);
+            }
+            if tag == SECTION_HEAD {
+                // A queued entry is at least 41 bytes (ID and holder 32, nine more fields).
+                let n = d.count(41)?;
+                let mut queue = Vec::with_capacity(n);
+                for _ in 0..n {
+                    queue.push(get_queued(&mut d)?);
+                }
+                s.set_queue(queue);
             }
             s.rebuild_index();
             Section::Head {
@@ -855,7 +923,86 @@ pub(crate) mod tests {
                 uri: None,
                 reason: String::new(),
             },
+            Event::QueueJoined {
+                entry: queued("cad", Some("2.0")),
+            },
+            Event::QueueJoined {
+                entry: QueueEntry {
+                    holder: Holder::NONE,
+                    user: String::new(),
+                    host: String::new(),
+                    ..queued("cam", None)
+                },
+            },
+            Event::QueueLeft {
+                id,
+                at: 16,
+                lapsed: true,
+            },
+            Event::QueueLeft {
+                id,
+                at: i64::MIN,
+                lapsed: false,
+            },
         ]
+    }
+
+    fn queued(feature: &str, version: Option<&str>) -> QueueEntry {
+        QueueEntry {
+            id: Uuid::new_v4(),
+            feature: feature.into(),
+            version: version.map(str::to_owned),
+            count: 2,
+            client_id: "ws-17:99".into(),
+            holder: Holder::of_secret("ws-17:99's secret"),
+            user: "alice".into(),
+            host: "ws-17".into(),
+            queued_at: 1_700_000_000_000,
+            until: 1_700_000_600_000,
+            queued_seq: 0,
+        }
+    }
+
+    #[test]
+    fn a_head_keeps_the_queue_in_order_and_older_heads_load_with_none() {
+        let mut s = State::default();
+        let (first, second) = (queued("cad", None), queued("cad", Some("1.0")));
+        for entry in [first.clone(), second.clone()] {
+            s.apply(&Event::QueueJoined { entry });
+        }
+        let mut buf = Vec::new();
+        put_head(&mut buf, &s);
+        let Section::Head { state, .. } = get_section(&buf).unwrap() else {
+            panic!("not a head")
+        };
+        assert_eq!(state.queue(), s.queue());
+        assert_eq!(state.queue()[0].id, first.id);
+        assert_eq!(state.queue()[1].queued_seq, 2);
+        // Any cut is an error, never a panic.
+        for cut in 0..buf.len() {
+            assert!(get_section(&buf[..cut]).is_err(), "cut at {cut}");
+        }
+        // A head before the queue (tag 7): the same, without the queue's count.
+        let mut old = State::default();
+        old.apply(&Event::OptionsChanged {
+            text: "MAX 1 cad USER bob\n".into(),
+            at: 1,
+        });
+        let mut buf = Vec::new();
+        put_head(&mut buf, &old);
+        assert_eq!(buf.pop(), Some(0), "an empty queue is one byte");
+        buf[0] = SECTION_HEAD_V3;
+        let Section::Head { state, .. } = get_section(&buf).unwrap() else {
+            panic!("not a head")
+        };
+        assert!(state.queue().is_empty());
+        assert!(state.options.is_some());
+        // A count larger than the bytes left is refused before allocating.
+        let mut buf = Vec::new();
+        put_head(&mut buf, &State::default());
+        buf.pop();
+        Enc(&mut buf).u64(u64::MAX >> 8);
+        assert!(get_section(&buf).is_err());
     }
 
     #[test]

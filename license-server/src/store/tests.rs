@@ -108,6 +108,73 @@ async fn events_survive_reopen() {
     assert_eq!(lease_ids(&back), lease_ids(&written));
 }
 
+fn joined(i: u32) -> Event {
+    Event::QueueJoined {
+        entry: crate::domain::QueueEntry {
+            id: Uuid::new_v4(),
+            feature: "cad".into(),
+            version: (i % 2 == 1).then(|| "2.0".to_owned()),
+            count: 1 + i,
+            client_id: format!("q{i}"),
+            holder: crate::domain::Holder::of_secret(&format!("q{i}")),
+            user: format!("u{i}"),
+            host: "ws".into(),
+            queued_at: 1_000 + i64::from(i),
+            until: 600_000,
+            queued_seq: 0,
+        },
+    }
+}
+
+#[tokio::test]
+async fn the_line_survives_a_reopen_from_the_journal_and_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut state, store, _) = open(dir.path(), StoreOptions::default()).unwrap();
+    write_events(&store, &mut state, 3).await;
+    let joins: Vec<Event> = (0..4).map(joined).collect();
+    let id = |e: &Event| match e {
+        Event::QueueJoined { entry } => entry.id,
+        other => panic!("{other:?}"),
+    };
+    // Four join; the second leaves, the third is granted its seat (a lease of its ID).
+    let Event::LeaseGranted { lease } = grant(9) else {
+        unreachable!()
+    };
+    let served = Event::LeaseGranted {
+        lease: LeaseRecord {
+            id: id(&joins[2]),
+            ..lease
+        },
+    };
+    let left = Event::QueueLeft {
+        id: id(&joins[1]),
+        at: 2_000,
+        lapsed: false,
+    };
+    let mut rxs = Vec::new();
+    for ev in joins.iter().cloned().chain([left, served]) {
+        let seq = state.apply(&ev);
+        rxs.push(store.submit(seq, ev));
+    }
+    for rx in rxs {
+        acked(rx).await.unwrap();
+    }
+    store.shutdown();
+    let order: Vec<Uuid> = state.queue().iter().map(|e| e.id).collect();
+    assert_eq!(order, [id(&joins[0]), id(&joins[3])]);
+
+    let (back, store, _) = open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(back.queue(), state.queue());
+    assert!(back.lease(&id(&joins[2])).is_some());
+    // Written whole as a snapshot, then read from it.
+    acked(store.reset(back.clone())).await.unwrap();
+    store.shutdown();
+    let (again, _, rec) = open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(rec.replayed, 0);
+    assert_eq!(again.queue(), state.queue());
+    assert_eq!(again.seq, state.seq);
+}
+
 #[tokio::test]
 async fn group_commit_batches_concurrent_events() {
     let dir = tempfile::tempdir().unwrap();

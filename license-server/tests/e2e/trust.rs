@@ -325,6 +325,7 @@ async fn naming_another_clients_id_gets_a_lease_of_its_own_and_never_its_token()
     let again = alice
         .checkout_lease(&shared::lease::CheckoutRequest {
             borrow_secs: None,
+            queue_secs: None,
             feature: "cad".into(),
             version: None,
             count: 1,
