@@ -199,6 +199,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         failover_timeout_ms: settings.failover_timeout.as_millis() as i64,
         maintenance_ms: settings.failover_maintenance_interval.as_millis() as i64,
         options_file: settings.licensing_options_file.clone(),
+        usage_interval_ms: settings.usage_interval.as_millis() as i64,
+        usage_retry_ms: settings.usage_retry_window.as_millis() as i64,
     };
     let member = match &settings.cluster {
         Some(c) => Some(

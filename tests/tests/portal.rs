@@ -46,6 +46,7 @@ async fn poll(
                 })
                 .collect(),
             backup_dropped: false,
+            intervals: Vec::new(),
         }),
         server_key: None,
         link: None,

@@ -11,6 +11,7 @@
 
 pub(crate) mod rights;
 mod table;
+pub mod usage;
 mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shared::capability::{CapabilityClaims, Right};
+use shared::capability::{CapabilityClaims, Right, UsageInterval, UsageKey};
 use shared::lease::{FeatureInfo, FeatureRight, LeaseInfo};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
@@ -27,6 +28,10 @@ use crate::options::{Options, RuleDenial, Seats, Who};
 pub use rights::{Rights, RightsCheck, RightsError, renewal_step};
 use table::LeaseTable;
 pub use table::{CHUNK, FrozenLeases, LeaseRef};
+
+/// The most closed usage intervals a state keeps (about four days of 5-minute intervals
+/// of 10 features); the back office has them long before.
+pub const USAGE_KEPT: usize = 12_000;
 
 /// Milliseconds since the Unix epoch (internal time unit; the wire uses seconds).
 pub type Millis = i64;
@@ -295,6 +300,12 @@ pub enum Event {
         uri: Option<String>,
         reason: String,
     },
+    /// Usage intervals closed by the serving server ([`usage`]): kept (the latest
+    /// [`USAGE_KEPT`]) until reported, and replicated like any change, so that what one
+    /// server served is reported even if it dies.
+    UsageClosed {
+        intervals: Vec<UsageInterval>,
+    },
 }
 
 impl Event {
@@ -315,6 +326,7 @@ impl Event {
             Event::Detached { .. } => "detached",
             Event::Rejoined { .. } => "rejoined",
             Event::OptionsChanged { .. } => "options_changed",
+            Event::UsageClosed { .. } => "usage_closed",
         }
     }
 }
@@ -547,6 +559,9 @@ pub struct State {
     pub absorbed: Option<Fork>,
     /// The options file in force (a backup: its main's).
     pub options: Option<OptionsInForce>,
+    /// Closed usage intervals, oldest first, the latest [`USAGE_KEPT`] of them: what the
+    /// server reports to the back office (which keeps each once).
+    pub usage: BTreeMap<UsageKey, UsageInterval>,
     leases: LeaseTable,
     /// The pools the rights make (derived from `rights`).
     pools: BTreeMap<FeatureKey, Pool>,
@@ -646,6 +661,7 @@ impl State {
             alone_from: self.alone_from,
             absorbed: self.absorbed,
             options: self.options.clone(),
+            usage: self.usage.clone(),
             leases: LeaseTable::default(),
             pools: self.pools.clone(),
         }
@@ -686,6 +702,7 @@ impl State {
             Event::Detached { reason, .. } => self.detached = Some(reason.clone()),
             Event::Rejoined { .. } => self.alone_from = None,
             Event::OptionsChanged { text, .. } => self.options = OptionsInForce::of(text),
+            Event::UsageClosed { intervals } => self.keep_usage(intervals.iter().cloned()),
             Event::BackupChanged {
                 at,
                 dropped,
@@ -702,6 +719,17 @@ impl State {
         }
         self.seq += 1;
         self.seq
+    }
+
+    /// Adds closed usage intervals (one already held is kept as it is), then forgets the
+    /// oldest beyond [`USAGE_KEPT`].
+    pub fn keep_usage(&mut self, intervals: impl IntoIterator<Item = UsageInterval>) {
+        for i in intervals {
+            self.usage.entry(i.key()).or_insert(i);
+        }
+        while self.usage.len() > USAGE_KEPT {
+            self.usage.pop_first();
+        }
     }
 
     /// The lease with this ID (a copy: the table keeps leases in a compact form).
@@ -729,6 +757,20 @@ impl State {
         self.leases
             .pool_id(key)
             .map_or(0, |p| self.leases.in_use(p))
+    }
+
+    /// Every pool's key.
+    pub fn pool_keys(&self) -> impl Iterator<Item = &FeatureKey> {
+        self.pools.keys()
+    }
+
+    /// The pool a checkout of `feature` (and `version`, when it names one) asks for: the
+    /// first of that feature when it names none.
+    pub fn pool_of(&self, feature: &str, version: Option<&str>) -> Option<FeatureKey> {
+        self.pools
+            .keys()
+            .find(|k| k.feature == feature && version.is_none_or(|v| k.version == v))
+            .cloned()
     }
 
     /// Seats licensed for a pool at `now`.
@@ -1138,6 +1180,8 @@ impl State {
         out.backup = main.backup.clone();
         // The main's options: it read its file at this start, after the backup's copy.
         out.options = main.options.clone();
+        // What either side served and closed, each interval once.
+        out.keep_usage(main.usage.values().cloned());
         out.detached = None;
         out.seq = next_seq;
         out.rebuild_index();
@@ -1807,6 +1851,38 @@ mod tests {
         // Lapsed leases of the main are not brought back.
         let (m, _) = State::merged_for_failback(&main, &backup, Uuid::new_v4(), T0 + LEASE + 1);
         assert!(m.lease(&live).is_none());
+    }
+
+    #[test]
+    fn a_failback_keeps_the_usage_both_sides_closed_each_once() {
+        let meter = |host: &str, from: Millis| {
+            let mut m = usage::Meter::new(shared::HostId::parse(host).unwrap(), 300_000, 60_000);
+            let key = FeatureKey {
+                feature: "cad".into(),
+                version: String::new(),
+            };
+            m.level(&key, from, 1, 10);
+            m.flush(from + 1_000)
+        };
+        let t = 1_795_737_600_000;
+        let ours = meter("string:main", t);
+        let theirs = meter("string:backup", t + 100_000);
+        let mut main = State::default();
+        main.apply(&Event::UsageClosed {
+            intervals: ours.clone(),
+        });
+        let mut backup = State::default();
+        // The backup holds the main's (replicated) and its own.
+        backup.apply(&Event::UsageClosed { intervals: ours });
+        backup.apply(&Event::UsageClosed { intervals: theirs });
+        let (m, _) = State::merged_for_failback(&main, &backup, Uuid::new_v4(), t);
+        assert_eq!(m.usage.len(), 2);
+        let servers: Vec<String> = m.usage.values().map(|i| i.served_by.to_string()).collect();
+        assert_eq!(servers, ["string:backup", "string:main"]);
+        // The same intervals again change nothing.
+        let mut again = m.clone();
+        again.keep_usage(backup.usage.values().cloned());
+        assert_eq!(again.usage, m.usage);
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //! /api/v1/pair/snapshot`) and as a handback answer: `leases` a map from lease ID to
 //! [`LeaseRecord`] (the compact table is built while the leases are read, one at a time),
 //! and `rights` the capability answer itself, a token (never counts: a state read from
-//! JSON has rights that are not verified until the receiver verifies them).
+//! JSON has rights that are not verified until the receiver verifies them). `usage`: the
+//! closed usage intervals it keeps.
 
 use std::fmt;
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use shared::capability::UsageInterval;
 use uuid::Uuid;
 
 use super::table::LeaseTable;
@@ -36,6 +38,8 @@ struct StateOut<'a> {
     absorbed: Option<Fork>,
     #[serde(skip_serializing_if = "Option::is_none")]
     options: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    usage: Vec<&'a UsageInterval>,
     leases: LeasesOut<'a>,
 }
 
@@ -66,6 +70,7 @@ impl Serialize for State {
             alone_from: self.alone_from,
             absorbed: self.absorbed,
             options: self.options.as_ref().map(|o| &*o.text),
+            usage: self.usage.values().collect(),
             leases: LeasesOut(&self.leases),
         }
         .serialize(s)
@@ -94,6 +99,8 @@ struct StateIn {
     absorbed: Option<Fork>,
     #[serde(default)]
     options: Option<String>,
+    #[serde(default)]
+    usage: Vec<UsageInterval>,
     leases: LeasesIn,
 }
 
@@ -136,6 +143,7 @@ impl<'de> Deserialize<'de> for State {
             alone_from: s.alone_from,
             absorbed: s.absorbed,
             options: s.options.as_deref().and_then(OptionsInForce::of),
+            usage: s.usage.into_iter().map(|i| (i.key(), i)).collect(),
             leases: s.leases.0,
         })
     }

@@ -14,7 +14,8 @@
 //! detach), [`status`] (what `GET /api/v1/status` and `/metrics` show), [`peer`] (the
 //! HTTP client for the other server of the pair), [`member`] (the same operations as a
 //! member of a three-member cluster: proposed to the cluster, decided by its state
-//! machine, answered once a majority holds them, the grants signed by the member).
+//! machine, answered once a majority holds them, the grants signed by the member),
+//! [`usage`] (the usage reports: counted, closed into events, reported).
 //!
 //! Rights enter the state only verified ([`crate::domain::RightsCheck`]): from the back
 //! office through [`Service::take_answer`], from the pair partner through
@@ -33,6 +34,7 @@
 //! - `backup_uri` (`RwLock`): the backup's URL handed to clients; changed only under
 //!   `state`.
 //! - `backoffice` (`Mutex<BackofficeStatus>`): the poller's contact, on its own.
+//! - `meter` (`Mutex<Meter>`): the usage counted; taken only under `state`, alone.
 //! - `repl` (a `watch` channel): how far the backup acknowledged, for waiting clients.
 //! - the identity's binding and pair secret (`RwLock`s in [`Identity`]): replaced by the
 //!   poller alone.
@@ -49,6 +51,7 @@ pub mod pair;
 pub mod peer;
 pub mod rights;
 pub mod status;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -64,6 +67,7 @@ use uuid::Uuid;
 
 use crate::cluster::Cluster;
 pub use crate::domain::fmt_time;
+use crate::domain::usage::Meter;
 use crate::domain::{Event, Millis, State};
 use crate::error::ServiceError;
 use crate::identity::Identity;
@@ -107,6 +111,11 @@ pub struct ServiceConfig {
     pub maintenance_ms: i64,
     /// `LICENSING_OPTIONS_FILE`.
     pub options_file: Option<std::path::PathBuf>,
+    /// `USAGE_INTERVAL`: the length of a usage report's interval.
+    pub usage_interval_ms: i64,
+    /// `USAGE_RETRY_WINDOW`: how long a denied client has to get a seat before its denial
+    /// is a true denial.
+    pub usage_retry_ms: i64,
 }
 
 impl ServiceConfig {
@@ -123,6 +132,8 @@ impl ServiceConfig {
             failover_timeout_ms: 1_000,
             maintenance_ms: 21 * 86_400_000,
             options_file: None,
+            usage_interval_ms: 300_000,
+            usage_retry_ms: 60_000,
         }
     }
 }
@@ -150,6 +161,8 @@ pub struct Service {
     cluster: Option<Arc<Cluster>>,
     /// Operators' requests to poll the back office now.
     poll_now: rights::PollNow,
+    /// What the serving server counts for its usage reports ([`usage`]).
+    meter: Mutex<Meter>,
 }
 
 impl std::fmt::Debug for Service {
@@ -204,6 +217,7 @@ impl Service {
             None,
         )?;
         tokio::spawn(compactor(Arc::downgrade(&svc)));
+        tokio::spawn(usage::ticker(Arc::downgrade(&svc)));
         Ok(svc)
     }
 
@@ -255,7 +269,13 @@ impl Service {
             next_attempt_at: None,
             link_up: false,
         };
+        let meter = Meter::new(
+            cfg.hostid.clone(),
+            cfg.usage_interval_ms,
+            cfg.usage_retry_ms,
+        );
         Ok(Arc::new(Service {
+            meter: Mutex::new(meter),
             hostid_str: cfg.hostid.to_string(),
             cfg,
             state,
@@ -306,6 +326,11 @@ impl Service {
     pub async fn shutdown(&self) {
         if let Some(c) = &self.cluster {
             c.shutdown().await;
+        }
+        // What was counted of the open intervals is kept (the part served until now).
+        {
+            let mut st = self.state.lock();
+            self.flush_usage(&mut st, now_ms());
         }
         let _ = store::acked(self.store.barrier()).await;
         self.store.shutdown();

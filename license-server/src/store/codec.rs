@@ -29,6 +29,7 @@
 //! | 17 | `LeaseGranted` (before borrowing and overdraft: neither) | lease; holder: 16 bytes; user: str; host: str (empty: none) |
 //! | 18 | `OptionsChanged` | text: str (the options file, verbatim; empty: none); at: i64 |
 //! | 19 | `LeaseGranted` | lease; holder: 16 bytes; user: str; host: str (empty: none); kind: u8 (bit 0 borrowed, bit 1 overdraft; other bits refused) |
+//! | 20 | `UsageClosed` | intervals: str (a JSON array of the protocol's `UsageInterval`s) |
 //!
 //! `right` = activation_id: str, feature: str, version: str, count: u32, starts_at: i64,
 //! expires_at: option i64. `lease` = id, feature: str, version: str, count: u32,
@@ -44,7 +45,8 @@
 //!
 //! | tag | section | fields |
 //! |---:|---|---|
-//! | 7 | head (first) | as 4, then options: option str (the options file in force, verbatim) |
+//! | 9 | head (first) | as 7, then usage: str (the closed usage intervals kept, a JSON array of the protocol's `UsageInterval`s) |
+//! | 7 | head, before usage | as 4, then options: option str (the options file in force, verbatim) |
 //! | 4 | head, before options | seq: u64; lease_key: option str; rights: option str (the capability answer, verbatim); rights_updated_at: option i64; history: uuid; fork: option (history: uuid, seq: u64); active_since: option i64; backup: (dropped: bool, uri: option str, reason: option str, changed_at: option i64); detached: option str; alone_from: option u64; absorbed: option fork |
 //! | 8 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; names: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64, holder: 16 bytes, user: u32, client host: u32, kind: u8 as in tag 19)* (user and client host: 0 none, n the n-th name) |
 //! | 3 | end (last) | leases: u64 (how many in all); sections: u64 (lease sections) |
@@ -59,6 +61,7 @@
 
 use std::collections::HashMap;
 
+use shared::capability::UsageInterval;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -90,6 +93,8 @@ pub enum DecodeError {
          before rights were kept signed, or edited); they are never served"
     )]
     UnsignedRights,
+    #[error("its usage intervals are not the JSON this version writes")]
+    Usage,
 }
 
 pub type Result<T> = std::result::Result<T, DecodeError>;
@@ -388,7 +393,20 @@ pub fn put_record(buf: &mut Vec<u8>, seq: u64, event: &Event) {
             e.opt(uri.as_deref(), Enc::str);
             e.str(reason);
         }
+        Event::UsageClosed { intervals } => {
+            e.u8(20);
+            e.str(&usage_json(intervals.iter()));
+        }
     }
+}
+
+/// Usage intervals as JSON (they cannot fail to serialise: plain fields, string keys).
+fn usage_json<'a>(intervals: impl Iterator<Item = &'a UsageInterval>) -> String {
+    serde_json::to_string(&intervals.collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
+}
+
+fn get_usage(d: &mut Dec<'_>) -> Result<Vec<UsageInterval>> {
+    serde_json::from_str(d.str()?).map_err(|_| DecodeError::Usage)
 }
 
 /// Decodes a journal record's payload.
@@ -466,6 +484,9 @@ pub fn get_record(payload: &[u8]) -> Result<(u64, Event)> {
             uri: d.opt(Dec::string)?,
             reason: d.string()?,
         },
+        20 => Event::UsageClosed {
+            intervals: get_usage(&mut d)?,
+        },
         tag => return Err(DecodeError::UnknownTag(tag)),
     };
     d.finish()?;
@@ -479,7 +500,9 @@ pub const SECTION_LEASES_V1: u8 = 2;
 pub const SECTION_END: u8 = 3;
 /// Head before options.
 pub const SECTION_HEAD_V2: u8 = 4;
-pub const SECTION_HEAD: u8 = 7;
+/// Head before usage.
+pub const SECTION_HEAD_V3: u8 = 7;
+pub const SECTION_HEAD: u8 = 9;
 /// Leases before users and hosts.
 pub const SECTION_LEASES_V2: u8 = 5;
 /// Leases before borrowing and overdraft.
@@ -517,6 +540,7 @@ pub fn put_head(buf: &mut Vec<u8>, s: &State) {
     e.opt(s.alone_from, Enc::u64);
     e.opt(s.absorbed, put_fork);
     e.opt(s.options.as_ref().map(|o| &*o.text), Enc::str);
+    e.str(&usage_json(s.usage.values()));
 }
 
 /// What a snapshot section holds.
@@ -539,7 +563,7 @@ pub enum Section<'a> {
 pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
     let mut d = Dec::new(payload);
     let section = match d.u8()? {
-        tag @ (SECTION_HEAD | SECTION_HEAD_V2 | SECTION_HEAD_V1) => {
+        tag @ (SECTION_HEAD | SECTION_HEAD_V3 | SECTION_HEAD_V2 | SECTION_HEAD_V1) => {
             let mut s = State::default();
             let mut unsigned_rights = 0;
             s.seq = d.u64()?;
@@ -564,8 +588,11 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
             s.detached = d.opt(Dec::string)?;
             s.alone_from = d.opt(Dec::u64)?;
             s.absorbed = d.opt(get_fork)?;
-            if tag == SECTION_HEAD {
+            if tag == SECTION_HEAD || tag == SECTION_HEAD_V3 {
                 s.options = d.opt(Dec::str)?.and_then(OptionsInForce::of);
+            }
+            if tag == SECTION_HEAD {
+                s.keep_usage(get_usage(&mut d)?);
             }
             s.rebuild_index();
             Section::Head {
@@ -855,7 +882,46 @@ pub(crate) mod tests {
                 uri: None,
                 reason: String::new(),
             },
+            Event::UsageClosed {
+                intervals: vec![usage_interval()],
+            },
         ]
+    }
+
+    fn usage_interval() -> UsageInterval {
+        UsageInterval {
+            feature: "cad".into(),
+            version: "2".into(),
+            starts_at: 1_795_737_600,
+            ends_at: 1_795_737_900,
+            served_by: shared::HostId::parse("string:main").unwrap(),
+            served_from: 1_795_737_600,
+            served_until: 1_795_737_900,
+            count: 5,
+            peak: 4,
+            seat_secs: 900,
+            grants: 7,
+            denials: [("NO_LICENSE".to_owned(), 2)].into(),
+            true_denials: 1,
+            borrowed: 1,
+            overdraft: 1,
+            queued: 0,
+        }
+    }
+
+    #[test]
+    fn a_head_keeps_the_closed_usage_intervals() {
+        let mut s = State::default();
+        s.apply(&Event::UsageClosed {
+            intervals: vec![usage_interval()],
+        });
+        let mut buf = Vec::new();
+        put_head(&mut buf, &s);
+        let Section::Head { state, .. } = get_section(&buf).unwrap() else {
+            panic!("not a head")
+        };
+        assert_eq!(state.usage, s.usage);
+        assert_eq!(state.usage.len(), 1);
     }
 
     #[test]
