@@ -11,7 +11,9 @@
 //! that did not get a seat of the feature within the retry window of its first denial;
 //! denials of that client within the window are its retries, not new true denials. It is
 //! counted in the interval in which its window ends (so an interval closes at its end,
-//! without waiting for the window).
+//! without waiting for the window). A server that stops serving its pool (a backup
+//! handing it back, a server stopping) counts the denials still in their window as true:
+//! no seat went to their client there.
 
 use std::collections::BTreeMap;
 
@@ -198,10 +200,13 @@ impl Meter {
 
     /// Everything counted up to `now`, open intervals included (as the part served so
     /// far): the server stops serving (it hands the pool back, or stops). Denials still in
-    /// their window are dropped: whether their client got a seat is not known here.
+    /// their window count as true denials now: no seat went to their client here, and
+    /// this server will not see one go to it.
     pub fn flush(&mut self, now: Millis) -> Vec<UsageInterval> {
         self.settle_denials(now);
-        self.pending.clear();
+        for p in std::mem::take(&mut self.pending) {
+            self.acc(&p.key, now).true_denials += 1;
+        }
         let len = self.interval_ms;
         let mut out = Vec::new();
         for (key, mut track) in std::mem::take(&mut self.tracks) {
@@ -346,8 +351,15 @@ mod tests {
     fn a_server_that_starts_serving_mid_interval_reports_the_part_it_served() {
         let mut m = meter();
         m.level(&key(), T0 + 3 * MIN, 2, 4);
+        m.deny(
+            &key(),
+            T0 + 4 * MIN - 1_000,
+            "NO_LICENSE_AVAILABLE",
+            alice(),
+        );
         let part = m.flush(T0 + 4 * MIN);
         assert_eq!(part.len(), 1);
+        assert_eq!(part[0].true_denials, 1, "no seat went to alice here");
         assert_eq!(part[0].served_from, T0 / 1000 + 180);
         assert_eq!(part[0].served_until, T0 / 1000 + 240);
         assert_eq!(part[0].seat_secs, 120);

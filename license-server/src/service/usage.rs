@@ -93,7 +93,10 @@ impl Service {
         if !self.owns_pool(&st) {
             return;
         }
-        self.meter_levels(&st, None, now);
+        // A main taking its backup's changes back counts no seats until it serves again.
+        if self.serving_of(&st, now) == crate::pair::Serving::Serving {
+            self.meter_levels(&st, None, now);
+        }
         let intervals = self.meter.lock().close(now);
         self.keep_closed(&mut st, intervals);
     }
