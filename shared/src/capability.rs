@@ -225,16 +225,18 @@ pub struct UsageInterval {
     pub feature: String,
     #[serde(default)]
     pub version: String,
-    /// The interval (Unix time, seconds): `starts_at` inclusive, `ends_at` exclusive.
+    /// When the interval starts (Unix time, seconds; inclusive).
     #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798366800))]
     pub starts_at: i64,
+    /// When it ends (Unix time, seconds; exclusive).
     #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798367100))]
     pub ends_at: i64,
     /// The hostid of the server that served this part of the interval.
     pub served_by: HostId,
-    /// The part of the interval it served (Unix time, seconds).
+    /// When the part of the interval it served starts (Unix time, seconds).
     #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798366800))]
     pub served_from: i64,
+    /// When that part ends (Unix time, seconds).
     #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798367100))]
     pub served_until: i64,
     /// Seats licensed (the most during the part).

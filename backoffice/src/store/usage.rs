@@ -243,9 +243,10 @@ pub(super) fn record_intervals(
 pub struct IntervalUsage {
     pub feature: String,
     pub version: String,
-    /// The interval (Unix time, seconds): `starts_at` inclusive, `ends_at` exclusive.
+    /// When the interval starts (Unix time, seconds; inclusive).
     #[schema(format = Int64, minimum = 0, example = 1798366800)]
     pub starts_at: i64,
+    /// When it ends (Unix time, seconds; exclusive).
     #[schema(format = Int64, minimum = 0, example = 1798367100)]
     pub ends_at: i64,
     /// Seats licensed (the most of any part).
