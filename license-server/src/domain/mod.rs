@@ -1734,8 +1734,20 @@ mod tests {
     fn snapshot_round_trip_rebuilds_indexes() {
         let mut s = state_with(vec![right("cad", "", 2, None)]);
         let id = checkout(&mut s, &ask("cad", "a", 1), T0).unwrap();
+        let mut meter = usage::Meter::new(shared::HostId::parse("string:m").unwrap(), 1_000, 1_000);
+        let cad = FeatureKey {
+            feature: "cad".into(),
+            version: String::new(),
+        };
+        meter.level(&cad, T0, 1, 2);
+        s.apply(&Event::UsageClosed {
+            intervals: meter.flush(T0 + 500),
+        });
         let json = serde_json::to_string(&s).unwrap();
         let mut back: State = serde_json::from_str(&json).unwrap();
+        // The closed usage intervals go with the pair's snapshot and handback.
+        assert_eq!(back.usage, s.usage);
+        assert_eq!(back.usage.len(), 1);
         back.rebuild_index();
         // Rights read from JSON count for nothing until they verify again.
         assert_eq!(back.features(T0)[0].count, 0);
