@@ -73,6 +73,8 @@ pub fn api(cfg: &mut ServiceConfig) {
         .service(account::list_servers)
         .service(account::view_server)
         .service(account::usage)
+        .service(account::usage_intervals)
+        .service(account::entitlement_usage)
         .service(account::register_pair)
         .service(account::remove_backup)
         .service(account::entitlements)

@@ -157,6 +157,31 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    usage_intervals (id) {
+        id -> Text,
+        account_id -> Text,
+        server_id -> Text,
+        served_by -> Text,
+        feature -> Text,
+        version -> Text,
+        starts_at -> BigInt,
+        ends_at -> BigInt,
+        served_from -> BigInt,
+        served_until -> BigInt,
+        count -> BigInt,
+        peak -> BigInt,
+        seat_secs -> BigInt,
+        grants -> BigInt,
+        denials -> Text,
+        true_denials -> BigInt,
+        borrowed -> BigInt,
+        overdraft -> BigInt,
+        queued -> BigInt,
+        received_at -> BigInt,
+    }
+}
+
 diesel::joinable!(users -> accounts (account_id));
 diesel::joinable!(features -> products (product_id));
 diesel::joinable!(line_items -> products (product_id));
@@ -179,4 +204,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     mappings,
     seen_requests,
     usage_samples,
+    usage_intervals,
 );

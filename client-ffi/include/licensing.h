@@ -102,6 +102,11 @@ typedef int32_t LicensingStatus;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// A borrowed lease: used offline until its end, not renewed. Its JSON form is what to
+// keep (it holds the lease token: where only its user reads it) to verify and give it
+// back later, in another process.
+typedef struct LicensingBorrow LicensingBorrow;
+
 // A client of the license servers, with the thread its requests and background
 // renewals run on. One client serves any number of threads at once; free it with
 // `licensing_client_free`.
@@ -215,6 +220,80 @@ LicensingStatus licensing_lease_return(const struct LicensingLease *lease);
 // `lease` is NULL or a lease from `licensing_checkout`, not freed before, and used by no
 // other thread now or after.
 void licensing_lease_free(struct LicensingLease *lease);
+
+// Borrows `count` seats of `feature` (`version`: NULL for any version) for offline use
+// for `period_secs` seconds (at most what the line item allows: else
+// `LICENSING_STATUS_VALIDATION_ERROR`; `LICENSING_STATUS_FORBIDDEN` when it is not
+// borrowable). The borrowed lease is not renewed: it ends at its expiry (the period, or
+// sooner when the server's rights end sooner) or when given back with
+// `licensing_borrow_return`. Its grant is verified before it is accepted.
+//
+// On success `*out` is the borrow (free it with `licensing_borrow_free`, which does not
+// give it back); on failure it is NULL and the status says why.
+//
+// # Safety
+// `client` is a live client; `feature` (and `version` unless NULL) NUL-terminated and
+// valid for the call; `out` valid for writing a pointer.
+LicensingStatus licensing_borrow(const struct LicensingClient *client,
+                                 const char *feature,
+                                 const char *version,
+                                 uint32_t count,
+                                 uint64_t period_secs,
+                                 struct LicensingBorrow **out);
+
+// The borrowed lease as JSON, valid until the borrow is freed (NULL for a NULL borrow):
+// what to keep, where only its user reads it (it holds the lease token), to verify it
+// offline and give it back later, in this process or another
+// (`licensing_borrow_from_json`).
+//
+// # Safety
+// `borrow` is NULL or a live borrow.
+const char *licensing_borrow_json(const struct LicensingBorrow *borrow);
+
+// Reads a borrowed lease kept as JSON (`licensing_borrow_json`); `INVALID` when it is
+// not one. Nothing is verified yet: `licensing_borrow_verify` does.
+//
+// # Safety
+// `json` NUL-terminated and valid for the call; `out` valid for writing a pointer.
+LicensingStatus licensing_borrow_from_json(const char *json, struct LicensingBorrow **out);
+
+// Sets `*expires_at` to when the borrow ends, in Unix seconds (UTC).
+//
+// # Safety
+// `borrow` is a live borrow; `expires_at` valid for writing an `int64_t`.
+LicensingStatus licensing_borrow_expires_at(const struct LicensingBorrow *borrow,
+                                            int64_t *expires_at);
+
+// Verifies the borrow offline, with the producer's public key (PEM) alone and no
+// server: the grant and the server's binding (the chain of trust), that the grant is a
+// borrow of this very lease, and that it has not ended at `now` (Unix seconds; 0: the
+// clock's now; a minute of clock difference allowed). `LICENSING_STATUS_OK` while it
+// may be used, `LICENSING_STATUS_UNTRUSTED` when it does not verify or has ended (the
+// message says which).
+//
+// # Safety
+// `borrow` is a live borrow; `producer_key_pem` NUL-terminated and valid for the call.
+LicensingStatus licensing_borrow_verify(const struct LicensingBorrow *borrow,
+                                        const char *producer_key_pem,
+                                        int64_t now);
+
+// Gives a borrow back before its end, through `client` (a client of the servers that
+// granted it), so that its seats free at once; `LICENSING_STATUS_NOT_FOUND` when the
+// server no longer holds it (it ended, or was given back). The borrow must still be
+// freed.
+//
+// # Safety
+// `client` is a live client; `borrow` a live borrow.
+LicensingStatus licensing_borrow_return(const struct LicensingClient *client,
+                                        const struct LicensingBorrow *borrow);
+
+// Frees a borrow (it is not given back: it stays borrowed until its end). NULL is
+// ignored.
+//
+// # Safety
+// `borrow` is NULL or a borrow from `licensing_borrow` or `licensing_borrow_from_json`,
+// not freed before, and used by no other thread now or after.
+void licensing_borrow_free(struct LicensingBorrow *borrow);
 
 // The message of the last call on this thread that failed ("" when none did), valid
 // until the next call on this thread that fails.

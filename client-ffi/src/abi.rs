@@ -7,7 +7,9 @@ use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::LazyLock;
 
-use crate::session::{Failure, LicensingClient, LicensingLease, LicensingStatus, Settings};
+use crate::session::{
+    Failure, LicensingBorrow, LicensingClient, LicensingLease, LicensingStatus, Settings,
+};
 
 thread_local! {
     /// The message of the last call on this thread that failed.
@@ -334,6 +336,170 @@ pub unsafe extern "C" fn licensing_lease_free(lease: *mut LicensingLease) {
     call(|| {
         // SAFETY: the caller gives the lease back once and never uses it again.
         drop(unsafe { take_back(lease) });
+        Ok(())
+    });
+}
+
+/// Borrows `count` seats of `feature` (`version`: NULL for any version) for offline use
+/// for `period_secs` seconds (at most what the line item allows: else
+/// `LICENSING_STATUS_VALIDATION_ERROR`; `LICENSING_STATUS_FORBIDDEN` when it is not
+/// borrowable). The borrowed lease is not renewed: it ends at its expiry (the period, or
+/// sooner when the server's rights end sooner) or when given back with
+/// `licensing_borrow_return`. Its grant is verified before it is accepted.
+///
+/// On success `*out` is the borrow (free it with `licensing_borrow_free`, which does not
+/// give it back); on failure it is NULL and the status says why.
+///
+/// # Safety
+/// `client` is a live client; `feature` (and `version` unless NULL) NUL-terminated and
+/// valid for the call; `out` valid for writing a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn licensing_borrow(
+    client: *const LicensingClient,
+    feature: *const c_char,
+    version: *const c_char,
+    count: u32,
+    period_secs: u64,
+    out: *mut *mut LicensingBorrow,
+) -> LicensingStatus {
+    call(|| {
+        // SAFETY: the caller promises `out` may be written.
+        unsafe { clear(out, "out") }?;
+        // SAFETY: the caller promises a live client.
+        let client = unsafe { object(client, "client") }?;
+        // SAFETY: the caller promises a NUL-terminated string.
+        let feature = unsafe { required(feature, "feature") }?;
+        // SAFETY: the caller promises a NUL-terminated string or NULL.
+        let version = unsafe { text(version, "version") }?;
+        let borrow = client.borrow(feature, version, count, period_secs)?;
+        // SAFETY: checked by `clear` above.
+        unsafe { hand_out(out, borrow) };
+        Ok(())
+    })
+}
+
+/// The borrowed lease as JSON, valid until the borrow is freed (NULL for a NULL borrow):
+/// what to keep, where only its user reads it (it holds the lease token), to verify it
+/// offline and give it back later, in this process or another
+/// (`licensing_borrow_from_json`).
+///
+/// # Safety
+/// `borrow` is NULL or a live borrow.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn licensing_borrow_json(borrow: *const LicensingBorrow) -> *const c_char {
+    let mut json = std::ptr::null();
+    call(|| {
+        // SAFETY: the caller promises NULL or a live borrow.
+        json = unsafe { object(borrow, "borrow") }?.json().as_ptr();
+        Ok(())
+    });
+    json
+}
+
+/// Reads a borrowed lease kept as JSON (`licensing_borrow_json`); `INVALID` when it is
+/// not one. Nothing is verified yet: `licensing_borrow_verify` does.
+///
+/// # Safety
+/// `json` NUL-terminated and valid for the call; `out` valid for writing a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn licensing_borrow_from_json(
+    json: *const c_char,
+    out: *mut *mut LicensingBorrow,
+) -> LicensingStatus {
+    call(|| {
+        // SAFETY: the caller promises `out` may be written.
+        unsafe { clear(out, "out") }?;
+        // SAFETY: the caller promises a NUL-terminated string.
+        let json = unsafe { required(json, "json") }?;
+        let borrow = LicensingBorrow::from_json(json)?;
+        // SAFETY: checked by `clear` above.
+        unsafe { hand_out(out, borrow) };
+        Ok(())
+    })
+}
+
+/// Sets `*expires_at` to when the borrow ends, in Unix seconds (UTC).
+///
+/// # Safety
+/// `borrow` is a live borrow; `expires_at` valid for writing an `int64_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn licensing_borrow_expires_at(
+    borrow: *const LicensingBorrow,
+    expires_at: *mut i64,
+) -> LicensingStatus {
+    call(|| {
+        if expires_at.is_null() {
+            return Err(Failure::invalid("expires_at is NULL"));
+        }
+        // SAFETY: the caller promises a live borrow.
+        let when = unsafe { object(borrow, "borrow") }?.expires_at();
+        // SAFETY: not NULL, and the caller promises it may be written.
+        unsafe { expires_at.write(when) };
+        Ok(())
+    })
+}
+
+/// Verifies the borrow offline, with the producer's public key (PEM) alone and no
+/// server: the grant and the server's binding (the chain of trust), that the grant is a
+/// borrow of this very lease, and that it has not ended at `now` (Unix seconds; 0: the
+/// clock's now; a minute of clock difference allowed). `LICENSING_STATUS_OK` while it
+/// may be used, `LICENSING_STATUS_UNTRUSTED` when it does not verify or has ended (the
+/// message says which).
+///
+/// # Safety
+/// `borrow` is a live borrow; `producer_key_pem` NUL-terminated and valid for the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn licensing_borrow_verify(
+    borrow: *const LicensingBorrow,
+    producer_key_pem: *const c_char,
+    now: i64,
+) -> LicensingStatus {
+    call(|| {
+        // SAFETY: the caller promises a live borrow.
+        let borrow = unsafe { object(borrow, "borrow") }?;
+        // SAFETY: the caller promises a NUL-terminated string.
+        let pem = unsafe { required(producer_key_pem, "producer_key_pem") }?;
+        let now = if now == 0 {
+            licensing_client::now_unix()
+        } else {
+            now
+        };
+        borrow.verify(pem, now)
+    })
+}
+
+/// Gives a borrow back before its end, through `client` (a client of the servers that
+/// granted it), so that its seats free at once; `LICENSING_STATUS_NOT_FOUND` when the
+/// server no longer holds it (it ended, or was given back). The borrow must still be
+/// freed.
+///
+/// # Safety
+/// `client` is a live client; `borrow` a live borrow.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn licensing_borrow_return(
+    client: *const LicensingClient,
+    borrow: *const LicensingBorrow,
+) -> LicensingStatus {
+    call(|| {
+        // SAFETY: the caller promises a live client.
+        let client = unsafe { object(client, "client") }?;
+        // SAFETY: the caller promises a live borrow.
+        let borrow = unsafe { object(borrow, "borrow") }?;
+        client.give_back_borrow(borrow)
+    })
+}
+
+/// Frees a borrow (it is not given back: it stays borrowed until its end). NULL is
+/// ignored.
+///
+/// # Safety
+/// `borrow` is NULL or a borrow from `licensing_borrow` or `licensing_borrow_from_json`,
+/// not freed before, and used by no other thread now or after.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn licensing_borrow_free(borrow: *mut LicensingBorrow) {
+    call(|| {
+        // SAFETY: the caller gives the borrow back once and never uses it again.
+        drop(unsafe { take_back(borrow) });
         Ok(())
     });
 }

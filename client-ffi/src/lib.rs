@@ -16,6 +16,11 @@
 //! licensing_client_free(client);
 //! ```
 //!
+//! Borrowing for offline use: `licensing_borrow` (a period of seconds), then
+//! `licensing_borrow_json` to keep it, `licensing_borrow_from_json` and
+//! `licensing_borrow_verify` (the producer's key alone, no server) to use it offline, and
+//! `licensing_borrow_return` to give it back early.
+//!
 //! Every call answers with a [`LicensingStatus`]: `OK`, a failure on this side, or the
 //! contract's error code the server sent; the message for a person is
 //! `licensing_last_error_message()`, kept per thread. No panic crosses the boundary.
@@ -34,4 +39,6 @@ mod abi;
 mod session;
 
 pub use abi::*;
-pub use session::{Failure, LicensingClient, LicensingLease, LicensingStatus, Settings};
+pub use session::{
+    Failure, LicensingBorrow, LicensingClient, LicensingLease, LicensingStatus, Settings,
+};

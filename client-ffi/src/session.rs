@@ -6,7 +6,12 @@
 use std::ffi::CString;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use licensing_client::{CheckoutRequest, Client, ClientError, ErrorCode, Lease, LeaseGuard};
+use std::time::Duration;
+
+use licensing_client::{
+    CheckoutRequest, Client, ClientError, DEFAULT_CLOCK_LEEWAY, ErrorCode, Lease, LeaseGuard,
+    Verifier, verify_borrowed,
+};
 use tokio::runtime::Runtime;
 
 /// What a call of the C ABI ended with: `LICENSING_STATUS_OK`, a failure on this side, or
@@ -308,6 +313,100 @@ impl LicensingClient {
             returned: Mutex::new(None),
             id,
         })
+    }
+}
+
+impl LicensingClient {
+    /// Borrows `count` seats of `feature` (`version`: any when `None`) for offline use for
+    /// `period_secs`: a lease not renewed, whose signed grant verifies with the
+    /// producer's key alone until it ends (or is given back early).
+    pub fn borrow(
+        &self,
+        feature: &str,
+        version: Option<&str>,
+        count: u32,
+        period_secs: u64,
+    ) -> Result<LicensingBorrow, Failure> {
+        if feature.is_empty() {
+            return Err(Failure::invalid("name the feature to borrow"));
+        }
+        if count == 0 {
+            return Err(Failure::invalid("borrow at least one seat"));
+        }
+        if period_secs == 0 {
+            return Err(Failure::invalid("borrow for at least one second"));
+        }
+        let lease = self.runtime.block_on(self.client.borrow(
+            feature,
+            version,
+            count,
+            Duration::from_secs(period_secs),
+        ))?;
+        LicensingBorrow::of_lease(lease)
+    }
+
+    /// Gives a borrowed lease back before its end (at the server that granted it), so
+    /// that its seats free at once.
+    pub fn give_back_borrow(&self, borrow: &LicensingBorrow) -> Result<(), Failure> {
+        self.runtime.block_on(self.client.release(&borrow.lease))?;
+        Ok(())
+    }
+}
+
+/// A borrowed lease: used offline until its end, not renewed. Its JSON form is what to
+/// keep (it holds the lease token: where only its user reads it) to verify and give it
+/// back later, in another process.
+#[derive(Debug)]
+pub struct LicensingBorrow {
+    lease: Lease,
+    json: CString,
+}
+
+impl LicensingBorrow {
+    /// A borrowed lease as the server granted it (refused when it is not a borrow).
+    pub fn of_lease(lease: Lease) -> Result<LicensingBorrow, Failure> {
+        if !lease.borrowed {
+            return Err(Failure::invalid(
+                "the lease is not borrowed: it is valid only while renewed",
+            ));
+        }
+        let json = serde_json::to_string(&lease)
+            .ok()
+            .and_then(|j| CString::new(j).ok())
+            .ok_or_else(|| Failure::invalid("the lease cannot be written as JSON"))?;
+        Ok(LicensingBorrow { lease, json })
+    }
+
+    /// A borrowed lease kept as JSON (by [`LicensingBorrow::json`]).
+    pub fn from_json(json: &str) -> Result<LicensingBorrow, Failure> {
+        let lease: Lease = serde_json::from_str(json)
+            .map_err(|e| Failure::invalid(format!("not a borrowed lease as kept: {e}")))?;
+        LicensingBorrow::of_lease(lease)
+    }
+
+    /// The lease as JSON, NUL-terminated for C.
+    pub fn json(&self) -> &CString {
+        &self.json
+    }
+
+    /// When the borrow ends, in Unix seconds.
+    pub fn expires_at(&self) -> i64 {
+        self.lease.expires_at
+    }
+
+    /// Verifies the borrow offline at `now` (Unix seconds) with the producer's public key
+    /// alone: its grant and the server's binding (the chain of trust), that the grant is
+    /// a borrow of this very lease, and that it has not ended (a minute of clock
+    /// difference allowed). `UNTRUSTED` when it does not hold.
+    pub fn verify(&self, producer_key_pem: &str, now: i64) -> Result<(), Failure> {
+        let producer = Verifier::from_public_pem(producer_key_pem)
+            .map_err(|e| Failure::invalid(format!("the producer's public key: {e}")))?;
+        let leeway = i64::try_from(DEFAULT_CLOCK_LEEWAY.as_secs()).unwrap_or(60);
+        verify_borrowed(&producer, &self.lease, now, leeway).map_err(|e| Failure {
+            status: LicensingStatus::Untrusted,
+            message: format!("the borrowed lease does not verify: {e}"),
+        })?;
+        Ok(())
     }
 }
 

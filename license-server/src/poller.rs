@@ -13,12 +13,16 @@
 //!
 //! And the report: a poll goes out within [`REPORT_TICK`] of a change of this server's
 //! serving state or its pair's status, or of a feature's seats in use by more than a
-//! [`USAGE_FRACTION`] of its count, and every [`REPORT_EVERY`] at least (each opening of
-//! the link carries the report too).
+//! [`USAGE_FRACTION`] of its count, or of a usage interval closed, and every
+//! [`REPORT_EVERY`] at least (each opening of the link carries the report too). A report
+//! carries the closed usage intervals the back office has not acknowledged by answering a
+//! request that carried them (after a restart, all those kept: the back office keeps each
+//! once).
 //!
 //! An operator's "poll now" (`license-server reread`) wakes the polls at once and is
 //! answered with that poll's outcome.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +30,7 @@ use licensing_client::describe_error;
 use parking_lot::Mutex;
 use shared::capability::{
     CapabilityClaims, CapabilityRequest, CapabilityResponse, LinkWait, RightsRequest, Role,
-    ServerReport,
+    ServerReport, UsageKey,
 };
 use shared::secret::Secret;
 use shared::{ErrorBody, ErrorCode, HostId};
@@ -117,6 +121,18 @@ struct Held {
     revision: Option<String>,
     /// The last report the back office received, and when.
     report: Option<(ServerReport, Instant)>,
+    /// The usage intervals the back office acknowledged (it answered a request that
+    /// carried them): not sent again.
+    usage_acked: BTreeSet<UsageKey>,
+}
+
+impl Held {
+    /// The back office received `report`: its intervals are acknowledged.
+    fn reported(&mut self, mut report: ServerReport) {
+        self.usage_acked
+            .extend(report.intervals.drain(..).map(|i| i.key()));
+        self.report = Some((report, Instant::now()));
+    }
 }
 
 /// Whether `now` differs from `sent` enough to be reported at once: another serving state
@@ -188,7 +204,8 @@ impl Poller {
         link: Option<LinkWait>,
     ) -> Result<Option<(String, CapabilityClaims)>, PollError> {
         let request_id = Uuid::new_v4();
-        let report = self.svc.report();
+        let mut report = self.svc.report();
+        report.intervals = self.svc.usage_to_report(&mut self.held.lock().usage_acked);
         let timeout = link.as_ref().map_or(Duration::from_secs(10), |l| {
             Duration::from_secs(u64::from(l.wait_secs) + 10)
         });
@@ -218,7 +235,7 @@ impl Poller {
             .map_err(|e| PollError::Unreachable(describe_error(&e)))?;
         let status = resp.status().as_u16();
         if status == 204 && req.link.is_some() {
-            self.held.lock().report = Some((report, Instant::now()));
+            self.held.lock().reported(report);
             return Ok(None);
         }
         let bytes = resp
@@ -258,7 +275,7 @@ impl Poller {
                 self.cfg.leeway.as_secs() as i64,
             )
             .map_err(|e| PollError::Rejected(e.to_string()))?;
-        self.held.lock().report = Some((report, Instant::now()));
+        self.held.lock().reported(report);
         Ok(Some((answer.token, claims)))
     }
 
@@ -338,7 +355,9 @@ impl Poller {
         match &held.report {
             None => true,
             Some((sent, at)) => {
-                at.elapsed() >= REPORT_EVERY || report_changed(sent, &self.svc.report())
+                at.elapsed() >= REPORT_EVERY
+                    || self.svc.usage_pending(&held.usage_acked)
+                    || report_changed(sent, &self.svc.report())
             }
         }
     }
@@ -574,6 +593,7 @@ mod tests {
                 borrowed: 0,
             }],
             backup_dropped: false,
+            intervals: Vec::new(),
         };
         let sent = report(ServerStatus::Active, PairStatus::Recovering, 10);
         let same = |r: &ServerReport| !report_changed(&sent, r);

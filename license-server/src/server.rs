@@ -200,6 +200,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         maintenance_ms: settings.failover_maintenance_interval.as_millis() as i64,
         options_file: settings.licensing_options_file.clone(),
         queue_max_ms: settings.queue_max_wait.as_millis() as i64,
+        usage_interval_ms: settings.usage_interval.as_millis() as i64,
+        usage_retry_ms: settings.usage_retry_window.as_millis() as i64,
     };
     let member = match &settings.cluster {
         Some(c) => Some(

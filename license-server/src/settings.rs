@@ -49,6 +49,8 @@ pub const NAMES: &[&str] = &[
     "CLUSTER_HEARTBEAT_INTERVAL",
     "CLUSTER_MEMBER_TIMEOUT",
     "LICENSING_OPTIONS_FILE",
+    "USAGE_INTERVAL",
+    "USAGE_RETRY_WINDOW",
 ];
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -109,6 +111,10 @@ struct Raw {
     #[serde(default, deserialize_with = "duration_like")]
     cluster_member_timeout: Option<Duration>,
     licensing_options_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "duration_like")]
+    usage_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration_like")]
+    usage_retry_window: Option<Duration>,
 }
 
 /// Checked settings of `license-server serve`.
@@ -165,6 +171,12 @@ pub struct Settings {
     /// `CLUSTER_MEMBER_HOSTIDS` and friends: this server is a member of a three-member
     /// cluster.
     pub cluster: Option<ClusterSettings>,
+    /// `USAGE_INTERVAL` (5m): the length of a usage report's interval; intervals are
+    /// aligned to the clock, so both servers of a pair cut the same ones.
+    pub usage_interval: Duration,
+    /// `USAGE_RETRY_WINDOW` (1m): a denied client that gets no seat within this is a
+    /// true denial.
+    pub usage_retry_window: Duration,
 }
 
 /// A member of a three-member cluster: the other two and how they are watched.
@@ -424,6 +436,20 @@ impl Settings {
                 bail!("TLS_KEY is set but TLS_CERT is not: set both to serve HTTPS, or neither")
             }
         };
+        let usage_interval = raw.usage_interval.unwrap_or(Duration::from_secs(300));
+        if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&usage_interval) {
+            bail!(
+                "USAGE_INTERVAL ({}) must be from 1s to 1 day",
+                shared::duration::format(usage_interval)
+            );
+        }
+        let usage_retry_window = raw.usage_retry_window.unwrap_or(Duration::from_secs(60));
+        if !(Duration::from_secs(1)..=Duration::from_secs(3_600)).contains(&usage_retry_window) {
+            bail!(
+                "USAGE_RETRY_WINDOW ({}) must be from 1s to 1h",
+                shared::duration::format(usage_retry_window)
+            );
+        }
         let max_connections = count_setting("MAX_CONNECTIONS", raw.max_connections, usize::MAX)?;
         let workers = count_setting("WORKERS", raw.workers, 512)?;
         Ok(Settings {
@@ -464,6 +490,8 @@ impl Settings {
             max_connections,
             workers,
             cluster,
+            usage_interval,
+            usage_retry_window,
         })
     }
 
@@ -711,6 +739,16 @@ mod tests {
             Duration::from_secs(21 * 86400)
         );
         assert_eq!(s.backup_absence_limit, Duration::from_secs(7 * 86400));
+        assert_eq!(s.usage_interval, Duration::from_secs(300));
+        assert_eq!(s.usage_retry_window, Duration::from_secs(60));
+        for bad in [Duration::ZERO, Duration::from_secs(86_401)] {
+            let e = Settings::from_raw(Raw {
+                usage_interval: Some(bad),
+                ..raw_min()
+            })
+            .unwrap_err();
+            assert!(e.to_string().starts_with("USAGE_INTERVAL"), "{e}");
+        }
         let main = Settings::from_raw(Raw {
             backup_server_hostid: Some("string:lls-2".into()),
             ..raw_min()

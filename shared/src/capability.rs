@@ -202,6 +202,84 @@ pub struct ServerReport {
     /// removes it from the pair.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub backup_dropped: bool,
+    /// Closed usage intervals the back office may not have yet (servers before usage
+    /// reports send none). A report may repeat intervals: the back office keeps each once,
+    /// by [`UsageInterval::key`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intervals: Vec<UsageInterval>,
+}
+
+/// The most usage intervals one request carries.
+pub const MAX_REPORTED_INTERVALS: usize = 100;
+
+/// The usage of one feature over one interval, as the server that served it counted it.
+///
+/// Intervals are aligned to the clock (`starts_at` a multiple of their length since the
+/// Unix epoch), so both servers of a pair cut the same ones. A server that served only
+/// part of an interval (it took over, or handed back, within it) reports that part:
+/// `served_from`..`served_until`; the back office adds the parts up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct UsageInterval {
+    pub feature: String,
+    #[serde(default)]
+    pub version: String,
+    /// When the interval starts (Unix time, seconds; inclusive).
+    #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798366800))]
+    pub starts_at: i64,
+    /// When it ends (Unix time, seconds; exclusive).
+    #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798367100))]
+    pub ends_at: i64,
+    /// The hostid of the server that served this part of the interval.
+    pub served_by: HostId,
+    /// When the part of the interval it served starts (Unix time, seconds).
+    #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798366800))]
+    pub served_from: i64,
+    /// When that part ends (Unix time, seconds).
+    #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798367100))]
+    pub served_until: i64,
+    /// Seats licensed (the most during the part).
+    pub count: u32,
+    /// The most seats in use at once.
+    pub peak: u32,
+    /// Seats in use times seconds over the part: the average in use over the interval is
+    /// `seat_secs / (ends_at - starts_at)`.
+    pub seat_secs: u64,
+    /// Checkouts granted (borrows and overdraft seats included).
+    pub grants: u32,
+    /// Checkouts refused, by the contract code that refused them (`NO_LICENSE`,
+    /// `EXCLUDED`, `OVER_MAX`, `RESERVED`, …).
+    #[serde(default)]
+    pub denials: std::collections::BTreeMap<String, u32>,
+    /// Denied clients (by client ID, or by user and host) that did not get a seat of
+    /// the feature on a retry within the retry window (a minute unless set); counted in
+    /// the interval of their first denial's window end.
+    pub true_denials: u32,
+    /// Grants that were borrows.
+    pub borrowed: u32,
+    /// Grants of overdraft seats.
+    pub overdraft: u32,
+    /// Clients that joined a queue for a seat (0 where no queue exists).
+    #[serde(default)]
+    pub queued: u32,
+}
+
+/// Interval start, feature, version, who served, from when: see [`UsageInterval::key`]
+/// (in this order, so that keys sort oldest first).
+pub type UsageKey = (i64, String, String, String, i64);
+
+impl UsageInterval {
+    /// What identifies an interval's part: a repeated report of it changes nothing.
+    pub fn key(&self) -> UsageKey {
+        (
+            self.starts_at,
+            self.feature.clone(),
+            self.version.clone(),
+            self.served_by.to_string(),
+            self.served_from,
+        )
+    }
 }
 
 /// `POST /api/v1/capability` body.

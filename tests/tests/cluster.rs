@@ -763,3 +763,100 @@ async fn members_of_another_cluster_and_clocks_two_hours_off_are_refused_by_name
     );
     Ok(())
 }
+
+/// A borrow on a three-member cluster: decided by the cluster like any lease, so the
+/// borrowed seat counts on every member (the one seat left goes once, at whichever member
+/// is asked); a kill -9 of the leader loses it not (the new leader holds it, counts it
+/// and refuses the seat it holds); and its grant verifies offline with the producer's key
+/// alone once every member is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_borrow_counts_on_the_whole_cluster_survives_a_kill_9_of_the_leader_and_verifies_offline()
+-> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let bo = BackOffice::start(Backend::Sqlite).await?;
+    let fx = bo.fixture(&[FEATURE], 40).await?;
+    fx.patch_line_item(serde_json::json!({"borrowable": true, "max_borrow_secs": 3600}))
+        .await?;
+    let seats = 2;
+    let s = ClusterSetup::new(
+        &bo,
+        &fx,
+        seats,
+        &[
+            ("CLUSTER_HEARTBEAT_INTERVAL", "250ms"),
+            ("CLUSTER_MEMBER_TIMEOUT", "1s"),
+        ],
+    )
+    .await?;
+    let mut members = s.start_all().await?;
+    let leader = wait_cluster(
+        &members.iter().collect::<Vec<_>>(),
+        "operational",
+        seats,
+        WAIT,
+    )
+    .await?;
+    let (via, other) = ((leader + 1) % 3, (leader + 2) % 3);
+
+    // Borrowed through a member that does not lead.
+    let borrower = s.client(&members[via].url)?;
+    let borrowed = borrower
+        .borrow(FEATURE, None, 1, Duration::from_secs(600))
+        .await?;
+    ensure!(borrowed.borrowed, "{borrowed:?}");
+    licensing_client::verify_borrowed(&s.producer, &borrowed, shared::now_unix(), 60)?;
+    // One seat left in the whole cluster, asked for at the third member: once.
+    let desk = s.client(&members[other].url)?;
+    let last = desk
+        .checkout_lease(&tests::checkout_request(FEATURE, "desk-1"))
+        .await?;
+    match desk
+        .checkout_lease(&tests::checkout_request(FEATURE, "desk-2"))
+        .await
+    {
+        Err(ClientError::Api { body, .. }) if body.code == ErrorCode::NoLicenseAvailable => {}
+        other => anyhow::bail!("a third seat of two: {other:?}"),
+    }
+    desk.release(&last).await?;
+
+    // The leader dies: the new one holds the borrow and counts it (one seat, not two).
+    members[leader].kill9();
+    let alive: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let new_leader = alive[wait_cluster(
+        &[&members[alive[0]], &members[alive[1]]],
+        "partially_operational",
+        seats,
+        WAIT,
+    )
+    .await?];
+    let held = members[new_leader].leases(FEATURE).await?;
+    ensure!(
+        held.iter()
+            .any(|l| l["lease_id"] == borrowed.lease_id.to_string() && l["borrowed"] == true),
+        "the borrow is not held by the new leader: {held:?}"
+    );
+    let after = s.client(&members[new_leader].url)?;
+    let one = tests::eventually(WAIT, "a grant by the new leader", || async {
+        after
+            .checkout_lease(&tests::checkout_request(FEATURE, "desk-3"))
+            .await
+            .ok()
+    })
+    .await;
+    match after
+        .checkout_lease(&tests::checkout_request(FEATURE, "desk-4"))
+        .await
+    {
+        Err(ClientError::Api { body, .. }) if body.code == ErrorCode::NoLicenseAvailable => {}
+        other => anyhow::bail!("the borrowed seat was granted again: {other:?}"),
+    }
+    after.release(&one).await?;
+
+    // Every member stopped: the borrowed grant still verifies, with the producer's key
+    // alone.
+    for i in alive {
+        members[i].terminate();
+    }
+    licensing_client::verify_borrowed(&s.producer, &borrowed, shared::now_unix(), 60)?;
+    Ok(())
+}

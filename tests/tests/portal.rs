@@ -46,6 +46,7 @@ async fn poll(
                 })
                 .collect(),
             backup_dropped: false,
+            intervals: Vec::new(),
         }),
         server_key: None,
         link: None,
@@ -890,6 +891,117 @@ async fn view_server_shows_one_truth_for_usage_from_the_servers_readings() -> Re
     .await;
     if result.is_err() {
         let _ = b.screenshot("failure-usage").await;
+    }
+    b.close().await?;
+    result
+}
+
+/// The usage report in the browser: a real license server's intervals (grants, a denial
+/// by its code, peak and average) on View Server and on Entitlements, per line item and
+/// server; the same figures as the account API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_server_and_entitlements_show_the_usage_report_of_each_interval() -> Result<()> {
+    use licensing_client::Client;
+    use std::time::Duration;
+    use tests::{LicenseServer, eventually};
+
+    let wait = Duration::from_secs(30);
+    let bo = BackOffice::start(Backend::Sqlite).await?;
+    let fx = bo.fixture(&["cad"], 10).await?;
+    let tmp = tempfile::tempdir()?;
+    let hostid = "string:lls-report";
+    let server = LicenseServer::of_account(&bo, &fx, &tmp.path().join("lls"), hostid)
+        .env("RIGHTS_IDS", format!("{}:2", fx.activation_id))
+        .env("CAPABILITY_POLL_INTERVAL", "1s")
+        .env("USAGE_INTERVAL", "2s")
+        .env("USAGE_RETRY_WINDOW", "1s")
+        .start()
+        .await?;
+    eventually(wait, "the server's rights", || async {
+        let f = tests::license_server::feature(&server, "cad").await?;
+        (f["count"] == 2).then_some(())
+    })
+    .await;
+    let client = Client::new(&server.url, bo.producer())?;
+    for desk in ["desk-1", "desk-2"] {
+        client
+            .checkout_lease(&tests::checkout_request("cad", desk))
+            .await?;
+    }
+    ensure!(
+        client
+            .checkout_lease(&tests::checkout_request("cad", "desk-3"))
+            .await
+            .is_err(),
+        "a third seat of two"
+    );
+    let id = fx.server_id(hostid).await?;
+    // Reported once its interval closed and the denial's window ended.
+    let path = format!("/api/v1/account/servers/{id}/usage-intervals");
+    let api = eventually(wait, "the usage report", || async {
+        let list = fx.user.get(&path).await.ok()?.ok().ok()?;
+        let arr = list.as_array()?.clone();
+        let sum = |k: &str| arr.iter().map(|i| i[k].as_i64().unwrap_or(0)).sum::<i64>();
+        (sum("grants") == 2 && sum("true_denials") == 1).then_some(arr)
+    })
+    .await;
+
+    let b = Browser::start().await?;
+    let result = async {
+        sign_in(&b, &bo.url, &fx.user_email, ADMIN_PASSWORD).await?;
+        b.goto(&format!("{}/portal/servers/{id}", bo.url)).await?;
+        let column = |table: &'static str, class: &'static str| {
+            let b = &b;
+            async move {
+                let v = b
+                    .execute(
+                        &format!(
+                            "return [...document.querySelectorAll(`{table} tbody tr .{class}`)].map(c => c.textContent.trim());"
+                        ),
+                        vec![],
+                    )
+                    .await?;
+                anyhow::Ok(serde_json::from_value::<Vec<String>>(v)?)
+            }
+        };
+        let table = "#usage-report table.usage-intervals";
+        let sum = |cells: &[String]| cells.iter().filter_map(|g| g.parse::<i64>().ok()).sum::<i64>();
+        // The seats held go on into later intervals (no grants in them): as many rows as
+        // the API had then, or more.
+        let grants = column(table, "grants").await?;
+        ensure!(grants.len() >= api.len(), "{grants:?} vs {api:?}");
+        ensure!(sum(&grants) == 2, "{grants:?}");
+        let denials = column(table, "denials").await?;
+        ensure!(
+            denials.iter().any(|d| d == "NO_LICENSE_AVAILABLE 1"),
+            "{denials:?}"
+        );
+        let peaks = column(table, "peak").await?;
+        ensure!(peaks.iter().any(|p| p == "2"), "{peaks:?}");
+        let served = column(table, "hostid").await?;
+        ensure!(served.iter().all(|s| s == hostid), "{served:?}");
+        b.screenshot("usage-report-01-view-server").await?;
+
+        // Entitlements: the line item on this server, the same intervals.
+        b.goto(&format!("{}/portal/entitlements", bo.url)).await?;
+        let item = format!(
+            ".item-usage[data-activation-id='{}'][data-hostid='{hostid}'] table.usage-intervals",
+            fx.activation_id
+        );
+        let item: &'static str = Box::leak(item.into_boxed_str());
+        let item_grants = column(item, "grants").await?;
+        ensure!(sum(&item_grants) == 2, "entitlement grants {item_grants:?}");
+        let item_denials = column(item, "denials").await?;
+        ensure!(
+            item_denials.iter().any(|d| d == "NO_LICENSE_AVAILABLE 1"),
+            "entitlement denials {item_denials:?}"
+        );
+        b.screenshot("usage-report-02-entitlements").await?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        let _ = b.screenshot("failure-usage-report").await;
     }
     b.close().await?;
     result

@@ -3,7 +3,9 @@
 //! (`client-ffi/examples/checkout.c`, compiled here with `cc` against the committed header
 //! and `liblicensing.so`) and the Python example (`client-ffi/examples/checkout.py`, the
 //! same library through ctypes). Each checks out, sees `NO_LICENSE_AVAILABLE` where the
-//! seats are used up, and returns; the server is asked what it holds meanwhile.
+//! seats are used up, and returns; the server is asked what it holds meanwhile. And the C
+//! ABI's borrowing (`client-ffi/examples/borrow.c`): borrow, keep, verify offline with
+//! the server stopped, refuse a tampered borrow, give it back early.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -260,6 +262,11 @@ async fn rust_example_checks_out_renews_in_the_background_verifies_and_returns()
 /// Compiles `client-ffi/examples/checkout.c` against the committed header with warnings
 /// as errors, linked with `link` (arguments for `cc`), into `program`.
 async fn compile_c(program: &Path, link: &[String]) -> Result<()> {
+    compile_example("checkout.c", program, link).await
+}
+
+/// Compiles `client-ffi/examples/{source}` as [`compile_c`] does.
+async fn compile_example(source: &str, program: &Path, link: &[String]) -> Result<()> {
     let cc = Command::new("cc")
         .args([
             "-std=c11",
@@ -269,7 +276,7 @@ async fn compile_c(program: &Path, link: &[String]) -> Result<()> {
             "-pthread",
             "-D_DEFAULT_SOURCE",
         ])
-        .arg(repo().join("client-ffi/examples/checkout.c"))
+        .arg(repo().join("client-ffi/examples").join(source))
         .arg("-I")
         .arg(repo().join("client-ffi/include"))
         .args(link)
@@ -372,5 +379,93 @@ async fn python_example_checks_out_through_ctypes_sees_no_license_available_and_
             .any(|l| l.starts_with("second client, cad: NO_LICENSE_AVAILABLE (")),
         "{lines:?}"
     );
+    Ok(())
+}
+
+/// Runs the borrow example with `args`: its exit status and standard output.
+async fn borrow_c(program: &Path, args: &[&str]) -> Result<(bool, String)> {
+    let out = Command::new(program).args(args).output().await?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn c_program_borrows_verifies_offline_with_the_server_stopped_and_gives_back_early()
+-> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let library = library();
+    let lib_dir = library.parent().context("the library's directory")?;
+    let dir = tempfile::tempdir()?;
+    let program = dir.path().join("borrow");
+    compile_example(
+        "borrow.c",
+        &program,
+        &[
+            format!("-L{}", lib_dir.display()),
+            "-llicensing".into(),
+            format!("-Wl,-rpath,{}", lib_dir.display()),
+        ],
+    )
+    .await?;
+    let bo = BackOffice::start(Backend::Sqlite).await?;
+    let fx = bo.fixture(&["cad"], 1).await?;
+    fx.patch_line_item(serde_json::json!({"borrowable": true, "max_borrow_secs": 3600}))
+        .await?;
+    let mut server =
+        LicenseServer::of_account(&bo, &fx, &dir.path().join("lls"), "string:lls-borrow")
+            .env("RIGHTS_IDS", format!("{}:1", fx.activation_id))
+            .env("CAPABILITY_POLL_INTERVAL", "1s")
+            .start()
+            .await?;
+    eventually(WAIT, "the seat from the back office", || async {
+        let f = tests::license_server::feature(&server, "cad").await?;
+        (f["count"] == 1).then_some(())
+    })
+    .await;
+    let key = bo.public_key_path().display().to_string();
+    let kept = dir.path().join("cad.borrow").display().to_string();
+    let url = server.url.clone();
+
+    // Longer than the line item allows: the contract's error, nothing borrowed.
+    let (ok, out) = borrow_c(&program, &["borrow", &url, &key, "cad", "7200", &kept]).await?;
+    ensure!(
+        !ok && out.starts_with("borrow: VALIDATION_ERROR ("),
+        "{out}"
+    );
+    let (ok, out) = borrow_c(&program, &["borrow", &url, &key, "cad", "600", &kept]).await?;
+    ensure!(ok && out.starts_with("borrowed cad until "), "{out}");
+    let mode = std::fs::metadata(&kept)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "the kept borrow is mode {mode:o}");
+    let held = server.leases("cad").await?;
+    ensure!(held.len() == 1 && held[0]["borrowed"] == true, "{held:?}");
+    let (ok, out) = borrow_c(&program, &["borrow", &url, &key, "cad", "600", &kept]).await?;
+    ensure!(
+        !ok && out.starts_with("borrow: NO_LICENSE_AVAILABLE ("),
+        "the seat is borrowed: {out}"
+    );
+
+    // Offline: the server stopped, the borrow verifies with the producer's key alone.
+    server.terminate();
+    let (ok, out) = borrow_c(&program, &["verify", &key, &kept]).await?;
+    ensure!(ok && out.starts_with("verified offline until "), "{out}");
+    // A borrow edited to hold two seats does not.
+    let text = std::fs::read_to_string(&kept)?;
+    ensure!(text.contains("\"count\":1"), "{text}");
+    let forged = dir.path().join("forged.borrow");
+    std::fs::write(&forged, text.replace("\"count\":1", "\"count\":2"))?;
+    let forged = forged.display().to_string();
+    let (ok, out) = borrow_c(&program, &["verify", &key, &forged]).await?;
+    ensure!(!ok && out.starts_with("verify: UNTRUSTED ("), "{out}");
+
+    // Given back early (from another process): the seat is free; twice is NOT_FOUND.
+    server.restart().await?;
+    let (ok, out) = borrow_c(&program, &["return", &server.url, &key, &kept]).await?;
+    ensure!(ok && out == "returned", "{out}");
+    ensure!(server.leases("cad").await?.is_empty());
+    let (ok, out) = borrow_c(&program, &["return", &server.url, &key, &kept]).await?;
+    ensure!(!ok && out.starts_with("return: NOT_FOUND ("), "{out}");
     Ok(())
 }

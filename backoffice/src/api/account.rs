@@ -14,7 +14,10 @@ use crate::store::catalog::{self, Account, Entitlement};
 use crate::store::mappings::{self, Mapping};
 use crate::store::registry::{self, PairView, ServerSummary, ServerView};
 use crate::store::tokens::{self, DeviceToken, IssuedToken};
-use crate::store::usage::{UsagePoint, usage_history};
+use crate::store::usage::{
+    IntervalUsage, LineItemUsage, UsagePoint, entitlement_intervals, server_intervals,
+    usage_history,
+};
 
 #[derive(Serialize, ToSchema)]
 pub struct Me {
@@ -102,14 +105,67 @@ pub async fn usage(
     id: web::Path<String>,
     q: web::Query<UsageQuery>,
 ) -> AppResult<web::Json<Vec<UsagePoint>>> {
-    let window = q.window.unwrap_or(86_400).clamp(60, 90 * 86_400);
     let id = id.into_inner();
-    let since = shared::now_unix() - window;
+    let since = since(&q);
     let points = run(&state, move |c| {
         usage_history(c, &user.account_id, &id, since)
     })
     .await?;
     Ok(web::Json(points))
+}
+
+/// The usage report of a server and its pair partner: its closed intervals, newest
+/// first, each added up over the servers that served parts of it.
+#[utoipa::path(
+    tag = "account",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Server ID"), UsageQuery),
+    responses((status = 200, description = "Intervals, newest first", body = Vec<IntervalUsage>), doc::UserReadOne)
+)]
+#[get("/api/v1/account/servers/{id}/usage-intervals")]
+pub async fn usage_intervals(
+    user: AccountUser,
+    state: State,
+    id: web::Path<String>,
+    q: web::Query<UsageQuery>,
+) -> AppResult<web::Json<Vec<IntervalUsage>>> {
+    let since = since(&q);
+    let id = id.into_inner();
+    let intervals = run(&state, move |c| {
+        server_intervals(c, &user.account_id, &id, since)
+    })
+    .await?;
+    Ok(web::Json(intervals))
+}
+
+/// The usage report of an entitlement: for each of its line items and each server it is
+/// mapped to (with that server's pair partner), its features' closed intervals, newest
+/// first.
+#[utoipa::path(
+    tag = "account",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Entitlement ID"), UsageQuery),
+    responses((status = 200, description = "Per line item and server", body = Vec<LineItemUsage>), doc::UserReadOne)
+)]
+#[get("/api/v1/account/entitlements/{id}/usage")]
+pub async fn entitlement_usage(
+    user: AccountUser,
+    state: State,
+    id: web::Path<String>,
+    q: web::Query<UsageQuery>,
+) -> AppResult<web::Json<Vec<LineItemUsage>>> {
+    let since = since(&q);
+    let id = id.into_inner();
+    let items = run(&state, move |c| {
+        entitlement_intervals(c, &user.account_id, &id, since)
+    })
+    .await?;
+    Ok(web::Json(items))
+}
+
+/// The start of the window a usage query asks for.
+fn since(q: &UsageQuery) -> i64 {
+    shared::now_unix() - q.window.unwrap_or(86_400).clamp(60, 90 * 86_400)
 }
 
 #[derive(Deserialize, ToSchema)]

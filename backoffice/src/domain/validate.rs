@@ -1,6 +1,6 @@
 //! Input rules shared by the API and the portal, and what a capability request may carry.
 
-use shared::capability::{CapabilityRequest, Role};
+use shared::capability::{CapabilityRequest, MAX_REPORTED_INTERVALS, Role, UsageInterval};
 use shared::signing;
 
 use super::DomainError;
@@ -159,8 +159,64 @@ pub fn capability_request(req: &CapabilityRequest) -> Result<Option<ServerKey>, 
                 "feature names are at most 64 characters, versions at most 32",
             ));
         }
+        usage_intervals(&r.intervals)?;
     }
     req.server_key.as_deref().map(server_key).transpose()
+}
+
+/// A report's closed usage intervals: at most [`MAX_REPORTED_INTERVALS`], each a part of
+/// an interval of at most a day, with names and codes of sane lengths.
+fn usage_intervals(intervals: &[UsageInterval]) -> Result<(), DomainError> {
+    const FIELD: &str = "report.intervals";
+    if intervals.len() > MAX_REPORTED_INTERVALS {
+        return Err(DomainError::validation(
+            FIELD,
+            format!("at most {MAX_REPORTED_INTERVALS} intervals per request"),
+        ));
+    }
+    for i in intervals {
+        for t in [i.starts_at, i.ends_at, i.served_from, i.served_until] {
+            unix_seconds(FIELD, t)?;
+        }
+        let ordered = i.starts_at < i.ends_at
+            && i.ends_at - i.starts_at <= 86_400
+            && i.starts_at <= i.served_from
+            && i.served_from <= i.served_until
+            && i.served_until <= i.ends_at;
+        if !ordered {
+            return Err(DomainError::validation(
+                FIELD,
+                format!(
+                    "the interval of `{}` from {} to {} (served {} to {}) is not a part of an \
+                     interval of at most a day",
+                    i.feature.chars().take(64).collect::<String>(),
+                    i.starts_at,
+                    i.ends_at,
+                    i.served_from,
+                    i.served_until
+                ),
+            ));
+        }
+        if i.feature.is_empty() || i.feature.len() > 64 || i.version.len() > 32 {
+            return Err(DomainError::validation(
+                FIELD,
+                "feature names are 1 to 64 characters, versions at most 32",
+            ));
+        }
+        let code_ok = |c: &str| {
+            (1..=32).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+        };
+        if i.denials.len() > 32 || !i.denials.keys().all(|c| code_ok(c)) {
+            return Err(DomainError::validation(
+                FIELD,
+                "denials are counted by at most 32 error codes (A-Z and _, up to 32 characters)",
+            ));
+        }
+        if i64::try_from(i.seat_secs).is_err() {
+            return Err(DomainError::validation(FIELD, "seat_secs is out of range"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -221,5 +277,61 @@ mod tests {
         let e = server_key(&weak).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("server_key"));
         assert!(e.message.contains("small order"), "{}", e.message);
+    }
+
+    #[test]
+    fn usage_intervals_out_of_shape_are_refused_by_field() {
+        let good = UsageInterval {
+            feature: "cad".into(),
+            version: String::new(),
+            starts_at: 1_795_737_600,
+            ends_at: 1_795_737_900,
+            served_by: shared::HostId::parse("string:m").unwrap(),
+            served_from: 1_795_737_600,
+            served_until: 1_795_737_900,
+            count: 1,
+            peak: 1,
+            seat_secs: 300,
+            grants: 1,
+            denials: [("NO_LICENSE".to_owned(), 1)].into(),
+            true_denials: 0,
+            borrowed: 0,
+            overdraft: 0,
+            queued: 0,
+        };
+        assert!(usage_intervals(std::slice::from_ref(&good)).is_ok());
+        let bad = [
+            UsageInterval {
+                ends_at: good.starts_at,
+                ..good.clone()
+            },
+            UsageInterval {
+                served_until: good.ends_at + 1,
+                ..good.clone()
+            },
+            UsageInterval {
+                ends_at: good.starts_at + 86_401,
+                served_until: good.starts_at + 86_401,
+                ..good.clone()
+            },
+            UsageInterval {
+                feature: String::new(),
+                ..good.clone()
+            },
+            UsageInterval {
+                denials: [("no license<script>".to_owned(), 1)].into(),
+                ..good.clone()
+            },
+            UsageInterval {
+                seat_secs: u64::MAX,
+                ..good.clone()
+            },
+        ];
+        for b in bad {
+            let e = usage_intervals(&[b]).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("report.intervals"));
+        }
+        let many = vec![good; MAX_REPORTED_INTERVALS + 1];
+        assert!(usage_intervals(&many).is_err());
     }
 }

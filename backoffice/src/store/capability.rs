@@ -633,6 +633,11 @@ fn touch(
             row.last_sample_at == Some(now),
         )?;
     }
+    if let Some(r) = report
+        && updated == 1
+    {
+        usage::record_intervals(conn, row, &r.intervals, now)?;
+    }
     Ok(new_key.map(|k| KeyChange {
         old: row.server_key_id.clone(),
         new: k.id.clone(),
@@ -642,7 +647,7 @@ fn touch(
 #[cfg(test)]
 mod tests {
     use shared::HostId;
-    use shared::capability::RightsRequest;
+    use shared::capability::{RightsRequest, UsageInterval};
     use shared::signing::Signer;
 
     use super::*;
@@ -894,6 +899,7 @@ mod tests {
                     borrowed: 0,
                 }],
                 backup_dropped: false,
+                intervals: Vec::new(),
             };
             let t0 = shared::now_unix();
             // (seconds after t0, in use): a change a second later is read; the same usage
@@ -912,6 +918,118 @@ mod tests {
             let latest = usage::latest_readings(c, &acme, &id).unwrap();
             assert_eq!(latest.len(), 1);
             assert_eq!((latest[0].at - t0, latest[0].in_use), (61, 4));
+        }
+    }
+
+    fn interval(served_by: &str, start: i64, from: i64, grants: u32) -> UsageInterval {
+        UsageInterval {
+            feature: "cad".into(),
+            version: "1.0".into(),
+            starts_at: start,
+            ends_at: start + 300,
+            served_by: HostId::parse(served_by).unwrap(),
+            served_from: from,
+            served_until: start + 300,
+            count: 10,
+            peak: 3,
+            seat_secs: 600,
+            grants,
+            denials: [("NO_LICENSE".to_owned(), 2), ("EXCLUDED".to_owned(), 1)].into(),
+            true_denials: 1,
+            borrowed: 1,
+            overdraft: 0,
+            queued: 0,
+        }
+    }
+
+    #[test]
+    fn usage_intervals_are_kept_once_whoever_reports_them_and_parts_add_up() {
+        use shared::capability::{ServerReport, ServerStatus};
+        for tdb in testing::databases() {
+            let (pool, _) = db::connect(&tdb.url, 1).unwrap();
+            let c = &mut *pool.get().unwrap();
+            let (acme, _, activation) = account(c, "Acme");
+            let now = shared::now_unix();
+            let start = now - now % 300 - 600;
+            let report = |intervals| ServerReport {
+                server_status: ServerStatus::Active,
+                pair_status: None,
+                usage: Vec::new(),
+                backup_dropped: false,
+                intervals,
+            };
+            let mut main = request("string:m", Role::Main, Some("string:b"));
+            main.rights = vec![RightsRequest {
+                activation_id: activation,
+                count: 4,
+            }];
+            capability(c, &acme, &main, None, now).unwrap();
+            capability(
+                c,
+                &acme,
+                &request("string:b", Role::Backup, None),
+                None,
+                now,
+            )
+            .unwrap();
+            // The main served the first interval and half of the second, the backup the
+            // other half (a takeover); the backup reports its part, then the main reports
+            // everything it holds after the failback, twice. A server outside the pair
+            // is not taken for one of it.
+            let mut b = request("string:b", Role::Backup, None);
+            b.report = Some(report(vec![interval(
+                "string:b",
+                start + 300,
+                start + 450,
+                4,
+            )]));
+            capability(c, &acme, &b, None, now).unwrap();
+            for _ in 0..2 {
+                let mut m = request("string:m", Role::Main, Some("string:b"));
+                m.report = Some(report(vec![
+                    interval("string:m", start, start, 5),
+                    interval("string:m", start + 300, start + 300, 2),
+                    interval("string:b", start + 300, start + 450, 4),
+                    interval("string:elsewhere", start, start, 100),
+                ]));
+                capability(c, &acme, &m, None, now).unwrap();
+            }
+            let kept: i64 = crate::schema::usage_intervals::table
+                .count()
+                .get_result(c)
+                .unwrap();
+            assert_eq!(kept, 3, "{}", tdb.url);
+            let servers = crate::store::registry::list_servers(c, &acme, now, 600).unwrap();
+            let backup_id = servers
+                .iter()
+                .find(|s| s.server.hostid == "string:b")
+                .unwrap()
+                .server
+                .id
+                .clone();
+            // Seen from either server of the pair: the same, newest first, parts added.
+            let got = usage::server_intervals(c, &acme, &backup_id, start).unwrap();
+            assert_eq!(got.len(), 2);
+            assert_eq!((got[0].starts_at, got[0].grants), (start + 300, 6));
+            assert_eq!(got[0].served_by, vec!["string:b", "string:m"]);
+            assert_eq!(got[0].average, 4.0);
+            assert_eq!(got[0].denials["NO_LICENSE"], 4);
+            assert_eq!(
+                (got[0].true_denials, got[0].borrowed, got[0].peak),
+                (2, 2, 3)
+            );
+            assert_eq!((got[1].starts_at, got[1].grants), (start, 5));
+            assert_eq!(got[1].average, 2.0);
+            // Per entitlement: its line item on the pair it is mapped to.
+            let e = &catalog::list_entitlements(c, &acme).unwrap()[0];
+            let items = usage::entitlement_intervals(c, &acme, &e.id, start).unwrap();
+            assert_eq!(items.len(), 1);
+            assert_eq!(items[0].hostid, "string:m");
+            assert_eq!(items[0].intervals, got);
+            // Another account sees neither.
+            let (other, _, _) = account(c, "Other");
+            assert!(usage::server_intervals(c, &other, &backup_id, start).is_err());
+            assert!(usage::entitlement_intervals(c, &other, &e.id, start).is_err());
         }
     }
 

@@ -789,6 +789,12 @@ pub fn delete_account(conn: &mut DbConn, id: &str) -> AppResult<()> {
         }
         super::auth::delete_account_users(c, id)?;
         super::tokens::delete_account_tokens(c, id)?;
+        // Usage reports of servers no longer registered (backups that left their pairs).
+        diesel::delete(
+            crate::schema::usage_intervals::table
+                .filter(crate::schema::usage_intervals::account_id.eq(id)),
+        )
+        .execute(c)?;
         diesel::delete(line_items::table.filter(line_items::account_id.eq(id))).execute(c)?;
         diesel::delete(entitlements::table.filter(entitlements::account_id.eq(id))).execute(c)?;
         diesel::delete(accounts::table.find(id))

@@ -12,6 +12,7 @@
 mod queue;
 pub(crate) mod rights;
 mod table;
+pub mod usage;
 mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shared::capability::{CapabilityClaims, Right};
+use shared::capability::{CapabilityClaims, Right, UsageInterval, UsageKey};
 use shared::lease::{FeatureInfo, FeatureRight, LeaseInfo};
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
@@ -29,6 +30,10 @@ pub use queue::{MAX_QUEUED, QueueEntry};
 pub use rights::{Rights, RightsCheck, RightsError, renewal_step};
 use table::LeaseTable;
 pub use table::{CHUNK, FrozenLeases, LeaseRef};
+
+/// The most closed usage intervals a state keeps (about four days of 5-minute intervals
+/// of 10 features); the back office has them long before.
+pub const USAGE_KEPT: usize = 12_000;
 
 /// Milliseconds since the Unix epoch (internal time unit; the wire uses seconds).
 pub type Millis = i64;
@@ -307,6 +312,12 @@ pub enum Event {
         at: Millis,
         lapsed: bool,
     },
+    /// Usage intervals closed by the serving server ([`usage`]): kept (the latest
+    /// [`USAGE_KEPT`]) until reported, and replicated like any change, so that what one
+    /// server served is reported even if it dies.
+    UsageClosed {
+        intervals: Vec<UsageInterval>,
+    },
 }
 
 impl Event {
@@ -329,6 +340,7 @@ impl Event {
             Event::OptionsChanged { .. } => "options_changed",
             Event::QueueJoined { .. } => "queue_joined",
             Event::QueueLeft { .. } => "queue_left",
+            Event::UsageClosed { .. } => "usage_closed",
         }
     }
 }
@@ -569,6 +581,9 @@ pub struct State {
     pub options: Option<OptionsInForce>,
     /// Clients waiting for a seat, in the order they joined ([`queue`]).
     queue: Vec<QueueEntry>,
+    /// Closed usage intervals, oldest first, the latest [`USAGE_KEPT`] of them: what the
+    /// server reports to the back office (which keeps each once).
+    pub usage: BTreeMap<UsageKey, UsageInterval>,
     leases: LeaseTable,
     /// The pools the rights make (derived from `rights`).
     pools: BTreeMap<FeatureKey, Pool>,
@@ -669,6 +684,7 @@ impl State {
             absorbed: self.absorbed,
             options: self.options.clone(),
             queue: self.queue.clone(),
+            usage: self.usage.clone(),
             leases: LeaseTable::default(),
             pools: self.pools.clone(),
         }
@@ -711,6 +727,7 @@ impl State {
             Event::Detached { reason, .. } => self.detached = Some(reason.clone()),
             Event::Rejoined { .. } => self.alone_from = None,
             Event::OptionsChanged { text, .. } => self.options = OptionsInForce::of(text),
+            Event::UsageClosed { intervals } => self.keep_usage(intervals.iter().cloned()),
             Event::BackupChanged {
                 at,
                 dropped,
@@ -727,6 +744,17 @@ impl State {
         }
         self.seq += 1;
         self.seq
+    }
+
+    /// Adds closed usage intervals (one already held is kept as it is), then forgets the
+    /// oldest beyond [`USAGE_KEPT`].
+    pub fn keep_usage(&mut self, intervals: impl IntoIterator<Item = UsageInterval>) {
+        for i in intervals {
+            self.usage.entry(i.key()).or_insert(i);
+        }
+        while self.usage.len() > USAGE_KEPT {
+            self.usage.pop_first();
+        }
     }
 
     /// The lease with this ID (a copy: the table keeps leases in a compact form).
@@ -754,6 +782,20 @@ impl State {
         self.leases
             .pool_id(key)
             .map_or(0, |p| self.leases.in_use(p))
+    }
+
+    /// Every pool's key.
+    pub fn pool_keys(&self) -> impl Iterator<Item = &FeatureKey> {
+        self.pools.keys()
+    }
+
+    /// The pool a checkout of `feature` (and `version`, when it names one) asks for: the
+    /// first of that feature when it names none.
+    pub fn pool_of(&self, feature: &str, version: Option<&str>) -> Option<FeatureKey> {
+        self.pools
+            .keys()
+            .find(|k| k.feature == feature && version.is_none_or(|v| k.version == v))
+            .cloned()
     }
 
     /// Seats licensed for a pool at `now`.
@@ -1228,6 +1270,8 @@ impl State {
         out.backup = main.backup.clone();
         // The main's options: it read its file at this start, after the backup's copy.
         out.options = main.options.clone();
+        // What either side served and closed, each interval once.
+        out.keep_usage(main.usage.values().cloned());
         out.detached = None;
         out.merge_queue(main, fork, next_seq, now);
         out.seq = next_seq;
@@ -1781,8 +1825,20 @@ mod tests {
     fn snapshot_round_trip_rebuilds_indexes() {
         let mut s = state_with(vec![right("cad", "", 2, None)]);
         let id = checkout(&mut s, &ask("cad", "a", 1), T0).unwrap();
+        let mut meter = usage::Meter::new(shared::HostId::parse("string:m").unwrap(), 1_000, 1_000);
+        let cad = FeatureKey {
+            feature: "cad".into(),
+            version: String::new(),
+        };
+        meter.level(&cad, T0, 1, 2);
+        s.apply(&Event::UsageClosed {
+            intervals: meter.flush(T0 + 500),
+        });
         let json = serde_json::to_string(&s).unwrap();
         let mut back: State = serde_json::from_str(&json).unwrap();
+        // The closed usage intervals go with the pair's snapshot and handback.
+        assert_eq!(back.usage, s.usage);
+        assert_eq!(back.usage.len(), 1);
         back.rebuild_index();
         // Rights read from JSON count for nothing until they verify again.
         assert_eq!(back.features(T0)[0].count, 0);
@@ -2173,6 +2229,38 @@ mod tests {
         let order: Vec<Uuid> = m.queue().iter().map(|e| e.id).collect();
         assert_eq!(order, [granted_on_backup, alone]);
         assert!(m.lease(&before).is_some() && m.queue_entry(&before).is_none());
+    }
+
+    #[test]
+    fn a_failback_keeps_the_usage_both_sides_closed_each_once() {
+        let meter = |host: &str, from: Millis| {
+            let mut m = usage::Meter::new(shared::HostId::parse(host).unwrap(), 300_000, 60_000);
+            let key = FeatureKey {
+                feature: "cad".into(),
+                version: String::new(),
+            };
+            m.level(&key, from, 1, 10);
+            m.flush(from + 1_000)
+        };
+        let t = 1_795_737_600_000;
+        let ours = meter("string:main", t);
+        let theirs = meter("string:backup", t + 100_000);
+        let mut main = State::default();
+        main.apply(&Event::UsageClosed {
+            intervals: ours.clone(),
+        });
+        let mut backup = State::default();
+        // The backup holds the main's (replicated) and its own.
+        backup.apply(&Event::UsageClosed { intervals: ours });
+        backup.apply(&Event::UsageClosed { intervals: theirs });
+        let (m, _) = State::merged_for_failback(&main, &backup, Uuid::new_v4(), t);
+        assert_eq!(m.usage.len(), 2);
+        let servers: Vec<String> = m.usage.values().map(|i| i.served_by.to_string()).collect();
+        assert_eq!(servers, ["string:backup", "string:main"]);
+        // The same intervals again change nothing.
+        let mut again = m.clone();
+        again.keep_usage(backup.usage.values().cloned());
+        assert_eq!(again.usage, m.usage);
     }
 
     #[test]

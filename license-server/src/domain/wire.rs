@@ -3,13 +3,15 @@
 //! [`LeaseRecord`] (the compact table is built while the leases are read, one at a time),
 //! `queue` the clients in line in the order they joined (absent: none),
 //! and `rights` the capability answer itself, a token (never counts: a state read from
-//! JSON has rights that are not verified until the receiver verifies them).
+//! JSON has rights that are not verified until the receiver verifies them). `usage`: the
+//! closed usage intervals it keeps.
 
 use std::fmt;
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use shared::capability::UsageInterval;
 use uuid::Uuid;
 
 use super::table::LeaseTable;
@@ -40,6 +42,8 @@ struct StateOut<'a> {
     options: Option<&'a str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     queue: &'a [QueueEntry],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    usage: Vec<&'a UsageInterval>,
     leases: LeasesOut<'a>,
 }
 
@@ -71,6 +75,7 @@ impl Serialize for State {
             absorbed: self.absorbed,
             options: self.options.as_ref().map(|o| &*o.text),
             queue: &self.queue,
+            usage: self.usage.values().collect(),
             leases: LeasesOut(&self.leases),
         }
         .serialize(s)
@@ -101,6 +106,8 @@ struct StateIn {
     options: Option<String>,
     #[serde(default)]
     queue: Vec<QueueEntry>,
+    #[serde(default)]
+    usage: Vec<UsageInterval>,
     leases: LeasesIn,
 }
 
@@ -144,6 +151,7 @@ impl<'de> Deserialize<'de> for State {
             absorbed: s.absorbed,
             options: s.options.as_deref().and_then(OptionsInForce::of),
             queue: s.queue,
+            usage: s.usage.into_iter().map(|i| (i.key(), i)).collect(),
             leases: s.leases.0,
         })
     }

@@ -22,7 +22,8 @@ use uuid::Uuid;
 
 use super::{Service, fmt_time, now_ms};
 use crate::domain::{
-    CheckoutAsk, Denied, Event, Holder, LeaseRecord, MAX_SEATS_PER_CHECKOUT, Millis, State,
+    CheckoutAsk, Denied, Event, FeatureKey, Holder, LeaseRecord, MAX_SEATS_PER_CHECKOUT, Millis,
+    State,
 };
 use crate::error::ServiceError;
 use crate::identity::Binding;
@@ -237,6 +238,7 @@ impl Service {
         }
         self.metrics.expirations.inc_by(n as u64);
         self.serve_queue_locked(st, now);
+        self.meter_levels(st, None, now);
         n
     }
 
@@ -289,7 +291,11 @@ impl Service {
                     &self.hostid_str,
                     |id| lease_token.is_some_and(|t| self.token_matches(id, t)),
                 )
-                .map_err(|d| self.denied(d, &req.feature))?;
+                .map_err(|d| {
+                    let e = self.denied(d, &req.feature);
+                    self.meter_denial(&st, req, &e, now);
+                    e
+                })?;
             let (id, renewed) = match &ev {
                 Event::LeaseGranted { lease } => (lease.id, false),
                 Event::LeaseRenewed { id, .. } => (*id, true),
@@ -302,6 +308,9 @@ impl Service {
             };
             let seq = st.apply(&ev);
             let rec = st.lease(&id);
+            if let (Some(r), false) = (&rec, renewed) {
+                self.meter_grant(&st, &pool_key(r), r.kind, req, now);
+            }
             (rec, renewed, seq, self.store.submit(seq, ev), binding)
         };
         store::acked(rx).await?;
@@ -387,10 +396,12 @@ impl Service {
             let mut st = self.state.lock();
             self.ensure_serving_locked(&st, now)
                 .inspect_err(|e| self.metrics.deny(e.code()))?;
+            let key = st.lease(id).as_ref().map(pool_key);
             let ev = st.decide_return(id, now).map_err(|d| self.denied(d, ""))?;
             let seq = st.apply(&ev);
             self.store.submit_nowait(seq, ev);
             self.serve_queue_locked(&mut st, now);
+            self.meter_levels(&st, key.as_ref(), now);
         }
         self.metrics.returns.inc();
         Ok(())
@@ -409,8 +420,13 @@ impl Service {
             let info = st.lease(id).as_ref().map(LeaseRecord::info);
             let ev = st.decide_release(id, now).map_err(|d| self.denied(d, ""))?;
             let seq = st.apply(&ev);
+            let key = info.as_ref().map(|i| FeatureKey {
+                feature: i.feature.clone(),
+                version: i.version.clone(),
+            });
             let rx = self.store.submit(seq, ev);
             self.serve_queue_locked(&mut st, now);
+            self.meter_levels(&st, key.as_ref(), now);
             (info, seq, rx)
         };
         store::acked(rx).await?;
@@ -558,6 +574,14 @@ pub(super) fn ask_of(req: &CheckoutRequest) -> CheckoutAsk<'_> {
 }
 
 /// The borrow a checkout asks for, in milliseconds (validated: at most 365 days).
+/// The pool a lease was granted from.
+fn pool_key(r: &LeaseRecord) -> FeatureKey {
+    FeatureKey {
+        feature: r.feature.clone(),
+        version: r.version.clone(),
+    }
+}
+
 pub(super) fn borrow_ms(req: &CheckoutRequest) -> Option<i64> {
     req.borrow_secs.map(|s| {
         i64::try_from(s)

@@ -14,7 +14,8 @@
 //! detach), [`status`] (what `GET /api/v1/status` and `/metrics` show), [`peer`] (the
 //! HTTP client for the other server of the pair), [`member`] (the same operations as a
 //! member of a three-member cluster: proposed to the cluster, decided by its state
-//! machine, answered once a majority holds them, the grants signed by the member).
+//! machine, answered once a majority holds them, the grants signed by the member),
+//! [`usage`] (the usage reports: counted, closed into events, reported).
 //!
 //! Rights enter the state only verified ([`crate::domain::RightsCheck`]): from the back
 //! office through [`Service::take_answer`], from the pair partner through
@@ -33,6 +34,7 @@
 //! - `backup_uri` (`RwLock`): the backup's URL handed to clients; changed only under
 //!   `state`.
 //! - `backoffice` (`Mutex<BackofficeStatus>`): the poller's contact, on its own.
+//! - `meter` (`Mutex<Meter>`): the usage counted; taken only under `state`, alone.
 //! - `repl` (a `watch` channel): how far the backup acknowledged, for waiting clients.
 //! - the identity's binding and pair secret (`RwLock`s in [`Identity`]): replaced by the
 //!   poller alone.
@@ -50,6 +52,7 @@ pub mod peer;
 pub mod queue;
 pub mod rights;
 pub mod status;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -65,6 +68,7 @@ use uuid::Uuid;
 
 use crate::cluster::Cluster;
 pub use crate::domain::fmt_time;
+use crate::domain::usage::Meter;
 use crate::domain::{Event, Millis, State};
 use crate::error::ServiceError;
 use crate::identity::Identity;
@@ -110,6 +114,11 @@ pub struct ServiceConfig {
     pub options_file: Option<std::path::PathBuf>,
     /// `QUEUE_MAX_WAIT`: the longest a checkout may wait in line.
     pub queue_max_ms: i64,
+    /// `USAGE_INTERVAL`: the length of a usage report's interval.
+    pub usage_interval_ms: i64,
+    /// `USAGE_RETRY_WINDOW`: how long a denied client has to get a seat before its denial
+    /// is a true denial.
+    pub usage_retry_ms: i64,
 }
 
 impl ServiceConfig {
@@ -127,6 +136,8 @@ impl ServiceConfig {
             maintenance_ms: 21 * 86_400_000,
             options_file: None,
             queue_max_ms: 3_600_000,
+            usage_interval_ms: 300_000,
+            usage_retry_ms: 60_000,
         }
     }
 }
@@ -159,6 +170,8 @@ pub struct Service {
     queue_changed: tokio::sync::Notify,
     /// Set when the server stops: queued checkouts are no longer held open.
     queue_stopping: std::sync::atomic::AtomicBool,
+    /// What the serving server counts for its usage reports ([`usage`]).
+    meter: Mutex<Meter>,
 }
 
 impl std::fmt::Debug for Service {
@@ -227,6 +240,7 @@ impl Service {
         )?;
         svc.pair.lock().restart_point = restart_point;
         tokio::spawn(compactor(Arc::downgrade(&svc)));
+        tokio::spawn(usage::ticker(Arc::downgrade(&svc)));
         Ok(svc)
     }
 
@@ -279,7 +293,13 @@ impl Service {
             next_attempt_at: None,
             link_up: false,
         };
+        let meter = Meter::new(
+            cfg.hostid.clone(),
+            cfg.usage_interval_ms,
+            cfg.usage_retry_ms,
+        );
         Ok(Arc::new(Service {
+            meter: Mutex::new(meter),
             hostid_str: cfg.hostid.to_string(),
             cfg,
             state,
@@ -332,6 +352,11 @@ impl Service {
     pub async fn shutdown(&self) {
         if let Some(c) = &self.cluster {
             c.shutdown().await;
+        }
+        // What was counted of the open intervals is kept (the part served until now).
+        {
+            let mut st = self.state.lock();
+            self.flush_usage(&mut st, now_ms());
         }
         let _ = store::acked(self.store.barrier()).await;
         self.store.shutdown();

@@ -478,6 +478,9 @@ impl Service {
             // Hearing from the main now: no takeover right after handing back.
             self.heard(false);
             if st.active_since.is_some() {
+                // What it counted goes back with the pool (the part of the open intervals
+                // it served), before it stops owning it.
+                self.flush_usage(&mut st, now);
                 let ev = Event::HandedBack { at: now };
                 let seq = st.apply(&ev);
                 tracing::info!(

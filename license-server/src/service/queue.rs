@@ -163,11 +163,20 @@ impl Service {
                     let until = now.saturating_add(i64::try_from(secs).unwrap_or(0) * 1000);
                     let ev = st
                         .decide_queue_join(&ask, now, until, Uuid::new_v4(), d)
-                        .map_err(|d| self.denied(d, &req.feature))?;
+                        .map_err(|d| {
+                            let e = self.denied(d, &req.feature);
+                            self.meter_denial(&st, req, &e, now);
+                            e
+                        })?;
                     (ev, Some(reason))
                 }
             };
             let seq = st.apply(&ev);
+            match &ev {
+                Event::QueueJoined { .. } => self.meter_queued(&st, req, now),
+                Event::LeaseGranted { lease } => self.meter_queue_grant(&st, &lease.id, now),
+                _ => {}
+            }
             let joined = match (&ev, joined) {
                 (Event::QueueJoined { entry }, Some(reason)) => st
                     .queue_entry(&entry.id)
@@ -311,10 +320,17 @@ impl Service {
             while granted < crate::domain::MAX_QUEUED
                 && let Some(ev) = st.next_queue_grant(now, lease_ms, &self.hostid_str)
             {
-                if let Event::LeaseGranted { lease } = &ev {
-                    tracing::info!(feature = %lease.feature, client = %lease.client_id, lease = %lease.id, "a seat granted to a client in line");
-                }
+                let id = match &ev {
+                    Event::LeaseGranted { lease } => {
+                        tracing::info!(feature = %lease.feature, client = %lease.client_id, lease = %lease.id, "a seat granted to a client in line");
+                        Some(lease.id)
+                    }
+                    _ => None,
+                };
                 let seq = st.apply(&ev);
+                if let Some(id) = id {
+                    self.meter_queue_grant(st, &id, now);
+                }
                 self.store.submit_nowait(seq, ev);
                 granted += 1;
             }

@@ -180,6 +180,7 @@ impl Service {
             pair_status,
             usage,
             backup_dropped: dropped,
+            intervals: Vec::new(),
         }
     }
 }

@@ -31,6 +31,7 @@
 //! | 19 | `LeaseGranted` | lease; holder: 16 bytes; user: str; host: str (empty: none); kind: u8 (bit 0 borrowed, bit 1 overdraft; other bits refused) |
 //! | 20 | `QueueJoined` | queued (below) |
 //! | 21 | `QueueLeft` | id; at; lapsed: bool (its time was up; false: the client left) |
+//! | 22 | `UsageClosed` | intervals: str (a JSON array of the protocol's `UsageInterval`s) |
 //!
 //! `right` = activation_id: str, feature: str, version: str, count: u32, starts_at: i64,
 //! expires_at: option i64. `lease` = id, feature: str, version: str, count: u32,
@@ -48,7 +49,8 @@
 //!
 //! | tag | section | fields |
 //! |---:|---|---|
-//! | 9 | head (first) | as 7, then queue: count, queued* (in the order they joined) |
+//! | 10 | head (first) | as 9, then usage: str (the closed usage intervals kept, a JSON array of the protocol's `UsageInterval`s) |
+//! | 9 | head, before usage | as 7, then queue: count, queued* (in the order they joined) |
 //! | 7 | head, before the queue | as 4, then options: option str (the options file in force, verbatim) |
 //! | 4 | head, before options | seq: u64; lease_key: option str; rights: option str (the capability answer, verbatim); rights_updated_at: option i64; history: uuid; fork: option (history: uuid, seq: u64); active_since: option i64; backup: (dropped: bool, uri: option str, reason: option str, changed_at: option i64); detached: option str; alone_from: option u64; absorbed: option fork |
 //! | 8 | leases (up to 1,024) | pools: count, (feature: str, version: str)*; hosts: count, str*; names: count, str*; leases: count, (id: uuid, client_id: str, pool: u32, host: u32, count: u32, granted_at: i64, renewed_at − granted_at: i64, expires_at − renewed_at: i64, granted_seq: u64, holder: 16 bytes, user: u32, client host: u32, kind: u8 as in tag 19)* (user and client host: 0 none, n the n-th name) |
@@ -64,6 +66,7 @@
 
 use std::collections::HashMap;
 
+use shared::capability::UsageInterval;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -95,6 +98,8 @@ pub enum DecodeError {
          before rights were kept signed, or edited); they are never served"
     )]
     UnsignedRights,
+    #[error("its usage intervals are not the JSON this version writes")]
+    Usage,
 }
 
 pub type Result<T> = std::result::Result<T, DecodeError>;
@@ -433,7 +438,20 @@ pub fn put_record(buf: &mut Vec<u8>, seq: u64, event: &Event) {
             e.opt(uri.as_deref(), Enc::str);
             e.str(reason);
         }
+        Event::UsageClosed { intervals } => {
+            e.u8(22);
+            e.str(&usage_json(intervals.iter()));
+        }
     }
+}
+
+/// Usage intervals as JSON (they cannot fail to serialise: plain fields, string keys).
+fn usage_json<'a>(intervals: impl Iterator<Item = &'a UsageInterval>) -> String {
+    serde_json::to_string(&intervals.collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
+}
+
+fn get_usage(d: &mut Dec<'_>) -> Result<Vec<UsageInterval>> {
+    serde_json::from_str(d.str()?).map_err(|_| DecodeError::Usage)
 }
 
 /// Decodes a journal record's payload.
@@ -519,6 +537,9 @@ pub fn get_record(payload: &[u8]) -> Result<(u64, Event)> {
             uri: d.opt(Dec::string)?,
             reason: d.string()?,
         },
+        22 => Event::UsageClosed {
+            intervals: get_usage(&mut d)?,
+        },
         tag => return Err(DecodeError::UnknownTag(tag)),
     };
     d.finish()?;
@@ -534,7 +555,9 @@ pub const SECTION_END: u8 = 3;
 pub const SECTION_HEAD_V2: u8 = 4;
 /// Head before the queue.
 pub const SECTION_HEAD_V3: u8 = 7;
-pub const SECTION_HEAD: u8 = 9;
+/// Head before usage.
+pub const SECTION_HEAD_V4: u8 = 9;
+pub const SECTION_HEAD: u8 = 10;
 /// Leases before users and hosts.
 pub const SECTION_LEASES_V2: u8 = 5;
 /// Leases before borrowing and overdraft.
@@ -576,6 +599,7 @@ pub fn put_head(buf: &mut Vec<u8>, s: &State) {
     for q in s.queue() {
         put_queued(e, q);
     }
+    e.str(&usage_json(s.usage.values()));
 }
 
 /// What a snapshot section holds.
@@ -598,7 +622,8 @@ pub enum Section<'a> {
 pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
     let mut d = Dec::new(payload);
     let section = match d.u8()? {
-        tag @ (SECTION_HEAD | SECTION_HEAD_V3 | SECTION_HEAD_V2 | SECTION_HEAD_V1) => {
+        tag @ (SECTION_HEAD | SECTION_HEAD_V4 | SECTION_HEAD_V3 | SECTION_HEAD_V2
+        | SECTION_HEAD_V1) => {
             let mut s = State::default();
             let mut unsigned_rights = 0;
             s.seq = d.u64()?;
@@ -623,10 +648,10 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
             s.detached = d.opt(Dec::string)?;
             s.alone_from = d.opt(Dec::u64)?;
             s.absorbed = d.opt(get_fork)?;
-            if tag == SECTION_HEAD || tag == SECTION_HEAD_V3 {
+            if matches!(tag, SECTION_HEAD | SECTION_HEAD_V4 | SECTION_HEAD_V3) {
                 s.options = d.opt(Dec::str)?.and_then(OptionsInForce::of);
             }
-            if tag == SECTION_HEAD {
+            if matches!(tag, SECTION_HEAD | SECTION_HEAD_V4) {
                 // A queued entry is at least 41 bytes (ID and holder 32, nine more fields).
                 let n = d.count(41)?;
                 let mut queue = Vec::with_capacity(n);
@@ -634,6 +659,9 @@ pub fn get_section(payload: &[u8]) -> Result<Section<'_>> {
                     queue.push(get_queued(&mut d)?);
                 }
                 s.set_queue(queue);
+            }
+            if tag == SECTION_HEAD {
+                s.keep_usage(get_usage(&mut d)?);
             }
             s.rebuild_index();
             Section::Head {
@@ -944,6 +972,9 @@ pub(crate) mod tests {
                 at: i64::MIN,
                 lapsed: false,
             },
+            Event::UsageClosed {
+                intervals: vec![usage_interval()],
+            },
         ]
     }
 
@@ -960,6 +991,27 @@ pub(crate) mod tests {
             queued_at: 1_700_000_000_000,
             until: 1_700_000_600_000,
             queued_seq: 0,
+        }
+    }
+
+    fn usage_interval() -> UsageInterval {
+        UsageInterval {
+            feature: "cad".into(),
+            version: "2".into(),
+            starts_at: 1_795_737_600,
+            ends_at: 1_795_737_900,
+            served_by: shared::HostId::parse("string:main").unwrap(),
+            served_from: 1_795_737_600,
+            served_until: 1_795_737_900,
+            count: 5,
+            peak: 4,
+            seat_secs: 900,
+            grants: 7,
+            denials: [("NO_LICENSE".to_owned(), 2)].into(),
+            true_denials: 1,
+            borrowed: 1,
+            overdraft: 1,
+            queued: 0,
         }
     }
 
@@ -982,7 +1034,8 @@ pub(crate) mod tests {
         for cut in 0..buf.len() {
             assert!(get_section(&buf[..cut]).is_err(), "cut at {cut}");
         }
-        // A head before the queue (tag 7): the same, without the queue's count.
+        // A head before the queue (tag 7): the same, without the queue's count (and the
+        // usage after it).
         let mut old = State::default();
         old.apply(&Event::OptionsChanged {
             text: "MAX 1 cad USER bob\n".into(),
@@ -990,7 +1043,11 @@ pub(crate) mod tests {
         });
         let mut buf = Vec::new();
         put_head(&mut buf, &old);
-        assert_eq!(buf.pop(), Some(0), "an empty queue is one byte");
+        assert_eq!(
+            buf.split_off(buf.len() - 4),
+            [0, 2, b'[', b']'],
+            "an empty queue is one byte, no usage three"
+        );
         buf[0] = SECTION_HEAD_V3;
         let Section::Head { state, .. } = get_section(&buf).unwrap() else {
             panic!("not a head")
@@ -1000,9 +1057,39 @@ pub(crate) mod tests {
         // A count larger than the bytes left is refused before allocating.
         let mut buf = Vec::new();
         put_head(&mut buf, &State::default());
-        buf.pop();
+        buf.truncate(buf.len() - 4);
         Enc(&mut buf).u64(u64::MAX >> 8);
         assert!(get_section(&buf).is_err());
+    }
+
+    #[test]
+    fn a_head_keeps_the_closed_usage_intervals_and_one_before_usage_loads_with_none() {
+        let mut s = State::default();
+        s.apply(&Event::UsageClosed {
+            intervals: vec![usage_interval()],
+        });
+        s.apply(&Event::QueueJoined {
+            entry: queued("cad", None),
+        });
+        let mut buf = Vec::new();
+        put_head(&mut buf, &s);
+        let Section::Head { state, .. } = get_section(&buf).unwrap() else {
+            panic!("not a head")
+        };
+        assert_eq!(state.usage, s.usage);
+        assert_eq!(state.usage.len(), 1);
+        // A head before usage (tag 9): the queue, and no usage.
+        let mut buf = Vec::new();
+        let mut before_usage = s.clone();
+        before_usage.usage = Default::default();
+        put_head(&mut buf, &before_usage);
+        assert_eq!(buf.split_off(buf.len() - 3), [2, b'[', b']']);
+        buf[0] = SECTION_HEAD_V4;
+        let Section::Head { state, .. } = get_section(&buf).unwrap() else {
+            panic!("not a head")
+        };
+        assert!(state.usage.is_empty());
+        assert_eq!(state.queue(), s.queue());
     }
 
     #[test]

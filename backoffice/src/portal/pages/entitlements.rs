@@ -1,4 +1,5 @@
-//! The account's entitlements: each line item, how much of it is mapped, and where.
+//! The account's entitlements: each line item, how much of it is mapped, and where; and
+//! its usage report over the last day on each server it is mapped to.
 
 use actix_web::HttpRequest;
 use actix_web::http::StatusCode;
@@ -9,7 +10,12 @@ use crate::portal::layout::Layout;
 use crate::portal::session::PortalUser;
 use crate::portal::view;
 use crate::state::{State, run};
-use crate::store::catalog;
+use crate::store::{catalog, usage};
+
+use super::servers::{IntervalRow, interval_rows};
+
+/// The usage the page shows: the last day's intervals.
+const USAGE_WINDOW: i64 = 86_400;
 
 struct MapLink {
     server_id: String,
@@ -30,10 +36,19 @@ struct ItemView {
     mappings: Vec<MapLink>,
 }
 
+/// A line item's usage on one server (and its pair partner) it is mapped to.
+struct ItemUsage {
+    activation_id: String,
+    server_id: String,
+    hostid: String,
+    intervals: Vec<IntervalRow>,
+}
+
 struct EntitlementView {
     name: String,
     created: String,
     items: Vec<ItemView>,
+    usage: Vec<ItemUsage>,
 }
 
 #[derive(Template)]
@@ -45,10 +60,30 @@ struct EntitlementsPage {
 
 pub async fn entitlements(req: HttpRequest, user: PortalUser, state: State) -> PageResult {
     let account = user.account_id.clone();
-    let ents = run(&state, move |c| catalog::list_entitlements(c, &account)).await?;
+    let since = shared::now_unix() - USAGE_WINDOW;
+    let (ents, usage) = run(&state, move |c| {
+        let ents = catalog::list_entitlements(c, &account)?;
+        let usage = ents
+            .iter()
+            .map(|e| usage::entitlement_intervals(c, &account, &e.id, since))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((ents, usage))
+    })
+    .await?;
     let entitlements = ents
         .into_iter()
-        .map(|e| EntitlementView {
+        .zip(usage)
+        .map(|(e, usage)| EntitlementView {
+            usage: usage
+                .into_iter()
+                .filter(|u| !u.intervals.is_empty())
+                .map(|u| ItemUsage {
+                    intervals: interval_rows(&u.intervals),
+                    activation_id: u.activation_id,
+                    server_id: u.server_id,
+                    hostid: u.hostid,
+                })
+                .collect(),
             name: e.name,
             created: view::date(e.created_at),
             items: e

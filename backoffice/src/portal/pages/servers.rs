@@ -22,7 +22,7 @@ use crate::state::{State, run};
 use crate::store::catalog::{self, Entitlement};
 use crate::store::mappings;
 use crate::store::registry::{self, PairView, ServerInfo, ServerView};
-use crate::store::usage::{self, UsagePoint};
+use crate::store::usage::{self, IntervalUsage, UsagePoint};
 
 /// A server as a row or a pair member shows it.
 #[derive(Clone, Debug)]
@@ -152,6 +152,67 @@ struct RangeLink {
     current: bool,
 }
 
+/// One row of a usage report table: an interval of a feature, its parts added up.
+#[derive(Clone, Debug)]
+pub(super) struct IntervalRow {
+    pub when: String,
+    pub iso: String,
+    pub feature: String,
+    pub count: i64,
+    pub peak: i64,
+    pub average: String,
+    pub grants: i64,
+    pub denied: i64,
+    /// Denials by code: `NO_LICENSE_AVAILABLE 2, EXCLUDED 1`.
+    pub denials: String,
+    pub true_denials: i64,
+    pub borrowed: i64,
+    pub overdraft: i64,
+    pub queued: i64,
+    pub served_by: String,
+}
+
+/// The most intervals a usage report table shows (the newest).
+pub(super) const INTERVAL_ROWS: usize = 100;
+
+pub(super) fn interval_rows(intervals: &[IntervalUsage]) -> Vec<IntervalRow> {
+    intervals
+        .iter()
+        .take(INTERVAL_ROWS)
+        .map(|i| IntervalRow {
+            when: format!(
+                "{} ({})",
+                view::time(i.starts_at),
+                shared::duration::format(std::time::Duration::from_secs(
+                    u64::try_from(i.ends_at - i.starts_at).unwrap_or_default()
+                ))
+            ),
+            iso: view::iso(i.starts_at),
+            feature: if i.version.is_empty() {
+                i.feature.clone()
+            } else {
+                format!("{} {}", i.feature, i.version)
+            },
+            count: i.count,
+            peak: i.peak,
+            average: format!("{:.2}", i.average),
+            grants: i.grants,
+            denied: i.denied(),
+            denials: i
+                .denials
+                .iter()
+                .map(|(code, n)| format!("{code} {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            true_denials: i.true_denials,
+            borrowed: i.borrowed,
+            overdraft: i.overdraft,
+            queued: i.queued,
+            served_by: i.served_by.join(", "),
+        })
+        .collect()
+}
+
 #[derive(Template)]
 #[template(path = "server.html")]
 struct ServerPage {
@@ -162,6 +223,7 @@ struct ServerPage {
     usage: Vec<UsageRow>,
     usage_reported: Option<String>,
     charts: Vec<ChartView>,
+    intervals: Vec<IntervalRow>,
     ranges: Vec<RangeLink>,
     range_label: &'static str,
     options: Vec<ItemOption>,
@@ -202,12 +264,13 @@ async fn server_page(
     let (account, t) = (user.account_id.clone(), state.server_timeout());
     let now = shared::now_unix();
     let since = now - window;
-    let (v, ents, history, latest) = run(state, move |c| {
+    let (v, ents, history, latest, intervals) = run(state, move |c| {
         let v = registry::view_server(c, &account, &id, now, t)?;
         let ents = catalog::list_entitlements(c, &account)?;
         let h = usage::usage_history(c, &account, &id, since)?;
         let latest = usage::latest_readings(c, &account, &id)?;
-        Ok((v, ents, h, latest))
+        let intervals = usage::server_intervals(c, &account, &id, since)?;
+        Ok((v, ents, h, latest, intervals))
     })
     .await?;
     // Current usage is the latest reading, the one the charts end with.
@@ -234,6 +297,7 @@ async fn server_page(
             .first()
             .map(|u| format!("{} ({})", view::time(u.at), view::ago(now, u.at))),
         charts: charts(&history, range_label, since, now),
+        intervals: interval_rows(&intervals),
         ranges: RANGES
             .iter()
             .map(|r| RangeLink {
