@@ -74,6 +74,7 @@ pub fn api(cfg: &mut ServiceConfig) {
         .service(account::view_server)
         .service(account::usage)
         .service(account::register_pair)
+        .service(account::register_cluster)
         .service(account::remove_backup)
         .service(account::entitlements)
         .service(account::map_rights)

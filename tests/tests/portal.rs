@@ -29,6 +29,7 @@ async fn poll(
         hostid: HostId::parse(hostid)?,
         role,
         backup_hostid: backup.map(HostId::parse).transpose()?,
+        cluster_member_hostids: Vec::new(),
         sent_at: shared::now_unix(),
         rights: vec![],
         report: Some(ServerReport {
@@ -46,6 +47,7 @@ async fn poll(
                 })
                 .collect(),
             backup_dropped: false,
+            cluster_status: None,
         }),
         server_key: None,
         link: None,

@@ -12,7 +12,7 @@ use crate::error::{AppError, AppResult};
 use crate::state::{State, run};
 use crate::store::catalog::{self, Account, Entitlement};
 use crate::store::mappings::{self, Mapping};
-use crate::store::registry::{self, PairView, ServerSummary, ServerView};
+use crate::store::registry::{self, ClusterView, PairView, ServerSummary, ServerView};
 use crate::store::tokens::{self, DeviceToken, IssuedToken};
 use crate::store::usage::{UsagePoint, usage_history};
 
@@ -148,6 +148,51 @@ pub async fn register_pair(
     .await?;
     state.links.changed(&account);
     Ok(HttpResponse::Created().json(p))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCluster {
+    /// The three members' hostids, of one type; the first holds the cluster's rights.
+    #[schema(value_type = Vec<HostId>, min_items = 3, max_items = 3)]
+    hostids: Vec<String>,
+}
+
+/// Registers a three-member failover cluster by hand, before its members start (each
+/// member's `CLUSTER_MEMBER_HOSTIDS` must then name the other two).
+#[utoipa::path(
+    tag = "account",
+    security(("session" = [])),
+    request_body = NewCluster,
+    responses((status = 201, description = "The cluster, its members expected", body = ClusterView), doc::UserPair)
+)]
+#[post("/api/v1/account/clusters")]
+pub async fn register_cluster(
+    user: AccountUser,
+    state: State,
+    body: web::Json<NewCluster>,
+) -> AppResult<HttpResponse> {
+    if body.hostids.len() != 3 {
+        return Err(AppError::validation(
+            "hostids",
+            format!(
+                "a cluster has three members: name all three ({} named)",
+                body.hostids.len()
+            ),
+        ));
+    }
+    let members = body
+        .hostids
+        .iter()
+        .map(|h| hostid("hostids", h))
+        .collect::<AppResult<Vec<_>>>()?;
+    let account = user.account_id.clone();
+    let v = run(&state, move |c| {
+        registry::register_cluster(c, &user.account_id, &members)
+    })
+    .await?;
+    state.links.changed(&account);
+    Ok(HttpResponse::Created().json(v))
 }
 
 /// Takes a pair's backup out of the pair; refused while the pair's seats are in use.

@@ -180,6 +180,7 @@ impl Service {
             pair_status,
             usage,
             backup_dropped: dropped,
+            cluster_status: self.cluster.as_ref().map(|c| c.health.status()),
         }
     }
 }
