@@ -27,7 +27,7 @@ use crate::api::system::ApiDocument;
 use crate::api::{account, admins, auth, capability, producer, system};
 use crate::http::{self, MAX_BODY, Metrics};
 use crate::portal::layout;
-use crate::portal::pages::{entitlements, home, pairs, servers, signin, tokens};
+use crate::portal::pages::{clusters, entitlements, home, pairs, servers, signin, tokens};
 use crate::state::State;
 
 /// The JSON API.
@@ -111,6 +111,8 @@ pub fn portal(cfg: &mut web::ServiceConfig) {
             )
             .route("/pairs/new", get().to(pairs::pair_form))
             .route("/pairs", post().to(pairs::register_pair))
+            .route("/clusters/new", get().to(clusters::cluster_form))
+            .route("/clusters", post().to(clusters::register_cluster))
             .route("/entitlements", get().to(entitlements::entitlements))
             .route("/tokens", get().to(tokens::tokens))
             .route("/tokens", post().to(tokens::create_token))

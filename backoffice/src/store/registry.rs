@@ -347,6 +347,12 @@ pub fn register_cluster(
     let (first, others) = members.split_first().ok_or_else(|| {
         AppError::validation("hostids", "a cluster has three members: name all three")
     })?;
+    if let Some(twice) = others.iter().find(|h| *h == first) {
+        return Err(AppError::validation(
+            "hostids",
+            format!("hostid {twice} is named twice: a cluster has three different members"),
+        ));
+    }
     let cid = conn.write_transaction::<_, AppError, _>(|c| {
         lock_account(c, account_id)?;
         let k = known(c, account_id, first)?;

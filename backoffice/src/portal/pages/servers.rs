@@ -1,5 +1,5 @@
-//! The Servers list and the View Server page, with its two forms: map rights here (and
-//! unmap them), and remove the pair's backup. A form's error is shown on the page itself,
+//! The Servers list and the View Server page (with the server's pair or cluster), with its
+//! two forms: map rights here (and unmap them), and remove the pair's backup. A form's error is shown on the page itself,
 //! next to its field.
 
 use actix_web::http::StatusCode;
@@ -21,7 +21,7 @@ use crate::portal::view::{self, StatusView};
 use crate::state::{State, run};
 use crate::store::catalog::{self, Entitlement};
 use crate::store::mappings;
-use crate::store::registry::{self, PairView, ServerInfo, ServerView};
+use crate::store::registry::{self, ClusterView, PairView, ServerInfo, ServerView};
 use crate::store::usage::{self, UsagePoint};
 
 /// A server as a row or a pair member shows it.
@@ -42,7 +42,11 @@ fn member(s: &ServerInfo, now: i64) -> MemberView {
     MemberView {
         id: s.id.clone(),
         hostid: s.hostid.clone(),
-        role: view::role(s.role),
+        role: if s.cluster_id.is_some() {
+            "Cluster member"
+        } else {
+            view::role(s.role)
+        },
         status: view::member_status(s.status, s.first_contact_at.is_some()),
         last_contact: view::last_contact(now, s.last_contact_at),
         last_contact_iso: s.last_contact_at.map(view::iso).unwrap_or_default(),
@@ -55,6 +59,7 @@ struct ServerRow {
     server: MemberView,
     pair_status: Option<StatusView>,
     partner: Option<String>,
+    clustered: bool,
 }
 
 #[derive(Template)]
@@ -76,6 +81,7 @@ pub async fn servers(req: HttpRequest, user: PortalUser, state: State) -> PageRe
                 .pair_status
                 .map(|p| view::pair_status_of(p, s.server.first_contact_at.is_some())),
             partner: s.partner_hostid.clone(),
+            clustered: s.server.cluster_id.is_some(),
         })
         .collect();
     let page = ServersPage {
@@ -91,6 +97,36 @@ struct PairBlock {
     registered_by: String,
     main: MemberView,
     backup: Option<MemberView>,
+}
+
+/// A cluster member as View Server lists it: its own status, and what it reported of the
+/// cluster.
+struct ClusterMember {
+    server: MemberView,
+    reported: Option<StatusView>,
+}
+
+struct ClusterBlock {
+    id: String,
+    status: StatusView,
+    registered_by: String,
+    members: Vec<ClusterMember>,
+}
+
+fn cluster_block(c: &ClusterView, now: i64) -> ClusterBlock {
+    ClusterBlock {
+        id: c.id.clone(),
+        status: view::cluster_status(c.status),
+        registered_by: c.registered_by.clone(),
+        members: c
+            .members
+            .iter()
+            .map(|m| ClusterMember {
+                server: member(m, now),
+                reported: m.reported_cluster_status.map(view::cluster_status),
+            })
+            .collect(),
+    }
 }
 
 struct RightView {
@@ -158,6 +194,7 @@ struct ServerPage {
     layout: Layout,
     server: MemberView,
     pair: Option<PairBlock>,
+    cluster: Option<ClusterBlock>,
     rights: Vec<RightView>,
     usage: Vec<UsageRow>,
     usage_reported: Option<String>,
@@ -217,6 +254,7 @@ async fn server_page(
         layout: Layout::page(req, user.bar(), &title, "servers"),
         server: member(&v.server, now),
         pair: v.pair.as_ref().map(|p| pair_block(p, now)),
+        cluster: v.cluster.as_ref().map(|c| cluster_block(c, now)),
         rights: rights(&v),
         usage: latest
             .iter()
