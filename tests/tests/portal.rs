@@ -52,20 +52,27 @@ async fn poll(
         server_key: None,
         link: None,
     };
+    send(bo, token, &req).await.map(drop)
+}
+
+/// Sends a capability request; its answer's body.
+async fn send(bo: &BackOffice, token: &str, req: &CapabilityRequest) -> Result<Value> {
     let r = bo
         .http
         .post(format!("{}/api/v1/capability", bo.url))
         .bearer_auth(token)
-        .json(&req)
+        .json(req)
         .send()
         .await?;
     let status = r.status();
     let body = r.text().await?;
     ensure!(
         status.is_success(),
-        "capability request of {hostid} ({role:?}): {status} {body}"
+        "capability request of {} ({:?}): {status} {body}",
+        req.hostid,
+        req.role
     );
-    Ok(())
+    Ok(serde_json::from_str(&body)?)
 }
 
 async fn sign_in(b: &Browser, base: &str, email: &str, password: &str) -> Result<()> {
@@ -645,20 +652,7 @@ async fn poll_member(
         server_key: None,
         link: None,
     };
-    let r = bo
-        .http
-        .post(format!("{}/api/v1/capability", bo.url))
-        .bearer_auth(token)
-        .json(&req)
-        .send()
-        .await?;
-    let status = r.status();
-    let body: Value = r.json().await?;
-    ensure!(
-        status.is_success(),
-        "capability request of {hostid}: {status} {body}"
-    );
-    Ok(body)
+    send(bo, token, &req).await
 }
 
 /// A cluster registered by hand in the portal (a refused list first, its error in place),

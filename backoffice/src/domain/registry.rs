@@ -368,16 +368,7 @@ pub fn plan_member(
                 ),
             ));
         }
-        if k.pair.is_some() || matches!(k.role, Role::Main) {
-            return Err(DomainError::new(
-                ErrorCode::RoleConflict,
-                format!(
-                    "{hostid} is registered as the {} of a failover pair; a server is in one \
-                     pair or one cluster",
-                    k.role
-                ),
-            ));
-        }
+        in_a_pair(hostid, k)?;
     }
     // The other members' side.
     for (o, k) in others.iter().zip(known_others) {
@@ -393,16 +384,7 @@ pub fn plan_member(
                 ),
             ));
         }
-        if k.pair.is_some() || matches!(k.role, Role::Main) {
-            return Err(DomainError::new(
-                ErrorCode::RoleConflict,
-                format!(
-                    "{o} is registered as the {} of a failover pair; it cannot be a \
-                     member of a cluster",
-                    k.role
-                ),
-            ));
-        }
+        in_a_pair(o, k)?;
         if k.state != ServerState::Waiting {
             return Err(DomainError::new(
                 ErrorCode::RoleConflict,
@@ -425,6 +407,21 @@ pub fn plan_member(
             )
             .collect(),
     })
+}
+
+/// A server of a pair is no cluster member.
+fn in_a_pair(h: &HostId, k: &Known) -> Result<(), DomainError> {
+    if k.pair.is_some() || k.role == Role::Main {
+        return Err(DomainError::new(
+            ErrorCode::RoleConflict,
+            format!(
+                "{h} is registered as the {} of a failover pair; a server is in one pair or \
+                 one cluster",
+                k.role
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Decides what a capability request does: [`plan_member`] for a cluster member (a

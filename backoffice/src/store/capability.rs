@@ -1025,6 +1025,85 @@ mod tests {
         }
     }
 
+    /// Registered by hand before its members start: expected members, rights mapped on any
+    /// member's page to the cluster once, each member then known with those rights; the
+    /// same cluster again, or one hostid twice, is refused and changes nothing.
+    #[test]
+    fn a_cluster_registered_by_hand_holds_rights_mapped_on_any_members_page_once() {
+        use crate::store::{mappings, registry};
+        for tdb in testing::databases() {
+            let (pool, backend) = db::connect(&tdb.url, 1).unwrap();
+            let c = &mut *pool.get().unwrap();
+            let (acme, _, activation) = account(c, "Acme");
+            let hs = |l: &[&str]| -> Vec<HostId> {
+                l.iter().map(|h| HostId::parse(h).unwrap()).collect()
+            };
+            let three = hs(&["string:p1", "string:p2", "string:p3"]);
+            let v = registry::register_cluster(c, &acme, &three).unwrap();
+            assert_eq!(v.registered_by, "portal", "{backend:?}");
+            assert_eq!(v.status, ClusterStatus::NotOperational, "none heard from");
+            assert!(v.members.iter().all(|m| m.registration == "expected"));
+            let before = registry(c);
+            for bad in [
+                hs(&["string:p1", "string:p2", "string:p3"]),
+                hs(&["string:p3", "string:p2", "string:p1"]),
+                hs(&["string:q1", "string:q2", "string:q1"]),
+                hs(&["string:q1", "string:p2", "string:q3"]),
+            ] {
+                let e = registry::register_cluster(c, &acme, &bad).unwrap_err();
+                assert!(
+                    matches!(
+                        e.code(),
+                        ErrorCode::AlreadyExists
+                            | ErrorCode::ValidationError
+                            | ErrorCode::RoleConflict
+                    ),
+                    "{backend:?} {bad:?}: {e}"
+                );
+                assert_eq!(registry(c), before, "{backend:?} {bad:?}");
+            }
+            // 3 mapped on the second member's page, 2 more on the third's: 5, held once.
+            let (m2, m3) = (&v.members[1].id, &v.members[2].id);
+            mappings::map_rights(c, &acme, &activation, m2, 3).unwrap();
+            let m = mappings::map_rights(c, &acme, &activation, m3, 2).unwrap();
+            assert_eq!(m.quantity, 5, "{backend:?}");
+            assert_eq!(registry(c).2, 5);
+            let now = shared::now_unix();
+            let mut rights = None;
+            for (me, others) in [
+                ("string:p2", ["string:p3", "string:p1"]),
+                ("string:p1", ["string:p2", "string:p3"]),
+                ("string:p3", ["string:p1", "string:p2"]),
+            ] {
+                let a = capability(
+                    c,
+                    &acme,
+                    &member(me, others, &[(&activation, 5)]),
+                    None,
+                    now,
+                )
+                .unwrap();
+                assert_eq!(a.rights[0].count, 5, "{backend:?} {me}");
+                assert_eq!(
+                    a.cluster.as_ref().map(|c| c.id.as_str()),
+                    Some(v.id.as_str())
+                );
+                assert!(rights.as_ref().is_none_or(|r| *r == a.rights));
+                rights = Some(a.rights);
+            }
+            assert_eq!(
+                registry(c).2,
+                5,
+                "{backend:?}: asking for 5 maps nothing more"
+            );
+            let view = registry::view_server(c, &acme, m3, now, 600).unwrap();
+            let cv = view.cluster.expect("View Server shows the cluster");
+            assert!(cv.members.iter().all(|m| m.registration == "registered"));
+            assert_eq!(view.rights.len(), 1);
+            assert_eq!(view.rights[0].quantity, 5);
+        }
+    }
+
     #[test]
     fn bad_member_lists_are_refused_with_contract_codes_and_change_nothing() {
         for tdb in testing::databases() {
