@@ -931,5 +931,24 @@ async fn members_of_another_cluster_and_clocks_two_hours_off_are_refused_by_name
         view["status"] == "not_operational" && view["serving"] == false,
         "{view}"
     );
+    // The back office refuses it too (it names members of a registered cluster): it holds
+    // none of the pool's rights.
+    let refused = tests::eventually(WAIT, "the back office to refuse the stranger", || async {
+        let st = intruder.status().await.ok()?;
+        (st["backoffice"]["state"] == "refused").then_some(st)
+    })
+    .await;
+    ensure!(
+        refused["backoffice"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("already a member of the cluster")),
+        "{}",
+        refused["backoffice"]
+    );
+    ensure!(
+        refused["rights"]["seats"].as_u64().unwrap_or(0) == 0,
+        "{}",
+        refused["rights"]
+    );
     Ok(())
 }

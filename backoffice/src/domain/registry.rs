@@ -347,8 +347,14 @@ pub fn plan_member(
         }
         Ok(())
     };
+    // What is known of each other member (nothing, when the caller did not look).
+    let others: Vec<(&HostId, Option<&Known>)> = others
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o, known_others.get(i).copied().flatten()))
+        .collect();
     named(hostid, known)?;
-    for (o, k) in others.iter().zip(known_others) {
+    for (o, k) in &others {
         named(o, *k)?;
     }
     // The requester's side.
@@ -371,7 +377,7 @@ pub fn plan_member(
         in_a_pair(hostid, k)?;
     }
     // The other members' side.
-    for (o, k) in others.iter().zip(known_others) {
+    for (o, k) in &others {
         let Some(k) = k else { continue };
         if let Some(c) = &k.cluster {
             return Err(DomainError::new(
@@ -402,8 +408,7 @@ pub fn plan_member(
             .chain(
                 others
                     .iter()
-                    .zip(known_others)
-                    .map(|(o, k)| (o.clone(), k.map(|k| k.server_id.clone()))),
+                    .map(|(o, k)| ((*o).clone(), k.map(|k| k.server_id.clone()))),
             )
             .collect(),
     })
@@ -564,13 +569,16 @@ mod tests {
     fn the_first_member_registers_the_cluster_and_the_others_find_it() {
         let a = h("string:a");
         let others = hs(&["string:b", "string:c"]);
-        let Plan::RegisterCluster { members } =
-            plan_member(&a, &others, None, &[None, None]).unwrap()
-        else {
-            panic!("not a registration");
-        };
-        assert_eq!(members[0], (a.clone(), None));
-        assert_eq!(members.len(), 3);
+        // Whether or not the caller looked the other two up: all three are registered.
+        for known_others in [&[None, None][..], &[]] {
+            let Plan::RegisterCluster { members } =
+                plan_member(&a, &others, None, known_others).unwrap()
+            else {
+                panic!("not a registration");
+            };
+            assert_eq!(members[0], (a.clone(), None));
+            assert_eq!(members.len(), 3);
+        }
         // The cluster registered (by a member or in the portal): each member, naming the
         // other two in any order, is known.
         let k = member_of(&["string:a", "string:b", "string:c"]);
