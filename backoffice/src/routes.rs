@@ -75,6 +75,7 @@ pub fn api(cfg: &mut ServiceConfig) {
         .service(account::usage)
         .service(account::register_pair)
         .service(account::register_cluster)
+        .service(account::replace_member)
         .service(account::remove_backup)
         .service(account::entitlements)
         .service(account::map_rights)
@@ -108,6 +109,10 @@ pub fn portal(cfg: &mut web::ServiceConfig) {
             .route(
                 "/servers/{id}/remove-backup",
                 post().to(servers::remove_backup),
+            )
+            .route(
+                "/servers/{id}/replace-member",
+                post().to(servers::replace_member),
             )
             .route("/pairs/new", get().to(pairs::pair_form))
             .route("/pairs", post().to(pairs::register_pair))

@@ -805,6 +805,39 @@ async fn a_cluster_registered_by_hand_shows_its_members_and_the_status_they_repo
                 .as_deref()
                 == Some("partially_operational")
         );
+        // Replace the third member: first by a member (refused in place), then by a new
+        // server; the one replaced is then refused by the back office.
+        let h4 = format!("string:lls-m4-{suffix}");
+        b.wait("#out_hostid").await?.select_by_value(&h[2]).await?;
+        b.fill("#new_hostid", &h[0]).await?;
+        b.click("#replace-submit", "#replace-form").await?;
+        let err = b.text("#replace-error").await?;
+        ensure!(err.contains("already a member"), "replace error: {err}");
+        b.wait("#out_hostid").await?.select_by_value(&h[2]).await?;
+        b.fill("#new_hostid", &h4).await?;
+        b.click("#replace-submit", "#cluster-status").await?;
+        ensure!(b.text("#flash").await?.contains("Replaced"));
+        let members = b.text("#members").await?;
+        ensure!(
+            members.contains(&h4) && !members.contains(&h[2]),
+            "members after the replacement: {members}"
+        );
+        b.screenshot("cluster-03-replaced").await?;
+        let left = poll_member(
+            &bo,
+            &fx.device_token,
+            &h[2],
+            [&h[0], &h[1]],
+            ServerStatus::Ready,
+            ClusterStatus::Operational,
+        )
+        .await;
+        ensure!(left.is_err(), "the replaced member was answered: {left:?}");
+        let ents = fx.user.get("/api/v1/account/entitlements").await?.ok()?;
+        ensure!(
+            ents[0]["line_items"][0]["mapped"] == 4,
+            "the rights stay mapped once"
+        );
         // The servers list says who is in a cluster.
         b.goto(&format!("{}/portal/servers", bo.url)).await?;
         let list = b.text("table").await?;

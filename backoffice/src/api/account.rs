@@ -195,6 +195,45 @@ pub async fn register_cluster(
     Ok(HttpResponse::Created().json(v))
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberReplacement {
+    /// The member that leaves the cluster.
+    #[schema(value_type = HostId)]
+    out_hostid: String,
+    /// The server that takes its place (not registered yet).
+    #[schema(value_type = HostId)]
+    new_hostid: String,
+}
+
+/// Replaces a cluster's member: the leaving member gets none of the cluster's rights again;
+/// the members that stay are refused until their `CLUSTER_MEMBER_HOSTIDS` name the new one.
+#[utoipa::path(
+    tag = "account",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Cluster ID")),
+    request_body = MemberReplacement,
+    responses((status = 200, description = "The cluster, the new member expected", body = ClusterView), doc::UserReplaceMember)
+)]
+#[post("/api/v1/account/clusters/{id}/replace-member")]
+pub async fn replace_member(
+    user: AccountUser,
+    state: State,
+    id: web::Path<String>,
+    body: web::Json<MemberReplacement>,
+) -> AppResult<web::Json<ClusterView>> {
+    let out = hostid("out_hostid", &body.out_hostid)?;
+    let new = hostid("new_hostid", &body.new_hostid)?;
+    let account = user.account_id.clone();
+    let id = id.into_inner();
+    let v = run(&state, move |c| {
+        registry::replace_member(c, &user.account_id, &id, &out, &new)
+    })
+    .await?;
+    state.links.changed(&account);
+    Ok(web::Json(v))
+}
+
 /// Takes a pair's backup out of the pair; refused while the pair's seats are in use.
 #[utoipa::path(
     tag = "account",

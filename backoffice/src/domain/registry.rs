@@ -414,6 +414,69 @@ pub fn plan_member(
     })
 }
 
+/// Whether a cluster's member `out` may be replaced by `new` (by hand): `out` is one of its
+/// members, `new` is not, is of the same hostid type, and is free to join (unknown, or a
+/// waiting backup, of this account). The cluster keeps three members; `out` leaves it
+/// and gets none of its rights again.
+pub fn plan_replace(
+    cluster: &KnownCluster,
+    out: &HostId,
+    new: &HostId,
+    known_new: Option<&Known>,
+) -> Result<(), DomainError> {
+    if !cluster.members.contains(out) {
+        return Err(DomainError::validation(
+            "out_hostid",
+            format!(
+                "{out} is not a member of the cluster of {}",
+                hostid_list(&cluster.members)
+            ),
+        ));
+    }
+    if cluster.members.contains(new) {
+        return Err(DomainError::validation(
+            "new_hostid",
+            format!("{new} is already a member of this cluster"),
+        ));
+    }
+    if new.kind() != out.kind() {
+        return Err(DomainError::new(
+            ErrorCode::HostidTypeMismatch,
+            format!(
+                "the cluster's hostids are of type {} but {new} is of type {}; a cluster's \
+                 hostids must be of the same type",
+                out.kind(),
+                new.kind()
+            ),
+        ));
+    }
+    let Some(k) = known_new else { return Ok(()) };
+    if !k.same_account {
+        return Err(in_use(new));
+    }
+    if let Some(c) = &k.cluster {
+        return Err(DomainError::new(
+            ErrorCode::RoleConflict,
+            format!(
+                "{new} is already a member of the cluster of {}",
+                hostid_list(&c.members)
+            ),
+        ));
+    }
+    in_a_pair(new, k)?;
+    if k.state != ServerState::Waiting {
+        return Err(DomainError::new(
+            ErrorCode::RoleConflict,
+            format!(
+                "{new} is registered as a {} server; only a server not registered yet can \
+                 join a cluster by hand",
+                k.role
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A server of a pair is no cluster member.
 fn in_a_pair(h: &HostId, k: &Known) -> Result<(), DomainError> {
     if k.pair.is_some() || k.role == Role::Main {
@@ -671,6 +734,47 @@ mod tests {
         let e = plan_member(&a, &others, None, &[None, Some(&foreign)]).unwrap_err();
         assert_eq!(e.code(), ErrorCode::HostidInUse);
         assert!(!e.message.contains("another account"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_member_is_replaced_only_by_a_free_server_of_its_type() {
+        let k = member_of(&["string:a", "string:b", "string:c"]);
+        let c = k.cluster.clone().unwrap();
+        let (a, d) = (h("string:a"), h("string:d"));
+        assert!(plan_replace(&c, &a, &d, None).is_ok());
+        let waiting = known(Role::Backup, ServerState::Waiting, None);
+        assert!(plan_replace(&c, &a, &d, Some(&waiting)).is_ok());
+        let bad = |out: &str, new: &str, k: Option<&Known>| {
+            plan_replace(&c, &h(out), &h(new), k).unwrap_err().code()
+        };
+        assert_eq!(
+            bad("string:x", "string:d", None),
+            ErrorCode::ValidationError
+        );
+        assert_eq!(
+            bad("string:a", "string:b", None),
+            ErrorCode::ValidationError
+        );
+        assert_eq!(
+            bad("string:a", "ethernet:00163E5A1B2C", None),
+            ErrorCode::HostidTypeMismatch
+        );
+        let other = member_of(&["string:d", "string:e", "string:f"]);
+        assert_eq!(
+            bad("string:a", "string:d", Some(&other)),
+            ErrorCode::RoleConflict
+        );
+        let solo = known(Role::Standalone, ServerState::Registered, None);
+        assert_eq!(
+            bad("string:a", "string:d", Some(&solo)),
+            ErrorCode::RoleConflict
+        );
+        let mut foreign = known(Role::Standalone, ServerState::Registered, None);
+        foreign.same_account = false;
+        assert_eq!(
+            bad("string:a", "string:d", Some(&foreign)),
+            ErrorCode::HostidInUse
+        );
     }
 
     #[test]

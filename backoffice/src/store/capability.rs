@@ -1104,6 +1104,93 @@ mod tests {
         }
     }
 
+    /// A member replaced (here the one holding the rights): the cluster keeps its rights
+    /// and three members; the leaving member is refused, the others until they name the
+    /// new member; a bad replacement changes nothing.
+    #[test]
+    fn a_replaced_member_gets_nothing_and_the_cluster_keeps_its_rights() {
+        use crate::store::registry;
+        for tdb in testing::databases() {
+            let (pool, backend) = db::connect(&tdb.url, 1).unwrap();
+            let c = &mut *pool.get().unwrap();
+            let (acme, _, activation) = account(c, "Acme");
+            let (other, _, _) = account(c, "Other");
+            let now = shared::now_unix();
+            let h = |s: &str| HostId::parse(s).unwrap();
+            let (a, b, m3, d) = ("string:a", "string:b", "string:c", "string:d");
+            let first = capability(
+                c,
+                &acme,
+                &member(a, [b, m3], &[(&activation, 4)]),
+                None,
+                now,
+            )
+            .unwrap();
+            let cid = first.cluster.unwrap().id;
+            // Bad replacements: not a member, already one, another account's cluster.
+            let before = registry(c);
+            for (cluster, out, new, code) in [
+                (cid.as_str(), "string:x", d, ErrorCode::ValidationError),
+                (cid.as_str(), a, b, ErrorCode::ValidationError),
+                (
+                    cid.as_str(),
+                    a,
+                    "ethernet:00163E5A1B2C",
+                    ErrorCode::HostidTypeMismatch,
+                ),
+                ("no-such-cluster", a, d, ErrorCode::NotFound),
+            ] {
+                let e = registry::replace_member(c, &acme, cluster, &h(out), &h(new)).unwrap_err();
+                assert_eq!(e.code(), code, "{backend:?} {out} -> {new}: {e}");
+                assert_eq!(registry(c), before);
+            }
+            let e = registry::replace_member(c, &other, &cid, &h(a), &h(d)).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::NotFound, "{backend:?}");
+
+            let v = registry::replace_member(c, &acme, &cid, &h(a), &h(d)).unwrap();
+            let names: Vec<&str> = v.members.iter().map(|m| m.hostid.as_str()).collect();
+            assert_eq!(names, [b, m3, d], "{backend:?}");
+            let (_, clusters, mapped) = registry(c);
+            assert_eq!((clusters, mapped), (1, 4), "{backend:?}: the rights stay");
+            let after = registry(c);
+            // The leaving member, and a member not reconfigured yet: refused.
+            for req in [
+                member(a, [b, m3], &[(&activation, 4)]),
+                member(b, [a, m3], &[]),
+            ] {
+                let e = capability(c, &acme, &req, None, now).unwrap_err();
+                assert_eq!(
+                    e.code(),
+                    ErrorCode::RoleConflict,
+                    "{backend:?} {}: {e}",
+                    req.hostid
+                );
+                assert_eq!(registry(c), after);
+            }
+            // Reconfigured, and the new member: the cluster's rights, naming the three.
+            for (me, others) in [(b, [m3, d]), (d, [b, m3]), (m3, [d, b])] {
+                let r = capability(
+                    c,
+                    &acme,
+                    &member(me, others, &[(&activation, 4)]),
+                    None,
+                    now,
+                )
+                .unwrap();
+                let names: Vec<String> = r
+                    .cluster
+                    .unwrap()
+                    .members
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                assert_eq!(names, [b, m3, d], "{backend:?} {me}");
+                assert_eq!(r.rights, first.rights, "{backend:?} {me}");
+            }
+            assert_eq!(registry(c).2, 4, "{backend:?}");
+        }
+    }
+
     #[test]
     fn bad_member_lists_are_refused_with_contract_codes_and_change_nothing() {
         for tdb in testing::databases() {

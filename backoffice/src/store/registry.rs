@@ -12,14 +12,14 @@ use super::lock_account;
 use super::mappings::{self, MappedRight};
 use super::servers::{
     ClusterRow, PairRow, PairRows, RegisteredBy, ServerRow, account_server, cluster_by_id,
-    cluster_members, delete_backup, holder_of, known, pair_by_id, register_cluster_rows,
-    register_pair_rows, server_by_id,
+    cluster_members, delete_backup, holder_of, known, pair_by_id, place_member,
+    register_cluster_rows, register_pair_rows, server_by_id,
 };
 use crate::db::DbConn;
-use crate::domain::registry::{self as rules, Known, Plan};
+use crate::domain::registry::{self as rules, Known, KnownCluster, Plan, ServerState};
 use crate::domain::status;
 use crate::error::{AppError, AppResult};
-use crate::schema::{pairs, servers};
+use crate::schema::{clusters, mappings as mapping_rows, pairs, servers, usage_samples};
 
 /// A license server as the account sees it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, ToSchema)]
@@ -376,6 +376,76 @@ pub fn register_cluster(
     })?;
     let c = cluster_by_id(conn, &cid)?.ok_or_else(|| AppError::internal("cluster vanished"))?;
     cluster_view(conn, &c, now, i64::MAX)
+}
+
+/// Replaces a cluster's member `out` by `new` (expected until it contacts the back
+/// office): the cluster keeps three members and its rights (moved to a member that stays
+/// when `out` held them); `out` leaves the registry, and its requests naming the others
+/// are refused from then on. The members that stay are refused too until their
+/// `CLUSTER_MEMBER_HOSTIDS` name the new member.
+pub fn replace_member(
+    conn: &mut DbConn,
+    account_id: &str,
+    cluster_id: &str,
+    out: &HostId,
+    new: &HostId,
+) -> AppResult<ClusterView> {
+    let now = shared::now_unix();
+    conn.write_transaction::<_, AppError, _>(|c| {
+        lock_account(c, account_id)?;
+        let cl = cluster_by_id(c, cluster_id)?
+            .filter(|x| x.account_id == account_id)
+            .ok_or_else(|| AppError::not_found("cluster"))?;
+        let rows = cluster_members(c, &cl.id)?;
+        let mut members = rows
+            .iter()
+            .map(|r| HostId::parse(&r.hostid).map_err(AppError::internal))
+            .collect::<AppResult<Vec<_>>>()?;
+        members.sort_by_key(ToString::to_string);
+        let kc = KnownCluster {
+            cluster_id: cl.id.clone(),
+            holder_server_id: cl.holder_server_id.clone(),
+            members,
+        };
+        let kn = known(c, account_id, new)?;
+        rules::plan_replace(&kc, out, new, kn.as_ref().map(|x| &x.0))?;
+        let leaving = rows
+            .iter()
+            .find(|r| r.hostid == out.to_string())
+            .ok_or_else(|| AppError::internal("a cluster member vanished"))?;
+        let joining = place_member(
+            c,
+            account_id,
+            kn.map(|x| x.0.server_id),
+            new,
+            Role::Standalone,
+            ServerState::Expected,
+            now,
+        )?;
+        diesel::update(servers::table.find(&joining))
+            .set(servers::cluster_id.eq(Some(&cl.id)))
+            .execute(c)?;
+        // The cluster's rights stay with it: held by a member that stays.
+        if cl.holder_server_id == leaving.id {
+            let heir = rows
+                .iter()
+                .find(|r| r.id != leaving.id)
+                .map_or_else(|| joining.clone(), |r| r.id.clone());
+            diesel::update(mapping_rows::table.filter(mapping_rows::server_id.eq(&leaving.id)))
+                .set(mapping_rows::server_id.eq(&heir))
+                .execute(c)?;
+            diesel::update(clusters::table.find(&cl.id))
+                .set(clusters::holder_server_id.eq(&heir))
+                .execute(c)?;
+        }
+        diesel::delete(usage_samples::table.filter(usage_samples::server_id.eq(&leaving.id)))
+            .execute(c)?;
+        diesel::delete(servers::table.find(&leaving.id)).execute(c)?;
+        Ok(())
+    })?;
+    let cl =
+        cluster_by_id(conn, cluster_id)?.ok_or_else(|| AppError::internal("cluster vanished"))?;
+    cluster_view(conn, &cl, now, i64::MAX)
 }
 
 /// Removes a pair's backup; refused while the pair's rights are in use.

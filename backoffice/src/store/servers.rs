@@ -77,6 +77,7 @@ impl ServerRow {
 #[diesel(table_name = clusters)]
 pub(super) struct ClusterRow {
     pub id: String,
+    pub account_id: String,
     /// The member whose row holds the cluster's rights (the first to register it).
     pub holder_server_id: String,
     pub registered_by: String,
@@ -448,7 +449,7 @@ pub(super) fn register_cluster_rows(
 
 /// Gives a pair or cluster member its role: its existing row (a registered server stays registered,
 /// any other takes `state`), or a new row in `state`.
-fn place_member(
+pub(super) fn place_member(
     conn: &mut DbConn,
     account_id: &str,
     existing: Option<String>,

@@ -1,5 +1,6 @@
 //! The Servers list and the View Server page (with the server's pair or cluster), with its
-//! two forms: map rights here (and unmap them), and remove the pair's backup. A form's error is shown on the page itself,
+//! forms: map rights here (and unmap them), remove the pair's backup, replace a cluster's
+//! member. A form's error is shown on the page itself,
 //! next to its field.
 
 use actix_web::http::StatusCode;
@@ -204,6 +205,7 @@ struct ServerPage {
     options: Vec<ItemOption>,
     map: MapForm,
     remove_error: Option<String>,
+    replace_error: Option<String>,
     csrf: String,
 }
 
@@ -220,6 +222,7 @@ struct Shown {
     range: Option<String>,
     map: MapForm,
     remove_error: Option<String>,
+    replace_error: Option<String>,
 }
 
 /// Renders View Server; the POST handlers use it to show their errors in place.
@@ -284,6 +287,7 @@ async fn server_page(
         options: options(&ents, &shown.map.activation_id),
         map: shown.map,
         remove_error: shown.remove_error,
+        replace_error: shown.replace_error,
         csrf: user.csrf_token.clone(),
     };
     render(req, status, &page)
@@ -613,6 +617,73 @@ pub async fn remove_backup(
             let status = status_of(&e);
             let shown = Shown {
                 remove_error: Some(e.message().to_owned()),
+                ..Shown::default()
+            };
+            server_page(&req, &user, &state, id, shown, status).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ReplaceForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    out_hostid: String,
+    #[serde(default)]
+    new_hostid: String,
+}
+
+/// Replaces a member of this server's cluster; an error shows next to the form.
+pub async fn replace_member(
+    req: HttpRequest,
+    user: PortalUser,
+    state: State,
+    id: web::Path<String>,
+    form: web::Form<ReplaceForm>,
+) -> PageResult {
+    user.check_csrf(&form.csrf)?;
+    let id = id.into_inner();
+    let f = form.into_inner();
+    let (account, t, sid) = (user.account_id.clone(), state.server_timeout(), id.clone());
+    let result = run(&state, move |c| {
+        let out = shared::HostId::parse(f.out_hostid.trim())
+            .map_err(|e| AppError::validation("out_hostid", e.to_string()))?;
+        let new = shared::HostId::parse(f.new_hostid.trim())
+            .map_err(|e| AppError::validation("new_hostid", e.to_string()))?;
+        let v = registry::view_server(c, &account, &sid, shared::now_unix(), t)?;
+        let cl = v.cluster.ok_or_else(|| {
+            AppError::new(ErrorCode::NotFound, "this server is not a cluster member")
+        })?;
+        let after = registry::replace_member(c, &account, &cl.id, &out, &new)?;
+        // Back to this server's page, or (when it left) to a member that stays.
+        let stays = after
+            .members
+            .iter()
+            .find(|m| m.id == sid)
+            .or_else(|| after.members.iter().find(|m| m.hostid != new.to_string()))
+            .map_or(sid.clone(), |m| m.id.clone());
+        Ok((stays, out, new))
+    })
+    .await;
+    match result {
+        Ok((stays, out, new)) => {
+            state.links.changed(&user.account_id);
+            Ok(redirect_with(
+                &req,
+                &server_url(&stays),
+                "ok",
+                &format!(
+                    "Replaced {out} by {new} in the cluster. Set CLUSTER_MEMBER_HOSTIDS on \
+                     the members to the new three."
+                ),
+            ))
+        }
+        Err(e) if e.code() != ErrorCode::Unavailable && e.code() != ErrorCode::InternalError => {
+            let status = status_of(&e);
+            let shown = Shown {
+                replace_error: Some(e.message().to_owned()),
                 ..Shown::default()
             };
             server_page(&req, &user, &state, id, shown, status).await
