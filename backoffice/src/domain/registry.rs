@@ -326,15 +326,7 @@ pub fn plan_member(
         ));
     }
     if let Some(o) = others.iter().find(|o| o.kind() != hostid.kind()) {
-        return Err(DomainError::new(
-            ErrorCode::HostidTypeMismatch,
-            format!(
-                "this member's hostid is of type {} but {o} is of type {}; a cluster's \
-                 hostids must be of the same type",
-                hostid.kind(),
-                o.kind()
-            ),
-        ));
+        return Err(not_of_type(hostid, o));
     }
     let mut members: Vec<HostId> = std::iter::once(hostid.clone())
         .chain(others.iter().cloned())
@@ -378,29 +370,8 @@ pub fn plan_member(
     }
     // The other members' side.
     for (o, k) in &others {
-        let Some(k) = k else { continue };
-        if let Some(c) = &k.cluster {
-            return Err(DomainError::new(
-                ErrorCode::RoleConflict,
-                format!(
-                    "{o} is already a member of the cluster of {}; a server is in one \
-                     cluster (this server names {})",
-                    hostid_list(&c.members),
-                    hostid_list(&members),
-                ),
-            ));
-        }
-        in_a_pair(o, k)?;
-        if k.state != ServerState::Waiting {
-            return Err(DomainError::new(
-                ErrorCode::RoleConflict,
-                format!(
-                    "{o} is registered as a {} server; a standalone server joins a cluster \
-                     only by registering it, with its own first request as a member (its \
-                     rights become the cluster's), never by being named by another",
-                    k.role
-                ),
-            ));
+        if let Some(k) = k {
+            joinable(o, k)?;
         }
     }
     Ok(Plan::RegisterCluster {
@@ -440,36 +411,47 @@ pub fn plan_replace(
         ));
     }
     if new.kind() != out.kind() {
-        return Err(DomainError::new(
-            ErrorCode::HostidTypeMismatch,
-            format!(
-                "the cluster's hostids are of type {} but {new} is of type {}; a cluster's \
-                 hostids must be of the same type",
-                out.kind(),
-                new.kind()
-            ),
-        ));
+        return Err(not_of_type(out, new));
     }
-    let Some(k) = known_new else { return Ok(()) };
-    if !k.same_account {
-        return Err(in_use(new));
+    match known_new {
+        Some(k) if !k.same_account => Err(in_use(new)),
+        Some(k) => joinable(new, k),
+        None => Ok(()),
     }
+}
+
+fn not_of_type(member: &HostId, h: &HostId) -> DomainError {
+    DomainError::new(
+        ErrorCode::HostidTypeMismatch,
+        format!(
+            "{member} is of type {} but {h} is of type {}; a cluster's hostids must be of the \
+             same type",
+            member.kind(),
+            h.kind()
+        ),
+    )
+}
+
+/// Whether a server of the account the registry knows may be made a member of a cluster
+/// it does not register itself: only a waiting backup (no pair, no cluster, no rights).
+fn joinable(h: &HostId, k: &Known) -> Result<(), DomainError> {
     if let Some(c) = &k.cluster {
         return Err(DomainError::new(
             ErrorCode::RoleConflict,
             format!(
-                "{new} is already a member of the cluster of {}",
+                "{h} is already a member of the cluster of {}; a server is in one cluster",
                 hostid_list(&c.members)
             ),
         ));
     }
-    in_a_pair(new, k)?;
+    in_a_pair(h, k)?;
     if k.state != ServerState::Waiting {
         return Err(DomainError::new(
             ErrorCode::RoleConflict,
             format!(
-                "{new} is registered as a {} server; only a server not registered yet can \
-                 join a cluster by hand",
+                "{h} is registered as a {} server; a standalone server joins a cluster only \
+                 by registering it, with its own first request as a member (its rights \
+                 become the cluster's), never by being named by another or added by hand",
                 k.role
             ),
         ));
