@@ -27,7 +27,7 @@ use crate::api::system::ApiDocument;
 use crate::api::{account, admins, auth, capability, producer, system};
 use crate::http::{self, MAX_BODY, Metrics};
 use crate::portal::layout;
-use crate::portal::pages::{entitlements, home, pairs, servers, signin, tokens};
+use crate::portal::pages::{clusters, entitlements, home, pairs, servers, signin, tokens};
 use crate::state::State;
 
 /// The JSON API.
@@ -76,6 +76,8 @@ pub fn api(cfg: &mut ServiceConfig) {
         .service(account::usage_intervals)
         .service(account::entitlement_usage)
         .service(account::register_pair)
+        .service(account::register_cluster)
+        .service(account::replace_member)
         .service(account::remove_backup)
         .service(account::entitlements)
         .service(account::map_rights)
@@ -110,8 +112,14 @@ pub fn portal(cfg: &mut web::ServiceConfig) {
                 "/servers/{id}/remove-backup",
                 post().to(servers::remove_backup),
             )
+            .route(
+                "/servers/{id}/replace-member",
+                post().to(servers::replace_member),
+            )
             .route("/pairs/new", get().to(pairs::pair_form))
             .route("/pairs", post().to(pairs::register_pair))
+            .route("/clusters/new", get().to(clusters::cluster_form))
+            .route("/clusters", post().to(clusters::register_cluster))
             .route("/entitlements", get().to(entitlements::entitlements))
             .route("/tokens", get().to(tokens::tokens))
             .route("/tokens", post().to(tokens::create_token))

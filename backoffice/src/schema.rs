@@ -112,6 +112,18 @@ diesel::table! {
         created_at -> BigInt,
         server_key -> Nullable<Text>,
         server_key_id -> Nullable<Text>,
+        cluster_id -> Nullable<Text>,
+        reported_cluster_status -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    clusters (id) {
+        id -> Text,
+        account_id -> Text,
+        holder_server_id -> Text,
+        registered_by -> Text,
+        created_at -> BigInt,
     }
 }
 
@@ -201,6 +213,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     device_tokens,
     servers,
     pairs,
+    clusters,
     mappings,
     seen_requests,
     usage_samples,

@@ -78,6 +78,8 @@ pub struct PollerConfig {
     pub hostid: HostId,
     pub role: Role,
     pub backup_hostid: Option<HostId>,
+    /// A cluster member's `CLUSTER_MEMBER_HOSTIDS`: the other two members.
+    pub cluster_member_hostids: Vec<HostId>,
     pub rights: Vec<RightsRequest>,
     /// `CAPABILITY_POLL_INTERVAL`; `None`: the back office's `poll_interval_secs`.
     pub poll_interval: Option<Duration>,
@@ -135,13 +137,14 @@ impl Held {
     }
 }
 
-/// Whether `now` differs from `sent` enough to be reported at once: another serving state
-/// or pair status, a dropped backup, other features, or a feature's seats in use changed
+/// Whether `now` differs from `sent` enough to be reported at once: another serving state,
+/// pair status or cluster status, a dropped backup, other features, or a feature's seats in use changed
 /// by more than [`USAGE_FRACTION`] of its count.
 pub fn report_changed(sent: &ServerReport, now: &ServerReport) -> bool {
     if sent.server_status != now.server_status
         || sent.pair_status != now.pair_status
         || sent.backup_dropped != now.backup_dropped
+        || sent.cluster_status != now.cluster_status
         || sent.usage.len() != now.usage.len()
     {
         return true;
@@ -214,6 +217,7 @@ impl Poller {
             hostid: self.cfg.hostid.clone(),
             role: self.cfg.role,
             backup_hostid: self.cfg.backup_hostid.clone(),
+            cluster_member_hostids: self.cfg.cluster_member_hostids.clone(),
             sent_at: shared::now_unix(),
             rights: if include_rights {
                 self.cfg.rights.clone()
@@ -594,6 +598,7 @@ mod tests {
             }],
             backup_dropped: false,
             intervals: Vec::new(),
+            cluster_status: None,
         };
         let sent = report(ServerStatus::Active, PairStatus::Recovering, 10);
         let same = |r: &ServerReport| !report_changed(&sent, r);
@@ -631,6 +636,9 @@ mod tests {
         let mut dropped = sent.clone();
         dropped.backup_dropped = true;
         assert!(!same(&dropped));
+        let mut cluster = sent.clone();
+        cluster.cluster_status = Some(shared::capability::ClusterStatus::PartiallyOperational);
+        assert!(!same(&cluster));
         let mut more = sent.clone();
         more.usage.push(more.usage[0].clone());
         assert!(!same(&more));

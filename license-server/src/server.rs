@@ -260,6 +260,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
             hostid: settings.hostid.clone(),
             role,
             backup_hostid: settings.backup_server_hostid.clone(),
+            cluster_member_hostids: settings
+                .cluster
+                .iter()
+                .flat_map(|c| c.members.iter().map(|(h, _)| h.clone()))
+                .collect(),
             rights: settings.rights_ids.clone(),
             poll_interval: settings.capability_poll_interval,
             live_link: settings.live_link,

@@ -98,6 +98,16 @@ impl ClusterStatus {
             ClusterStatus::NotOperational => "not_operational",
         }
     }
+
+    pub fn parse(s: &str) -> Option<ClusterStatus> {
+        [
+            ClusterStatus::Operational,
+            ClusterStatus::PartiallyOperational,
+            ClusterStatus::NotOperational,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
 }
 
 /// A failover pair's status (contract).
@@ -207,6 +217,10 @@ pub struct ServerReport {
     /// by [`UsageInterval::key`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub intervals: Vec<UsageInterval>,
+    /// A cluster member's view of its cluster (linked to both other members, to one, to
+    /// none); absent for a standalone server or a pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_status: Option<ClusterStatus>,
 }
 
 /// The most usage intervals one request carries.
@@ -295,6 +309,11 @@ pub struct CapabilityRequest {
     /// Main only: `BACKUP_SERVER_HOSTID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_hostid: Option<HostId>,
+    /// A member of a three-member cluster only (with role `standalone`):
+    /// `CLUSTER_MEMBER_HOSTIDS`, the other two members' hostids. The back office registers
+    /// the three as one cluster, which holds the rights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_member_hostids: Vec<HostId>,
     /// The sender's clock (Unix time, seconds), checked against the back office's.
     #[cfg_attr(feature = "openapi", schema(format = Int64, minimum = 0, example = 1798366799))]
     pub sent_at: i64,
@@ -374,6 +393,15 @@ pub struct PairInfo {
     pub backup: Option<HostId>,
 }
 
+/// The three-member cluster a server is a member of.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterInfo {
+    pub id: String,
+    /// The three members' hostids, sorted.
+    pub members: Vec<HostId>,
+}
+
 /// The signed content of a capability response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -393,6 +421,11 @@ pub struct CapabilityClaims {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pair: Option<PairInfo>,
+    /// The cluster whose rights these are, for a member of a three-member cluster: the
+    /// three members receive the same rights, each in an answer addressed to it, and
+    /// each member takes the pool's rights from an answer that names it here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
     /// How often to poll, in seconds.
     pub poll_interval_secs: u64,
     pub rights: Vec<Right>,
@@ -418,6 +451,7 @@ impl CapabilityClaims {
             &self.server_id,
             self.role,
             self.pair.as_ref(),
+            self.cluster.as_ref(),
             &self.rights,
             self.pair_token.as_deref(),
         )
@@ -425,21 +459,28 @@ impl CapabilityClaims {
 }
 
 /// The revision of an answer: a digest of what in it is the server's rights and place
-/// (its ID and role, its pair, its rights, the pair's secret), not of what every answer
-/// renews (times, binding, request ID). Two answers with the same revision change nothing
-/// on the server; the back office computes it from the answer it would sign, the server
-/// from the answer it holds.
+/// (its ID and role, its pair or cluster, its rights, the pair's secret), not of what
+/// every answer renews (times, binding, request ID). Two answers with the same revision
+/// change nothing on the server; the back office computes it from the answer it would
+/// sign, the server from the answer it holds.
 pub fn revision(
     server_id: &str,
     role: Role,
     pair: Option<&PairInfo>,
+    cluster: Option<&ClusterInfo>,
     rights: &[Right],
     pair_token: Option<&str>,
 ) -> String {
     use base64::Engine;
     use sha2::{Digest, Sha256};
     // Serialising these types cannot fail (no maps with non-string keys, no custom code).
-    let json = serde_json::to_vec(&(server_id, role, pair, rights, pair_token)).unwrap_or_default();
+    // Without a cluster, the digest of the answers before clusters: revisions held by
+    // servers across an upgrade stay the same.
+    let json = match cluster {
+        None => serde_json::to_vec(&(server_id, role, pair, rights, pair_token)),
+        Some(c) => serde_json::to_vec(&(server_id, role, pair, rights, pair_token, c)),
+    }
+    .unwrap_or_default();
     let digest = Sha256::digest(&json);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..16])
 }
@@ -480,10 +521,16 @@ mod tests {
             max_borrow_secs: None,
             overdraft: 0,
         };
-        let r = |count, token| revision("srv", Role::Main, None, &[right(count)], token);
+        let r = |count, token| revision("srv", Role::Main, None, None, &[right(count)], token);
         assert_eq!(r(5, None), r(5, None));
         assert_ne!(r(5, None), r(6, None));
         assert_ne!(r(5, None), r(5, Some("secret")));
         assert_eq!(r(5, None).len(), 22);
+        let cluster = ClusterInfo {
+            id: "c".into(),
+            members: vec![HostId::parse("string:a").unwrap()],
+        };
+        let rc = revision("srv", Role::Main, None, Some(&cluster), &[right(5)], None);
+        assert_ne!(rc, r(5, None), "a cluster is part of the revision");
     }
 }

@@ -345,6 +345,7 @@ mod tests {
             server_id: "s1".into(),
             role: Role::Standalone,
             pair: None,
+            cluster: None,
             poll_interval_secs: 60,
             rights: vec![Right {
                 activation_id: "A-1".into(),

@@ -1,7 +1,8 @@
 //! Three-member clusters for tests and benchmarks: three `license-server` members of
-//! one pool, each registered with the back office as a standalone server of the same
-//! line item (until the back office registers clusters), each with its own key and
-//! binding, the three sharing a `PAIR_TOKEN` of their own. Member `i` reaches member `j`
+//! one pool, registered with the back office as one cluster by their own requests (each
+//! names the other two in `CLUSTER_MEMBER_HOSTIDS` and asks `RIGHTS_IDS` for the pool,
+//! which is mapped once, to the cluster), each with its own key and binding, the three
+//! sharing a `PAIR_TOKEN` of their own. Member `i` reaches member `j`
 //! through its own link-cutting proxy, so that a member can be cut off from the other
 //! two while clients still reach it directly.
 
@@ -29,8 +30,9 @@ pub struct ClusterSetup {
 }
 
 impl ClusterSetup {
-    /// Three members serving `seats` of the fixture's line item (each registered as a
-    /// standalone server of it); `extra` overrides or adds settings on all three.
+    /// Three members serving `seats` of the fixture's line item (each asks for them; the
+    /// cluster they register holds them once); `extra` overrides or adds settings on all
+    /// three.
     pub async fn new(
         bo: &BackOffice,
         fx: &Fixture,

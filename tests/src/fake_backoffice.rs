@@ -159,6 +159,7 @@ async fn capability(
         server_id: "srv-1".into(),
         role: req.role,
         pair,
+        cluster: None,
         poll_interval_secs: bo.poll_secs,
         rights: bo.rights.lock().unwrap().clone(),
         serve_until,

@@ -1,6 +1,6 @@
-//! Three-member clusters with real processes: the real back office (each member
-//! registered as a standalone server of one line item, until the back office registers
-//! clusters), three `license-server` members, and clients using the client library.
+//! Three-member clusters with real processes: the real back office (the members register
+//! themselves as one cluster, which holds the line item's seats once), three
+//! `license-server` members, and clients using the client library.
 //! Members reach each other through link-cutting proxies (one per direction, so a member
 //! can be cut off from the other two while clients still reach it directly); clocks are
 //! set off with libfaketime. kill -9 of the leader under load, an isolated member with
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use licensing_client::{Client, ClientError};
-use serde_json::Value;
+use serde_json::{Value, json};
 use shared::ErrorCode;
 use shared::lease::Lease;
 use tests::cluster::{ClusterSetup, cluster_of, wait_cluster};
@@ -668,6 +668,176 @@ async fn one_down_grants_within_the_count_two_down_grant_nothing_and_restarted_m
     Ok(())
 }
 
+/// The account's view of `hostid` (View Server, the account API).
+async fn view_server(fx: &Fixture, hostid: &str) -> Result<Value> {
+    let id = fx.server_id(hostid).await?;
+    fx.user
+        .get(&format!("/api/v1/account/servers/{id}"))
+        .await?
+        .ok()
+}
+
+/// What the account's servers and mappings are: compared before and after a refusal.
+async fn registry(fx: &Fixture) -> Result<(Value, Value)> {
+    let servers = fx.user.get("/api/v1/account/servers").await?.ok()?;
+    let ents = fx.user.get("/api/v1/account/entitlements").await?.ok()?;
+    let mapped = ents[0]["line_items"][0]["mapped"].clone();
+    let rows: Vec<Value> = servers
+        .as_array()
+        .context("servers")?
+        .iter()
+        .map(|s| json!([s["hostid"], s["registration"], s["cluster_id"]]))
+        .collect();
+    Ok((Value::Array(rows), mapped))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_members_register_one_cluster_whose_rights_are_counted_once_and_bad_lists_are_refused()
+-> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (bo, fx, s) = setup().await?;
+    let members = s.start_all().await?;
+    let refs: Vec<&LicenseServer> = members.iter().collect();
+    wait_status(&refs, "operational").await?;
+
+    // One cluster of the three, registered by their own requests; the line item's seats
+    // mapped once (each member asked for them).
+    let ents = fx.user.get("/api/v1/account/entitlements").await?.ok()?;
+    ensure!(
+        ents[0]["line_items"][0]["mapped"] == SEATS,
+        "mapped: {}",
+        ents[0]["line_items"][0]
+    );
+    let mut expected: Vec<String> = s.hostids.to_vec();
+    expected.sort();
+    let views = tests::eventually(
+        WAIT,
+        "View Server to show every member operational",
+        || async {
+            let mut views = Vec::new();
+            for h in &s.hostids {
+                let v = view_server(&fx, h).await.ok()?;
+                // Each member reports its view within a poll of a change.
+                let all = v["cluster"]["members"]
+                    .as_array()?
+                    .iter()
+                    .all(|m| m["reported_cluster_status"] == "operational");
+                (v["cluster"]["status"] == "operational" && all).then_some(())?;
+                views.push(v);
+            }
+            Some(views)
+        },
+    )
+    .await;
+    let cluster_id = views[0]["cluster"]["id"].clone();
+    for v in &views {
+        let c = &v["cluster"];
+        ensure!(
+            c["id"] == cluster_id && c["registered_by"] == "capability",
+            "{c}"
+        );
+        let hostids: Vec<&str> = c["members"]
+            .as_array()
+            .context("members")?
+            .iter()
+            .filter_map(|m| m["hostid"].as_str())
+            .collect();
+        ensure!(hostids == expected, "members {hostids:?}");
+        for m in c["members"].as_array().context("members")? {
+            ensure!(
+                m["registration"] == "registered"
+                    && m["status"] != "inaccessible"
+                    && m["reported_cluster_status"] == "operational",
+                "member {m}"
+            );
+        }
+        // The same rights, the cluster's, on every member's page.
+        ensure!(
+            v["rights"] == views[0]["rights"],
+            "{} vs {}",
+            v["rights"],
+            views[0]["rights"]
+        );
+        ensure!(v["rights"][0]["quantity"] == SEATS, "{}", v["rights"]);
+    }
+    // Every member counts the pool's seats, and each holds its own verified answer.
+    for m in &members {
+        let st = m.status().await?;
+        ensure!(
+            st["rights"]["seats"] == SEATS,
+            "{}: {}",
+            m.name,
+            st["rights"]
+        );
+        ensure!(
+            st["backoffice"]["state"] == "connected",
+            "{}: {}",
+            m.name,
+            st["backoffice"]
+        );
+    }
+
+    // Bad lists, sent as a member would: contract errors, nothing changed.
+    let before = registry(&fx).await?;
+    let other = |i: usize| s.hostids[i].as_str();
+    let stranger = format!("string:stranger-{}", Uuid::new_v4().simple());
+    let cases: Vec<(String, Vec<&str>, &str)> = vec![
+        // Duplicate, own hostid, two of one, one of another type.
+        (
+            "string:x1".into(),
+            vec!["string:y1", "string:y1"],
+            "VALIDATION_ERROR",
+        ),
+        (
+            "string:x1".into(),
+            vec!["string:x1", "string:y1"],
+            "VALIDATION_ERROR",
+        ),
+        ("string:x1".into(), vec!["string:y1"], "VALIDATION_ERROR"),
+        (
+            "string:x1".into(),
+            vec!["string:y1", "ethernet:00163E5A1B2C"],
+            "HOSTID_TYPE_MISMATCH",
+        ),
+        // A member naming another set than its cluster's.
+        (
+            other(0).into(),
+            vec![other(1), stranger.as_str()],
+            "ROLE_CONFLICT",
+        ),
+        // A fourth server naming two members.
+        (stranger.clone(), vec![other(0), other(1)], "ROLE_CONFLICT"),
+    ];
+    for (hostid, others, code) in cases {
+        let mut body =
+            tests::capability_request(&hostid, "standalone", None, &[(&fx.activation_id, SEATS)]);
+        body["cluster_member_hostids"] = json!(others);
+        let r = bo.capability(&fx.device_token, &body).await?;
+        ensure!(
+            r.code() == code && r.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{hostid} naming {others:?}: {} {}",
+            r.status,
+            r.body
+        );
+        ensure!(
+            registry(&fx).await? == before,
+            "{hostid} naming {others:?} changed the registry"
+        );
+    }
+    // A member asking as a standalone server, or as a pair's main.
+    let alone = tests::capability_request(other(2), "standalone", None, &[]);
+    let r = bo.capability(&fx.device_token, &alone).await?;
+    ensure!(r.code() == "ROLE_CONFLICT", "{} {}", r.status, r.body);
+    let main = tests::capability_request(&stranger, "main", Some(other(2)), &[]);
+    let r = bo.capability(&fx.device_token, &main).await?;
+    ensure!(r.code() == "ROLE_CONFLICT", "{} {}", r.status, r.body);
+    ensure!(
+        registry(&fx).await? == before,
+        "a refused request changed the registry"
+    );
+    Ok(())
+}
+
 /// libfaketime, installed by scripts/test.
 fn faketime() -> Option<String> {
     [
@@ -760,6 +930,25 @@ async fn members_of_another_cluster_and_clocks_two_hours_off_are_refused_by_name
     ensure!(
         view["status"] == "not_operational" && view["serving"] == false,
         "{view}"
+    );
+    // The back office refuses it too (it names members of a registered cluster): it holds
+    // none of the pool's rights.
+    let refused = tests::eventually(WAIT, "the back office to refuse the stranger", || async {
+        let st = intruder.status().await.ok()?;
+        (st["backoffice"]["state"] == "refused").then_some(st)
+    })
+    .await;
+    ensure!(
+        refused["backoffice"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("already a member of the cluster")),
+        "{}",
+        refused["backoffice"]
+    );
+    ensure!(
+        refused["rights"]["seats"].as_u64().unwrap_or(0) == 0,
+        "{}",
+        refused["rights"]
     );
     Ok(())
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use shared::HostId;
 use shared::capability::{
-    CapabilityRequest, FeatureUsage, PairStatus, Role, ServerReport, ServerStatus,
+    CapabilityRequest, ClusterStatus, FeatureUsage, PairStatus, Role, ServerReport, ServerStatus,
 };
 use tests::browser::{Browser, DESKTOP, PHONE};
 use tests::{ADMIN_EMAIL, ADMIN_PASSWORD, BackOffice, Backend, Fixture};
@@ -29,6 +29,7 @@ async fn poll(
         hostid: HostId::parse(hostid)?,
         role,
         backup_hostid: backup.map(HostId::parse).transpose()?,
+        cluster_member_hostids: Vec::new(),
         sent_at: shared::now_unix(),
         rights: vec![],
         report: Some(ServerReport {
@@ -47,24 +48,32 @@ async fn poll(
                 .collect(),
             backup_dropped: false,
             intervals: Vec::new(),
+            cluster_status: None,
         }),
         server_key: None,
         link: None,
     };
+    send(bo, token, &req).await.map(drop)
+}
+
+/// Sends a capability request; its answer's body.
+async fn send(bo: &BackOffice, token: &str, req: &CapabilityRequest) -> Result<Value> {
     let r = bo
         .http
         .post(format!("{}/api/v1/capability", bo.url))
         .bearer_auth(token)
-        .json(&req)
+        .json(req)
         .send()
         .await?;
     let status = r.status();
     let body = r.text().await?;
     ensure!(
         status.is_success(),
-        "capability request of {hostid} ({role:?}): {status} {body}"
+        "capability request of {} ({:?}): {status} {body}",
+        req.hostid,
+        req.role
     );
-    Ok(())
+    Ok(serde_json::from_str(&body)?)
 }
 
 async fn sign_in(b: &Browser, base: &str, email: &str, password: &str) -> Result<()> {
@@ -614,6 +623,240 @@ async fn portal_in_a_real_browser() -> Result<()> {
 /// as by default, reporting over their live link) within 2 s of each change: right after
 /// the pair starts (paired, serving, usage shown), after a takeover, and after the
 /// failback.
+/// One capability request of a cluster member naming `others`, reporting `cluster`.
+async fn poll_member(
+    bo: &BackOffice,
+    token: &str,
+    hostid: &str,
+    others: [&str; 2],
+    status: ServerStatus,
+    cluster: ClusterStatus,
+) -> Result<Value> {
+    let req = CapabilityRequest {
+        request_id: uuid::Uuid::new_v4(),
+        hostid: HostId::parse(hostid)?,
+        role: Role::Standalone,
+        backup_hostid: None,
+        cluster_member_hostids: others
+            .iter()
+            .map(|h| HostId::parse(h))
+            .collect::<Result<_, _>>()?,
+        sent_at: shared::now_unix(),
+        rights: vec![],
+        report: Some(ServerReport {
+            server_status: status,
+            pair_status: None,
+            usage: Vec::new(),
+            backup_dropped: false,
+            intervals: Vec::new(),
+            cluster_status: Some(cluster),
+        }),
+        server_key: None,
+        link: None,
+    };
+    send(bo, token, &req).await
+}
+
+/// A cluster registered by hand in the portal (a refused list first, its error in place),
+/// rights mapped to it once, and View Server showing its three members with their statuses
+/// and the cluster status they report, before and after they poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_registered_by_hand_shows_its_members_and_the_status_they_report() -> Result<()> {
+    let b = Browser::start().await?;
+    let bo = BackOffice::start(Backend::Sqlite).await?;
+    let fx: Fixture = bo.fixture(&["cad"], 10).await?;
+    let suffix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let h: Vec<String> = (1..=3)
+        .map(|i| format!("string:lls-m{i}-{suffix}"))
+        .collect();
+    let result = async {
+        sign_in(&b, &bo.url, &fx.user_email, ADMIN_PASSWORD).await?;
+        b.goto(&format!("{}/portal/servers", bo.url)).await?;
+        b.click("#register-cluster-link", "#cluster-form").await?;
+        // One hostid twice: refused, values kept, nothing registered.
+        b.fill("#hostid_1", &h[0]).await?;
+        b.fill("#hostid_2", &h[1]).await?;
+        b.fill("#hostid_3", &h[0]).await?;
+        b.click("#cluster-submit", "#cluster-form").await?;
+        let err = b.text("#hostid-error-1").await?;
+        ensure!(err.contains("named twice"), "duplicate error: {err}");
+        ensure!(b.value("#hostid_3").await? == h[0], "value not kept");
+        let servers = fx.user.get("/api/v1/account/servers").await?.ok()?;
+        ensure!(servers.as_array().is_some_and(Vec::is_empty), "{servers}");
+        b.fill("#hostid_3", "not a hostid").await?;
+        b.click("#cluster-submit", "#cluster-form").await?;
+        ensure!(
+            b.exists("#hostid-error-3").await?,
+            "bad hostid not shown at its field"
+        );
+        b.fill("#hostid_3", &h[2]).await?;
+        b.click("#cluster-submit", "#cluster-status").await?;
+        ensure!(
+            b.text("#flash")
+                .await?
+                .contains("Registered the failover cluster")
+        );
+        ensure!(
+            b.attr("#cluster-status", "data-cluster-status")
+                .await?
+                .as_deref()
+                == Some("not_operational"),
+            "no member heard from yet"
+        );
+        let members = b.text("#members").await?;
+        ensure!(
+            h.iter().all(|x| members.contains(x.as_str())),
+            "members: {members}"
+        );
+        ensure!(members.contains("Not started yet"), "members: {members}");
+        b.screenshot("cluster-01-registered").await?;
+
+        // Rights mapped to the cluster: once.
+        b.wait("#activation_id")
+            .await?
+            .select_by_value(&fx.activation_id)
+            .await?;
+        b.fill("#quantity", "4").await?;
+        b.click("#map-submit", "#rights-table").await?;
+        ensure!(b.text("#flash").await?.contains("Mapped 4"));
+
+        // The members poll: all three operational, one serving.
+        for (i, status) in [
+            ServerStatus::Active,
+            ServerStatus::Ready,
+            ServerStatus::Ready,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let others = [&h[(i + 1) % 3], &h[(i + 2) % 3]].map(String::as_str);
+            poll_member(
+                &bo,
+                &fx.device_token,
+                &h[i],
+                others,
+                status,
+                ClusterStatus::Operational,
+            )
+            .await?;
+        }
+        let ents = fx.user.get("/api/v1/account/entitlements").await?.ok()?;
+        ensure!(
+            ents[0]["line_items"][0]["mapped"] == 4,
+            "{}",
+            ents[0]["line_items"][0]
+        );
+        let path = b.path().await?;
+        b.goto(&format!("{}{path}", bo.url)).await?;
+        ensure!(
+            b.attr("#cluster-status", "data-cluster-status")
+                .await?
+                .as_deref()
+                == Some("operational")
+        );
+        for (x, status) in h.iter().zip(["active", "ready", "ready"]) {
+            let row = format!("#members tr[data-hostid='{x}']");
+            ensure!(
+                b.attr(&format!("{row} [data-status]"), "data-status")
+                    .await?
+                    .as_deref()
+                    == Some(status),
+                "{x}"
+            );
+            ensure!(
+                b.attr(
+                    &format!("{row} [data-cluster-status]"),
+                    "data-cluster-status"
+                )
+                .await?
+                .as_deref()
+                    == Some("operational"),
+                "{x}"
+            );
+        }
+        ensure!(b.text("#rights-table").await?.contains(&fx.activation_id));
+        b.screenshot("cluster-02-operational").await?;
+
+        // One member cut off reports not_operational; the other two partially: the
+        // cluster is partially operational.
+        poll_member(
+            &bo,
+            &fx.device_token,
+            &h[2],
+            [&h[0], &h[1]],
+            ServerStatus::Ready,
+            ClusterStatus::NotOperational,
+        )
+        .await?;
+        for i in 0..2 {
+            let others = [&h[(i + 1) % 3], &h[(i + 2) % 3]].map(String::as_str);
+            poll_member(
+                &bo,
+                &fx.device_token,
+                &h[i],
+                others,
+                ServerStatus::Ready,
+                ClusterStatus::PartiallyOperational,
+            )
+            .await?;
+        }
+        b.goto(&format!("{}{path}", bo.url)).await?;
+        ensure!(
+            b.attr("#cluster-status", "data-cluster-status")
+                .await?
+                .as_deref()
+                == Some("partially_operational")
+        );
+        // Replace the third member: first by a member (refused in place), then by a new
+        // server; the one replaced is then refused by the back office.
+        let h4 = format!("string:lls-m4-{suffix}");
+        b.wait("#out_hostid").await?.select_by_value(&h[2]).await?;
+        b.fill("#new_hostid", &h[0]).await?;
+        b.click("#replace-submit", "#replace-form").await?;
+        let err = b.text("#replace-error").await?;
+        ensure!(err.contains("already a member"), "replace error: {err}");
+        b.wait("#out_hostid").await?.select_by_value(&h[2]).await?;
+        b.fill("#new_hostid", &h4).await?;
+        b.click("#replace-submit", "#cluster-status").await?;
+        ensure!(b.text("#flash").await?.contains("Replaced"));
+        let members = b.text("#members").await?;
+        ensure!(
+            members.contains(&h4) && !members.contains(&h[2]),
+            "members after the replacement: {members}"
+        );
+        b.screenshot("cluster-03-replaced").await?;
+        let left = poll_member(
+            &bo,
+            &fx.device_token,
+            &h[2],
+            [&h[0], &h[1]],
+            ServerStatus::Ready,
+            ClusterStatus::Operational,
+        )
+        .await;
+        ensure!(left.is_err(), "the replaced member was answered: {left:?}");
+        let ents = fx.user.get("/api/v1/account/entitlements").await?.ok()?;
+        ensure!(
+            ents[0]["line_items"][0]["mapped"] == 4,
+            "the rights stay mapped once"
+        );
+        // The servers list says who is in a cluster.
+        b.goto(&format!("{}/portal/servers", bo.url)).await?;
+        let list = b.text("table").await?;
+        ensure!(
+            list.contains("Cluster member") && list.contains("a cluster member"),
+            "{list}"
+        );
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        let _ = b.screenshot("failure-cluster").await;
+    }
+    b.close().await?;
+    result
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn view_server_shows_a_pair_not_started_yet_then_is_right_within_2s_of_its_start_takeover_and_failback()
 -> Result<()> {

@@ -12,7 +12,7 @@ use crate::error::{AppError, AppResult};
 use crate::state::{State, run};
 use crate::store::catalog::{self, Account, Entitlement};
 use crate::store::mappings::{self, Mapping};
-use crate::store::registry::{self, PairView, ServerSummary, ServerView};
+use crate::store::registry::{self, ClusterView, PairView, ServerSummary, ServerView};
 use crate::store::tokens::{self, DeviceToken, IssuedToken};
 use crate::store::usage::{
     IntervalUsage, LineItemUsage, UsagePoint, entitlement_intervals, server_intervals,
@@ -204,6 +204,90 @@ pub async fn register_pair(
     .await?;
     state.links.changed(&account);
     Ok(HttpResponse::Created().json(p))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCluster {
+    /// The three members' hostids, of one type; the first holds the cluster's rights.
+    #[schema(value_type = Vec<HostId>, min_items = 3, max_items = 3)]
+    hostids: Vec<String>,
+}
+
+/// Registers a three-member failover cluster by hand, before its members start (each
+/// member's `CLUSTER_MEMBER_HOSTIDS` must then name the other two).
+#[utoipa::path(
+    tag = "account",
+    security(("session" = [])),
+    request_body = NewCluster,
+    responses((status = 201, description = "The cluster, its members expected", body = ClusterView), doc::UserPair)
+)]
+#[post("/api/v1/account/clusters")]
+pub async fn register_cluster(
+    user: AccountUser,
+    state: State,
+    body: web::Json<NewCluster>,
+) -> AppResult<HttpResponse> {
+    if body.hostids.len() != 3 {
+        return Err(AppError::validation(
+            "hostids",
+            format!(
+                "a cluster has three members: name all three ({} named)",
+                body.hostids.len()
+            ),
+        ));
+    }
+    let members = body
+        .hostids
+        .iter()
+        .map(|h| hostid("hostids", h))
+        .collect::<AppResult<Vec<_>>>()?;
+    let account = user.account_id.clone();
+    let v = run(&state, move |c| {
+        registry::register_cluster(c, &user.account_id, &members)
+    })
+    .await?;
+    state.links.changed(&account);
+    Ok(HttpResponse::Created().json(v))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemberReplacement {
+    /// The member that leaves the cluster.
+    #[schema(value_type = HostId)]
+    out_hostid: String,
+    /// The server that takes its place (not registered yet).
+    #[schema(value_type = HostId)]
+    new_hostid: String,
+}
+
+/// Replaces a cluster's member: the leaving member gets none of the cluster's rights again;
+/// the members that stay are refused until their `CLUSTER_MEMBER_HOSTIDS` name the new one.
+#[utoipa::path(
+    tag = "account",
+    security(("session" = [])),
+    params(("id" = String, Path, description = "Cluster ID")),
+    request_body = MemberReplacement,
+    responses((status = 200, description = "The cluster, the new member expected", body = ClusterView), doc::UserReplaceMember)
+)]
+#[post("/api/v1/account/clusters/{id}/replace-member")]
+pub async fn replace_member(
+    user: AccountUser,
+    state: State,
+    id: web::Path<String>,
+    body: web::Json<MemberReplacement>,
+) -> AppResult<web::Json<ClusterView>> {
+    let out = hostid("out_hostid", &body.out_hostid)?;
+    let new = hostid("new_hostid", &body.new_hostid)?;
+    let account = user.account_id.clone();
+    let id = id.into_inner();
+    let v = run(&state, move |c| {
+        registry::replace_member(c, &user.account_id, &id, &out, &new)
+    })
+    .await?;
+    state.links.changed(&account);
+    Ok(web::Json(v))
 }
 
 /// Takes a pair's backup out of the pair; refused while the pair's seats are in use.

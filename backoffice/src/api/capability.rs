@@ -221,6 +221,7 @@ fn sign(state: &AppState, input: &PollInput, answer: CapabilityAnswer) -> HttpRe
         server_id: answer.server_id,
         role: answer.role,
         pair: answer.pair,
+        cluster: answer.cluster,
         poll_interval_secs: state.settings.poll_interval.as_secs(),
         rights: answer.rights,
         serve_until,

@@ -275,6 +275,8 @@ errors! {
     UserReadOne: ValidationError, Unauthorized, Forbidden, NotFound, Unavailable;
     /// An account user registering a pair.
     UserPair: ValidationError, Unauthorized, Forbidden, AlreadyExists, HostidTypeMismatch, HostidInUse, RoleConflict, Unavailable;
+    /// An account user replacing a cluster's member.
+    UserReplaceMember: ValidationError, Unauthorized, Forbidden, NotFound, HostidTypeMismatch, HostidInUse, RoleConflict, Unavailable;
     /// An account user removing a backup.
     UserRemoveBackup: ValidationError, Unauthorized, Forbidden, NotFound, PairHasActiveRights, Unavailable;
     /// An account user mapping rights.

@@ -1,10 +1,20 @@
-//! Pairing and ordering rules of the license-server registry.
+//! Pairing, clustering and ordering rules of the license-server registry.
 //!
 //! Given what the registry holds about the hostids a capability request names, decide what
-//! to do. The storage layer loads the facts, calls [`plan`], and carries out the plan in
-//! one transaction.
+//! to do. The storage layer loads the facts, calls [`plan`] (a standalone server, a pair's
+//! main or backup) or [`plan_member`] (a member of a three-member cluster), and carries
+//! out the plan in one transaction.
+//!
+//! A cluster is registered by the first request of any of its members, which names the
+//! other two (`CLUSTER_MEMBER_HOSTIDS`), or by hand in the portal; the other members'
+//! requests then find it. Unlike a pair's backup, which does not name its main, every
+//! member's request describes the whole cluster, so no member waits for another: there is
+//! no `MAIN_NOT_REGISTERED` for clusters. What is refused is a request that disagrees with
+//! the registry: a member list that names another set than the cluster registered
+//! (`ROLE_CONFLICT`, naming both sets), a server of a pair or of another cluster named as
+//! a member, or a cluster member that starts in another role.
 
-use shared::capability::Role;
+use shared::capability::{CapabilityRequest, Role};
 use shared::{ErrorCode, HostId};
 
 use super::DomainError;
@@ -47,6 +57,25 @@ pub struct Known {
     pub state: ServerState,
     /// The pair it belongs to, with the other member's hostid.
     pub pair: Option<KnownPair>,
+    /// The cluster it is a member of.
+    pub cluster: Option<KnownCluster>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownCluster {
+    pub cluster_id: String,
+    /// The member whose row holds the cluster's rights.
+    pub holder_server_id: String,
+    /// The three members' hostids, sorted.
+    pub members: Vec<HostId>,
+}
+
+/// Hostids as a list for messages: `a, b, c`.
+pub fn hostid_list(h: &[HostId]) -> String {
+    h.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +107,12 @@ pub enum Plan {
     },
     /// The backup is refused with `MAIN_NOT_REGISTERED` and recorded as waiting.
     RecordWaitingBackup { existing: Option<String> },
+    /// Register a cluster: its three members, the requester first, each with its row if
+    /// it has one (the requester's own standalone row, whose rights become the cluster's,
+    /// or a waiting backup's).
+    RegisterCluster {
+        members: Vec<(HostId, Option<String>)>,
+    },
 }
 
 /// A hostid held elsewhere. The message says no more than that it cannot be used: whether
@@ -118,6 +153,25 @@ pub fn plan(
         && !k.same_account
     {
         return Err(in_use(hostid));
+    }
+    if let Some(c) = known.and_then(|k| k.cluster.as_ref()) {
+        return Err(DomainError::new(
+            ErrorCode::RoleConflict,
+            format!(
+                "{hostid} is a member of the cluster of {}; start it with \
+                 CLUSTER_MEMBER_HOSTIDS naming the other two members",
+                hostid_list(&c.members)
+            ),
+        ));
+    }
+    if let (Some(b), Some(c)) = (backup_hostid, known_backup.and_then(|k| k.cluster.as_ref())) {
+        return Err(DomainError::new(
+            ErrorCode::RoleConflict,
+            format!(
+                "{b} is a member of the cluster of {}; it cannot be a backup",
+                hostid_list(&c.members)
+            ),
+        ));
     }
     match role {
         Role::Standalone => match known {
@@ -237,6 +291,227 @@ pub fn plan(
     }
 }
 
+/// Decides what a capability request from `hostid`, a member of a three-member cluster
+/// naming the other two members `others`, does. `known` is what the registry knows of the
+/// requester, `known_others` of each of `others`, in order.
+pub fn plan_member(
+    hostid: &HostId,
+    others: &[HostId],
+    known: Option<&Known>,
+    known_others: &[Option<&Known>],
+) -> Result<Plan, DomainError> {
+    let field = "cluster_member_hostids";
+    if others.len() != 2 {
+        return Err(DomainError::validation(
+            field,
+            format!(
+                "a cluster has three members: name the other two ({} named)",
+                others.len()
+            ),
+        ));
+    }
+    if others.contains(hostid) {
+        return Err(DomainError::validation(
+            field,
+            format!("the list names this server's own hostid {hostid}: name the other two members"),
+        ));
+    }
+    if others[0] == others[1] {
+        return Err(DomainError::validation(
+            field,
+            format!(
+                "the list names {} twice: name the other two members",
+                others[0]
+            ),
+        ));
+    }
+    if let Some(o) = others.iter().find(|o| o.kind() != hostid.kind()) {
+        return Err(not_of_type(hostid, o));
+    }
+    let mut members: Vec<HostId> = std::iter::once(hostid.clone())
+        .chain(others.iter().cloned())
+        .collect();
+    members.sort_by_key(ToString::to_string);
+    let named = |h: &HostId, k: Option<&Known>| -> Result<(), DomainError> {
+        let Some(k) = k else { return Ok(()) };
+        if !k.same_account {
+            return Err(in_use(h));
+        }
+        Ok(())
+    };
+    // What is known of each other member (nothing, when the caller did not look).
+    let others: Vec<(&HostId, Option<&Known>)> = others
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (o, known_others.get(i).copied().flatten()))
+        .collect();
+    named(hostid, known)?;
+    for (o, k) in &others {
+        named(o, *k)?;
+    }
+    // The requester's side.
+    if let Some(k) = known {
+        if let Some(c) = &k.cluster {
+            if c.members == members {
+                return Ok(Plan::Known);
+            }
+            return Err(DomainError::new(
+                ErrorCode::RoleConflict,
+                format!(
+                    "{hostid} is a member of the cluster of {}, but names {}: set \
+                     CLUSTER_MEMBER_HOSTIDS on every member to the other two of the same \
+                     three (or take it out of its cluster first)",
+                    hostid_list(&c.members),
+                    hostid_list(&members),
+                ),
+            ));
+        }
+        in_a_pair(hostid, k)?;
+    }
+    // The other members' side.
+    for (o, k) in &others {
+        if let Some(k) = k {
+            joinable(o, k)?;
+        }
+    }
+    Ok(Plan::RegisterCluster {
+        members: std::iter::once((hostid.clone(), known.map(|k| k.server_id.clone())))
+            .chain(
+                others
+                    .iter()
+                    .map(|(o, k)| ((*o).clone(), k.map(|k| k.server_id.clone()))),
+            )
+            .collect(),
+    })
+}
+
+/// Whether a cluster's member `out` may be replaced by `new` (by hand): `out` is one of its
+/// members, `new` is not, is of the same hostid type, and is free to join (unknown, or a
+/// waiting backup, of this account). The cluster keeps three members; `out` leaves it
+/// and gets none of its rights again.
+pub fn plan_replace(
+    cluster: &KnownCluster,
+    out: &HostId,
+    new: &HostId,
+    known_new: Option<&Known>,
+) -> Result<(), DomainError> {
+    if !cluster.members.contains(out) {
+        return Err(DomainError::validation(
+            "out_hostid",
+            format!(
+                "{out} is not a member of the cluster of {}",
+                hostid_list(&cluster.members)
+            ),
+        ));
+    }
+    if cluster.members.contains(new) {
+        return Err(DomainError::validation(
+            "new_hostid",
+            format!("{new} is already a member of this cluster"),
+        ));
+    }
+    if new.kind() != out.kind() {
+        return Err(not_of_type(out, new));
+    }
+    match known_new {
+        Some(k) if !k.same_account => Err(in_use(new)),
+        Some(k) => joinable(new, k),
+        None => Ok(()),
+    }
+}
+
+fn not_of_type(member: &HostId, h: &HostId) -> DomainError {
+    DomainError::new(
+        ErrorCode::HostidTypeMismatch,
+        format!(
+            "{member} is of type {} but {h} is of type {}; a cluster's hostids must be of the \
+             same type",
+            member.kind(),
+            h.kind()
+        ),
+    )
+}
+
+/// Whether a server of the account the registry knows may be made a member of a cluster
+/// it does not register itself: only a waiting backup (no pair, no cluster, no rights).
+fn joinable(h: &HostId, k: &Known) -> Result<(), DomainError> {
+    if let Some(c) = &k.cluster {
+        return Err(DomainError::new(
+            ErrorCode::RoleConflict,
+            format!(
+                "{h} is already a member of the cluster of {}; a server is in one cluster",
+                hostid_list(&c.members)
+            ),
+        ));
+    }
+    in_a_pair(h, k)?;
+    if k.state != ServerState::Waiting {
+        return Err(DomainError::new(
+            ErrorCode::RoleConflict,
+            format!(
+                "{h} is registered as a {} server; a standalone server joins a cluster only \
+                 by registering it, with its own first request as a member (its rights \
+                 become the cluster's), never by being named by another or added by hand",
+                k.role
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A server of a pair is no cluster member.
+fn in_a_pair(h: &HostId, k: &Known) -> Result<(), DomainError> {
+    if k.pair.is_some() || k.role == Role::Main {
+        return Err(DomainError::new(
+            ErrorCode::RoleConflict,
+            format!(
+                "{h} is registered as the {} of a failover pair; a server is in one pair or \
+                 one cluster",
+                k.role
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Decides what a capability request does: [`plan_member`] for a cluster member (a
+/// request naming `cluster_member_hostids`, which goes with role `standalone` and no
+/// backup), [`plan`] for any other. `known_others` is what the registry knows of each of
+/// the other members named, in order (left empty, the rules decide without them: only a
+/// registration needs them).
+pub fn plan_request(
+    req: &CapabilityRequest,
+    known: Option<&Known>,
+    known_backup: Option<&Known>,
+    known_others: &[Option<&Known>],
+) -> Result<Plan, DomainError> {
+    if req.cluster_member_hostids.is_empty() {
+        return plan(
+            &req.hostid,
+            req.role,
+            req.backup_hostid.as_ref(),
+            known,
+            known_backup,
+        );
+    }
+    if req.role != Role::Standalone || req.backup_hostid.is_some() {
+        return Err(DomainError::validation(
+            "cluster_member_hostids",
+            format!(
+                "a cluster member sends role standalone and no backup_hostid (this request: \
+                 role {}); a server is in one pair or one cluster",
+                req.role
+            ),
+        ));
+    }
+    plan_member(
+        &req.hostid,
+        &req.cluster_member_hostids,
+        known,
+        known_others,
+    )
+}
+
 /// The error a waiting backup is answered with.
 pub fn waiting_backup_error(b: &HostId) -> DomainError {
     main_not_registered(b)
@@ -311,7 +586,199 @@ mod tests {
             role,
             state,
             pair,
+            cluster: None,
         }
+    }
+
+    fn hs(list: &[&str]) -> Vec<HostId> {
+        list.iter().map(|s| h(s)).collect()
+    }
+
+    fn member_of(members: &[&str]) -> Known {
+        let mut k = known(Role::Standalone, ServerState::Registered, None);
+        let mut m = hs(members);
+        m.sort_by_key(ToString::to_string);
+        k.cluster = Some(KnownCluster {
+            cluster_id: "c".into(),
+            holder_server_id: "s".into(),
+            members: m,
+        });
+        k
+    }
+
+    fn code(r: Result<Plan, DomainError>) -> ErrorCode {
+        r.unwrap_err().code()
+    }
+
+    #[test]
+    fn the_first_member_registers_the_cluster_and_the_others_find_it() {
+        let a = h("string:a");
+        let others = hs(&["string:b", "string:c"]);
+        // Whether or not the caller looked the other two up: all three are registered.
+        for known_others in [&[None, None][..], &[]] {
+            let Plan::RegisterCluster { members } =
+                plan_member(&a, &others, None, known_others).unwrap()
+            else {
+                panic!("not a registration");
+            };
+            assert_eq!(members[0], (a.clone(), None));
+            assert_eq!(members.len(), 3);
+        }
+        // The cluster registered (by a member or in the portal): each member, naming the
+        // other two in any order, is known.
+        let k = member_of(&["string:a", "string:b", "string:c"]);
+        for (me, o) in [
+            ("string:a", ["string:c", "string:b"]),
+            ("string:b", ["string:a", "string:c"]),
+            ("string:c", ["string:b", "string:a"]),
+        ] {
+            assert_eq!(
+                plan_member(&h(me), &hs(&o), Some(&k), &[Some(&k), Some(&k)]).unwrap(),
+                Plan::Known
+            );
+        }
+        // A standalone server that registers a cluster keeps its row (and its rights); a
+        // waiting backup named as a member is adopted.
+        let solo = known(Role::Standalone, ServerState::Registered, None);
+        let waiting = known(Role::Backup, ServerState::Waiting, None);
+        assert!(matches!(
+            plan_member(&a, &others, Some(&solo), &[Some(&waiting), None]).unwrap(),
+            Plan::RegisterCluster { members } if members[0].1.is_some() && members[1].1.is_some()
+        ));
+    }
+
+    #[test]
+    fn a_member_list_must_name_two_other_distinct_hostids_of_its_type() {
+        let a = h("string:a");
+        let bad = |others: &[&str]| code(plan_member(&a, &hs(others), None, &[None, None]));
+        assert_eq!(bad(&["string:b"]), ErrorCode::ValidationError);
+        assert_eq!(
+            bad(&["string:b", "string:c", "string:d"]),
+            ErrorCode::ValidationError
+        );
+        assert_eq!(bad(&["string:a", "string:b"]), ErrorCode::ValidationError);
+        assert_eq!(bad(&["string:b", "string:b"]), ErrorCode::ValidationError);
+        assert_eq!(
+            bad(&["string:b", "ethernet:00163E5A1B2C"]),
+            ErrorCode::HostidTypeMismatch
+        );
+    }
+
+    #[test]
+    fn a_member_of_another_cluster_or_a_pair_or_another_account_is_refused() {
+        let a = h("string:a");
+        let others = hs(&["string:b", "string:c"]);
+        let theirs = member_of(&["string:b", "string:x", "string:y"]);
+        // A fourth server naming members of a cluster.
+        let e = plan_member(&a, &others, None, &[Some(&theirs), None]).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::RoleConflict);
+        assert!(
+            e.message.contains("string:b, string:x, string:y"),
+            "{}",
+            e.message
+        );
+        // A member that names another set than its cluster's: both sets named.
+        let mine = member_of(&["string:a", "string:b", "string:d"]);
+        let e = plan_member(&a, &others, Some(&mine), &[Some(&mine), None]).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::RoleConflict);
+        assert!(
+            e.message.contains("string:a, string:b, string:d")
+                && e.message.contains("string:a, string:b, string:c"),
+            "{}",
+            e.message
+        );
+        // Pair members, either side.
+        let pair = KnownPair {
+            pair_id: "p".into(),
+            main_server_id: "s".into(),
+            main_hostid: h("string:m"),
+            backup_hostid: Some(h("string:b")),
+        };
+        let main = known(Role::Main, ServerState::Registered, Some(pair.clone()));
+        let backup = known(Role::Backup, ServerState::Expected, Some(pair));
+        assert_eq!(
+            code(plan_member(&a, &others, Some(&main), &[None, None])),
+            ErrorCode::RoleConflict
+        );
+        assert_eq!(
+            code(plan_member(&a, &others, None, &[Some(&backup), None])),
+            ErrorCode::RoleConflict
+        );
+        // A registered standalone server named by another.
+        let solo = known(Role::Standalone, ServerState::Registered, None);
+        assert_eq!(
+            code(plan_member(&a, &others, None, &[None, Some(&solo)])),
+            ErrorCode::RoleConflict
+        );
+        // Another account's hostid, without saying whose.
+        let mut foreign = known(Role::Standalone, ServerState::Registered, None);
+        foreign.same_account = false;
+        let e = plan_member(&a, &others, None, &[None, Some(&foreign)]).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::HostidInUse);
+        assert!(!e.message.contains("another account"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_member_is_replaced_only_by_a_free_server_of_its_type() {
+        let k = member_of(&["string:a", "string:b", "string:c"]);
+        let c = k.cluster.clone().unwrap();
+        let (a, d) = (h("string:a"), h("string:d"));
+        assert!(plan_replace(&c, &a, &d, None).is_ok());
+        let waiting = known(Role::Backup, ServerState::Waiting, None);
+        assert!(plan_replace(&c, &a, &d, Some(&waiting)).is_ok());
+        let bad = |out: &str, new: &str, k: Option<&Known>| {
+            plan_replace(&c, &h(out), &h(new), k).unwrap_err().code()
+        };
+        assert_eq!(
+            bad("string:x", "string:d", None),
+            ErrorCode::ValidationError
+        );
+        assert_eq!(
+            bad("string:a", "string:b", None),
+            ErrorCode::ValidationError
+        );
+        assert_eq!(
+            bad("string:a", "ethernet:00163E5A1B2C", None),
+            ErrorCode::HostidTypeMismatch
+        );
+        let other = member_of(&["string:d", "string:e", "string:f"]);
+        assert_eq!(
+            bad("string:a", "string:d", Some(&other)),
+            ErrorCode::RoleConflict
+        );
+        let solo = known(Role::Standalone, ServerState::Registered, None);
+        assert_eq!(
+            bad("string:a", "string:d", Some(&solo)),
+            ErrorCode::RoleConflict
+        );
+        let mut foreign = known(Role::Standalone, ServerState::Registered, None);
+        foreign.same_account = false;
+        assert_eq!(
+            bad("string:a", "string:d", Some(&foreign)),
+            ErrorCode::HostidInUse
+        );
+    }
+
+    #[test]
+    fn a_cluster_member_cannot_start_standalone_or_in_a_pair() {
+        let k = member_of(&["string:a", "string:b", "string:c"]);
+        let a = h("string:a");
+        assert_eq!(
+            code(plan(&a, Role::Standalone, None, Some(&k), None)),
+            ErrorCode::RoleConflict
+        );
+        assert_eq!(
+            code(plan(&a, Role::Backup, None, Some(&k), None)),
+            ErrorCode::RoleConflict
+        );
+        assert_eq!(
+            code(plan(&a, Role::Main, Some(&h("string:z")), Some(&k), None)),
+            ErrorCode::RoleConflict
+        );
+        // Named as a pair's backup.
+        let e = plan(&h("string:m"), Role::Main, Some(&a), None, Some(&k)).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::RoleConflict);
+        assert!(e.message.contains("cluster"), "{}", e.message);
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Server and pair status as the back office sees them.
+//! Server, pair and cluster status as the back office sees them.
 
-use shared::capability::{PairStatus, Role, ServerStatus};
+use shared::capability::{ClusterStatus, PairStatus, Role, ServerStatus};
 
 /// A server is `inaccessible` when it has not been heard from within `timeout` seconds;
 /// otherwise what it reported, or what its role implies.
@@ -48,9 +48,61 @@ pub fn pair_status(
     }
 }
 
+/// A cluster's status from its members' statuses and what each reported of the cluster:
+/// the best status reported by a member the back office hears from (a member sees its
+/// links to the other two; the back office sees none of them), `not_operational` when it
+/// hears from none.
+pub fn cluster_status(members: &[(ServerStatus, Option<ClusterStatus>)]) -> ClusterStatus {
+    let rank = |s: ClusterStatus| match s {
+        ClusterStatus::Operational => 2,
+        ClusterStatus::PartiallyOperational => 1,
+        ClusterStatus::NotOperational => 0,
+    };
+    members
+        .iter()
+        .filter(|(s, _)| *s != ServerStatus::Inaccessible)
+        .filter_map(|(_, c)| *c)
+        .max_by_key(|c| rank(*c))
+        .unwrap_or(ClusterStatus::NotOperational)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clusters_status_is_the_best_its_members_in_contact_report() {
+        use ClusterStatus::*;
+        use ServerStatus::*;
+        assert_eq!(
+            cluster_status(&[
+                (Active, Some(Operational)),
+                (Ready, Some(Operational)),
+                (Ready, Some(Operational))
+            ]),
+            Operational
+        );
+        // A member cut off from the others reports not_operational; the two that see
+        // each other say how the cluster serves.
+        assert_eq!(
+            cluster_status(&[
+                (Ready, Some(NotOperational)),
+                (Active, Some(PartiallyOperational)),
+                (Ready, Some(PartiallyOperational))
+            ]),
+            PartiallyOperational
+        );
+        // What a member reported before it fell silent does not count.
+        assert_eq!(
+            cluster_status(&[
+                (Inaccessible, Some(Operational)),
+                (Ready, Some(NotOperational)),
+                (Inaccessible, None)
+            ]),
+            NotOperational
+        );
+        assert_eq!(cluster_status(&[]), NotOperational);
+    }
 
     #[test]
     fn silence_makes_a_server_inaccessible() {

@@ -1,7 +1,7 @@
 //! Pure helpers that turn domain values into what the pages show: readable status labels,
 //! times, and where a registry error belongs on the pair form.
 
-use shared::capability::{PairStatus, Role, ServerStatus};
+use shared::capability::{ClusterStatus, PairStatus, Role, ServerStatus};
 use shared::{ErrorBody, ErrorCode};
 
 /// A status as shown: the readable label, the contract code (kept visible for people who
@@ -44,6 +44,19 @@ pub fn pair_status(p: PairStatus) -> StatusView {
 /// A server's status, or "Not started yet" (neutral, not an alarm) for a server that has
 /// never contacted the back office: registered by hand or as a pair's backup, and not
 /// started since. The code stays the contract's.
+pub fn cluster_status(c: ClusterStatus) -> StatusView {
+    let (label, class) = match c {
+        ClusterStatus::Operational => ("Operational (three members)", "ok"),
+        ClusterStatus::PartiallyOperational => ("Partially operational (two members)", "warn"),
+        ClusterStatus::NotOperational => ("Not operational", "bad"),
+    };
+    StatusView {
+        code: c.as_str(),
+        label,
+        class,
+    }
+}
+
 pub fn member_status(s: ServerStatus, started: bool) -> StatusView {
     match s {
         ServerStatus::Inaccessible if !started => not_started(s.as_str()),

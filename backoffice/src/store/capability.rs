@@ -11,13 +11,15 @@ use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use shared::ErrorCode;
-use shared::capability::{CapabilityRequest, PairInfo, PairStatus, Right, Role, ServerReport};
+use shared::capability::{
+    CapabilityRequest, ClusterInfo, ClusterStatus, PairInfo, PairStatus, Right, Role, ServerReport,
+};
 use shared::secret::Secret;
 
 use super::mappings::{ensure_rights, rights_of};
 use super::servers::{
     Entry, PairRows, RegisteredBy, ServerRow, delete_backup, ensure_pair_token, entries, holder_of,
-    insert_server, known, register_pair_rows, server_by_id,
+    insert_server, known, register_cluster_rows, register_pair_rows, server_by_id,
 };
 use super::{lock_account, tokens, unique_or, usage};
 use crate::db::DbConn;
@@ -33,6 +35,7 @@ pub struct CapabilityAnswer {
     pub server_id: String,
     pub role: Role,
     pub pair: Option<PairInfo>,
+    pub cluster: Option<ClusterInfo>,
     pub rights: Vec<Right>,
     /// The pair's secret, for either server of a pair that has both.
     pub pair_token: Option<Secret>,
@@ -47,6 +50,7 @@ impl CapabilityAnswer {
             &self.server_id,
             self.role,
             self.pair.as_ref(),
+            self.cluster.as_ref(),
             &self.rights,
             self.pair_token.as_ref().map(Secret::expose),
         )
@@ -334,23 +338,17 @@ fn drops_backup(req: &CapabilityRequest) -> bool {
     req.role == Role::Main && req.report.as_ref().is_some_and(|r| r.backup_dropped)
 }
 
-/// The poll's plan as the rules make it without the backup's row: `Some` for a known
-/// server in its known role (whose pair, if it has both servers, has its secret), `None`
-/// when the registry changes. The rules consult the backup's row only to register a pair,
-/// and the errors they find on the main's side come first; `Known` here is `Known` with it
-/// too.
+/// The poll's plan as the rules make it without the backup's or the other members' rows:
+/// `Some` for a known server in its known role (whose pair, if it has both servers, has
+/// its secret), `None` when the registry changes. The rules consult those rows only to
+/// register a pair or a cluster, and the errors they find on the requester's side come
+/// first; `Known` here is `Known` with them too.
 fn fast_plan<'e>(
     req: &CapabilityRequest,
     known: Option<Known>,
     entry: Option<&'e Entry>,
 ) -> AppResult<Option<(Known, &'e Entry)>> {
-    let plan = rules::plan(
-        &req.hostid,
-        req.role,
-        req.backup_hostid.as_ref(),
-        known.as_ref(),
-        None,
-    )?;
+    let plan = rules::plan_request(req, known.as_ref(), None, &[])?;
     let (Plan::Known, Some(k), Some(e)) = (plan, known, entry) else {
         return Ok(None);
     };
@@ -361,8 +359,12 @@ fn fast_plan<'e>(
     Ok(Some((k, e)))
 }
 
-/// The server that holds a known server's rights: its pair's main, or itself.
+/// The server that holds a known server's rights: its cluster's holder, its pair's main,
+/// or itself.
 fn holder(k: &Known) -> &str {
+    if let Some(c) = &k.cluster {
+        return &c.holder_server_id;
+    }
     k.pair.as_ref().map_or(&k.server_id, |p| &p.main_server_id)
 }
 
@@ -383,10 +385,15 @@ fn answer_of(
         .as_ref()
         .filter(|p| p.backup.is_some())
         .and(e.pair_token.clone());
+    let cluster = k.cluster.as_ref().map(|c| ClusterInfo {
+        id: c.cluster_id.clone(),
+        members: c.members.clone(),
+    });
     CapabilityAnswer {
         server_id: k.server_id.clone(),
         role: k.role,
         pair,
+        cluster,
         rights,
         pair_token,
         key_change,
@@ -423,12 +430,17 @@ pub fn capability(
             Some(b) => known(c, account_id, b)?,
             None => None,
         };
-        let plan = rules::plan(
-            &req.hostid,
-            req.role,
-            req.backup_hostid.as_ref(),
+        let ko = req
+            .cluster_member_hostids
+            .iter()
+            .map(|h| known(c, account_id, h))
+            .collect::<AppResult<Vec<_>>>()?;
+        let ko: Vec<Option<&Known>> = ko.iter().map(|x| x.as_ref().map(|x| &x.0)).collect();
+        let plan = rules::plan_request(
+            req,
             k.as_ref().map(|x| &x.0),
             kb.as_ref().map(|x| &x.0),
+            &ko,
         )?;
         let server_id = match place(c, account_id, req, plan, k.as_ref().map(|x| &x.0), now)? {
             Placed::Server(id) => id,
@@ -530,6 +542,9 @@ fn place(
             };
             register_pair_rows(c, account_id, rows, RegisteredBy::Capability, now)?.0
         }
+        Plan::RegisterCluster { members } => {
+            register_cluster_rows(c, account_id, members, RegisteredBy::Capability, now)?.0
+        }
         Plan::RecordWaitingBackup { existing } => {
             let id = match existing {
                 Some(id) => id,
@@ -577,6 +592,7 @@ struct Contact<'a> {
     state: &'a str,
     reported_status: Option<&'a str>,
     reported_pair_status: Option<Option<&'a str>>,
+    reported_cluster_status: Option<Option<&'a str>>,
     usage_json: Option<String>,
     last_sample_at: Option<i64>,
     server_key: Option<&'a str>,
@@ -611,6 +627,7 @@ fn touch(
         state: ServerState::Registered.as_str(),
         reported_status: report.map(|r| r.server_status.as_str()),
         reported_pair_status: report.map(|r| r.pair_status.map(PairStatus::as_str)),
+        reported_cluster_status: report.map(|r| r.cluster_status.map(ClusterStatus::as_str)),
         usage_json,
         last_sample_at: sample.then_some(now),
         server_key: new_key.map(|k| k.key.as_str()),
@@ -661,6 +678,7 @@ mod tests {
             hostid: HostId::parse(hostid).unwrap(),
             role,
             backup_hostid: backup.map(|b| HostId::parse(b).unwrap()),
+            cluster_member_hostids: Vec::new(),
             sent_at: shared::now_unix(),
             rights: Vec::new(),
             report: None,
@@ -900,6 +918,7 @@ mod tests {
                 }],
                 backup_dropped: false,
                 intervals: Vec::new(),
+                cluster_status: None,
             };
             let t0 = shared::now_unix();
             // (seconds after t0, in use): a change a second later is read; the same usage
@@ -957,6 +976,7 @@ mod tests {
                 usage: Vec::new(),
                 backup_dropped: false,
                 intervals,
+                cluster_status: None,
             };
             let mut main = request("string:m", Role::Main, Some("string:b"));
             main.rights = vec![RightsRequest {
@@ -1030,6 +1050,361 @@ mod tests {
             let (other, _, _) = account(c, "Other");
             assert!(usage::server_intervals(c, &other, &backup_id, start).is_err());
             assert!(usage::entitlement_intervals(c, &other, &e.id, start).is_err());
+        }
+    }
+
+    fn member(hostid: &str, others: [&str; 2], rights: &[(&str, u32)]) -> CapabilityRequest {
+        let mut r = request(hostid, Role::Standalone, None);
+        r.cluster_member_hostids = others.iter().map(|h| HostId::parse(h).unwrap()).collect();
+        r.rights = rights
+            .iter()
+            .map(|(a, count)| RightsRequest {
+                activation_id: (*a).to_owned(),
+                count: *count,
+            })
+            .collect();
+        r
+    }
+
+    /// Each server's hostid, state and cluster.
+    type Rows = Vec<(String, String, Option<String>)>;
+
+    /// The registry as a test compares it before and after a refused request: the
+    /// servers, how many clusters, how much is mapped.
+    fn registry(c: &mut DbConn) -> (Rows, i64, i64) {
+        use crate::schema::{clusters, mappings};
+        let rows = servers::table
+            .select((servers::hostid, servers::state, servers::cluster_id))
+            .order(servers::hostid)
+            .load(c)
+            .unwrap();
+        let n: i64 = clusters::table.count().get_result(c).unwrap();
+        let mapped: Vec<i64> = mappings::table.select(mappings::quantity).load(c).unwrap();
+        (rows, n, mapped.iter().sum())
+    }
+
+    #[test]
+    fn the_first_member_registers_its_cluster_and_the_three_share_one_mapping() {
+        for tdb in testing::databases() {
+            let (pool, backend) = db::connect(&tdb.url, 1).unwrap();
+            let c = &mut *pool.get().unwrap();
+            let (acme, _, activation) = account(c, "Acme");
+            let now = shared::now_unix();
+            let (a, b, m3) = ("string:a", "string:b", "string:c");
+            let first = capability(
+                c,
+                &acme,
+                &member(a, [b, m3], &[(&activation, 4)]),
+                None,
+                now,
+            )
+            .unwrap();
+            let cluster = first.cluster.clone().expect("the answer names the cluster");
+            let names: Vec<String> = cluster.members.iter().map(ToString::to_string).collect();
+            assert_eq!(names, [a, b, m3], "{backend:?}");
+            assert_eq!(first.rights.len(), 1);
+            assert_eq!(first.rights[0].count, 4);
+            assert_eq!(
+                first.pair_token, None,
+                "a cluster's members have their own secret"
+            );
+            // The other two, naming the rest in any order and asking for the same
+            // rights: the same cluster, the same rights, nothing mapped twice.
+            for (me, others) in [(m3, [a, b]), (b, [m3, a])] {
+                let r = capability(
+                    c,
+                    &acme,
+                    &member(me, others, &[(&activation, 4)]),
+                    None,
+                    now,
+                )
+                .unwrap();
+                assert_eq!(r.cluster.as_ref(), Some(&cluster), "{backend:?} {me}");
+                assert_eq!(r.rights, first.rights, "{backend:?} {me}");
+                assert_ne!(r.server_id, first.server_id);
+            }
+            let (rows, clusters, mapped) = registry(c);
+            assert_eq!((clusters, mapped), (1, 4), "{backend:?}: counted once");
+            assert!(
+                rows.iter().all(|(_, state, cid)| state == "registered"
+                    && cid.as_deref() == Some(cluster.id.as_str())),
+                "{backend:?}: {rows:?}"
+            );
+            // A poll of a member is answered on the fast path with the same.
+            let poll = member(b, [a, m3], &[]);
+            let found = entries(c, &[b.to_owned()]).unwrap();
+            let k = found[0].known(&acme).unwrap();
+            let fast = fast_plan(&poll, Some(k), found.first()).unwrap();
+            assert!(
+                fast.is_some(),
+                "{backend:?}: a member's poll is a plain poll"
+            );
+            let again = capability(c, &acme, &poll, None, now).unwrap();
+            assert_eq!(again.rights, first.rights);
+        }
+    }
+
+    /// Registered by hand before its members start: expected members, rights mapped on any
+    /// member's page to the cluster once, each member then known with those rights; the
+    /// same cluster again, or one hostid twice, is refused and changes nothing.
+    #[test]
+    fn a_cluster_registered_by_hand_holds_rights_mapped_on_any_members_page_once() {
+        use crate::store::{mappings, registry};
+        for tdb in testing::databases() {
+            let (pool, backend) = db::connect(&tdb.url, 1).unwrap();
+            let c = &mut *pool.get().unwrap();
+            let (acme, _, activation) = account(c, "Acme");
+            let hs = |l: &[&str]| -> Vec<HostId> {
+                l.iter().map(|h| HostId::parse(h).unwrap()).collect()
+            };
+            let three = hs(&["string:p1", "string:p2", "string:p3"]);
+            let v = registry::register_cluster(c, &acme, &three).unwrap();
+            assert_eq!(v.registered_by, "portal", "{backend:?}");
+            assert_eq!(v.status, ClusterStatus::NotOperational, "none heard from");
+            assert!(v.members.iter().all(|m| m.registration == "expected"));
+            let before = registry(c);
+            for bad in [
+                hs(&["string:p1", "string:p2", "string:p3"]),
+                hs(&["string:p3", "string:p2", "string:p1"]),
+                hs(&["string:q1", "string:q2", "string:q1"]),
+                hs(&["string:q1", "string:p2", "string:q3"]),
+            ] {
+                let e = registry::register_cluster(c, &acme, &bad).unwrap_err();
+                assert!(
+                    matches!(
+                        e.code(),
+                        ErrorCode::AlreadyExists
+                            | ErrorCode::ValidationError
+                            | ErrorCode::RoleConflict
+                    ),
+                    "{backend:?} {bad:?}: {e}"
+                );
+                assert_eq!(registry(c), before, "{backend:?} {bad:?}");
+            }
+            // 3 mapped on the second member's page, 2 more on the third's: 5, held once.
+            let (m2, m3) = (&v.members[1].id, &v.members[2].id);
+            mappings::map_rights(c, &acme, &activation, m2, 3).unwrap();
+            let m = mappings::map_rights(c, &acme, &activation, m3, 2).unwrap();
+            assert_eq!(m.quantity, 5, "{backend:?}");
+            assert_eq!(registry(c).2, 5);
+            let now = shared::now_unix();
+            let mut rights = None;
+            for (me, others) in [
+                ("string:p2", ["string:p3", "string:p1"]),
+                ("string:p1", ["string:p2", "string:p3"]),
+                ("string:p3", ["string:p1", "string:p2"]),
+            ] {
+                let a = capability(
+                    c,
+                    &acme,
+                    &member(me, others, &[(&activation, 5)]),
+                    None,
+                    now,
+                )
+                .unwrap();
+                assert_eq!(a.rights[0].count, 5, "{backend:?} {me}");
+                assert_eq!(
+                    a.cluster.as_ref().map(|c| c.id.as_str()),
+                    Some(v.id.as_str())
+                );
+                assert!(rights.as_ref().is_none_or(|r| *r == a.rights));
+                rights = Some(a.rights);
+            }
+            assert_eq!(
+                registry(c).2,
+                5,
+                "{backend:?}: asking for 5 maps nothing more"
+            );
+            let view = registry::view_server(c, &acme, m3, now, 600).unwrap();
+            let cv = view.cluster.expect("View Server shows the cluster");
+            assert!(cv.members.iter().all(|m| m.registration == "registered"));
+            assert_eq!(view.rights.len(), 1);
+            assert_eq!(view.rights[0].quantity, 5);
+        }
+    }
+
+    /// A member replaced (here the one holding the rights): the cluster keeps its rights
+    /// and three members; the leaving member is refused, the others until they name the
+    /// new member; a bad replacement changes nothing.
+    #[test]
+    fn a_replaced_member_gets_nothing_and_the_cluster_keeps_its_rights() {
+        use crate::store::registry;
+        for tdb in testing::databases() {
+            let (pool, backend) = db::connect(&tdb.url, 1).unwrap();
+            let c = &mut *pool.get().unwrap();
+            let (acme, _, activation) = account(c, "Acme");
+            let (other, _, _) = account(c, "Other");
+            let now = shared::now_unix();
+            let h = |s: &str| HostId::parse(s).unwrap();
+            let (a, b, m3, d) = ("string:a", "string:b", "string:c", "string:d");
+            let first = capability(
+                c,
+                &acme,
+                &member(a, [b, m3], &[(&activation, 4)]),
+                None,
+                now,
+            )
+            .unwrap();
+            let cid = first.cluster.unwrap().id;
+            // Bad replacements: not a member, already one, another account's cluster.
+            let before = registry(c);
+            for (cluster, out, new, code) in [
+                (cid.as_str(), "string:x", d, ErrorCode::ValidationError),
+                (cid.as_str(), a, b, ErrorCode::ValidationError),
+                (
+                    cid.as_str(),
+                    a,
+                    "ethernet:00163E5A1B2C",
+                    ErrorCode::HostidTypeMismatch,
+                ),
+                ("no-such-cluster", a, d, ErrorCode::NotFound),
+            ] {
+                let e = registry::replace_member(c, &acme, cluster, &h(out), &h(new)).unwrap_err();
+                assert_eq!(e.code(), code, "{backend:?} {out} -> {new}: {e}");
+                assert_eq!(registry(c), before);
+            }
+            let e = registry::replace_member(c, &other, &cid, &h(a), &h(d)).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::NotFound, "{backend:?}");
+
+            let v = registry::replace_member(c, &acme, &cid, &h(a), &h(d)).unwrap();
+            let names: Vec<&str> = v.members.iter().map(|m| m.hostid.as_str()).collect();
+            assert_eq!(names, [b, m3, d], "{backend:?}");
+            let (_, clusters, mapped) = registry(c);
+            assert_eq!((clusters, mapped), (1, 4), "{backend:?}: the rights stay");
+            let after = registry(c);
+            // The leaving member, and a member not reconfigured yet: refused.
+            for req in [
+                member(a, [b, m3], &[(&activation, 4)]),
+                member(b, [a, m3], &[]),
+            ] {
+                let e = capability(c, &acme, &req, None, now).unwrap_err();
+                assert_eq!(
+                    e.code(),
+                    ErrorCode::RoleConflict,
+                    "{backend:?} {}: {e}",
+                    req.hostid
+                );
+                assert_eq!(registry(c), after);
+            }
+            // Reconfigured, and the new member: the cluster's rights, naming the three.
+            for (me, others) in [(b, [m3, d]), (d, [b, m3]), (m3, [d, b])] {
+                let r = capability(
+                    c,
+                    &acme,
+                    &member(me, others, &[(&activation, 4)]),
+                    None,
+                    now,
+                )
+                .unwrap();
+                let names: Vec<String> = r
+                    .cluster
+                    .unwrap()
+                    .members
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                assert_eq!(names, [b, m3, d], "{backend:?} {me}");
+                assert_eq!(r.rights, first.rights, "{backend:?} {me}");
+            }
+            assert_eq!(registry(c).2, 4, "{backend:?}");
+        }
+    }
+
+    #[test]
+    fn bad_member_lists_are_refused_with_contract_codes_and_change_nothing() {
+        for tdb in testing::databases() {
+            let (pool, backend) = db::connect(&tdb.url, 1).unwrap();
+            let c = &mut *pool.get().unwrap();
+            let (acme, _, activation) = account(c, "Acme");
+            let (other, _, _) = account(c, "Other");
+            let now = shared::now_unix();
+            capability(
+                c,
+                &acme,
+                &member("string:a", ["string:b", "string:c"], &[(&activation, 3)]),
+                None,
+                now,
+            )
+            .unwrap();
+            capability(
+                c,
+                &acme,
+                &request("string:m", Role::Main, Some("string:mb")),
+                None,
+                now,
+            )
+            .unwrap();
+            capability(
+                c,
+                &other,
+                &request("string:theirs", Role::Standalone, None),
+                None,
+                now,
+            )
+            .unwrap();
+            let before = registry(c);
+            let cases: Vec<(CapabilityRequest, ErrorCode)> = vec![
+                (
+                    member("string:x", ["string:y", "string:y"], &[]),
+                    ErrorCode::ValidationError,
+                ),
+                (
+                    member("string:x", ["string:x", "string:y"], &[]),
+                    ErrorCode::ValidationError,
+                ),
+                (
+                    member("string:x", ["string:y", "ethernet:00163E5A1B2C"], &[]),
+                    ErrorCode::HostidTypeMismatch,
+                ),
+                // A member naming another set than its cluster's.
+                (
+                    member("string:a", ["string:b", "string:d"], &[]),
+                    ErrorCode::RoleConflict,
+                ),
+                // A fourth server naming two members.
+                (
+                    member("string:d", ["string:a", "string:b"], &[(&activation, 3)]),
+                    ErrorCode::RoleConflict,
+                ),
+                // A pair's servers as members, and a member starting standalone.
+                (
+                    member("string:x", ["string:m", "string:y"], &[]),
+                    ErrorCode::RoleConflict,
+                ),
+                (
+                    member("string:mb", ["string:x", "string:y"], &[]),
+                    ErrorCode::RoleConflict,
+                ),
+                (
+                    request("string:a", Role::Standalone, None),
+                    ErrorCode::RoleConflict,
+                ),
+                (
+                    request("string:x", Role::Main, Some("string:c")),
+                    ErrorCode::RoleConflict,
+                ),
+                // Another account's server.
+                (
+                    member("string:x", ["string:theirs", "string:y"], &[]),
+                    ErrorCode::HostidInUse,
+                ),
+            ];
+            for (req, code) in cases {
+                let e = capability(c, &acme, &req, None, now).unwrap_err();
+                assert_eq!(e.code(), code, "{backend:?} {req:?}: {e}");
+                assert_eq!(
+                    registry(c),
+                    before,
+                    "{backend:?} {req:?} changed the registry"
+                );
+            }
+            // A member list with role main is no member list.
+            let mut mixed = member("string:x", ["string:y", "string:z"], &[]);
+            mixed.role = Role::Main;
+            mixed.backup_hostid = Some(HostId::parse("string:w").unwrap());
+            let e = capability(c, &acme, &mixed, None, now).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::ValidationError, "{backend:?}");
+            assert_eq!(registry(c), before);
         }
     }
 

@@ -1,6 +1,7 @@
-//! Rights mapped to license servers: quantities of a line item given to a standalone server
-//! or to a pair (held by its main), by hand or by a server's startup request, never more
-//! than the line item's quantity; and the rights a holder has.
+//! Rights mapped to license servers: quantities of a line item given to a standalone server,
+//! to a pair (held by its main) or to a three-member cluster (held by one member's row,
+//! counted once), by hand or by a server's startup request, never more than the line
+//! item's quantity; and the rights a holder has.
 
 use std::collections::HashMap;
 
@@ -25,7 +26,8 @@ pub struct Mapping {
     pub line_item_id: String,
     #[schema(example = "ACT-7K3M-Q9ZD-2WXR-H4TN")]
     pub activation_id: String,
-    /// The server that holds the rights: the pair's main, or a standalone server.
+    /// The server that holds the rights: the pair's main, the cluster's holder, or a
+    /// standalone server.
     pub server_id: String,
     /// All of the line item now mapped to this holder.
     #[schema(example = 5)]

@@ -1,19 +1,19 @@
-//! The license-server registry's rows: servers and failover pairs, looked up (a server
-//! with its pair and partner in one joined query), created and paired, each pair with its
-//! own secret; what the domain rules are told about a hostid; the holder of a server's
-//! rights.
+//! The license-server registry's rows: servers, failover pairs and three-member
+//! clusters, looked up (a server with its pair and partner in one joined query, a cluster
+//! member's cluster in one more), created, paired and clustered, each pair with its own
+//! secret; what the domain rules are told about a hostid; the holder of a server's rights.
 
 use diesel::prelude::*;
 use shared::HostId;
-use shared::capability::{FeatureUsage, PairStatus, Role, ServerStatus};
+use shared::capability::{ClusterStatus, FeatureUsage, PairStatus, Role, ServerStatus};
 use shared::secret::Secret;
 
 use super::{new_id, unique_or};
 use crate::db::DbConn;
-use crate::domain::registry::{self as rules, Known, KnownPair, ServerState};
+use crate::domain::registry::{self as rules, Known, KnownCluster, KnownPair, ServerState};
 use crate::error::{AppError, AppResult};
 use crate::on_backend;
-use crate::schema::{pairs, servers, usage_samples};
+use crate::schema::{clusters, pairs, servers, usage_samples};
 
 /// A server's row, as every query of it selects it.
 #[derive(Clone, Debug, Queryable, Selectable)]
@@ -34,6 +34,9 @@ pub(super) struct ServerRow {
     /// The server's current public key (base64url) and its key ID.
     pub server_key: Option<String>,
     pub server_key_id: Option<String>,
+    pub cluster_id: Option<String>,
+    /// What a cluster member last reported of its cluster.
+    pub reported_cluster_status: Option<String>,
 }
 
 impl ServerRow {
@@ -62,8 +65,41 @@ impl ServerRow {
             .as_deref()
             .and_then(PairStatus::parse)
     }
+
+    pub fn reported_cluster_status(&self) -> Option<ClusterStatus> {
+        self.reported_cluster_status
+            .as_deref()
+            .and_then(ClusterStatus::parse)
+    }
 }
 
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = clusters)]
+pub(super) struct ClusterRow {
+    pub id: String,
+    pub account_id: String,
+    /// The member whose row holds the cluster's rights (the first to register it).
+    pub holder_server_id: String,
+    pub registered_by: String,
+    pub created_at: i64,
+}
+
+pub(super) fn cluster_by_id(conn: &mut DbConn, id: &str) -> AppResult<Option<ClusterRow>> {
+    Ok(on_backend!(conn, |c| clusters::table
+        .find(id)
+        .select(ClusterRow::as_select())
+        .get_result(c)
+        .optional())?)
+}
+
+/// A cluster's members' rows, by hostid.
+pub(super) fn cluster_members(conn: &mut DbConn, cluster_id: &str) -> AppResult<Vec<ServerRow>> {
+    Ok(on_backend!(conn, |c| servers::table
+        .filter(servers::cluster_id.eq(cluster_id))
+        .select(ServerRow::as_select())
+        .order(servers::hostid)
+        .load(c))?)
+}
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = pairs)]
 pub(super) struct PairRow {
@@ -104,6 +140,8 @@ pub(super) struct Entry {
     pub pair: Option<PairRow>,
     pub partner_hostid: Option<String>,
     pub pair_token: Option<Secret>,
+    /// A cluster member's cluster, with its members' hostids (sorted).
+    pub cluster: Option<(ClusterRow, Vec<String>)>,
 }
 
 diesel::alias!(servers as partners: Partners);
@@ -133,15 +171,55 @@ pub(super) fn entries(conn: &mut DbConn, hostids: &[String]) -> AppResult<Vec<En
             pairs::pair_token.nullable(),
         ))
         .load(c))?;
-    Ok(rows
+    let mut entries: Vec<Entry> = rows
         .into_iter()
         .map(|(row, pair, partner_hostid, token)| Entry {
             row,
             pair,
             partner_hostid,
             pair_token: token.map(Secret::new),
+            cluster: None,
         })
-        .collect())
+        .collect();
+    with_clusters(conn, &mut entries)?;
+    Ok(entries)
+}
+
+/// Adds their clusters to the entries of cluster members: two queries, when there are any.
+fn with_clusters(conn: &mut DbConn, entries: &mut [Entry]) -> AppResult<()> {
+    let mut ids: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.row.cluster_id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let rows: Vec<ClusterRow> = on_backend!(conn, |c| clusters::table
+        .filter(clusters::id.eq_any(&ids))
+        .select(ClusterRow::as_select())
+        .load(c))?;
+    let members: Vec<(Option<String>, String)> = on_backend!(conn, |c| servers::table
+        .filter(servers::cluster_id.eq_any(&ids))
+        .select((servers::cluster_id, servers::hostid))
+        .order(servers::hostid)
+        .load(c))?;
+    for e in entries {
+        let Some(cid) = &e.row.cluster_id else {
+            continue;
+        };
+        let Some(row) = rows.iter().find(|r| &r.id == cid) else {
+            continue;
+        };
+        let hostids = members
+            .iter()
+            .filter(|(c, _)| c.as_ref() == Some(cid))
+            .map(|(_, h)| h.clone())
+            .collect();
+        e.cluster = Some((row.clone(), hostids));
+    }
+    Ok(())
 }
 
 /// The entry of one hostid.
@@ -175,12 +253,28 @@ impl Entry {
                 })
             }
         };
+        let cluster = match &self.cluster {
+            None => None,
+            Some((c, hostids)) => {
+                let mut members = hostids
+                    .iter()
+                    .map(|h| HostId::parse(h).map_err(AppError::internal))
+                    .collect::<AppResult<Vec<_>>>()?;
+                members.sort_by_key(ToString::to_string);
+                Some(KnownCluster {
+                    cluster_id: c.id.clone(),
+                    holder_server_id: c.holder_server_id.clone(),
+                    members,
+                })
+            }
+        };
         Ok(Known {
             server_id: row.id.clone(),
             same_account: row.account_id == account_id,
             role: row.role(),
             state: ServerState::parse(&row.state),
             pair,
+            cluster,
         })
     }
 }
@@ -307,9 +401,55 @@ pub(super) fn register_pair_rows(
     Ok((main_id, pair_id))
 }
 
-/// Gives a pair member its role: its existing row (a registered server stays registered,
+/// Creates a cluster's rows: its three members (the first the holder of its rights), each
+/// its existing row or a new one. Returns (first member's server id, cluster id).
+pub(super) fn register_cluster_rows(
+    conn: &mut DbConn,
+    account_id: &str,
+    members: Vec<(HostId, Option<String>)>,
+    by: RegisteredBy,
+    now: i64,
+) -> AppResult<(String, String)> {
+    let mut ids = Vec::with_capacity(members.len());
+    for (i, (hostid, existing)) in members.into_iter().enumerate() {
+        // The member whose request registers it has spoken; the others are expected.
+        let state = match (by, i) {
+            (RegisteredBy::Capability, 0) => ServerState::Registered,
+            _ => ServerState::Expected,
+        };
+        ids.push(place_member(
+            conn,
+            account_id,
+            existing,
+            &hostid,
+            Role::Standalone,
+            state,
+            now,
+        )?);
+    }
+    let first = ids
+        .first()
+        .cloned()
+        .ok_or_else(|| AppError::internal("a cluster without members"))?;
+    let cid = new_id();
+    diesel::insert_into(clusters::table)
+        .values((
+            clusters::id.eq(&cid),
+            clusters::account_id.eq(account_id),
+            clusters::holder_server_id.eq(&first),
+            clusters::registered_by.eq(by.as_str()),
+            clusters::created_at.eq(now),
+        ))
+        .execute(conn)?;
+    diesel::update(servers::table.filter(servers::id.eq_any(&ids)))
+        .set(servers::cluster_id.eq(Some(&cid)))
+        .execute(conn)?;
+    Ok((first, cid))
+}
+
+/// Gives a pair or cluster member its role: its existing row (a registered server stays registered,
 /// any other takes `state`), or a new row in `state`.
-fn place_member(
+pub(super) fn place_member(
     conn: &mut DbConn,
     account_id: &str,
     existing: Option<String>,
@@ -336,8 +476,14 @@ fn place_member(
     Ok(id)
 }
 
-/// The server that holds a server's rights: itself, or its pair's main.
+/// The server that holds a server's rights: itself, its pair's main, or its cluster's
+/// holder.
 pub(super) fn holder_of(conn: &mut DbConn, row: &ServerRow) -> AppResult<String> {
+    if let Some(cid) = &row.cluster_id {
+        return Ok(cluster_by_id(conn, cid)?
+            .map(|c| c.holder_server_id)
+            .unwrap_or_else(|| row.id.clone()));
+    }
     match (&row.pair_id, row.role()) {
         (Some(pid), Role::Backup) => Ok(pair_by_id(conn, pid)?
             .map(|p| p.main_server_id)

@@ -275,9 +275,20 @@ pub(crate) mod tests {
         .in_cluster(vec![host("string:m1"), host("string:m3")])
     }
 
-    /// An answer to `to` of `count` seats of `cad`, signed by `signer` at `iat`.
-    pub(crate) fn answer(signer: &Signer, to: &str, count: u32, iat: i64) -> Rights {
+    /// Claims addressed to `to` as a member of the cluster m1, m2, m3, without rights.
+    fn cluster_claims(to: &str) -> shared::capability::CapabilityClaims {
         let mut c = crate::domain::rights::tests::claims(to, None, 0);
+        c.cluster = Some(shared::capability::ClusterInfo {
+            id: "c".into(),
+            members: ["string:m1", "string:m2", "string:m3"].map(host).to_vec(),
+        });
+        c
+    }
+
+    /// An answer to `to`, issued to the cluster m1, m2, m3, of `count` seats of `cad`,
+    /// signed by `signer` at `iat`.
+    pub(crate) fn answer(signer: &Signer, to: &str, count: u32, iat: i64) -> Rights {
+        let mut c = cluster_claims(to);
         c.rights = vec![Right {
             activation_id: "A".into(),
             feature: "cad".into(),
@@ -331,7 +342,7 @@ pub(crate) mod tests {
     #[test]
     fn a_borrow_is_decided_in_log_order_from_the_signed_policy() {
         let mut st = State::default();
-        let mut c = crate::domain::rights::tests::claims("string:m1", None, 0);
+        let mut c = cluster_claims("string:m1");
         c.rights = vec![Right {
             activation_id: "A".into(),
             feature: "cad".into(),

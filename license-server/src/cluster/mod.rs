@@ -19,11 +19,12 @@
 //! - The leader also proposes the pool's lease key once, the rights its back-office
 //!   contact verified (newer answers only) and the expiry of lapsed leases.
 //! - Trust (the chain of the back office's signatures): each member polls the back
-//!   office with its own hostid and key, and holds its own binding. The pool's rights
-//!   are the signed answer of the member that led when it arrived, carried verbatim in
-//!   the log and snapshots and verified by every member as it applies or loads them
-//!   (the producer's key, addressed to one of the three members): a member never counts
-//!   rights that do not verify for it, and a snapshot whose rights do not verify is
+//!   office with its own hostid and key, naming the other two (the back office registers
+//!   the three as one cluster and maps its rights once), and holds its own binding. The
+//!   pool's rights are the signed answer of the member that led when it arrived, carried
+//!   verbatim in the log and snapshots and verified by every member as it applies or
+//!   loads them (the producer's key, issued to exactly these three members and
+//!   addressed to one of them): a member never counts rights that do not verify for it, and a snapshot whose rights do not verify is
 //!   refused. Grants are signed by the member that serves, with its own key and
 //!   binding, so clients verify them as any server's; no lease outlasts that binding
 //!   or the rights' `serve_until`. Members authenticate each other with `PAIR_TOKEN`,

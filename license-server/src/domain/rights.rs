@@ -12,10 +12,13 @@
 //! An answer verifies for a server when it is signed by the producer (`kid`, signature,
 //! kind, issuer) and is addressed to it or names it in its pair (the main's answer is
 //! also the backup's copy; a backup's answer, taken back at a failback, also the main's).
-//! A member of a three-member cluster also takes an answer addressed to one of the other
-//! two members ([`RightsCheck::in_cluster`]): each member polls with its own hostid, and
+//! A member of a three-member cluster takes only its cluster's rights
+//! ([`RightsCheck::in_cluster`]): an answer that names, as the cluster it was issued to,
+//! exactly the three members this member runs with (the back office registered them as
+//! one cluster), addressed to one of them. Each member polls with its own hostid, and
 //! the pool's rights are the answer of whichever member led when it arrived, verified
-//! again by every member as it applies it.
+//! again by every member as it applies it; a server taken out of the cluster, or one
+//! that is not in it, takes none of them.
 //! How old it may be is not part of it: an answer stays authentic, and past its
 //! `serve_until` the server grants nothing from it ([`Rights::serve_until`]).
 
@@ -124,10 +127,17 @@ pub fn renewal_step(issued_at: i64, valid_until: i64) -> i64 {
 pub enum RightsError {
     #[error("not signed by the back office's key (BACKOFFICE_PUBLIC_KEY): {0}")]
     Signature(VerifyError),
-    #[error(
-        "addressed to {to}, and neither its pair nor this server's cluster names this server ({hostid})"
-    )]
+    #[error("addressed to {to}, and its pair does not name this server ({hostid})")]
     NotForThisServer { to: String, hostid: String },
+    #[error(
+        "addressed to {to} as a member of {theirs}, not the rights of this server's cluster ({ours}); \
+         CLUSTER_MEMBER_HOSTIDS must name the members the back office registered"
+    )]
+    NotThisCluster {
+        to: String,
+        theirs: String,
+        ours: String,
+    },
 }
 
 /// Verifies rights for one server: the producer's key and the server's hostid.
@@ -135,7 +145,7 @@ pub enum RightsError {
 pub struct RightsCheck {
     producer: Verifier,
     hostid: HostId,
-    /// A cluster member's two other members (none otherwise).
+    /// A cluster member's cluster: the three members' hostids, sorted (none otherwise).
     cluster: Vec<HostId>,
 }
 
@@ -148,13 +158,13 @@ impl RightsCheck {
         }
     }
 
-    /// The check of a member of a three-member cluster: answers addressed to `others`
-    /// (the other two members) verify too.
+    /// The check of a member of a three-member cluster whose other members are `others`:
+    /// only answers issued to this cluster (naming exactly these three members) and
+    /// addressed to one of them verify.
     pub fn in_cluster(self, others: Vec<HostId>) -> RightsCheck {
-        RightsCheck {
-            cluster: others,
-            ..self
-        }
+        let mut cluster: Vec<HostId> = std::iter::once(self.hostid.clone()).chain(others).collect();
+        cluster.sort_by_key(ToString::to_string);
+        RightsCheck { cluster, ..self }
     }
 
     pub fn hostid(&self) -> &HostId {
@@ -166,29 +176,58 @@ impl RightsCheck {
     }
 
     /// Verifies `rights` (again, if they were): signed by the producer, addressed to this
-    /// server or naming it in the pair (or, on a cluster member, addressed to one of the
-    /// other members). On success their counts count.
+    /// server or naming it in the pair (on a cluster member: issued to this cluster, and
+    /// addressed to one of its members). On success their counts count.
     pub fn verify(&self, rights: &mut Rights) -> Result<(), RightsError> {
         rights.verified = None;
         let claims = self
             .producer
             .decode_capability(&rights.token)
             .map_err(RightsError::Signature)?;
-        let me = self.hostid.to_string();
-        let named = claims.sub == me
-            || claims
-                .pair
-                .as_ref()
-                .is_some_and(|p| p.main == self.hostid || p.backup.as_ref() == Some(&self.hostid))
-            || self.cluster.iter().any(|m| claims.sub == m.to_string());
-        if !named {
-            return Err(RightsError::NotForThisServer {
-                to: claims.sub,
-                hostid: me,
-            });
+        if !self.cluster.is_empty() {
+            self.of_this_cluster(&claims)?;
+        } else {
+            let named = claims.sub == self.hostid.to_string()
+                || claims.pair.as_ref().is_some_and(|p| {
+                    p.main == self.hostid || p.backup.as_ref() == Some(&self.hostid)
+                });
+            if !named {
+                return Err(RightsError::NotForThisServer {
+                    to: claims.sub,
+                    hostid: self.hostid.to_string(),
+                });
+            }
         }
         rights.verified = Some(Arc::new(claims));
         Ok(())
+    }
+
+    /// A cluster member's rule: the answer names this cluster (the same three members)
+    /// and is addressed to one of them.
+    fn of_this_cluster(&self, claims: &CapabilityClaims) -> Result<(), RightsError> {
+        let list = |m: &[HostId]| {
+            m.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let theirs = claims.cluster.as_ref().map(|c| {
+            let mut m = c.members.clone();
+            m.sort_by_key(ToString::to_string);
+            m
+        });
+        let addressed = self.cluster.iter().any(|m| claims.sub == m.to_string());
+        if theirs.as_deref() == Some(self.cluster.as_slice()) && addressed {
+            return Ok(());
+        }
+        Err(RightsError::NotThisCluster {
+            to: claims.sub.clone(),
+            theirs: theirs.map_or_else(
+                || "no cluster".to_owned(),
+                |m| format!("the cluster of {}", list(&m)),
+            ),
+            ours: list(&self.cluster),
+        })
     }
 
     /// Rights from claims the caller has just verified in full (a fresh answer of the
@@ -219,6 +258,7 @@ pub(crate) mod tests {
             server_id: "s".into(),
             role: Role::Standalone,
             pair,
+            cluster: None,
             poll_interval_secs: 60,
             rights: vec![Right {
                 activation_id: "A".into(),
@@ -288,20 +328,45 @@ pub(crate) mod tests {
             r.rights().is_empty(),
             "a failed check leaves nothing counted"
         );
-        // A cluster member takes the answer of another member of its cluster only.
+        // A cluster member takes only answers issued to its cluster (the same three
+        // members), addressed to one of them.
         let member = |me: &str, others: &[&str]| {
             check(me).in_cluster(others.iter().map(|h| host(h)).collect())
         };
-        let standalone = producer.sign(&claims("string:m1", None, 4));
-        let mut r = Rights::unverified(standalone.as_str());
+        let issued = |sub: &str, members: &[&str]| {
+            let mut c = claims(sub, None, 4);
+            c.cluster = Some(shared::capability::ClusterInfo {
+                id: "c".into(),
+                members: members.iter().map(|h| host(h)).collect(),
+            });
+            Rights::unverified(producer.sign(&c).as_str())
+        };
+        let mut r = issued("string:m1", &["string:m1", "string:m2", "string:m3"]);
         member("string:m2", &["string:m1", "string:m3"])
             .verify(&mut r)
             .unwrap();
         assert_eq!(r.rights()[0].count, 4);
-        assert!(matches!(
-            member("string:m2", &["string:m3", "string:m4"]).verify(&mut r),
-            Err(RightsError::NotForThisServer { .. })
-        ));
+        member("string:m1", &["string:m3", "string:m2"])
+            .verify(&mut r)
+            .unwrap();
+        let refused = |me: &str, others: &[&str], r: &mut Rights| {
+            let e = member(me, others).verify(r).unwrap_err();
+            assert!(matches!(e, RightsError::NotThisCluster { .. }), "{e}");
+            assert!(r.rights().is_empty());
+        };
+        // A fourth server that names two of the members, or a member configured with
+        // another cluster.
+        refused("string:m4", &["string:m1", "string:m2"], &mut r);
+        refused("string:m2", &["string:m3", "string:m4"], &mut r);
+        // Rights of a standalone server (no cluster), even addressed to a member.
+        let mut r = Rights::unverified(producer.sign(&claims("string:m1", None, 4)).as_str());
+        refused("string:m2", &["string:m1", "string:m3"], &mut r);
+        // A member taken out: the cluster the back office names is another one.
+        let mut r = issued("string:m1", &["string:m1", "string:m3", "string:m5"]);
+        refused("string:m2", &["string:m1", "string:m3"], &mut r);
+        // Issued to this cluster, but addressed to a server outside it.
+        let mut r = issued("string:m9", &["string:m1", "string:m2", "string:m3"]);
+        refused("string:m2", &["string:m1", "string:m3"], &mut r);
 
         // Another key, or claims edited under the old signature: refused.
         let rogue = Signer::generate().sign(&claims("string:main", None, 999));

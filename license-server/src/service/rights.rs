@@ -181,6 +181,7 @@ impl Service {
             usage,
             backup_dropped: dropped,
             intervals: Vec::new(),
+            cluster_status: self.cluster.as_ref().map(|c| c.health.status()),
         }
     }
 }

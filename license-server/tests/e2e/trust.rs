@@ -95,6 +95,7 @@ fn answer(sub: &str, pair: Option<PairInfo>, count: u32) -> CapabilityClaims {
         server_id: "srv-1".into(),
         role: Role::Main,
         pair,
+        cluster: None,
         poll_interval_secs: 1,
         rights: vec![right("cad", count)],
         serve_until: now + 86_400,

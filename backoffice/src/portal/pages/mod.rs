@@ -1,6 +1,7 @@
 //! The portal's page handlers, one module a part of the portal: thin, each passing the
 //! session's account ID to the store.
 
+pub mod clusters;
 pub mod entitlements;
 pub mod pairs;
 pub mod servers;

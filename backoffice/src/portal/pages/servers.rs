@@ -1,5 +1,6 @@
-//! The Servers list and the View Server page, with its two forms: map rights here (and
-//! unmap them), and remove the pair's backup. A form's error is shown on the page itself,
+//! The Servers list and the View Server page (with the server's pair or cluster), with its
+//! forms: map rights here (and unmap them), remove the pair's backup, replace a cluster's
+//! member. A form's error is shown on the page itself,
 //! next to its field.
 
 use actix_web::http::StatusCode;
@@ -21,7 +22,7 @@ use crate::portal::view::{self, StatusView};
 use crate::state::{State, run};
 use crate::store::catalog::{self, Entitlement};
 use crate::store::mappings;
-use crate::store::registry::{self, PairView, ServerInfo, ServerView};
+use crate::store::registry::{self, ClusterView, PairView, ServerInfo, ServerView};
 use crate::store::usage::{self, IntervalUsage, UsagePoint};
 
 /// A server as a row or a pair member shows it.
@@ -42,7 +43,11 @@ fn member(s: &ServerInfo, now: i64) -> MemberView {
     MemberView {
         id: s.id.clone(),
         hostid: s.hostid.clone(),
-        role: view::role(s.role),
+        role: if s.cluster_id.is_some() {
+            "Cluster member"
+        } else {
+            view::role(s.role)
+        },
         status: view::member_status(s.status, s.first_contact_at.is_some()),
         last_contact: view::last_contact(now, s.last_contact_at),
         last_contact_iso: s.last_contact_at.map(view::iso).unwrap_or_default(),
@@ -55,6 +60,7 @@ struct ServerRow {
     server: MemberView,
     pair_status: Option<StatusView>,
     partner: Option<String>,
+    clustered: bool,
 }
 
 #[derive(Template)]
@@ -76,6 +82,7 @@ pub async fn servers(req: HttpRequest, user: PortalUser, state: State) -> PageRe
                 .pair_status
                 .map(|p| view::pair_status_of(p, s.server.first_contact_at.is_some())),
             partner: s.partner_hostid.clone(),
+            clustered: s.server.cluster_id.is_some(),
         })
         .collect();
     let page = ServersPage {
@@ -91,6 +98,36 @@ struct PairBlock {
     registered_by: String,
     main: MemberView,
     backup: Option<MemberView>,
+}
+
+/// A cluster member as View Server lists it: its own status, and what it reported of the
+/// cluster.
+struct ClusterMember {
+    server: MemberView,
+    reported: Option<StatusView>,
+}
+
+struct ClusterBlock {
+    id: String,
+    status: StatusView,
+    registered_by: String,
+    members: Vec<ClusterMember>,
+}
+
+fn cluster_block(c: &ClusterView, now: i64) -> ClusterBlock {
+    ClusterBlock {
+        id: c.id.clone(),
+        status: view::cluster_status(c.status),
+        registered_by: c.registered_by.clone(),
+        members: c
+            .members
+            .iter()
+            .map(|m| ClusterMember {
+                server: member(m, now),
+                reported: m.reported_cluster_status.map(view::cluster_status),
+            })
+            .collect(),
+    }
 }
 
 struct RightView {
@@ -219,6 +256,7 @@ struct ServerPage {
     layout: Layout,
     server: MemberView,
     pair: Option<PairBlock>,
+    cluster: Option<ClusterBlock>,
     rights: Vec<RightView>,
     usage: Vec<UsageRow>,
     usage_reported: Option<String>,
@@ -229,6 +267,7 @@ struct ServerPage {
     options: Vec<ItemOption>,
     map: MapForm,
     remove_error: Option<String>,
+    replace_error: Option<String>,
     csrf: String,
 }
 
@@ -245,6 +284,7 @@ struct Shown {
     range: Option<String>,
     map: MapForm,
     remove_error: Option<String>,
+    replace_error: Option<String>,
 }
 
 /// Renders View Server; the POST handlers use it to show their errors in place.
@@ -280,6 +320,7 @@ async fn server_page(
         layout: Layout::page(req, user.bar(), &title, "servers"),
         server: member(&v.server, now),
         pair: v.pair.as_ref().map(|p| pair_block(p, now)),
+        cluster: v.cluster.as_ref().map(|c| cluster_block(c, now)),
         rights: rights(&v),
         usage: latest
             .iter()
@@ -310,6 +351,7 @@ async fn server_page(
         options: options(&ents, &shown.map.activation_id),
         map: shown.map,
         remove_error: shown.remove_error,
+        replace_error: shown.replace_error,
         csrf: user.csrf_token.clone(),
     };
     render(req, status, &page)
@@ -639,6 +681,73 @@ pub async fn remove_backup(
             let status = status_of(&e);
             let shown = Shown {
                 remove_error: Some(e.message().to_owned()),
+                ..Shown::default()
+            };
+            server_page(&req, &user, &state, id, shown, status).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ReplaceForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    out_hostid: String,
+    #[serde(default)]
+    new_hostid: String,
+}
+
+/// Replaces a member of this server's cluster; an error shows next to the form.
+pub async fn replace_member(
+    req: HttpRequest,
+    user: PortalUser,
+    state: State,
+    id: web::Path<String>,
+    form: web::Form<ReplaceForm>,
+) -> PageResult {
+    user.check_csrf(&form.csrf)?;
+    let id = id.into_inner();
+    let f = form.into_inner();
+    let (account, t, sid) = (user.account_id.clone(), state.server_timeout(), id.clone());
+    let result = run(&state, move |c| {
+        let out = shared::HostId::parse(f.out_hostid.trim())
+            .map_err(|e| AppError::validation("out_hostid", e.to_string()))?;
+        let new = shared::HostId::parse(f.new_hostid.trim())
+            .map_err(|e| AppError::validation("new_hostid", e.to_string()))?;
+        let v = registry::view_server(c, &account, &sid, shared::now_unix(), t)?;
+        let cl = v.cluster.ok_or_else(|| {
+            AppError::new(ErrorCode::NotFound, "this server is not a cluster member")
+        })?;
+        let after = registry::replace_member(c, &account, &cl.id, &out, &new)?;
+        // Back to this server's page, or (when it left) to a member that stays.
+        let stays = after
+            .members
+            .iter()
+            .find(|m| m.id == sid)
+            .or_else(|| after.members.iter().find(|m| m.hostid != new.to_string()))
+            .map_or(sid.clone(), |m| m.id.clone());
+        Ok((stays, out, new))
+    })
+    .await;
+    match result {
+        Ok((stays, out, new)) => {
+            state.links.changed(&user.account_id);
+            Ok(redirect_with(
+                &req,
+                &server_url(&stays),
+                "ok",
+                &format!(
+                    "Replaced {out} by {new} in the cluster. Set CLUSTER_MEMBER_HOSTIDS on \
+                     the members to the new three."
+                ),
+            ))
+        }
+        Err(e) if e.code() != ErrorCode::Unavailable && e.code() != ErrorCode::InternalError => {
+            let status = status_of(&e);
+            let shown = Shown {
+                replace_error: Some(e.message().to_owned()),
                 ..Shown::default()
             };
             server_page(&req, &user, &state, id, shown, status).await
