@@ -20,7 +20,8 @@ pub struct Remote {
         default_value = "http://127.0.0.1:7070"
     )]
     pub url: String,
-    /// Operator token (else ADMIN_TOKEN, else DATA_DIR/admin.token).
+    /// Operator token, full or restricted (else ADMIN_TOKEN, else --readonly-token, else
+    /// DATA_DIR/admin.token).
     #[arg(
         long,
         env = "ADMIN_TOKEN",
@@ -28,6 +29,15 @@ pub struct Remote {
         allow_hyphen_values = true
     )]
     pub token: Option<String>,
+    /// The restricted (read-only) operator token (else ADMIN_READONLY_TOKEN): status,
+    /// leases, usage and statistics, nothing that acts.
+    #[arg(
+        long,
+        env = "ADMIN_READONLY_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub readonly_token: Option<String>,
     /// The server's data directory, to read admin.token from.
     #[arg(long, env = "DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -64,7 +74,10 @@ impl Remote {
     }
 
     fn admin_token(&self) -> anyhow::Result<String> {
-        if let Some(t) = self.token.as_ref().filter(|t| !t.is_empty()) {
+        if let Some(t) = [&self.token, &self.readonly_token]
+            .into_iter()
+            .find_map(|t| t.as_ref().filter(|t| !t.is_empty()))
+        {
             return Ok(t.clone());
         }
         let dir = self
@@ -74,7 +87,7 @@ impl Remote {
         let path = dir.join("admin.token");
         let t = std::fs::read_to_string(&path).with_context(|| {
             format!(
-                "no operator token: pass --token, set ADMIN_TOKEN, or point --data-dir at the server's DATA_DIR ({} not readable)",
+                "no operator token: pass --token (or --readonly-token), set ADMIN_TOKEN (or ADMIN_READONLY_TOKEN), or point --data-dir at the server's DATA_DIR ({} not readable)",
                 path.display()
             )
         })?;
@@ -314,7 +327,7 @@ fn print_cluster(c: &serde_json::Value) {
     );
     for m in c["members"].as_array().into_iter().flatten() {
         println!(
-            "  {:<9} {:<8} {} ({}){}{}",
+            "  {:<9} {:<8} {} ({}){}{}{}",
             m["role"].as_str().unwrap_or("?"),
             if m["up"].as_bool() == Some(true) {
                 "up"
@@ -331,6 +344,10 @@ fn print_cluster(c: &serde_json::Value) {
             m["error"]
                 .as_str()
                 .map(|e| format!("\n            {e}"))
+                .unwrap_or_default(),
+            m["warning"]
+                .as_str()
+                .map(|w| format!("\n            warning: {w}"))
                 .unwrap_or_default()
         );
     }

@@ -6,8 +6,10 @@
 //! handlers call), [`http`] (thin actix-web handlers, documented with
 //! utoipa), [`poller`] (capability requests), [`replication`] (the pair at run time),
 //! [`server`] (wiring), [`settings`] (checked at start), [`cli`] (operator commands),
-//! [`cluster`] (a member of a three-member cluster: raft, its files, its members).
+//! [`cluster`] (a member of a three-member cluster: raft, its files, its members),
+//! [`access`] (who may do what on the operator API).
 
+pub mod access;
 pub mod cli;
 pub mod cluster;
 pub mod domain;

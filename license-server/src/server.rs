@@ -20,7 +20,7 @@ use crate::identity::{self, Identity};
 use crate::poller::{Poller, PollerConfig};
 use crate::replication;
 use crate::service::{Peer, Service, ServiceConfig, now_ms};
-use crate::settings::{Settings, admin_token_file, is_loopback};
+use crate::settings::{Settings, is_loopback};
 use crate::store::{self, StoreOptions};
 
 /// The file the bound address is written to (useful with `LISTEN=127.0.0.1:0`).
@@ -110,10 +110,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // 0700, its files 0600 (fixed, with a warning, when more open).
     store::files::prepare_dir(&settings.data_dir)
         .with_context(|| format!("preparing DATA_DIR {}", settings.data_dir.display()))?;
-    let admin_token = match &settings.admin_token {
-        Some(t) => t.clone(),
-        None => admin_token_file(&settings.data_dir)?,
-    };
+    let operators = settings.operator_access()?;
+    tracing::info!(
+        admin_access = operators.mode().as_str(),
+        readonly_token = settings.admin_readonly_token.is_some(),
+        "operator API"
+    );
     let identity = Identity::new(
         settings.hostid.clone(),
         identity::load_or_create_key(&settings.data_dir)?,
@@ -210,6 +212,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                     heartbeat_interval: c.heartbeat_interval,
                     member_timeout: c.member_timeout,
                     token: c.token.clone(),
+                    admin: operators.fingerprint(&c.token),
                     ca: ca.clone(),
                     rights: identity.rights_check().clone(),
                 },
@@ -297,7 +300,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let gate = ConnectionGate::new(limits.max_connections, http::is_priority);
     let ctx = AppContext::new(
         svc.clone(),
-        &admin_token,
+        operators,
         svc.metrics.http.clone(),
         gate.clone(),
         limits.body_timeout,

@@ -1,7 +1,7 @@
 //! Three-member clusters for tests and benchmarks: three `license-server` members of
 //! one pool, each registered with the back office as a standalone server of the same
 //! line item (until the back office registers clusters), each with its own key and
-//! binding, the three sharing a `PAIR_TOKEN` of their own. Member `i` reaches member `j`
+//! binding, the three sharing a `PAIR_TOKEN` and an `ADMIN_TOKEN` of their own. Member `i` reaches member `j`
 //! through its own link-cutting proxy, so that a member can be cut off from the other
 //! two while clients still reach it directly.
 
@@ -55,6 +55,8 @@ impl ClusterSetup {
         let member_token = shared::random_token::<32>();
         let common = [
             ("PAIR_TOKEN", member_token.clone()),
+            // The cluster's operator token, the same on the three (required of a member).
+            ("ADMIN_TOKEN", shared::random_token::<32>()),
             ("BACKOFFICE_URL", bo.url.clone()),
             ("BACKOFFICE_TOKEN", fx.device_token.clone()),
             (
