@@ -7,7 +7,7 @@
 //! utoipa), [`poller`] (capability requests), [`replication`] (the pair at run time),
 //! [`server`] (wiring), [`settings`] (checked at start), [`cli`] (operator commands),
 //! [`cluster`] (a member of a three-member cluster: raft, its files, its members),
-//! [`access`] (who may do what on the operator API).
+//! [`access`] (who may do what on the operator API), [`mail`] (notifications by mail).
 
 pub mod access;
 pub mod cli;
@@ -16,6 +16,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod mail;
 pub mod metrics;
 pub mod options;
 pub mod pair;

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::http::{self, AppContext};
 use crate::identity::{self, Identity};
+use crate::mail;
 use crate::poller::{Poller, PollerConfig};
 use crate::replication;
 use crate::service::{Peer, Service, ServiceConfig, now_ms};
@@ -253,6 +254,26 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mail = match settings.mail.clone() {
+        Some(m) => {
+            tracing::info!(
+                server = %m.host,
+                port = m.port,
+                recipients = m.to.len(),
+                events = ?m.events.iter().map(|e| e.name()).collect::<Vec<_>>(),
+                "mail notifications"
+            );
+            let (n, sender) = mail::Notifier::start(m, settings.hostid.to_string())?;
+            let watcher = tokio::spawn(mail::watch(
+                n.clone(),
+                svc.clone(),
+                settings.data_dir.clone(),
+                stop_rx.clone(),
+            ));
+            Some((n, sender, watcher))
+        }
+        None => None,
+    };
     let poller = Poller::new(
         PollerConfig {
             url: settings.backoffice_url.clone(),
@@ -327,9 +348,39 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         workers = limits.workers,
         "serving clients"
     );
+    if let Some((n, _, _)) = &mail {
+        n.notify(
+            mail::Event::Start,
+            "start",
+            "started",
+            &format!(
+                "The license server {} started, serving at {local}.",
+                settings.hostid
+            ),
+        );
+    }
     server.await?;
 
     tracing::info!("shutting down");
+    if let Some((n, sender, watcher)) = mail {
+        n.notify(
+            mail::Event::Stop,
+            "stop",
+            "stopped",
+            &format!(
+                "The license server {} is stopping (asked to).",
+                settings.hostid
+            ),
+        );
+        if !n.flush(mail::STOP_GRACE).await {
+            tracing::error!(
+                "notifications not sent within {}: the mail server did not take them; they are dropped",
+                shared::duration::format(mail::STOP_GRACE)
+            );
+        }
+        watcher.abort();
+        sender.abort();
+    }
     let _ = stop_tx.send(true);
     let _ = poller_task.await;
     if let Some(t) = reaper_task {

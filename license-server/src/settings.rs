@@ -15,6 +15,7 @@ use shared::capability::{RightsRequest, Role, parse_rights_ids};
 use shared::secret::Secret;
 
 use crate::access::{AdminAccess, OperatorAccess, check_token};
+use crate::mail::{MailRaw, MailSettings};
 
 /// Every setting name; environment variables outside this list are ignored.
 pub const NAMES: &[&str] = &[
@@ -52,6 +53,15 @@ pub const NAMES: &[&str] = &[
     "CLUSTER_HEARTBEAT_INTERVAL",
     "CLUSTER_MEMBER_TIMEOUT",
     "LICENSING_OPTIONS_FILE",
+    "MAIL_SMTP_HOST",
+    "MAIL_SMTP_PORT",
+    "MAIL_SMTP_TLS",
+    "MAIL_FROM",
+    "MAIL_TO",
+    "MAIL_EVENTS",
+    "MAIL_DISK_THRESHOLD",
+    "MAIL_ISOLATED_AFTER",
+    "MAIL_EXPIRY_DAYS",
 ];
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -113,6 +123,19 @@ struct Raw {
     #[serde(default, deserialize_with = "duration_like")]
     cluster_member_timeout: Option<Duration>,
     licensing_options_file: Option<PathBuf>,
+    mail_smtp_host: Option<String>,
+    #[serde(default, deserialize_with = "string_like")]
+    mail_smtp_port: Option<String>,
+    mail_smtp_tls: Option<String>,
+    mail_from: Option<String>,
+    mail_to: Option<String>,
+    mail_events: Option<String>,
+    #[serde(default, deserialize_with = "string_like")]
+    mail_disk_threshold: Option<String>,
+    #[serde(default, deserialize_with = "duration_like")]
+    mail_isolated_after: Option<Duration>,
+    #[serde(default, deserialize_with = "string_like")]
+    mail_expiry_days: Option<String>,
 }
 
 /// Checked settings of `license-server serve`.
@@ -171,6 +194,8 @@ pub struct Settings {
     /// `CLUSTER_MEMBER_HOSTIDS` and friends: this server is a member of a three-member
     /// cluster.
     pub cluster: Option<ClusterSettings>,
+    /// `MAIL_*`: notifications by mail, when `MAIL_SMTP_HOST` is set.
+    pub mail: Option<MailSettings>,
 }
 
 /// A member of a three-member cluster: the other two and how they are watched.
@@ -456,6 +481,17 @@ impl Settings {
         };
         let max_connections = count_setting("MAX_CONNECTIONS", raw.max_connections, usize::MAX)?;
         let workers = count_setting("WORKERS", raw.workers, 512)?;
+        let mail = MailSettings::from_raw(MailRaw {
+            host: raw.mail_smtp_host,
+            port: raw.mail_smtp_port,
+            tls: raw.mail_smtp_tls,
+            from: raw.mail_from,
+            to: raw.mail_to,
+            events: raw.mail_events,
+            disk_threshold: raw.mail_disk_threshold,
+            isolated_after: raw.mail_isolated_after,
+            expiry_days: raw.mail_expiry_days,
+        })?;
         Ok(Settings {
             hostid,
             listen,
@@ -495,6 +531,7 @@ impl Settings {
             max_connections,
             workers,
             cluster,
+            mail,
         })
     }
 

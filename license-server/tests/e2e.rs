@@ -1,5 +1,5 @@
 //! End-to-end tests: the real `license-server` binary against a real (small) back office;
-//! the operator API's access modes in [`access`], TLS in [`tls`], slow clients, floods and bad settings in [`hardening`], the chain of
+//! the operator API's access modes in [`access`], mail notifications in [`mail`], TLS in [`tls`], slow clients, floods and bad settings in [`hardening`], the chain of
 //! trust (keys, bindings, signed grants and rights) in [`trust`]. One test binary,
 //! so that the harness in `common` is built and linked once.
 
@@ -8,6 +8,8 @@ mod access;
 mod common;
 #[path = "e2e/hardening.rs"]
 mod hardening;
+#[path = "e2e/mail.rs"]
+mod mail;
 #[path = "e2e/tls.rs"]
 mod tls;
 #[path = "e2e/trust.rs"]

@@ -865,3 +865,60 @@ async fn a_member_with_other_operator_settings_is_named_keeps_serving_and_each_a
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_cut_off_from_the_other_two_mails_so_once_while_it_lasts() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (_bo, _fx, mut s) = setup().await?;
+    let mut smtp = tests::smtp::MailServer::new(s.tmp.path().join("smtp"), free_port());
+    smtp.start().await?;
+    let port = smtp.port.to_string();
+    for (k, v) in [
+        ("MAIL_SMTP_HOST", "127.0.0.1"),
+        ("MAIL_SMTP_PORT", port.as_str()),
+        ("MAIL_SMTP_TLS", "none"),
+        ("MAIL_FROM", "lls@example.com"),
+        ("MAIL_TO", "ops@example.com"),
+        ("MAIL_EVENTS", "isolated"),
+        ("MAIL_ISOLATED_AFTER", "2s"),
+    ] {
+        s.common.push((k.into(), v.into()));
+    }
+    let members = s.start_all().await?;
+    wait_status(&[&members[0], &members[1], &members[2]], "operational").await?;
+    let of = |i: usize| smtp.with_subject(&s.hostids[i]);
+    // Whatever a member said while the others were still starting, nothing more after.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = [of(0).len(), of(1).len(), of(2).len()];
+
+    s.isolate(2, true);
+    tests::eventually(WAIT, "the isolated member's mail", || async {
+        (of(2).len() == before[2] + 1).then_some(())
+    })
+    .await;
+    let mail = of(2).pop().context("its mail")?;
+    ensure!(
+        mail.subject().contains("cut off from the other two"),
+        "{}",
+        mail.text
+    );
+    // Once while it lasts (the watch looks every second); the other two, who still see
+    // each other, say nothing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ensure!(
+        [of(0).len(), of(1).len(), of(2).len()] == [before[0], before[1], before[2] + 1],
+        "{:?} then {:?}",
+        before,
+        [of(0).len(), of(1).len(), of(2).len()]
+    );
+    ensure!(
+        members[2]
+            .log_text()
+            .lines()
+            .any(|l| l.contains("notification sent") && l.contains("isolated:")),
+        "the send is logged"
+    );
+    s.isolate(2, false);
+    wait_status(&[&members[0], &members[1], &members[2]], "operational").await?;
+    Ok(())
+}
