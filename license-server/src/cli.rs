@@ -604,6 +604,44 @@ pub async fn leases(r: &Remote, feature: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The usage statistics: per feature, each user's uses, first and last use.
+pub async fn statistics(r: &Remote) -> anyhow::Result<()> {
+    let token = r.admin_token()?;
+    let v = send(
+        r.http()?
+            .get(r.url("/api/v1/admin/statistics"))
+            .bearer_auth(token),
+    )
+    .await?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let stats: crate::stats::UsageStatistics = serde_json::from_value(v)?;
+    println!(
+        "{:<24} {:<32} {:>7}  {:<20} {:<20}",
+        "FEATURE", "USER", "USES", "FIRST USED", "LAST USED"
+    );
+    for f in &stats.features {
+        for u in &f.users {
+            println!(
+                "{:<24} {:<32} {:>7}  {:<20} {:<20}",
+                f.feature,
+                u.user,
+                u.uses,
+                fmt_time(u.first_used),
+                fmt_time(u.last_used)
+            );
+        }
+    }
+    println!(
+        "named users not seen for {} are recycled daily at 00:00 UTC (USAGE_RECYCLE_AFTER); last: {}",
+        shared::duration::format(std::time::Duration::from_secs(stats.recycle_after_secs)),
+        stats.last_recycled_at.map_or("never".to_owned(), fmt_time)
+    );
+    Ok(())
+}
+
 pub async fn release(r: &Remote, lease_id: &str) -> anyhow::Result<()> {
     let token = r.admin_token()?;
     let path = format!("/api/v1/admin/leases/{}", encode_segment(lease_id));

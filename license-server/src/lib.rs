@@ -7,7 +7,8 @@
 //! utoipa), [`poller`] (capability requests), [`replication`] (the pair at run time),
 //! [`server`] (wiring), [`settings`] (checked at start), [`cli`] (operator commands),
 //! [`cluster`] (a member of a three-member cluster: raft, its files, its members),
-//! [`access`] (who may do what on the operator API), [`mail`] (notifications by mail).
+//! [`access`] (who may do what on the operator API), [`mail`] (notifications by mail),
+//! [`stats`] (usage statistics per feature and user).
 
 pub mod access;
 pub mod cli;
@@ -25,4 +26,5 @@ pub mod replication;
 pub mod server;
 pub mod service;
 pub mod settings;
+pub mod stats;
 pub mod store;

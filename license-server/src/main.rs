@@ -26,7 +26,8 @@ enum Command {
     /// PAIR_TOKEN, TLS_CERT, TLS_KEY, MAX_CONNECTIONS, WORKERS, CLUSTER_MEMBER_HOSTIDS,
     /// CLUSTER_MEMBER_URIS, CLUSTER_HEARTBEAT_INTERVAL, CLUSTER_MEMBER_TIMEOUT,
     /// LICENSING_OPTIONS_FILE, MAIL_SMTP_HOST, MAIL_SMTP_PORT, MAIL_SMTP_TLS, MAIL_FROM,
-    /// MAIL_TO, MAIL_EVENTS, MAIL_DISK_THRESHOLD, MAIL_ISOLATED_AFTER, MAIL_EXPIRY_DAYS. Logging:
+    /// MAIL_TO, MAIL_EVENTS, MAIL_DISK_THRESHOLD, MAIL_ISOLATED_AFTER, MAIL_EXPIRY_DAYS,
+    /// USAGE_RECYCLE_AFTER. Logging:
     /// RUST_LOG, LOG_FORMAT.
     Serve {
         /// TOML settings file (keys as the environment variables, e.g. `LISTEN = "..."`).
@@ -59,6 +60,9 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Usage statistics per feature and user: uses, first and last used (an operator
+    /// token needed, the restricted one will do).
+    Statistics(#[command(flatten)] Remote),
     /// Force-release a lease (the full operator token needed).
     Release {
         /// The lease ID.
@@ -145,6 +149,7 @@ fn main() -> std::process::ExitCode {
             Command::Reread(r) => cli::reread(&r).await,
             Command::Leases { feature, remote } => cli::leases(&remote, &feature).await,
             Command::Release { lease_id, remote } => cli::release(&remote, &lease_id).await,
+            Command::Statistics(r) => cli::statistics(&r).await,
             Command::ReloadOptions(r) => cli::reload_options(&r).await,
             Command::Store(StoreCommand::Verify(d)) => cli::store_verify(&d),
             Command::Store(StoreCommand::Recover { dir, yes }) => cli::store_recover(&dir, yes),

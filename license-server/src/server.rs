@@ -22,6 +22,7 @@ use crate::poller::{Poller, PollerConfig};
 use crate::replication;
 use crate::service::{Peer, Service, ServiceConfig, now_ms};
 use crate::settings::{Settings, is_loopback};
+use crate::stats::{self, UsageStats};
 use crate::store::{self, StoreOptions};
 
 /// The file the bound address is written to (useful with `LISTEN=127.0.0.1:0`).
@@ -254,6 +255,11 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stats = Arc::new(UsageStats::open(
+        &settings.data_dir,
+        settings.usage_recycle_after,
+    ));
+    let stats_task = tokio::spawn(stats::run(stats.clone(), stop_rx.clone()));
     let mail = match settings.mail.clone() {
         Some(m) => {
             tracing::info!(
@@ -322,6 +328,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let ctx = AppContext::new(
         svc.clone(),
         operators,
+        stats,
         svc.metrics.http.clone(),
         gate.clone(),
         limits.body_timeout,
@@ -383,6 +390,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = poller_task.await;
+    let _ = stats_task.await;
     if let Some(t) = reaper_task {
         let _ = t.await;
     }

@@ -62,6 +62,7 @@ pub const NAMES: &[&str] = &[
     "MAIL_DISK_THRESHOLD",
     "MAIL_ISOLATED_AFTER",
     "MAIL_EXPIRY_DAYS",
+    "USAGE_RECYCLE_AFTER",
 ];
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -136,6 +137,8 @@ struct Raw {
     mail_isolated_after: Option<Duration>,
     #[serde(default, deserialize_with = "string_like")]
     mail_expiry_days: Option<String>,
+    #[serde(default, deserialize_with = "duration_like")]
+    usage_recycle_after: Option<Duration>,
 }
 
 /// Checked settings of `license-server serve`.
@@ -196,6 +199,9 @@ pub struct Settings {
     pub cluster: Option<ClusterSettings>,
     /// `MAIL_*`: notifications by mail, when `MAIL_SMTP_HOST` is set.
     pub mail: Option<MailSettings>,
+    /// `USAGE_RECYCLE_AFTER`: named users not seen this long leave the usage statistics
+    /// at the next 00:00 UTC (30d).
+    pub usage_recycle_after: Duration,
 }
 
 /// A member of a three-member cluster: the other two and how they are watched.
@@ -481,6 +487,12 @@ impl Settings {
         };
         let max_connections = count_setting("MAX_CONNECTIONS", raw.max_connections, usize::MAX)?;
         let workers = count_setting("WORKERS", raw.workers, 512)?;
+        let usage_recycle_after = raw
+            .usage_recycle_after
+            .unwrap_or(Duration::from_secs(30 * 86_400));
+        if usage_recycle_after < Duration::from_secs(3600) {
+            bail!("USAGE_RECYCLE_AFTER must be at least 1h (default 30d)");
+        }
         let mail = MailSettings::from_raw(MailRaw {
             host: raw.mail_smtp_host,
             port: raw.mail_smtp_port,
@@ -532,6 +544,7 @@ impl Settings {
             workers,
             cluster,
             mail,
+            usage_recycle_after,
         })
     }
 

@@ -1,7 +1,8 @@
 //! End-to-end tests: the real `license-server` binary against a real (small) back office;
-//! the operator API's access modes in [`access`], mail notifications in [`mail`], TLS in [`tls`], slow clients, floods and bad settings in [`hardening`], the chain of
-//! trust (keys, bindings, signed grants and rights) in [`trust`]. One test binary,
-//! so that the harness in `common` is built and linked once.
+//! the operator API's access modes in [`access`], mail notifications in [`mail`], usage
+//! statistics in [`stats`], TLS in [`tls`], slow clients, floods and bad settings in
+//! [`hardening`], the chain of trust (keys, bindings, signed grants and rights) in
+//! [`trust`]. One test binary, so that the harness in `common` is built and linked once.
 
 #[path = "e2e/access.rs"]
 mod access;
@@ -10,6 +11,8 @@ mod common;
 mod hardening;
 #[path = "e2e/mail.rs"]
 mod mail;
+#[path = "e2e/stats.rs"]
+mod stats;
 #[path = "e2e/tls.rs"]
 mod tls;
 #[path = "e2e/trust.rs"]

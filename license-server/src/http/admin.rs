@@ -1,6 +1,7 @@
 //! The operator API (`ADMIN_TOKEN`, or `ADMIN_READONLY_TOKEN` for the `GET`s, within
 //! `ADMIN_ACCESS`: checked by the scope before anything runs): who holds what,
-//! force-release, the pair's membership, and a poll of the back office now.
+//! force-release, the pair's membership, a poll of the back office now, and the usage
+//! statistics.
 
 use actix_web::{HttpResponse, delete, get, post, put, web};
 use http_kit::error_responses;
@@ -15,6 +16,7 @@ use super::{SMALL_BODY_LIMIT, lease_id};
 use crate::error::ServiceError;
 use crate::service::options::OptionsLoaded;
 use crate::service::{Service, StatusView};
+use crate::stats::{UsageStatistics, UsageStats};
 
 /// A reading request's refusals.
 fn operator() -> [ErrDoc; 2] {
@@ -82,6 +84,25 @@ error_responses!(UsageErrors = [operator()]);
 #[get("/usage")]
 pub async fn usage(svc: web::Data<Service>) -> HttpResponse {
     HttpResponse::Ok().json(svc.holders())
+}
+
+error_responses!(StatisticsErrors = [operator()]);
+
+/// Usage statistics per feature and user (the checkout's `user`, else its `client_id`):
+/// grants and renewals, first and last used, the most recent first; users not seen for
+/// `USAGE_RECYCLE_AFTER` are dropped each day at 00:00 UTC. This server's own: each
+/// member of a cluster keeps its own.
+#[utoipa::path(
+    tag = "operator",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The statistics", body = UsageStatistics),
+        StatisticsErrors,
+    )
+)]
+#[get("/statistics")]
+pub async fn statistics(stats: web::Data<UsageStats>) -> HttpResponse {
+    HttpResponse::Ok().json(stats.view())
 }
 
 /// `POST /api/v1/admin/reread` answer: the features before and after the poll.

@@ -12,6 +12,7 @@ use shared::lease::{CheckoutRequest, FeatureInfo, Lease};
 use super::{SMALL_BODY_LIMIT, lease_id};
 use crate::error::ServiceError;
 use crate::service::{Service, StatusView};
+use crate::stats::UsageStats;
 
 /// The answers of a server that does not serve now.
 pub(super) fn busy() -> ErrDoc {
@@ -121,10 +122,12 @@ error_responses!(
 #[post("/leases")]
 pub async fn checkout(
     svc: web::Data<Service>,
+    stats: web::Data<UsageStats>,
     body: Json<CheckoutRequest, SMALL_BODY_LIMIT>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ServiceError> {
     let lease = svc.checkout(&body.0, bearer(&req)).await?;
+    record(&stats, &lease);
     Ok(HttpResponse::Created().json(lease))
 }
 
@@ -160,11 +163,14 @@ error_responses!(
 #[put("/leases/{id}")]
 pub async fn renew(
     svc: web::Data<Service>,
+    stats: web::Data<UsageStats>,
     id: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ServiceError> {
     let id = lease_id(&id)?;
-    Ok(HttpResponse::Ok().json(svc.renew(&id, bearer(&req)).await?))
+    let lease = svc.renew(&id, bearer(&req)).await?;
+    record(&stats, &lease);
+    Ok(HttpResponse::Ok().json(lease))
 }
 
 error_responses!(
@@ -224,4 +230,10 @@ pub async fn features(svc: web::Data<Service>) -> HttpResponse {
 #[get("/status")]
 pub async fn status(svc: web::Data<Service>) -> HttpResponse {
     HttpResponse::Ok().json(svc.status())
+}
+
+/// A grant or renewal in the usage statistics: its feature, its user (else its client).
+fn record(stats: &UsageStats, lease: &Lease) {
+    let user = lease.user.as_deref().unwrap_or(&lease.client_id);
+    stats.record(&lease.feature, user, crate::cluster::now_ms() / 1000);
 }

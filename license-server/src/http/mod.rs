@@ -50,6 +50,7 @@ use crate::access::{Level, OperatorAccess};
 use crate::error::ServiceError;
 use crate::identity::{PairRefusal, PairToken};
 use crate::service::Service;
+use crate::stats::UsageStats;
 
 /// Largest body of a checkout, an operator's request and a detach: the longest feature
 /// (256 characters), version (64) and client ID (256) take under 2.5 KiB as JSON.
@@ -90,6 +91,8 @@ pub struct AppContext {
     pub svc: Arc<Service>,
     /// The operator tokens and `ADMIN_ACCESS`.
     pub operators: OperatorAccess,
+    /// Who used what (grants and renewals recorded by the client handlers).
+    pub stats: Arc<UsageStats>,
     /// The pair's secret; on a cluster member, the members' (`PAIR_TOKEN`).
     pub pair: PairToken,
     pub metrics: Arc<HttpMetrics>,
@@ -102,6 +105,7 @@ impl AppContext {
     pub fn new(
         svc: Arc<Service>,
         operators: OperatorAccess,
+        stats: Arc<UsageStats>,
         metrics: Arc<HttpMetrics>,
         gate: Arc<ConnectionGate>,
         body_timeout: Duration,
@@ -110,6 +114,7 @@ impl AppContext {
             pair: svc.identity().pair_token().clone(),
             svc,
             operators,
+            stats,
             metrics,
             gate,
             body_timeout,
@@ -265,6 +270,7 @@ where
                 .wrap(require_operator(ctx.operators.clone()))
                 .service(admin::leases)
                 .service(admin::usage)
+                .service(admin::statistics)
                 .service(admin::reread)
                 .service(admin::release)
                 .service(admin::pair_detach)
@@ -324,6 +330,7 @@ pub fn app(
     let doc = serde_json::to_value(&doc).unwrap_or_default();
     let table = Arc::new(RouteTable::from_document(&doc));
     app.app_data(web::Data::from(ctx.svc.clone()))
+        .app_data(web::Data::from(ctx.stats.clone()))
         .app_data(web::Data::new(Document(Bytes::from(doc.to_string()))))
         .app_data(http_kit::extract::path_config())
         .app_data(http_kit::extract::query_config())

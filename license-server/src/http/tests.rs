@@ -38,6 +38,9 @@ async fn test_app(
             Some(&Secret::new(READ_ONLY)),
             crate::access::AdminAccess::Full,
         ),
+        Arc::new(crate::stats::UsageStats::in_memory(Duration::from_secs(
+            86_400,
+        ))),
         HttpMetrics::register(&mut registry),
         ConnectionGate::new(100, is_priority),
         Duration::from_secs(10),
@@ -151,6 +154,7 @@ async fn every_route_is_documented_and_every_documented_route_exists() {
 fn is_time(name: &str) -> bool {
     name.ends_with("_at")
         || name.ends_with("_seen")
+        || name.ends_with("_used")
         || name.ends_with("_heard")
         || matches!(name, "since" | "next_expiry" | "active_since")
 }
