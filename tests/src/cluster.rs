@@ -1,9 +1,9 @@
 //! Three-member clusters for tests and benchmarks: three `license-server` members of
 //! one pool, each registered with the back office as a standalone server of the same
 //! line item (until the back office registers clusters), each with its own key and
-//! binding, the three sharing a `PAIR_TOKEN` and an `ADMIN_TOKEN` of their own. Member `i` reaches member `j`
-//! through its own link-cutting proxy, so that a member can be cut off from the other
-//! two while clients still reach it directly.
+//! binding, the three sharing a `PAIR_TOKEN` and an `ADMIN_TOKEN` of their own. Member
+//! `i` reaches member `j` through its own link-cutting proxy, so that a member can be cut
+//! off from the other two while clients still reach it directly.
 
 use std::time::{Duration, Instant};
 

@@ -214,20 +214,11 @@ async fn a_too_short_operator_token_or_an_unknown_access_mode_stops_the_start() 
             "ADMIN_ACCESS `readonly` is not one of full, restricted, none",
         ),
     ] {
-        let out = std::process::Command::new(tests::binary("license-server"))
-            .arg("serve")
-            .env_clear()
-            .envs(base_env(&bo, "string:lls-short"))
-            .env("DATA_DIR", dir.path())
-            .env("LISTEN", "127.0.0.1:0")
-            .env(setting, value)
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && said.contains(says),
-            "{setting}: {said}"
+        let said = refused_start(
+            &with(base_env(&bo, "string:lls-short"), &[(setting, value)]),
+            dir.path(),
         );
+        assert!(said.contains(says), "{setting}: {said}");
         assert!(
             !said.contains(value) || setting == "ADMIN_ACCESS",
             "the token was printed: {said}"

@@ -112,18 +112,7 @@ async fn bad_mail_settings_stop_the_start_naming_the_setting() {
             env = with(env, &[(k, v.as_str())]);
         }
         let env = with(env, &[(setting, value)]);
-        let out = std::process::Command::new(tests::binary("license-server"))
-            .arg("serve")
-            .env_clear()
-            .envs(env)
-            .env("DATA_DIR", dir.path())
-            .env("LISTEN", "127.0.0.1:0")
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && said.contains(says),
-            "{setting}={value}: {said}"
-        );
+        let said = refused_start(&env, dir.path());
+        assert!(said.contains(says), "{setting}={value}: {said}");
     }
 }

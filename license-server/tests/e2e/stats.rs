@@ -132,18 +132,13 @@ async fn usage_statistics_name_each_user_and_feature_for_the_restricted_token_ac
 async fn a_recycling_period_under_an_hour_stops_the_start() {
     let bo = TestBackoffice::start(vec![right("cad", 3)]).await;
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(tests::binary("license-server"))
-        .arg("serve")
-        .env_clear()
-        .envs(base_env(&bo, "string:lls-recycle"))
-        .env("DATA_DIR", dir.path())
-        .env("LISTEN", "127.0.0.1:0")
-        .env("USAGE_RECYCLE_AFTER", "10m")
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
+    let env = with(
+        base_env(&bo, "string:lls-recycle"),
+        &[("USAGE_RECYCLE_AFTER", "10m")],
+    );
+    let said = refused_start(&env, dir.path());
     assert!(
-        !out.status.success() && said.contains("USAGE_RECYCLE_AFTER must be at least 1h"),
+        said.contains("USAGE_RECYCLE_AFTER must be at least 1h"),
         "{said}"
     );
 }
