@@ -9,8 +9,8 @@ use reqwest::Method;
 
 use super::*;
 
-const FULL: &str = "the full operator token of this test";
-const READ: &str = "the read-only operator token of this test";
+pub const FULL: &str = "the full operator token of this test";
+pub const READ: &str = "the read-only operator token of this test";
 /// Long enough, one character off the restricted token.
 const NEAR_MISS: &str = "the read-only operator token of this tesT";
 

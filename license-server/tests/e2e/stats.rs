@@ -6,10 +6,8 @@
 
 use reqwest::Method;
 
+use super::access::{FULL, READ};
 use super::*;
-
-const FULL: &str = "the full operator token of this test";
-const READ: &str = "the read-only operator token of this test";
 
 async fn statistics(server: &Server, token: &str) -> (u16, Value) {
     let r = http()
