@@ -136,7 +136,8 @@ impl Health {
                     }
                 }
                 s.refused = refused;
-                let differs = theirs.admin != ours.admin;
+                // A member that sends none (an older version) is not compared.
+                let differs = theirs.admin.is_some() && theirs.admin != ours.admin;
                 if differs != s.admin_differs {
                     if differs {
                         tracing::error!(member = %peer.hostid, "{}", admin_differs(&peer.hostid));
