@@ -20,7 +20,8 @@ pub struct Remote {
         default_value = "http://127.0.0.1:7070"
     )]
     pub url: String,
-    /// Operator token (else ADMIN_TOKEN, else DATA_DIR/admin.token).
+    /// Operator token, full or restricted (else ADMIN_TOKEN, else --readonly-token, else
+    /// DATA_DIR/admin.token).
     #[arg(
         long,
         env = "ADMIN_TOKEN",
@@ -28,6 +29,15 @@ pub struct Remote {
         allow_hyphen_values = true
     )]
     pub token: Option<String>,
+    /// The restricted (read-only) operator token (else ADMIN_READONLY_TOKEN): status,
+    /// leases, usage and statistics, nothing that acts.
+    #[arg(
+        long,
+        env = "ADMIN_READONLY_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub readonly_token: Option<String>,
     /// The server's data directory, to read admin.token from.
     #[arg(long, env = "DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -64,7 +74,10 @@ impl Remote {
     }
 
     fn admin_token(&self) -> anyhow::Result<String> {
-        if let Some(t) = self.token.as_ref().filter(|t| !t.is_empty()) {
+        if let Some(t) = [&self.token, &self.readonly_token]
+            .into_iter()
+            .find_map(|t| t.as_ref().filter(|t| !t.is_empty()))
+        {
             return Ok(t.clone());
         }
         let dir = self
@@ -74,7 +87,7 @@ impl Remote {
         let path = dir.join("admin.token");
         let t = std::fs::read_to_string(&path).with_context(|| {
             format!(
-                "no operator token: pass --token, set ADMIN_TOKEN, or point --data-dir at the server's DATA_DIR ({} not readable)",
+                "no operator token: pass --token (or --readonly-token), set ADMIN_TOKEN (or ADMIN_READONLY_TOKEN), or point --data-dir at the server's DATA_DIR ({} not readable)",
                 path.display()
             )
         })?;
@@ -341,7 +354,7 @@ fn print_cluster(c: &serde_json::Value) {
     );
     for m in c["members"].as_array().into_iter().flatten() {
         println!(
-            "  {:<9} {:<8} {} ({}){}{}",
+            "  {:<9} {:<8} {} ({}){}{}{}",
             m["role"].as_str().unwrap_or("?"),
             if m["up"].as_bool() == Some(true) {
                 "up"
@@ -358,6 +371,10 @@ fn print_cluster(c: &serde_json::Value) {
             m["error"]
                 .as_str()
                 .map(|e| format!("\n            {e}"))
+                .unwrap_or_default(),
+            m["warning"]
+                .as_str()
+                .map(|w| format!("\n            warning: {w}"))
                 .unwrap_or_default()
         );
     }
@@ -611,6 +628,44 @@ pub async fn leases(r: &Remote, feature: &str) -> anyhow::Result<()> {
         );
     }
     println!("{} lease(s) of {feature}", list.len());
+    Ok(())
+}
+
+/// The usage statistics: per feature, each user's uses, first and last use.
+pub async fn statistics(r: &Remote) -> anyhow::Result<()> {
+    let token = r.admin_token()?;
+    let v = send(
+        r.http()?
+            .get(r.url("/api/v1/admin/statistics"))
+            .bearer_auth(token),
+    )
+    .await?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let stats: crate::stats::UsageStatistics = serde_json::from_value(v)?;
+    println!(
+        "{:<24} {:<32} {:>7}  {:<20} {:<20}",
+        "FEATURE", "USER", "USES", "FIRST USED", "LAST USED"
+    );
+    for f in &stats.features {
+        for u in &f.users {
+            println!(
+                "{:<24} {:<32} {:>7}  {:<20} {:<20}",
+                f.feature,
+                u.user,
+                u.uses,
+                fmt_time(u.first_used),
+                fmt_time(u.last_used)
+            );
+        }
+    }
+    println!(
+        "named users not seen for {} are recycled daily at 00:00 UTC (USAGE_RECYCLE_AFTER); last: {}",
+        shared::duration::format(std::time::Duration::from_secs(stats.recycle_after_secs)),
+        stats.last_recycled_at.map_or("never".to_owned(), fmt_time)
+    );
     Ok(())
 }
 

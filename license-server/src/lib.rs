@@ -6,14 +6,18 @@
 //! handlers call), [`http`] (thin actix-web handlers, documented with
 //! utoipa), [`poller`] (capability requests), [`replication`] (the pair at run time),
 //! [`server`] (wiring), [`settings`] (checked at start), [`cli`] (operator commands),
-//! [`cluster`] (a member of a three-member cluster: raft, its files, its members).
+//! [`cluster`] (a member of a three-member cluster: raft, its files, its members),
+//! [`access`] (who may do what on the operator API), [`mail`] (notifications by mail),
+//! [`stats`] (usage statistics per feature and user).
 
+pub mod access;
 pub mod cli;
 pub mod cluster;
 pub mod domain;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod mail;
 pub mod metrics;
 pub mod options;
 pub mod pair;
@@ -22,4 +26,5 @@ pub mod replication;
 pub mod server;
 pub mod service;
 pub mod settings;
+pub mod stats;
 pub mod store;

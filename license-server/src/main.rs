@@ -22,9 +22,13 @@ enum Command {
     /// BACKOFFICE_PUBLIC_KEY, BACKOFFICE_CA, BACKUP_SERVER_HOSTID, LICENSING_BACKUP_URI,
     /// LICENSING_MAIN_URI, RIGHTS_IDS, CAPABILITY_POLL_INTERVAL,
     /// FAILOVER_MAINTENANCE_INTERVAL, BACKUP_ABSENCE_LIMIT, LEASE_DURATION, QUEUE_MAX_WAIT,
-    /// ADMIN_TOKEN, PUBLIC_URL, CLOCK_LEEWAY, BACKOFF_MAX, FAILOVER_TIMEOUT, HEARTBEAT_INTERVAL,
+    /// ADMIN_TOKEN, ADMIN_READONLY_TOKEN, ADMIN_ACCESS, PUBLIC_URL, CLOCK_LEEWAY, BACKOFF_MAX,
+    /// FAILOVER_TIMEOUT, HEARTBEAT_INTERVAL,
     /// PAIR_TOKEN, TLS_CERT, TLS_KEY, MAX_CONNECTIONS, WORKERS, CLUSTER_MEMBER_HOSTIDS,
-    /// CLUSTER_MEMBER_URIS, CLUSTER_HEARTBEAT_INTERVAL, CLUSTER_MEMBER_TIMEOUT. Logging:
+    /// CLUSTER_MEMBER_URIS, CLUSTER_HEARTBEAT_INTERVAL, CLUSTER_MEMBER_TIMEOUT,
+    /// LICENSING_OPTIONS_FILE, MAIL_SMTP_HOST, MAIL_SMTP_PORT, MAIL_SMTP_TLS, MAIL_FROM,
+    /// MAIL_TO, MAIL_EVENTS, MAIL_DISK_THRESHOLD, MAIL_ISOLATED_AFTER, MAIL_EXPIRY_DAYS,
+    /// USAGE_INTERVAL, USAGE_RETRY_WINDOW, USAGE_RECYCLE_AFTER. Logging:
     /// RUST_LOG, LOG_FORMAT.
     Serve {
         /// TOML settings file (keys as the environment variables, e.g. `LISTEN = "..."`).
@@ -42,30 +46,33 @@ enum Command {
         #[arg(long, value_enum, default_value = "this")]
         pair: cli::Which,
     },
-    /// Failover pair operations (operator token needed).
+    /// Failover pair operations (the full operator token needed).
     #[command(subcommand)]
     Pair(PairCommand),
     /// List the features of a running server: count, in use, free, each line item's end.
     Features(#[command(flatten)] Remote),
     /// Make a running server poll the back office now (`lmreread`) and say what changed
-    /// (operator token needed).
+    /// (the full operator token needed).
     Reread(#[command(flatten)] Remote),
-    /// List the leases of a feature (operator token needed).
+    /// List the leases of a feature (an operator token needed, the restricted one will do).
     Leases {
         /// The feature name.
         feature: String,
         #[command(flatten)]
         remote: Remote,
     },
-    /// Force-release a lease (operator token needed).
+    /// Usage statistics per feature and user: uses, first and last used (an operator
+    /// token needed, the restricted one will do).
+    Statistics(#[command(flatten)] Remote),
+    /// Force-release a lease (the full operator token needed).
     Release {
         /// The lease ID.
         lease_id: String,
         #[command(flatten)]
         remote: Remote,
     },
-    /// Make a running server read its options file again (as SIGHUP does; operator token
-    /// needed). A bad file is refused with its line; the options in force stay.
+    /// Make a running server read its options file again (as SIGHUP does; the full operator
+    /// token needed). A bad file is refused with its line; the options in force stay.
     ReloadOptions(#[command(flatten)] Remote),
     /// The local store's files: check them, or keep what is readable of damaged ones
     /// (on the server's machine; `recover` needs the server stopped).
@@ -143,6 +150,7 @@ fn main() -> std::process::ExitCode {
             Command::Reread(r) => cli::reread(&r).await,
             Command::Leases { feature, remote } => cli::leases(&remote, &feature).await,
             Command::Release { lease_id, remote } => cli::release(&remote, &lease_id).await,
+            Command::Statistics(r) => cli::statistics(&r).await,
             Command::ReloadOptions(r) => cli::reload_options(&r).await,
             Command::Store(StoreCommand::Verify(d)) => cli::store_verify(&d),
             Command::Store(StoreCommand::Recover { dir, yes }) => cli::store_recover(&dir, yes),

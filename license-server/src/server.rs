@@ -17,10 +17,12 @@ use tokio::sync::watch;
 use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::http::{self, AppContext};
 use crate::identity::{self, Identity};
+use crate::mail;
 use crate::poller::{Poller, PollerConfig};
 use crate::replication;
 use crate::service::{Peer, Service, ServiceConfig, now_ms};
-use crate::settings::{Settings, admin_token_file, is_loopback};
+use crate::settings::{Settings, is_loopback};
+use crate::stats::{self, UsageStats};
 use crate::store::{self, StoreOptions};
 
 /// The file the bound address is written to (useful with `LISTEN=127.0.0.1:0`).
@@ -110,10 +112,12 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     // 0700, its files 0600 (fixed, with a warning, when more open).
     store::files::prepare_dir(&settings.data_dir)
         .with_context(|| format!("preparing DATA_DIR {}", settings.data_dir.display()))?;
-    let admin_token = match &settings.admin_token {
-        Some(t) => t.clone(),
-        None => admin_token_file(&settings.data_dir)?,
-    };
+    let operators = settings.operator_access()?;
+    tracing::info!(
+        admin_access = operators.mode().as_str(),
+        readonly_token = settings.admin_readonly_token.is_some(),
+        "operator API"
+    );
     let identity = Identity::new(
         settings.hostid.clone(),
         identity::load_or_create_key(&settings.data_dir)?,
@@ -213,6 +217,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
                     heartbeat_interval: c.heartbeat_interval,
                     member_timeout: c.member_timeout,
                     token: c.token.clone(),
+                    admin: operators.fingerprint(&c.token),
                     ca: ca.clone(),
                     rights: identity.rights_check().clone(),
                 },
@@ -253,6 +258,31 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stats = Arc::new(UsageStats::open(
+        &settings.data_dir,
+        settings.usage_recycle_after,
+    ));
+    let stats_task = tokio::spawn(stats::run(stats.clone(), stop_rx.clone()));
+    let mail = match settings.mail.clone() {
+        Some(m) => {
+            tracing::info!(
+                server = %m.host,
+                port = m.port,
+                recipients = m.to.len(),
+                events = ?m.events.iter().map(|e| e.name()).collect::<Vec<_>>(),
+                "mail notifications"
+            );
+            let (n, sender) = mail::Notifier::start(m, settings.hostid.to_string())?;
+            let watcher = tokio::spawn(mail::watch(
+                n.clone(),
+                svc.clone(),
+                settings.data_dir.clone(),
+                stop_rx.clone(),
+            ));
+            Some((n, sender, watcher))
+        }
+        None => None,
+    };
     let poller = Poller::new(
         PollerConfig {
             url: settings.backoffice_url.clone(),
@@ -305,7 +335,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let gate = ConnectionGate::new(limits.max_connections, http::is_priority);
     let ctx = AppContext::new(
         svc.clone(),
-        &admin_token,
+        operators,
+        stats,
         svc.metrics.http.clone(),
         gate.clone(),
         limits.body_timeout,
@@ -339,11 +370,42 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         workers = limits.workers,
         "serving clients"
     );
+    if let Some((n, _, _)) = &mail {
+        n.notify(
+            mail::Event::Start,
+            "start",
+            "started",
+            &format!(
+                "The license server {} started, serving at {local}.",
+                settings.hostid
+            ),
+        );
+    }
     server.await?;
 
     tracing::info!("shutting down");
+    if let Some((n, sender, watcher)) = mail {
+        n.notify(
+            mail::Event::Stop,
+            "stop",
+            "stopped",
+            &format!(
+                "The license server {} is stopping (asked to).",
+                settings.hostid
+            ),
+        );
+        if !n.flush(mail::STOP_GRACE).await {
+            tracing::error!(
+                "notifications not sent within {}: the mail server did not take them; they are dropped",
+                shared::duration::format(mail::STOP_GRACE)
+            );
+        }
+        watcher.abort();
+        sender.abort();
+    }
     let _ = stop_tx.send(true);
     let _ = poller_task.await;
+    let _ = stats_task.await;
     if let Some(t) = reaper_task {
         let _ = t.await;
     }

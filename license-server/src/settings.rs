@@ -14,6 +14,9 @@ use shared::HostId;
 use shared::capability::{RightsRequest, Role, parse_rights_ids};
 use shared::secret::Secret;
 
+use crate::access::{AdminAccess, OperatorAccess, check_token};
+use crate::mail::{MailRaw, MailSettings};
+
 /// Every setting name; environment variables outside this list are ignored.
 pub const NAMES: &[&str] = &[
     "HOSTID",
@@ -33,6 +36,8 @@ pub const NAMES: &[&str] = &[
     "LEASE_DURATION",
     "QUEUE_MAX_WAIT",
     "ADMIN_TOKEN",
+    "ADMIN_READONLY_TOKEN",
+    "ADMIN_ACCESS",
     "PUBLIC_URL",
     "CLOCK_LEEWAY",
     "BACKOFF_MAX",
@@ -51,6 +56,16 @@ pub const NAMES: &[&str] = &[
     "LICENSING_OPTIONS_FILE",
     "USAGE_INTERVAL",
     "USAGE_RETRY_WINDOW",
+    "MAIL_SMTP_HOST",
+    "MAIL_SMTP_PORT",
+    "MAIL_SMTP_TLS",
+    "MAIL_FROM",
+    "MAIL_TO",
+    "MAIL_EVENTS",
+    "MAIL_DISK_THRESHOLD",
+    "MAIL_ISOLATED_AFTER",
+    "MAIL_EXPIRY_DAYS",
+    "USAGE_RECYCLE_AFTER",
 ];
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -84,6 +99,9 @@ struct Raw {
     queue_max_wait: Option<Duration>,
     #[serde(default, deserialize_with = "secret_like")]
     admin_token: Option<Secret>,
+    #[serde(default, deserialize_with = "secret_like")]
+    admin_readonly_token: Option<Secret>,
+    admin_access: Option<String>,
     public_url: Option<String>,
     #[serde(default, deserialize_with = "duration_like")]
     clock_leeway: Option<Duration>,
@@ -115,6 +133,21 @@ struct Raw {
     usage_interval: Option<Duration>,
     #[serde(default, deserialize_with = "duration_like")]
     usage_retry_window: Option<Duration>,
+    mail_smtp_host: Option<String>,
+    #[serde(default, deserialize_with = "string_like")]
+    mail_smtp_port: Option<String>,
+    mail_smtp_tls: Option<String>,
+    mail_from: Option<String>,
+    mail_to: Option<String>,
+    mail_events: Option<String>,
+    #[serde(default, deserialize_with = "string_like")]
+    mail_disk_threshold: Option<String>,
+    #[serde(default, deserialize_with = "duration_like")]
+    mail_isolated_after: Option<Duration>,
+    #[serde(default, deserialize_with = "string_like")]
+    mail_expiry_days: Option<String>,
+    #[serde(default, deserialize_with = "duration_like")]
+    usage_recycle_after: Option<Duration>,
 }
 
 /// Checked settings of `license-server serve`.
@@ -143,8 +176,13 @@ pub struct Settings {
     /// `QUEUE_MAX_WAIT` (default 1h, 1s to 7 days): the longest `queue_secs` a checkout
     /// may ask to wait in line.
     pub queue_max_wait: Duration,
-    /// `None`: read or generate `DATA_DIR/admin.token`.
+    /// `ADMIN_TOKEN`, the full operator token; `None`: read or generate
+    /// `DATA_DIR/admin.token`.
     pub admin_token: Option<Secret>,
+    /// `ADMIN_READONLY_TOKEN`: the restricted (read-only) operator token, if any.
+    pub admin_readonly_token: Option<Secret>,
+    /// `ADMIN_ACCESS`: full (default), restricted or none.
+    pub admin_access: AdminAccess,
     /// This server's URL as clients reach it (`served_by` in leases).
     pub public_url: Option<String>,
     /// How far the back office's clock may differ from ours.
@@ -177,6 +215,11 @@ pub struct Settings {
     /// `USAGE_RETRY_WINDOW` (1m): a denied client that gets no seat within this is a
     /// true denial.
     pub usage_retry_window: Duration,
+    /// `MAIL_*`: notifications by mail, when `MAIL_SMTP_HOST` is set.
+    pub mail: Option<MailSettings>,
+    /// `USAGE_RECYCLE_AFTER`: named users not seen this long leave the usage statistics
+    /// at the next 00:00 UTC (30d).
+    pub usage_recycle_after: Duration,
 }
 
 /// A member of a three-member cluster: the other two and how they are watched.
@@ -394,6 +437,29 @@ impl Settings {
                  one the back office issues to the pair"
             );
         }
+        let admin_token = raw.admin_token.filter(|s| !s.is_empty());
+        let admin_readonly_token = raw.admin_readonly_token.filter(|s| !s.is_empty());
+        let admin_access = match non_empty(raw.admin_access) {
+            Some(v) => AdminAccess::parse(&v).map_err(anyhow::Error::msg)?,
+            None => AdminAccess::Full,
+        };
+        for (name, token) in [
+            ("ADMIN_TOKEN", &admin_token),
+            ("ADMIN_READONLY_TOKEN", &admin_readonly_token),
+        ] {
+            let Some(t) = token else { continue };
+            check_token(name, t).map_err(anyhow::Error::msg)?;
+            for (other, secret) in [
+                ("BACKOFFICE_TOKEN", Some(&backoffice_token)),
+                ("PAIR_TOKEN", pair_token.as_ref()),
+            ] {
+                if secret.is_some_and(|s| {
+                    http_kit::auth::constant_time_eq(s.expose().as_bytes(), t.expose().as_bytes())
+                }) {
+                    bail!("{name} must not be {other}: give the operators a secret of their own");
+                }
+            }
+        }
         let cluster = cluster_settings(
             ClusterRaw {
                 hostids: raw.cluster_member_hostids,
@@ -416,6 +482,13 @@ impl Settings {
         {
             bail!(
                 "LICENSING_OPTIONS_FILE is for a standalone server or a pair: the members of a three-member cluster decide from their shared log alone and apply no options file"
+            );
+        }
+        if cluster.is_some() && admin_token.is_none() {
+            bail!(
+                "a cluster member (CLUSTER_MEMBER_HOSTIDS) needs ADMIN_TOKEN: the operators' \
+                 token of the cluster, the same on the three members (each member would \
+                 generate a token of its own otherwise)"
             );
         }
         if cluster.is_some() && licensing_main_uri.is_some() {
@@ -452,6 +525,23 @@ impl Settings {
         }
         let max_connections = count_setting("MAX_CONNECTIONS", raw.max_connections, usize::MAX)?;
         let workers = count_setting("WORKERS", raw.workers, 512)?;
+        let usage_recycle_after = raw
+            .usage_recycle_after
+            .unwrap_or(Duration::from_secs(30 * 86_400));
+        if usage_recycle_after < Duration::from_secs(3600) {
+            bail!("USAGE_RECYCLE_AFTER must be at least 1h (default 30d)");
+        }
+        let mail = MailSettings::from_raw(MailRaw {
+            host: raw.mail_smtp_host,
+            port: raw.mail_smtp_port,
+            tls: raw.mail_smtp_tls,
+            from: raw.mail_from,
+            to: raw.mail_to,
+            events: raw.mail_events,
+            disk_threshold: raw.mail_disk_threshold,
+            isolated_after: raw.mail_isolated_after,
+            expiry_days: raw.mail_expiry_days,
+        })?;
         Ok(Settings {
             hostid,
             listen,
@@ -478,7 +568,9 @@ impl Settings {
                 .unwrap_or(Duration::from_secs(7 * 86_400)),
             lease_duration,
             queue_max_wait,
-            admin_token: raw.admin_token.filter(|s| !s.is_empty()),
+            admin_token,
+            admin_readonly_token,
+            admin_access,
             public_url: url_setting("PUBLIC_URL", raw.public_url)?,
             clock_leeway: raw.clock_leeway.unwrap_or(Duration::from_secs(60)),
             backoff_max: raw.backoff_max.unwrap_or(Duration::from_secs(60)),
@@ -492,7 +584,34 @@ impl Settings {
             cluster,
             usage_interval,
             usage_retry_window,
+            mail,
+            usage_recycle_after,
         })
+    }
+
+    /// Who may do what on the operator API: `ADMIN_TOKEN` (else `DATA_DIR/admin.token`,
+    /// generated at the first start), `ADMIN_READONLY_TOKEN` and `ADMIN_ACCESS`.
+    pub fn operator_access(&self) -> anyhow::Result<OperatorAccess> {
+        let full = match &self.admin_token {
+            Some(t) => t.clone(),
+            None => {
+                let t = admin_token_file(&self.data_dir)?;
+                check_token("DATA_DIR/admin.token", &t).map_err(anyhow::Error::msg)?;
+                t
+            }
+        };
+        if let Some(r) = &self.admin_readonly_token
+            && http_kit::auth::constant_time_eq(r.expose().as_bytes(), full.expose().as_bytes())
+        {
+            bail!(
+                "ADMIN_READONLY_TOKEN must differ from the full operator token (ADMIN_TOKEN or DATA_DIR/admin.token)"
+            );
+        }
+        Ok(OperatorAccess::new(
+            &full,
+            self.admin_readonly_token.as_ref(),
+            self.admin_access,
+        ))
     }
 
     /// main when a backup is named, backup when a main is named, else standalone.
@@ -908,8 +1027,85 @@ mod tests {
             cluster_member_hostids: Some(hostids.into()),
             cluster_member_uris: Some(uris.into()),
             pair_token: Some(Secret::new("the members' own secret")),
+            admin_token: Some(Secret::new("the cluster's operator token")),
             ..raw_min()
         }
+    }
+
+    #[test]
+    fn operator_tokens_are_long_distinct_secrets_and_the_access_mode_one_of_three() {
+        let s = Settings::from_raw(raw_min()).unwrap();
+        assert_eq!(s.admin_access, AdminAccess::Full);
+        assert!(s.admin_readonly_token.is_none());
+        let full = || Some(Secret::new("a long full operator token"));
+        for (raw, says) in [
+            (
+                Raw {
+                    admin_token: Some(Secret::new("0123456789abcde")),
+                    ..raw_min()
+                },
+                "ADMIN_TOKEN is too short (15 characters)",
+            ),
+            (
+                Raw {
+                    admin_token: full(),
+                    admin_readonly_token: Some(Secret::new("short")),
+                    ..raw_min()
+                },
+                "ADMIN_READONLY_TOKEN is too short",
+            ),
+            (
+                Raw {
+                    admin_access: Some("read-only".into()),
+                    ..raw_min()
+                },
+                "ADMIN_ACCESS `read-only` is not one of full, restricted, none",
+            ),
+            (
+                Raw {
+                    admin_token: full(),
+                    pair_token: full(),
+                    ..raw_min()
+                },
+                "ADMIN_TOKEN must not be PAIR_TOKEN",
+            ),
+            (
+                Raw {
+                    admin_token: None,
+                    ..cluster_raw("string:lls-2,string:lls-3", "http://b,http://c")
+                },
+                "needs ADMIN_TOKEN",
+            ),
+        ] {
+            let e = Settings::from_raw(raw).unwrap_err().to_string();
+            assert!(e.starts_with(says) || e.contains(says), "{says}: {e}");
+        }
+        let same = Settings::from_raw(Raw {
+            admin_token: full(),
+            admin_readonly_token: full(),
+            ..raw_min()
+        })
+        .unwrap();
+        let e = same.operator_access().unwrap_err().to_string();
+        assert!(e.starts_with("ADMIN_READONLY_TOKEN must differ"), "{e}");
+        let s = Settings::from_raw(Raw {
+            admin_token: full(),
+            admin_readonly_token: Some(Secret::new("a long read-only operator token")),
+            admin_access: Some("Restricted".into()),
+            ..raw_min()
+        })
+        .unwrap();
+        assert_eq!(s.admin_access, AdminAccess::Restricted);
+        assert_eq!(s.operator_access().unwrap().mode(), AdminAccess::Restricted);
+        // A token file an operator shortened by hand is refused too.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("admin.token"), "short\n").unwrap();
+        let s = Settings {
+            data_dir: dir.path().to_owned(),
+            ..Settings::from_raw(raw_min()).unwrap()
+        };
+        let e = s.operator_access().unwrap_err().to_string();
+        assert!(e.starts_with("DATA_DIR/admin.token is too short"), "{e}");
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! End-to-end tests: the real `license-server` binary against a real (small) back office;
-//! TLS in [`tls`], slow clients, floods and bad settings in [`hardening`], the chain of
-//! trust (keys, bindings, signed grants and rights) in [`trust`]. One test binary,
-//! so that the harness in `common` is built and linked once.
+//! the operator API's access modes in [`access`], mail notifications in [`mail`], usage
+//! statistics in [`stats`], TLS in [`tls`], slow clients, floods and bad settings in
+//! [`hardening`], the chain of trust (keys, bindings, signed grants and rights) in
+//! [`trust`]. One test binary, so that the harness in `common` is built and linked once.
 
+#[path = "e2e/access.rs"]
+mod access;
 mod common;
 #[path = "e2e/hardening.rs"]
 mod hardening;
+#[path = "e2e/mail.rs"]
+mod mail;
+#[path = "e2e/stats.rs"]
+mod stats;
 #[path = "e2e/tls.rs"]
 mod tls;
 #[path = "e2e/trust.rs"]
@@ -215,8 +222,8 @@ async fn rights_at_startup_checkouts_until_no_license_and_bad_input() {
             "operator with wrong token",
             c.get(server.url("/api/v1/admin/features/cad/leases"))
                 .bearer_auth("nope"),
-            403,
-            "FORBIDDEN",
+            401,
+            "UNAUTHORIZED",
         ),
     ];
     for (what, req, status, code) in bad {

@@ -36,7 +36,8 @@ fn stage_example_files(root: &Path) {
 fn load(root: &Path, toml: &str) -> Result<String, String> {
     let mut toml = toml.to_owned();
     // The certificate and its key go together, and so do a cluster's members, their URLs
-    // and the members' secret: a line naming one is loaded with the file's example of
+    // and the members' and operators' secrets, the mail server, its sender and its
+    // recipients: a line naming one is loaded with the file's example of
     // the other.
     for (one, other) in [
         ("TLS_CERT", "TLS_KEY"),
@@ -45,6 +46,12 @@ fn load(root: &Path, toml: &str) -> Result<String, String> {
         ("CLUSTER_MEMBER_URIS", "CLUSTER_MEMBER_HOSTIDS"),
         ("CLUSTER_MEMBER_HOSTIDS", "PAIR_TOKEN"),
         ("CLUSTER_MEMBER_URIS", "PAIR_TOKEN"),
+        ("CLUSTER_MEMBER_HOSTIDS", "ADMIN_TOKEN"),
+        ("CLUSTER_MEMBER_URIS", "ADMIN_TOKEN"),
+        ("MAIL_FROM", "MAIL_SMTP_HOST"),
+        ("MAIL_TO", "MAIL_SMTP_HOST"),
+        ("MAIL_SMTP_HOST", "MAIL_FROM"),
+        ("MAIL_SMTP_HOST", "MAIL_TO"),
     ] {
         if toml.contains(&format!("{one} =")) && !toml.contains(&format!("{other} =")) {
             let example = FILE
@@ -62,9 +69,10 @@ fn load(root: &Path, toml: &str) -> Result<String, String> {
     file.write_all(toml.as_bytes()).map_err(|e| e.to_string())?;
     let s = Settings::load(Some(file.path())).map_err(|e| format!("{e:#}"))?;
     Ok(format!(
-        "{s:?} {} {:?} {:?}",
+        "{s:?} {} {:?} {:?} {:?}",
         s.backoffice_token.expose(),
         s.admin_token.as_ref().map(|t| t.expose()),
+        s.admin_readonly_token.as_ref().map(|t| t.expose()),
         s.pair_token.as_ref().map(|t| t.expose())
     ))
 }

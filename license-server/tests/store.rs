@@ -183,7 +183,7 @@ async fn the_data_directory_and_its_files_are_for_their_owner_only() {
     let data = tmp.path().join("lls");
     std::fs::create_dir(&data).unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(data.join("admin.token"), "operator-secret\n").unwrap();
+    std::fs::write(data.join("admin.token"), "an operator's own secret\n").unwrap();
     std::fs::set_permissions(
         data.join("admin.token"),
         std::fs::Permissions::from_mode(0o644),
@@ -205,22 +205,10 @@ async fn the_data_directory_and_its_files_are_for_their_owner_only() {
         "{log}"
     );
     // Another process cannot use the same directory while the server runs.
-    let second = bin()
-        .arg("serve")
-        .env_clear()
-        .envs(
-            base_env(&bo, "string:lls-modes")
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        )
-        .env("DATA_DIR", &data)
-        .env("LISTEN", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert!(!second.status.success());
+    let said = refused_start(&base_env(&bo, "string:lls-modes"), &data);
     assert!(
-        String::from_utf8_lossy(&second.stderr)
-            .contains("another process uses this data directory")
+        said.contains("another process uses this data directory"),
+        "{said}"
     );
 }
 
@@ -267,20 +255,6 @@ fn snapshot_with_rights(data: &[u8], forged: &str) -> Vec<u8> {
         &data[head.offset as usize + frame::RECORD_HEADER + head.payload.len()..],
     );
     out
-}
-
-/// Runs `license-server serve` on `data` to its end (a refused start); its stderr.
-fn refused_start(env: &[(String, String)], data: &Path) -> String {
-    let out = bin()
-        .arg("serve")
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("DATA_DIR", data)
-        .env("LISTEN", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "the server started");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `license-server store ARGS --data-dir DATA` with the server's settings in the

@@ -2,7 +2,7 @@
 //! one pool, registered with the back office as one cluster by their own requests (each
 //! names the other two in `CLUSTER_MEMBER_HOSTIDS` and asks `RIGHTS_IDS` for the pool,
 //! which is mapped once, to the cluster), each with its own key and binding, the three
-//! sharing a `PAIR_TOKEN` of their own. Member `i` reaches member `j`
+//! sharing a `PAIR_TOKEN` and an `ADMIN_TOKEN` of their own. Member `i` reaches member `j`
 //! through its own link-cutting proxy, so that a member can be cut off from the other
 //! two while clients still reach it directly.
 
@@ -57,6 +57,8 @@ impl ClusterSetup {
         let member_token = shared::random_token::<32>();
         let common = [
             ("PAIR_TOKEN", member_token.clone()),
+            // The cluster's operator token, the same on the three (required of a member).
+            ("ADMIN_TOKEN", shared::random_token::<32>()),
             ("BACKOFFICE_URL", bo.url.clone()),
             ("BACKOFFICE_TOKEN", fx.device_token.clone()),
             (

@@ -8,6 +8,7 @@
 //! - [`fake_backoffice`]: a small signing back office that can be told to misbehave
 //!   (wrong key, wrong hostid, stale, replayed, `MAIN_NOT_REGISTERED`);
 //! - [`proxy`]: a TCP proxy whose link a test can cut and heal;
+//! - [`smtp`]: a real SMTP server (aiosmtpd) whose mails a test reads;
 //! - [`tls`]: a certificate authority made in the test, and certificates it issues;
 //! - [`browser`]: headless Chromium through WebDriver;
 //! - [`eventually`], the one way tests wait for something.
@@ -23,6 +24,7 @@ pub mod license_server;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
+pub mod smtp;
 pub mod tls;
 
 use std::time::{Duration, Instant};

@@ -216,8 +216,12 @@ impl LicenseServer {
         self.wait_ready().await
     }
 
-    /// The operator token it made (`DATA_DIR/admin.token`).
+    /// Its full operator token: `ADMIN_TOKEN` when set, else the one it made
+    /// (`DATA_DIR/admin.token`).
     pub fn admin_token(&self) -> String {
+        if let Some((_, t)) = self.env.iter().find(|(k, _)| k == "ADMIN_TOKEN") {
+            return t.clone();
+        }
         std::fs::read_to_string(self.data_dir.join("admin.token"))
             .map(|t| t.trim().to_owned())
             .unwrap_or_default()

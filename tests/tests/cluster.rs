@@ -1049,3 +1049,162 @@ async fn a_borrow_counts_on_the_whole_cluster_survives_a_kill_9_of_the_leader_an
     licensing_client::verify_borrowed(&s.producer, &borrowed, shared::now_unix(), 60)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_with_other_operator_settings_is_named_keeps_serving_and_each_applies_its_mode()
+-> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (_bo, _fx, mut s) = setup().await?;
+    let read_only = "the cluster's read-only operator token";
+    s.common
+        .push(("ADMIN_READONLY_TOKEN".into(), read_only.into()));
+    // Member 2 allows reading only: it differs from the other two.
+    s.extra[2] = vec![("ADMIN_ACCESS".into(), "restricted".into())];
+    let members = s.start_all().await?;
+    wait_status(&[&members[0], &members[1], &members[2]], "operational").await?;
+    // Each side names the other in its view (a warning: the member is up) and its log.
+    let hostid = s.hostids[2].clone();
+    tests::eventually(
+        WAIT,
+        "member 0 to name member 2's operator settings",
+        || async {
+            let c = cluster_of(&members[0]).await?;
+            let m = c["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["hostid"] == hostid.as_str())?
+                .clone();
+            (m["up"] == true && m["warning"].as_str()?.contains("operator settings")).then_some(())
+        },
+    )
+    .await;
+    tests::eventually(WAIT, "member 2 to name both others", || async {
+        let c = cluster_of(&members[2]).await?;
+        let warned = c["members"]
+            .as_array()?
+            .iter()
+            .filter(|m| {
+                m["warning"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("ADMIN_ACCESS"))
+            })
+            .count();
+        (warned == 2).then_some(())
+    })
+    .await;
+    ensure!(
+        members[2]
+            .log_text()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("operator settings")),
+        "no error logged"
+    );
+    let no_warning = cluster_of(&members[0]).await.unwrap_or_default();
+    ensure!(
+        no_warning["members"].as_array().is_some_and(|ms| ms
+            .iter()
+            .filter(|m| m["warning"].is_string())
+            .count()
+            == 1),
+        "members 0 and 1 agree: {no_warning}"
+    );
+
+    // Each member applies its own mode: the full token acts on member 0 and only reads on
+    // member 2; the restricted token reads on both.
+    let http = reqwest::Client::new();
+    let full = members[0].admin_token();
+    let call = |m: usize, method: reqwest::Method, path: &str, token: &str| {
+        http.request(method, members[m].url(path))
+            .bearer_auth(token)
+            .send()
+    };
+    let unknown = format!("/api/v1/admin/leases/{}", Uuid::new_v4());
+    for m in [0, 2] {
+        let r = call(m, reqwest::Method::GET, "/api/v1/admin/usage", read_only).await?;
+        ensure!(
+            r.status() == 200,
+            "member {m}, restricted token: {}",
+            r.status()
+        );
+        let r = call(m, reqwest::Method::DELETE, &unknown, read_only).await?;
+        ensure!(
+            r.status() == 403,
+            "member {m}, restricted token: {}",
+            r.status()
+        );
+    }
+    // Allowed to act, the release finds no such lease.
+    let r = call(0, reqwest::Method::DELETE, &unknown, &full).await?;
+    ensure!(
+        r.status() != 403 && r.status() != 401,
+        "member 0, full token: {}",
+        r.status()
+    );
+    let r = call(2, reqwest::Method::DELETE, &unknown, &full).await?;
+    let body: Value = r.json().await?;
+    ensure!(
+        body["code"] == "FORBIDDEN"
+            && body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("ADMIN_ACCESS=restricted")),
+        "member 2, full token: {body}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_cut_off_from_the_other_two_mails_so_once_while_it_lasts() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (_bo, _fx, mut s) = setup().await?;
+    let mut smtp = tests::smtp::MailServer::new(s.tmp.path().join("smtp"), free_port());
+    smtp.start().await?;
+    let port = smtp.port.to_string();
+    for (k, v) in [
+        ("MAIL_SMTP_HOST", "127.0.0.1"),
+        ("MAIL_SMTP_PORT", port.as_str()),
+        ("MAIL_SMTP_TLS", "none"),
+        ("MAIL_FROM", "lls@example.com"),
+        ("MAIL_TO", "ops@example.com"),
+        ("MAIL_EVENTS", "isolated"),
+        ("MAIL_ISOLATED_AFTER", "2s"),
+    ] {
+        s.common.push((k.into(), v.into()));
+    }
+    let members = s.start_all().await?;
+    wait_status(&[&members[0], &members[1], &members[2]], "operational").await?;
+    let of = |i: usize| smtp.with_subject(&s.hostids[i]);
+    // Whatever a member said while the others were still starting, nothing more after.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = [of(0).len(), of(1).len(), of(2).len()];
+
+    s.isolate(2, true);
+    tests::eventually(WAIT, "the isolated member's mail", || async {
+        (of(2).len() == before[2] + 1).then_some(())
+    })
+    .await;
+    let mail = of(2).pop().context("its mail")?;
+    ensure!(
+        mail.subject().contains("cut off from the other two"),
+        "{}",
+        mail.text
+    );
+    // Once while it lasts (the watch looks every second); the other two, who still see
+    // each other, say nothing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    ensure!(
+        [of(0).len(), of(1).len(), of(2).len()] == [before[0], before[1], before[2] + 1],
+        "{:?} then {:?}",
+        before,
+        [of(0).len(), of(1).len(), of(2).len()]
+    );
+    ensure!(
+        members[2]
+            .log_text()
+            .lines()
+            .any(|l| l.contains("notification sent") && l.contains("isolated:")),
+        "the send is logged"
+    );
+    s.isolate(2, false);
+    wait_status(&[&members[0], &members[1], &members[2]], "operational").await?;
+    Ok(())
+}

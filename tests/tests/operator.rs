@@ -125,7 +125,7 @@ async fn reread_scenario(backend: Backend) -> Result<()> {
         .bearer_auth("not-the-operator-token")
         .send()
         .await?;
-    ensure!(wrong.status() == 403, "wrong token: {}", wrong.status());
+    ensure!(wrong.status() == 401, "wrong token: {}", wrong.status());
     let out = server.operator(&["reread"])?;
     ensure!(
         !out.status.success() && text(&out).contains("no operator token"),
@@ -134,7 +134,7 @@ async fn reread_scenario(backend: Backend) -> Result<()> {
     );
     let out = server.operator(&["reread", "--token", "not-the-operator-token"])?;
     ensure!(
-        !out.status.success() && text(&out).contains("FORBIDDEN"),
+        !out.status.success() && text(&out).contains("UNAUTHORIZED"),
         "{}",
         text(&out)
     );
@@ -273,7 +273,7 @@ async fn status_shows_who_holds_each_seat_and_each_line_items_end_to_the_operato
     let out = server.operator(&["status", "--token", "not-the-operator-token"])?;
     let said = text(&out);
     ensure!(
-        !out.status.success() && said.contains("FORBIDDEN") && !said.contains("ws-17"),
+        !out.status.success() && said.contains("UNAUTHORIZED") && !said.contains("ws-17"),
         "{said}"
     );
     let url = server.url("/api/v1/admin/usage");
@@ -284,7 +284,7 @@ async fn status_shows_who_holds_each_seat_and_each_line_items_end_to_the_operato
         .bearer_auth("not-the-operator-token")
         .send()
         .await?;
-    ensure!(wrong.status() == 403, "wrong token: {}", wrong.status());
+    ensure!(wrong.status() == 401, "wrong token: {}", wrong.status());
     let usage: Value = http()
         .get(&url)
         .bearer_auth(server.admin_token())

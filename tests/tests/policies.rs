@@ -203,10 +203,18 @@ async fn rules_refuse_naming_their_line_and_reloads_change_them_without_a_restar
     // A good file by SIGHUP: only frank may check cad out now; reservations are gone.
     client.release(&dave).await?;
     write(&options, "# only frank\nINCLUDE cad USER frank\n")?;
+    let in_force = || server.log_text().matches("options file in force").count();
+    let before = in_force();
     let hup = std::process::Command::new("kill")
         .args(["-HUP", &server.pid().to_string()])
         .status()?;
     ensure!(hup.success());
+    // The reload runs after the signal arrives: a checkout before it could be granted
+    // under the old rules, and the same client would then get its lease back.
+    eventually(WAIT, "the reload after SIGHUP", || async {
+        (in_force() > before).then_some(())
+    })
+    .await;
     eventually(WAIT, "the INCLUDE rule in force after SIGHUP", || async {
         let line = refused(&client, &ask("erin", "erin", "ws-5"), ErrorCode::Excluded)
             .await

@@ -3,7 +3,9 @@
 //! 1 s and 5 s). A hello also checks the other member is who and where this member
 //! expects (its hostid, the same three members) and that its clock agrees within an
 //! hour; a member that fails those checks is refused: no raft message goes to it, and
-//! the error naming it is logged and shown in the status.
+//! the error naming it is logged and shown in the status. A member whose operator
+//! settings differ (`ADMIN_ACCESS` and the operator tokens, compared as an HMAC keyed
+//! with `PAIR_TOKEN`) is named in an error log and in the status, and not refused.
 
 use std::time::{Duration, Instant};
 
@@ -40,6 +42,9 @@ pub struct PeerState {
     pub refused: Option<String>,
     /// Why the last hello failed (did not answer).
     pub last_error: Option<String>,
+    /// Its operator settings differ from this member's (logged once per change; it is
+    /// not refused for it: the pool matters more).
+    pub admin_differs: bool,
 }
 
 pub struct Health {
@@ -131,6 +136,16 @@ impl Health {
                     }
                 }
                 s.refused = refused;
+                // A member that sends none (an older version) is not compared.
+                let differs = theirs.admin.is_some() && theirs.admin != ours.admin;
+                if differs != s.admin_differs {
+                    if differs {
+                        tracing::error!(member = %peer.hostid, "{}", admin_differs(&peer.hostid));
+                    } else {
+                        tracing::info!(member = %peer.hostid, "the member's operator settings agree with this member's again");
+                    }
+                    s.admin_differs = differs;
+                }
                 if s.refused.is_none() {
                     s.last_ok = Some(Instant::now());
                     s.last_ok_ms = Some(now_ms());
@@ -250,6 +265,15 @@ pub fn check(peer: &Peer, theirs: &Hello, ours: &Hello, offset_ms: i64) -> Optio
     None
 }
 
+/// What is said of a member whose operator settings differ from this member's.
+pub fn admin_differs(hostid: &HostId) -> String {
+    format!(
+        "the operator settings of member {hostid} differ from this member's: set ADMIN_ACCESS, \
+         ADMIN_TOKEN and ADMIN_READONLY_TOKEN the same on the three members (an operator \
+         would otherwise be let in, or kept out, depending on the member asked)"
+    )
+}
+
 /// The error for a member whose clock is `offset_ms` off ours.
 pub fn clock_error(hostid: &str, offset_ms: i64) -> String {
     format!(
@@ -271,6 +295,7 @@ mod tests {
             members: members.iter().map(|m| m.to_string()).collect(),
             time_ms: 0,
             public_url: None,
+            admin: None,
         }
     }
 

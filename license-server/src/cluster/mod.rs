@@ -160,6 +160,11 @@ pub struct Hello {
     pub time_ms: i64,
     /// Where clients reach the sender (`PUBLIC_URL`).
     pub public_url: Option<String>,
+    /// The sender's operator settings (`ADMIN_ACCESS` and the operator tokens) as an
+    /// HMAC keyed with `PAIR_TOKEN` ([`crate::access::OperatorAccess::fingerprint`]):
+    /// members that differ are named in an error, and keep serving.
+    #[serde(default)]
+    pub admin: Option<String>,
 }
 
 /// The settings a member runs with.
@@ -174,6 +179,8 @@ pub struct ClusterConfig {
     pub member_timeout: Duration,
     /// `PAIR_TOKEN`: the secret members authenticate each other with.
     pub token: Secret,
+    /// This member's operator settings, as its hello carries them.
+    pub admin: String,
     pub ca: Vec<reqwest::Certificate>,
     /// Verifies the pool's rights: the producer's key, addressed to a member.
     pub rights: RightsCheck,
@@ -192,6 +199,8 @@ pub struct Cluster {
     applied: Arc<Mutex<Applied>>,
     wire: Wire,
     heartbeat_interval: Duration,
+    /// This member's operator settings, as its hello carries them.
+    admin: String,
     /// The newest answer this member's back-office contact verified, proposed when it
     /// leads.
     rights: Mutex<Option<Rights>>,
@@ -292,6 +301,7 @@ impl Cluster {
             applied,
             wire,
             heartbeat_interval: cfg.heartbeat_interval,
+            admin: cfg.admin,
             rights: Mutex::new(None),
             strangers: Mutex::new(Default::default()),
         }))
@@ -309,6 +319,7 @@ impl Cluster {
             members: self.members.clone(),
             time_ms: now_ms(),
             public_url: Some(self.public_url.clone()),
+            admin: Some(self.admin.clone()),
         }
     }
 
@@ -565,6 +576,7 @@ impl Cluster {
             last_seen: Some(now_ms() / 1000),
             clock_offset_ms: Some(0),
             error: None,
+            warning: None,
         }];
         for (p, s) in self.health.peers.iter().zip(self.health.states()) {
             members.push(MemberView {
@@ -576,6 +588,7 @@ impl Cluster {
                 last_seen: s.last_ok_ms.map(|m| m / 1000),
                 clock_offset_ms: s.clock_offset_ms,
                 error: s.refused.clone().or(s.last_error.clone()),
+                warning: s.admin_differs.then(|| health::admin_differs(&p.hostid)),
             });
         }
         let leader_hostid = leader.and_then(|l| {
@@ -634,6 +647,9 @@ pub struct MemberView {
     /// Why it is down or refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What is wrong with it that does not keep it out (its operator settings differ).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// The cluster as this member sees it (`GET /api/v1/cluster`, and in the status).

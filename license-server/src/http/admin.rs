@@ -1,5 +1,7 @@
-//! The operator API (`ADMIN_TOKEN`, checked by the scope before anything runs): who
-//! holds what, force-release, the pair's membership, and a poll of the back office now.
+//! The operator API (`ADMIN_TOKEN`, or `ADMIN_READONLY_TOKEN` for the `GET`s, within
+//! `ADMIN_ACCESS`: checked by the scope before anything runs): who holds what,
+//! force-release, the pair's membership, a poll of the back office now, and the usage
+//! statistics.
 
 use actix_web::{HttpResponse, delete, get, post, put, web};
 use http_kit::error_responses;
@@ -14,11 +16,30 @@ use super::{SMALL_BODY_LIMIT, lease_id};
 use crate::error::ServiceError;
 use crate::service::options::OptionsLoaded;
 use crate::service::{Service, StatusView};
+use crate::stats::{UsageStatistics, UsageStats};
 
+/// A reading request's refusals.
 fn operator() -> [ErrDoc; 2] {
     [
-        err(Unauthorized, "no operator token was sent"),
-        err(Forbidden, "the operator token is not ADMIN_TOKEN"),
+        err(
+            Unauthorized,
+            "no operator token was sent, or neither ADMIN_TOKEN nor ADMIN_READONLY_TOKEN",
+        ),
+        err(Forbidden, "the operator API is off (ADMIN_ACCESS=none)"),
+    ]
+}
+
+/// An acting request's refusals.
+fn acting() -> [ErrDoc; 2] {
+    [
+        err(
+            Unauthorized,
+            "no operator token was sent, or neither ADMIN_TOKEN nor ADMIN_READONLY_TOKEN",
+        ),
+        err(
+            Forbidden,
+            "the token reads only (ADMIN_READONLY_TOKEN, or any token under ADMIN_ACCESS=restricted), or the operator API is off (ADMIN_ACCESS=none)",
+        ),
     ]
 }
 
@@ -65,6 +86,25 @@ pub async fn usage(svc: web::Data<Service>) -> HttpResponse {
     HttpResponse::Ok().json(svc.holders())
 }
 
+error_responses!(StatisticsErrors = [operator()]);
+
+/// Usage statistics per feature and user (the checkout's `user`, else its `client_id`):
+/// grants and renewals, first and last used, the most recent first; users not seen for
+/// `USAGE_RECYCLE_AFTER` are dropped each day at 00:00 UTC. This server's own: each
+/// member of a cluster keeps its own.
+#[utoipa::path(
+    tag = "operator",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The statistics", body = UsageStatistics),
+        StatisticsErrors,
+    )
+)]
+#[get("/statistics")]
+pub async fn statistics(stats: web::Data<UsageStats>) -> HttpResponse {
+    HttpResponse::Ok().json(stats.view())
+}
+
 /// `POST /api/v1/admin/reread` answer: the features before and after the poll.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reread {
@@ -76,7 +116,7 @@ pub struct Reread {
 
 error_responses!(
     RereadErrors = [
-        operator(),
+        acting(),
         err(
             Unavailable,
             "the back office gave no new rights: it is unreachable, refused the request or sent an answer that does not verify (the message says which)"
@@ -107,7 +147,7 @@ pub async fn reread(svc: web::Data<Service>) -> Result<HttpResponse, ServiceErro
 
 error_responses!(
     ReleaseErrors = [
-        operator(),
+        acting(),
         err(
             NotFound,
             "no such lease (expired, returned or never granted)"
@@ -143,7 +183,7 @@ pub async fn release(
 
 error_responses!(
     DetachErrors = [
-        operator(),
+        acting(),
         err(RoleConflict, "this server is not part of a pair"),
         not_durable(),
     ]
@@ -179,7 +219,7 @@ error_responses!(
         err(ValidationError, "`url` is not an http:// or https:// URL"),
         too_large(SMALL_BODY_LIMIT),
         too_slow(),
-        operator(),
+        acting(),
         err(RoleConflict, "this server is not a main"),
         not_durable(),
     ]
@@ -209,7 +249,7 @@ pub async fn pair_backup(
 
 error_responses!(
     ReloadOptionsErrors = [
-        operator(),
+        acting(),
         err(
             ValidationError,
             "no options file is set, or the file is refused (`options_line` names the line; the options in force are kept)"

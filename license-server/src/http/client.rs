@@ -13,6 +13,7 @@ use super::{SMALL_BODY_LIMIT, lease_id};
 use crate::error::ServiceError;
 use crate::service::queue::Checkout;
 use crate::service::{Service, StatusView};
+use crate::stats::UsageStats;
 
 /// The answers of a server that does not serve now.
 pub(super) fn busy() -> ErrDoc {
@@ -127,11 +128,15 @@ error_responses!(
 #[post("/leases")]
 pub async fn checkout(
     svc: web::Data<Service>,
+    stats: web::Data<UsageStats>,
     body: Json<CheckoutRequest, SMALL_BODY_LIMIT>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ServiceError> {
     Ok(match svc.checkout_or_queue(&body.0, bearer(&req)).await? {
-        Checkout::Granted(lease) => HttpResponse::Created().json(lease),
+        Checkout::Granted(lease) => {
+            record(&stats, &lease);
+            HttpResponse::Created().json(lease)
+        }
         Checkout::Queued(place) => HttpResponse::Accepted().json(place),
     })
 }
@@ -203,11 +208,14 @@ error_responses!(
 #[put("/leases/{id}")]
 pub async fn renew(
     svc: web::Data<Service>,
+    stats: web::Data<UsageStats>,
     id: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ServiceError> {
     let id = lease_id(&id)?;
-    Ok(HttpResponse::Ok().json(svc.renew(&id, bearer(&req)).await?))
+    let lease = svc.renew(&id, bearer(&req)).await?;
+    record(&stats, &lease);
+    Ok(HttpResponse::Ok().json(lease))
 }
 
 error_responses!(
@@ -267,4 +275,10 @@ pub async fn features(svc: web::Data<Service>) -> HttpResponse {
 #[get("/status")]
 pub async fn status(svc: web::Data<Service>) -> HttpResponse {
     HttpResponse::Ok().json(svc.status())
+}
+
+/// A grant or renewal in the usage statistics: its feature, its user (else its client).
+fn record(stats: &UsageStats, lease: &Lease) {
+    let user = lease.user.as_deref().unwrap_or(&lease.client_id);
+    stats.record(&lease.feature, user, crate::cluster::now_ms() / 1000);
 }

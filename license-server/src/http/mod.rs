@@ -2,14 +2,16 @@
 //! (utoipa; served at `GET /api/v1/openapi.json`), every error the contract's JSON.
 //!
 //! - client API ([`client`]): `/api/v1/leases`, `/api/v1/features`, `/api/v1/status`;
-//! - operator API ([`admin`]): `/api/v1/admin/*`, `Authorization: Bearer <ADMIN_TOKEN>`;
+//! - operator API ([`admin`]): `/api/v1/admin/*`, `Authorization: Bearer <ADMIN_TOKEN>`
+//!   (acts) or `<ADMIN_READONLY_TOKEN>` (reads: `GET` only), within `ADMIN_ACCESS`
+//!   ([`crate::access`]);
 //! - pair API ([`pair`]): `/api/v1/pair/*`, `Authorization: Bearer <the pair's secret>`
 //!   (`PAIR_TOKEN`, or the back office's `pair_token` when unset);
 //! - cluster API ([`cluster`]): `GET /api/v1/cluster` for anyone, `/api/v1/member/*`
 //!   between the members of a three-member cluster (`PAIR_TOKEN`, required of a member);
 //! - `/healthz`, `/metrics`, `/api/v1/openapi.json` ([`ops`]).
 //!
-//! The operator and pair scopes check their token before anything else runs, the body
+//! The operator, pair and member scopes check their token before anything else runs, the body
 //! included. Each handler's body limit is in its type (`Json<T, LIMIT>`), each scope's
 //! body deadline in its middleware. Routes are registered only through
 //! utoipa-actix-web's `service`, which takes each handler's path and method from the same
@@ -28,26 +30,27 @@ use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpResponse, ResponseError};
-use http_kit::auth::{TokenCheck, bearer, require_bearer};
+use http_kit::auth::bearer;
 use http_kit::error::ApiError;
 use http_kit::middleware::{Before, before};
 use http_kit::observe::{HttpMetrics, observe};
 use http_kit::openapi::{RouteTable, fallback};
 use http_kit::serve::{ConnectionGate, body_deadline};
-use shared::secret::Secret;
 use shared::{ErrorBody, ErrorCode};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_actix_web::{AppExt, UtoipaApp, scope};
 use uuid::Uuid;
 
+use crate::access::{Level, OperatorAccess};
 use crate::error::ServiceError;
 use crate::identity::{PairRefusal, PairToken};
 use crate::service::Service;
+use crate::stats::UsageStats;
 
 /// Largest body of a checkout, an operator's request and a detach: the longest feature
 /// (256 characters), version (64) and client ID (256) take under 2.5 KiB as JSON.
@@ -86,7 +89,10 @@ pub fn is_priority(path: &str) -> bool {
 #[derive(Clone)]
 pub struct AppContext {
     pub svc: Arc<Service>,
-    pub admin: TokenCheck,
+    /// The operator tokens and `ADMIN_ACCESS`.
+    pub operators: OperatorAccess,
+    /// Who used what (grants and renewals recorded by the client handlers).
+    pub stats: Arc<UsageStats>,
     /// The pair's secret; on a cluster member, the members' (`PAIR_TOKEN`).
     pub pair: PairToken,
     pub metrics: Arc<HttpMetrics>,
@@ -98,7 +104,8 @@ pub struct AppContext {
 impl AppContext {
     pub fn new(
         svc: Arc<Service>,
-        admin_token: &Secret,
+        operators: OperatorAccess,
+        stats: Arc<UsageStats>,
         metrics: Arc<HttpMetrics>,
         gate: Arc<ConnectionGate>,
         body_timeout: Duration,
@@ -106,16 +113,41 @@ impl AppContext {
         AppContext {
             pair: svc.identity().pair_token().clone(),
             svc,
-            admin: TokenCheck::new(
-                admin_token,
-                "operator endpoints need `Authorization: Bearer <ADMIN_TOKEN>`",
-                "the operator token is not valid",
-            ),
+            operators,
+            stats,
             metrics,
             gate,
             body_timeout,
         }
     }
+}
+
+/// Middleware: an operator's request goes on only with an operator token that allows it
+/// (`GET` reads, every other method acts), checked before anything else runs (the body is
+/// not read). A missing or unknown token is 401 `UNAUTHORIZED`; a reading token (or
+/// `ADMIN_ACCESS=restricted`) on a request that acts, and anything under
+/// `ADMIN_ACCESS=none`, 403 `FORBIDDEN`. The request log shows each refusal with its
+/// message at INFO (the client's error, not the server's).
+fn require_operator(
+    access: OperatorAccess,
+) -> Before<impl Fn(&mut ServiceRequest) -> Option<HttpResponse> + 'static> {
+    before(move |req| {
+        let needs = if req.method() == Method::GET || req.method() == Method::HEAD {
+            Level::Read
+        } else {
+            Level::Act
+        };
+        let refusal = access.authorize(bearer(req.request()), needs).err()?;
+        let code = if refusal.unauthenticated() {
+            ErrorCode::Unauthorized
+        } else {
+            ErrorCode::Forbidden
+        };
+        Some(ResponseError::error_response(&ApiError::new(
+            code,
+            refusal.message(),
+        )))
+    })
 }
 
 /// Middleware: the pair's requests go on only with the pair's secret, checked before
@@ -189,7 +221,7 @@ pub struct Document(pub Bytes);
     modifiers(&Security),
     tags(
         (name = "client", description = "Client applications: leases and what the server offers"),
-        (name = "operator", description = "Operators (`ADMIN_TOKEN`)"),
+        (name = "operator", description = "Operators (`ADMIN_TOKEN` acts, `ADMIN_READONLY_TOKEN` reads)"),
         (name = "pair", description = "The other server of a failover pair (`PAIR_TOKEN`)"),
         (name = "cluster", description = "The other members of a three-member cluster (`PAIR_TOKEN`)"),
         (name = "service", description = "Health, metrics and this document"),
@@ -207,7 +239,12 @@ impl Modify for Security {
                 "lease_token",
                 "The lease's `token`, from the checkout's answer",
             ),
-            ("admin_token", "`ADMIN_TOKEN` (or `DATA_DIR/admin.token`)"),
+            (
+                "admin_token",
+                "`ADMIN_TOKEN` (or `DATA_DIR/admin.token`): reads and acts; \
+                 `ADMIN_READONLY_TOKEN`: reads (`GET`) only; `ADMIN_ACCESS=restricted`: \
+                 reads only, `none`: nothing",
+            ),
             (
                 "pair_token",
                 "The pair's secret: `PAIR_TOKEN`, the same on both servers, or the back \
@@ -230,9 +267,10 @@ where
         .service(
             scope::scope("/api/v1/admin")
                 .wrap(body_deadline(ctx.body_timeout))
-                .wrap(require_bearer(ctx.admin.clone()))
+                .wrap(require_operator(ctx.operators.clone()))
                 .service(admin::leases)
                 .service(admin::usage)
+                .service(admin::statistics)
                 .service(admin::reread)
                 .service(admin::release)
                 .service(admin::pair_detach)
@@ -293,6 +331,7 @@ pub fn app(
     let doc = serde_json::to_value(&doc).unwrap_or_default();
     let table = Arc::new(RouteTable::from_document(&doc));
     app.app_data(web::Data::from(ctx.svc.clone()))
+        .app_data(web::Data::from(ctx.stats.clone()))
         .app_data(web::Data::new(Document(Bytes::from(doc.to_string()))))
         .app_data(http_kit::extract::path_config())
         .app_data(http_kit::extract::query_config())

@@ -7,17 +7,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use actix_web::dev::{Service as _, ServiceResponse};
-use actix_web::http::Method;
 use actix_web::test::{self as atest, TestRequest};
 use http_kit::observe::HttpMetrics;
 use http_kit::openapi::RouteTable;
 use http_kit::serve::ConnectionGate;
 use serde_json::Value;
+use shared::secret::Secret;
 
 use super::*;
 use crate::service::tests::service;
 
-const ADMIN: &str = "admin-token";
+const ADMIN: &str = "the full admin token";
+const READ_ONLY: &str = "the read-only admin token";
 const PAIR: &str = "pair-token";
 
 async fn test_app(
@@ -32,7 +33,14 @@ async fn test_app(
     let mut registry = prometheus_client::registry::Registry::default();
     let ctx = AppContext::new(
         svc,
-        &Secret::new(ADMIN),
+        crate::access::OperatorAccess::new(
+            &Secret::new(ADMIN),
+            Some(&Secret::new(READ_ONLY)),
+            crate::access::AdminAccess::Full,
+        ),
+        Arc::new(crate::stats::UsageStats::in_memory(Duration::from_secs(
+            86_400,
+        ))),
         HttpMetrics::register(&mut registry),
         ConnectionGate::new(100, is_priority),
         Duration::from_secs(10),
@@ -146,6 +154,7 @@ async fn every_route_is_documented_and_every_documented_route_exists() {
 fn is_time(name: &str) -> bool {
     name.ends_with("_at")
         || name.ends_with("_seen")
+        || name.ends_with("_used")
         || name.ends_with("_heard")
         || matches!(name, "since" | "next_expiry" | "active_since")
 }
@@ -304,6 +313,11 @@ async fn guarded_routes_refuse_a_wrong_token_before_reading_the_body() {
         (
             "/api/v1/admin/pair/backup",
             Some(PAIR),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "/api/v1/admin/pair/backup",
+            Some(READ_ONLY),
             StatusCode::FORBIDDEN,
         ),
     ] {

@@ -152,3 +152,18 @@ pub async fn renew(server: &Server, lease: &serde_json::Value) -> u16 {
         .status()
         .as_u16()
 }
+
+/// Runs `license-server serve` with only `env` on `data` to its end (a refused start);
+/// its stderr.
+pub fn refused_start(env: &[(String, String)], data: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_license-server"))
+        .arg("serve")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("DATA_DIR", data)
+        .env("LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the server started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
