@@ -72,6 +72,10 @@ impl Service {
     pub async fn poll_now(&self) -> Result<(), ServiceError> {
         let not_running =
             || ServiceError::Unavailable("this server's poller is not running".to_owned());
+        // No poller took the requests (none was started): nobody would answer.
+        if self.poll_now.rx.lock().is_some() {
+            return Err(not_running());
+        }
         let (reply, outcome) = oneshot::channel();
         let asked = async {
             self.poll_now
