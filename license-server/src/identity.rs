@@ -48,7 +48,7 @@ pub fn load_or_create_key(dir: &Path) -> anyhow::Result<Signer> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let signer = Signer::generate();
-            write_atomically(dir, KEY_FILE, signer.private_pem().expose().as_bytes())
+            files::write_atomically(dir, KEY_FILE, signer.private_pem().expose().as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
             tracing::info!(
                 path = %path.display(),
@@ -59,16 +59,6 @@ pub fn load_or_create_key(dir: &Path) -> anyhow::Result<Signer> {
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
-}
-
-/// Writes a small file for its owner only (0600), whole or not at all: to a temporary
-/// file, synced, renamed into place, the directory synced.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    files::write_private(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    files::fsync_dir(dir)
 }
 
 /// Why a binding is not this server's.
@@ -398,7 +388,8 @@ impl Identity {
         if (binding_changed || pair_token_changed)
             && let Some(path) = &self.answer_file
             && let Some(dir) = path.parent()
-            && let Err(e) = write_atomically(dir, ANSWER_FILE, format!("{token}\n").as_bytes())
+            && let Err(e) =
+                files::write_atomically(dir, ANSWER_FILE, format!("{token}\n").as_bytes())
         {
             tracing::error!(path = %path.display(), error = %e, "could not keep the back office's answer; a restart waits for the next one");
         }

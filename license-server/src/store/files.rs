@@ -118,6 +118,16 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     create_private(path, true)?.write_all(bytes)
 }
 
+/// Writes a small file of `dir` for its owner only (0600), whole or not at all: to a
+/// temporary file, synced, renamed into place, the directory synced.
+pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    write_private(&tmp, bytes)?;
+    File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    fsync_dir(dir)
+}
+
 /// Makes the directory's entries (a new, renamed or removed file) durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -369,10 +369,9 @@ impl Store {
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let bytes = serde_json::to_vec(&now).map_err(io::Error::other)?;
-                let mut f = files::create_private(&path, true)?;
-                f.write_all(&bytes)?;
-                f.sync_all()?;
-                files::fsync_dir(&self.dir)?;
+                // Whole or not at all: a crash while it is written must not leave a
+                // file that stops the next start.
+                files::write_atomically(&self.dir, RESTART_POINT, &bytes)?;
                 Ok(now)
             }
             Err(e) => Err(e),
