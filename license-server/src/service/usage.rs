@@ -61,10 +61,22 @@ impl Service {
                 user: &r.user,
                 host: &r.host,
             };
-            let mut m = self.meter.lock();
-            m.grant(&key, now, r.kind, who);
-            m.level(&key, now, st.in_use(&key), st.count_at(&key, now));
+            self.meter_granted(st, &key, r.kind, who, now);
         }
+    }
+
+    /// A grant of pool `key` to `who`, and the pool's level after it.
+    fn meter_granted(
+        &self,
+        st: &State,
+        key: &FeatureKey,
+        kind: LeaseKind,
+        who: Asker<'_>,
+        now: Millis,
+    ) {
+        let mut m = self.meter.lock();
+        m.grant(key, now, kind, who);
+        m.level(key, now, st.in_use(key), st.count_at(key, now));
     }
 
     /// A granted checkout of pool `key` (under the state lock, after the grant applied).
@@ -79,9 +91,7 @@ impl Service {
         if !self.owns_pool(st) {
             return;
         }
-        let mut m = self.meter.lock();
-        m.grant(key, now, kind, asker(req));
-        m.level(key, now, st.in_use(key), st.count_at(key, now));
+        self.meter_granted(st, key, kind, asker(req), now);
     }
 
     /// A checkout refused by the pool's rules (under the state lock): counted for the
