@@ -256,17 +256,23 @@ async fn grants_resume(
          {held} held, {doubt} in doubt; the clients' latest errors: {errors:#?}\n"
     );
     for s in servers {
-        let status = s
-            .status()
-            .await
-            .map_or_else(|e| e.to_string(), |v| v.to_string());
-        let leases = s.leases(FEATURE).await.map(|l| l.len());
-        let log = s.log_text();
-        let lines: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
-        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
-        report += &format!("\n== {} ({leases:?} leases): {status}\n{tail}\n", s.url);
+        report += &server_report(s, 80, |l| !l.contains("DEBUG")).await;
     }
     bail!(report)
+}
+
+/// What a server says (its lease count and status) and the last `lines` lines of its log
+/// that `keep` keeps.
+async fn server_report(s: &LicenseServer, lines: usize, keep: impl Fn(&str) -> bool) -> String {
+    let status = s
+        .status()
+        .await
+        .map_or_else(|e| e.to_string(), |v| v.to_string());
+    let leases = s.leases(FEATURE).await.map(|l| l.len());
+    let log = s.log_text();
+    let kept: Vec<&str> = log.lines().filter(|l| keep(l)).collect();
+    let tail = kept[kept.len().saturating_sub(lines)..].join("\n");
+    format!("\n== {} ({leases:?} leases): {status}\n{tail}\n", s.url)
 }
 
 /// What the servers know of a lease the clients hold and the main lost: its grant, whether
@@ -286,17 +292,10 @@ async fn missing_lease_report(
         lease.client_id, lease.granted_at, lease.served_by
     );
     for s in [main, backup] {
-        let status = s
-            .status()
-            .await
-            .map_or_else(|e| e.to_string(), |v| v.to_string());
-        let log = s.log_text();
-        let lines: Vec<&str> = log
-            .lines()
-            .filter(|l| !l.contains("DEBUG") && !l.contains("request refused") || l.contains(&id))
-            .collect();
-        let tail = lines[lines.len().saturating_sub(120)..].join("\n");
-        report += &format!("\n== {}: {status}\n{tail}\n", s.url);
+        report += &server_report(s, 120, |l| {
+            !l.contains("DEBUG") && !l.contains("request refused") || l.contains(&id)
+        })
+        .await;
     }
     report
 }
