@@ -46,28 +46,43 @@ pub use proxy::Proxy;
 /// hands out as the local port of every outgoing connection and of every `bind` to port
 /// 0: a port from that range, free when checked, was now and then the local port of some
 /// client's connection by the time the server bound it ("Address already in use"). Below
-/// it only another `free_port` competes; each test process starts at its own offset and
-/// walks on, and every candidate is checked by binding it.
+/// it only another `free_port` competes. Tests run side by side in processes of their own
+/// (cargo-nextest); each running test has a slot number of its own
+/// (`NEXTEST_TEST_GLOBAL_SLOT`, 0 to the number of tests at once − 1), and takes its ports
+/// from that slot's window only, so two tests never pick the same port between the check
+/// and their server's `bind`. Within the window a process starts at its own offset and
+/// walks on (a test before it in the same slot may still be closing its sockets), and every
+/// candidate is checked by binding it. Under `cargo test` (no slot) the whole range is one
+/// window.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 12_000;
+    /// Windows for up to this many tests at once (`.config/nextest.toml` runs four).
+    const SLOTS: u32 = 8;
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let (base, span) = match std::env::var("NEXTEST_TEST_GLOBAL_SLOT")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+    {
+        Some(slot) => (FIRST + (slot % SLOTS) * (SPAN / SLOTS), SPAN / SLOTS),
+        None => (FIRST, SPAN),
+    };
     if NEXT.load(Ordering::Relaxed) == u32::MAX {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let start = (std::process::id().wrapping_mul(7_919) ^ nanos) % SPAN;
+        let start = (std::process::id().wrapping_mul(7_919) ^ nanos) % span;
         let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
     }
-    for _ in 0..SPAN {
-        let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+    for _ in 0..span {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % span;
         let port = u16::try_from(port).expect("below 32000");
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port between {FIRST} and {}", FIRST + SPAN)
+    panic!("no free port between {base} and {}", base + span)
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics naming `what` after `timeout`.

@@ -53,6 +53,25 @@ async fn granted(task: &mut JoinHandle<Result<Lease, ClientError>>, who: &str) -
         .with_context(|| format!("{who}'s wait in line"))
 }
 
+/// Fails, saying what the task ended with (a lease, or its error), if a client that must
+/// still be waiting in line is not.
+async fn still_waiting(
+    task: &mut JoinHandle<Result<Lease, ClientError>>,
+    what: &str,
+) -> Result<()> {
+    if task.is_finished() {
+        match task.await? {
+            Ok(lease) => bail!(
+                "{what}: granted {} by {:?}",
+                lease.lease_id,
+                lease.served_by
+            ),
+            Err(e) => bail!("{what}: its wait ended with an error: {e}"),
+        }
+    }
+    Ok(())
+}
+
 /// Seats of `cad` held at `server`, which must be at most `count`.
 async fn within_count(server: &LicenseServer, count: u32) -> Result<u32> {
     let held = seats_held(&server.url, &server.admin_token(), "cad")
@@ -191,14 +210,12 @@ async fn three_clients_queued_in_order_are_granted_in_order_as_seats_free() -> R
     let l1 = granted(&mut q1, "q1").await?;
     ensure!(l1.client_id == "q1");
     line_is(&server.url, &token, &["q2", "q3"]).await;
-    ensure!(
-        !q2.is_finished() && !q3.is_finished(),
-        "granted out of order"
-    );
+    still_waiting(&mut q2, "q2, granted out of order").await?;
+    still_waiting(&mut q3, "q3, granted out of order").await?;
     ensure!(within_count(&server, 2).await? == 2);
     client.release(&h1).await?;
     let l2 = granted(&mut q2, "q2").await?;
-    ensure!(!q3.is_finished(), "q3 granted before its turn");
+    still_waiting(&mut q3, "q3, granted before its turn").await?;
     client.release(&l1).await?;
     let l3 = granted(&mut q3, "q3").await?;
     ensure!(within_count(&server, 2).await? == 2);
@@ -243,7 +260,7 @@ async fn a_reserved_seat_is_not_given_to_a_queued_client_it_is_not_reserved_for(
     let l = granted(&mut alice2, "alice-2").await?;
     ensure!(l.user.as_deref() == Some("alice"));
     line_is(&server.url, &token, &["bob-2"]).await;
-    ensure!(!bob2.is_finished(), "bob-2 was given alice's reserved seat");
+    still_waiting(&mut bob2, "bob-2, given alice's reserved seat").await?;
     // Bob's own seat frees: his turn.
     client.release(&bob1).await?;
     granted(&mut bob2, "bob-2").await?;
@@ -391,7 +408,7 @@ async fn the_line_is_intact_on_the_backup_after_a_kill_9_of_the_main_and_again_a
     main.restart().await?;
     wait_paired(&main, &backup, WAIT).await?;
     line_is(&main.url, &main_token, &["q2"]).await;
-    ensure!(!q2.is_finished(), "q2 was granted a seat that was not free");
+    still_waiting(&mut q2, "q2, granted a seat that was not free").await?;
     client.release(&l1).await?;
     let l2 = granted(&mut q2, "q2").await?;
     ensure!(l2.served_by.as_deref() == Some(main.url.as_str()), "{l2:?}");
