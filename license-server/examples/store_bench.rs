@@ -36,6 +36,7 @@ use license_server::identity::{self, Identity};
 use license_server::store::{self, StoreOptions};
 use shared::HostId;
 use shared::signing::Verifier;
+use tests::free_port;
 use uuid::Uuid;
 
 fn usage() -> ! {
@@ -163,13 +164,6 @@ fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// The dev back office granting `seats` of `bench`; returns its URL and public key file.

@@ -8,15 +8,22 @@
 //! `expiry:<date>`…) and sent in order by one task, which retries a mail the mail server
 //! did not take with a doubling wait (1 s to 1 min) until it does; every send and every
 //! failure is logged. At shutdown the stop mail is given [`STOP_GRACE`] to go.
+//!
+//! With `MAIL_SMTP_TLS` `starttls` (the default) or `tls` the mail server's certificate is
+//! checked against the system's roots and `MAIL_SMTP_CA`'s, for the name in
+//! `MAIL_SMTP_HOST`; a mail server that does not offer STARTTLS, or whose certificate does
+//! not check, gets nothing (never plain text instead): the mail waits and is retried, the
+//! cause logged at WARN.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Mailboxes};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -77,6 +84,8 @@ pub struct MailRaw {
     pub host: Option<String>,
     pub port: Option<String>,
     pub tls: Option<String>,
+    /// `MAIL_SMTP_CA`, checked to be a file.
+    pub ca: Option<PathBuf>,
     pub from: Option<String>,
     pub to: Option<String>,
     pub events: Option<String>,
@@ -91,6 +100,9 @@ pub struct MailSettings {
     pub host: String,
     pub port: u16,
     pub tls: MailTls,
+    /// `MAIL_SMTP_CA`: a PEM bundle trusted besides the system's roots for the mail
+    /// server's certificate.
+    pub ca: Option<PathBuf>,
     pub from: Mailbox,
     pub to: Vec<Mailbox>,
     pub events: Vec<Event>,
@@ -174,8 +186,18 @@ impl MailSettings {
                     );
                 }
             }
+            if raw.ca.is_some() {
+                bail!(
+                    "MAIL_SMTP_CA is set but MAIL_SMTP_HOST is not: name the mail server to send notifications through, or unset MAIL_SMTP_CA"
+                );
+            }
             return Ok(None);
         };
+        if tls == MailTls::None && raw.ca.is_some() {
+            bail!(
+                "MAIL_SMTP_CA is set but MAIL_SMTP_TLS is none: a CA is only used over TLS (starttls or tls)"
+            );
+        }
         if host.contains([' ', '/', ':']) && !host.starts_with('[') {
             bail!(
                 "MAIL_SMTP_HOST `{host}` is not a host name or address (the port goes in MAIL_SMTP_PORT)"
@@ -206,6 +228,7 @@ impl MailSettings {
             host: host.to_owned(),
             port,
             tls,
+            ca: raw.ca,
             from,
             to,
             events,
@@ -303,18 +326,47 @@ impl Notifier {
     }
 }
 
-fn transport(s: &MailSettings) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
-    let builder = match s.tls {
-        MailTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host),
-        MailTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&s.host)
-            .with_context(|| format!("MAIL_SMTP_HOST `{}`", s.host))?,
-        MailTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&s.host)
-            .with_context(|| format!("MAIL_SMTP_HOST `{}`", s.host))?,
+/// The transport the settings describe: what [`Notifier::start`] sends through, and the
+/// check at start that `MAIL_SMTP_CA` holds certificates.
+pub fn transport(s: &MailSettings) -> anyhow::Result<AsyncSmtpTransport<Tokio1Executor>> {
+    let tls = match s.tls {
+        MailTls::None => Tls::None,
+        MailTls::StartTls => Tls::Required(tls_parameters(s)?),
+        MailTls::Tls => Tls::Wrapper(tls_parameters(s)?),
     };
-    Ok(builder
-        .port(s.port)
-        .timeout(Some(Duration::from_secs(10)))
-        .build())
+    Ok(
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.host)
+            .port(s.port)
+            .tls(tls)
+            .timeout(Some(Duration::from_secs(10)))
+            .build(),
+    )
+}
+
+/// The mail server's certificate checked for `MAIL_SMTP_HOST` against the system's roots
+/// and `MAIL_SMTP_CA`'s.
+fn tls_parameters(s: &MailSettings) -> anyhow::Result<TlsParameters> {
+    let mut params = TlsParameters::builder(s.host.trim_matches(['[', ']']).to_owned());
+    if let Some(path) = &s.ca {
+        params = params.add_root_certificate(ca_bundle(path)?);
+    }
+    params
+        .build_rustls()
+        .with_context(|| format!("TLS for MAIL_SMTP_HOST `{}`", s.host))
+}
+
+/// `MAIL_SMTP_CA`'s certificates: a PEM bundle holding at least one.
+fn ca_bundle(path: &Path) -> anyhow::Result<Certificate> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("MAIL_SMTP_CA `{}` cannot be read", path.display()))?;
+    licensing_client::ca_certificates(&pem)
+        .map_err(|e| anyhow::anyhow!("MAIL_SMTP_CA `{}`: {e}", path.display()))?;
+    Certificate::from_pem(&pem).map_err(|e| {
+        anyhow::anyhow!(
+            "MAIL_SMTP_CA `{}` is not a PEM bundle ({e})",
+            path.display()
+        )
+    })
 }
 
 /// Sends the queue in order, each mail until the mail server takes it.
@@ -336,7 +388,7 @@ async fn send_all(
                     tracing::warn!(
                         key = %mail.key,
                         tries,
-                        error = %e,
+                        error = %licensing_client::describe_error(&e),
                         "the mail server did not take a notification; retrying in {}",
                         shared::duration::format(wait)
                     );

@@ -90,6 +90,9 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .map(|t| http_kit::tls::server_config(&t.cert, &t.key))
         .transpose()?;
     let ca = ca_certificates(&settings)?;
+    if let Some(m) = &settings.mail {
+        mail::transport(m)?;
+    }
     let limits = limits(&settings)?;
     let pem = std::fs::read_to_string(&settings.backoffice_public_key).with_context(|| {
         format!(

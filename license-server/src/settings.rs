@@ -59,6 +59,7 @@ pub const NAMES: &[&str] = &[
     "MAIL_SMTP_HOST",
     "MAIL_SMTP_PORT",
     "MAIL_SMTP_TLS",
+    "MAIL_SMTP_CA",
     "MAIL_FROM",
     "MAIL_TO",
     "MAIL_EVENTS",
@@ -137,6 +138,7 @@ struct Raw {
     #[serde(default, deserialize_with = "string_like")]
     mail_smtp_port: Option<String>,
     mail_smtp_tls: Option<String>,
+    mail_smtp_ca: Option<PathBuf>,
     mail_from: Option<String>,
     mail_to: Option<String>,
     mail_events: Option<String>,
@@ -535,6 +537,7 @@ impl Settings {
             host: raw.mail_smtp_host,
             port: raw.mail_smtp_port,
             tls: raw.mail_smtp_tls,
+            ca: file_setting("MAIL_SMTP_CA", raw.mail_smtp_ca)?,
             from: raw.mail_from,
             to: raw.mail_to,
             events: raw.mail_events,

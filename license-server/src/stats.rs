@@ -6,9 +6,10 @@
 //!
 //! Each server keeps its own (a cluster's members each theirs: the seed's recycling is
 //! per member, not propagated) in `DATA_DIR/usage-stats.json` (mode 0600, replaced whole
-//! by rename), written within [`SAVE_EVERY`] of a change and at shutdown. A file that does
-//! not read is set aside as `usage-stats.json.bad` with an error and the statistics start
-//! empty: they count nothing a grant depends on.
+//! through `store::files::write_atomically`: synced, renamed, the directory synced),
+//! written within [`SAVE_EVERY`] of a change and at shutdown. A file that does not read
+//! is set aside as `usage-stats.json.bad` with an error and the statistics start empty:
+//! they count nothing a grant depends on.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -70,7 +71,8 @@ struct Data {
 
 /// The statistics and where they are kept.
 pub struct UsageStats {
-    path: Option<PathBuf>,
+    /// `DATA_DIR`, where [`FILE`] is kept (`None`: in memory only).
+    dir: Option<PathBuf>,
     recycle_after: Duration,
     data: Mutex<Data>,
     changed: watch::Sender<u64>,
@@ -79,7 +81,7 @@ pub struct UsageStats {
 impl std::fmt::Debug for UsageStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UsageStats")
-            .field("path", &self.path)
+            .field("dir", &self.dir)
             .finish_non_exhaustive()
     }
 }
@@ -88,7 +90,7 @@ impl UsageStats {
     /// In memory only (tests).
     pub fn in_memory(recycle_after: Duration) -> UsageStats {
         UsageStats {
-            path: None,
+            dir: None,
             recycle_after,
             data: Mutex::new(Data {
                 version: 1,
@@ -120,7 +122,7 @@ impl UsageStats {
                 tracing::error!(file = %path.display(), error = %e, "the usage statistics cannot be read; counting starts again")
             }
         }
-        stats.path = Some(path);
+        stats.dir = Some(data_dir.to_owned());
         stats
     }
 
@@ -183,13 +185,11 @@ impl UsageStats {
 
     /// Writes the file (replaced whole).
     pub fn save(&self) -> std::io::Result<()> {
-        let Some(path) = &self.path else {
+        let Some(dir) = &self.dir else {
             return Ok(());
         };
         let bytes = serde_json::to_vec(&*self.data.lock())?;
-        let tmp = path.with_extension("json.tmp");
-        crate::store::files::write_private(&tmp, &bytes)?;
-        std::fs::rename(&tmp, path)
+        crate::store::files::write_atomically(dir, FILE, &bytes)
     }
 }
 

@@ -48,6 +48,7 @@ fn load(root: &Path, toml: &str) -> Result<String, String> {
         ("CLUSTER_MEMBER_URIS", "PAIR_TOKEN"),
         ("CLUSTER_MEMBER_HOSTIDS", "ADMIN_TOKEN"),
         ("CLUSTER_MEMBER_URIS", "ADMIN_TOKEN"),
+        ("MAIL_SMTP_CA", "MAIL_SMTP_HOST"),
         ("MAIL_FROM", "MAIL_SMTP_HOST"),
         ("MAIL_TO", "MAIL_SMTP_HOST"),
         ("MAIL_SMTP_HOST", "MAIL_FROM"),

@@ -10,6 +10,7 @@
 //! - [`proxy`]: a TCP proxy whose link a test can cut and heal;
 //! - [`smtp`]: a real SMTP server (aiosmtpd) whose mails a test reads;
 //! - [`tls`]: a certificate authority made in the test, and certificates it issues;
+//! - [`disk`]: a small tmpfs to fill (a full disk, or a disk so many percent used);
 //! - [`browser`]: headless Chromium through WebDriver;
 //! - [`eventually`], the one way tests wait for something.
 //!
@@ -19,6 +20,7 @@
 pub mod backoffice;
 pub mod browser;
 pub mod cluster;
+pub mod disk;
 pub mod fake_backoffice;
 pub mod license_server;
 pub mod postgres;
@@ -32,6 +34,7 @@ use std::time::{Duration, Instant};
 pub use backoffice::{
     ADMIN_EMAIL, ADMIN_PASSWORD, Api, BackOffice, Fixture, Reply, capability_request,
 };
+pub use disk::SmallDisk;
 pub use license_server::{
     LicenseServer, PairSetup, lease_ids, leases_at, seats_held, server_env, wait_paired,
 };

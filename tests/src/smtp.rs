@@ -2,7 +2,9 @@
 //! installed by `scripts/test`), run as its own process with its `Mailbox` handler, which
 //! writes each mail it takes into a maildir the test reads. It can be started on a port
 //! chosen before the license server (so that it starts after it: the mail server is down
-//! first, then comes back) and stopped again.
+//! first, then comes back) and stopped again. It speaks plain SMTP, SMTP with STARTTLS
+//! required before any mail (`--tlscert`: aiosmtpd's `require_starttls`), or TLS from the
+//! first byte (`--smtpscert`: SMTPS), with a certificate the test made ([`crate::tls`]).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,11 +13,23 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use crate::process::{Process, tail};
+use crate::tls::ServerCert;
+
+/// How a mail server with a certificate speaks (one without speaks plain SMTP and offers
+/// no STARTTLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// STARTTLS offered and required before MAIL FROM.
+    StartTls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
+}
 
 /// An aiosmtpd process on `127.0.0.1:port`, killed when dropped.
 pub struct MailServer {
     pub port: u16,
     dir: PathBuf,
+    tls: Option<(SmtpTls, PathBuf, PathBuf)>,
     process: Option<Process>,
 }
 
@@ -59,8 +73,15 @@ impl MailServer {
         MailServer {
             port,
             dir,
+            tls: None,
             process: None,
         }
+    }
+
+    /// Speaks `mode` with `cert`.
+    pub fn with_tls(mut self, mode: SmtpTls, cert: &ServerCert) -> MailServer {
+        self.tls = Some((mode, cert.cert.clone(), cert.key.clone()));
+        self
     }
 
     /// Starts it and waits until it takes connections.
@@ -69,9 +90,17 @@ impl MailServer {
         let maildir = self.dir.join("maildir");
         let mut cmd = Command::new("python3");
         cmd.args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(&maildir);
+            .arg(format!("127.0.0.1:{}", self.port));
+        match &self.tls {
+            Some((SmtpTls::StartTls, cert, key)) => {
+                cmd.arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
+            }
+            Some((SmtpTls::Tls, cert, key)) => {
+                cmd.arg("--smtpscert").arg(cert).arg("--smtpskey").arg(key);
+            }
+            None => {}
+        }
+        cmd.args(["-c", "aiosmtpd.handlers.Mailbox"]).arg(&maildir);
         let mut p = Process::spawn("aiosmtpd", cmd, self.dir.join("aiosmtpd.log"))?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(("127.0.0.1", self.port))

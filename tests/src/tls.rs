@@ -1,5 +1,5 @@
 //! Certificates made in the test (rcgen): a private CA and server certificates it issues
-//! for `localhost` and `127.0.0.1`, written as PEM files.
+//! for `localhost` and `127.0.0.1` (or other names), written as PEM files.
 
 use std::path::{Path, PathBuf};
 
@@ -42,9 +42,15 @@ impl TestCa {
 
     /// A certificate for `localhost` and `127.0.0.1`, issued by this CA.
     pub fn issue(&self, name: &str) -> ServerCert {
+        self.issue_for(name, &["localhost", "127.0.0.1"])
+    }
+
+    /// A certificate for `names` (host names or IP addresses), issued by this CA.
+    pub fn issue_for(&self, name: &str, names: &[&str]) -> ServerCert {
         let key = KeyPair::generate().unwrap();
         let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let out = ServerCert {

@@ -9,7 +9,7 @@ use shared::grant::{
     BindingClaims, Expected, GrantClaims, GrantError, VerifiedGrant, verify_grant,
 };
 use shared::signing::{Signer, TYP_BINDING, Verifier};
-use tests::{BackOffice, Backend, backends, capability_request};
+use tests::{BackOffice, Backend, SmallDisk, backends, capability_request};
 
 fn verify(bo: &BackOffice, body: &Value, reply_body: &Value) -> CapabilityClaims {
     let verifier = Verifier::from_public_pem(&bo.public_key_pem()).unwrap();
@@ -1592,58 +1592,12 @@ async fn guessing_a_password_is_slowed_then_refused_on_the_api_and_the_portal_an
 // ---------------------------------------------------------------------------------------
 // A full disk.
 
-/// A small tmpfs of the test's own, unmounted when dropped (mounting needs root, as the
-/// test script and CI run).
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(SmallDisk { dir });
-        }
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI runs as root and must mount a small tmpfs for the full-disk test"
-        );
-        eprintln!("note: cannot mount a tmpfs (not root?); the full-disk test is skipped");
-        None
-    }
-
-    /// Writes a file until the disk is full.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.dir.path().join("filler");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let chunk = vec![0u8; 4096];
-        while f.write_all(&chunk).is_ok() {}
-        let _ = f.sync_all();
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 #[tokio::test]
 async fn a_full_disk_gives_the_same_code_on_every_write_route() {
     let Some(disk) = SmallDisk::mount("4m") else {
         return;
     };
-    let url = format!("sqlite://{}", disk.dir.path().join("bo.db").display());
+    let url = format!("sqlite://{}", disk.path().join("bo.db").display());
     let bo = BackOffice::start_process(Backend::Sqlite, &[("DATABASE_URL", &url)])
         .await
         .unwrap();

@@ -12,13 +12,6 @@ use crate::T;
 use crate::common::tls::TestCa;
 use crate::common::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// An HTTP client that trusts `ca`.
 fn https(ca: &Path) -> reqwest::Client {
     let pem = std::fs::read(ca).unwrap();
@@ -46,7 +39,7 @@ async fn over_tls_a_pair_serves_replicates_and_refuses_an_unknown_ca() {
     let bo = TestBackoffice::start_tls(vec![right("cad", 3)], &bo_cert.cert, &bo_cert.key).await;
     assert!(bo.url.starts_with("https://"));
 
-    let (main_port, backup_port) = (free_port(), free_port());
+    let (main_port, backup_port) = (tests::free_port(), tests::free_port());
     let main_url = format!("https://127.0.0.1:{main_port}");
     let backup_url = format!("https://127.0.0.1:{backup_port}");
     let tls_env = |name: &str, port: u16| {

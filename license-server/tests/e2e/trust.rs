@@ -19,13 +19,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::common::*;
 use crate::{T, rights_arrived, status};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// A few lines of HTTP: answers every request with what `answer(method, path, body)`
 /// says, then closes the connection.
 async fn fake_http<F>(answer: F) -> String
@@ -444,7 +437,7 @@ async fn a_fake_license_server_cannot_grant_to_the_client_library() {
 
 /// A main and its backup against `bo`, linked by the secret the back office issues.
 async fn pair(bo: &TestBackoffice, dir: &std::path::Path, tag: &str) -> (Server, Server) {
-    let (main_port, backup_port) = (free_port(), free_port());
+    let (main_port, backup_port) = (tests::free_port(), tests::free_port());
     let (main_id, backup_id) = (format!("string:{tag}-main"), format!("string:{tag}-backup"));
     let main = Server::start(
         &dir.join("main"),
