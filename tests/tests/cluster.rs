@@ -60,6 +60,13 @@ struct Ledger {
     grants: Vec<(Instant, String, String)>,
 }
 
+impl Ledger {
+    /// The IDs of the leases held now.
+    fn held_ids(&self) -> HashSet<String> {
+        self.held.keys().map(Uuid::to_string).collect()
+    }
+}
+
 /// The hostid of the member whose key signed `lease`'s grant, its whole chain verified
 /// again with the producer's key alone (the client library verified it already).
 fn signed_by(producer: &shared::signing::Verifier, lease: &Lease) -> String {
@@ -189,17 +196,21 @@ struct Load {
 
 impl Load {
     fn start(s: &ClusterSetup, members: &[LicenseServer], entry: usize) -> Load {
+        let watched = members
+            .iter()
+            .map(|m| (m.url.clone(), m.admin_token()))
+            .collect();
+        Load::watching(s, &members[entry].url, watched)
+    }
+
+    /// The same through the member at `entry`, watching the members at `watched` (URL
+    /// and operator token).
+    fn watching(s: &ClusterSetup, entry: &str, watched: Vec<(String, String)>) -> Load {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let tasks = start_load(s, &members[entry].url, 4, 8, ledger.clone(), stop.clone());
+        let tasks = start_load(s, entry, 4, 8, ledger.clone(), stop.clone());
         let watch_stop = Arc::new(AtomicBool::new(false));
-        let watcher = watch_counts(
-            members
-                .iter()
-                .map(|m| (m.url.clone(), m.admin_token()))
-                .collect(),
-            watch_stop.clone(),
-        );
+        let watcher = watch_counts(watched, watch_stop.clone());
         Load {
             ledger,
             stop,
@@ -259,13 +270,7 @@ async fn kill9_of_the_leader_under_load_loses_no_lease_and_another_member_takes_
     )
     .await?];
     let on_leader = tests::lease_ids(&members[new_leader].leases(FEATURE).await?);
-    let held = ledger
-        .lock()
-        .unwrap()
-        .held
-        .keys()
-        .map(Uuid::to_string)
-        .collect::<HashSet<_>>();
+    let held = ledger.lock().unwrap().held_ids();
     let lost: Vec<_> = held.difference(&on_leader).collect();
     ensure!(
         lost.is_empty(),
@@ -576,13 +581,7 @@ async fn one_down_grants_within_the_count_two_down_grant_nothing_and_restarted_m
         max_held <= SEATS,
         "a member held {max_held} seats of {SEATS}"
     );
-    let held: HashSet<String> = ledger
-        .lock()
-        .unwrap()
-        .held
-        .keys()
-        .map(Uuid::to_string)
-        .collect();
+    let held: HashSet<String> = ledger.lock().unwrap().held_ids();
     ensure!(held.len() >= 4, "the holders hold {held:?}");
     // Two more held leases granted while `first_down` is down: it learns them when back.
     let client = s.client(&members[last_up].url)?;
@@ -1244,18 +1243,16 @@ async fn a_dead_member_is_replaced_by_configuration_under_load_and_the_old_one_i
     let old = s.replace(2).await?;
     let d = s.hostids[2].clone();
 
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let tasks = start_load(&s, &members[0].url, 4, 8, ledger.clone(), stop.clone());
     let token = members[0].admin_token();
-    let watch_stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch_counts(
+    let load = Load::watching(
+        &s,
+        &members[0].url,
         [s.url(0), s.url(1), members[2].url.clone(), s.url(2)]
             .into_iter()
             .map(|u| (u, token.clone()))
             .collect(),
-        watch_stop.clone(),
     );
+    let ledger = load.ledger.clone();
     let grants = || ledger.lock().unwrap().grants.len();
     tests::eventually(WAIT, "grants before the kill", || async {
         (grants() >= 30).then_some(())
@@ -1321,23 +1318,12 @@ async fn a_dead_member_is_replaced_by_configuration_under_load_and_the_old_one_i
         (grants() >= before + 10).then_some(())
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await?;
-    }
-    watch_stop.store(true, Ordering::Relaxed);
-    let max_held = watcher.await?;
+    let max_held = load.finish().await?;
     ensure!(
         max_held <= SEATS,
         "a member held {max_held} seats of {SEATS}"
     );
-    let held: HashSet<String> = ledger
-        .lock()
-        .unwrap()
-        .held
-        .keys()
-        .map(Uuid::to_string)
-        .collect();
+    let held: HashSet<String> = ledger.lock().unwrap().held_ids();
     ensure!(!held.is_empty(), "the holders hold no lease");
     for m in [&members[serving], &members[2]] {
         let on = tests::eventually(WAIT, "every held lease applied", || async {
