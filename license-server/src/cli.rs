@@ -352,6 +352,20 @@ fn print_cluster(c: &serde_json::Value) {
         c["leader"].as_str().unwrap_or("none"),
         c["term"]
     );
+    if let Some(voters) = c["membership"].as_array() {
+        let names: Vec<&str> = voters.iter().filter_map(|v| v.as_str()).collect();
+        println!(
+            "membership:  {}",
+            if names.is_empty() {
+                "none yet (no cluster log)".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    if let Some(problem) = c["membership_problem"].as_str() {
+        println!("  {problem}");
+    }
     for m in c["members"].as_array().into_iter().flatten() {
         println!(
             "  {:<9} {:<8} {} ({}){}{}{}",

@@ -27,6 +27,18 @@ pub struct ClusterSetup {
     pub producer: shared::signing::Verifier,
     /// The members' secret (`PAIR_TOKEN`).
     pub member_token: String,
+    /// Each member's `DATA_DIR`, under `tmp`.
+    pub dirs: [String; 3],
+}
+
+/// A member taken out by [`ClusterSetup::replace`]: what it runs with, to start it again
+/// with its old settings; its links to the other two stay open while this is kept.
+pub struct Replaced {
+    pub hostid: String,
+    pub port: u16,
+    pub dir: String,
+    pub env: Vec<(String, String)>,
+    pub links: Vec<Proxy>,
 }
 
 impl ClusterSetup {
@@ -83,6 +95,35 @@ impl ClusterSetup {
             extra: Default::default(),
             producer: bo.producer(),
             member_token,
+            dirs: [0, 1, 2].map(|i| format!("member{i}")),
+        })
+    }
+
+    /// Replaces member `k` in the settings by a new server (another hostid, port and
+    /// `DATA_DIR`, its own links): `env(i)` of every member names it from now on. Starts
+    /// nothing; the member taken out keeps its settings and links in what is returned.
+    pub async fn replace(&mut self, k: usize) -> Result<Replaced> {
+        let env = self.env(k);
+        let port = free_port();
+        let tag = Uuid::new_v4().simple().to_string();
+        let hostid = std::mem::replace(
+            &mut self.hostids[k],
+            format!("string:member{k}-new-{}", &tag[..8]),
+        );
+        let mut links = Vec::new();
+        for j in (0..3).filter(|j| *j != k) {
+            links.extend(self.links[k][j].replace(Proxy::start(self.ports[j]).await?));
+            // The other members' links to the old one go nowhere now.
+            self.links[j][k] = Some(Proxy::start(port).await?);
+        }
+        let old_port = std::mem::replace(&mut self.ports[k], port);
+        let dir = std::mem::replace(&mut self.dirs[k], format!("member{k}-new"));
+        Ok(Replaced {
+            hostid,
+            port: old_port,
+            dir,
+            env,
+            links,
         })
     }
 
@@ -130,8 +171,8 @@ impl ClusterSetup {
 
     pub async fn start(&self, i: usize) -> Result<LicenseServer> {
         LicenseServer::start(
-            &format!("member{i}"),
-            &self.tmp.path().join(format!("member{i}")),
+            &self.dirs[i],
+            &self.tmp.path().join(&self.dirs[i]),
             self.ports[i],
             &self.env(i),
         )

@@ -60,6 +60,13 @@ struct Ledger {
     grants: Vec<(Instant, String, String)>,
 }
 
+impl Ledger {
+    /// The IDs of the leases held now.
+    fn held_ids(&self) -> HashSet<String> {
+        self.held.keys().map(Uuid::to_string).collect()
+    }
+}
+
 /// The hostid of the member whose key signed `lease`'s grant, its whole chain verified
 /// again with the producer's key alone (the client library verified it already).
 fn signed_by(producer: &shared::signing::Verifier, lease: &Lease) -> String {
@@ -189,17 +196,21 @@ struct Load {
 
 impl Load {
     fn start(s: &ClusterSetup, members: &[LicenseServer], entry: usize) -> Load {
+        let watched = members
+            .iter()
+            .map(|m| (m.url.clone(), m.admin_token()))
+            .collect();
+        Load::watching(s, &members[entry].url, watched)
+    }
+
+    /// The same through the member at `entry`, watching the members at `watched` (URL
+    /// and operator token).
+    fn watching(s: &ClusterSetup, entry: &str, watched: Vec<(String, String)>) -> Load {
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let tasks = start_load(s, &members[entry].url, 4, 8, ledger.clone(), stop.clone());
+        let tasks = start_load(s, entry, 4, 8, ledger.clone(), stop.clone());
         let watch_stop = Arc::new(AtomicBool::new(false));
-        let watcher = watch_counts(
-            members
-                .iter()
-                .map(|m| (m.url.clone(), m.admin_token()))
-                .collect(),
-            watch_stop.clone(),
-        );
+        let watcher = watch_counts(watched, watch_stop.clone());
         Load {
             ledger,
             stop,
@@ -259,13 +270,7 @@ async fn kill9_of_the_leader_under_load_loses_no_lease_and_another_member_takes_
     )
     .await?];
     let on_leader = tests::lease_ids(&members[new_leader].leases(FEATURE).await?);
-    let held = ledger
-        .lock()
-        .unwrap()
-        .held
-        .keys()
-        .map(Uuid::to_string)
-        .collect::<HashSet<_>>();
+    let held = ledger.lock().unwrap().held_ids();
     let lost: Vec<_> = held.difference(&on_leader).collect();
     ensure!(
         lost.is_empty(),
@@ -576,13 +581,7 @@ async fn one_down_grants_within_the_count_two_down_grant_nothing_and_restarted_m
         max_held <= SEATS,
         "a member held {max_held} seats of {SEATS}"
     );
-    let held: HashSet<String> = ledger
-        .lock()
-        .unwrap()
-        .held
-        .keys()
-        .map(Uuid::to_string)
-        .collect();
+    let held: HashSet<String> = ledger.lock().unwrap().held_ids();
     ensure!(held.len() >= 4, "the holders hold {held:?}");
     // Two more held leases granted while `first_down` is down: it learns them when back.
     let client = s.client(&members[last_up].url)?;
@@ -1206,5 +1205,247 @@ async fn a_member_cut_off_from_the_other_two_mails_so_once_while_it_lasts() -> R
     );
     s.isolate(2, false);
     wait_status(&[&members[0], &members[1], &members[2]], "operational").await?;
+    Ok(())
+}
+
+/// The hostids of the raft membership as `m` reports it (sorted).
+async fn membership_of(m: &LicenseServer) -> Option<Vec<String>> {
+    let c = cluster_of(m).await?;
+    c["membership"]
+        .as_array()?
+        .iter()
+        .map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn sorted(hostids: &[&String]) -> Vec<String> {
+    let mut v: Vec<String> = hostids.iter().map(|h| h.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// Issue 14's replacement of a member whose machine died for good, by configuration,
+/// with clients holding and cycling leases throughout: member 2 is killed (-9) for good
+/// and replaced in the portal; the new member, started empty naming the two that stay,
+/// grants nothing and waits; the two are restarted one at a time with settings naming
+/// it (the cluster serving with two meanwhile); the leader then adds it, catches it up
+/// and changes the membership. Every acknowledged lease is on the new member, the count
+/// was never exceeded, and the member taken out, started again with its old settings,
+/// grants nothing, is refused by the others and says `not_operational`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_member_is_replaced_by_configuration_under_load_and_the_old_one_is_refused()
+-> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (_bo, fx, mut s) = setup().await?;
+    let mut members = s.start_all().await?;
+    wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
+    let (a, b) = (s.hostids[0].clone(), s.hostids[1].clone());
+    let old = s.replace(2).await?;
+    let d = s.hostids[2].clone();
+
+    let token = members[0].admin_token();
+    let load = Load::watching(
+        &s,
+        &members[0].url,
+        [s.url(0), s.url(1), members[2].url.clone(), s.url(2)]
+            .into_iter()
+            .map(|u| (u, token.clone()))
+            .collect(),
+    );
+    let ledger = load.ledger.clone();
+    let grants = || ledger.lock().unwrap().grants.len();
+    tests::eventually(WAIT, "grants before the kill", || async {
+        (grants() >= 30).then_some(())
+    })
+    .await;
+    members[2].kill9();
+
+    // The portal's "Replace member", then the new member, empty, naming the two others.
+    let cluster = view_server(&fx, &a).await?["cluster"]["id"]
+        .as_str()
+        .context("the cluster's ID")?
+        .to_owned();
+    fx.user
+        .post(
+            &format!("/api/v1/account/clusters/{cluster}/replace-member"),
+            json!({"out_hostid": old.hostid, "new_hostid": d}),
+        )
+        .await?
+        .ok()?;
+    members[2] = s.start(2).await?;
+    let waiting = tests::eventually(WAIT, "the new member to wait", || async {
+        let st = members[2].status().await.ok()?;
+        let c = &st["cluster"];
+        (c["membership_problem"].is_string() && c["membership"] == json!([])).then_some(st)
+    })
+    .await;
+    ensure!(
+        waiting["cluster_status"] == "not_operational" && waiting["cluster"]["serving"] == false,
+        "{waiting}"
+    );
+    let refused = checkouts_refused_by(&members[2].url, Duration::from_millis(500), "d").await?;
+    ensure!(
+        refused.iter().all(|(status, _)| *status == 503),
+        "{refused:?}"
+    );
+
+    // The two that stay, one at a time, with settings naming the new member: the
+    // cluster serves with two meanwhile.
+    for i in [0, 1] {
+        members[i].env = s.env(i);
+        members[i].restart().await?;
+        wait_status(&[&members[0], &members[1]], "partially_operational")
+            .await
+            .with_context(|| format!("after member {i}'s restart with the new settings"))?;
+        let before = grants();
+        tests::eventually(WAIT, "grants after the restart", || async {
+            (grants() >= before + 10).then_some(())
+        })
+        .await;
+    }
+    let three = sorted(&[&a, &b, &d]);
+    let serving = wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
+    for m in &members {
+        let view = tests::eventually(WAIT, "the new membership on every member", || async {
+            let c = cluster_of(m).await?;
+            (membership_of(m).await? == three && c["membership_problem"].is_null()).then_some(c)
+        })
+        .await;
+        ensure!(view["status"] == "operational", "{view}");
+    }
+    let before = grants();
+    tests::eventually(WAIT, "grants with the new member", || async {
+        (grants() >= before + 10).then_some(())
+    })
+    .await;
+    let max_held = load.finish().await?;
+    ensure!(
+        max_held <= SEATS,
+        "a member held {max_held} seats of {SEATS}"
+    );
+    let held: HashSet<String> = ledger.lock().unwrap().held_ids();
+    ensure!(!held.is_empty(), "the holders hold no lease");
+    for m in [&members[serving], &members[2]] {
+        let on = tests::eventually(WAIT, "every held lease applied", || async {
+            let on = tests::lease_ids(&m.leases(FEATURE).await.ok()?);
+            held.is_subset(&on).then_some(on)
+        })
+        .await;
+        ensure!(held.is_subset(&on), "leases missing on {}", m.name);
+    }
+
+    // The member taken out, started again with its old settings: refused, grants nothing.
+    let c = LicenseServer::start(
+        "member2-old",
+        &s.tmp.path().join(&old.dir),
+        old.port,
+        &old.env,
+    )
+    .await?;
+    let view = tests::eventually(WAIT, "the old member to be refused", || async {
+        let v = cluster_of(&c).await?;
+        let errors: Vec<&str> = v["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["error"].as_str())
+            .collect();
+        (errors.len() == 2 && errors.iter().all(|e| e.contains("another cluster")))
+            .then_some(v.clone())
+    })
+    .await;
+    ensure!(
+        view["status"] == "not_operational" && view["serving"] == false,
+        "{view}"
+    );
+    checkouts_refused_by(&c.url, Duration::from_secs(2), "old").await?;
+    let serving = wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
+    ensure!(membership_of(&members[serving]).await == Some(three));
+    let lease = s
+        .client(&members[serving].url)?
+        .checkout_lease(&tests::checkout_request(FEATURE, "after"))
+        .await?;
+    ensure!(lease.served_by.is_some());
+    Ok(())
+}
+
+/// A replacement the settings get wrong changes nothing and says why, on every member
+/// that sees it: a new member configured with a server that is not in the cluster, or a
+/// member whose settings change two members at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replacement_with_disagreeing_settings_or_two_members_at_once_changes_nothing_and_says_why()
+-> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (_bo, _fx, mut s) = setup().await?;
+    let mut members = s.start_all().await?;
+    wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
+    let before = sorted(&[&s.hostids[0], &s.hostids[1], &s.hostids[2]]);
+    members[2].kill9();
+    let _old = s.replace(2).await?;
+    let d = s.hostids[2].clone();
+    // The new member names member 0 and a server that is not in the cluster.
+    let stranger = format!("string:stranger-{}", Uuid::new_v4().simple());
+    s.extra[2] = vec![
+        (
+            "CLUSTER_MEMBER_HOSTIDS".into(),
+            format!("{},{stranger}", s.hostids[0]),
+        ),
+        (
+            "CLUSTER_MEMBER_URIS".into(),
+            format!(
+                "{},http://127.0.0.1:{}",
+                s.links[2][0].as_ref().context("link")?.url(),
+                free_port()
+            ),
+        ),
+    ];
+    members[2] = s.start(2).await?;
+    for i in [0, 1] {
+        members[i].env = s.env(i);
+        members[i].restart().await?;
+        wait_status(&[&members[0], &members[1]], "partially_operational").await?;
+    }
+    for m in &members[..2] {
+        let problem = tests::eventually(WAIT, "the disagreement named", || async {
+            let c = cluster_of(m).await?;
+            let p = c["membership_problem"].as_str()?;
+            (p.contains(&d) && p.contains(&stranger)).then(|| p.to_owned())
+        })
+        .await;
+        ensure!(m.log_text().contains(&problem), "not logged: {problem}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for m in &members[..2] {
+        ensure!(membership_of(m).await == Some(before.clone()), "{}", m.name);
+    }
+    ensure!(membership_of(&members[2]).await == Some(vec![]));
+    let serving = wait_status(&[&members[0], &members[1]], "partially_operational").await?;
+    s.client(&members[serving].url)?
+        .checkout_lease(&tests::checkout_request(FEATURE, "kept serving"))
+        .await?;
+
+    // Member 0 told to replace both others at once.
+    members[0].env = tests::license_server::with(
+        s.env(0),
+        &[
+            ("CLUSTER_MEMBER_HOSTIDS", &format!("{d},{stranger}")),
+            (
+                "CLUSTER_MEMBER_URIS",
+                &format!("{},http://127.0.0.1:{}", s.url(2), free_port()),
+            ),
+        ],
+    );
+    members[0].restart().await?;
+    let problem = tests::eventually(WAIT, "two at once refused", || async {
+        let c = cluster_of(&members[0]).await?;
+        let p = c["membership_problem"].as_str()?;
+        p.contains("one member at a time").then(|| p.to_owned())
+    })
+    .await;
+    ensure!(problem.contains("one member at a time"), "{problem}");
+    ensure!(membership_of(&members[0]).await == Some(before.clone()));
+    ensure!(membership_of(&members[1]).await == Some(before));
+    let out = members[0].operator(&["status"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(text.contains("one member at a time"), "{text}");
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! Who is up: each member says hello to the other two every `CLUSTER_HEARTBEAT_INTERVAL`
 //! and counts one down when it has not answered for `CLUSTER_MEMBER_TIMEOUT` (the seed's
 //! 1 s and 5 s). A hello also checks the other member is who and where this member
-//! expects (its hostid, the same three members) and that its clock agrees within an
-//! hour; a member that fails those checks is refused: no raft message goes to it, and
-//! the error naming it is logged and shown in the status. A member whose operator
+//! expects (its hostid, settings naming the same three members or, while a member is
+//! replaced, two of them) and that its clock agrees within an hour; a member that fails
+//! those checks is refused: no raft message goes to it, and the error naming it is
+//! logged and shown in the status. The last hello of each member (its settings, the
+//! membership its log holds) is kept for the decisions of [`super::membership`]. A member whose operator
 //! settings differ (`ADMIN_ACCESS` and the operator tokens, compared as an HMAC keyed
 //! with `PAIR_TOKEN`) is named in an error log and in the status, and not refused.
 
@@ -45,6 +47,8 @@ pub struct PeerState {
     /// Its operator settings differ from this member's (logged once per change; it is
     /// not refused for it: the pool matters more).
     pub admin_differs: bool,
+    /// Its last hello that passed every check.
+    pub hello: Option<Hello>,
 }
 
 pub struct Health {
@@ -97,10 +101,36 @@ impl Health {
         s.refused.is_none() && s.last_ok.is_some_and(|t| t.elapsed() < self.timeout)
     }
 
-    /// The cluster status from this member's links to the other two.
-    pub fn status(&self) -> ClusterStatus {
+    /// The cluster status from this member's links to the other members of the raft
+    /// membership (`voters`, this one among them; else `not_operational`).
+    pub fn status(&self, me: NodeId, voters: &[NodeId]) -> ClusterStatus {
+        if !voters.contains(&me) {
+            return ClusterStatus::NotOperational;
+        }
         let st = self.state.lock();
-        ClusterStatus::of_links(st.iter().filter(|s| self.is_up(s)).count())
+        let links = self
+            .peers
+            .iter()
+            .zip(st.iter())
+            .filter(|(p, s)| voters.contains(&p.id) && self.is_up(s))
+            .count();
+        ClusterStatus::of_links(links)
+    }
+
+    /// What this member knows of each other member it is configured with.
+    pub fn reports(&self) -> Vec<super::membership::PeerReport> {
+        let st = self.state.lock();
+        self.peers
+            .iter()
+            .zip(st.iter())
+            .map(|(p, s)| super::membership::PeerReport {
+                hostid: p.hostid.to_string(),
+                up: self.is_up(s),
+                refused: s.refused.clone(),
+                settings: s.hello.as_ref().map(|h| h.members.clone()),
+                membership: s.hello.as_ref().and_then(|h| h.membership.clone()),
+            })
+            .collect()
     }
 
     /// A member's URL for clients: what it says, else where this member reaches it.
@@ -149,8 +179,9 @@ impl Health {
                 if s.refused.is_none() {
                     s.last_ok = Some(Instant::now());
                     s.last_ok_ms = Some(now_ms());
-                    s.public_url = theirs.public_url;
+                    s.public_url = theirs.public_url.clone();
                     s.last_error = None;
+                    s.hello = Some(theirs);
                 }
             }
             Err(HelloError::Refused(why)) => {
@@ -240,8 +271,26 @@ impl Health {
     }
 }
 
-/// Whether a member's hello passes: the hostid expected at its URL, the same three
-/// members, a clock within the limit. `None` when it does; else the error naming it.
+/// Whether two members' settings are of one cluster: the same three members, or (while a
+/// member is replaced, its settings changed on some members and not yet on others) two of
+/// them.
+pub fn same_cluster(theirs: &[String], ours: &[String]) -> bool {
+    theirs.len() == ours.len()
+        && theirs.iter().filter(|m| ours.contains(m)).count() + 1 >= ours.len()
+}
+
+/// The error for a server whose settings name another cluster's members.
+pub fn another_cluster(hostid: &str, theirs: &[String], ours: &[String]) -> String {
+    format!(
+        "member {hostid} belongs to another cluster: its members are {}, this cluster's are {}",
+        theirs.join(", "),
+        ours.join(", ")
+    )
+}
+
+/// Whether a member's hello passes: the hostid expected at its URL, settings of this
+/// cluster ([`same_cluster`]), a clock within the limit. `None` when it does; else the
+/// error naming it.
 pub fn check(peer: &Peer, theirs: &Hello, ours: &Hello, offset_ms: i64) -> Option<String> {
     if theirs.hostid != peer.hostid.to_string() {
         return Some(format!(
@@ -250,12 +299,11 @@ pub fn check(peer: &Peer, theirs: &Hello, ours: &Hello, offset_ms: i64) -> Optio
             peer.url, theirs.hostid, peer.hostid
         ));
     }
-    if theirs.members != ours.members {
-        return Some(format!(
-            "member {} belongs to another cluster: its members are {}, this cluster's are {}",
-            peer.hostid,
-            theirs.members.join(", "),
-            ours.members.join(", ")
+    if !same_cluster(&theirs.members, &ours.members) {
+        return Some(another_cluster(
+            &peer.hostid.to_string(),
+            &theirs.members,
+            &ours.members,
         ));
     }
     let limit = CLUSTER_MAX_CLOCK_SKEW.as_millis() as i64;
@@ -296,6 +344,7 @@ mod tests {
             time_ms: 0,
             public_url: None,
             admin: None,
+            membership: None,
         }
     }
 
@@ -314,7 +363,11 @@ mod tests {
         );
         let e = check(&peer, &hello("string:c", &three), &ours, 0).unwrap();
         assert!(e.contains("answers as string:c"), "{e}");
-        let other = ["string:a", "string:b", "string:x"];
+        // Settings one member apart: a member being replaced (the new one is named on
+        // some members already); two apart: another cluster.
+        let replacing = ["string:a", "string:b", "string:d"];
+        assert_eq!(check(&peer, &hello("string:b", &replacing), &ours, 0), None);
+        let other = ["string:b", "string:x", "string:y"];
         let e = check(&peer, &hello("string:b", &other), &ours, 0).unwrap();
         assert!(
             e.contains("another cluster") && e.contains("string:x"),

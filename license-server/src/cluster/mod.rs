@@ -6,8 +6,23 @@
 //! # How it works
 //!
 //! - Each member is a raft node whose ID is derived from its hostid ([`node_id`]); the
-//!   membership is the three hostids, the same on every member, and every member
-//!   initialises it at its first start (openraft accepts the same membership from each).
+//!   membership is three hostids. A new cluster's members create it from their settings
+//!   (this member and its `CLUSTER_MEMBER_HOSTIDS`) once one has heard from another
+//!   with the same settings and no log either (openraft accepts the same membership from
+//!   each); a member without a log that reaches a member holding one never creates a
+//!   membership: it waits to be added, answering `UNAVAILABLE` ([`membership`]).
+//! - A member whose machine died for good is replaced: the operator starts the new member
+//!   with an empty `DATA_DIR` and settings naming the two that stay, then restarts those
+//!   two one at a time with settings naming it instead of the one taken out (the hellos
+//!   of members whose settings are one member apart pass, so the two keep serving). When
+//!   the leader's settings and both others' hellos name the same three, one member away
+//!   from the raft membership, and the new member answers, the leader adds it as a
+//!   learner, waits until it has caught up, and changes the voters (openraft's joint
+//!   consensus); the member taken out gets no entry more, is refused by the others as a
+//!   stranger and says `not_operational`. Anything else (two members changed at once,
+//!   settings that disagree, a new member holding another cluster's log) changes nothing
+//!   and is logged at ERROR and shown in the status (`membership_problem`). The cluster's
+//!   status, and the member URLs given to clients, follow the raft membership.
 //! - The pool is the state machine ([`machine`]): the leader proposes commands ("check
 //!   out this for this client at this time, with this lease ID"), every member decides and
 //!   applies them in log order against its own copy of the [`State`], so every copy is
@@ -66,10 +81,11 @@
 pub mod health;
 pub mod log;
 pub mod machine;
+pub mod membership;
 pub mod network;
 pub mod sm;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +105,7 @@ use crate::domain::{Millis, Rights, RightsChange, RightsCheck, State};
 use crate::error::ServiceError;
 use health::{Health, Peer};
 use machine::{Command, Outcome};
+use membership::{Action, Hold};
 use network::{Network, Wire};
 use sm::Applied;
 
@@ -120,6 +137,8 @@ const QUORUM_ACK_LIMIT_MS: u64 = ELECTION_MAX_MS;
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the leader looks for leases to expire and rights to propose.
 const DUTY_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a new member may take to catch up before its addition is tried again.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A member in the raft membership: its hostid (the same on every member; URLs are each
 /// member's own settings).
@@ -154,7 +173,9 @@ pub fn now_ms() -> Millis {
 pub struct Hello {
     /// The sender's hostid.
     pub hostid: String,
-    /// The cluster's three hostids, sorted: members of another cluster are refused.
+    /// The three hostids the sender's settings name (itself and its
+    /// `CLUSTER_MEMBER_HOSTIDS`), sorted: members whose settings are more than one member
+    /// apart are of another cluster, refused.
     pub members: Vec<String>,
     /// The sender's clock, Unix milliseconds.
     pub time_ms: i64,
@@ -165,6 +186,38 @@ pub struct Hello {
     /// members that differ are named in an error, and keep serving.
     #[serde(default)]
     pub admin: Option<String>,
+    /// The voters of the raft membership the sender's log holds, sorted (both
+    /// configurations' while a member is replaced); absent when it holds no cluster log
+    /// (a member waiting to be added, or a new cluster's before it formed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<Vec<String>>,
+}
+
+/// The raft membership a member's log holds.
+#[derive(Clone, Debug, Default)]
+pub struct Voters {
+    pub ids: Vec<NodeId>,
+    /// Their hostids, sorted.
+    pub hostids: Vec<String>,
+    /// A change is under way (two configurations).
+    pub joint: bool,
+}
+
+impl Voters {
+    fn of(m: &openraft::StoredMembership<NodeId, Member>) -> Voters {
+        let m = m.membership();
+        let ids: Vec<NodeId> = m.voter_ids().collect();
+        let mut hostids: Vec<String> = ids
+            .iter()
+            .filter_map(|id| m.get_node(id).map(|n| n.hostid.clone()))
+            .collect();
+        hostids.sort();
+        Voters {
+            ids,
+            hostids,
+            joint: m.get_joint_config().len() > 1,
+        }
+    }
 }
 
 /// The settings a member runs with.
@@ -204,8 +257,14 @@ pub struct Cluster {
     /// The newest answer this member's back-office contact verified, proposed when it
     /// leads.
     rights: Mutex<Option<Rights>>,
+    /// Verifies rights (the producer's key): the leader's offer is checked against the
+    /// membership before it is proposed.
+    rights_check: RightsCheck,
     /// Servers of another cluster that said hello (each logged once).
     strangers: Mutex<std::collections::HashSet<String>>,
+    /// Why the membership is not what the settings name (or this member waits to be
+    /// added): shown in the status.
+    hold: Mutex<Option<Hold>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -270,25 +329,10 @@ impl Cluster {
         let raft = Raft::new(id, Arc::new(config), network, log, sm)
             .await
             .context("starting the cluster member's raft node")?;
-        let membership: BTreeMap<NodeId, Member> = std::iter::once((
-            id,
-            Member {
-                hostid: cfg.hostid.to_string(),
-            },
-        ))
-        .chain(health.peers.iter().map(|p| {
-            (
-                p.id,
-                Member {
-                    hostid: p.hostid.to_string(),
-                },
-            )
-        }))
-        .collect();
-        match raft.initialize(membership).await {
-            Ok(()) => tracing::info!("cluster membership initialised: the three members"),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-            Err(e) => return Err(anyhow::anyhow!("initialising the cluster: {e}")),
+        if !raft.is_initialized().await? {
+            tracing::info!(
+                "this member holds no cluster log: it creates the membership with the other                  members of a new cluster, or waits to be added by the leader of a running one"
+            );
         }
         Ok(Arc::new(Cluster {
             raft,
@@ -303,7 +347,9 @@ impl Cluster {
             heartbeat_interval: cfg.heartbeat_interval,
             admin: cfg.admin,
             rights: Mutex::new(None),
+            rights_check: cfg.rights,
             strangers: Mutex::new(Default::default()),
+            hold: Mutex::new(None),
         }))
     }
 
@@ -312,27 +358,37 @@ impl Cluster {
         self.state.clone()
     }
 
+    /// The raft membership this member's log holds.
+    pub fn voters(&self) -> Voters {
+        Voters::of(&self.raft.metrics().borrow().membership_config)
+    }
+
     /// This member's hello.
     pub fn hello(&self) -> Hello {
+        let voters = self.voters();
         Hello {
             hostid: self.hostid.to_string(),
             members: self.members.clone(),
             time_ms: now_ms(),
             public_url: Some(self.public_url.clone()),
             admin: Some(self.admin.clone()),
+            membership: (!voters.ids.is_empty()).then_some(voters.hostids),
         }
     }
 
-    /// Checks a member's hello (the receiving side): one of ours, the same cluster, a
+    /// The cluster status: this member's links to the other voters of the membership
+    /// (`not_operational` when it is not one of them).
+    pub fn status(&self) -> ClusterStatus {
+        self.health.status(self.id, &self.voters().ids)
+    }
+
+    /// Checks a member's hello (the receiving side): one of ours, of the same cluster, a
     /// clock close enough. Returns ours.
     pub fn answer_hello(&self, theirs: &Hello) -> Result<Hello, ServiceError> {
-        if theirs.members != self.members {
-            let msg = format!(
-                "member {} belongs to another cluster: its members are {}, this cluster's are {}",
-                self.hostid,
-                self.members.join(", "),
-                theirs.members.join(", ")
-            );
+        let ours =
+            self.members.contains(&theirs.hostid) && theirs.hostid != self.hostid.to_string();
+        if !ours || !health::same_cluster(&theirs.members, &self.members) {
+            let msg = health::another_cluster(&theirs.hostid, &theirs.members, &self.members);
             // Once per sender: it says hello every heartbeat.
             if self.strangers.lock().insert(theirs.hostid.clone()) {
                 tracing::error!(from = %theirs.hostid, "a server of another cluster said hello: {msg}");
@@ -382,8 +438,151 @@ impl Cluster {
             })
         };
         let me = self.clone();
-        let duties = tokio::spawn(async move { me.leader_duties(stop).await });
-        vec![hellos, duties]
+        let s = stop.clone();
+        let duties = tokio::spawn(async move { me.leader_duties(s).await });
+        let me = self.clone();
+        let membership = tokio::spawn(async move { me.membership_duty(stop).await });
+        vec![hellos, duties, membership]
+    }
+
+    /// Every heartbeat: creates a new cluster's membership, or (the leader) replaces a
+    /// member as the settings say; records why not ([`membership`]).
+    async fn membership_duty(&self, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let voters = self.voters();
+            let reports = self.health.reports();
+            let hold = if voters.ids.is_empty() {
+                match membership::first_start(&self.members, &reports) {
+                    Ok(()) => {
+                        self.initialise().await;
+                        None
+                    }
+                    Err(why) => Some(Hold::Wait(why)),
+                }
+            } else {
+                match membership::decide(&self.members, &voters.hostids, voters.joint, &reports) {
+                    Ok(Action::Keep) => None,
+                    Ok(Action::Replace { out, new }) if self.serving().is_ok() => {
+                        self.set_hold(None);
+                        self.replace(&out, &new).await;
+                        None
+                    }
+                    Ok(Action::Replace { out, new }) => Some(Hold::Wait(format!(
+                        "{out} is replaced by {new} once the leader has caught {new} up"
+                    ))),
+                    Err(hold) => Some(hold),
+                }
+            };
+            self.set_hold(hold);
+        }
+    }
+
+    /// Records why the membership does not change; logs a change of it.
+    fn set_hold(&self, hold: Option<Hold>) {
+        let mut held = self.hold.lock();
+        if *held == hold {
+            return;
+        }
+        match &hold {
+            Some(Hold::Refuse(why)) => tracing::error!("the cluster's membership: {why}"),
+            Some(Hold::Wait(why)) => tracing::info!("the cluster's membership: {why}"),
+            None if held.is_some() => {
+                tracing::info!("the cluster's membership is as this member's settings name it")
+            }
+            None => {}
+        }
+        *held = hold;
+    }
+
+    /// Creates a new cluster's membership: the three members of the settings.
+    async fn initialise(&self) {
+        let membership: BTreeMap<NodeId, Member> = std::iter::once((self.id, &self.hostid))
+            .chain(self.health.peers.iter().map(|p| (p.id, &p.hostid)))
+            .map(|(id, h)| {
+                (
+                    id,
+                    Member {
+                        hostid: h.to_string(),
+                    },
+                )
+            })
+            .collect();
+        match self.raft.initialize(membership).await {
+            Ok(()) => tracing::info!(
+                members = %self.members.join(", "),
+                "cluster membership created: the three members of a new cluster"
+            ),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => tracing::error!(error = %e, "could not create the cluster's membership"),
+        }
+    }
+
+    /// The leader replaces `out` by `new`: adds `new` as a learner, waits until it has
+    /// caught up, then makes the configured three the voters (joint consensus; `out` is
+    /// removed). A failure is logged and tried again at the next heartbeat.
+    async fn replace(&self, out: &str, new: &str) {
+        let Some(peer) = self
+            .health
+            .peers
+            .iter()
+            .find(|p| p.hostid.to_string() == new)
+        else {
+            return;
+        };
+        tracing::info!(
+            out,
+            new,
+            "replacing a cluster member: {new} is added as a learner and catches up, then {out} leaves the membership"
+        );
+        let member = Member {
+            hostid: new.to_owned(),
+        };
+        match tokio::time::timeout(
+            CATCH_UP_TIMEOUT,
+            self.raft.add_learner(peer.id, member, true),
+        )
+        .await
+        {
+            Ok(Ok(_)) => tracing::info!(new, "the new member has caught up"),
+            Ok(Err(e)) => {
+                tracing::warn!(new, error = %e, "could not add the new member as a learner; trying again");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    new,
+                    "the new member did not catch up within {CATCH_UP_TIMEOUT:?}; trying again"
+                );
+                return;
+            }
+        }
+        let voters: BTreeSet<NodeId> = std::iter::once(self.id)
+            .chain(self.health.peers.iter().map(|p| p.id))
+            .collect();
+        match tokio::time::timeout(CATCH_UP_TIMEOUT, self.raft.change_membership(voters, false))
+            .await
+        {
+            Ok(Ok(_)) => tracing::info!(
+                out,
+                new,
+                members = %self.members.join(", "),
+                "cluster membership changed: {new} replaced {out}, which gets no entry any more"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(out, new, error = %e, "the membership change was not committed; trying again")
+            }
+            Err(_) => tracing::warn!(
+                out,
+                new,
+                "the membership change was not committed within {CATCH_UP_TIMEOUT:?}; trying again"
+            ),
+        }
     }
 
     /// While this member leads: create the pool's key once, propose newer rights, free
@@ -421,6 +620,15 @@ impl Cluster {
             let offer = offer.filter(|r| {
                 r.claims()
                     .is_some_and(|c| self.state.lock().rights_change(c) == RightsChange::Changed)
+            });
+            // An answer issued to the members the settings name is held back while the
+            // membership still names the one they replace (it would not verify yet).
+            let offer = offer.filter(|r| {
+                let check = sm::membership_check(
+                    &self.rights_check,
+                    &self.raft.metrics().borrow().membership_config,
+                );
+                check.verify(&mut r.clone()).is_ok()
             });
             if let Some(rights) = offer {
                 let iat = rights.issued_at();
@@ -461,22 +669,31 @@ impl Cluster {
     /// against it). Else `NOT_SERVING` naming the leader, or `UNAVAILABLE` when it knows
     /// of none it can reach.
     pub fn serving(&self) -> Result<(), ServiceError> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        if m.state == ServerState::Leader {
+        // Read and released at once: the metrics are not borrowed twice (a second
+        // borrow waits behind raft's next update of them, which waits for the first).
+        let (leading, serves, leader) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
             let acked = m
                 .millis_since_quorum_ack
                 .is_some_and(|ms| ms < QUORUM_ACK_LIMIT_MS);
             let caught_up = m
                 .last_applied
                 .is_some_and(|l| l.leader_id.term == m.current_term);
-            if acked && caught_up {
+            (
+                m.state == ServerState::Leader,
+                acked && caught_up,
+                m.current_leader,
+            )
+        };
+        if leading {
+            if serves {
                 return Ok(());
             }
             return Err(self.not_operational());
         }
         // A leader this member cannot reach is no use to a client either.
-        if let Some(leader) = m.current_leader.filter(|l| *l != self.id)
+        if let Some(leader) = leader.filter(|l| *l != self.id)
             && self.health.up(leader)
             && let Some(url) = self.health.client_url(leader)
         {
@@ -486,7 +703,17 @@ impl Cluster {
     }
 
     fn not_operational(&self) -> ServiceError {
-        let status = self.health.status();
+        if !self.voters().ids.contains(&self.id) {
+            let held = self.hold.lock().clone();
+            let why = held.as_ref().map_or_else(
+                || "it is not one of the cluster's members (its raft membership)".to_owned(),
+                |h| h.message().to_owned(),
+            );
+            return ServiceError::Unavailable(format!(
+                "this server grants nothing: {why}; another member may serve"
+            ));
+        }
+        let status = self.status();
         ServiceError::Unavailable(match status {
             ClusterStatus::NotOperational => format!(
                 "this cluster member is {}: it sees neither of the other members, and \
@@ -528,13 +755,15 @@ impl Cluster {
         }
     }
 
-    /// Every member's URL for clients, this one first.
+    /// Every member's URL for clients, this one first (those of the raft membership).
     pub fn client_urls(&self) -> Vec<String> {
+        let voters = self.voters().ids;
         std::iter::once(self.public_url.clone())
             .chain(
                 self.health
                     .peers
                     .iter()
+                    .filter(|p| voters.contains(&p.id))
                     .filter_map(|p| self.health.client_url(p.id)),
             )
             .collect()
@@ -598,8 +827,13 @@ impl Cluster {
                 self.health.peer(l).map(|p| p.hostid.to_string())
             }
         });
+        let voters = self.voters();
+        // Copied first: `serving` below takes this lock too.
+        let membership_problem = self.hold.lock().as_ref().map(|h| h.message().to_owned());
         ClusterView {
-            status: self.health.status(),
+            status: self.health.status(self.id, &voters.ids),
+            membership: voters.hostids,
+            membership_problem,
             serving: self.serving().is_ok(),
             leader: leader_hostid,
             serving_url: self.serving_url(),
@@ -670,6 +904,13 @@ pub struct ClusterView {
     pub last_log_index: Option<u64>,
     /// The last entry applied to this member's pool.
     pub applied_index: Option<u64>,
-    /// The three members, this one first.
+    /// The members this member's settings name, this one first.
     pub members: Vec<MemberView>,
+    /// The voters of the raft membership this member's log holds (hostids, sorted; both
+    /// configurations' while a member is replaced; empty before it holds a cluster log).
+    pub membership: Vec<String>,
+    /// Why the membership is not what this member's settings name, or why this member
+    /// waits to be added (absent when it is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub membership_problem: Option<String>,
 }

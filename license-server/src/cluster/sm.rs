@@ -3,7 +3,9 @@
 //! ([`super::machine::apply`]) or by installing a snapshot; and its snapshots, written
 //! in the store's style (format in [`super`]'s documentation). The rights of a snapshot,
 //! read from this member's file or sent by the leader, are verified like a command's
-//! ([`RightsCheck`]); a snapshot whose rights do not verify is refused.
+//! ([`RightsCheck`]); a snapshot whose rights do not verify is refused. Rights are
+//! checked against the raft membership in effect where they stand in the log (not this
+//! member's settings), so every member decides alike while a member is replaced.
 
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
@@ -42,8 +44,29 @@ pub struct StateMachine {
     dir: PathBuf,
     /// The last snapshot written or installed.
     current: Arc<Mutex<Option<Meta>>>,
-    /// Verifies the rights of commands and snapshots.
+    /// Verifies rights: the producer's key (the clusters it takes are set from the
+    /// membership by [`membership_check`]).
     check: RightsCheck,
+    /// Verifies the rights of commands: for the membership applied last.
+    applying: RightsCheck,
+}
+
+/// The voters' hostids of each configuration of `m` (two while a member is replaced).
+pub fn voter_sets(m: &openraft::Membership<NodeId, Member>) -> Vec<Vec<shared::HostId>> {
+    m.get_joint_config()
+        .iter()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|id| m.get_node(id))
+                .filter_map(|n| shared::HostId::parse(&n.hostid).ok())
+                .collect()
+        })
+        .collect()
+}
+
+/// The check of the rights of commands applied under the membership `m`.
+pub fn membership_check(check: &RightsCheck, m: &StoredMembership<NodeId, Member>) -> RightsCheck {
+    check.of_clusters(voter_sets(m.membership()))
 }
 
 /// Takes a copy when asked for a builder; encodes and writes it when asked to build.
@@ -88,6 +111,7 @@ impl StateMachine {
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         let state = Arc::new(Mutex::new(state));
+        let applying = membership_check(&check, &applied.membership);
         Ok((
             StateMachine {
                 state: state.clone(),
@@ -95,6 +119,7 @@ impl StateMachine {
                 dir: dir.to_owned(),
                 current: Arc::new(Mutex::new(current)),
                 check,
+                applying,
             },
             state,
         ))
@@ -140,6 +165,9 @@ pub fn decode(bytes: &[u8], check: &RightsCheck) -> Result<(Meta, State), String
     let f = next("its meta")?;
     let meta: Meta = serde_json::from_slice(f.payload)
         .map_err(|e| format!("record 0: not a snapshot's meta ({e})"))?;
+    // The rights held were verified as they were applied: under this membership, or the
+    // one before a member was replaced.
+    let check = membership_check(check, &meta.last_membership).or_previous();
     let f = next("the pool")?;
     let mut state = match codec::get_section(f.payload) {
         Ok(Section::Head {
@@ -270,18 +298,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             out.push(match entry.payload {
                 EntryPayload::Blank => Outcome::Done,
                 EntryPayload::Normal(cmd) => {
-                    let outcome = machine::apply(&mut st, &cmd, &self.check);
+                    let outcome = machine::apply(&mut st, &cmd, &self.applying);
                     if let Outcome::Unverified { error } = &outcome {
                         tracing::error!(
                             index = entry.log_id.index,
                             problem = %error,
-                            "the cluster's log holds rights that do not verify on this member: not taken (check BACKOFFICE_PUBLIC_KEY and CLUSTER_MEMBER_HOSTIDS on every member)"
+                            "the cluster's log holds rights that do not verify on this member: not taken (check BACKOFFICE_PUBLIC_KEY on every member)"
                         );
                     }
                     outcome
                 }
                 EntryPayload::Membership(m) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    self.applying = membership_check(&self.check, &applied.membership);
                     Outcome::Done
                 }
             });
@@ -332,6 +361,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             *st = state;
             applied.log_id = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
+            self.applying = membership_check(&self.check, &applied.membership);
         }
         *self.current.lock() = Some(meta.clone());
         tracing::info!(
@@ -367,6 +397,24 @@ mod tests {
     use crate::cluster::machine::tests::{answer, check, rights};
     use crate::domain::Holder;
 
+    /// The membership of `hostids` (one configuration).
+    pub(crate) fn membership(hostids: &[&str]) -> StoredMembership<NodeId, Member> {
+        let nodes: std::collections::BTreeMap<NodeId, Member> = hostids
+            .iter()
+            .map(|h| {
+                let id = crate::cluster::node_id(&shared::HostId::parse(h).unwrap());
+                (
+                    id,
+                    Member {
+                        hostid: h.to_string(),
+                    },
+                )
+            })
+            .collect();
+        let voters = nodes.keys().copied().collect();
+        StoredMembership::new(None, openraft::Membership::new(vec![voters], nodes))
+    }
+
     fn pool_with_leases(n: usize) -> State {
         let mut st = State::default();
         machine::apply(&mut st, &rights(10_000, 1), &check());
@@ -397,7 +445,7 @@ mod tests {
         let st = pool_with_leases(1500);
         let meta = Meta {
             last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(3, 7), 42)),
-            last_membership: StoredMembership::default(),
+            last_membership: membership(&["string:m1", "string:m2", "string:m3"]),
             snapshot_id: "s".into(),
         };
         let bytes = encode(&meta, &st.frozen()).unwrap();
@@ -428,11 +476,38 @@ mod tests {
         });
         let meta = Meta {
             last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 7), 9)),
-            last_membership: StoredMembership::default(),
+            last_membership: membership(&["string:m1", "string:m2", "string:m3"]),
             snapshot_id: "s".into(),
         };
         let bytes = encode(&meta, &st.frozen()).unwrap();
         let e = decode(&bytes, &check()).unwrap_err();
+        assert!(e.contains("rights do not verify"), "{e}");
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_rights_of_the_members_before_one_was_replaced_and_no_others() {
+        // The pool's rights were issued to m1, m2, m3; m3 was replaced by m4 since.
+        let st = pool_with_leases(2);
+        let snapshot = |members: &[&str]| {
+            let meta = Meta {
+                last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 7), 12)),
+                last_membership: membership(members),
+                snapshot_id: "s".into(),
+            };
+            encode(&meta, &st.frozen()).unwrap()
+        };
+        let (_, back) = decode(
+            &snapshot(&["string:m1", "string:m2", "string:m4"]),
+            &check(),
+        )
+        .expect("the rights of before the replacement");
+        assert_eq!(back.features(2_000), st.features(2_000));
+        // Two members off: another cluster's snapshot.
+        let e = decode(
+            &snapshot(&["string:m1", "string:m5", "string:m4"]),
+            &check(),
+        )
+        .unwrap_err();
         assert!(e.contains("rights do not verify"), "{e}");
     }
 }

@@ -15,7 +15,9 @@
 //! A member of a three-member cluster takes only its cluster's rights
 //! ([`RightsCheck::in_cluster`]): an answer that names, as the cluster it was issued to,
 //! exactly the three members this member runs with (the back office registered them as
-//! one cluster), addressed to one of them. Each member polls with its own hostid, and
+//! one cluster), addressed to one of them; the pool's rights in the cluster's log are
+//! checked against the raft membership where they stand ([`RightsCheck::of_clusters`]),
+//! so that a member replaced by another changes nothing for the rights held. Each member polls with its own hostid, and
 //! the pool's rights are the answer of whichever member led when it arrived, verified
 //! again by every member as it applies it; a server taken out of the cluster, or one
 //! that is not in it, takes none of them.
@@ -145,8 +147,13 @@ pub enum RightsError {
 pub struct RightsCheck {
     producer: Verifier,
     hostid: HostId,
-    /// A cluster member's cluster: the three members' hostids, sorted (none otherwise).
-    cluster: Vec<HostId>,
+    /// A cluster member's clusters: the sets of three hostids (each sorted) whose answers
+    /// verify; `None` for a standalone or pair server.
+    cluster: Option<Vec<Vec<HostId>>>,
+    /// Also the answer of the members before one was replaced (a set that shares two
+    /// members with one of `cluster`): the rights a snapshot holds were verified as they
+    /// were applied, under the membership of then.
+    previous: bool,
 }
 
 impl RightsCheck {
@@ -154,7 +161,8 @@ impl RightsCheck {
         RightsCheck {
             producer,
             hostid,
-            cluster: Vec::new(),
+            cluster: None,
+            previous: false,
         }
     }
 
@@ -162,9 +170,36 @@ impl RightsCheck {
     /// only answers issued to this cluster (naming exactly these three members) and
     /// addressed to one of them verify.
     pub fn in_cluster(self, others: Vec<HostId>) -> RightsCheck {
-        let mut cluster: Vec<HostId> = std::iter::once(self.hostid.clone()).chain(others).collect();
-        cluster.sort_by_key(ToString::to_string);
-        RightsCheck { cluster, ..self }
+        let cluster = std::iter::once(self.hostid.clone()).chain(others).collect();
+        self.of_clusters(vec![cluster])
+    }
+
+    /// The same check for the answers issued to one of `clusters` (each a set of three
+    /// hostids): a cluster's state machine verifies against the raft membership in
+    /// effect where the rights stand in the log (two sets while a member is replaced),
+    /// so that every member decides alike whatever its own settings say.
+    pub fn of_clusters(&self, clusters: Vec<Vec<HostId>>) -> RightsCheck {
+        let clusters = clusters
+            .into_iter()
+            .map(|mut c| {
+                c.sort_by_key(ToString::to_string);
+                c
+            })
+            .collect();
+        RightsCheck {
+            cluster: Some(clusters),
+            previous: false,
+            ..self.clone()
+        }
+    }
+
+    /// The same check, also taking the answer issued to the members before one of them
+    /// was replaced (for the rights a snapshot holds, verified as they were applied).
+    pub fn or_previous(self) -> RightsCheck {
+        RightsCheck {
+            previous: true,
+            ..self
+        }
     }
 
     pub fn hostid(&self) -> &HostId {
@@ -184,8 +219,8 @@ impl RightsCheck {
             .producer
             .decode_capability(&rights.token)
             .map_err(RightsError::Signature)?;
-        if !self.cluster.is_empty() {
-            self.of_this_cluster(&claims)?;
+        if let Some(clusters) = &self.cluster {
+            self.of_this_cluster(clusters, &claims)?;
         } else {
             let named = claims.sub == self.hostid.to_string()
                 || claims.pair.as_ref().is_some_and(|p| {
@@ -204,7 +239,11 @@ impl RightsCheck {
 
     /// A cluster member's rule: the answer names this cluster (the same three members)
     /// and is addressed to one of them.
-    fn of_this_cluster(&self, claims: &CapabilityClaims) -> Result<(), RightsError> {
+    fn of_this_cluster(
+        &self,
+        clusters: &[Vec<HostId>],
+        claims: &CapabilityClaims,
+    ) -> Result<(), RightsError> {
         let list = |m: &[HostId]| {
             m.iter()
                 .map(ToString::to_string)
@@ -216,9 +255,15 @@ impl RightsCheck {
             m.sort_by_key(ToString::to_string);
             m
         });
-        let addressed = self.cluster.iter().any(|m| claims.sub == m.to_string());
-        if theirs.as_deref() == Some(self.cluster.as_slice()) && addressed {
-            return Ok(());
+        if let Some(theirs) = &theirs {
+            let shared = |ours: &Vec<HostId>| theirs.iter().filter(|m| ours.contains(m)).count();
+            let named = clusters.iter().any(|ours| {
+                ours == theirs || (self.previous && theirs.len() == 3 && shared(ours) == 2)
+            });
+            let addressed = theirs.iter().any(|m| claims.sub == m.to_string());
+            if named && addressed {
+                return Ok(());
+            }
         }
         Err(RightsError::NotThisCluster {
             to: claims.sub.clone(),
@@ -226,7 +271,11 @@ impl RightsCheck {
                 || "no cluster".to_owned(),
                 |m| format!("the cluster of {}", list(&m)),
             ),
-            ours: list(&self.cluster),
+            ours: clusters
+                .iter()
+                .map(|c| list(c))
+                .collect::<Vec<_>>()
+                .join(" or "),
         })
     }
 
@@ -367,6 +416,34 @@ pub(crate) mod tests {
         // Issued to this cluster, but addressed to a server outside it.
         let mut r = issued("string:m9", &["string:m1", "string:m2", "string:m3"]);
         refused("string:m2", &["string:m1", "string:m3"], &mut r);
+
+        // Against the raft membership (a cluster's log): while m3 is replaced by m4 both
+        // sets verify; afterwards only the new one, or the old one for the rights a
+        // snapshot holds (verified when they were applied), never a set two members off.
+        let hosts = |m: &[&str]| m.iter().map(|h| host(h)).collect::<Vec<_>>();
+        let (old, new) = (
+            hosts(&["string:m1", "string:m2", "string:m3"]),
+            hosts(&["string:m4", "string:m1", "string:m2"]),
+        );
+        let base = check("string:m4");
+        let mut before = issued("string:m1", &["string:m1", "string:m2", "string:m3"]);
+        let mut after = issued("string:m4", &["string:m1", "string:m2", "string:m4"]);
+        let joint = base.of_clusters(vec![old.clone(), new.clone()]);
+        joint.verify(&mut before).unwrap();
+        joint.verify(&mut after).unwrap();
+        let replaced = base.of_clusters(vec![new.clone()]);
+        replaced.verify(&mut after).unwrap();
+        assert!(replaced.verify(&mut before).is_err());
+        replaced.clone().or_previous().verify(&mut before).unwrap();
+        let mut far = issued("string:m1", &["string:m1", "string:m5", "string:m6"]);
+        assert!(replaced.or_previous().verify(&mut far).is_err());
+        assert!(
+            base.of_clusters(vec![])
+                .or_previous()
+                .verify(&mut after)
+                .is_err(),
+            "no membership: nothing verifies"
+        );
 
         // Another key, or claims edited under the old signature: refused.
         let rogue = Signer::generate().sign(&claims("string:main", None, 999));

@@ -185,7 +185,7 @@ impl Service {
             usage,
             backup_dropped: dropped,
             intervals: Vec::new(),
-            cluster_status: self.cluster.as_ref().map(|c| c.health.status()),
+            cluster_status: self.cluster.as_ref().map(|c| c.status()),
         }
     }
 }
