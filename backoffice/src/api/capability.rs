@@ -187,6 +187,10 @@ async fn hold_link(
 }
 
 /// A request that changes the registry, under the account's lock.
+///
+/// A refusal may keep what it wrote (a backup that came before its main is recorded as
+/// waiting), so it too is answered only once its batch is committed: a customer who reads
+/// the registry after the refusal finds the record.
 async fn slow_path(state: &AppState, input: PollInput) -> AppResult<(CapabilityAnswer, Committed)> {
     let (answer, committed) = run_write(state, move |c| {
         let account = tokens::authenticate_device(c, &input.token)?;
@@ -194,7 +198,13 @@ async fn slow_path(state: &AppState, input: PollInput) -> AppResult<(CapabilityA
         registry::capability(c, &account, &input.request, input.key.as_ref(), input.now)
     })
     .await?;
-    Ok((answer?, committed))
+    match answer {
+        Ok(answer) => Ok((answer, committed)),
+        Err(refused) => {
+            committed.wait().await?;
+            Err(refused)
+        }
+    }
 }
 
 fn sign(state: &AppState, input: &PollInput, answer: CapabilityAnswer) -> HttpResponse {
