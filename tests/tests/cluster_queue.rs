@@ -65,10 +65,14 @@ fn wait_in_line(client: &Client, client_id: &str) -> JoinHandle<Result<Lease, Cl
 /// Waits until the line of `cad` at `m` is exactly `clients`, in that order.
 async fn line_is(m: &LicenseServer, clients: &[&str]) {
     let token = m.admin_token();
-    eventually(WAIT, &format!("the line {clients:?} at {}", m.name), || async {
-        let line = queue_at(&m.url, &token, FEATURE).await.ok()?;
-        (queued_clients(&line) == clients).then_some(())
-    })
+    eventually(
+        WAIT,
+        &format!("the line {clients:?} at {}", m.name),
+        || async {
+            let line = queue_at(&m.url, &token, FEATURE).await.ok()?;
+            (queued_clients(&line) == clients).then_some(())
+        },
+    )
     .await;
 }
 
@@ -117,10 +121,7 @@ async fn three_clients_queued_at_the_leader_are_granted_in_order_and_one_that_le
             .json(&json!({"feature": FEATURE, "client_id": "leaver", "queue_secs": 600})),
     )
     .await?;
-    ensure!(
-        status == 202 && place["position"] == 2,
-        "{status} {place}"
-    );
+    ensure!(status == 202 && place["position"] == 2, "{status} {place}");
     let mut q2 = wait_in_line(&client, "q2");
     line_is(l, &["q1", "leaver", "q2"]).await;
     let mut q3 = wait_in_line(&client, "q3");
@@ -227,9 +228,7 @@ async fn after_a_kill_9_of_the_leader_the_new_leader_keeps_the_line_and_grants_i
     client.release(&l2).await?;
     let l3 = granted(&mut q3, "q3").await?;
     ensure!(l3.client_id == "q3");
-    ensure!(
-        l1.lease_id != l2.lease_id && l2.lease_id != l3.lease_id && l1.lease_id != l3.lease_id
-    );
+    ensure!(l1.lease_id != l2.lease_id && l2.lease_id != l3.lease_id && l1.lease_id != l3.lease_id);
     for i in &alive {
         line_is(&members[*i], &[]).await;
         within_count(&members[*i], 1).await?;
@@ -320,7 +319,10 @@ async fn a_clusters_usage_reaches_the_back_office_once_also_after_a_kill_9_of_th
     }
     let body = fx
         .user
-        .get(&format!("/api/v1/account/servers/{}/usage-intervals", ids[0]))
+        .get(&format!(
+            "/api/v1/account/servers/{}/usage-intervals",
+            ids[0]
+        ))
         .await?
         .ok()?;
     let served_by: std::collections::BTreeSet<String> = body

@@ -27,8 +27,7 @@ use shared::capability::{UsageInterval, UsageKey};
 use uuid::Uuid;
 
 use crate::domain::{
-    CheckoutAsk, Denied, Event, Holder, LeaseRecord, Millis, QueueEntry, Rights, RightsCheck,
-    State,
+    CheckoutAsk, Denied, Event, Holder, LeaseRecord, Millis, QueueEntry, Rights, RightsCheck, State,
 };
 use crate::options::Who;
 
@@ -322,7 +321,13 @@ pub fn apply(st: &mut State, cmd: &Command, check: &RightsCheck) -> Outcome {
 }
 
 /// A checkout that found no seat takes its place in line, when waiting may help.
-fn join(st: &mut State, ask: &CheckoutAsk<'_>, at: Millis, q: &QueueAsk, denied: Denied) -> Outcome {
+fn join(
+    st: &mut State,
+    ask: &CheckoutAsk<'_>,
+    at: Millis,
+    q: &QueueAsk,
+    denied: Denied,
+) -> Outcome {
     match st.decide_queue_join(ask, at, q.until, q.id, denied.clone()) {
         Ok(ev) => {
             st.apply(&ev);
@@ -769,14 +774,8 @@ pub(crate) mod tests {
             // One command grants the freed seat to the first in line.
             serve(T0 + 6),
             serve(T0 + 7),
-            Command::QueueLeave {
-                id: p2,
-                at: T0 + 8,
-            },
-            Command::Return {
-                id: p1,
-                at: T0 + 9,
-            },
+            Command::QueueLeave { id: p2, at: T0 + 8 },
+            Command::Return { id: p1, at: T0 + 9 },
             serve(T0 + 10),
         ];
         let run = || {
@@ -974,7 +973,9 @@ pub(crate) mod tests {
             Command::UsageClosed {
                 intervals: vec![a.clone()],
             },
-            Command::UsageReported { keys: vec![a.key()] },
+            Command::UsageReported {
+                keys: vec![a.key()],
+            },
         ];
         let logged: Vec<Command> = cmds
             .iter()

@@ -258,7 +258,10 @@ impl Service {
         store: Store,
         identity: Arc<Identity>,
     ) -> Result<Arc<Service>, ServiceError> {
-        Self::assemble(cfg, cluster.state(), store, None, identity, Some(cluster))
+        let svc = Self::assemble(cfg, cluster.state(), store, None, identity, Some(cluster))?;
+        // The leader counts usage and commits the intervals it closes to the cluster.
+        tokio::spawn(usage::ticker(Arc::downgrade(&svc)));
+        Ok(svc)
     }
 
     fn assemble(

@@ -247,7 +247,12 @@ impl Service {
     }
 
     /// A client's wait in line ended (at `until`, when known) without a seat.
-    pub(super) fn wait_over(&self, feature: &str, asked: u32, until: Option<Millis>) -> ServiceError {
+    pub(super) fn wait_over(
+        &self,
+        feature: &str,
+        asked: u32,
+        until: Option<Millis>,
+    ) -> ServiceError {
         let at = until.map_or_else(String::new, |u| format!(" at {}", fmt_time(u / 1000)));
         let err = ServiceError::NoLicense {
             message: format!(

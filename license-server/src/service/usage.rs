@@ -38,9 +38,7 @@ impl Service {
     fn owns_pool(&self, st: &State) -> bool {
         match &self.cluster {
             Some(c) => c.serving().is_ok(),
-            None => {
-                self.cfg.role != shared::capability::Role::Backup || st.active_since.is_some()
-            }
+            None => self.cfg.role != shared::capability::Role::Backup || st.active_since.is_some(),
         }
     }
 
