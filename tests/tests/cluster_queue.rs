@@ -14,7 +14,7 @@ use licensing_client::{Client, ClientError};
 use serde_json::{Value, json};
 use shared::lease::{CheckoutRequest, Lease};
 use tests::cluster::{ClusterSetup, wait_cluster};
-use tests::license_server::{queue_at, queued_clients, seats_held};
+use tests::license_server::granted;
 use tests::{BackOffice, Backend, Fixture, LicenseServer, eventually};
 use tokio::task::JoinHandle;
 
@@ -55,6 +55,16 @@ fn ask(client_id: &str) -> CheckoutRequest {
     tests::checkout_request(FEATURE, client_id)
 }
 
+/// The first lease of a client that knows one follower: retried while that follower does
+/// not see the leader yet (it answers `UNAVAILABLE` then; the client learns every member
+/// from its first lease).
+async fn first_grant(client: &Client, client_id: &str) -> Lease {
+    eventually(WAIT, &format!("a first grant to {client_id}"), || async {
+        client.checkout_lease(&ask(client_id)).await.ok()
+    })
+    .await
+}
+
 /// A client of the library that waits in line for a seat, in a task of its own.
 fn wait_in_line(client: &Client, client_id: &str) -> JoinHandle<Result<Lease, ClientError>> {
     let client = client.clone();
@@ -62,35 +72,31 @@ fn wait_in_line(client: &Client, client_id: &str) -> JoinHandle<Result<Lease, Cl
     tokio::spawn(async move { client.checkout_lease_queued(&req, PATIENCE, |_| {}).await })
 }
 
-/// Waits until the line of `cad` at `m` is exactly `clients`, in that order.
 async fn line_is(m: &LicenseServer, clients: &[&str]) {
-    let token = m.admin_token();
-    eventually(
-        WAIT,
-        &format!("the line {clients:?} at {}", m.name),
-        || async {
-            let line = queue_at(&m.url, &token, FEATURE).await.ok()?;
-            (queued_clients(&line) == clients).then_some(())
-        },
-    )
-    .await;
+    tests::license_server::line_is(&m.url, &m.admin_token(), FEATURE, clients).await;
 }
 
-/// The lease a waiting task was granted (within `WAIT`).
-async fn granted(task: &mut JoinHandle<Result<Lease, ClientError>>, who: &str) -> Result<Lease> {
-    tokio::time::timeout(WAIT, task)
-        .await
-        .with_context(|| format!("{who} was not granted a seat"))??
-        .with_context(|| format!("{who}'s wait in line"))
-}
-
-/// Seats of `cad` held at `m`, which must be at most `count`.
 async fn within_count(m: &LicenseServer, count: u32) -> Result<u32> {
-    let held = seats_held(&m.url, &m.admin_token(), FEATURE)
-        .await
-        .context("the member's lease list")?;
-    ensure!(held <= count, "{held} seats held of {count} at {}", m.name);
-    Ok(held)
+    tests::license_server::within_count(m, FEATURE, count).await
+}
+
+/// Kills the leader with kill -9; the index of the new one, once the other two report
+/// `partially_operational` with it serving `seats`; and the two alive.
+async fn kill_the_leader(
+    members: &mut [LicenseServer],
+    leader: usize,
+    seats: u32,
+) -> Result<(usize, Vec<usize>)> {
+    members[leader].kill9();
+    let alive: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let new = alive[wait_cluster(
+        &[&members[alive[0]], &members[alive[1]]],
+        "partially_operational",
+        seats,
+        WAIT,
+    )
+    .await?];
+    Ok((new, alive))
 }
 
 async fn raw(m: &LicenseServer, req: reqwest::RequestBuilder) -> Result<(u16, Value)> {
@@ -109,7 +115,7 @@ async fn three_clients_queued_at_the_leader_are_granted_in_order_and_one_that_le
     let (l, f) = (&members[leader], &members[follower]);
     // Clients that know only a follower: redirected to the leader like any checkout.
     let client = s.client(&f.url)?;
-    let holder = client.checkout_lease(&ask("holder")).await?;
+    let holder = first_grant(&client, "holder").await;
 
     let mut q1 = wait_in_line(&client, "q1");
     line_is(l, &["q1"]).await;
@@ -190,7 +196,7 @@ async fn after_a_kill_9_of_the_leader_the_new_leader_keeps_the_line_and_grants_i
     let (_bo, _fx, s, mut members, leader) = cluster(1, &[]).await?;
     let follower = (leader + 1) % 3;
     let client = s.client(&members[follower].url)?;
-    let holder = client.checkout_lease(&ask("holder")).await?;
+    let holder = first_grant(&client, "holder").await;
     let mut q1 = wait_in_line(&client, "q1");
     line_is(&members[leader], &["q1"]).await;
     let mut q2 = wait_in_line(&client, "q2");
@@ -200,15 +206,7 @@ async fn after_a_kill_9_of_the_leader_the_new_leader_keeps_the_line_and_grants_i
         line_is(m, &["q1", "q2", "q3"]).await;
     }
 
-    members[leader].kill9();
-    let alive: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    let new = alive[wait_cluster(
-        &[&members[alive[0]], &members[alive[1]]],
-        "partially_operational",
-        1,
-        WAIT,
-    )
-    .await?];
+    let (new, alive) = kill_the_leader(&mut members, leader, 1).await?;
     let n = &members[new];
     line_is(n, &["q1", "q2", "q3"]).await;
     ensure!(
@@ -276,7 +274,7 @@ async fn a_clusters_usage_reaches_the_back_office_once_also_after_a_kill_9_of_th
     let _serial = SERIAL.lock().await;
     let (_bo, fx, s, mut members, leader) = cluster(4, &[("USAGE_INTERVAL", "2s")]).await?;
     let client = s.client(&members[(leader + 1) % 3].url)?;
-    let a = client.checkout_lease(&ask("a")).await?;
+    let a = first_grant(&client, "a").await;
     let b = client.checkout_lease(&ask("b")).await?;
     client.release(&a).await?;
     // Any member's ID shows the cluster's intervals.
@@ -290,15 +288,7 @@ async fn a_clusters_usage_reaches_the_back_office_once_also_after_a_kill_9_of_th
     })
     .await;
 
-    members[leader].kill9();
-    let alive: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    let new = alive[wait_cluster(
-        &[&members[alive[0]], &members[alive[1]]],
-        "partially_operational",
-        4,
-        WAIT,
-    )
-    .await?];
+    let (new, _) = kill_the_leader(&mut members, leader, 4).await?;
     let after = s.client(&members[new].url)?;
     let c = after.checkout_lease(&ask("c")).await?;
     after.release(&c).await?;
