@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 use licensing_client::{Client, ClientError};
 use serde_json::{Value, json};
 use shared::lease::{CheckoutRequest, Lease};
-use tests::cluster::{ClusterSetup, wait_cluster};
+use tests::cluster::{ClusterSetup, kill_the_leader, wait_cluster};
 use tests::license_server::granted;
 use tests::{BackOffice, Backend, Fixture, LicenseServer, eventually};
 use tokio::task::JoinHandle;
@@ -78,25 +78,6 @@ async fn line_is(m: &LicenseServer, clients: &[&str]) {
 
 async fn within_count(m: &LicenseServer, count: u32) -> Result<u32> {
     tests::license_server::within_count(m, FEATURE, count).await
-}
-
-/// Kills the leader with kill -9; the index of the new one, once the other two report
-/// `partially_operational` with it serving `seats`; and the two alive.
-async fn kill_the_leader(
-    members: &mut [LicenseServer],
-    leader: usize,
-    seats: u32,
-) -> Result<(usize, Vec<usize>)> {
-    members[leader].kill9();
-    let alive: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    let new = alive[wait_cluster(
-        &[&members[alive[0]], &members[alive[1]]],
-        "partially_operational",
-        seats,
-        WAIT,
-    )
-    .await?];
-    Ok((new, alive))
 }
 
 async fn raw(m: &LicenseServer, req: reqwest::RequestBuilder) -> Result<(u16, Value)> {
@@ -206,7 +187,7 @@ async fn after_a_kill_9_of_the_leader_the_new_leader_keeps_the_line_and_grants_i
         line_is(m, &["q1", "q2", "q3"]).await;
     }
 
-    let (new, alive) = kill_the_leader(&mut members, leader, 1).await?;
+    let (new, alive) = kill_the_leader(&mut members, leader, 1, WAIT).await?;
     let n = &members[new];
     line_is(n, &["q1", "q2", "q3"]).await;
     ensure!(
@@ -250,15 +231,7 @@ async fn after_a_kill_9_of_the_leader_the_new_leader_keeps_the_line_and_grants_i
 
 /// The grants of `cad` in the cluster's intervals the account API shows for `server_id`.
 async fn grants_reported(fx: &Fixture, server_id: &str) -> Option<i64> {
-    let body = fx
-        .user
-        .get(&format!(
-            "/api/v1/account/servers/{server_id}/usage-intervals"
-        ))
-        .await
-        .ok()?
-        .ok()
-        .ok()?;
+    let body = fx.usage_intervals(server_id).await?;
     Some(
         body.as_array()?
             .iter()
@@ -288,7 +261,7 @@ async fn a_clusters_usage_reaches_the_back_office_once_also_after_a_kill_9_of_th
     })
     .await;
 
-    let (new, _) = kill_the_leader(&mut members, leader, 4).await?;
+    let (new, _) = kill_the_leader(&mut members, leader, 4, WAIT).await?;
     let after = s.client(&members[new].url)?;
     let c = after.checkout_lease(&ask("c")).await?;
     after.release(&c).await?;
@@ -308,13 +281,9 @@ async fn a_clusters_usage_reaches_the_back_office_once_also_after_a_kill_9_of_th
         bail!("the cluster's grants reported: {total:?}, not 3");
     }
     let body = fx
-        .user
-        .get(&format!(
-            "/api/v1/account/servers/{}/usage-intervals",
-            ids[0]
-        ))
-        .await?
-        .ok()?;
+        .usage_intervals(&ids[0])
+        .await
+        .context("the cluster's usage intervals")?;
     let served_by: std::collections::BTreeSet<String> = body
         .as_array()
         .into_iter()

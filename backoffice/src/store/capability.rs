@@ -961,23 +961,26 @@ mod tests {
         }
     }
 
+    /// A report of an active server carrying `intervals`.
+    fn report(intervals: Vec<UsageInterval>) -> shared::capability::ServerReport {
+        shared::capability::ServerReport {
+            server_status: shared::capability::ServerStatus::Active,
+            pair_status: None,
+            usage: Vec::new(),
+            backup_dropped: false,
+            intervals,
+            cluster_status: None,
+        }
+    }
+
     #[test]
     fn usage_intervals_are_kept_once_whoever_reports_them_and_parts_add_up() {
-        use shared::capability::{ServerReport, ServerStatus};
         for tdb in testing::databases() {
             let (pool, _) = db::connect(&tdb.url, 1).unwrap();
             let c = &mut *pool.get().unwrap();
             let (acme, _, activation) = account(c, "Acme");
             let now = shared::now_unix();
             let start = now - now % 300 - 600;
-            let report = |intervals| ServerReport {
-                server_status: ServerStatus::Active,
-                pair_status: None,
-                usage: Vec::new(),
-                backup_dropped: false,
-                intervals,
-                cluster_status: None,
-            };
             let mut main = request("string:m", Role::Main, Some("string:b"));
             main.rights = vec![RightsRequest {
                 activation_id: activation,
@@ -1058,7 +1061,6 @@ mod tests {
     /// page and on the entitlement, and keeps none served outside the cluster.
     #[test]
     fn a_clusters_intervals_are_kept_once_from_any_member_and_shown_for_the_whole_cluster() {
-        use shared::capability::{ServerReport, ServerStatus};
         for tdb in testing::databases() {
             let (pool, backend) = db::connect(&tdb.url, 1).unwrap();
             let c = &mut *pool.get().unwrap();
@@ -1076,14 +1078,6 @@ mod tests {
                 )
                 .unwrap();
             }
-            let report = |intervals| ServerReport {
-                server_status: ServerStatus::Active,
-                pair_status: None,
-                usage: Vec::new(),
-                backup_dropped: false,
-                intervals,
-                cluster_status: None,
-            };
             // a led and reported its interval; b, the next leader, reports a's again (not
             // acknowledged before a died) with its own, and one naming a stranger.
             let mut first = member(a, [b, m3], &[]);
