@@ -129,11 +129,12 @@ struct Held {
 }
 
 impl Held {
-    /// The back office received `report`: its intervals are acknowledged.
-    fn reported(&mut self, mut report: ServerReport) {
-        self.usage_acked
-            .extend(report.intervals.drain(..).map(|i| i.key()));
+    /// The back office received `report`: its intervals are acknowledged (returned).
+    fn reported(&mut self, mut report: ServerReport) -> Vec<UsageKey> {
+        let keys: Vec<UsageKey> = report.intervals.drain(..).map(|i| i.key()).collect();
+        self.usage_acked.extend(keys.iter().cloned());
         self.report = Some((report, Instant::now()));
+        keys
     }
 }
 
@@ -239,7 +240,8 @@ impl Poller {
             .map_err(|e| PollError::Unreachable(describe_error(&e)))?;
         let status = resp.status().as_u16();
         if status == 204 && req.link.is_some() {
-            self.held.lock().reported(report);
+            let acked = self.held.lock().reported(report);
+            self.svc.usage_acknowledged(acked).await;
             return Ok(None);
         }
         let bytes = resp
@@ -279,7 +281,8 @@ impl Poller {
                 self.cfg.leeway.as_secs() as i64,
             )
             .map_err(|e| PollError::Rejected(e.to_string()))?;
-        self.held.lock().reported(report);
+        let acked = self.held.lock().reported(report);
+        self.svc.usage_acknowledged(acked).await;
         Ok(Some((answer.token, claims)))
     }
 

@@ -314,7 +314,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .then(|| tokio::spawn(reaper(svc.clone(), stop_rx.clone())));
     let member_tasks = member
         .as_ref()
-        .map(|c| c.run(stop_rx.clone()))
+        .map(|c| {
+            let mut tasks = c.run(stop_rx.clone());
+            tasks.push(tokio::spawn(crate::service::member::line_server(
+                svc.clone(),
+                stop_rx.clone(),
+            )));
+            tasks
+        })
         .unwrap_or_default();
     let pair_task = match role {
         Role::Main => Some(tokio::spawn(replication::run_main(

@@ -523,6 +523,19 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// The account API's usage intervals of server `server_id` (and its pair partner or
+    /// cluster members); `None` when it does not answer them.
+    pub async fn usage_intervals(&self, server_id: &str) -> Option<Value> {
+        self.user
+            .get(&format!(
+                "/api/v1/account/servers/{server_id}/usage-intervals"
+            ))
+            .await
+            .ok()?
+            .ok()
+            .ok()
+    }
+
     /// Changes the fixture's line item through the producer API (`PATCH`, the fields of
     /// `change`); the line item as it is now.
     pub async fn patch_line_item(&self, change: Value) -> Result<Value> {

@@ -246,3 +246,23 @@ pub async fn wait_cluster(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Kills the leader `members[leader]` with kill -9 and waits until the other two report
+/// `partially_operational` with one serving `seats`: that one's index, and the two alive.
+pub async fn kill_the_leader(
+    members: &mut [LicenseServer],
+    leader: usize,
+    seats: u32,
+    timeout: Duration,
+) -> Result<(usize, Vec<usize>)> {
+    members[leader].kill9();
+    let alive: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let new = alive[wait_cluster(
+        &[&members[alive[0]], &members[alive[1]]],
+        "partially_operational",
+        seats,
+        timeout,
+    )
+    .await?];
+    Ok((new, alive))
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::backoffice::{BackOffice, Fixture};
@@ -510,4 +510,42 @@ pub async fn wait_paired(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits (up to 30 s) until the line of `feature` at `url` is exactly `clients`, in that
+/// order.
+pub async fn line_is(url: &str, token: &str, feature: &str, clients: &[&str]) {
+    crate::eventually(
+        std::time::Duration::from_secs(30),
+        &format!("the line {clients:?} of {feature} at {url}"),
+        || async {
+            let line = queue_at(url, token, feature).await.ok()?;
+            (queued_clients(&line) == clients).then_some(())
+        },
+    )
+    .await;
+}
+
+/// The lease a client waiting in line in `task` was granted (within 30 s).
+pub async fn granted(
+    task: &mut tokio::task::JoinHandle<Result<shared::lease::Lease, licensing_client::ClientError>>,
+    who: &str,
+) -> Result<shared::lease::Lease> {
+    tokio::time::timeout(std::time::Duration::from_secs(30), task)
+        .await
+        .with_context(|| format!("{who} was not granted a seat"))??
+        .with_context(|| format!("{who}'s wait in line"))
+}
+
+/// Seats of `feature` held at `server`, which must be at most `count`.
+pub async fn within_count(server: &LicenseServer, feature: &str, count: u32) -> Result<u32> {
+    let held = seats_held(&server.url, &server.admin_token(), feature)
+        .await
+        .context("the server's lease list")?;
+    anyhow::ensure!(
+        held <= count,
+        "{held} seats held of {count} at {}",
+        server.name
+    );
+    Ok(held)
 }

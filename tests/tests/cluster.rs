@@ -17,7 +17,7 @@ use licensing_client::{Client, ClientError};
 use serde_json::{Value, json};
 use shared::ErrorCode;
 use shared::lease::Lease;
-use tests::cluster::{ClusterSetup, cluster_of, wait_cluster};
+use tests::cluster::{ClusterSetup, cluster_of, kill_the_leader, wait_cluster};
 use tests::{BackOffice, Backend, Fixture, LicenseServer, free_port};
 use uuid::Uuid;
 
@@ -1008,15 +1008,7 @@ async fn a_borrow_counts_on_the_whole_cluster_survives_a_kill_9_of_the_leader_an
     desk.release(&last).await?;
 
     // The leader dies: the new one holds the borrow and counts it (one seat, not two).
-    members[leader].kill9();
-    let alive: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
-    let new_leader = alive[wait_cluster(
-        &[&members[alive[0]], &members[alive[1]]],
-        "partially_operational",
-        seats,
-        WAIT,
-    )
-    .await?];
+    let (new_leader, alive) = kill_the_leader(&mut members, leader, seats, WAIT).await?;
     let held = members[new_leader].leases(FEATURE).await?;
     ensure!(
         held.iter()

@@ -14,7 +14,7 @@ use licensing_client::{Client, ClientError};
 use serde_json::{Value, json};
 use shared::ErrorCode;
 use shared::lease::{CheckoutRequest, Lease};
-use tests::license_server::{queue_at, queued_clients, seats_held};
+use tests::license_server::{granted, queue_at};
 use tests::{BackOffice, Backend, LicenseServer, PairSetup, eventually, wait_paired};
 use tokio::task::JoinHandle;
 
@@ -36,21 +36,8 @@ fn wait_in_line(client: &Client, req: CheckoutRequest) -> JoinHandle<Result<Leas
     tokio::spawn(async move { client.checkout_lease_queued(&req, PATIENCE, |_| {}).await })
 }
 
-/// Waits until the line of `cad` at `url` is exactly `clients`, in that order.
 async fn line_is(url: &str, token: &str, clients: &[&str]) {
-    eventually(WAIT, &format!("the line {clients:?} at {url}"), || async {
-        let line = queue_at(url, token, "cad").await.ok()?;
-        (queued_clients(&line) == clients).then_some(())
-    })
-    .await;
-}
-
-/// The lease a waiting task was granted (within `WAIT`).
-async fn granted(task: &mut JoinHandle<Result<Lease, ClientError>>, who: &str) -> Result<Lease> {
-    tokio::time::timeout(WAIT, task)
-        .await
-        .with_context(|| format!("{who} was not granted a seat"))??
-        .with_context(|| format!("{who}'s wait in line"))
+    tests::license_server::line_is(url, token, "cad", clients).await;
 }
 
 /// Fails, saying what the task ended with (a lease, or its error), if a client that must
@@ -72,13 +59,8 @@ async fn still_waiting(
     Ok(())
 }
 
-/// Seats of `cad` held at `server`, which must be at most `count`.
 async fn within_count(server: &LicenseServer, count: u32) -> Result<u32> {
-    let held = seats_held(&server.url, &server.admin_token(), "cad")
-        .await
-        .context("the server's lease list")?;
-    ensure!(held <= count, "{held} seats held of {count}");
-    Ok(held)
+    tests::license_server::within_count(server, "cad", count).await
 }
 
 async fn standalone(

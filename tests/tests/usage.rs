@@ -65,16 +65,7 @@ fn totals(intervals: &Value) -> Totals {
 }
 
 async fn server_totals(fx: &Fixture, server_id: &str) -> Option<Totals> {
-    let body = fx
-        .user
-        .get(&format!(
-            "/api/v1/account/servers/{server_id}/usage-intervals"
-        ))
-        .await
-        .ok()?
-        .ok()
-        .ok()?;
-    Some(totals(&body))
+    Some(totals(&fx.usage_intervals(server_id).await?))
 }
 
 fn denials(list: &[(&str, i64)]) -> BTreeMap<String, i64> {

@@ -961,23 +961,26 @@ mod tests {
         }
     }
 
+    /// A report of an active server carrying `intervals`.
+    fn report(intervals: Vec<UsageInterval>) -> shared::capability::ServerReport {
+        shared::capability::ServerReport {
+            server_status: shared::capability::ServerStatus::Active,
+            pair_status: None,
+            usage: Vec::new(),
+            backup_dropped: false,
+            intervals,
+            cluster_status: None,
+        }
+    }
+
     #[test]
     fn usage_intervals_are_kept_once_whoever_reports_them_and_parts_add_up() {
-        use shared::capability::{ServerReport, ServerStatus};
         for tdb in testing::databases() {
             let (pool, _) = db::connect(&tdb.url, 1).unwrap();
             let c = &mut *pool.get().unwrap();
             let (acme, _, activation) = account(c, "Acme");
             let now = shared::now_unix();
             let start = now - now % 300 - 600;
-            let report = |intervals| ServerReport {
-                server_status: ServerStatus::Active,
-                pair_status: None,
-                usage: Vec::new(),
-                backup_dropped: false,
-                intervals,
-                cluster_status: None,
-            };
             let mut main = request("string:m", Role::Main, Some("string:b"));
             main.rights = vec![RightsRequest {
                 activation_id: activation,
@@ -1050,6 +1053,63 @@ mod tests {
             let (other, _, _) = account(c, "Other");
             assert!(usage::server_intervals(c, &other, &backup_id, start).is_err());
             assert!(usage::entitlement_intervals(c, &other, &e.id, start).is_err());
+        }
+    }
+
+    /// A cluster's intervals are reported by whichever member leads: the back office keeps
+    /// the parts served by any member once, shows the whole cluster's from any member's
+    /// page and on the entitlement, and keeps none served outside the cluster.
+    #[test]
+    fn a_clusters_intervals_are_kept_once_from_any_member_and_shown_for_the_whole_cluster() {
+        for tdb in testing::databases() {
+            let (pool, backend) = db::connect(&tdb.url, 1).unwrap();
+            let c = &mut *pool.get().unwrap();
+            let (acme, _, activation) = account(c, "Acme");
+            let now = shared::now_unix();
+            let start = now - now % 300 - 600;
+            let (a, b, m3) = ("string:a", "string:b", "string:c");
+            for (me, others) in [(a, [b, m3]), (b, [a, m3]), (m3, [a, b])] {
+                capability(
+                    c,
+                    &acme,
+                    &member(me, others, &[(&activation, 4)]),
+                    None,
+                    now,
+                )
+                .unwrap();
+            }
+            // a led and reported its interval; b, the next leader, reports a's again (not
+            // acknowledged before a died) with its own, and one naming a stranger.
+            let mut first = member(a, [b, m3], &[]);
+            first.report = Some(report(vec![interval(a, start, start, 3)]));
+            capability(c, &acme, &first, None, now).unwrap();
+            let mut next = member(b, [a, m3], &[]);
+            next.report = Some(report(vec![
+                interval(a, start, start, 3),
+                interval(b, start + 300, start + 300, 2),
+                interval("string:elsewhere", start, start, 100),
+            ]));
+            capability(c, &acme, &next, None, now).unwrap();
+            let kept: i64 = crate::schema::usage_intervals::table
+                .count()
+                .get_result(c)
+                .unwrap();
+            assert_eq!(kept, 2, "{backend:?}");
+            let servers = crate::store::registry::list_servers(c, &acme, now, 600).unwrap();
+            for s in &servers {
+                let got = usage::server_intervals(c, &acme, &s.server.id, start).unwrap();
+                let grants: Vec<(i64, i64)> = got.iter().map(|i| (i.starts_at, i.grants)).collect();
+                assert_eq!(
+                    grants,
+                    [(start + 300, 2), (start, 3)],
+                    "{backend:?} from {}",
+                    s.server.hostid
+                );
+            }
+            let e = &catalog::list_entitlements(c, &acme).unwrap()[0];
+            let items = usage::entitlement_intervals(c, &acme, &e.id, start).unwrap();
+            assert_eq!(items.len(), 1, "{backend:?}: mapped once, to the cluster");
+            assert_eq!(items[0].intervals.len(), 2, "{backend:?}");
         }
     }
 

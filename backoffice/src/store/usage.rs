@@ -16,7 +16,7 @@ use shared::capability::{FeatureUsage, UsageInterval};
 use utoipa::ToSchema;
 
 use super::new_id;
-use super::servers::{ServerRow, account_server, pair_by_id};
+use super::servers::{ServerRow, account_server, cluster_members, pair_by_id};
 use crate::db::DbConn;
 use crate::error::{AppError, AppResult};
 use crate::on_backend;
@@ -89,6 +89,23 @@ fn with_partner(conn: &mut DbConn, account_id: &str, server_id: &str) -> AppResu
     }
     ids.sort();
     ids.dedup();
+    Ok(ids)
+}
+
+/// A server, its pair partner and the other members of its cluster: whose usage
+/// intervals are one pool's.
+fn serving_together(
+    conn: &mut DbConn,
+    account_id: &str,
+    server_id: &str,
+) -> AppResult<Vec<String>> {
+    let mut ids = with_partner(conn, account_id, server_id)?;
+    let row = account_server(conn, account_id, server_id)?;
+    if let Some(cid) = &row.cluster_id {
+        ids.extend(cluster_members(conn, cid)?.into_iter().map(|m| m.id));
+        ids.sort();
+        ids.dedup();
+    }
     Ok(ids)
 }
 
@@ -167,8 +184,8 @@ const MAX_INTERVAL_ROWS: i64 = 60_000;
 /// Keeps the closed usage intervals a server reported, each once: a part already held
 /// (the same server, feature, interval and start of its part, repeated after a restart
 /// or by the other server of the pair after a failover) changes nothing. An interval is
-/// kept for the server that served it: the reporter or its pair partner; one naming
-/// another server is not kept. Returns how many were new.
+/// kept for the server that served it: the reporter, its pair partner or another member
+/// of its cluster; one naming another server is not kept. Returns how many were new.
 pub(super) fn record_intervals(
     conn: &mut DbConn,
     row: &ServerRow,
@@ -194,6 +211,15 @@ pub(super) fn record_intervals(
             .load(conn)?;
         servers_by_hostid.extend(partners);
     }
+    // A cluster's intervals are reported by the member that leads, also those an earlier
+    // leader served.
+    if let Some(cid) = &row.cluster_id {
+        servers_by_hostid.extend(
+            cluster_members(conn, cid)?
+                .into_iter()
+                .map(|m| (m.hostid, m.id)),
+        );
+    }
     let mut fresh = 0;
     // One statement a row: batch inserts are not portable across the backends.
     for i in intervals {
@@ -202,7 +228,7 @@ pub(super) fn record_intervals(
             tracing::info!(
                 reporter = %row.hostid,
                 %served_by,
-                "a usage interval served by a server outside the reporter's pair was not kept"
+                "a usage interval served by a server outside the reporter's pair or cluster was not kept"
             );
             continue;
         };
@@ -392,14 +418,15 @@ fn intervals_of(
         .collect())
 }
 
-/// The usage intervals of a server and its pair partner from `since`, newest first.
+/// The usage intervals of a server and its pair partner (or the other members of its
+/// cluster) from `since`, newest first.
 pub fn server_intervals(
     conn: &mut DbConn,
     account_id: &str,
     server_id: &str,
     since: i64,
 ) -> AppResult<Vec<IntervalUsage>> {
-    let ids = with_partner(conn, account_id, server_id)?;
+    let ids = serving_together(conn, account_id, server_id)?;
     intervals_of(conn, &ids, None, since)
 }
 
@@ -459,7 +486,7 @@ pub fn entitlement_intervals(
             .order(servers::hostid)
             .load(conn)?;
         for (server_id, hostid) in mapped {
-            let ids = with_partner(conn, account_id, &server_id)?;
+            let ids = serving_together(conn, account_id, &server_id)?;
             out.push(LineItemUsage {
                 activation_id: activation_id.clone(),
                 intervals: intervals_of(conn, &ids, Some(&feats), since)?,

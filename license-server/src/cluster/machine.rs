@@ -11,12 +11,23 @@
 //! order. Every member holds the same state before each command, so every member decides
 //! alike, and two checkouts proposed at once for the last seat are decided one after the
 //! other: the second finds the seat taken.
+//!
+//! The line of waiting clients (`queue_secs`) is part of the pool too: a checkout that
+//! may wait joins it when no seat is free ([`Command::Checkout`] with `queue`), a client
+//! leaves it ([`Command::QueueLeave`]), and the leader serves it
+//! ([`Command::ServeQueue`]: "lapse the places whose wait ended and grant the seats the
+//! line is owed, as of `at`"). Serving is one command, not one proposal per grant: every
+//! member decides it with the domain's [`State::next_queue_grant`], whose order (first
+//! come, first served per feature) and lease IDs (the places' own) depend on the pool
+//! alone, so one log entry — one majority write — grants every seat that freed, and a new
+//! leader after a crash serves the same line in the same order.
 
 use serde::{Deserialize, Serialize};
+use shared::capability::{UsageInterval, UsageKey};
 use uuid::Uuid;
 
 use crate::domain::{
-    CheckoutAsk, Denied, Event, Holder, LeaseRecord, Millis, Rights, RightsCheck, State,
+    CheckoutAsk, Denied, Event, Holder, LeaseRecord, Millis, QueueEntry, Rights, RightsCheck, State,
 };
 use crate::options::Who;
 
@@ -59,6 +70,25 @@ pub enum Command {
         /// the proposer's binding and rights).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         borrow_ms: Option<i64>,
+        /// The client waits in line for a seat when none is free (`queue_secs`): the
+        /// place it takes. `None` for a client that already had a place (it picks its
+        /// seat up, or its wait is over).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        queue: Option<QueueAsk>,
+    },
+    /// A client leaves the line.
+    QueueLeave {
+        id: Uuid,
+        at: Millis,
+    },
+    /// Lapsed leases are freed and places whose wait ended leave the line, then the
+    /// seats the line is owed are granted in its order, as of `at`, as leases of
+    /// `lease_ms` (none without it: the proposer may not grant now) by `granted_by`.
+    ServeQueue {
+        at: Millis,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_ms: Option<i64>,
+        granted_by: String,
     },
     Renew {
         id: Uuid,
@@ -78,6 +108,25 @@ pub enum Command {
     Expire {
         at: Millis,
     },
+    /// Usage intervals the leader's meter closed: every member keeps them until the back
+    /// office acknowledged them, so that a new leader reports what the old one did not.
+    UsageClosed {
+        intervals: Vec<UsageInterval>,
+    },
+    /// The back office acknowledged these intervals (it answered a report that carried
+    /// them): no member reports them again.
+    UsageReported {
+        keys: Vec<UsageKey>,
+    },
+}
+
+/// The place a checkout takes in line if no seat is free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueAsk {
+    /// The place's ID (the ID of the lease it is granted).
+    pub id: Uuid,
+    /// When the client gives up waiting.
+    pub until: Millis,
 }
 
 impl Command {
@@ -86,10 +135,14 @@ impl Command {
             Command::Init { .. } => "init",
             Command::Rights { .. } => "rights",
             Command::Checkout { .. } => "checkout",
+            Command::QueueLeave { .. } => "queue_leave",
+            Command::ServeQueue { .. } => "serve_queue",
             Command::Renew { .. } => "renew",
             Command::Return { .. } => "return",
             Command::Release { .. } => "release",
             Command::Expire { .. } => "expire",
+            Command::UsageClosed { .. } => "usage_closed",
+            Command::UsageReported { .. } => "usage_reported",
         }
     }
 }
@@ -121,6 +174,20 @@ pub enum Outcome {
     /// Leases freed because they lapsed.
     Expired {
         freed: usize,
+    },
+    /// The client's place in line: taken now (`joined`, because of `reason`) or held
+    /// already.
+    Queued {
+        entry: QueueEntry,
+        joined: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<Denied>,
+    },
+    /// The line served: the leases granted from it (each its place's ID) and the places
+    /// whose wait ended, in order.
+    Served {
+        granted: Vec<Uuid>,
+        lapsed: Vec<Uuid>,
     },
 }
 
@@ -167,6 +234,7 @@ pub fn apply(st: &mut State, cmd: &Command, check: &RightsCheck) -> Outcome {
             lease_id,
             granted_by,
             borrow_ms,
+            queue,
         } => {
             expire(st, *at);
             let ask = CheckoutAsk {
@@ -181,6 +249,16 @@ pub fn apply(st: &mut State, cmd: &Command, check: &RightsCheck) -> Outcome {
                 who: Who::default(),
             };
             let holds = |id: &Uuid| *shown == Some(*id);
+            // A client already in line keeps its place (two of its checkouts at once).
+            if queue.is_some()
+                && let Some(entry) = st.own_queue_entry(&ask, holds)
+            {
+                return Outcome::Queued {
+                    entry: entry.clone(),
+                    joined: false,
+                    reason: None,
+                };
+            }
             match st.decide_checkout(&ask, *at, *lease_ms, *lease_id, granted_by, holds) {
                 Ok(ev) => {
                     let (id, renewed) = match &ev {
@@ -196,9 +274,24 @@ pub fn apply(st: &mut State, cmd: &Command, check: &RightsCheck) -> Outcome {
                     st.apply(&ev);
                     lease_outcome(st, &id, renewed)
                 }
-                Err(denied) => Outcome::Denied { denied },
+                Err(denied) => match queue {
+                    Some(q) => join(st, &ask, *at, q, denied),
+                    None => Outcome::Denied { denied },
+                },
             }
         }
+        Command::QueueLeave { id, at } => match st.decide_queue_leave(id, *at) {
+            Ok(ev) => {
+                st.apply(&ev);
+                Outcome::Done
+            }
+            Err(denied) => Outcome::Denied { denied },
+        },
+        Command::ServeQueue {
+            at,
+            lease_ms,
+            granted_by,
+        } => serve_queue(st, *at, *lease_ms, granted_by),
         Command::Renew { id, at, lease_ms } => {
             expire(st, *at);
             match st.decide_renew(id, *at, *lease_ms) {
@@ -214,7 +307,67 @@ pub fn apply(st: &mut State, cmd: &Command, check: &RightsCheck) -> Outcome {
         Command::Expire { at } => Outcome::Expired {
             freed: expire(st, *at),
         },
+        Command::UsageClosed { intervals } => {
+            st.apply(&Event::UsageClosed {
+                intervals: intervals.clone(),
+            });
+            Outcome::Done
+        }
+        Command::UsageReported { keys } => {
+            st.forget_usage(keys);
+            Outcome::Done
+        }
     }
+}
+
+/// A checkout that found no seat takes its place in line, when waiting may help.
+fn join(
+    st: &mut State,
+    ask: &CheckoutAsk<'_>,
+    at: Millis,
+    q: &QueueAsk,
+    denied: Denied,
+) -> Outcome {
+    match st.decide_queue_join(ask, at, q.until, q.id, denied.clone()) {
+        Ok(ev) => {
+            st.apply(&ev);
+            match st.queue_entry(&q.id) {
+                Some(entry) => Outcome::Queued {
+                    entry: entry.clone(),
+                    joined: true,
+                    reason: Some(denied),
+                },
+                None => Outcome::Denied {
+                    denied: Denied::NotQueued,
+                },
+            }
+        }
+        Err(denied) => Outcome::Denied { denied },
+    }
+}
+
+/// Frees lapsed leases, lapses places whose wait ended, grants what the line is owed.
+fn serve_queue(st: &mut State, at: Millis, lease_ms: Option<i64>, granted_by: &str) -> Outcome {
+    expire(st, at);
+    let mut lapsed = Vec::new();
+    for ev in st.lapsed_in_queue(at) {
+        if let Event::QueueLeft { id, .. } = &ev {
+            lapsed.push(*id);
+        }
+        st.apply(&ev);
+    }
+    let mut granted = Vec::new();
+    if let Some(lease_ms) = lease_ms {
+        while granted.len() < crate::domain::MAX_QUEUED
+            && let Some(ev) = st.next_queue_grant(at, lease_ms, granted_by)
+        {
+            if let Event::LeaseGranted { lease } = &ev {
+                granted.push(lease.id);
+            }
+            st.apply(&ev);
+        }
+    }
+    Outcome::Served { granted, lapsed }
 }
 
 fn lease_outcome(st: &State, id: &Uuid, renewed: bool) -> Outcome {
@@ -334,6 +487,7 @@ pub(crate) mod tests {
             lease_ms: LEASE,
             lease_id: Uuid::new_v4(),
             granted_by: "string:m1".into(),
+            queue: None,
         }
     }
 
@@ -569,5 +723,269 @@ pub(crate) mod tests {
             panic!("granted");
         };
         assert!(renewed && shown.id == a.id);
+    }
+
+    /// A checkout that may wait `secs` for a seat, taking place `id`.
+    pub(crate) fn queued(client: &str, at: Millis, id: Uuid, secs: i64) -> Command {
+        let mut cmd = checkout(client, at);
+        if let Command::Checkout { queue, .. } = &mut cmd {
+            *queue = Some(QueueAsk {
+                id,
+                until: at + secs * 1000,
+            });
+        }
+        cmd
+    }
+
+    pub(crate) fn serve(at: Millis) -> Command {
+        Command::ServeQueue {
+            at,
+            lease_ms: Some(LEASE),
+            granted_by: "string:m1".into(),
+        }
+    }
+
+    /// The IDs of three places in line.
+    pub(crate) fn places() -> [Uuid; 3] {
+        [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()]
+    }
+
+    #[test]
+    fn the_line_is_decided_alike_on_every_member_and_served_in_the_order_clients_joined() {
+        let [p1, p2, p3] = places();
+        let holder = Uuid::new_v4();
+        let mut first = checkout("holder", T0);
+        if let Command::Checkout { lease_id, .. } = &mut first {
+            *lease_id = holder;
+        }
+        let cmds = [
+            first,
+            queued("q1", T0 + 1, p1, 600),
+            queued("q2", T0 + 2, p2, 600),
+            queued("q3", T0 + 3, p3, 600),
+            // Nothing frees: nothing granted; a newcomer without a wait does not jump the
+            // line.
+            serve(T0 + 4),
+            checkout("newcomer", T0 + 4),
+            Command::Return {
+                id: holder,
+                at: T0 + 5,
+            },
+            // One command grants the freed seat to the first in line.
+            serve(T0 + 6),
+            serve(T0 + 7),
+            Command::QueueLeave { id: p2, at: T0 + 8 },
+            Command::Return { id: p1, at: T0 + 9 },
+            serve(T0 + 10),
+        ];
+        let run = || {
+            let mut st = pool(1);
+            let out: Vec<Outcome> = cmds.iter().map(|c| apply(&mut st, c)).collect();
+            (st, out)
+        };
+        let ((one, out1), (two, out2)) = (run(), run());
+        assert_eq!(out1, out2, "every member decides alike");
+        assert_eq!(one.seq, two.seq);
+        assert_eq!(one.queue(), two.queue());
+        for (i, (place, position)) in [(p1, 1), (p2, 2), (p3, 3)].into_iter().enumerate() {
+            match &out1[i + 1] {
+                Outcome::Queued {
+                    entry,
+                    joined: true,
+                    reason: Some(Denied::NoSeat { .. }),
+                } => {
+                    assert_eq!(entry.id, place);
+                    assert_eq!(one.queue_position(&place).unwrap_or(position), position);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let served = |o: &Outcome| match o {
+            Outcome::Served { granted, lapsed } => (granted.clone(), lapsed.clone()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(served(&out1[4]), (vec![], vec![]));
+        assert!(matches!(
+            out1[5],
+            Outcome::Denied {
+                denied: Denied::NoSeat { .. }
+            }
+        ));
+        assert_eq!(served(&out1[7]), (vec![p1], vec![]));
+        assert_eq!(served(&out1[8]), (vec![], vec![]));
+        assert_eq!(out1[9], Outcome::Done);
+        // q2 left: the next seat is q3's.
+        assert_eq!(served(&out1[11]), (vec![p3], vec![]));
+        assert!(one.queue().is_empty());
+        assert_eq!(one.lease_count(), 1);
+        assert_eq!(
+            apply(
+                &mut one.clone(),
+                &Command::QueueLeave {
+                    id: p2,
+                    at: T0 + 11
+                }
+            ),
+            Outcome::Denied {
+                denied: Denied::NotQueued
+            }
+        );
+    }
+
+    #[test]
+    fn a_queued_client_picks_its_seat_up_by_its_secret_and_an_impostor_neither_takes_nor_holds_it()
+    {
+        let mut st = pool(1);
+        let [place, other, _] = places();
+        let Outcome::Lease { lease: held, .. } = apply(&mut st, &checkout("holder", T0)) else {
+            panic!("granted");
+        };
+        assert!(matches!(
+            apply(&mut st, &queued("q", T0 + 1, place, 60)),
+            Outcome::Queued { joined: true, .. }
+        ));
+        // Its checkout again, with its secret: its place, not a second one.
+        match apply(&mut st, &queued("q", T0 + 2, Uuid::new_v4(), 60)) {
+            Outcome::Queued {
+                entry,
+                joined: false,
+                ..
+            } => assert_eq!(entry.id, place),
+            o => panic!("{o:?}"),
+        }
+        // q's client ID without q's secret: a place of its own, behind q.
+        let mut impostor = queued("q", T0 + 3, other, 60);
+        if let Command::Checkout { holder, .. } = &mut impostor {
+            *holder = Holder::of_secret("a guess");
+        }
+        assert!(matches!(
+            apply(&mut st, &impostor),
+            Outcome::Queued { joined: true, entry, .. } if entry.id == other
+        ));
+        apply(
+            &mut st,
+            &Command::Return {
+                id: held.id,
+                at: T0 + 4,
+            },
+        );
+        apply(&mut st, &serve(T0 + 5));
+        // q picks the seat granted to its place up (a renewal of that lease).
+        let mut pick = checkout("q", T0 + 6);
+        if let Command::Checkout { lease_id, .. } = &mut pick {
+            *lease_id = Uuid::new_v4();
+        }
+        match apply(&mut st, &pick) {
+            Outcome::Lease { lease, renewed } => assert!(renewed && lease.id == place),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(st.lease_count(), 1);
+        assert_eq!(st.queue().len(), 1, "the impostor still waits");
+    }
+
+    #[test]
+    fn a_place_lapses_at_its_time_and_blocks_nobody() {
+        let mut st = pool(1);
+        let [short, long, _] = places();
+        let Outcome::Lease { lease: held, .. } = apply(&mut st, &checkout("holder", T0)) else {
+            panic!("granted");
+        };
+        apply(&mut st, &queued("short", T0, short, 2));
+        apply(&mut st, &queued("long", T0, long, 600));
+        match apply(&mut st, &serve(T0 + 2_000)) {
+            Outcome::Served { granted, lapsed } => {
+                assert!(granted.is_empty());
+                assert_eq!(lapsed, vec![short]);
+            }
+            o => panic!("{o:?}"),
+        }
+        // Its checkout after its wait ended and without a place: no seat, no new place.
+        let mut late = checkout("short", T0 + 2_001);
+        if let Command::Checkout { queue, .. } = &mut late {
+            *queue = None;
+        }
+        assert!(matches!(apply(&mut st, &late), Outcome::Denied { .. }));
+        apply(
+            &mut st,
+            &Command::Return {
+                id: held.id,
+                at: T0 + 2_002,
+            },
+        );
+        match apply(&mut st, &serve(T0 + 2_003)) {
+            Outcome::Served { granted, .. } => assert_eq!(granted, vec![long]),
+            o => panic!("{o:?}"),
+        }
+        // Without a lease length (the proposer may not grant now) nothing is granted.
+        let mut st = pool(1);
+        let Outcome::Lease { lease: held, .. } = apply(&mut st, &checkout("holder", T0)) else {
+            panic!("granted");
+        };
+        apply(&mut st, &queued("x", T0, Uuid::new_v4(), 60));
+        apply(
+            &mut st,
+            &Command::Return {
+                id: held.id,
+                at: T0 + 1,
+            },
+        );
+        let none = Command::ServeQueue {
+            at: T0 + 1,
+            lease_ms: None,
+            granted_by: "string:m1".into(),
+        };
+        assert_eq!(
+            apply(&mut st, &none),
+            Outcome::Served {
+                granted: vec![],
+                lapsed: vec![]
+            }
+        );
+        assert_eq!((st.lease_count(), st.queue().len()), (0, 1));
+    }
+
+    #[test]
+    fn closed_usage_is_kept_by_every_member_until_the_back_office_acknowledged_it() {
+        let interval = |start: i64| shared::capability::UsageInterval {
+            feature: "cad".into(),
+            version: "1.0".into(),
+            starts_at: start,
+            ends_at: start + 300,
+            served_by: host("string:m1"),
+            served_from: start,
+            served_until: start + 300,
+            count: 1,
+            peak: 1,
+            seat_secs: 30,
+            grants: 2,
+            denials: Default::default(),
+            true_denials: 0,
+            borrowed: 0,
+            overdraft: 0,
+            queued: 0,
+        };
+        let (a, b) = (interval(1_000), interval(1_300));
+        let cmds = [
+            Command::UsageClosed {
+                intervals: vec![a.clone(), b.clone()],
+            },
+            // A second commit of the same interval keeps one.
+            Command::UsageClosed {
+                intervals: vec![a.clone()],
+            },
+            Command::UsageReported {
+                keys: vec![a.key()],
+            },
+        ];
+        let logged: Vec<Command> = cmds
+            .iter()
+            .map(|c| serde_json::from_slice(&serde_json::to_vec(c).unwrap()).unwrap())
+            .collect();
+        assert_eq!(logged, cmds, "the log keeps the intervals");
+        let mut st = pool(1);
+        for c in &logged {
+            assert_eq!(apply(&mut st, c), Outcome::Done);
+        }
+        assert_eq!(st.usage.keys().cloned().collect::<Vec<_>>(), vec![b.key()]);
     }
 }

@@ -32,7 +32,12 @@
 //!   with the leader's URL, and a member that sees no leader (cut off, or the cluster
 //!   electing) `UNAVAILABLE`, so clients move on to another member by themselves.
 //! - The leader also proposes the pool's lease key once, the rights its back-office
-//!   contact verified (newer answers only) and the expiry of lapsed leases.
+//!   contact verified (newer answers only) and the expiry of lapsed leases; the service
+//!   on the leader proposes serving the line of waiting clients whenever a seat is owed
+//!   to it ([`crate::service::member::line_server`]), and commits the usage intervals
+//!   its meter closed and the back office's acknowledgement of them
+//!   ([`crate::service::usage`]). The line and the closed intervals are part of the pool:
+//!   every member holds them, and a new leader serves and reports them.
 //! - Trust (the chain of the back office's signatures): each member polls the back
 //!   office with its own hostid and key, naming the other two (the back office registers
 //!   the three as one cluster and maps its rights once), and holds its own binding. The

@@ -433,6 +433,7 @@ mod tests {
                     lease_ms: 60_000,
                     lease_id: uuid::Uuid::new_v4(),
                     granted_by: "string:m1".into(),
+                    queue: None,
                 },
                 &check(),
             );
@@ -509,5 +510,53 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("rights do not verify"), "{e}");
+    }
+
+    /// A member that loads the pool from a snapshot holds the same line and serves it as
+    /// the members that applied every command.
+    #[test]
+    fn a_snapshot_carries_the_line_and_a_member_loaded_from_it_serves_it_alike() {
+        use crate::cluster::machine::tests::{places, queued, serve};
+        let mut st = State::default();
+        machine::apply(&mut st, &rights(1, 1), &check());
+        let [p1, p2, p3] = places();
+        let holder = uuid::Uuid::new_v4();
+        let mut first = queued("holder", 1_000, uuid::Uuid::new_v4(), 60);
+        if let Command::Checkout { lease_id, .. } = &mut first {
+            *lease_id = holder;
+        }
+        for cmd in [
+            first,
+            queued("q1", 1_001, p1, 600),
+            queued("q2", 1_002, p2, 600),
+            queued("q3", 1_003, p3, 600),
+        ] {
+            machine::apply(&mut st, &cmd, &check());
+        }
+        assert_eq!(st.queue().len(), 3);
+        let meta = Meta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 7), 12)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "s".into(),
+        };
+        let bytes = encode(&meta, &st.frozen()).unwrap();
+        let (_, mut loaded) = decode(&bytes, &check()).unwrap();
+        assert_eq!(loaded.queue(), st.queue());
+        let after = [
+            Command::Return {
+                id: holder,
+                at: 2_000,
+            },
+            serve(2_001),
+            Command::Return { id: p1, at: 2_002 },
+            serve(2_003),
+        ];
+        for cmd in &after {
+            let here = machine::apply(&mut st, cmd, &check());
+            assert_eq!(here, machine::apply(&mut loaded, cmd, &check()), "{cmd:?}");
+        }
+        assert_eq!(loaded.queue(), st.queue());
+        assert_eq!(loaded.queue()[0].id, p3);
+        assert!(loaded.has_lease(&p2) && !loaded.has_lease(&p1));
     }
 }

@@ -746,6 +746,14 @@ impl State {
         self.seq
     }
 
+    /// Forgets closed usage intervals the back office acknowledged (a cluster's: its
+    /// members report from one replicated set, so an acknowledged one leaves it).
+    pub fn forget_usage(&mut self, keys: &[UsageKey]) {
+        for k in keys {
+            self.usage.remove(k);
+        }
+    }
+
     /// Adds closed usage intervals (one already held is kept as it is), then forgets the
     /// oldest beyond [`USAGE_KEPT`].
     pub fn keep_usage(&mut self, intervals: impl IntoIterator<Item = UsageInterval>) {

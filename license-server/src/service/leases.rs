@@ -575,7 +575,7 @@ pub(super) fn ask_of(req: &CheckoutRequest) -> CheckoutAsk<'_> {
 
 /// The borrow a checkout asks for, in milliseconds (validated: at most 365 days).
 /// The pool a lease was granted from.
-fn pool_key(r: &LeaseRecord) -> FeatureKey {
+pub(super) fn pool_key(r: &LeaseRecord) -> FeatureKey {
     FeatureKey {
         feature: r.feature.clone(),
         version: r.version.clone(),

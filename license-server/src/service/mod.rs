@@ -170,8 +170,13 @@ pub struct Service {
     queue_changed: tokio::sync::Notify,
     /// Set when the server stops: queued checkouts are no longer held open.
     queue_stopping: std::sync::atomic::AtomicBool,
+    /// A cluster member's line may be owed a seat now (a return, a release, a client
+    /// left): [`member::line_server`] looks at once.
+    line_due: tokio::sync::Notify,
     /// What the serving server counts for its usage reports ([`usage`]).
     meter: Mutex<Meter>,
+    /// A cluster member's closed intervals not committed to the cluster yet.
+    usage_uncommitted: Mutex<Vec<shared::capability::UsageInterval>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -253,7 +258,10 @@ impl Service {
         store: Store,
         identity: Arc<Identity>,
     ) -> Result<Arc<Service>, ServiceError> {
-        Self::assemble(cfg, cluster.state(), store, None, identity, Some(cluster))
+        let svc = Self::assemble(cfg, cluster.state(), store, None, identity, Some(cluster))?;
+        // The leader counts usage and commits the intervals it closes to the cluster.
+        tokio::spawn(usage::ticker(Arc::downgrade(&svc)));
+        Ok(svc)
     }
 
     fn assemble(
@@ -317,6 +325,8 @@ impl Service {
             poll_now: rights::PollNow::new(),
             queue_changed: tokio::sync::Notify::new(),
             queue_stopping: std::sync::atomic::AtomicBool::new(false),
+            line_due: tokio::sync::Notify::new(),
+            usage_uncommitted: Mutex::new(Vec::new()),
         }))
     }
 
@@ -350,13 +360,15 @@ impl Service {
     /// Waits for everything queued to be durable and stops the store's writer (and a
     /// cluster member's raft node).
     pub async fn shutdown(&self) {
-        if let Some(c) = &self.cluster {
-            c.shutdown().await;
-        }
-        // What was counted of the open intervals is kept (the part served until now).
+        // What was counted of the open intervals is kept (the part served until now);
+        // a cluster's leader commits it to the cluster before its raft node stops.
         {
             let mut st = self.state.lock();
             self.flush_usage(&mut st, now_ms());
+        }
+        if let Some(c) = &self.cluster {
+            self.commit_usage().await;
+            c.shutdown().await;
         }
         let _ = store::acked(self.store.barrier()).await;
         self.store.shutdown();

@@ -8,6 +8,10 @@
 //! without waiting; its client is told only when it picks it up, by a checkout that finds
 //! its own lease and renews it, answered once that renewal is durable (and on the backup)
 //! — and with it the grant before it.
+//!
+//! A cluster member keeps the same line through the cluster ([`super::member`]): joining,
+//! leaving and serving it are commands every member decides alike, and the leader
+//! proposes serving it whenever a seat is owed to it.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -36,7 +40,7 @@ enum Decided {
 }
 
 /// One look at a queued checkout.
-enum Step {
+pub(super) enum Step {
     Granted(Lease),
     /// Joined the line just now.
     Joined(QueuePlace),
@@ -57,15 +61,6 @@ impl Service {
             )));
         };
         if let Err(e) = super::leases::validate_checkout(req).and_then(|()| self.check_wait(req)) {
-            self.metrics.deny(e.code());
-            return Err(e);
-        }
-        if self.cluster().is_some() {
-            let e = ServiceError::validation(
-                "queue_secs",
-                "this server is a member of a cluster, whose members do not keep a line of \
-                 waiting clients; check out without queue_secs and retry after `next_free_at`",
-            );
             self.metrics.deny(e.code());
             return Err(e);
         }
@@ -129,6 +124,11 @@ impl Service {
         lease_token: Option<&str>,
         had_place: bool,
     ) -> Result<Step, ServiceError> {
+        if let Some(c) = self.cluster() {
+            return self
+                .queue_step_in_cluster(c, req, secs, lease_token, had_place)
+                .await;
+        }
         let ask = ask_of(req);
         let holds = |id: &Uuid| lease_token.is_some_and(|t| self.token_matches(id, t));
         let now = now_ms();
@@ -224,7 +224,7 @@ impl Service {
     }
 
     /// The client's place, as it is told it.
-    fn place(&self, st: &State, e: &QueueEntry, reason: String) -> QueuePlace {
+    pub(super) fn place(&self, st: &State, e: &QueueEntry, reason: String) -> QueuePlace {
         QueuePlace {
             queue_id: e.id,
             token: self.sign_lease(&e.id),
@@ -247,7 +247,12 @@ impl Service {
     }
 
     /// A client's wait in line ended (at `until`, when known) without a seat.
-    fn wait_over(&self, feature: &str, asked: u32, until: Option<Millis>) -> ServiceError {
+    pub(super) fn wait_over(
+        &self,
+        feature: &str,
+        asked: u32,
+        until: Option<Millis>,
+    ) -> ServiceError {
         let at = until.map_or_else(String::new, |u| format!(" at {}", fmt_time(u / 1000)));
         let err = ServiceError::NoLicense {
             message: format!(
@@ -265,7 +270,11 @@ impl Service {
 
     /// Leaves the line (`DELETE /api/v1/queue/{id}`, the place's token).
     pub async fn leave_queue(&self, id: &Uuid, token: Option<&str>) -> Result<(), ServiceError> {
-        self.refuse_if_not_serving()?;
+        if let Some(c) = self.cluster() {
+            c.serving().inspect_err(|e| self.metrics.deny(e.code()))?;
+        } else {
+            self.refuse_if_not_serving()?;
+        }
         let Some(token) = token else {
             let e = ServiceError::Unauthorized(
                 "send the place's token as `Authorization: Bearer <token>`".into(),
@@ -277,6 +286,9 @@ impl Service {
             let e = ServiceError::Forbidden("the token is not the token of this place".into());
             self.metrics.deny(e.code());
             return Err(e);
+        }
+        if let Some(c) = self.cluster() {
+            return self.leave_queue_in_cluster(c, id).await;
         }
         let now = now_ms();
         let (seq, rx) = {

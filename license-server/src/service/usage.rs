@@ -5,8 +5,14 @@
 //! intervals the back office has not acknowledged yet.
 //!
 //! Only the server that owns the pool counts: a main or standalone server, or a backup
-//! that took over (it hands what it counted back with the pool). A cluster member counts
-//! nothing yet.
+//! that took over (it hands what it counted back with the pool), or the member of a
+//! cluster that serves (leads). A cluster's closed intervals are a command of the cluster
+//! ([`crate::cluster::machine::Command::UsageClosed`]), so every member holds them; the
+//! leader's poller reports them, and once the back office answered, a second command
+//! ([`crate::cluster::machine::Command::UsageReported`]) takes them out of every member's
+//! set: a new leader reports only what was not acknowledged. The open interval lives in
+//! the leader's memory: what a leader killed counted of it is lost (a leader that stops
+//! or loses its leadership commits it first, when it still can).
 
 use std::collections::BTreeSet;
 use std::sync::Weak;
@@ -30,8 +36,10 @@ pub const REPORT_MAX: usize = shared::capability::MAX_REPORTED_INTERVALS;
 impl Service {
     /// Whether this server's pool is its own to count: not a standby copy of its main's.
     fn owns_pool(&self, st: &State) -> bool {
-        self.cluster.is_none()
-            && (self.cfg.role != shared::capability::Role::Backup || st.active_since.is_some())
+        match &self.cluster {
+            Some(c) => c.serving().is_ok(),
+            None => self.cfg.role != shared::capability::Role::Backup || st.active_since.is_some(),
+        }
     }
 
     /// A client joined the line for a seat (under the state lock): the interval's
@@ -159,6 +167,11 @@ impl Service {
         if intervals.is_empty() {
             return;
         }
+        if self.cluster.is_some() {
+            // Committed to the cluster by the ticker ([`Service::commit_usage`]).
+            self.usage_uncommitted.lock().extend(intervals);
+            return;
+        }
         let ev = Event::UsageClosed { intervals };
         let seq = st.apply(&ev);
         self.store.submit_nowait(seq, ev);
@@ -168,6 +181,10 @@ impl Service {
     /// first, at most [`REPORT_MAX`]; `acked` loses what the state no longer keeps.
     pub fn usage_to_report(&self, acked: &mut BTreeSet<UsageKey>) -> Vec<UsageInterval> {
         let st = self.state.lock();
+        // A cluster's intervals are reported by the member that serves.
+        if self.cluster.as_ref().is_some_and(|c| c.serving().is_err()) {
+            return Vec::new();
+        }
         acked.retain(|k| st.usage.contains_key(k));
         st.usage
             .iter()
@@ -181,7 +198,53 @@ impl Service {
 impl Service {
     /// Whether a closed interval is not in `acked`.
     pub fn usage_pending(&self, acked: &BTreeSet<UsageKey>) -> bool {
+        if self.cluster.as_ref().is_some_and(|c| c.serving().is_err()) {
+            return false;
+        }
         self.state.lock().usage.keys().any(|k| !acked.contains(k))
+    }
+
+    /// A cluster member that serves commits the intervals its meter closed (kept for the
+    /// next try when the cluster does not commit them now).
+    pub async fn commit_usage(&self) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        let intervals = std::mem::take(&mut *self.usage_uncommitted.lock());
+        if intervals.is_empty() {
+            return;
+        }
+        let n = intervals.len();
+        let cmd = crate::cluster::machine::Command::UsageClosed {
+            intervals: intervals.clone(),
+        };
+        match c.propose(cmd).await {
+            Ok(_) => tracing::debug!(intervals = n, "usage intervals committed to the cluster"),
+            Err(e) => {
+                tracing::debug!(error = %e, intervals = n, "usage intervals not committed yet");
+                let mut held = self.usage_uncommitted.lock();
+                let later = std::mem::replace(&mut *held, intervals);
+                held.extend(later);
+            }
+        }
+    }
+
+    /// The back office acknowledged `keys` (it answered a report that carried them): a
+    /// cluster member that serves takes them out of the cluster's set, so that no member
+    /// reports them again.
+    pub async fn usage_acknowledged(&self, keys: Vec<UsageKey>) {
+        let Some(c) = &self.cluster else {
+            return;
+        };
+        if keys.is_empty() || c.serving().is_err() {
+            return;
+        }
+        let cmd = crate::cluster::machine::Command::UsageReported { keys };
+        if let Err(e) = c.propose(cmd).await {
+            // This member's poller does not send them again; a new leader does, once, and
+            // the back office keeps each once.
+            tracing::debug!(error = %e, "the back office's acknowledgement not committed yet");
+        }
     }
 }
 
@@ -203,5 +266,6 @@ pub(super) async fn ticker(svc: Weak<Service>) {
             return;
         };
         svc.close_usage(now_ms());
+        svc.commit_usage().await;
     }
 }
