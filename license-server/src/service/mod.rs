@@ -338,7 +338,7 @@ impl Service {
     }
 
     /// The durable event stream (for replication to a backup).
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<store::Committed>> {
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<store::Record> {
         self.store.subscribe()
     }
 
