@@ -32,9 +32,9 @@ use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::watch;
 
 use crate::pair::{Link, Serving};
-use crate::service::peer::{BatchOut, MAX_BATCH, Peer, PeerError};
+use crate::service::peer::{Batch, MAX_BATCH, Peer, PeerError};
 use crate::service::{Position, Service, now_ms};
-use crate::store::Committed;
+use crate::store::Record;
 /// Changes kept in memory to let a backup that was away a short while catch up without a
 /// full snapshot.
 const RING: usize = 100_000;
@@ -48,8 +48,8 @@ pub struct MainConfig {
 
 /// Changes received from the store as they are queued, kept for a backup's catch-up.
 struct Ring {
-    sub: tokio::sync::broadcast::Receiver<Arc<Committed>>,
-    events: VecDeque<Arc<Committed>>,
+    sub: tokio::sync::broadcast::Receiver<Record>,
+    events: VecDeque<Record>,
     /// Changes were missed (the receiver lagged): the ring cannot serve a catch-up.
     lagged: bool,
 }
@@ -71,7 +71,7 @@ impl Ring {
         }
     }
 
-    fn push(&mut self, c: Arc<Committed>) {
+    fn push(&mut self, c: Record) {
         // A failback replaces the state: changes start again from a higher number.
         if self.events.back().is_some_and(|b| c.seq != b.seq + 1) {
             self.events.clear();
@@ -91,17 +91,15 @@ impl Ring {
                 }))
     }
 
-    fn batch_from(&self, from: u64) -> Vec<&Committed> {
-        let Some(front) = self.events.front() else {
-            return Vec::new();
-        };
-        let skip = from.saturating_sub(front.seq) as usize;
+    /// Up to [`MAX_BATCH`] changes from `from` on.
+    fn batch_from(&self, from: u64) -> impl ExactSizeIterator<Item = &Record> + Clone {
+        let skip = self
+            .events
+            .front()
+            .map_or(0, |f| from.saturating_sub(f.seq) as usize);
         self.events
-            .iter()
-            .skip(skip)
+            .range(skip.min(self.events.len())..)
             .take(MAX_BATCH)
-            .map(|c| c.as_ref())
-            .collect()
     }
 }
 
@@ -315,12 +313,12 @@ async fn stream(
             return Streamed::Resync;
         }
         let applied = svc.applied_seq();
-        let batch = if next <= ring.events.back().map_or(0, |c| c.seq) {
+        let (n, last) = if next <= ring.events.back().map_or(0, |c| c.seq) {
             let b = ring.batch_from(next);
-            if b.first().is_none_or(|c| c.seq != next) {
+            if b.clone().next().is_none_or(|c| c.seq != next) {
                 return Streamed::Resync;
             }
-            b
+            (b.len(), b.last().map_or(next - 1, |c| c.seq))
         } else {
             // Nothing to send: wait for a change or the heartbeat.
             tokio::select! {
@@ -335,21 +333,17 @@ async fn stream(
                     }
                     continue;
                 }
-                () = tokio::time::sleep(cfg.heartbeat) => Vec::new(),
+                () = tokio::time::sleep(cfg.heartbeat) => (0, next - 1),
                 _ = stop.changed() => return Streamed::Stop,
             }
         };
-        let last = batch.last().map_or(next - 1, |c| c.seq);
-        let n = batch.len() as u64;
         // Everything received so far goes in this batch: once the backup acknowledges
-        // it, the backup keeps up, and clients wait for its acknowledgements.
-        let keeps_up = batch.len() < MAX_BATCH;
-        let body = BatchOut {
-            history,
-            main_seq: applied,
-            events: batch,
-        };
-        match peer.push(uri, &body).await {
+        // it, the backup keeps up, and clients wait for its acknowledgements. The records
+        // go as the store encoded them for the journal.
+        let keeps_up = n < MAX_BATCH;
+        let body = Batch::encode(history, applied, ring.batch_from(next).take(n));
+        let n = n as u64;
+        match peer.push(uri, body).await {
             Ok(ack) => {
                 next = ack.seq.max(last) + 1;
                 svc.set_acked(ack.seq, keeps_up && ack.seq >= last).await;
@@ -406,10 +400,7 @@ mod tests {
             lagged: false,
         };
         for seq in seqs {
-            r.push(Arc::new(Committed {
-                seq,
-                event: Event::HandedBack { at: 0 },
-            }));
+            r.push(Record::encode(seq, &Event::HandedBack { at: 0 }));
         }
         r
     }
@@ -422,18 +413,14 @@ mod tests {
         assert!(r.covers(21, 20), "nothing needed");
         assert!(!r.covers(9, 20), "change 9 is gone");
         assert!(!r.covers(15, 25), "changes 21..25 not here yet");
-        let b = r.batch_from(15);
-        assert_eq!(b.first().unwrap().seq, 15);
-        assert_eq!(b.last().unwrap().seq, 20);
+        let b: Vec<_> = r.batch_from(15).map(|c| c.seq).collect();
+        assert_eq!(b, (15..=20).collect::<Vec<_>>());
     }
 
     #[test]
     fn a_jump_in_sequence_numbers_empties_the_ring() {
         let mut r = ring_with(1..=5);
-        r.push(Arc::new(Committed {
-            seq: 50,
-            event: Event::HandedBack { at: 0 },
-        }));
+        r.push(Record::encode(50, &Event::HandedBack { at: 0 }));
         assert_eq!(r.events.len(), 1);
         assert!(!r.covers(3, 50));
     }

@@ -5,7 +5,7 @@
 
 use actix_web::{HttpResponse, get, post, put, web};
 use http_kit::error_responses;
-use http_kit::extract::Json;
+use http_kit::extract::{Json, read_body};
 use http_kit::openapi::{ErrDoc, err, too_large, too_slow};
 use shared::ErrorCode::*;
 
@@ -79,7 +79,13 @@ error_responses!(
 /// heartbeat.
 #[utoipa::path(
     tag = "pair",
-    request_body = Batch,
+    request_body(
+        content = Vec<u8>,
+        content_type = "application/octet-stream",
+        description = "A batch of changes in the pair's binary form: a 40-byte header \
+            (`LLS-PEV\\n`, format version, history, the main's sequence number), then the \
+            changes as the journal's records (docs/design.md)"
+    ),
     security(("pair_token" = [])),
     responses(
         (status = 200, description = "How far the backup holds the changes durably", body = Ack),
@@ -89,13 +95,14 @@ error_responses!(
 #[post("/events")]
 pub async fn events(
     svc: web::Data<Service>,
-    body: Json<Batch, EVENTS_BODY_LIMIT>,
-) -> Result<HttpResponse, ServiceError> {
+    body: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let body = read_body(body, EVENTS_BODY_LIMIT).await?.freeze();
     let Batch {
         history,
         main_seq,
         events,
-    } = body.0;
+    } = Batch::decode(body).map_err(|e| ServiceError::validation("body", e))?;
     let seq = svc.apply_replicated(history, events, main_seq).await?;
     Ok(HttpResponse::Ok().json(Ack { seq }))
 }

@@ -15,6 +15,7 @@ use serde_json::Value;
 use shared::secret::Secret;
 
 use super::*;
+use crate::service::peer::Batch;
 use crate::service::tests::service;
 
 const ADMIN: &str = "the full admin token";
@@ -201,7 +202,11 @@ async fn the_document_gives_every_body_a_schema_every_error_its_codes_and_every_
                 }
             }
             if let Some(body) = op.get("requestBody") {
-                let media = &body["content"]["application/json"];
+                // JSON, or the pair's binary batch of changes.
+                let media = body["content"]
+                    .as_object()
+                    .and_then(|c| c.values().next())
+                    .unwrap_or_else(|| panic!("{what}: request body without content"));
                 assert!(
                     !media["schema"].is_null(),
                     "{what}: request body without schema"
@@ -365,30 +370,37 @@ async fn each_route_takes_bodies_up_to_its_own_largest_message() {
     );
     // A batch of changes is large: 1 MiB reaches the service (which, standalone, takes
     // no changes from another server).
-    let batch = serde_json::json!({
-        "history": Uuid::new_v4(),
-        "main_seq": 1,
-        "events": [],
-        "pad": "x".repeat(1 << 20),
-    });
-    let req = TestRequest::post()
-        .uri("/api/v1/pair/events")
-        .insert_header(("authorization", format!("Bearer {PAIR}")))
-        .set_json(&batch)
-        .to_request();
-    let res = app.call(req).await.unwrap();
+    let events = |body: Vec<u8>| {
+        TestRequest::post()
+            .uri("/api/v1/pair/events")
+            .insert_header(("authorization", format!("Bearer {PAIR}")))
+            .insert_header(("content-type", "application/octet-stream"))
+            .set_payload(body)
+            .to_request()
+    };
+    let mut padded = Batch::encode(Uuid::new_v4(), 1, []);
+    padded.extend(std::iter::repeat_n(b'x', 1 << 20));
+    let res = app.call(events(padded)).await.unwrap();
     assert_eq!(
         res.status(),
         StatusCode::BAD_REQUEST,
-        "unknown field, not too large"
+        "not records, not too large"
     );
-    let batch = serde_json::json!({"history": Uuid::new_v4(), "main_seq": 1, "events": []});
-    let req = TestRequest::post()
-        .uri("/api/v1/pair/events")
-        .insert_header(("authorization", format!("Bearer {PAIR}")))
-        .set_json(&batch)
-        .to_request();
-    let res = app.call(req).await.unwrap();
+    let v: Value = atest::read_body_json(res).await;
+    assert!(v["message"].as_str().unwrap().contains("checksum"), "{v}");
+    // The JSON of earlier versions is not a batch.
+    let json = serde_json::json!({"history": Uuid::new_v4(), "main_seq": 1, "events": []});
+    let res = app
+        .call(events(json.to_string().into_bytes()))
+        .await
+        .unwrap();
+    let v: Value = atest::read_body_json(res).await;
+    assert_eq!(v["code"], "VALIDATION_ERROR", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("LLS-PEV"), "{v}");
+    let res = app
+        .call(events(Batch::encode(Uuid::new_v4(), 1, [])))
+        .await
+        .unwrap();
     let v: Value = atest::read_body_json(res).await;
     assert_eq!(v["code"], "ROLE_CONFLICT");
 }

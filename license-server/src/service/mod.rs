@@ -348,7 +348,7 @@ impl Service {
     }
 
     /// The durable event stream (for replication to a backup).
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<store::Committed>> {
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<store::Record> {
         self.store.subscribe()
     }
 

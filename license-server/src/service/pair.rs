@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use shared::capability::{PairStatus, Role, ServerStatus};
 use uuid::Uuid;
 
+use super::peer::Replicated;
 use super::{Service, ServiceConfig, fmt_time, key_of, now_ms};
 use crate::domain::{Event, MergeReport, Millis, Rights, State};
 use crate::error::ServiceError;
@@ -321,7 +322,7 @@ impl Service {
     pub async fn apply_replicated(
         &self,
         history: Uuid,
-        mut events: Vec<store::Committed>,
+        mut events: Vec<Replicated>,
         main_seq: u64,
     ) -> Result<u64, ServiceError> {
         if self.cfg.role != Role::Backup {
@@ -333,7 +334,7 @@ impl Service {
         // held is rechecked under it: only new events count).
         for c in &mut events {
             if let Event::RightsUpdated { rights, .. } = &mut c.event {
-                self.verify_partner_rights(rights, &format!("change {}", c.seq))?;
+                self.verify_partner_rights(rights, &format!("change {}", c.record.seq))?;
             }
         }
         let (seq, rx) = {
@@ -346,13 +347,13 @@ impl Service {
                 )));
             }
             let mut issued = st.rights_issued_at();
-            for c in events.iter().filter(|c| c.seq > st.seq) {
+            for c in events.iter().filter(|c| c.record.seq > st.seq) {
                 if let Event::RightsUpdated { rights, .. } = &c.event {
                     if rights.issued_at() < issued {
                         return Err(ServiceError::UnverifiedRights(format!(
                             "change {} holds rights older than those held (a replay?); \
                              nothing was changed",
-                            c.seq
+                            c.record.seq
                         )));
                     }
                     issued = rights.issued_at();
@@ -360,22 +361,21 @@ impl Service {
             }
             let mut last = None;
             for c in events {
-                if c.seq <= st.seq {
+                if c.record.seq <= st.seq {
                     continue; // sent again after a lost acknowledgement
                 }
-                if c.seq != st.seq + 1 {
+                if c.record.seq != st.seq + 1 {
                     return Err(ServiceError::OutOfSync(format!(
                         "this backup holds up to {}, the changes start at {}",
-                        st.seq, c.seq
+                        st.seq, c.record.seq
                     )));
                 }
+                st.apply(&c.event);
                 if let Event::LeaseKeyCreated { .. } = &c.event {
-                    st.apply(&c.event);
                     *self.lease_key.write() = key_of(&st)?;
-                } else {
-                    st.apply(&c.event);
                 }
-                last = Some(self.store.submit(c.seq, c.event));
+                // Journaled as received: the main's record, byte for byte.
+                last = Some(self.store.submit_framed(c.record));
             }
             self.heard(st.seq >= main_seq);
             (st.seq, last)

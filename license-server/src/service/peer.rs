@@ -8,15 +8,16 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use licensing_client::describe_error;
 use serde::{Deserialize, Serialize};
 use shared::ErrorBody;
 use uuid::Uuid;
 
 use super::pair::Position;
-use crate::domain::State;
+use crate::domain::{Event, State};
 use crate::identity::PairToken;
-use crate::store::Committed;
+use crate::store::{Record, codec, frame};
 
 /// Most changes the main sends in one batch.
 pub const MAX_BATCH: usize = 4096;
@@ -30,27 +31,97 @@ pub const EVENTS_BODY_LIMIT: usize = 16 << 20;
 /// so room for about a million leases.
 pub const SNAPSHOT_BODY_LIMIT: usize = 256 << 20;
 
+/// A batch's body starts with this (then the format version).
+pub const BATCH_MAGIC: [u8; 8] = *b"LLS-PEV\n";
+/// Format version of a batch this build sends and takes.
+pub const BATCH_VERSION: u32 = 1;
+/// magic 8, version 4, reserved 4, history 16, main_seq 8.
+pub const BATCH_HEADER: usize = 40;
+
 /// A batch of changes (or, empty, a heartbeat), main to backup, as the backup reads it.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+///
+/// On the wire (`application/octet-stream`): magic `LLS-PEV\n`, format version (u32 LE,
+/// 1), 4 zero bytes, the history the changes belong to (16 bytes), how far the main's
+/// changes went when it sent them (`main_seq`, u64 LE; applied, not necessarily durable
+/// yet), then the changes in order, each the journal's record byte for byte (framed and
+/// checksummed, [`crate::store`]; both servers of a pair run the same version). The main
+/// sends the records its store encoded; the backup journals them as they came.
+#[derive(Debug)]
 pub struct Batch {
-    /// The history the changes belong to.
     pub history: Uuid,
-    /// How far the main's changes went (applied, not necessarily durable yet) when it
-    /// sent this.
     pub main_seq: u64,
-    /// The changes, in order, each `{seq, event}` in the journal's own form (both
-    /// servers of a pair run the same version).
-    #[schema(value_type = Vec<Object>)]
-    pub events: Vec<Committed>,
+    pub events: Vec<Replicated>,
 }
 
-/// A batch as the main sends it (the changes borrowed from its ring).
-#[derive(Debug, Serialize)]
-pub struct BatchOut<'a> {
-    pub history: Uuid,
-    pub main_seq: u64,
-    pub events: Vec<&'a Committed>,
+/// One change of a batch: decoded to be applied, and its record to be journaled.
+#[derive(Debug)]
+pub struct Replicated {
+    pub event: Event,
+    pub record: Record,
+}
+
+impl Batch {
+    /// The body of a batch of `records` (in order, consecutive).
+    pub fn encode<'a>(
+        history: Uuid,
+        main_seq: u64,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Vec<u8> {
+        let records = records.into_iter();
+        let mut body = Vec::with_capacity(BATCH_HEADER + 128 * records.size_hint().0);
+        body.extend_from_slice(&BATCH_MAGIC);
+        body.extend_from_slice(&BATCH_VERSION.to_le_bytes());
+        body.extend_from_slice(&[0; 4]);
+        body.extend_from_slice(history.as_bytes());
+        body.extend_from_slice(&main_seq.to_le_bytes());
+        for r in records {
+            body.extend_from_slice(&r.frame);
+        }
+        body
+    }
+
+    /// Reads a body: every record must verify and decode (and hold rights only as a
+    /// signed answer), or the batch is refused whole with the reason.
+    pub fn decode(body: Bytes) -> Result<Batch, String> {
+        let head = body
+            .get(..BATCH_HEADER)
+            .ok_or("the body is shorter than a batch's header")?;
+        if head[..8] != BATCH_MAGIC {
+            return Err(
+                "the body is not a batch of changes (it does not start with `LLS-PEV`)".into(),
+            );
+        }
+        let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+        if version != BATCH_VERSION {
+            return Err(format!(
+                "the batch is of format version {version}; this server reads {BATCH_VERSION} \
+                 (both servers of a pair must run the same version)"
+            ));
+        }
+        let history = Uuid::from_slice(&head[16..32]).map_err(|e| e.to_string())?;
+        let main_seq = u64::from_le_bytes(head[32..40].try_into().map_err(|_| "short header")?);
+        let mut events = Vec::new();
+        let mut frames = frame::Reader::at(&body, BATCH_HEADER);
+        while let Some(f) = frames.next_frame() {
+            let f = f.map_err(|e| format!("change {}: {e}", frames.record()))?;
+            let (seq, event) = codec::get_record(f.payload)
+                .map_err(|e| format!("record {} at byte {}: {e}", f.record, f.offset))?;
+            let start = f.offset as usize;
+            let end = start + frame::RECORD_HEADER + f.payload.len();
+            events.push(Replicated {
+                event,
+                record: Record {
+                    seq,
+                    frame: body.slice(start..end),
+                },
+            });
+        }
+        Ok(Batch {
+            history,
+            main_seq,
+            events,
+        })
+    }
 }
 
 /// The backup's answer: it holds everything up to `seq` durably.
@@ -160,10 +231,15 @@ impl Peer {
         .await
     }
 
-    pub async fn push(&self, base: &str, batch: &BatchOut<'_>) -> Result<Ack, PeerError> {
+    /// Sends a batch ([`Batch::encode`]).
+    pub async fn push(&self, base: &str, body: Vec<u8>) -> Result<Ack, PeerError> {
         let url = format!("{base}/api/v1/pair/events");
-        self.send(self.http.post(url).json(batch), self.sync_timeout)
-            .await
+        let req = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        self.send(req, self.sync_timeout).await
     }
 
     pub async fn snapshot(&self, base: &str, state: &State) -> Result<Ack, PeerError> {
@@ -185,5 +261,54 @@ impl Peer {
         };
         self.send(self.http.post(url).json(&body), Duration::from_secs(5))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::codec::tests::every_event;
+
+    #[test]
+    fn a_batch_reads_back_as_sent_and_any_cut_or_flipped_byte_is_refused() {
+        let history = Uuid::new_v4();
+        let records: Vec<Record> = every_event()
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Record::encode(i as u64 + 1, e))
+            .collect();
+        let body = Batch::encode(history, 99, &records);
+        let batch = Batch::decode(Bytes::from(body.clone())).unwrap();
+        assert_eq!((batch.history, batch.main_seq), (history, 99));
+        let back: Vec<Record> = batch.events.into_iter().map(|r| r.record).collect();
+        assert_eq!(back, records, "the journal's records, byte for byte");
+        // Cut anywhere but at a record's end, or one byte changed: refused, no panic.
+        let ends: Vec<usize> = records
+            .iter()
+            .scan(BATCH_HEADER, |at, r| {
+                *at += r.frame.len();
+                Some(*at)
+            })
+            .collect();
+        for cut in 0..body.len() {
+            let r = Batch::decode(Bytes::copy_from_slice(&body[..cut]));
+            assert_eq!(
+                r.is_ok(),
+                cut == BATCH_HEADER || ends.contains(&cut),
+                "cut at {cut}"
+            );
+        }
+        for at in 0..body.len() {
+            let mut bad = body.clone();
+            bad[at] ^= 0x20;
+            let r = Batch::decode(Bytes::from(bad));
+            // The reserved bytes, the history and the main's position carry no checksum
+            // of their own.
+            if (12..BATCH_HEADER).contains(&at) {
+                assert!(r.is_ok(), "byte {at}");
+            } else {
+                assert!(r.is_err(), "byte {at}");
+            }
+        }
     }
 }

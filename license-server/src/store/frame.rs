@@ -167,6 +167,15 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Reads records from `pos` on (the pair's batches, whose header is their own).
+    pub fn at(data: &'a [u8], pos: usize) -> Self {
+        Reader {
+            data,
+            pos: pos.min(data.len()),
+            record: 0,
+        }
+    }
+
     /// Number of the next record.
     pub fn record(&self) -> u64 {
         self.record

@@ -32,10 +32,11 @@
 //! sequence number, a tag byte, the fields); a snapshot's are sections (the state without
 //! leases, then up to 1,024 leases each with their own name tables, then an end section
 //! with the totals). The encoding is hand-framed rather than serde's: the event enum's
-//! serde form serves the pair's JSON (internally tagged, optional fields skipped), which
-//! positional formats such as postcard cannot carry; and a format that is a spec should
-//! not change when someone edits a derive. Decoding checks every length before it
-//! allocates and never panics, whatever the bytes (fuzzed).
+//! serde form (internally tagged, optional fields skipped) is one that positional formats
+//! such as postcard cannot carry; and a format that is a spec should not change when
+//! someone edits a derive. Decoding checks every length before it allocates and never
+//! panics, whatever the bytes (fuzzed). The pair's stream carries these same records,
+//! byte for byte ([`Record`], `service::peer::Batch`).
 //!
 //! # Writing
 //!
@@ -89,6 +90,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
@@ -136,7 +138,7 @@ pub enum StoreError {
 enum Msg {
     Event {
         seq: u64,
-        event: Event,
+        body: Body,
         ack: Option<oneshot::Sender<Result<(), StoreError>>>,
     },
     /// Acknowledged once everything sent before it is durable.
@@ -149,6 +151,13 @@ enum Msg {
     },
     /// A copy of the state after every event sent before it: snapshot it.
     Compact(Box<Frozen>),
+}
+
+/// An event on its way to the writer: as it is, or already encoded as its journal record
+/// (when it is replicated too, or came from the main so).
+enum Body {
+    Event(Event),
+    Framed(Bytes),
 }
 
 /// Counters the writer keeps, read by the metrics endpoint.
@@ -178,17 +187,34 @@ pub struct Recovery {
     pub imported_legacy: bool,
 }
 
-/// An event committed to the journal's queue, in sequence order (durable once the store
-/// acknowledges it): the stream a main replicates to its backup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Committed {
+/// An event queued to the journal, as the journal holds it: its sequence number and its
+/// record, framed (header and payload, [`frame::put_frame`]'s form). The stream a main
+/// replicates to its backup: the record is encoded once, for the journal and the wire,
+/// and the backup journals the bytes it received as they are (after decoding them to
+/// apply them), so both servers' journals hold the same records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
     pub seq: u64,
-    pub event: Event,
+    pub frame: Bytes,
+}
+
+impl Record {
+    /// Encodes `event` as the journal's record for `seq`.
+    pub fn encode(seq: u64, event: &Event) -> Record {
+        let mut buf = Vec::with_capacity(128);
+        let start = frame::begin_frame(&mut buf);
+        codec::put_record(&mut buf, seq, event);
+        frame::end_frame(&mut buf, start);
+        Record {
+            seq,
+            frame: Bytes::from(buf),
+        }
+    }
 }
 
 /// Handle to the writer thread.
 pub struct Store {
-    committed: tokio::sync::broadcast::Sender<Arc<Committed>>,
+    committed: tokio::sync::broadcast::Sender<Record>,
     tx: parking_lot::Mutex<Option<mpsc::Sender<Msg>>>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     wanted: watch::Receiver<u64>,
@@ -394,7 +420,19 @@ impl Store {
         let (ack, rx) = oneshot::channel();
         self.send(Msg::Event {
             seq,
-            event,
+            body: Body::Event(event),
+            ack: Some(ack),
+        });
+        rx
+    }
+
+    /// Queues a change received from the main, as its journal record (decoded and
+    /// applied in memory with `seq`); the receiver completes once it is durable.
+    pub fn submit_framed(&self, rec: Record) -> oneshot::Receiver<Result<(), StoreError>> {
+        let (ack, rx) = oneshot::channel();
+        self.send(Msg::Event {
+            seq: rec.seq,
+            body: Body::Framed(rec.frame),
             ack: Some(ack),
         });
         rx
@@ -404,19 +442,25 @@ impl Store {
     pub fn submit_nowait(&self, seq: u64, event: Event) {
         self.send(Msg::Event {
             seq,
-            event,
+            body: Body::Event(event),
             ack: None,
         });
     }
 
-    fn send(&self, msg: Msg) {
-        if let Msg::Event { seq, event, .. } = &msg
+    fn send(&self, mut msg: Msg) {
+        if let Msg::Event { seq, body, .. } = &mut msg
             && self.committed.receiver_count() > 0
         {
-            let _ = self.committed.send(Arc::new(Committed {
-                seq: *seq,
-                event: event.clone(),
-            }));
+            // Encoded here, once: the writer appends these bytes, the main sends them.
+            let rec = match body {
+                Body::Event(event) => Record::encode(*seq, event),
+                Body::Framed(frame) => Record {
+                    seq: *seq,
+                    frame: frame.clone(),
+                },
+            };
+            *body = Body::Framed(rec.frame.clone());
+            let _ = self.committed.send(rec);
         }
         if let Some(tx) = &*self.tx.lock() {
             // A send error drops the acknowledgement, which its receiver sees as closed.
@@ -428,7 +472,7 @@ impl Store {
     /// main replicates a change while its own `fdatasync` runs (whoever answers a client
     /// waits for both). A receiver that falls more than 65,536 events behind gets `Lagged`
     /// and must resynchronise from a snapshot.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Committed>> {
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Record> {
         self.committed.subscribe()
     }
 
@@ -594,16 +638,21 @@ impl Writer {
         self.buf.clear();
         for m in batch.iter_mut() {
             match m {
-                Msg::Event { seq, event, .. } => {
+                Msg::Event { seq, body, .. } => {
                     if *seq != self.next_seq {
                         return Err(format!(
                             "event out of order: got sequence {seq}, expected {}",
                             self.next_seq
                         ));
                     }
-                    let start = frame::begin_frame(&mut self.buf);
-                    codec::put_record(&mut self.buf, *seq, event);
-                    frame::end_frame(&mut self.buf, start);
+                    match body {
+                        Body::Event(event) => {
+                            let start = frame::begin_frame(&mut self.buf);
+                            codec::put_record(&mut self.buf, *seq, event);
+                            frame::end_frame(&mut self.buf, start);
+                        }
+                        Body::Framed(frame) => self.buf.extend_from_slice(frame),
+                    }
                     self.next_seq += 1;
                 }
                 Msg::Reset { state, .. } => {

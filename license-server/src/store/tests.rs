@@ -7,6 +7,13 @@ use super::*;
 use crate::domain::{LeaseRecord, Rights};
 use uuid::Uuid;
 
+/// An event with its sequence number, as version 0 journals held it (JSON).
+#[derive(Serialize)]
+struct Committed {
+    seq: u64,
+    event: Event,
+}
+
 fn grant(i: u32) -> Event {
     Event::LeaseGranted {
         lease: LeaseRecord {
@@ -190,17 +197,44 @@ async fn group_commit_batches_concurrent_events() {
 }
 
 #[tokio::test]
-async fn queued_events_are_published_in_order() {
+async fn queued_events_are_published_in_order_as_the_journal_holds_them() {
     let dir = tempfile::tempdir().unwrap();
     let (mut state, store, _) = open(dir.path(), StoreOptions::default()).unwrap();
     let mut sub = store.subscribe();
     write_events(&store, &mut state, 100).await;
+    let mut published = Vec::new();
     for expected in 1..=100u64 {
-        let c = sub.recv().await.unwrap();
-        assert_eq!(c.seq, expected);
-        assert!(matches!(c.event, Event::LeaseGranted { .. }));
+        let r = sub.recv().await.unwrap();
+        assert_eq!(r.seq, expected);
+        let (seq, event) = codec::get_record(&r.frame[frame::RECORD_HEADER..]).unwrap();
+        assert_eq!(seq, expected);
+        assert!(matches!(event, Event::LeaseGranted { .. }));
+        published.extend_from_slice(&r.frame);
     }
     store.shutdown();
+    // Encoded once: the journal holds the very bytes that were published.
+    let journal = std::fs::read(&segments(dir.path())[0]).unwrap();
+    assert_eq!(&journal[frame::HEADER_LEN..], &published[..]);
+}
+
+#[tokio::test]
+async fn records_received_framed_are_journaled_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut state, store, _) = open(dir.path(), StoreOptions::default()).unwrap();
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let ev = grant(i);
+        let seq = state.apply(&ev);
+        let rec = Record::encode(seq, &ev);
+        sent.extend_from_slice(&rec.frame);
+        acked(store.submit_framed(rec)).await.unwrap();
+    }
+    store.shutdown();
+    let journal = std::fs::read(&segments(dir.path())[0]).unwrap();
+    assert_eq!(&journal[frame::HEADER_LEN..], &sent[..]);
+    let (back, _, rec) = open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!((back.seq, rec.replayed), (10, 10));
+    assert_eq!(lease_ids(&back), lease_ids(&state));
 }
 
 #[tokio::test]

@@ -171,7 +171,7 @@ async fn a_huge_pair_body_without_a_token_is_refused_unread() {
             let mut s = TcpStream::connect(&target).await.unwrap();
             let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
             let head = format!(
-                "POST /api/v1/pair/events HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {SIZE}\r\n\r\n"
+                "POST /api/v1/pair/events HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/octet-stream\r\nContent-Length: {SIZE}\r\n\r\n"
             );
             s.write_all(head.as_bytes()).await.unwrap();
             let (mut rd, mut wr) = s.into_split();

@@ -8,6 +8,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use license_server::domain::{Event, Rights};
+use license_server::service::peer::Batch;
+use license_server::store::{Record, codec};
 use licensing_client::{Client, ClientError};
 use serde_json::{Value, json};
 use shared::capability::{CapabilityClaims, ISSUER, PairInfo, Role};
@@ -513,6 +516,29 @@ async fn a_backups_grants_after_kill_9_of_the_main_verify() {
     );
 }
 
+/// A journal record of rights kept as plain counts (tag 2, from before rights were
+/// signed): one right of `count` seats of `cad`.
+fn counts_record(seq: u64, count: u64) -> Record {
+    let mut payload = seq.to_le_bytes().to_vec();
+    let mut e = codec::Enc(&mut payload);
+    e.u8(2);
+    e.u64(1);
+    for s in ["ACT-cad", "cad", "1.0"] {
+        e.str(s);
+    }
+    e.u64(count);
+    e.i64(0);
+    e.opt(None::<i64>, codec::Enc::i64);
+    e.i64(now_unix() * 1000);
+    e.i64(now_unix());
+    let mut frame = Vec::new();
+    license_server::store::frame::put_frame(&mut frame, &payload);
+    Record {
+        seq,
+        frame: frame.into(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rights_pushed_through_the_pair_must_be_signed_for_it() {
     let bo = TestBackoffice::start(vec![right("cad", 3)]).await;
@@ -559,16 +585,28 @@ async fn rights_pushed_through_the_pair_must_be_signed_for_it() {
         assert_eq!(f["count"], 3, "{f}");
         assert_eq!(position().await["seq"].as_u64(), Some(seq));
     };
+    let send = |req: reqwest::RequestBuilder| async move {
+        let r = req.send().await.unwrap();
+        let st = r.status().as_u16();
+        (st, r.json::<Value>().await.unwrap_or_default())
+    };
     let post = |method: reqwest::Method, path: &str, body: Value| {
-        let req = http()
-            .request(method, backup.url(path))
-            .bearer_auth(&secret)
-            .json(&body);
-        async move {
-            let r = req.send().await.unwrap();
-            let st = r.status().as_u16();
-            (st, r.json::<Value>().await.unwrap_or_default())
-        }
+        send(
+            http()
+                .request(method, backup.url(path))
+                .bearer_auth(&secret)
+                .json(&body),
+        )
+    };
+    // A batch of changes goes in the pair's binary form: the journal's records.
+    let history_id: uuid::Uuid = history.parse().unwrap();
+    let push = |main_seq: u64, records: Vec<Record>| {
+        send(
+            http()
+                .post(backup.url("/api/v1/pair/events"))
+                .bearer_auth(&secret)
+                .body(Batch::encode(history_id, main_seq, &records)),
+        )
     };
     for (what, rights) in forged {
         let code = if rights.is_array() {
@@ -586,30 +624,33 @@ async fn rights_pushed_through_the_pair_must_be_signed_for_it() {
         assert_eq!(err["code"], code, "snapshot, {what}: {st} {err}");
         unchanged().await;
         // As a change of rights, in a batch of changes.
-        let mut event =
-            json!({"type": "rights_updated", "rights": rights, "at": now_unix() * 1000});
-        if rights.is_array() {
-            event["issued_at"] = now_unix().into();
-        }
-        let batch = json!({"history": history, "main_seq": seq + 1,
-                           "events": [{"seq": seq + 1, "event": event}]});
-        let (st, err) = post(reqwest::Method::POST, "/api/v1/pair/events", batch).await;
+        let record = match &rights {
+            Value::String(token) => Record::encode(
+                seq + 1,
+                &Event::RightsUpdated {
+                    rights: Rights::unverified(token.as_str()),
+                    at: now_unix() * 1000,
+                },
+            ),
+            _ => counts_record(seq + 1, 999),
+        };
+        let (st, err) = push(seq + 1, vec![record]).await;
         assert_eq!(err["code"], code, "events, {what}: {st} {err}");
         unchanged().await;
     }
     // A change replayed (already held) changes nothing; one out of order is refused.
     let returned = |at_seq: u64| {
-        json!({"history": history, "main_seq": at_seq, "events": [{"seq": at_seq,
-            "event": {"type": "lease_returned", "id": lease_id, "at": now_unix() * 1000}}]})
+        vec![Record::encode(
+            at_seq,
+            &Event::LeaseReturned {
+                id: lease_id.parse().unwrap(),
+                at: now_unix() * 1000,
+            },
+        )]
     };
-    let (st, ack) = post(reqwest::Method::POST, "/api/v1/pair/events", returned(seq)).await;
+    let (st, ack) = push(seq, returned(seq)).await;
     assert_eq!((st, ack["seq"].as_u64()), (200, Some(seq)), "{ack}");
-    let (st, err) = post(
-        reqwest::Method::POST,
-        "/api/v1/pair/events",
-        returned(seq + 2),
-    )
-    .await;
+    let (st, err) = push(seq + 2, returned(seq + 2)).await;
     assert_eq!((st, err["code"].as_str()), (409, Some("OUT_OF_SYNC")));
     unchanged().await;
     let held = leases_of(&backup, "cad").await.to_string();
