@@ -537,6 +537,25 @@ pub async fn granted(
         .with_context(|| format!("{who}'s wait in line"))
 }
 
+/// Fails, saying what the task ended with (a lease, or its error), if a client that must
+/// still be waiting in line in `task` is not.
+pub async fn still_waiting(
+    task: &mut tokio::task::JoinHandle<Result<shared::lease::Lease, licensing_client::ClientError>>,
+    what: &str,
+) -> Result<()> {
+    if task.is_finished() {
+        match task.await? {
+            Ok(lease) => anyhow::bail!(
+                "{what}: granted {} by {:?}",
+                lease.lease_id,
+                lease.served_by
+            ),
+            Err(e) => anyhow::bail!("{what}: its wait ended with an error: {e}"),
+        }
+    }
+    Ok(())
+}
+
 /// Seats of `feature` held at `server`, which must be at most `count`.
 pub async fn within_count(server: &LicenseServer, feature: &str, count: u32) -> Result<u32> {
     let held = seats_held(&server.url, &server.admin_token(), feature)

@@ -14,7 +14,7 @@ use licensing_client::{Client, ClientError};
 use serde_json::{Value, json};
 use shared::lease::{CheckoutRequest, Lease};
 use tests::cluster::{ClusterSetup, kill_the_leader, wait_cluster};
-use tests::license_server::granted;
+use tests::license_server::{granted, still_waiting};
 use tests::{BackOffice, Backend, Fixture, LicenseServer, eventually};
 use tokio::task::JoinHandle;
 
@@ -142,14 +142,13 @@ async fn three_clients_queued_at_the_leader_are_granted_in_order_and_one_that_le
     let l1 = granted(&mut q1, "q1").await?;
     ensure!(l1.client_id == "q1");
     line_is(l, &["q2", "q3"]).await;
-    ensure!(
-        !q2.is_finished() && !q3.is_finished(),
-        "granted out of order"
-    );
+    still_waiting(&mut q2, "q2, granted out of order").await?;
+    still_waiting(&mut q3, "q3, granted out of order").await?;
     ensure!(within_count(l, 1).await? == 1);
     client.release(&l1).await?;
     let l2 = granted(&mut q2, "q2").await?;
-    ensure!(l2.client_id == "q2" && !q3.is_finished());
+    ensure!(l2.client_id == "q2");
+    still_waiting(&mut q3, "q3, granted before its turn").await?;
     ensure!(within_count(l, 1).await? == 1);
     client.release(&l2).await?;
     let l3 = granted(&mut q3, "q3").await?;
@@ -190,20 +189,22 @@ async fn after_a_kill_9_of_the_leader_the_new_leader_keeps_the_line_and_grants_i
     let (new, alive) = kill_the_leader(&mut members, leader, 1, WAIT).await?;
     let n = &members[new];
     line_is(n, &["q1", "q2", "q3"]).await;
-    ensure!(
-        !q1.is_finished() && !q2.is_finished() && !q3.is_finished(),
-        "a client in line was answered while the seat was held"
-    );
+    for (q, who) in [(&mut q1, "q1"), (&mut q2, "q2"), (&mut q3, "q3")] {
+        still_waiting(q, &format!("{who}, answered while the seat was held")).await?;
+    }
     ensure!(within_count(n, 1).await? == 1);
 
     // The seat frees at the new leader: granted in the same order, once each.
     client.release(&holder).await?;
     let l1 = granted(&mut q1, "q1").await?;
-    ensure!(l1.client_id == "q1" && !q2.is_finished() && !q3.is_finished());
+    ensure!(l1.client_id == "q1");
+    still_waiting(&mut q2, "q2, granted before its turn").await?;
+    still_waiting(&mut q3, "q3, granted before its turn").await?;
     ensure!(within_count(n, 1).await? == 1);
     client.release(&l1).await?;
     let l2 = granted(&mut q2, "q2").await?;
-    ensure!(l2.client_id == "q2" && !q3.is_finished());
+    ensure!(l2.client_id == "q2");
+    still_waiting(&mut q3, "q3, granted before its turn").await?;
     client.release(&l2).await?;
     let l3 = granted(&mut q3, "q3").await?;
     ensure!(l3.client_id == "q3");

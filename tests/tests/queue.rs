@@ -14,7 +14,7 @@ use licensing_client::{Client, ClientError};
 use serde_json::{Value, json};
 use shared::ErrorCode;
 use shared::lease::{CheckoutRequest, Lease};
-use tests::license_server::{granted, queue_at};
+use tests::license_server::{granted, queue_at, still_waiting};
 use tests::{BackOffice, Backend, LicenseServer, PairSetup, eventually, wait_paired};
 use tokio::task::JoinHandle;
 
@@ -38,25 +38,6 @@ fn wait_in_line(client: &Client, req: CheckoutRequest) -> JoinHandle<Result<Leas
 
 async fn line_is(url: &str, token: &str, clients: &[&str]) {
     tests::license_server::line_is(url, token, "cad", clients).await;
-}
-
-/// Fails, saying what the task ended with (a lease, or its error), if a client that must
-/// still be waiting in line is not.
-async fn still_waiting(
-    task: &mut JoinHandle<Result<Lease, ClientError>>,
-    what: &str,
-) -> Result<()> {
-    if task.is_finished() {
-        match task.await? {
-            Ok(lease) => bail!(
-                "{what}: granted {} by {:?}",
-                lease.lease_id,
-                lease.served_by
-            ),
-            Err(e) => bail!("{what}: its wait ended with an error: {e}"),
-        }
-    }
-    Ok(())
 }
 
 async fn within_count(server: &LicenseServer, count: u32) -> Result<u32> {

@@ -536,7 +536,7 @@ mod tests {
         assert_eq!(st.queue().len(), 3);
         let meta = Meta {
             last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(2, 7), 12)),
-            last_membership: StoredMembership::default(),
+            last_membership: membership(&["string:m1", "string:m2", "string:m3"]),
             snapshot_id: "s".into(),
         };
         let bytes = encode(&meta, &st.frozen()).unwrap();
