@@ -135,3 +135,9 @@ impl From<crate::store::StoreError> for ServiceError {
         ServiceError::Internal(format!("the change could not be made durable: {e}"))
     }
 }
+
+impl From<crate::lease_key::Damaged> for ServiceError {
+    fn from(e: crate::lease_key::Damaged) -> Self {
+        ServiceError::Internal(e.to_string())
+    }
+}

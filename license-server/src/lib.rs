@@ -17,6 +17,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod lease_key;
 pub mod mail;
 pub mod metrics;
 pub mod options;

@@ -187,6 +187,24 @@ impl ClusterSetup {
         Ok(v)
     }
 
+    /// Starts the three members and waits until they are `operational` with one serving
+    /// `seats`; the members and the serving one's index.
+    pub async fn start_operational(
+        &self,
+        seats: u32,
+        timeout: Duration,
+    ) -> Result<(Vec<LicenseServer>, usize)> {
+        let members = self.start_all().await?;
+        let leader = wait_cluster(
+            &members.iter().collect::<Vec<_>>(),
+            "operational",
+            seats,
+            timeout,
+        )
+        .await?;
+        Ok((members, leader))
+    }
+
     /// Cuts member `k` off from the other two (both directions), or heals it.
     pub fn isolate(&self, k: usize, cut: bool) {
         for j in (0..3).filter(|j| *j != k) {
@@ -234,12 +252,19 @@ pub async fn wait_cluster(
         if Instant::now() > deadline {
             let mut report = String::new();
             for m in members {
+                let view = cluster_of(m).await;
                 report.push_str(&format!(
                     "--- {} ---\n{}\n{}\n",
                     m.name,
-                    cluster_of(m).await.unwrap_or_default(),
+                    view.clone().unwrap_or_default(),
                     tail(&m.log_text(), 30)
                 ));
+                // A member that does not answer at all: where are its threads?
+                if view.is_none()
+                    && let Some(stacks) = m.process.stacks()
+                {
+                    report.push_str(&format!("--- {}'s threads ---\n{stacks}", m.name));
+                }
             }
             bail!("the members do not all report {status} with one serving:\n{report}");
         }

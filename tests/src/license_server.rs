@@ -558,9 +558,22 @@ pub async fn still_waiting(
 
 /// Seats of `feature` held at `server`, which must be at most `count`.
 pub async fn within_count(server: &LicenseServer, feature: &str, count: u32) -> Result<u32> {
-    let held = seats_held(&server.url, &server.admin_token(), feature)
-        .await
-        .context("the server's lease list")?;
+    let leases = match leases_at(&server.url, &server.admin_token(), feature).await {
+        Ok(leases) => leases,
+        Err(e) => {
+            // A server that does not answer: where are its threads?
+            let stacks = server.process.stacks().unwrap_or_default();
+            anyhow::bail!(
+                "{}'s lease list: {e:#}\n{}\n{stacks}",
+                server.name,
+                crate::process::tail(&server.process.log_text(), 40)
+            );
+        }
+    };
+    let held: u32 = leases
+        .iter()
+        .map(|l| l["count"].as_u64().unwrap_or(0) as u32)
+        .sum();
     anyhow::ensure!(
         held <= count,
         "{held} seats held of {count} at {}",

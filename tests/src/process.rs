@@ -98,6 +98,25 @@ impl Process {
         rss_kib(self.pid())
     }
 
+    /// Every thread's stack, for a process that stopped answering (`gdb` attaches for a
+    /// moment; `None` when gdb is not installed or cannot attach).
+    pub fn stacks(&self) -> Option<String> {
+        let out = Command::new("timeout")
+            .args(["20", "gdb", "-p", &self.pid().to_string(), "-batch", "-nx"])
+            .args(["-ex", "set pagination off", "-ex", "thread apply all bt"])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // Only the stacks: gdb's own chatter (symbol loading) is noise here.
+        let stacks: String = text
+            .lines()
+            .filter(|l| l.starts_with("Thread ") || l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        (!stacks.is_empty()).then_some(stacks)
+    }
+
     /// Everything it has written to its log.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

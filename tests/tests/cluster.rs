@@ -236,8 +236,7 @@ async fn kill9_of_the_leader_under_load_loses_no_lease_and_another_member_takes_
 {
     let _serial = SERIAL.lock().await;
     let (_bo, _fx, s) = setup().await?;
-    let mut members = s.start_all().await?;
-    let leader = wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
+    let (mut members, leader) = s.start_operational(SEATS, WAIT).await?;
 
     // Through a member that is not the leader: the client is sent on, and learns all.
     let load = Load::start(&s, &members, (leader + 1) % 3);
@@ -317,9 +316,7 @@ async fn kill9_of_the_leader_under_load_loses_no_lease_and_another_member_takes_
 async fn an_isolated_member_grants_nothing_and_catches_up_after_healing() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let (_bo, _fx, s) = setup().await?;
-    let members = s.start_all().await?;
-    let all: Vec<&LicenseServer> = members.iter().collect();
-    let cut = wait_status(&all, "operational").await?;
+    let (members, cut) = s.start_operational(SEATS, WAIT).await?;
     // Leases held from before: kept through everything.
     let before = s.client(&members[cut].url)?;
     let mut kept = Vec::new();
@@ -397,7 +394,7 @@ async fn an_isolated_member_grants_nothing_and_catches_up_after_healing() -> Res
         .await;
     }
     s.isolate(cut, false);
-    let serving = wait_status(&all, "operational").await?;
+    let serving = wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
     let token = members[serving].admin_token();
     let truth = tests::lease_ids(&tests::leases_at(&members[serving].url, &token, FEATURE).await?);
     let want: HashSet<String> = kept
@@ -426,8 +423,7 @@ async fn two_members_down_is_not_operational_and_restarts_in_every_order_end_ope
 -> Result<()> {
     let _serial = SERIAL.lock().await;
     let (_bo, _fx, s) = setup().await?;
-    let mut members = s.start_all().await?;
-    let first = wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
+    let (mut members, first) = s.start_operational(SEATS, WAIT).await?;
     let client = s.client(&members[first].url)?;
     let lease = client
         .checkout_lease(&tests::checkout_request(FEATURE, "kept"))
@@ -544,8 +540,7 @@ async fn one_down_grants_within_the_count_two_down_grant_nothing_and_restarted_m
     for extra in &mut s.extra {
         extra.push(("LEASE_DURATION".into(), "1h".into()));
     }
-    let mut members = s.start_all().await?;
-    let leader = wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
+    let (mut members, leader) = s.start_operational(SEATS, WAIT).await?;
 
     // Load through the member that stays up longest: 4 holders, 8 cyclers on 8 seats.
     let first_down = leader;
@@ -695,9 +690,7 @@ async fn the_members_register_one_cluster_whose_rights_are_counted_once_and_bad_
 -> Result<()> {
     let _serial = SERIAL.lock().await;
     let (bo, fx, s) = setup().await?;
-    let members = s.start_all().await?;
-    let refs: Vec<&LicenseServer> = members.iter().collect();
-    wait_status(&refs, "operational").await?;
+    let (members, _) = s.start_operational(SEATS, WAIT).await?;
 
     // One cluster of the three, registered by their own requests; the line item's seats
     // mapped once (each member asked for them).
@@ -976,14 +969,7 @@ async fn a_borrow_counts_on_the_whole_cluster_survives_a_kill_9_of_the_leader_an
         ],
     )
     .await?;
-    let mut members = s.start_all().await?;
-    let leader = wait_cluster(
-        &members.iter().collect::<Vec<_>>(),
-        "operational",
-        seats,
-        WAIT,
-    )
-    .await?;
+    let (mut members, leader) = s.start_operational(seats, WAIT).await?;
     let (via, other) = ((leader + 1) % 3, (leader + 2) % 3);
 
     // Borrowed through a member that does not lead.
@@ -1051,8 +1037,7 @@ async fn a_member_with_other_operator_settings_is_named_keeps_serving_and_each_a
         .push(("ADMIN_READONLY_TOKEN".into(), read_only.into()));
     // Member 2 allows reading only: it differs from the other two.
     s.extra[2] = vec![("ADMIN_ACCESS".into(), "restricted".into())];
-    let members = s.start_all().await?;
-    wait_status(&[&members[0], &members[1], &members[2]], "operational").await?;
+    let (members, _) = s.start_operational(SEATS, WAIT).await?;
     // Each side names the other in its view (a warning: the member is up) and its log.
     let hostid = s.hostids[2].clone();
     tests::eventually(
@@ -1161,8 +1146,7 @@ async fn a_member_cut_off_from_the_other_two_mails_so_once_while_it_lasts() -> R
     ] {
         s.common.push((k.into(), v.into()));
     }
-    let members = s.start_all().await?;
-    wait_status(&[&members[0], &members[1], &members[2]], "operational").await?;
+    let (members, _) = s.start_operational(SEATS, WAIT).await?;
     let of = |i: usize| smtp.with_subject(&s.hostids[i]);
     // Whatever a member said while the others were still starting, nothing more after.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1229,8 +1213,7 @@ async fn a_dead_member_is_replaced_by_configuration_under_load_and_the_old_one_i
 -> Result<()> {
     let _serial = SERIAL.lock().await;
     let (_bo, fx, mut s) = setup().await?;
-    let mut members = s.start_all().await?;
-    wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
+    let (mut members, _) = s.start_operational(SEATS, WAIT).await?;
     let (a, b) = (s.hostids[0].clone(), s.hostids[1].clone());
     let old = s.replace(2).await?;
     let d = s.hostids[2].clone();
@@ -1368,8 +1351,7 @@ async fn a_replacement_with_disagreeing_settings_or_two_members_at_once_changes_
 -> Result<()> {
     let _serial = SERIAL.lock().await;
     let (_bo, _fx, mut s) = setup().await?;
-    let mut members = s.start_all().await?;
-    wait_status(&members.iter().collect::<Vec<_>>(), "operational").await?;
+    let (mut members, _) = s.start_operational(SEATS, WAIT).await?;
     let before = sorted(&[&s.hostids[0], &s.hostids[1], &s.hostids[2]]);
     members[2].kill9();
     let _old = s.replace(2).await?;

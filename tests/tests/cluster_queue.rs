@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail, ensure};
 use licensing_client::{Client, ClientError};
 use serde_json::{Value, json};
 use shared::lease::{CheckoutRequest, Lease};
-use tests::cluster::{ClusterSetup, kill_the_leader, wait_cluster};
+use tests::cluster::{ClusterSetup, kill_the_leader};
 use tests::license_server::{granted, still_waiting};
 use tests::{BackOffice, Backend, Fixture, LicenseServer, eventually};
 use tokio::task::JoinHandle;
@@ -40,14 +40,7 @@ async fn cluster(
     ];
     settings.extend_from_slice(extra);
     let s = ClusterSetup::new(&bo, &fx, seats, &settings).await?;
-    let members = s.start_all().await?;
-    let leader = wait_cluster(
-        &members.iter().collect::<Vec<_>>(),
-        "operational",
-        seats,
-        WAIT,
-    )
-    .await?;
+    let (members, leader) = s.start_operational(seats, WAIT).await?;
     Ok((bo, fx, s, members, leader))
 }
 

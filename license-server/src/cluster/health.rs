@@ -49,6 +49,10 @@ pub struct PeerState {
     pub admin_differs: bool,
     /// Its last hello that passed every check.
     pub hello: Option<Hello>,
+    /// What its last answer said of its cluster log, even when this member's checks
+    /// refused it (`Some(None)`: it holds none); `None`: unknown (it refused this member,
+    /// or never answered).
+    pub log: Option<Option<Vec<String>>>,
 }
 
 pub struct Health {
@@ -128,7 +132,8 @@ impl Health {
                 up: self.is_up(s),
                 refused: s.refused.clone(),
                 settings: s.hello.as_ref().map(|h| h.members.clone()),
-                membership: s.hello.as_ref().and_then(|h| h.membership.clone()),
+                heard: s.log.is_some(),
+                membership: s.log.clone().flatten(),
             })
             .collect()
     }
@@ -154,6 +159,7 @@ impl Health {
         match outcome {
             Ok((theirs, offset)) => {
                 s.clock_offset_ms = Some(offset);
+                s.log = Some(theirs.membership.clone());
                 let refused = check(peer, &theirs, ours, offset);
                 if refused != s.refused {
                     match &refused {
@@ -193,6 +199,7 @@ impl Health {
                     tracing::error!(member = %peer.hostid, "{why}");
                 }
                 s.refused = Some(why);
+                s.log = None;
             }
             Err(HelloError::Unreachable(why)) => {
                 if s.last_error.is_none() {

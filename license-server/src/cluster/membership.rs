@@ -21,8 +21,11 @@ pub struct PeerReport {
     pub refused: Option<String>,
     /// The three members its settings name, sorted (its last hello).
     pub settings: Option<Vec<String>>,
+    /// It answered this member's last hello with its own, even if this member's checks
+    /// refused it (its clock): `membership` is what it holds.
+    pub heard: bool,
     /// The voters of the raft membership its log holds, sorted; `None`: it holds no
-    /// cluster log (or has not said).
+    /// cluster log (or has not said: `heard` is false).
     pub membership: Option<Vec<String>>,
 }
 
@@ -141,9 +144,14 @@ pub fn decide(
 }
 
 /// Whether a member without a cluster log may create the cluster's membership: only a
-/// new cluster's (no member it reaches holds a log, one at least answered with the same
-/// settings and no log either); else it waits, answering `UNAVAILABLE`, to be added by
-/// the leader (`Err`: why it waits).
+/// new cluster's (no member it hears from holds a log, none that refuses it might, one
+/// at least answered with the same settings and no log either); else it waits,
+/// answering `UNAVAILABLE`, to be added by the leader (`Err`: why it waits).
+///
+/// A member this one refuses for its clock still answers with its hello, so two members
+/// of a new cluster form it without the third whose clock is off, and it is added once
+/// its clock is set right; a member that refuses this one (it names other members) may
+/// hold a log this one does not know of, so this one waits.
 pub fn first_start(settings: &[String], peers: &[PeerReport]) -> Result<(), String> {
     if let Some(p) = peers.iter().find(|p| p.membership.is_some()) {
         return Err(format!(
@@ -152,8 +160,13 @@ pub fn first_start(settings: &[String], peers: &[PeerReport]) -> Result<(), Stri
             p.hostid
         ));
     }
-    if let Some(why) = peers.iter().find_map(|p| p.refused.as_ref()) {
-        return Err(format!("{why}; this member waits to be added to a cluster"));
+    let refusal = |p: &PeerReport| {
+        p.refused
+            .as_ref()
+            .map(|why| format!("{why}; this member waits to be added to a cluster"))
+    };
+    if let Some(why) = peers.iter().filter(|p| !p.heard).find_map(refusal) {
+        return Err(why);
     }
     if peers
         .iter()
@@ -161,11 +174,11 @@ pub fn first_start(settings: &[String], peers: &[PeerReport]) -> Result<(), Stri
     {
         return Ok(());
     }
-    Err(
+    Err(peers.iter().find_map(refusal).unwrap_or_else(|| {
         "waiting to hear from another member: a new cluster's members create its \
          membership together, a new member of a running cluster is added by its leader"
-            .into(),
-    )
+            .into()
+    }))
 }
 
 #[cfg(test)]
@@ -184,6 +197,7 @@ mod tests {
             up: true,
             refused: None,
             settings: Some(set(settings)),
+            heard: true,
             membership: membership.map(set),
         }
     }
@@ -320,7 +334,26 @@ mod tests {
             refused: Some("member a refuses this member".into()),
             ..Default::default()
         };
-        assert!(first_start(&set(&ABD), &[refused, peer("b", &ABD, None)]).is_err());
+        assert!(first_start(&set(&ABD), &[refused.clone(), peer("b", &ABD, None)]).is_err());
+        // One whose clock this member refuses, heard to hold no log: the other two form
+        // the cluster (it is added when its clock is right); heard to hold one: wait.
+        let skewed = PeerReport {
+            up: false,
+            heard: true,
+            ..refused.clone()
+        };
+        assert_eq!(
+            first_start(&set(&ABD), &[skewed.clone(), peer("b", &ABD, None)]),
+            Ok(())
+        );
+        let logged = PeerReport {
+            membership: Some(set(&ABC)),
+            ..skewed.clone()
+        };
+        assert!(first_start(&set(&ABD), &[logged, peer("b", &ABD, None)]).is_err());
+        // Refused by all: waits, saying why.
+        let e = first_start(&set(&ABD), &[skewed.clone(), skewed]).unwrap_err();
+        assert!(e.contains("member a refuses this member"), "{e}");
         assert!(first_start(&abc, &[peer("b", &ABD, None)]).is_err());
         let silent = PeerReport {
             up: false,

@@ -108,6 +108,7 @@ use tokio::sync::watch;
 
 use crate::domain::{Millis, Rights, RightsChange, RightsCheck, State};
 use crate::error::ServiceError;
+use crate::lease_key::LeaseKey;
 use health::{Health, Peer};
 use machine::{Command, Outcome};
 use membership::{Action, Hold};
@@ -254,6 +255,7 @@ pub struct Cluster {
     members: Vec<String>,
     pub health: Arc<Health>,
     state: Arc<Mutex<State>>,
+    lease_key: Arc<LeaseKey>,
     applied: Arc<Mutex<Applied>>,
     wire: Wire,
     heartbeat_interval: Duration,
@@ -288,8 +290,8 @@ impl Cluster {
         let rights = cfg.rights.clone();
         let (log, sm) = tokio::task::spawn_blocking(move || {
             let log = log::open(&d).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let (sm, state) = sm::StateMachine::open(&d, rights).map_err(anyhow::Error::msg)?;
-            Ok::<_, anyhow::Error>((log, (sm, state)))
+            let sm = sm::StateMachine::open(&d, rights).map_err(anyhow::Error::msg)?;
+            Ok::<_, anyhow::Error>((log, sm))
         })
         .await?
         .with_context(|| {
@@ -297,6 +299,7 @@ impl Cluster {
              aside and start it again: it takes the pool from the other members"
         })?;
         let (sm, state) = sm;
+        let lease_key = sm.lease_key();
         let applied = sm.applied();
         let id = node_id(&cfg.hostid);
         let peers: Vec<Peer> = cfg
@@ -347,6 +350,7 @@ impl Cluster {
             members,
             health,
             state,
+            lease_key,
             applied,
             wire,
             heartbeat_interval: cfg.heartbeat_interval,
@@ -361,6 +365,11 @@ impl Cluster {
     /// The pool, as applied on this member (shared with the service).
     pub fn state(&self) -> Arc<Mutex<State>> {
         self.state.clone()
+    }
+
+    /// The pool's lease key, kept by the state machine.
+    pub fn lease_key(&self) -> Arc<LeaseKey> {
+        self.lease_key.clone()
     }
 
     /// The raft membership this member's log holds.
@@ -387,8 +396,12 @@ impl Cluster {
         self.health.status(self.id, &self.voters().ids)
     }
 
-    /// Checks a member's hello (the receiving side): one of ours, of the same cluster, a
-    /// clock close enough. Returns ours.
+    /// Checks a member's hello (the receiving side): one of ours, of the same cluster.
+    /// Returns ours. A clock too far off is not refused here: the sender's own check of
+    /// this answer refuses this member by name ([`health::check`]), and the answer tells
+    /// it whether this member holds a cluster log, which a new cluster's members need to
+    /// know before they create the membership without it ([`membership::first_start`]).
+    /// Every other member request is refused for the clock ([`Cluster::check_sender`]).
     pub fn answer_hello(&self, theirs: &Hello) -> Result<Hello, ServiceError> {
         let ours =
             self.members.contains(&theirs.hostid) && theirs.hostid != self.hostid.to_string();
@@ -400,7 +413,6 @@ impl Cluster {
             }
             return Err(ServiceError::RoleConflict(msg));
         }
-        self.check_sender(&theirs.hostid, Some(theirs.time_ms))?;
         Ok(self.hello())
     }
 

@@ -18,9 +18,10 @@ use openraft::{
 };
 use parking_lot::Mutex;
 
-use super::machine::{self, Outcome};
+use super::machine::{self, Command, Outcome};
 use super::{Entry, Member, NodeId, TypeConfig};
 use crate::domain::{Frozen, RightsCheck, State};
+use crate::lease_key::LeaseKey;
 use crate::store::codec::{self, Section};
 use crate::store::files;
 use crate::store::frame::{self, FileHeader, Reader};
@@ -49,6 +50,9 @@ pub struct StateMachine {
     check: RightsCheck,
     /// Verifies the rights of commands: for the membership applied last.
     applying: RightsCheck,
+    /// The pool's lease key, decoded for signing: set under the state lock when the
+    /// command that creates it is applied or a snapshot installed.
+    lease_key: Arc<LeaseKey>,
 }
 
 /// The voters' hostids of each configuration of `m` (two while a member is replaced).
@@ -110,6 +114,8 @@ impl StateMachine {
             }
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
+        let lease_key =
+            Arc::new(LeaseKey::of(&state).map_err(|e| format!("{}: {e}", path.display()))?);
         let state = Arc::new(Mutex::new(state));
         let applying = membership_check(&check, &applied.membership);
         Ok((
@@ -120,6 +126,7 @@ impl StateMachine {
                 current: Arc::new(Mutex::new(current)),
                 check,
                 applying,
+                lease_key,
             },
             state,
         ))
@@ -128,6 +135,11 @@ impl StateMachine {
     /// What has been applied: shared with the cluster handle, for its status.
     pub fn applied(&self) -> Arc<Mutex<Applied>> {
         self.applied.clone()
+    }
+
+    /// The pool's lease key it keeps: shared with the service, which signs with it.
+    pub fn lease_key(&self) -> Arc<LeaseKey> {
+        self.lease_key.clone()
     }
 }
 
@@ -299,6 +311,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => Outcome::Done,
                 EntryPayload::Normal(cmd) => {
                     let outcome = machine::apply(&mut st, &cmd, &self.applying);
+                    if matches!(cmd, Command::Init { .. })
+                        && let Err(e) = self.lease_key.set_from(&st)
+                    {
+                        tracing::error!(index = entry.log_id.index, "{e}: lease tokens cannot be signed or checked");
+                    }
                     if let Outcome::Unverified { error } = &outcome {
                         tracing::error!(
                             index = entry.log_id.index,
@@ -358,6 +375,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut st = self.state.lock();
             let mut applied = self.applied.lock();
+            self.lease_key
+                .set_from(&state)
+                .map_err(|e| sm_err(ErrorVerb::Read, e))?;
             *st = state;
             applied.log_id = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
@@ -413,6 +433,52 @@ mod tests {
             .collect();
         let voters = nodes.keys().copied().collect();
         StoredMembership::new(None, openraft::Membership::new(vec![voters], nodes))
+    }
+
+    /// The key the service signs with follows the pool's: set when the command that
+    /// creates it is applied (signing then never takes the state lock, which the line's
+    /// places are signed under), and carried by a snapshot to a member that installs it.
+    #[tokio::test]
+    async fn the_lease_key_is_kept_from_the_committed_command_and_from_a_snapshot() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (mut a, _) = StateMachine::open(a_dir.path(), check()).unwrap();
+        let key = a.lease_key();
+        let id = uuid::Uuid::new_v4();
+        assert_eq!(key.sign(&id), None);
+        let log_id = LogId::new(openraft::CommittedLeaderId::new(1, 1), 1);
+        let init = Command::Init {
+            lease_key: base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                [9u8; 32],
+            ),
+            history: uuid::Uuid::new_v4(),
+        };
+        a.apply([Entry {
+            log_id,
+            payload: EntryPayload::Normal(init),
+        }])
+        .await
+        .unwrap();
+        let token = key
+            .sign(&id)
+            .expect("the key is set once the command is applied");
+
+        let snapshot = a
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let (mut b, _) = StateMachine::open(b_dir.path(), check()).unwrap();
+        assert!(!b.lease_key().verify(&id, &token));
+        b.install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert!(b.lease_key().verify(&id, &token));
+        // And after a restart, from the snapshot on disk.
+        drop(b);
+        let (b, _) = StateMachine::open(b_dir.path(), check()).unwrap();
+        assert!(b.lease_key().verify(&id, &token));
     }
 
     fn pool_with_leases(n: usize) -> State {

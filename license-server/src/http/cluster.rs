@@ -83,12 +83,16 @@ error_responses!(
         err(ValidationError, "the body is not a hello"),
         too_large(SMALL_BODY_LIMIT),
         too_slow(),
-        members(),
+        err(Unauthorized, "no member token was sent"),
+        err(Forbidden, "the member token is not PAIR_TOKEN"),
+        not_member(),
     ]
 );
 
 /// A member's hello (every `CLUSTER_HEARTBEAT_INTERVAL`): answered with this member's,
-/// after checking the sender is one of this cluster's members and its clock agrees.
+/// after checking the sender is one of this cluster's members. A sender whose clock is
+/// too far off gets the answer too, and refuses this member itself by name: it learns
+/// from the answer whether this member holds a cluster log.
 #[utoipa::path(
     tag = "cluster",
     request_body = Hello,

@@ -11,10 +11,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use shared::capability::Role;
 use shared::grant::GrantClaims;
 use shared::lease::{CheckoutRequest, FeatureInfo, Lease, LeaseInfo, MAX_BORROW_SECS, PoolHolders};
@@ -32,25 +28,14 @@ use crate::pair::Serving;
 use crate::store;
 
 impl Service {
+    /// The token of lease or place `id` (empty before the pool has a key: nothing is
+    /// granted then). Takes no lock but the key's: called with the state lock held too.
     pub fn sign_lease(&self, id: &Uuid) -> String {
-        self.ensure_lease_key();
-        let Some(mut mac) = self.lease_key.read().clone() else {
-            return String::new();
-        };
-        mac.update(id.as_bytes());
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        self.lease_key.sign(id).unwrap_or_default()
     }
 
     pub(super) fn token_matches(&self, id: &Uuid, token: &str) -> bool {
-        let Ok(sig) = URL_SAFE_NO_PAD.decode(token.as_bytes()) else {
-            return false;
-        };
-        self.ensure_lease_key();
-        let Some(mut mac) = self.lease_key.read().clone() else {
-            return false;
-        };
-        mac.update(id.as_bytes());
-        mac.verify_slice(&sig).is_ok()
+        self.lease_key.verify(id, token)
     }
 
     /// The lease as its client sees it, with the grant signed by this server's key and
@@ -596,17 +581,6 @@ pub(super) fn lease_length(lease_ms: i64, room_ms: i64, borrow_ms: Option<i64>) 
     borrow_ms.map_or(lease_ms, |b| b.min(room_ms))
 }
 
-pub(super) fn key_of(state: &State) -> Result<Option<Hmac<Sha256>>, ServiceError> {
-    let Some(key) = &state.lease_key else {
-        return Ok(None);
-    };
-    let bytes = URL_SAFE_NO_PAD
-        .decode(key.as_bytes())
-        .map_err(|e| ServiceError::Internal(format!("the stored lease key is damaged: {e}")))?;
-    Hmac::<Sha256>::new_from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| ServiceError::Internal(e.to_string()))
-}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use shared::lease::{CheckoutRequest, Lease, LeaseInfo};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::leases::{key_of, pool_key};
+use super::leases::pool_key;
 use super::queue::Step;
 use super::{Service, now_ms};
 use crate::cluster::Cluster;
@@ -33,18 +33,6 @@ use crate::identity::Binding;
 pub const LINE_TICK: Duration = Duration::from_millis(100);
 
 impl Service {
-    /// The lease key comes from the cluster's first leader: taken from the pool as soon
-    /// as it is there (a standalone server has it from the start).
-    pub(super) fn ensure_lease_key(&self) {
-        if self.cluster.is_none() || self.lease_key.read().is_some() {
-            return;
-        }
-        let key = key_of(&self.state.lock());
-        if let Ok(Some(k)) = key {
-            *self.lease_key.write() = Some(k);
-        }
-    }
-
     async fn commit(&self, c: &Cluster, cmd: Command) -> Result<Outcome, ServiceError> {
         c.propose(cmd)
             .await

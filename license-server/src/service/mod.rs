@@ -29,8 +29,10 @@
 //! - `state` (`Mutex<State>`): the pool, the durable truth; every decision is made under
 //!   it, and events reach the store in the order they were applied.
 //! - `pair` (`Mutex<PairRuntime>`): what is known of the other server now (not durable).
-//! - `lease_key` (`RwLock`): the key lease tokens are signed with; replaced only under
-//!   `state`, when a copy of the main's state arrives or is merged.
+//! - `lease_key` ([`LeaseKey`], an `RwLock`): the key lease tokens are signed with;
+//!   replaced only under `state`, when a copy of the main's state arrives or is merged
+//!   (in a cluster, by the state machine, when the key is committed or a snapshot
+//!   installed). Signing takes no other lock, so it may be done with `state` held.
 //! - `backup_uri` (`RwLock`): the backup's URL handed to clients; changed only under
 //!   `state`.
 //! - `backoffice` (`Mutex<BackofficeStatus>`): the poller's contact, on its own.
@@ -58,9 +60,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::Hmac;
 use parking_lot::{Mutex, RwLock};
-use sha2::Sha256;
 use shared::HostId;
 use shared::capability::Role;
 use tokio::sync::watch;
@@ -72,6 +72,7 @@ use crate::domain::usage::Meter;
 use crate::domain::{Event, Millis, State};
 use crate::error::ServiceError;
 use crate::identity::Identity;
+use crate::lease_key::LeaseKey;
 use crate::metrics::Metrics;
 use crate::pair::Link;
 use crate::store::{self, Store};
@@ -83,7 +84,6 @@ pub use status::{
     BackofficeStatus, Contact, PairSecretSource, PairView, RightsSummary, StatusView, TrustView,
 };
 
-use leases::key_of;
 use pair::{PairRuntime, effective_backup_uri};
 
 pub fn now_ms() -> Millis {
@@ -149,7 +149,7 @@ pub struct Service {
     state: Arc<Mutex<State>>,
     store: Store,
     /// Signs lease tokens; `None` on a backup that has no copy of its main's pool yet.
-    lease_key: RwLock<Option<Hmac<Sha256>>>,
+    lease_key: Arc<LeaseKey>,
     pub metrics: Metrics,
     backoffice: Mutex<BackofficeStatus>,
     started_at: i64,
@@ -274,7 +274,12 @@ impl Service {
     ) -> Result<Arc<Service>, ServiceError> {
         let (lease_key, backup_uri) = {
             let st = state.lock();
-            (key_of(&st)?, effective_backup_uri(&cfg, &st))
+            let key = match &cluster {
+                // Its state machine keeps it as the cluster's pool changes.
+                Some(c) => c.lease_key(),
+                None => Arc::new(LeaseKey::of(&st)?),
+            };
+            (key, effective_backup_uri(&cfg, &st))
         };
         let pair = PairRuntime {
             recovering: cfg.role == Role::Main && backup_uri.is_some(),
@@ -312,7 +317,7 @@ impl Service {
             cfg,
             state,
             store,
-            lease_key: RwLock::new(lease_key),
+            lease_key,
             metrics: Metrics::new(),
             backoffice: Mutex::new(backoffice),
             started_at: shared::now_unix(),

@@ -13,7 +13,7 @@ use shared::capability::{PairStatus, Role, ServerStatus};
 use uuid::Uuid;
 
 use super::peer::Replicated;
-use super::{Service, ServiceConfig, fmt_time, key_of, now_ms};
+use super::{Service, ServiceConfig, fmt_time, now_ms};
 use crate::domain::{Event, MergeReport, Millis, Rights, State};
 use crate::error::ServiceError;
 use crate::pair::{self, Link, PairFacts, Serving};
@@ -372,7 +372,7 @@ impl Service {
                 }
                 st.apply(&c.event);
                 if let Event::LeaseKeyCreated { .. } = &c.event {
-                    *self.lease_key.write() = key_of(&st)?;
+                    self.lease_key.set_from(&st)?;
                 }
                 // Journaled as received: the main's record, byte for byte.
                 last = Some(self.store.submit_framed(c.record));
@@ -404,7 +404,7 @@ impl Service {
             // What the backup itself was told about its place in the pair stays.
             state.detached = st.detached.clone();
             state.active_since = None;
-            *self.lease_key.write() = key_of(&state)?;
+            self.lease_key.set_from(&state)?;
             let seq = state.seq;
             *st = state.clone();
             self.heard(true);
@@ -517,7 +517,7 @@ impl Service {
             let mut st = self.state.lock();
             let (merged, report) =
                 State::merged_for_failback(&st, &backup, Uuid::new_v4(), now_ms());
-            *self.lease_key.write() = key_of(&merged)?;
+            self.lease_key.set_from(&merged)?;
             *st = merged.clone();
             (report, self.store.reset(merged))
         };
