@@ -91,6 +91,8 @@ enum LicensingStatus
   LICENSING_STATUS_OVER_MAX = 127,
   // `RESERVED`: the seats left are reserved for other users, hosts or groups.
   LICENSING_STATUS_RESERVED = 128,
+  // `SESSION_HELD`: another operator holds the server's full administration session.
+  LICENSING_STATUS_SESSION_HELD = 129,
   // A contract code this version of the library does not know (a newer server).
   LICENSING_STATUS_UNKNOWN_SERVER_ERROR = 199,
 };

@@ -94,6 +94,8 @@ pub enum LicensingStatus {
     OverMax = 127,
     /// `RESERVED`: the seats left are reserved for other users, hosts or groups.
     Reserved = 128,
+    /// `SESSION_HELD`: another operator holds the server's full administration session.
+    SessionHeld = 129,
     /// A contract code this version of the library does not know (a newer server).
     UnknownServerError = 199,
 }
@@ -132,6 +134,7 @@ impl LicensingStatus {
             ErrorCode::Excluded => S::Excluded,
             ErrorCode::OverMax => S::OverMax,
             ErrorCode::Reserved => S::Reserved,
+            ErrorCode::SessionHeld => S::SessionHeld,
             ErrorCode::Unknown => S::UnknownServerError,
         }
     }

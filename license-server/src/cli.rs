@@ -48,6 +48,15 @@ pub struct Remote {
     /// with a private CA); the system's roots are trusted too.
     #[arg(long, env = "LICENSE_SERVER_CA")]
     pub ca: Option<PathBuf>,
+    /// The key of the full administration session this operator holds (`license-server
+    /// session open` prints it): needed to act while a session is open.
+    #[arg(
+        long,
+        env = "LICENSE_ADMIN_SESSION",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    pub session: Option<String>,
 }
 
 impl Remote {
@@ -62,9 +71,17 @@ impl Remote {
             }
             None => Vec::new(),
         };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = self.session.as_deref().filter(|k| !k.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(key)
+                .map_err(|_| anyhow::anyhow!("--session: not a session key"))?;
+            value.set_sensitive(true);
+            headers.insert(crate::http::admin::SESSION_HEADER, value);
+        }
         reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(10))
             .tls_certs_merge(ca)
+            .default_headers(headers)
             .build()
             .map_err(|e| anyhow::anyhow!("{}", describe_error(&e)))
     }
@@ -111,6 +128,9 @@ async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value>
             status.as_u16(),
             String::from_utf8_lossy(&bytes)
         );
+    }
+    if bytes.is_empty() {
+        return Ok(serde_json::Value::Null); // 204 No Content
     }
     Ok(serde_json::from_slice(&bytes)?)
 }
@@ -696,6 +716,78 @@ pub async fn release(r: &Remote, lease_id: &str) -> anyhow::Result<()> {
         "released lease {} ({} seat(s) of {} held by {})",
         l.lease_id, l.count, l.feature, l.client_id
     );
+    Ok(())
+}
+
+/// Opens the full administration session and prints its key.
+pub async fn session_open(
+    r: &Remote,
+    operator: Option<&str>,
+    take_over: bool,
+) -> anyhow::Result<()> {
+    let token = r.admin_token()?;
+    let body = serde_json::json!({ "operator": operator, "take_over": take_over });
+    let v = send(
+        r.http()?
+            .post(r.url(crate::http::admin::SESSION_PATH))
+            .bearer_auth(token)
+            .json(&body),
+    )
+    .await?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let opened: crate::service::session::OpenedSession = serde_json::from_value(v)?;
+    if let Some(was) = &opened.took_over {
+        println!("taken over from {}", was.operator);
+    }
+    println!(
+        "full administration session opened for {}; it lapses after {} without a request \
+         carrying its key. For the commands that act:\nexport LICENSE_ADMIN_SESSION={}",
+        opened.holder.operator,
+        shared::duration::format(std::time::Duration::from_secs(opened.idle_secs)),
+        opened.key
+    );
+    Ok(())
+}
+
+/// Who holds the full administration session.
+pub async fn session_show(r: &Remote) -> anyhow::Result<()> {
+    let token = r.admin_token()?;
+    let v = send(
+        r.http()?
+            .get(r.url(crate::http::admin::SESSION_PATH))
+            .bearer_auth(token),
+    )
+    .await?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match serde_json::from_value::<Option<crate::service::session::SessionHolder>>(v)? {
+        Some(h) => println!(
+            "{} holds the full administration session since {} (last request {}; lapses at {} if left idle)",
+            h.operator,
+            crate::domain::fmt_time(h.opened_at),
+            crate::domain::fmt_time(h.last_used_at),
+            crate::domain::fmt_time(h.lapses_at)
+        ),
+        None => println!("no full administration session is open: the full token acts alone"),
+    }
+    Ok(())
+}
+
+/// Closes the full administration session this operator holds (`--session`).
+pub async fn session_close(r: &Remote) -> anyhow::Result<()> {
+    let token = r.admin_token()?;
+    send(
+        r.http()?
+            .delete(r.url(crate::http::admin::SESSION_PATH))
+            .bearer_auth(token),
+    )
+    .await?;
+    println!("no full administration session is open now");
     Ok(())
 }
 

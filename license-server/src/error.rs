@@ -61,6 +61,9 @@ pub enum ServiceError {
     /// A cluster member's clock is too far from this one's.
     #[error("{0}")]
     ClockSkew(String),
+    /// Another operator holds the full administration session.
+    #[error("{0}")]
+    SessionHeld(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -91,6 +94,7 @@ impl ServiceError {
             ServiceError::OutOfSync(_) => ErrorCode::OutOfSync,
             ServiceError::RoleConflict(_) => ErrorCode::RoleConflict,
             ServiceError::ClockSkew(_) => ErrorCode::ClockSkew,
+            ServiceError::SessionHeld(_) => ErrorCode::SessionHeld,
             ServiceError::Rule { kind, .. } => match kind {
                 RuleKind::Excluded => ErrorCode::Excluded,
                 RuleKind::OverMax => ErrorCode::OverMax,

@@ -11,6 +11,7 @@
 //! [`stats`] (usage statistics per feature and user).
 
 pub mod access;
+pub mod admin_session;
 pub mod cli;
 pub mod cluster;
 pub mod domain;

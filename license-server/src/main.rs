@@ -74,6 +74,11 @@ enum Command {
     /// Make a running server read its options file again (as SIGHUP does; the full operator
     /// token needed). A bad file is refused with its line; the options in force stay.
     ReloadOptions(#[command(flatten)] Remote),
+    /// The full administration session: one operator at a time acts (on a cluster, on
+    /// the three members). While one is open, the commands that act need its key
+    /// (`--session`, or LICENSE_ADMIN_SESSION).
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// The local store's files: check them, or keep what is readable of damaged ones
     /// (on the server's machine; `recover` needs the server stopped).
     #[command(subcommand)]
@@ -94,6 +99,26 @@ enum StoreCommand {
         #[arg(long)]
         yes: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// Open it (the full token needed) and print its key; refused while another operator
+    /// holds it, unless --take-over.
+    Open {
+        /// A name for the other operators to see (else this machine's address).
+        #[arg(long)]
+        operator: Option<String>,
+        /// Take it from the operator who holds it (who is then out).
+        #[arg(long)]
+        take_over: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Who holds it, since when, and when it lapses (never its key).
+    Show(#[command(flatten)] Remote),
+    /// Close the session this operator holds (its key in --session).
+    Close(#[command(flatten)] Remote),
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +177,13 @@ fn main() -> std::process::ExitCode {
             Command::Release { lease_id, remote } => cli::release(&remote, &lease_id).await,
             Command::Statistics(r) => cli::statistics(&r).await,
             Command::ReloadOptions(r) => cli::reload_options(&r).await,
+            Command::Session(SessionCommand::Open {
+                operator,
+                take_over,
+                remote,
+            }) => cli::session_open(&remote, operator.as_deref(), take_over).await,
+            Command::Session(SessionCommand::Show(r)) => cli::session_show(&r).await,
+            Command::Session(SessionCommand::Close(r)) => cli::session_close(&r).await,
             Command::Store(StoreCommand::Verify(d)) => cli::store_verify(&d),
             Command::Store(StoreCommand::Recover { dir, yes }) => cli::store_recover(&dir, yes),
         }

@@ -209,6 +209,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         queue_max_ms: settings.queue_max_wait.as_millis() as i64,
         usage_interval_ms: settings.usage_interval.as_millis() as i64,
         usage_retry_ms: settings.usage_retry_window.as_millis() as i64,
+        admin_session_idle_ms: settings.admin_session_idle.as_millis() as i64,
     };
     let member = match &settings.cluster {
         Some(c) => Some(

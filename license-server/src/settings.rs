@@ -38,6 +38,7 @@ pub const NAMES: &[&str] = &[
     "ADMIN_TOKEN",
     "ADMIN_READONLY_TOKEN",
     "ADMIN_ACCESS",
+    "ADMIN_SESSION_IDLE",
     "PUBLIC_URL",
     "CLOCK_LEEWAY",
     "BACKOFF_MAX",
@@ -103,6 +104,8 @@ struct Raw {
     #[serde(default, deserialize_with = "secret_like")]
     admin_readonly_token: Option<Secret>,
     admin_access: Option<String>,
+    #[serde(default, deserialize_with = "duration_like")]
+    admin_session_idle: Option<Duration>,
     public_url: Option<String>,
     #[serde(default, deserialize_with = "duration_like")]
     clock_leeway: Option<Duration>,
@@ -185,6 +188,9 @@ pub struct Settings {
     pub admin_readonly_token: Option<Secret>,
     /// `ADMIN_ACCESS`: full (default), restricted or none.
     pub admin_access: AdminAccess,
+    /// `ADMIN_SESSION_IDLE` (30m): an operator's full session lapses after this long
+    /// without a request carrying its key.
+    pub admin_session_idle: Duration,
     /// This server's URL as clients reach it (`served_by` in leases).
     pub public_url: Option<String>,
     /// How far the back office's clock may differ from ours.
@@ -533,6 +539,14 @@ impl Settings {
         if usage_recycle_after < Duration::from_secs(3600) {
             bail!("USAGE_RECYCLE_AFTER must be at least 1h (default 30d)");
         }
+        let admin_session_idle = raw
+            .admin_session_idle
+            .unwrap_or(Duration::from_secs(30 * 60));
+        if admin_session_idle < Duration::from_secs(1)
+            || admin_session_idle > Duration::from_secs(86_400)
+        {
+            bail!("ADMIN_SESSION_IDLE must be between 1s and 1d (default 30m)");
+        }
         let mail = MailSettings::from_raw(MailRaw {
             host: raw.mail_smtp_host,
             port: raw.mail_smtp_port,
@@ -589,6 +603,7 @@ impl Settings {
             usage_retry_window,
             mail,
             usage_recycle_after,
+            admin_session_idle,
         })
     }
 

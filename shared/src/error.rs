@@ -64,6 +64,10 @@ error_codes! {
     /// The seats left are reserved for others by the options file's `RESERVE` rules;
     /// `options_line` names one of them.
     Reserved = "RESERVED", 409;
+    /// Another operator holds the server's full administration session (on a cluster,
+    /// the cluster's): acting needs its key until it is closed, lapses or is taken over;
+    /// the message says who holds it, since when and when it lapses.
+    SessionHeld = "SESSION_HELD", 409;
     ReplayedRequest = "REPLAYED_REQUEST", 409;
     NoLicenseAvailable = "NO_LICENSE_AVAILABLE", 409;
     FeatureExpired = "FEATURE_EXPIRED", 410;

@@ -1423,3 +1423,128 @@ async fn a_replacement_with_disagreeing_settings_or_two_members_at_once_changes_
     ensure!(text.contains("one member at a time"), "{text}");
     Ok(())
 }
+
+/// `method path` at member `m` with the full token and, if given, a session key: the
+/// status and the body.
+async fn as_operator(
+    m: &LicenseServer,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Result<(u16, Value)> {
+    let mut req = reqwest::Client::new()
+        .request(method, m.url(path))
+        .bearer_auth(m.admin_token());
+    if let Some(k) = key {
+        req = req.header("X-Admin-Session", k);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await.unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_operator_at_a_time_acts_on_the_three_members_and_a_new_leader_starts_without_a_session()
+-> Result<()> {
+    use reqwest::Method;
+    let _serial = SERIAL.lock().await;
+    let (_bo, _fx, s) = setup().await?;
+    let (mut members, leader) = s.start_operational(SEATS, WAIT).await?;
+    let follower = (leader + 1) % 3;
+    let session = "/api/v1/admin/session";
+    let unknown = format!("/api/v1/admin/leases/{}", Uuid::new_v4());
+
+    // The serving member keeps the cluster's one session: the others send operators there.
+    let (status, body) = as_operator(
+        &members[follower],
+        Method::POST,
+        session,
+        None,
+        Some(json!({"operator": "alice"})),
+    )
+    .await?;
+    ensure!(
+        status == 503
+            && body["code"] == "NOT_SERVING"
+            && body["serving_url"] == members[leader].url.as_str(),
+        "{status} {body}"
+    );
+    let (status, body) = as_operator(
+        &members[leader],
+        Method::POST,
+        session,
+        None,
+        Some(json!({"operator": "alice"})),
+    )
+    .await?;
+    ensure!(status == 201, "{status} {body}");
+    let alice = body["key"].as_str().context("a key")?.to_owned();
+    // Bob acts nowhere: at the leader he is refused, naming Alice; at a follower he is
+    // sent to the leader (which refuses him), not let act there.
+    let (status, body) =
+        as_operator(&members[leader], Method::DELETE, &unknown, None, None).await?;
+    ensure!(
+        status == 409 && body["code"] == "SESSION_HELD",
+        "{status} {body}"
+    );
+    ensure!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("alice") && m.contains("cluster's")),
+        "{body}"
+    );
+    for (method, path) in [
+        (Method::POST, "/api/v1/admin/reread"),
+        (Method::DELETE, unknown.as_str()),
+    ] {
+        let (status, body) =
+            as_operator(&members[follower], method.clone(), path, None, None).await?;
+        ensure!(
+            status == 503 && body["code"] == "NOT_SERVING",
+            "{method} {path}: {status} {body}"
+        );
+    }
+    // Alice acts with her key: the release runs (and finds no such lease).
+    let (status, body) = as_operator(
+        &members[leader],
+        Method::DELETE,
+        &unknown,
+        Some(&alice),
+        None,
+    )
+    .await?;
+    ensure!(
+        status == 404 && body["code"] == "NOT_FOUND",
+        "{status} {body}"
+    );
+
+    // kill -9 of the leader: the new one starts without a session; Bob opens one there.
+    let (new, _) = kill_the_leader(&mut members, leader, SEATS, WAIT).await?;
+    let (status, body) = as_operator(&members[new], Method::GET, session, None, None).await?;
+    ensure!(status == 200 && body.is_null(), "{status} {body}");
+    let (status, body) = as_operator(&members[new], Method::DELETE, &unknown, None, None).await?;
+    ensure!(
+        status == 404,
+        "no session open, the full token acts: {status} {body}"
+    );
+    let (status, body) = as_operator(
+        &members[new],
+        Method::POST,
+        session,
+        None,
+        Some(json!({"operator": "bob"})),
+    )
+    .await?;
+    ensure!(status == 201, "{status} {body}");
+    let (status, body) =
+        as_operator(&members[new], Method::DELETE, &unknown, Some(&alice), None).await?;
+    ensure!(
+        status == 409 && body["message"].as_str().is_some_and(|m| m.contains("bob")),
+        "Alice's key from the old leader: {status} {body}"
+    );
+    Ok(())
+}

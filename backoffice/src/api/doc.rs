@@ -98,6 +98,7 @@ fn meaning(code: ErrorCode) -> &'static str {
         | Excluded
         | OverMax
         | Reserved
+        | SessionHeld
         | FeatureExpired
         | NotServing
         | MaintenanceIntervalExpired
@@ -215,6 +216,7 @@ fn example_message(code: ErrorCode) -> &'static str {
         | Excluded
         | OverMax
         | Reserved
+        | SessionHeld
         | FeatureExpired
         | NotServing
         | MaintenanceIntervalExpired

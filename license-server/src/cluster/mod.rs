@@ -367,6 +367,11 @@ impl Cluster {
         self.state.clone()
     }
 
+    /// The raft term this member knows.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
     /// The pool's lease key, kept by the state machine.
     pub fn lease_key(&self) -> Arc<LeaseKey> {
         self.lease_key.clone()

@@ -3,9 +3,9 @@
 //! force-release, the pair's membership, a poll of the back office now, and the usage
 //! statistics.
 
-use actix_web::{HttpResponse, delete, get, post, put, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
 use http_kit::error_responses;
-use http_kit::extract::Json;
+use http_kit::extract::{Json, client_ip, parse_json, read_body};
 use http_kit::openapi::{ErrDoc, err, too_large, too_slow};
 use serde::{Deserialize, Serialize};
 use shared::ErrorCode::*;
@@ -15,6 +15,7 @@ use super::client::{not_durable, not_serving};
 use super::{SMALL_BODY_LIMIT, lease_id};
 use crate::error::ServiceError;
 use crate::service::options::OptionsLoaded;
+use crate::service::session::{OpenSession, OpenedSession, SessionHolder};
 use crate::service::{Service, StatusView};
 use crate::stats::{UsageStatistics, UsageStats};
 
@@ -30,7 +31,7 @@ fn operator() -> [ErrDoc; 2] {
 }
 
 /// An acting request's refusals.
-fn acting() -> [ErrDoc; 2] {
+fn acting() -> [ErrDoc; 3] {
     [
         err(
             Unauthorized,
@@ -40,7 +41,23 @@ fn acting() -> [ErrDoc; 2] {
             Forbidden,
             "the token reads only (ADMIN_READONLY_TOKEN, or any token under ADMIN_ACCESS=restricted), or the operator API is off (ADMIN_ACCESS=none)",
         ),
+        session_held(),
     ]
+}
+
+fn session_held() -> ErrDoc {
+    err(
+        SessionHeld,
+        "another operator holds the full administration session: acting needs its key (`X-Admin-Session`) until it is closed, lapses (ADMIN_SESSION_IDLE) or is taken over; the message says who holds it and until when",
+    )
+}
+
+/// On a cluster, what acts is for the serving member.
+fn member_not_serving() -> ErrDoc {
+    err(
+        NotServing,
+        "a cluster member that does not serve: operators act, and keep their session, at the serving member (`serving_url`)",
+    )
 }
 
 error_responses!(
@@ -117,6 +134,7 @@ pub struct Reread {
 error_responses!(
     RereadErrors = [
         acting(),
+        member_not_serving(),
         err(
             Unavailable,
             "the back office gave no new rights: it is unreachable, refused the request or sent an answer that does not verify (the message says which)"
@@ -136,7 +154,7 @@ error_responses!(
     )
 )]
 #[post("/reread")]
-pub async fn reread(svc: web::Data<Service>) -> Result<HttpResponse, ServiceError> {
+pub async fn reread(_: Acting, svc: web::Data<Service>) -> Result<HttpResponse, ServiceError> {
     let before = svc.features();
     svc.poll_now().await?;
     Ok(HttpResponse::Ok().json(Reread {
@@ -174,6 +192,7 @@ error_responses!(
 )]
 #[delete("/leases/{id}")]
 pub async fn release(
+    _: Acting,
     svc: web::Data<Service>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ServiceError> {
@@ -184,6 +203,7 @@ pub async fn release(
 error_responses!(
     DetachErrors = [
         acting(),
+        member_not_serving(),
         err(RoleConflict, "this server is not part of a pair"),
         not_durable(),
     ]
@@ -200,7 +220,7 @@ error_responses!(
     )
 )]
 #[post("/pair/detach")]
-pub async fn pair_detach(svc: web::Data<Service>) -> Result<HttpResponse, ServiceError> {
+pub async fn pair_detach(_: Acting, svc: web::Data<Service>) -> Result<HttpResponse, ServiceError> {
     svc.detach_by_operator().await?;
     Ok(HttpResponse::Ok().json(svc.status()))
 }
@@ -220,6 +240,7 @@ error_responses!(
         too_large(SMALL_BODY_LIMIT),
         too_slow(),
         acting(),
+        member_not_serving(),
         err(RoleConflict, "this server is not a main"),
         not_durable(),
     ]
@@ -238,6 +259,7 @@ error_responses!(
 )]
 #[put("/pair/backup")]
 pub async fn pair_backup(
+    _: Acting,
     svc: web::Data<Service>,
     body: Json<SetBackup, SMALL_BODY_LIMIT>,
 ) -> Result<HttpResponse, ServiceError> {
@@ -250,6 +272,7 @@ pub async fn pair_backup(
 error_responses!(
     ReloadOptionsErrors = [
         acting(),
+        member_not_serving(),
         err(
             ValidationError,
             "no options file is set, or the file is refused (`options_line` names the line; the options in force are kept)"
@@ -273,6 +296,127 @@ error_responses!(
     )
 )]
 #[post("/options/reload")]
-pub async fn reload_options(svc: web::Data<Service>) -> Result<HttpResponse, ServiceError> {
+pub async fn reload_options(
+    _: Acting,
+    svc: web::Data<Service>,
+) -> Result<HttpResponse, ServiceError> {
     Ok(HttpResponse::Ok().json(svc.reload_options().await?))
+}
+
+/// The header that carries the full session's key on a request that acts.
+pub const SESSION_HEADER: &str = "X-Admin-Session";
+
+/// The session's own path (exempt from the session check: its handlers check the key).
+pub const SESSION_PATH: &str = "/api/v1/admin/session";
+
+fn session_key(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+error_responses!(
+    OpenSessionErrors = [
+        err(
+            ValidationError,
+            "the body is not an `OpenSession`, or the operator's name is empty, too long or has control characters"
+        ),
+        too_large(SMALL_BODY_LIMIT),
+        too_slow(),
+        acting(),
+        member_not_serving(),
+    ]
+);
+
+/// Opens the server's full administration session (on a cluster, the cluster's): one
+/// operator at a time acts; its key goes in `X-Admin-Session` on each request that acts.
+/// Refused with `SESSION_HELD` while another operator holds it, unless `take_over`.
+/// Opening it again with its key keeps it.
+#[utoipa::path(
+    tag = "operator",
+    request_body(content = Option<OpenSession>, description = "Optional: a name for the others to see, and whether to take the session over"),
+    params(("X-Admin-Session" = Option<String>, Header, description = "The key of a session this operator holds")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "The session, with its key (shown once)", body = OpenedSession),
+        OpenSessionErrors,
+    )
+)]
+#[post("/session")]
+pub async fn open_session(
+    svc: web::Data<Service>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    // The body is optional: none opens a session with the defaults; anything else must
+    // be an `OpenSession`.
+    let body = read_body(payload, SMALL_BODY_LIMIT).await?;
+    let open: OpenSession = if body.iter().all(u8::is_ascii_whitespace) {
+        OpenSession::default()
+    } else {
+        parse_json(&body)?
+    };
+    let from = client_ip(&req).map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+    let opened = svc.open_session(open, session_key(&req), &from)?;
+    Ok(HttpResponse::Created().json(opened))
+}
+
+error_responses!(SessionErrors = [operator(), member_not_serving()]);
+
+/// Who holds the full administration session, if anyone (`null`): never its key.
+#[utoipa::path(
+    tag = "operator",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The session's holder, or null", body = Option<SessionHolder>),
+        SessionErrors,
+    )
+)]
+#[get("/session")]
+pub async fn session(svc: web::Data<Service>) -> Result<HttpResponse, ServiceError> {
+    Ok(HttpResponse::Ok().json(svc.session_holder()?))
+}
+
+error_responses!(CloseSessionErrors = [acting(), member_not_serving()]);
+
+/// Closes the full administration session its key (`X-Admin-Session`) holds; with none
+/// open, nothing to do.
+#[utoipa::path(
+    tag = "operator",
+    params(("X-Admin-Session" = Option<String>, Header, description = "The session's key")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 204, description = "No session is open now"),
+        CloseSessionErrors,
+    )
+)]
+#[delete("/session")]
+pub async fn close_session(
+    svc: web::Data<Service>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ServiceError> {
+    svc.close_session(session_key(&req))?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// An operation that acts: taken from an operator only while nobody else holds the full
+/// session (its key in `X-Admin-Session` when one is open), else refused with
+/// `SESSION_HELD`; on a cluster only at the serving member, which keeps the session
+/// (`NOT_SERVING` elsewhere). First among an operation's arguments, so that it is
+/// checked before the body is read.
+pub struct Acting;
+
+impl actix_web::FromRequest for Acting {
+    type Error = ServiceError;
+    type Future = std::future::Ready<Result<Acting, ServiceError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let checked = match req.app_data::<web::Data<Service>>() {
+            Some(svc) => svc.check_session(session_key(req)).map(|()| Acting),
+            None => Err(ServiceError::Internal("the service is not set up".into())),
+        };
+        std::future::ready(checked)
+    }
 }

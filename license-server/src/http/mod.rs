@@ -126,8 +126,9 @@ impl AppContext {
 /// (`GET` reads, every other method acts), checked before anything else runs (the body is
 /// not read). A missing or unknown token is 401 `UNAUTHORIZED`; a reading token (or
 /// `ADMIN_ACCESS=restricted`) on a request that acts, and anything under
-/// `ADMIN_ACCESS=none`, 403 `FORBIDDEN`. The request log shows each refusal with its
-/// message at INFO (the client's error, not the server's).
+/// `ADMIN_ACCESS=none`, 403 `FORBIDDEN`. (Whether another operator holds the full
+/// session is the operations' own check: [`admin::Acting`].) The request log shows each
+/// refusal with its message at INFO (the client's error, not the server's).
 fn require_operator(
     access: OperatorAccess,
 ) -> Before<impl Fn(&mut ServiceRequest) -> Option<HttpResponse> + 'static> {
@@ -275,7 +276,10 @@ where
                 .service(admin::release)
                 .service(admin::pair_detach)
                 .service(admin::pair_backup)
-                .service(admin::reload_options),
+                .service(admin::reload_options)
+                .service(admin::open_session)
+                .service(admin::session)
+                .service(admin::close_session),
         )
         .service(
             scope::scope("/api/v1/pair")

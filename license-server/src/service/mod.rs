@@ -37,6 +37,7 @@
 //!   `state`.
 //! - `backoffice` (`Mutex<BackofficeStatus>`): the poller's contact, on its own.
 //! - `meter` (`Mutex<Meter>`): the usage counted; taken only under `state`, alone.
+//! - `sessions` (`Mutex<Sessions>`): the operators' full session; on its own.
 //! - `repl` (a `watch` channel): how far the backup acknowledged, for waiting clients.
 //! - the identity's binding and pair secret (`RwLock`s in [`Identity`]): replaced by the
 //!   poller alone.
@@ -53,6 +54,7 @@ pub mod pair;
 pub mod peer;
 pub mod queue;
 pub mod rights;
+pub mod session;
 pub mod status;
 pub mod usage;
 
@@ -119,6 +121,8 @@ pub struct ServiceConfig {
     /// `USAGE_RETRY_WINDOW`: how long a denied client has to get a seat before its denial
     /// is a true denial.
     pub usage_retry_ms: i64,
+    /// `ADMIN_SESSION_IDLE`, in milliseconds.
+    pub admin_session_idle_ms: i64,
 }
 
 impl ServiceConfig {
@@ -138,6 +142,7 @@ impl ServiceConfig {
             queue_max_ms: 3_600_000,
             usage_interval_ms: 300_000,
             usage_retry_ms: 60_000,
+            admin_session_idle_ms: 30 * 60_000,
         }
     }
 }
@@ -175,6 +180,8 @@ pub struct Service {
     line_due: tokio::sync::Notify,
     /// What the serving server counts for its usage reports ([`usage`]).
     meter: Mutex<Meter>,
+    /// The full administration session ([`session`]).
+    sessions: Mutex<crate::admin_session::Sessions>,
     /// A cluster member's closed intervals not committed to the cluster yet.
     usage_uncommitted: Mutex<Vec<shared::capability::UsageInterval>>,
 }
@@ -313,6 +320,9 @@ impl Service {
         );
         Ok(Arc::new(Service {
             meter: Mutex::new(meter),
+            sessions: Mutex::new(crate::admin_session::Sessions::new(
+                cfg.admin_session_idle_ms,
+            )),
             hostid_str: cfg.hostid.to_string(),
             cfg,
             state,

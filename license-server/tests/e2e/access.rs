@@ -225,3 +225,226 @@ async fn a_too_short_operator_token_or_an_unknown_access_mode_stops_the_start() 
         );
     }
 }
+
+/// `method path` with the full token and, if given, a session key: status and body.
+async fn act(
+    server: &Server,
+    method: Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = http().request(method, server.url(path)).bearer_auth(FULL);
+    if let Some(k) = key {
+        req = req.header("X-Admin-Session", k);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// The key `license-server session open` printed.
+fn key_printed(said: &str) -> String {
+    said.lines()
+        .find_map(|l| l.strip_prefix("export LICENSE_ADMIN_SESSION="))
+        .unwrap_or_else(|| panic!("no key in: {said}"))
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_operator_at_a_time_acts_while_a_full_session_is_open() {
+    let bo = TestBackoffice::start(vec![right("cad", 3)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = with(
+        base_env(&bo, "string:lls-session"),
+        &[
+            ("ADMIN_TOKEN", FULL),
+            ("ADMIN_READONLY_TOKEN", READ),
+            ("ADMIN_SESSION_IDLE", "2s"),
+        ],
+    );
+    let server = Server::start(dir.path(), env).await;
+    rights_arrived(&server, "cad", 3).await;
+    let mut ids = Vec::new();
+    for ws in ["ws-1", "ws-2", "ws-3"] {
+        let (status, lease) = checkout(&server, "cad", ws).await;
+        assert_eq!(status, 201, "{lease}");
+        ids.push(format!(
+            "/api/v1/admin/leases/{}",
+            lease["lease_id"].as_str().unwrap()
+        ));
+    }
+    let session = "/api/v1/admin/session";
+
+    // Alice opens the session with the CLI; the key is printed once.
+    let (done, said) = cli(
+        &server,
+        &["session", "open", "--operator", "alice", "--token", FULL],
+    );
+    assert!(done, "{said}");
+    let alice = key_printed(&said);
+
+    // Bob, with the full token but not the key, acts on nothing: refused, naming Alice
+    // and when the session lapses; the lease is kept. Nor can he open the session.
+    let (status, body) = act(&server, Method::DELETE, &ids[0], None, None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("SESSION_HELD")),
+        "{body}"
+    );
+    let msg = body["message"].as_str().unwrap();
+    assert!(msg.contains("alice") && msg.contains("lapses at"), "{msg}");
+    let (done, said) = cli(&server, &["release", &ids[0][21..], "--token", FULL]);
+    assert!(
+        !done && said.contains("SESSION_HELD") && said.contains("alice"),
+        "{said}"
+    );
+    let (status, body) = act(
+        &server,
+        Method::POST,
+        session,
+        None,
+        Some(json!({"operator": "bob"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("SESSION_HELD")),
+        "{body}"
+    );
+    // A key that is not the session's is no better than none.
+    let (status, _) = act(
+        &server,
+        Method::DELETE,
+        &ids[0],
+        Some("a guessed key"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        leases_of(&server, "cad").await.as_array().map(Vec::len),
+        Some(3),
+        "kept"
+    );
+    // Reading is not acting: either token reads, and sees who holds the session, never
+    // the key.
+    assert_eq!(
+        call(&server, Method::GET, "/api/v1/admin/usage", Some(READ)).await,
+        ok()
+    );
+    let (status, body) = act(&server, Method::GET, session, None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["operator"], "alice", "{body}");
+    assert!(!body.to_string().contains(&alice), "{body}");
+    let (done, said) = cli(&server, &["session", "show", "--readonly-token", READ]);
+    assert!(done && said.contains("alice holds"), "{said}");
+    // The restricted token cannot open a session.
+    assert_eq!(
+        call(&server, Method::POST, session, Some(READ)).await,
+        refused(403, "FORBIDDEN")
+    );
+
+    // Alice acts with her key (the CLI's --session).
+    let (done, said) = cli(
+        &server,
+        &[
+            "release",
+            &ids[0][21..],
+            "--token",
+            FULL,
+            "--session",
+            &alice,
+        ],
+    );
+    assert!(done, "{said}");
+    assert_eq!(
+        leases_of(&server, "cad").await.as_array().map(Vec::len),
+        Some(2)
+    );
+
+    // Bob takes it over: Alice is out, told who holds it now.
+    let (status, body) = act(
+        &server,
+        Method::POST,
+        session,
+        None,
+        Some(json!({"operator": "bob", "take_over": true})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["took_over"]["operator"], "alice", "{body}");
+    let bob = body["key"].as_str().unwrap().to_owned();
+    let (status, body) = act(&server, Method::DELETE, &ids[1], Some(&alice), None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("bob"), "{body}");
+    // Alice cannot close Bob's session; Bob closes it, and the full token acts alone again.
+    let (status, _) = act(&server, Method::DELETE, session, Some(&alice), None).await;
+    assert_eq!(status, 409);
+    let (done, said) = cli(
+        &server,
+        &["session", "close", "--token", FULL, "--session", &bob],
+    );
+    assert!(done, "{said}");
+    let (status, body) = act(&server, Method::DELETE, &ids[1], None, None).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A session left idle lapses (ADMIN_SESSION_IDLE=2s here): then another opens it.
+    let (status, body) = act(
+        &server,
+        Method::POST,
+        session,
+        None,
+        Some(json!({"operator": "bob"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["idle_secs"], 2);
+    let (status, _) = act(
+        &server,
+        Method::POST,
+        session,
+        None,
+        Some(json!({"operator": "alice"})),
+    )
+    .await;
+    assert_eq!(status, 409);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (status, body) = act(
+        &server,
+        Method::POST,
+        session,
+        None,
+        Some(json!({"operator": "alice"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(body.get("took_over").is_none(), "{body}");
+
+    // Bad input changes nothing: a name too long, an unknown field.
+    for bad in [
+        json!({"operator": "x".repeat(65)}),
+        json!({"operator": "carol", "force": true}),
+        json!({"operator": "a\u{7}b"}),
+    ] {
+        let (status, body) = act(&server, Method::POST, session, None, Some(bad.clone())).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("VALIDATION_ERROR")),
+            "{bad}: {body}"
+        );
+    }
+    let (_, body) = act(&server, Method::GET, session, None, None).await;
+    assert_eq!(body["operator"], "alice", "{body}");
+    // Refusals are the operators' errors: not at WARN in the server's log.
+    let log = server.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("SESSION_HELD") && l.contains("WARN")),
+        "{log}"
+    );
+}
