@@ -306,7 +306,7 @@ pub async fn reload_options(
 /// The header that carries the full session's key on a request that acts.
 pub const SESSION_HEADER: &str = "X-Admin-Session";
 
-/// The session's own path (exempt from the session check: its handlers check the key).
+/// The session's own path (its operations check the key themselves: they are not [`Acting`]).
 pub const SESSION_PATH: &str = "/api/v1/admin/session";
 
 fn session_key(req: &HttpRequest) -> Option<&str> {

@@ -129,6 +129,9 @@ async fn main() -> Result<()> {
             ("BACKOFFICE_TOKEN", fx.device_token.as_str()),
             ("RIGHTS_IDS", &format!("{}:20", fx.activation_id)),
             ("PAIR_TOKEN", "api-fuzz-pair-token"),
+            // A full session the fuzzer opens lapses at once, so that the operations that
+            // act are fuzzed past `SESSION_HELD` for the rest of the run.
+            ("ADMIN_SESSION_IDLE", "1s"),
         ])
         .env(
             "BACKOFFICE_PUBLIC_KEY",
