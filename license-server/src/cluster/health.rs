@@ -159,7 +159,9 @@ impl Health {
         match outcome {
             Ok((theirs, offset)) => {
                 s.clock_offset_ms = Some(offset);
-                s.log = Some(theirs.membership.clone());
+                // What it holds, if it is the member expected there (else unknown).
+                s.log =
+                    (theirs.hostid == peer.hostid.to_string()).then(|| theirs.membership.clone());
                 let refused = check(peer, &theirs, ours, offset);
                 if refused != s.refused {
                     match &refused {
@@ -382,5 +384,41 @@ mod tests {
         );
         let e = check(&peer, &hello("string:b", &three), &ours, -(61 * 60_000)).unwrap();
         assert!(e.contains("member string:b") && e.contains("behind"), "{e}");
+    }
+
+    /// What a member's answers tell of its cluster log, for a new cluster's start: known
+    /// from an answer refused for the clock (the member holds none, or its membership),
+    /// unknown from a server that is not the member expected, or that refuses this one.
+    #[test]
+    fn an_answer_refused_for_the_clock_still_tells_whether_the_member_holds_a_log() {
+        let three = ["string:a", "string:b", "string:c"];
+        let peer = Peer {
+            id: 2,
+            hostid: HostId::parse("string:b").unwrap(),
+            url: "http://b:1".into(),
+        };
+        let health = Health::new(vec![peer], Duration::from_secs(5));
+        let ours = hello("string:a", &three);
+        let two_hours = 2 * 3_600_000;
+        health.record(0, Ok((hello("string:b", &three), two_hours)), &ours);
+        let r = &health.reports()[0];
+        assert!(
+            !r.up && r.refused.is_some() && r.heard && r.membership.is_none(),
+            "{r:?}"
+        );
+        let mut holding = hello("string:b", &three);
+        holding.membership = Some(three.iter().map(|m| m.to_string()).collect());
+        health.record(0, Ok((holding, two_hours)), &ours);
+        assert_eq!(
+            health.reports()[0].membership.as_ref().map(Vec::len),
+            Some(3)
+        );
+        // Another server at its URL, or a refusal: nothing known of its log.
+        health.record(0, Ok((hello("string:x", &three), 0)), &ours);
+        assert!(!health.reports()[0].heard);
+        health.record(0, Ok((hello("string:b", &three), 0)), &ours);
+        assert!(health.reports()[0].heard && health.reports()[0].up);
+        health.record(0, Err(HelloError::Refused("no".into())), &ours);
+        assert!(!health.reports()[0].heard);
     }
 }
