@@ -34,6 +34,13 @@ pub struct Holder {
     pub lapses_at_ms: i64,
 }
 
+/// A session opened: its holder, and whom it was taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub holder: Holder,
+    pub took_over: Option<Holder>,
+}
+
 #[derive(Debug, Clone)]
 struct Held {
     digest: [u8; 32],
@@ -91,8 +98,9 @@ impl Sessions {
     }
 
     /// Opens the session for `operator` with `key` (made by the caller, random). Refused
-    /// with the holder while another key holds it, unless `take_over`; answers whom it
-    /// took the session from. Opening again with the key that holds it keeps it.
+    /// with the holder while another key holds it, unless `take_over`; answers the new
+    /// holder and whom it took the session from. Opening again with the key that holds it
+    /// keeps it.
     pub fn open(
         &mut self,
         key: &str,
@@ -100,7 +108,7 @@ impl Sessions {
         take_over: bool,
         now_ms: i64,
         epoch: u64,
-    ) -> Result<Option<Holder>, Holder> {
+    ) -> Result<Opened, Holder> {
         let d = digest(key);
         let before = match self.live(now_ms, epoch) {
             Some(h) if bool::from(h.digest.ct_eq(&d)) => None,
@@ -108,14 +116,19 @@ impl Sessions {
             Some(h) => Some(self.holder(h)),
             None => None,
         };
-        self.held = Some(Held {
+        let held = Held {
             digest: d,
             operator: operator.to_owned(),
             opened_at_ms: now_ms,
             last_used_ms: now_ms,
             epoch,
-        });
-        Ok(before)
+        };
+        let holder = self.holder(&held);
+        self.held = Some(held);
+        Ok(Opened {
+            holder,
+            took_over: before,
+        })
     }
 
     /// Whether a request that acts, carrying `key` (or none), is taken: always while no
@@ -156,13 +169,28 @@ mod tests {
 
     const IDLE: i64 = 30 * 60_000;
 
+    /// Whom an opening took the session from.
+    fn took(opened: Result<Opened, Holder>) -> Result<Option<Holder>, Holder> {
+        opened.map(|o| o.took_over)
+    }
+
     #[test]
     fn one_operator_at_a_time_acts_while_a_session_is_open() {
         let mut s = Sessions::new(IDLE);
         // None open: anyone acts, with or without a key.
         assert_eq!(s.check(None, 0, 1), Ok(()));
         assert_eq!(s.check(Some("stale"), 0, 1), Ok(()));
-        assert_eq!(s.open("alice-key", "alice", false, 1_000, 1), Ok(None));
+        let opened = s.open("alice-key", "alice", false, 1_000, 1).unwrap();
+        assert_eq!(opened.took_over, None);
+        assert_eq!(
+            opened.holder,
+            Holder {
+                operator: "alice".into(),
+                opened_at_ms: 1_000,
+                last_used_ms: 1_000,
+                lapses_at_ms: 1_000 + IDLE
+            }
+        );
         // Alice acts; anyone else is told who holds it and until when.
         assert_eq!(s.check(Some("alice-key"), 2_000, 1), Ok(()));
         let held = s.check(None, 3_000, 1).unwrap_err();
@@ -182,9 +210,14 @@ mod tests {
         assert!(s.close(None, 4_000, 1).is_err());
         // Opening again with her key keeps it hers.
         assert!(s.holds("alice-key", 5_000, 1) && !s.holds("bob-key", 5_000, 1));
-        assert_eq!(s.open("alice-key", "alice", false, 5_000, 1), Ok(None));
+        assert_eq!(
+            took(s.open("alice-key", "alice", false, 5_000, 1)),
+            Ok(None)
+        );
         // Bob takes it over: Alice is out.
-        let was = s.open("bob-key", "bob", true, 6_000, 1).unwrap().unwrap();
+        let was = took(s.open("bob-key", "bob", true, 6_000, 1))
+            .unwrap()
+            .unwrap();
         assert_eq!(was.operator, "alice");
         assert!(s.check(Some("alice-key"), 7_000, 1).is_err());
         assert_eq!(s.check(Some("bob-key"), 7_000, 1), Ok(()));
@@ -204,10 +237,10 @@ mod tests {
         assert!(s.check(None, 2 * IDLE - 2, 1).is_err());
         assert_eq!(s.view(2 * IDLE - 1, 1), None);
         assert_eq!(s.check(None, 2 * IDLE - 1, 1), Ok(()));
-        assert_eq!(s.open("other", "bob", false, 2 * IDLE, 1), Ok(None));
+        assert_eq!(took(s.open("other", "bob", false, 2 * IDLE, 1)), Ok(None));
         // Another term: the serving member changed, the session opened before is over.
         assert_eq!(s.check(None, 2 * IDLE + 1, 2), Ok(()));
         assert_eq!(s.view(2 * IDLE + 1, 2), None);
-        assert_eq!(s.open("k", "alice", false, 2 * IDLE + 2, 2), Ok(None));
+        assert_eq!(took(s.open("k", "alice", false, 2 * IDLE + 2, 2)), Ok(None));
     }
 }

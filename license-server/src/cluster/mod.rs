@@ -339,7 +339,8 @@ impl Cluster {
             .context("starting the cluster member's raft node")?;
         if !raft.is_initialized().await? {
             tracing::info!(
-                "this member holds no cluster log: it creates the membership with the other                  members of a new cluster, or waits to be added by the leader of a running one"
+                "this member holds no cluster log: it creates the membership with the other \
+                 members of a new cluster, or waits to be added by the leader of a running one"
             );
         }
         Ok(Arc::new(Cluster {
@@ -791,15 +792,6 @@ impl Cluster {
             .collect()
     }
 
-    /// The URL of the member that serves now, if known.
-    pub fn serving_url(&self) -> Option<String> {
-        match self.serving() {
-            Ok(()) => Some(self.public_url.clone()),
-            Err(ServiceError::NotServing { serving_url }) => Some(serving_url),
-            Err(_) => None,
-        }
-    }
-
     /// The cluster as this member sees it.
     pub fn view(&self) -> ClusterView {
         let (state, leader, term, last_log) = {
@@ -852,13 +844,19 @@ impl Cluster {
         let voters = self.voters();
         // Copied first: `serving` below takes this lock too.
         let membership_problem = self.hold.lock().as_ref().map(|h| h.message().to_owned());
+        let serving = self.serving();
         ClusterView {
             status: self.health.status(self.id, &voters.ids),
             membership: voters.hostids,
             membership_problem,
-            serving: self.serving().is_ok(),
+            serving: serving.is_ok(),
             leader: leader_hostid,
-            serving_url: self.serving_url(),
+            // The member that serves now, if known (from the same look as `serving`).
+            serving_url: match serving {
+                Ok(()) => Some(self.public_url.clone()),
+                Err(ServiceError::NotServing { serving_url }) => Some(serving_url),
+                Err(_) => None,
+            },
             term,
             last_log_index: last_log,
             applied_index: self.applied.lock().log_id.map(|l| l.index),

@@ -122,16 +122,16 @@ impl Service {
         };
         let epoch = self.session_epoch()?;
         let now = now_ms();
-        let (key, took) = {
+        let (key, opened) = {
             let mut sessions = self.sessions.lock();
             let key = match held {
                 Some(k) if sessions.holds(k, now, epoch) => k.to_owned(),
                 _ => shared::random_token::<32>(),
             };
-            let took = sessions.open(&key, &operator, req.take_over, now, epoch);
-            (key, took.map_err(|h| self.held(h))?)
+            let opened = sessions.open(&key, &operator, req.take_over, now, epoch);
+            (key, opened.map_err(|h| self.held(h))?)
         };
-        let took_over = took.map(SessionHolder::from);
+        let took_over = opened.took_over.map(SessionHolder::from);
         match &took_over {
             Some(before) => tracing::info!(
                 operator = %operator,
@@ -140,15 +140,9 @@ impl Service {
             ),
             None => tracing::info!(operator = %operator, "full administration session opened"),
         }
-        let holder = self
-            .sessions
-            .lock()
-            .view(now, epoch)
-            .map(SessionHolder::from)
-            .ok_or_else(|| ServiceError::Internal("the session just opened is gone".into()))?;
         Ok(OpenedSession {
             key,
-            holder,
+            holder: opened.holder.into(),
             idle_secs: (self.cfg.admin_session_idle_ms / 1000) as u64,
             took_over,
         })

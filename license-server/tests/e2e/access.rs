@@ -246,6 +246,18 @@ async fn act(
     (status, r.json().await.unwrap_or_default())
 }
 
+/// `POST /api/v1/admin/session` with the full token and `body`, no key: status and body.
+async fn open_session(server: &Server, body: Value) -> (u16, Value) {
+    act(
+        server,
+        Method::POST,
+        "/api/v1/admin/session",
+        None,
+        Some(body),
+    )
+    .await
+}
+
 /// The key `license-server session open` printed.
 fn key_printed(said: &str) -> String {
     said.lines()
@@ -303,14 +315,7 @@ async fn one_operator_at_a_time_acts_while_a_full_session_is_open() {
         !done && said.contains("SESSION_HELD") && said.contains("alice"),
         "{said}"
     );
-    let (status, body) = act(
-        &server,
-        Method::POST,
-        session,
-        None,
-        Some(json!({"operator": "bob"})),
-    )
-    .await;
+    let (status, body) = open_session(&server, json!({"operator": "bob"})).await;
     assert_eq!(
         (status, body["code"].as_str()),
         (409, Some("SESSION_HELD")),
@@ -368,14 +373,7 @@ async fn one_operator_at_a_time_acts_while_a_full_session_is_open() {
     );
 
     // Bob takes it over: Alice is out, told who holds it now.
-    let (status, body) = act(
-        &server,
-        Method::POST,
-        session,
-        None,
-        Some(json!({"operator": "bob", "take_over": true})),
-    )
-    .await;
+    let (status, body) = open_session(&server, json!({"operator": "bob", "take_over": true})).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["took_over"]["operator"], "alice", "{body}");
     let bob = body["key"].as_str().unwrap().to_owned();
@@ -394,34 +392,13 @@ async fn one_operator_at_a_time_acts_while_a_full_session_is_open() {
     assert_eq!(status, 200, "{body}");
 
     // A session left idle lapses (ADMIN_SESSION_IDLE=2s here): then another opens it.
-    let (status, body) = act(
-        &server,
-        Method::POST,
-        session,
-        None,
-        Some(json!({"operator": "bob"})),
-    )
-    .await;
+    let (status, body) = open_session(&server, json!({"operator": "bob"})).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["idle_secs"], 2);
-    let (status, _) = act(
-        &server,
-        Method::POST,
-        session,
-        None,
-        Some(json!({"operator": "alice"})),
-    )
-    .await;
+    let (status, _) = open_session(&server, json!({"operator": "alice"})).await;
     assert_eq!(status, 409);
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let (status, body) = act(
-        &server,
-        Method::POST,
-        session,
-        None,
-        Some(json!({"operator": "alice"})),
-    )
-    .await;
+    let (status, body) = open_session(&server, json!({"operator": "alice"})).await;
     assert_eq!(status, 201, "{body}");
     assert!(body.get("took_over").is_none(), "{body}");
 
@@ -431,7 +408,7 @@ async fn one_operator_at_a_time_acts_while_a_full_session_is_open() {
         json!({"operator": "carol", "force": true}),
         json!({"operator": "a\u{7}b"}),
     ] {
-        let (status, body) = act(&server, Method::POST, session, None, Some(bad.clone())).await;
+        let (status, body) = open_session(&server, bad.clone()).await;
         assert_eq!(
             (status, body["code"].as_str()),
             (400, Some("VALIDATION_ERROR")),
